@@ -1,0 +1,297 @@
+//! Agent configuration: `deploy/agent.toml` as data, then validation.
+//!
+//! Every key has a default, unknown keys are refused, and [`AgentConfig::load`]
+//! reports the file, the key and the reason for anything it cannot accept.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value parsed but cannot work.
+    #[error("{path}: key `{key}`: {reason}")]
+    Invalid {
+        /// The file (or `<defaults>`).
+        path: PathBuf,
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Aggregator ingest address(es), `http://host:port`. With several, the
+    /// agent tries them in order and moves to the next when one fails.
+    pub aggregator: Aggregators,
+    /// Stable identity of this agent; empty means the host name.
+    pub agent_id: String,
+    /// Host name to report; empty means the system's host name.
+    pub hostname: String,
+    /// Free-form labels sent with `Hello` (role, rack, ...).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Sampling interval in milliseconds (at least 10; CPU figures need 200+
+    /// to be meaningful).
+    pub interval_ms: u64,
+    /// Most samples in one batch.
+    pub batch_max_samples: usize,
+    /// Longest a sample waits to be batched with later ones, in milliseconds.
+    /// 0 sends each sample as soon as it is taken (lowest latency); while the
+    /// aggregator is unreachable samples are batched regardless.
+    pub flush_interval_ms: u64,
+    /// Bound of the spool of batches not yet acknowledged, in bytes; when full
+    /// the oldest batches are dropped (counted and logged).
+    pub spool_max_bytes: usize,
+    /// First reconnect delay in milliseconds; doubles per failure, with jitter.
+    pub reconnect_min_ms: u64,
+    /// Cap of the reconnect delay in milliseconds.
+    pub reconnect_max_ms: u64,
+    /// How long a connection attempt (TCP + HTTP/2 + Welcome) may take, in ms.
+    pub connect_timeout_ms: u64,
+    /// HTTP/2 keepalive ping interval in milliseconds, so a dead aggregator is
+    /// noticed within seconds rather than at the next TCP timeout.
+    pub keepalive_interval_ms: u64,
+    /// How long an unanswered keepalive ping is tolerated, in milliseconds.
+    pub keepalive_timeout_ms: u64,
+    /// On SIGTERM, how long to wait for pending batches to be acknowledged.
+    pub drain_timeout_ms: u64,
+    /// What to collect.
+    pub collect: CollectConfig,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Aggregators {
+    /// `aggregator = "http://..."`
+    One(String),
+    /// `aggregator = ["http://a", "http://b"]`
+    Many(Vec<String>),
+}
+
+impl Aggregators {
+    /// The addresses in order of preference.
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Aggregators::One(a) => vec![a.clone()],
+            Aggregators::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Which metric families the agent collects.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// Total and per-core CPU usage.
+    pub cpu: bool,
+    /// Memory and swap.
+    pub memory: bool,
+    /// Load average.
+    pub load: bool,
+    /// Process count, top processes and the rollup of the rest.
+    pub processes: bool,
+    /// How many processes to list by CPU and by memory.
+    pub top_processes: usize,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        Self {
+            cpu: true,
+            memory: true,
+            load: true,
+            processes: true,
+            top_processes: 10,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            aggregator: Aggregators::One("http://127.0.0.1:7070".into()),
+            agent_id: String::new(),
+            hostname: String::new(),
+            labels: Default::default(),
+            interval_ms: 1000,
+            batch_max_samples: 10,
+            flush_interval_ms: 0,
+            spool_max_bytes: 64 << 20,
+            reconnect_min_ms: 250,
+            reconnect_max_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            keepalive_interval_ms: 5_000,
+            keepalive_timeout_ms: 5_000,
+            drain_timeout_ms: 5_000,
+            collect: CollectConfig::default(),
+        }
+    }
+}
+
+/// Shortest sampling interval accepted. Topic seqs are derived from the
+/// run epoch in units of this interval, so it is also what keeps seqs rising
+/// across agent restarts (see `collect::first_seq`).
+pub const MIN_INTERVAL_MS: u64 = 10;
+
+impl AgentConfig {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Refuses values that parse but cannot work.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            reason,
+        };
+        let aggregators = self.aggregator.list();
+        if aggregators.is_empty() {
+            return Err(invalid(
+                "aggregator",
+                "at least one address is needed".into(),
+            ));
+        }
+        for a in &aggregators {
+            if !(a.starts_with("http://") || a.starts_with("https://")) {
+                return Err(invalid(
+                    "aggregator",
+                    format!("{a:?} must start with http:// or https://"),
+                ));
+            }
+            if a.parse::<tonic::transport::Uri>().is_err() {
+                return Err(invalid("aggregator", format!("{a:?} is not a valid URI")));
+            }
+        }
+        if self.interval_ms < MIN_INTERVAL_MS {
+            return Err(invalid(
+                "interval_ms",
+                format!(
+                    "{} is below the minimum of {MIN_INTERVAL_MS}",
+                    self.interval_ms
+                ),
+            ));
+        }
+        if self.batch_max_samples == 0 || self.batch_max_samples > 10_000 {
+            return Err(invalid("batch_max_samples", "must be 1..=10000".into()));
+        }
+        if self.spool_max_bytes < 64 << 10 {
+            return Err(invalid("spool_max_bytes", "must be at least 65536".into()));
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
+            return Err(invalid(
+                "reconnect_min_ms",
+                "must be positive and not above reconnect_max_ms".into(),
+            ));
+        }
+        if self.collect.top_processes > 1000 {
+            return Err(invalid(
+                "collect.top_processes",
+                "must be at most 1000".into(),
+            ));
+        }
+        for (key, v) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sampling interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// The agent id to announce: `agent_id`, or the host name.
+    pub fn effective_agent_id(&self, hostname: &str) -> String {
+        if self.agent_id.is_empty() {
+            hostname.to_string()
+        } else {
+            self.agent_id.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = AgentConfig::parse("", Path::new("a.toml")).unwrap();
+        assert_eq!(c.interval_ms, 1000);
+        assert_eq!(c.aggregator.list(), vec!["http://127.0.0.1:7070"]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = AgentConfig::parse("intervall_ms = 5", Path::new("a.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("a.toml") && msg.contains("intervall_ms"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_reason() {
+        let e = AgentConfig::parse("interval_ms = 1", Path::new("a.toml")).unwrap_err();
+        assert!(e.to_string().contains("`interval_ms`: 1 is below"), "{e}");
+        let e =
+            AgentConfig::parse("aggregator = \"127.0.0.1:1\"", Path::new("a.toml")).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn several_aggregators_are_accepted() {
+        let c = AgentConfig::parse(
+            "aggregator = [\"http://a:1\", \"http://b:2\"]",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.aggregator.list().len(), 2);
+    }
+}

@@ -1,0 +1,165 @@
+//! hostpulse agent: samples one host and streams the samples to an aggregator.
+//!
+//! # Layout
+//! - [`config`]: `agent.toml` schema, defaults and validation.
+//! - [`collect`]: the `sysinfo` collector, one file per metric family.
+//! - [`spool`]: unacknowledged batches, bounded in bytes.
+//! - [`backoff`]: reconnect delays with jitter.
+//! - [`link`]: one gRPC stream to an aggregator (`Hello` → `Welcome`).
+//! - [`pipeline`]: batching, sending, acks and reconnects in one task.
+//!
+//! [`Agent::run`] wires them: a sampler task takes a sample every interval on
+//! the blocking pool and hands it to the pipeline over a bounded channel.
+
+pub mod backoff;
+pub mod collect;
+pub mod config;
+pub mod link;
+pub mod pipeline;
+pub mod spool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostpulse_proto::v1::Hello;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentConfig;
+pub use pipeline::AgentStatus;
+
+use crate::backoff::Backoff;
+use crate::collect::{Collector, now_ms, system_hostname};
+use crate::link::LinkSettings;
+use crate::pipeline::PipelineSettings;
+
+/// Samples buffered between the sampler and the pipeline. The pipeline only
+/// moves them into the spool, so this fills only if it is starved of CPU.
+const SAMPLE_QUEUE: usize = 256;
+
+/// A configured agent, ready to run.
+pub struct Agent {
+    config: AgentConfig,
+    hostname: String,
+    epoch_ms: u64,
+    status: Arc<AgentStatus>,
+}
+
+impl Agent {
+    /// Prepares an agent; the run epoch starts now.
+    pub fn new(config: AgentConfig) -> Self {
+        let hostname = if config.hostname.is_empty() {
+            system_hostname()
+        } else {
+            config.hostname.clone()
+        };
+        Self {
+            config,
+            hostname,
+            epoch_ms: now_ms(),
+            status: Arc::default(),
+        }
+    }
+
+    /// Live counters, shared with the running agent.
+    pub fn status(&self) -> Arc<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// The host name this agent reports.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Samples and sends until `shutdown` fires, then drains (bounded) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), collect::CollectError> {
+        let config = &self.config;
+        let hello = Hello {
+            agent_id: config.effective_agent_id(&self.hostname),
+            hostname: self.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            labels: config.labels.clone().into_iter().collect(),
+            epoch: self.epoch_ms,
+            schema_version: hostpulse_proto::SCHEMA_VERSION,
+            interval_ms: config.interval_ms.min(u32::MAX as u64) as u32,
+        };
+        tracing::info!(
+            agent_id = %hello.agent_id,
+            hostname = %hello.hostname,
+            epoch = self.epoch_ms,
+            aggregators = ?config.aggregator.list(),
+            interval_ms = config.interval_ms,
+            "agent starting"
+        );
+        let settings = PipelineSettings {
+            aggregators: config.aggregator.list(),
+            hello,
+            batch_max_samples: config.batch_max_samples,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            spool_max_bytes: config.spool_max_bytes,
+            backoff: Backoff::new(
+                Duration::from_millis(config.reconnect_min_ms),
+                Duration::from_millis(config.reconnect_max_ms),
+            ),
+            link: LinkSettings {
+                connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                keepalive_interval: Duration::from_millis(config.keepalive_interval_ms),
+                keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
+            },
+            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+        };
+        let collector = Collector::new(config.collect.clone(), self.epoch_ms)?;
+        let (tx, rx) = mpsc::channel(SAMPLE_QUEUE);
+        let sampler = tokio::spawn(sample_loop(
+            collector,
+            config.interval(),
+            tx,
+            shutdown.clone(),
+        ));
+        pipeline::run(settings, rx, self.status.clone(), shutdown).await;
+        sampler.abort();
+        Ok(())
+    }
+}
+
+/// Takes a sample every `interval` until `shutdown`, off the async workers.
+async fn sample_loop(
+    mut collector: Collector,
+    interval: Duration,
+    tx: mpsc::Sender<hostpulse_proto::Sample>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    // A stalled machine should not cause a burst of back-to-back samples.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let taken = tokio::task::spawn_blocking(move || {
+            let sample = collector.sample();
+            (collector, sample)
+        })
+        .await;
+        let Ok((c, sample)) = taken else { break };
+        collector = c;
+        if tx.send(sample).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Takes one sample (after one priming interval, so CPU figures are real).
+pub fn sample_once(config: &AgentConfig) -> Result<hostpulse_proto::Sample, collect::CollectError> {
+    let mut collector = Collector::new(config.collect.clone(), now_ms())?;
+    std::thread::sleep(sysinfo_interval(config));
+    Ok(collector.sample())
+}
+
+fn sysinfo_interval(config: &AgentConfig) -> Duration {
+    config
+        .interval()
+        .clamp(Duration::from_millis(200), Duration::from_secs(1))
+}

@@ -1,0 +1,128 @@
+//! `hostpulse-agent`: loads the config, starts tracing, runs the agent until
+//! SIGTERM or Ctrl-C. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hostpulse_agent::{Agent, AgentConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Samples this host (CPU, memory, load, processes) and streams the samples to
+/// a hostpulse aggregator over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Without it, built-in defaults are used.
+    #[arg(long, short, env = "HOSTPULSE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Aggregator address (overrides `aggregator` in the file).
+    #[arg(long, env = "HOSTPULSE_AGGREGATOR")]
+    aggregator: Option<String>,
+    /// Host name to report (overrides `hostname` in the file).
+    #[arg(long, env = "HOSTPULSE_HOSTNAME")]
+    hostname: Option<String>,
+    /// Print one sample as pretty JSON and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hostpulse-agent: configuration refused: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.once {
+        return match hostpulse_agent::sample_once(&config) {
+            Ok(sample) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sample).expect("a sample serialises")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hostpulse-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // One thread is plenty for one stream; sysinfo refreshes run on the
+    // blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal(shutdown.clone()));
+        match Agent::new(config).run(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hostpulse-agent: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn load_config(args: &Args) -> Result<AgentConfig, hostpulse_agent::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    let origin = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
+    if let Some(a) = &args.aggregator {
+        config.aggregator = hostpulse_agent::config::Aggregators::Many(
+            a.split(',').map(|s| s.trim().to_string()).collect(),
+        );
+    }
+    if let Some(h) = &args.hostname {
+        config.hostname = h.clone();
+    }
+    config.validate(&origin)?;
+    Ok(config)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "hostpulse_agent=info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Fires `shutdown` on SIGTERM or Ctrl-C.
+async fn signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

@@ -1,0 +1,253 @@
+//! The agent's send loop: batches samples into the spool, keeps one stream to
+//! an aggregator, sends what is unacknowledged, and reconnects with backoff.
+//!
+//! One task owns the spool and the link, so there is no shared state to lock:
+//! samples arrive over a bounded channel from the sampler, acks arrive on the
+//! link, and timers drive flushing, reconnects and the shutdown drain.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hostpulse_proto::v1::{AgentMessage, Batch, Hello, agent_message, aggregator_message};
+use hostpulse_proto::{Sample, encode_batch};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::link::{self, Link, LinkError, LinkSettings};
+use crate::spool::{Spool, SpooledBatch};
+
+/// Live counters of a running agent, readable from other tasks and tests.
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    /// Seq of the last sample taken.
+    pub last_sample_seq: AtomicU64,
+    /// Samples taken since start.
+    pub samples_taken: AtomicU64,
+    /// Seq of the last batch the aggregator acknowledged.
+    pub acked_batch_seq: AtomicU64,
+    /// Batches currently in the spool.
+    pub spooled_batches: AtomicU64,
+    /// Payload bytes currently in the spool.
+    pub spooled_bytes: AtomicU64,
+    /// Batches dropped because the spool was full.
+    pub dropped_batches: AtomicU64,
+    /// Whether a stream is established.
+    pub connected: AtomicBool,
+    /// Streams established since start.
+    pub connections: AtomicU64,
+}
+
+/// What the pipeline needs to know.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Aggregator addresses, tried in order.
+    pub aggregators: Vec<String>,
+    /// The `Hello` sent on every stream.
+    pub hello: Hello,
+    /// Most samples per batch.
+    pub batch_max_samples: usize,
+    /// Longest a sample waits for company; zero sends at once.
+    pub flush_interval: Duration,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: usize,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Transport settings.
+    pub link: LinkSettings,
+    /// Bounded wait for acks on shutdown.
+    pub drain_timeout: Duration,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<Link, LinkError>> + Send>>;
+
+/// Polls `f` if there is one; otherwise never completes.
+async fn maybe<F: Future>(f: Option<F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs until `shutdown` fires and the drain ends (all acked or timed out),
+/// or the sample channel closes.
+pub async fn run(
+    mut settings: PipelineSettings,
+    mut samples: mpsc::Receiver<Sample>,
+    status: Arc<AgentStatus>,
+    shutdown: CancellationToken,
+) {
+    let mut spool = Spool::new(settings.spool_max_bytes);
+    let mut pending: Vec<Sample> = Vec::with_capacity(settings.batch_max_samples);
+    let mut flush_at: Option<Instant> = None;
+    let mut next_batch_seq: u64 = 1;
+
+    let mut address_index = 0usize;
+    let mut link_tx: Option<mpsc::Sender<AgentMessage>> = None;
+    let mut link_rx: Option<tonic::Streaming<hostpulse_proto::v1::AggregatorMessage>> = None;
+    let mut link_address = String::new();
+    let mut connecting: Option<Connecting> = None;
+    let mut retry_at: Option<Instant> = Some(Instant::now());
+    let mut drain_deadline: Option<Instant> = None;
+    let mut samples_open = true;
+
+    loop {
+        if drain_deadline.is_some() && pending.is_empty() && spool.is_empty() {
+            tracing::info!("every batch acknowledged; exiting");
+            break;
+        }
+        let sending = link_tx.is_some() && spool.has_unsent();
+        tokio::select! {
+            _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                drain_deadline = Some(Instant::now() + settings.drain_timeout);
+                cut_batch(&mut pending, &mut next_batch_seq, &mut spool, &status);
+                flush_at = None;
+                tracing::info!(batches = spool.len(), "shutting down: sending what is pending");
+            }
+            _ = maybe(drain_deadline.map(sleep_until)) => {
+                tracing::warn!(unacknowledged = spool.len(), "drain timeout; exiting with batches unacknowledged");
+                break;
+            }
+            sample = samples.recv(), if samples_open => match sample {
+                Some(sample) => {
+                    status.last_sample_seq.store(sample.seq, Ordering::Relaxed);
+                    status.samples_taken.fetch_add(1, Ordering::Relaxed);
+                    pending.push(sample);
+                    if pending.len() >= settings.batch_max_samples || settings.flush_interval.is_zero() {
+                        // While disconnected, let samples gather into full batches.
+                        if link_tx.is_some() || pending.len() >= settings.batch_max_samples {
+                            cut_batch(&mut pending, &mut next_batch_seq, &mut spool, &status);
+                            flush_at = None;
+                        }
+                    } else if flush_at.is_none() {
+                        flush_at = Some(Instant::now() + settings.flush_interval);
+                    }
+                }
+                None => {
+                    samples_open = false;
+                    cut_batch(&mut pending, &mut next_batch_seq, &mut spool, &status);
+                    if drain_deadline.is_none() {
+                        drain_deadline = Some(Instant::now() + settings.drain_timeout);
+                    }
+                }
+            },
+            _ = maybe(flush_at.map(sleep_until)) => {
+                flush_at = None;
+                cut_batch(&mut pending, &mut next_batch_seq, &mut spool, &status);
+            }
+            _ = maybe(retry_at.map(sleep_until)), if connecting.is_none() && link_tx.is_none() => {
+                retry_at = None;
+                let address = settings.aggregators[address_index % settings.aggregators.len()].clone();
+                tracing::debug!(%address, "connecting");
+                connecting = Some(Box::pin(link::connect(address, settings.hello.clone(), settings.link.clone())));
+            }
+            result = maybe(connecting.as_mut()) => {
+                connecting = None;
+                match result {
+                    Ok(link) => {
+                        tracing::info!(address = %link.address, host = %link.welcome.host, last_seq = link.welcome.last_seq, "connected");
+                        spool.ack_through(link.welcome.last_seq);
+                        spool.rewind();
+                        settings.backoff.reset();
+                        link_address = link.address;
+                        link_tx = Some(link.tx);
+                        link_rx = Some(link.inbound);
+                        status.connected.store(true, Ordering::Relaxed);
+                        status.connections.fetch_add(1, Ordering::Relaxed);
+                        // Samples that gathered while disconnected go out now.
+                        cut_batch(&mut pending, &mut next_batch_seq, &mut spool, &status);
+                    }
+                    Err(e) => {
+                        let delay = settings.backoff.next_delay();
+                        tracing::warn!(cause = %e, retry_in_ms = delay.as_millis() as u64, "aggregator unreachable");
+                        address_index += 1;
+                        retry_at = Some(Instant::now() + delay);
+                    }
+                }
+            }
+            permit = maybe(link_tx.clone().filter(|_| sending).map(|tx| tx.reserve_owned())) => {
+                match (permit, spool.next_unsent()) {
+                    (Ok(permit), Some(b)) => {
+                        permit.send(AgentMessage { kind: Some(agent_message::Kind::Batch(Batch {
+                            seq: b.seq,
+                            sample_count: b.sample_count,
+                            samples: b.payload,
+                        }))});
+                    }
+                    (Ok(_), None) => {}
+                    (Err(_), _) => {
+                        // The request stream is gone; the inbound side reports why.
+                        link_tx = None;
+                    }
+                }
+            }
+            message = maybe(link_rx.as_mut().map(|rx| rx.message())) => {
+                match message {
+                    Ok(Some(hostpulse_proto::v1::AggregatorMessage { kind: Some(aggregator_message::Kind::Ack(ack)) })) => {
+                        spool.ack_through(ack.seq);
+                        status.acked_batch_seq.store(ack.seq, Ordering::Relaxed);
+                    }
+                    Ok(Some(other)) => tracing::debug!(?other, "ignoring unexpected message"),
+                    Ok(None) | Err(_) => {
+                        match &message {
+                            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                                // The aggregator reads batches in order, so the
+                                // refused one is the oldest unacknowledged: keep
+                                // it and this agent would resend it forever.
+                                tracing::error!(address = %link_address, cause = %s.message(), "aggregator refused a batch; dropping it");
+                                if let Some(seq) = spool.oldest_seq() {
+                                    spool.discard_through(seq);
+                                }
+                            }
+                            Err(s) => tracing::warn!(address = %link_address, status = %s, "stream ended"),
+                            _ => tracing::warn!(address = %link_address, "aggregator closed the stream"),
+                        }
+                        link_tx = None;
+                        link_rx = None;
+                        status.connected.store(false, Ordering::Relaxed);
+                        address_index += 1;
+                        retry_at = Some(Instant::now() + settings.backoff.next_delay());
+                    }
+                }
+            }
+        }
+        status
+            .spooled_batches
+            .store(spool.len() as u64, Ordering::Relaxed);
+        status
+            .spooled_bytes
+            .store(spool.bytes() as u64, Ordering::Relaxed);
+        status
+            .dropped_batches
+            .store(spool.dropped_batches, Ordering::Relaxed);
+    }
+    status.connected.store(false, Ordering::Relaxed);
+}
+
+/// Moves pending samples into a new batch at the end of the spool.
+fn cut_batch(
+    pending: &mut Vec<Sample>,
+    next_batch_seq: &mut u64,
+    spool: &mut Spool,
+    status: &AgentStatus,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let seq = *next_batch_seq;
+    *next_batch_seq += 1;
+    spool.push(SpooledBatch {
+        seq,
+        sample_count: pending.len() as u32,
+        payload: Bytes::from(encode_batch(pending)),
+    });
+    pending.clear();
+    status
+        .spooled_batches
+        .store(spool.len() as u64, Ordering::Relaxed);
+}

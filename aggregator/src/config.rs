@@ -1,0 +1,257 @@
+//! Aggregator configuration: `deploy/aggregator.toml` as data, then validation.
+//!
+//! Every key has a default, unknown keys are refused, and
+//! [`AggregatorConfig::load`] names the file, the key and the reason for
+//! anything it cannot accept. Nothing is bound before validation passes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema (unknown key, wrong type); the message
+    /// names the key and the line.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value parsed but cannot work.
+    #[error("{path}: key `{key}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole aggregator configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// gRPC ingest from agents.
+    pub ingest: IngestConfig,
+    /// HTTP: WebSocket, health.
+    pub http: HttpConfig,
+    /// WebSocket sessions.
+    pub ws: WsConfig,
+    /// Topics and history.
+    pub hub: HubConfig,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address the gRPC ingest listens on.
+    pub listen: SocketAddr,
+    /// Largest gRPC message accepted (after decompression), in bytes.
+    pub max_message_bytes: usize,
+    /// Most samples in one batch.
+    pub max_samples_per_batch: usize,
+    /// How long a new stream may take to send `Hello`, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// HTTP/2 keepalive ping interval towards agents, in milliseconds.
+    pub keepalive_interval_ms: u64,
+    /// Unanswered keepalive tolerance, in milliseconds.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 7070).into(),
+            max_message_bytes: 4 << 20,
+            max_samples_per_batch: 1000,
+            hello_timeout_ms: 5_000,
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP/WebSocket server listens on.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 7071).into(),
+        }
+    }
+}
+
+/// `[ws]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Largest client message accepted, in bytes (larger: close 1009).
+    pub max_message_bytes: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Bound of a connection's outgoing queue, in bytes; a client this far
+    /// behind is closed with 1013 and may resume from history.
+    pub queue_max_bytes: usize,
+    /// Interval of server ping frames, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// A client silent this long (no pong, no message) is closed, in milliseconds.
+    pub ping_timeout_ms: u64,
+    /// Longest a single flush to a client may block, in milliseconds.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 << 10,
+            max_subscriptions: 256,
+            queue_max_bytes: 4 << 20,
+            ping_interval_ms: 15_000,
+            ping_timeout_ms: 45_000,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Updates kept per topic for resume and replay.
+    pub history_len: usize,
+    /// Commands queued to the hub before publishers wait.
+    pub queue: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            history_len: 600,
+            queue: 4096,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Refuses values that parse but cannot work.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            reason: reason.into(),
+        };
+        let positive: [(&'static str, u64); 8] = [
+            (
+                "ingest.max_message_bytes",
+                self.ingest.max_message_bytes as u64,
+            ),
+            (
+                "ingest.max_samples_per_batch",
+                self.ingest.max_samples_per_batch as u64,
+            ),
+            ("ingest.hello_timeout_ms", self.ingest.hello_timeout_ms),
+            ("ws.max_message_bytes", self.ws.max_message_bytes as u64),
+            ("ws.max_subscriptions", self.ws.max_subscriptions as u64),
+            ("ws.ping_interval_ms", self.ws.ping_interval_ms),
+            ("hub.history_len", self.hub.history_len as u64),
+            ("hub.queue", self.hub.queue as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if self.ws.ping_timeout_ms <= self.ws.ping_interval_ms {
+            return Err(invalid(
+                "ws.ping_timeout_ms",
+                "must be longer than ws.ping_interval_ms",
+            ));
+        }
+        if self.ws.queue_max_bytes < 64 << 10 {
+            return Err(invalid("ws.queue_max_bytes", "must be at least 65536"));
+        }
+        if self.ingest.listen == self.http.listen && self.ingest.listen.port() != 0 {
+            return Err(invalid(
+                "http.listen",
+                "must differ from ingest.listen (gRPC and HTTP use separate listeners)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds to a `Duration`.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = AggregatorConfig::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.hub.history_len, 600);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_are_named() {
+        let e = AggregatorConfig::parse("[hub]\nhistory = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("x.toml") && e.to_string().contains("history"),
+            "{e}"
+        );
+        let e =
+            AggregatorConfig::parse("[hub]\nhistory_len = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`hub.history_len`: must be positive"),
+            "{e}"
+        );
+        let e = AggregatorConfig::parse("[http]\nlisten = \"nope\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+}

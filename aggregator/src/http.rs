@@ -1,0 +1,44 @@
+//! The HTTP router: `/ws` (WebSocket) and `/healthz`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::registry::Registry;
+use crate::ws::{self, WsState};
+
+/// Everything the HTTP handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// WebSocket endpoint state (hub handle, limits).
+    pub ws: Arc<WsState>,
+    /// Attached agents.
+    pub registry: Arc<Registry>,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::handler).with_state(state.ws.clone()))
+        .route("/healthz", get(healthz).with_state(state))
+}
+
+/// Liveness and a few counters, as JSON.
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    let stats = &state.ws.hub.stats;
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "agents_connected": state.registry.connected(),
+        "ws_connections": state.ws.connections.load(Ordering::Relaxed),
+        "topics": stats.topics.load(Ordering::Relaxed),
+        "subscriptions": stats.subscriptions.load(Ordering::Relaxed),
+        "updates_published": stats.updates_published.load(Ordering::Relaxed),
+        "deliveries": stats.deliveries.load(Ordering::Relaxed),
+        "history_bytes": stats.history_bytes.load(Ordering::Relaxed),
+    }))
+}

@@ -1,0 +1,299 @@
+//! The gRPC ingest service: one task per agent stream.
+//!
+//! A stream must open with `Hello` (within `hello_timeout_ms`); the agent is
+//! registered and answered with `Welcome`. Each `Batch` is checked against
+//! what is already held (duplicates are acknowledged, not republished),
+//! decoded and validated, turned into topic updates, published to the hub and
+//! acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
+//! what was wrong; other agents are not touched. On shutdown every stream ends
+//! with `UNAVAILABLE`, which agents treat as "reconnect".
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hostpulse_proto::v1::{
+    Ack, AgentMessage, AggregatorMessage, Hello, Welcome, agent_message, aggregator_message,
+    ingest_server::Ingest,
+};
+use hostpulse_proto::{SCHEMA_VERSION, Sample, decode_batch};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::hub::{Command, HubHandle};
+use crate::registry::{Registry, Verdict};
+use crate::topic::host_topic;
+use crate::update::{Update, from_unix_ms};
+
+/// Replies queued towards one agent.
+const REPLY_QUEUE: usize = 64;
+
+/// Longest accepted agent id or host name.
+const MAX_NAME_LEN: usize = 253;
+
+/// Ingest limits.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Most samples per batch.
+    pub max_samples_per_batch: usize,
+    /// Deadline for `Hello`.
+    pub hello_timeout: Duration,
+}
+
+/// The `hostpulse.v1.Ingest` implementation.
+pub struct IngestService {
+    hub: HubHandle,
+    registry: Arc<Registry>,
+    settings: IngestSettings,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl IngestService {
+    /// A service publishing into `hub`.
+    pub fn new(
+        hub: HubHandle,
+        registry: Arc<Registry>,
+        settings: IngestSettings,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            hub,
+            registry,
+            settings,
+            shutdown,
+            tasks,
+        }
+    }
+}
+
+type ReplyStream = ReceiverStream<Result<AggregatorMessage, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReplyStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.settings.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Hello within {:?} of opening the stream",
+                    self.settings.hello_timeout
+                ))
+            })??;
+        let hello = match first {
+            Some(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(refuse(
+                    peer,
+                    Status::invalid_argument("the first message of a stream must be Hello"),
+                ));
+            }
+        };
+        check_hello(&hello).map_err(|s| refuse(peer, s))?;
+        let (attached, event) = self
+            .registry
+            .attach(&hello)
+            .map_err(|e| refuse(peer, Status::already_exists(e.to_string())))?;
+        tracing::info!(?peer, agent_id = %hello.agent_id, host = %attached.host, epoch = hello.epoch, last_seq = attached.last_seq, "agent attached");
+        publish_event(&self.hub, &self.registry, &event).await;
+
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        tx.try_send(Ok(AggregatorMessage {
+            kind: Some(aggregator_message::Kind::Welcome(Welcome {
+                last_seq: attached.last_seq,
+                host: attached.host.clone(),
+            })),
+        }))
+        .expect("a new channel has room");
+        let session = AgentSession {
+            peer,
+            topics: Topics::new(&attached.host),
+            agent_id: hello.agent_id,
+            generation: attached.generation,
+            hub: self.hub.clone(),
+            registry: self.registry.clone(),
+            settings: self.settings.clone(),
+        };
+        self.tasks
+            .spawn(session.run(inbound, tx, self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn check_hello(hello: &Hello) -> Result<(), Status> {
+    if hello.agent_id.is_empty() || hello.agent_id.len() > MAX_NAME_LEN {
+        return Err(Status::invalid_argument(format!(
+            "Hello.agent_id must be 1..={MAX_NAME_LEN} bytes"
+        )));
+    }
+    if hello.hostname.is_empty() || hello.hostname.len() > MAX_NAME_LEN {
+        return Err(Status::invalid_argument(format!(
+            "Hello.hostname must be 1..={MAX_NAME_LEN} bytes"
+        )));
+    }
+    if hello.schema_version != SCHEMA_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "sample schema version {} is not supported (this aggregator speaks {SCHEMA_VERSION})",
+            hello.schema_version
+        )));
+    }
+    Ok(())
+}
+
+/// Logs a refusal once, with the peer, and passes the status on.
+fn refuse(peer: Option<SocketAddr>, status: Status) -> Status {
+    tracing::warn!(?peer, code = ?status.code(), reason = %status.message(), "agent stream refused");
+    status
+}
+
+async fn publish_event(hub: &HubHandle, registry: &Registry, event: &crate::registry::HostEvent) {
+    let _ = hub
+        .send(Command::Publish(vec![registry.hosts_update(event)]))
+        .await;
+}
+
+/// The topic names of one host, built once per stream.
+struct Topics {
+    cpu: Arc<str>,
+    memory: Arc<str>,
+    load: Arc<str>,
+    processes: Arc<str>,
+}
+
+impl Topics {
+    fn new(host: &str) -> Self {
+        Self {
+            cpu: host_topic(host, "cpu").into(),
+            memory: host_topic(host, "memory").into(),
+            load: host_topic(host, "load").into(),
+            processes: host_topic(host, "processes").into(),
+        }
+    }
+
+    /// One update per metric family present in the sample.
+    fn updates(&self, sample: &Sample, received: SystemTime, out: &mut Vec<Update>) {
+        let taken = from_unix_ms(sample.timestamp_ms);
+        let seq = sample.seq;
+        if let Some(cpu) = &sample.cpu {
+            out.push(Update::new(self.cpu.clone(), seq, taken, received, cpu));
+        }
+        if let Some(m) = &sample.memory {
+            out.push(Update::new(self.memory.clone(), seq, taken, received, m));
+        }
+        if let Some(l) = &sample.load {
+            out.push(Update::new(self.load.clone(), seq, taken, received, l));
+        }
+        if let Some(p) = &sample.processes {
+            out.push(Update::new(self.processes.clone(), seq, taken, received, p));
+        }
+    }
+}
+
+struct AgentSession {
+    peer: Option<SocketAddr>,
+    topics: Topics,
+    agent_id: String,
+    generation: u64,
+    hub: HubHandle,
+    registry: Arc<Registry>,
+    settings: IngestSettings,
+}
+
+impl AgentSession {
+    async fn run(
+        self,
+        mut inbound: Streaming<AgentMessage>,
+        tx: mpsc::Sender<Result<AggregatorMessage, Status>>,
+        shutdown: CancellationToken,
+    ) {
+        let end = loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break Some(Status::unavailable("aggregator shutting down; reconnect")),
+                _ = tx.closed() => break None,
+                m = inbound.message() => m,
+            };
+            match message {
+                Ok(Some(AgentMessage {
+                    kind: Some(agent_message::Kind::Batch(batch)),
+                })) => match self.handle_batch(batch).await {
+                    Ok(ack) => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Err(status) => break Some(refuse(self.peer, status)),
+                },
+                Ok(Some(_)) => {
+                    break Some(refuse(
+                        self.peer,
+                        Status::invalid_argument("only Batch may follow Hello on a stream"),
+                    ));
+                }
+                Ok(None) => break None,
+                Err(status) => {
+                    tracing::debug!(peer = ?self.peer, %status, "agent stream broke");
+                    break None;
+                }
+            }
+        };
+        if let Some(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+        if let Some(event) = self.registry.detach(&self.agent_id, self.generation) {
+            tracing::info!(peer = ?self.peer, agent_id = %self.agent_id, host = %event.host, "agent detached");
+            publish_event(&self.hub, &self.registry, &event).await;
+        }
+    }
+
+    async fn handle_batch(
+        &self,
+        batch: hostpulse_proto::v1::Batch,
+    ) -> Result<AggregatorMessage, Status> {
+        let ack = AggregatorMessage {
+            kind: Some(aggregator_message::Kind::Ack(Ack { seq: batch.seq })),
+        };
+        match self
+            .registry
+            .check(&self.agent_id, self.generation, batch.seq)
+        {
+            Verdict::Duplicate => return Ok(ack),
+            Verdict::Superseded => {
+                return Err(Status::aborted(
+                    "superseded by a newer stream of this agent",
+                ));
+            }
+            Verdict::New => {}
+        }
+        let samples = decode_batch(
+            &batch.samples,
+            batch.sample_count,
+            self.settings.max_samples_per_batch,
+        )
+        .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
+        let received = SystemTime::now();
+        let mut updates = Vec::with_capacity(samples.len() * 4);
+        for sample in &samples {
+            self.topics.updates(sample, received, &mut updates);
+        }
+        self.hub
+            .send(Command::Publish(updates))
+            .await
+            .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
+        self.registry
+            .commit(&self.agent_id, self.generation, batch.seq);
+        Ok(ack)
+    }
+}

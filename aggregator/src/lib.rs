@@ -1,0 +1,181 @@
+//! hostpulse aggregator: takes agent streams over gRPC, turns samples into
+//! topic updates, keeps a short history and fans updates out to WebSocket
+//! subscribers.
+//!
+//! # Layout
+//! - [`config`]: `aggregator.toml` schema, defaults and validation.
+//! - [`ingest`]: the tonic `Ingest` service, one task per agent stream.
+//! - [`registry`]: attached agents, duplicate detection, the `hosts` topic.
+//! - [`topic`]: topic names, host sanitising, wildcard patterns.
+//! - [`update`]: an update and its JSON wire form, encoded once.
+//! - [`history`]: per-topic bounded history for resume and replay.
+//! - [`hub`]: the single task owning topics, history and subscriptions.
+//! - [`outbox`]: a connection's bounded outgoing queue.
+//! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.
+//! - [`http`]: the router (`/ws`, `/healthz`).
+//!
+//! [`run`] takes bound listeners, so callers (and tests) choose the ports.
+
+pub mod config;
+pub mod history;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod outbox;
+pub mod registry;
+pub mod topic;
+pub mod update;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostpulse_proto::v1::ingest_server::IngestServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::codec::CompressionEncoding;
+
+pub use config::AggregatorConfig;
+
+use crate::config::ms;
+use crate::ingest::{IngestService, IngestSettings};
+use crate::registry::Registry;
+
+/// How long shutdown may take before remaining connections are dropped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The two listeners the aggregator serves.
+pub struct Listeners {
+    /// gRPC ingest from agents.
+    pub ingest: TcpListener,
+    /// HTTP and WebSocket.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &AggregatorConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            ingest: TcpListener::bind(config.ingest.listen).await?,
+            http: TcpListener::bind(config.http.listen).await?,
+        })
+    }
+}
+
+/// Why the aggregator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The gRPC server failed.
+    #[error("gRPC ingest server: {0}")]
+    Ingest(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` fires, then drains: WebSocket clients get close
+/// 1001, agent streams end with `UNAVAILABLE` (agents reconnect), and the
+/// call returns within [`DRAIN_TIMEOUT`].
+pub async fn run(
+    config: AggregatorConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let ingest_addr = listeners.ingest.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let (hub, hub_task) = hub::spawn(config.hub.history_len, config.hub.queue);
+    // Connection tasks that outlive their server's own graceful shutdown.
+    let tasks = TaskTracker::new();
+    let registry = Arc::new(Registry::new());
+
+    let service = IngestService::new(
+        hub.clone(),
+        registry.clone(),
+        IngestSettings {
+            max_samples_per_batch: config.ingest.max_samples_per_batch,
+            hello_timeout: ms(config.ingest.hello_timeout_ms),
+        },
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
+        .add_service(
+            IngestServer::new(service)
+                .max_decoding_message_size(config.ingest.max_message_bytes)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.ingest),
+            shutdown.clone().cancelled_owned(),
+        );
+
+    let ws_state = ws::WsState::new(
+        hub.clone(),
+        config.ws.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let app = http::router(http::AppState {
+        ws: ws_state,
+        registry,
+    });
+    let web = axum::serve(
+        listeners.http,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    tracing::info!(%ingest_addr, %http_addr, "aggregator listening");
+    drop(hub);
+    let served = async {
+        let (g, w) = tokio::join!(grpc, web);
+        g?;
+        w?;
+        Ok::<(), RunError>(())
+    };
+    let drained = async {
+        served.await?;
+        tasks.close();
+        tasks.wait().await;
+        Ok::<(), RunError>(())
+    };
+    tokio::pin!(drained);
+    tokio::select! {
+        r = &mut drained => r?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+            tracing::warn!("drain timeout; dropping remaining connections");
+        }
+    }
+    hub_task.abort();
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+/// Fires `shutdown` on SIGTERM or Ctrl-C.
+pub async fn shutdown_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

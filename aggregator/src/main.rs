@@ -1,0 +1,92 @@
+//! `hostpulse-aggregator`: loads and validates the config, starts tracing,
+//! binds, and runs the library until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hostpulse_aggregator::{AggregatorConfig, Listeners};
+use tokio_util::sync::CancellationToken;
+
+/// Receives host samples from hostpulse agents over gRPC and re-broadcasts
+/// them as topic updates to WebSocket subscribers.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). Without it, built-in defaults are used.
+    #[arg(long, short, env = "HOSTPULSE_AGGREGATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC ingest address (overrides `ingest.listen`).
+    #[arg(long, env = "HOSTPULSE_INGEST_LISTEN")]
+    ingest_listen: Option<SocketAddr>,
+    /// HTTP/WebSocket address (overrides `http.listen`).
+    #[arg(long, env = "HOSTPULSE_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+}
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "hostpulse_aggregator=info,tower_http=info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hostpulse-aggregator: configuration refused: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    runtime.block_on(async move {
+        let listeners = match Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "hostpulse-aggregator: cannot listen on {} / {}: {e}",
+                    config.ingest.listen, config.http.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(hostpulse_aggregator::shutdown_on_signal(shutdown.clone()));
+        match hostpulse_aggregator::run(config, listeners, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hostpulse-aggregator: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn load_config(args: &Args) -> Result<AggregatorConfig, hostpulse_aggregator::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => AggregatorConfig::load(path)?,
+        None => AggregatorConfig::default(),
+    };
+    if let Some(a) = args.ingest_listen {
+        config.ingest.listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        config.http.listen = a;
+    }
+    let origin = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
+    config.validate(&origin)?;
+    Ok(config)
+}

@@ -1,0 +1,173 @@
+//! Topic names and subscription patterns.
+//!
+//! Topics are dotted segments: `host.<host>.<metric>`, `hosts`, `$sys.*`.
+//! Patterns use NATS subject rules so cluster mode maps one to one: `*`
+//! matches exactly one segment, `>` (last segment only) matches one or more.
+
+/// Longest topic or pattern accepted, in bytes.
+pub const MAX_TOPIC_LEN: usize = 256;
+/// Most segments in a topic or pattern.
+pub const MAX_SEGMENTS: usize = 16;
+/// Longest host segment; longer host names are cut.
+const MAX_HOST_SEGMENT: usize = 64;
+
+/// Why a topic or pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Empty string.
+    #[error("topic is empty")]
+    Empty,
+    /// Over [`MAX_TOPIC_LEN`].
+    #[error("topic is {len} bytes long, more than the limit of {MAX_TOPIC_LEN}")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// Over [`MAX_SEGMENTS`].
+    #[error("topic has {count} segments, more than the limit of {MAX_SEGMENTS}")]
+    TooManySegments {
+        /// Segments found.
+        count: usize,
+    },
+    /// `a..b`, a leading or a trailing dot.
+    #[error("topic {0:?} has an empty segment")]
+    EmptySegment(String),
+    /// `>` before the last segment, or a wildcard inside a segment (`web-*`).
+    #[error("topic {0:?}: `*` and `>` must be whole segments, and `>` only the last")]
+    BadWildcard(String),
+    /// Whitespace or control characters.
+    #[error("topic {0:?} contains whitespace or control characters")]
+    BadCharacter(String),
+}
+
+/// Checks a subscription pattern (or a plain topic).
+pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
+    if pattern.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if pattern.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong { len: pattern.len() });
+    }
+    let short = || pattern.chars().take(64).collect::<String>();
+    if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TopicError::BadCharacter(short()));
+    }
+    let segments: Vec<&str> = pattern.split('.').collect();
+    if segments.len() > MAX_SEGMENTS {
+        return Err(TopicError::TooManySegments {
+            count: segments.len(),
+        });
+    }
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            return Err(TopicError::EmptySegment(short()));
+        }
+        let wild = seg.contains('*') || seg.contains('>');
+        let whole = *seg == "*" || (*seg == ">" && i == segments.len() - 1);
+        if wild && !whole {
+            return Err(TopicError::BadWildcard(short()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pattern` (already validated) matches the concrete `topic`.
+pub fn matches(pattern: &str, topic: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut t = topic.split('.');
+    loop {
+        match (p.next(), t.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(ps), Some(ts)) if ps == ts => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Turns a host name into one topic segment: lower case, `[a-z0-9_-]` kept,
+/// everything else (dots included) becomes `-`, cut at 64 bytes.
+pub fn host_segment(hostname: &str) -> String {
+    let mut s: String = hostname
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_HOST_SEGMENT)
+        .collect();
+    if s.trim_matches('-').is_empty() {
+        s = "unknown".into();
+    }
+    s
+}
+
+/// The topic of one metric family of one host.
+pub fn host_topic(host: &str, metric: &str) -> String {
+    format!("host.{host}.{metric}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_follow_nats_rules() {
+        assert!(matches("host.*.cpu", "host.web-01.cpu"));
+        assert!(!matches("host.*.cpu", "host.web-01.memory"));
+        assert!(!matches("host.*", "host.web-01.cpu"));
+        assert!(matches("host.>", "host.web-01.cpu"));
+        assert!(!matches("host.>", "host"));
+        assert!(matches(">", "hosts"));
+        assert!(matches("hosts", "hosts"));
+        assert!(!matches("host.web-01.cpu", "host.web-01.cpu.x"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_reason() {
+        assert_eq!(validate_pattern(""), Err(TopicError::Empty));
+        assert!(matches!(
+            validate_pattern("a..b"),
+            Err(TopicError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            validate_pattern(".a"),
+            Err(TopicError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a.>.b"),
+            Err(TopicError::BadWildcard(_))
+        ));
+        assert!(matches!(
+            validate_pattern("host.web-*"),
+            Err(TopicError::BadWildcard(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a b"),
+            Err(TopicError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_pattern(&"a".repeat(10_000)),
+            Err(TopicError::TooLong { len: 10_000 })
+        ));
+        assert!(matches!(
+            validate_pattern(&["a"; 17].join(".")),
+            Err(TopicError::TooManySegments { count: 17 })
+        ));
+        validate_pattern("host.*.cpu").unwrap();
+        validate_pattern("$sys.>").unwrap();
+    }
+
+    #[test]
+    fn host_names_become_one_segment() {
+        assert_eq!(host_segment("Web-01.example.com"), "web-01-example-com");
+        assert_eq!(host_segment("a b*c>"), "a-b-c-");
+        assert_eq!(host_segment("..."), "unknown");
+        assert_eq!(host_segment(&"x".repeat(200)).len(), 64);
+    }
+}

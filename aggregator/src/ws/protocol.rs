@@ -1,0 +1,265 @@
+//! The WebSocket protocol, version 1: client requests and error replies.
+//!
+//! Requests are JSON objects with an `action`. Parsing is strict and every
+//! refusal carries a machine code and a sentence naming what was wrong:
+//!
+//! | code | when |
+//! | --- | --- |
+//! | `bad_json` | the frame is not a JSON object |
+//! | `bad_request` | a field is missing, of the wrong type, or unknown |
+//! | `unknown_action` | `action` is not one of subscribe, unsubscribe, ping |
+//! | `bad_topic` | the topic or pattern is not valid |
+//! | `too_many_subscriptions` | the connection already holds the maximum |
+//! | `not_subscribed` | unsubscribe of a pattern this connection does not hold |
+//! | `binary_not_supported` | a binary frame was sent; requests are text |
+
+use std::collections::HashMap;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::hub::{Since, SubscribeRequest};
+use crate::topic::validate_pattern;
+use crate::update::sys_message;
+
+/// A parsed client request.
+#[derive(Debug)]
+pub enum Request {
+    /// `{"action":"subscribe","topic":...}`
+    Subscribe(SubscribeRequest),
+    /// `{"action":"unsubscribe","topic":...}`
+    Unsubscribe {
+        /// Pattern to drop.
+        topic: String,
+        /// Echoed.
+        id: Option<Value>,
+    },
+    /// `{"action":"ping"}`
+    Ping {
+        /// Echoed.
+        id: Option<Value>,
+    },
+}
+
+/// A refused request.
+#[derive(Debug, PartialEq)]
+pub struct ProtocolError {
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human sentence.
+    pub message: String,
+    /// The request's id, when it could be read.
+    pub id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeFields {
+    #[allow(dead_code)]
+    action: String,
+    topic: String,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    since: Option<SinceField>,
+    #[serde(default)]
+    history: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SinceField {
+    All(u64),
+    PerTopic(HashMap<String, u64>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicFields {
+    #[allow(dead_code)]
+    action: String,
+    topic: String,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingFields {
+    #[allow(dead_code)]
+    action: String,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+/// Most updates a `history` request may ask for per topic.
+pub const MAX_HISTORY_REQUEST: usize = 100_000;
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Request, ProtocolError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ProtocolError {
+        code: "bad_json",
+        message: format!("request is not valid JSON: {e}"),
+        id: None,
+    })?;
+    let Value::Object(map) = &value else {
+        return Err(ProtocolError {
+            code: "bad_json",
+            message: "request must be a JSON object with an \"action\"".into(),
+            id: None,
+        });
+    };
+    let id = map.get("id").cloned();
+    let bad = |e: serde_json::Error| ProtocolError {
+        code: "bad_request",
+        message: e.to_string(),
+        id: id.clone(),
+    };
+    let action = match map.get("action") {
+        Some(Value::String(a)) => a.as_str(),
+        Some(_) => {
+            return Err(ProtocolError {
+                code: "bad_request",
+                message: "\"action\" must be a string".into(),
+                id,
+            });
+        }
+        None => {
+            return Err(ProtocolError {
+                code: "bad_request",
+                message: "missing \"action\" (subscribe, unsubscribe or ping)".into(),
+                id,
+            });
+        }
+    };
+    let topic_ok = |topic: &str| {
+        validate_pattern(topic).map_err(|e| ProtocolError {
+            code: "bad_topic",
+            message: e.to_string(),
+            id: id.clone(),
+        })
+    };
+    match action {
+        "subscribe" => {
+            let f = SubscribeFields::deserialize(&value).map_err(bad)?;
+            topic_ok(&f.topic)?;
+            if f.history.is_some_and(|h| h > MAX_HISTORY_REQUEST) {
+                return Err(ProtocolError {
+                    code: "bad_request",
+                    message: format!("\"history\" may ask for at most {MAX_HISTORY_REQUEST}"),
+                    id,
+                });
+            }
+            let since = match f.since {
+                None => None,
+                Some(SinceField::All(s)) => Some(Since::All(s)),
+                Some(SinceField::PerTopic(m)) => Some(Since::PerTopic(m)),
+            };
+            Ok(Request::Subscribe(SubscribeRequest {
+                pattern: f.topic,
+                id: f.id,
+                since,
+                history: f.history,
+            }))
+        }
+        "unsubscribe" => {
+            let f = TopicFields::deserialize(&value).map_err(bad)?;
+            topic_ok(&f.topic)?;
+            Ok(Request::Unsubscribe {
+                topic: f.topic,
+                id: f.id,
+            })
+        }
+        "ping" => {
+            let f = PingFields::deserialize(&value).map_err(bad)?;
+            Ok(Request::Ping { id: f.id })
+        }
+        other => Err(ProtocolError {
+            code: "unknown_action",
+            message: format!(
+                "unknown action {:?}: expected subscribe, unsubscribe or ping",
+                other.chars().take(64).collect::<String>()
+            ),
+            id,
+        }),
+    }
+}
+
+/// A `$sys.error` frame.
+pub fn error_message(code: &str, message: &str, id: Option<Value>) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+    }
+    sys_message("$sys.error", &Error { code, message, id })
+}
+
+/// A `$sys.pong` frame.
+pub fn pong_message(id: Option<Value>) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+    }
+    sys_message("$sys.pong", &Pong { id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> &'static str {
+        parse(text).unwrap_err().code
+    }
+
+    #[test]
+    fn every_refusal_has_its_code() {
+        assert_eq!(code("{not json"), "bad_json");
+        assert_eq!(code("[1,2]"), "bad_json");
+        assert_eq!(code("{\"topic\":\"a\"}"), "bad_request");
+        assert_eq!(code("{\"action\":5}"), "bad_request");
+        assert_eq!(code("{\"action\":\"dance\"}"), "unknown_action");
+        assert_eq!(code("{\"action\":\"subscribe\"}"), "bad_request");
+        assert_eq!(
+            code("{\"action\":\"subscribe\",\"topic\":7}"),
+            "bad_request"
+        );
+        assert_eq!(
+            code("{\"action\":\"subscribe\",\"topic\":\"a..b\"}"),
+            "bad_topic"
+        );
+        assert_eq!(
+            code("{\"action\":\"subscribe\",\"topic\":\"a\",\"colour\":1}"),
+            "bad_request"
+        );
+        assert_eq!(
+            code("{\"action\":\"subscribe\",\"topic\":\"a\",\"since\":-1}"),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn ids_are_kept_even_on_error() {
+        let e = parse("{\"action\":\"subscribe\",\"topic\":\"\",\"id\":42}").unwrap_err();
+        assert_eq!(e.id, Some(Value::from(42)));
+    }
+
+    #[test]
+    fn subscribe_with_resume_parses() {
+        match parse(
+            "{\"action\":\"subscribe\",\"topic\":\"host.*.cpu\",\"since\":{\"host.a.cpu\":5}}",
+        )
+        .unwrap()
+        {
+            Request::Subscribe(r) => {
+                assert_eq!(r.pattern, "host.*.cpu");
+                assert!(matches!(r.since, Some(Since::PerTopic(m)) if m["host.a.cpu"] == 5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Local quick-start: builds hostpulse, starts an aggregator and an agent on
+# 127.0.0.1 with the files in deploy/, prints where to look; Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --bins
+bin=target/release
+
+agg_pid=""
+agent_pid=""
+stop() {
+    trap - INT TERM EXIT
+    [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null || true
+    [ -n "$agg_pid" ] && kill -TERM "$agg_pid" 2>/dev/null || true
+    wait 2>/dev/null || true
+    echo "hostpulse stopped."
+}
+trap stop INT TERM EXIT
+
+"$bin/hostpulse-aggregator" --config deploy/aggregator.toml &
+agg_pid=$!
+
+# Wait (bounded) for the HTTP port to answer before starting the agent.
+for _ in $(seq 1 50); do
+    if (exec 3<>/dev/tcp/127.0.0.1/7071) 2>/dev/null; then break; fi
+    kill -0 "$agg_pid" 2>/dev/null || { echo "aggregator failed to start" >&2; exit 1; }
+    sleep 0.1
+done
+
+"$bin/hostpulse-agent" --config deploy/agent.toml &
+agent_pid=$!
+
+cat <<MSG
+
+hostpulse is running (Ctrl-C stops both).
+  WebSocket:  ws://127.0.0.1:7071/ws
+  Health:     http://127.0.0.1:7071/healthz
+  gRPC:       127.0.0.1:7070 (agents)
+
+Watch every host's CPU with websocat:
+  echo '{"action":"subscribe","topic":"host.*.cpu"}' | websocat --no-close ws://127.0.0.1:7071/ws
+
+MSG
+wait

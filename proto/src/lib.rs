@@ -1,0 +1,22 @@
+//! hostpulse wire schema, the one source of truth for what crosses the wire.
+//!
+//! # Layout
+//! - [`v1`]: the gRPC ingest service generated from `proto/ingest.proto`
+//!   (client and server), agent → aggregator.
+//! - [`payload`]: the MessagePack sample payload carried inside a `Batch`,
+//!   with encode/decode helpers and validation.
+//!
+//! This crate holds no logic beyond conversions and checks of the schema itself.
+
+pub mod payload;
+
+/// Generated code for package `hostpulse.v1` (service `Ingest`).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("hostpulse.v1");
+}
+
+pub use payload::{
+    Cpu, DecodeError, Load, Memory, Process, ProcessRollup, Processes, SCHEMA_VERSION, Sample,
+    decode_batch, encode_batch,
+};

@@ -1,0 +1,150 @@
+//! Shared helpers for hostpulse's end-to-end tests: start real aggregators and
+//! agents on loopback ports chosen at run time (in-process through their
+//! libraries, or as the real binaries with TOML files), and talk to them with
+//! real WebSocket and gRPC clients. Every wait has a timeout.
+
+pub mod process;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostpulse_agent::{Agent, AgentConfig, AgentStatus};
+use hostpulse_aggregator::{AggregatorConfig, Listeners};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The default limit for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// An aggregator running in this process.
+pub struct TestAggregator {
+    /// gRPC ingest address.
+    pub ingest: SocketAddr,
+    /// HTTP/WebSocket address.
+    pub http: SocketAddr,
+    /// Fires its shutdown.
+    pub shutdown: CancellationToken,
+    /// The serving task.
+    pub task: JoinHandle<()>,
+}
+
+impl TestAggregator {
+    /// Starts an aggregator on two free loopback ports; `tune` adjusts the config.
+    pub async fn start(tune: impl FnOnce(&mut AggregatorConfig)) -> Self {
+        let mut config = AggregatorConfig::default();
+        tune(&mut config);
+        let listeners = Listeners {
+            ingest: TcpListener::bind("127.0.0.1:0").await.expect("bind ingest"),
+            http: TcpListener::bind("127.0.0.1:0").await.expect("bind http"),
+        };
+        let ingest = listeners.ingest.local_addr().unwrap();
+        let http = listeners.http.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            hostpulse_aggregator::run(config, listeners, token)
+                .await
+                .expect("aggregator run");
+        });
+        Self {
+            ingest,
+            http,
+            shutdown,
+            task,
+        }
+    }
+
+    /// `ws://` URL of the WebSocket endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// `http://` URL of the ingest endpoint, as agents take it.
+    pub fn ingest_url(&self) -> String {
+        format!("http://{}", self.ingest)
+    }
+
+    /// Shuts down and waits for the task to end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("aggregator stops in time")
+            .expect("aggregator task");
+    }
+}
+
+/// An agent running in this process, with the real collector.
+pub struct TestAgent {
+    /// Its live counters.
+    pub status: Arc<AgentStatus>,
+    /// Fires its shutdown.
+    pub shutdown: CancellationToken,
+    /// The running task.
+    pub task: JoinHandle<()>,
+}
+
+/// A fast agent config for tests: 100 ms samples, quick reconnects.
+pub fn agent_config(aggregator: &str, hostname: &str) -> AgentConfig {
+    let mut c = AgentConfig {
+        aggregator: hostpulse_agent::config::Aggregators::One(aggregator.into()),
+        hostname: hostname.into(),
+        interval_ms: 100,
+        reconnect_min_ms: 50,
+        reconnect_max_ms: 500,
+        drain_timeout_ms: 2_000,
+        ..AgentConfig::default()
+    };
+    c.collect.top_processes = 3;
+    c
+}
+
+impl TestAgent {
+    /// Starts an agent with `config`.
+    pub fn start(config: AgentConfig) -> Self {
+        let agent = Agent::new(config);
+        let status = agent.status();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            agent.run(token).await.expect("agent run");
+        });
+        Self {
+            status,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Shuts down and waits for the drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("agent stops in time")
+            .expect("agent task");
+    }
+}
+
+/// Polls `check` every 20 ms until it holds, panicking with `what` after [`WAIT`].
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago (for binaries configured by file).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -1,0 +1,117 @@
+//! A WebSocket test client speaking hostpulse's JSON protocol.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::WAIT;
+
+/// A connected client.
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the server sent last, when it closed.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    /// A close frame with this code.
+    Code(u16),
+    /// The connection ended without a close frame.
+    Abrupt,
+}
+
+impl WsClient {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio::time::timeout(WAIT, connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("websocket connect");
+        Self { socket }
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a raw frame.
+    pub async fn send_message(&mut self, message: Message) {
+        self.socket.send(message).await.expect("send");
+    }
+
+    /// Sends a JSON request.
+    pub async fn send(&mut self, request: Value) {
+        self.send_text(&request.to_string()).await;
+    }
+
+    /// Subscribes and waits for `$sys.subscribed` (updates before it are kept out).
+    pub async fn subscribe(&mut self, topic: &str) -> Value {
+        self.send(json!({"action": "subscribe", "topic": topic}))
+            .await;
+        self.next_on("$sys.subscribed").await
+    }
+
+    /// The next JSON text message, within `limit`; `None` on timeout.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server sends JSON"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(_))) => panic!("unexpected binary frame"),
+                Some(Ok(Message::Close(c))) => panic!("server closed: {c:?}"),
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// The next JSON message; panics after [`WAIT`].
+    pub async fn next(&mut self) -> Value {
+        self.next_within(WAIT)
+            .await
+            .expect("a message within the wait limit")
+    }
+
+    /// Skips messages until one on `topic` arrives.
+    pub async fn next_on(&mut self, topic: &str) -> Value {
+        loop {
+            let m = self.next().await;
+            if m["topic"] == topic {
+                return m;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self, limit: Duration) -> Closed {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => panic!("server did not close within {limit:?}"),
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    return Closed::Code(u16::from(frame.code));
+                }
+                Ok(Some(Ok(Message::Close(None)))) => {
+                    return Closed::Code(u16::from(CloseCode::Status));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return Closed::Abrupt,
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The real binaries, started with TOML files: start-up order, shutdown,
+//! configuration errors, `--help` and `--once`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hostpulse_tests::process::{Proc, addr_in, temp_file};
+use hostpulse_tests::ws::{Closed, WsClient};
+use hostpulse_tests::{WAIT, free_port};
+
+fn aggregator_toml(ingest: &str, http: &str) -> String {
+    format!("[ingest]\nlisten = \"{ingest}\"\n[http]\nlisten = \"{http}\"\n")
+}
+
+/// Starts the aggregator binary on port 0; returns it and its (ingest, http) addresses.
+fn start_aggregator() -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
+    let config = temp_file(
+        "aggregator.toml",
+        &aggregator_toml("127.0.0.1:0", "127.0.0.1:0"),
+    );
+    let mut agg = Proc::spawn(
+        "hostpulse-aggregator",
+        &["--config", config.to_str().unwrap()],
+    );
+    let line = agg.wait_for_line("aggregator listening");
+    (
+        agg,
+        addr_in(&line, "ingest_addr"),
+        addr_in(&line, "http_addr"),
+    )
+}
+
+#[tokio::test]
+async fn an_agent_started_before_its_aggregator_connects_once_it_is_up() {
+    let ingest_port = free_port();
+    let agent_config = temp_file(
+        "agent.toml",
+        &format!(
+            "aggregator = \"http://127.0.0.1:{ingest_port}\"\nhostname = \"late\"\n\
+             interval_ms = 100\nreconnect_min_ms = 50\nreconnect_max_ms = 400\n"
+        ),
+    );
+    let mut agent = Proc::spawn(
+        "hostpulse-agent",
+        &["--config", agent_config.to_str().unwrap()],
+    );
+    // It tries, fails, and keeps trying rather than exiting.
+    agent.wait_for_line("aggregator unreachable");
+    agent.wait_for_line("retry_in_ms");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent must not exit"
+    );
+
+    let config = temp_file(
+        "aggregator.toml",
+        &aggregator_toml(&format!("127.0.0.1:{ingest_port}"), "127.0.0.1:0"),
+    );
+    let mut agg = Proc::spawn(
+        "hostpulse-aggregator",
+        &["--config", config.to_str().unwrap()],
+    );
+    let http = addr_in(&agg.wait_for_line("aggregator listening"), "http_addr");
+    agent.wait_for_line("connected");
+
+    let mut client = WsClient::connect(&format!("ws://{http}/ws")).await;
+    client.subscribe("host.late.cpu").await;
+    let m = client.next_on("host.late.cpu").await;
+    assert!(m["seq"].as_u64().unwrap() > 0);
+
+    agent.terminate();
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    agg.terminate();
+    assert_eq!(agg.wait_exit(WAIT), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_1001_and_exits_promptly() {
+    let (mut agg, _, http) = start_aggregator();
+    let url = format!("ws://{http}/ws");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = WsClient::connect(&url).await;
+        c.subscribe("hosts").await;
+        clients.push(c);
+    }
+    let started = std::time::Instant::now();
+    agg.terminate();
+    for c in &mut clients {
+        assert_eq!(c.closed(WAIT).await, Closed::Code(1001));
+    }
+    assert_eq!(agg.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_file_the_key_and_the_reason() {
+    let cases = [
+        ("hostpulse-aggregator", "[hub]\nhistory = 5\n", "history"),
+        (
+            "hostpulse-aggregator",
+            "[hub]\nhistory_len = 0\n",
+            "`hub.history_len`: must be positive",
+        ),
+        (
+            "hostpulse-aggregator",
+            "[http]\nlisten = \"localhost\"\n",
+            "listen",
+        ),
+        (
+            "hostpulse-agent",
+            "interval_ms = 1\n",
+            "`interval_ms`: 1 is below the minimum of 10",
+        ),
+        ("hostpulse-agent", "colour = \"red\"\n", "colour"),
+        (
+            "hostpulse-agent",
+            "aggregator = \"127.0.0.1:7070\"\n",
+            "must start with http://",
+        ),
+    ];
+    for (binary, text, phrase) in cases {
+        let path = temp_file("bad.toml", text);
+        let mut p = Proc::spawn(binary, &["--config", path.to_str().unwrap()]);
+        let text_out = p.stderr_to_end();
+        assert!(
+            text_out.contains("configuration refused"),
+            "{binary}: {text_out}"
+        );
+        assert!(
+            text_out.contains(path.to_str().unwrap()),
+            "{binary}: names the file: {text_out}"
+        );
+        assert!(text_out.contains(phrase), "{binary} {text:?}: {text_out}");
+        assert_eq!(p.wait_exit(WAIT), Some(64), "{binary} exits with 64");
+    }
+    let mut p = Proc::spawn("hostpulse-agent", &["--config", "/nonexistent/agent.toml"]);
+    assert!(
+        p.wait_for_line("configuration refused")
+            .contains("cannot read")
+    );
+    assert_eq!(p.wait_exit(WAIT), Some(64));
+}
+
+#[test]
+fn help_describes_both_binaries() {
+    for binary in ["hostpulse-aggregator", "hostpulse-agent"] {
+        let out = std::process::Command::new(hostpulse_tests::process::binary(binary))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("--config"), "{binary}: {text}");
+    }
+}
+
+#[test]
+fn once_prints_one_sample_as_json() {
+    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
+        .args(["--once", "--config", &repo_file("deploy/agent.toml")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sample: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pretty JSON");
+    assert!(sample["seq"].as_u64().unwrap() > 0);
+    assert!(sample["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    assert!(sample["cpu"]["per_core_pct"].is_array());
+    assert!(sample["processes"]["count"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn every_shipped_config_file_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".toml") {
+            continue;
+        }
+        if name.starts_with("agent") {
+            hostpulse_agent::AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        } else if name.starts_with("aggregator") {
+            hostpulse_aggregator::AggregatorConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            panic!("{name}: unknown config file; teach this test about it");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "found {checked} config files");
+}
+
+fn repo_file(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
