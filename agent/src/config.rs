@@ -64,6 +64,10 @@ pub struct AgentConfig {
     /// Bound of the spool of batches not yet acknowledged, in bytes; when full
     /// the oldest batches are dropped (counted and logged).
     pub spool_max_bytes: usize,
+    /// Acknowledged samples kept in the spool after their ack, to resend to an
+    /// aggregator that restarted or that this agent failed over to, so its
+    /// history (and subscribers resuming with `since`) has no hole.
+    pub retain_acked_samples: u64,
     /// First reconnect delay in milliseconds; doubles per failure, with jitter.
     pub reconnect_min_ms: u64,
     /// Cap of the reconnect delay in milliseconds.
@@ -140,6 +144,7 @@ impl Default for AgentConfig {
             batch_max_samples: 10,
             flush_interval_ms: 0,
             spool_max_bytes: 64 << 20,
+            retain_acked_samples: 600,
             reconnect_min_ms: 250,
             reconnect_max_ms: 30_000,
             connect_timeout_ms: 5_000,

@@ -98,6 +98,7 @@ impl Agent {
             batch_max_samples: config.batch_max_samples,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             spool_max_bytes: config.spool_max_bytes,
+            retain_acked_samples: config.retain_acked_samples,
             backoff: Backoff::new(
                 Duration::from_millis(config.reconnect_min_ms),
                 Duration::from_millis(config.reconnect_max_ms),

@@ -31,12 +31,14 @@ pub struct AgentStatus {
     pub samples_taken: AtomicU64,
     /// Seq of the last batch the aggregator acknowledged.
     pub acked_batch_seq: AtomicU64,
-    /// Batches currently in the spool.
+    /// Batches awaiting acknowledgement.
     pub spooled_batches: AtomicU64,
-    /// Payload bytes currently in the spool.
+    /// Payload bytes currently in the spool (retained acknowledged batches included).
     pub spooled_bytes: AtomicU64,
     /// Batches dropped because the spool was full.
     pub dropped_batches: AtomicU64,
+    /// Samples in those batches.
+    pub dropped_samples: AtomicU64,
     /// Whether a stream is established.
     pub connected: AtomicBool,
     /// Streams established since start.
@@ -56,6 +58,8 @@ pub struct PipelineSettings {
     pub flush_interval: Duration,
     /// Spool bound in bytes.
     pub spool_max_bytes: usize,
+    /// Acknowledged samples kept for resending to a fresh aggregator.
+    pub retain_acked_samples: u64,
     /// Reconnect delays.
     pub backoff: Backoff,
     /// Transport settings.
@@ -82,7 +86,7 @@ pub async fn run(
     status: Arc<AgentStatus>,
     shutdown: CancellationToken,
 ) {
-    let mut spool = Spool::new(settings.spool_max_bytes);
+    let mut spool = Spool::new(settings.spool_max_bytes, settings.retain_acked_samples);
     let mut pending: Vec<Sample> = Vec::with_capacity(settings.batch_max_samples);
     let mut flush_at: Option<Instant> = None;
     let mut next_batch_seq: u64 = 1;
@@ -97,7 +101,7 @@ pub async fn run(
     let mut samples_open = true;
 
     loop {
-        if drain_deadline.is_some() && pending.is_empty() && spool.is_empty() {
+        if drain_deadline.is_some() && pending.is_empty() && spool.unacked() == 0 {
             tracing::info!("every batch acknowledged; exiting");
             break;
         }
@@ -107,10 +111,10 @@ pub async fn run(
                 drain_deadline = Some(Instant::now() + settings.drain_timeout);
                 cut_batch(&mut pending, &mut next_batch_seq, &mut spool, &status);
                 flush_at = None;
-                tracing::info!(batches = spool.len(), "shutting down: sending what is pending");
+                tracing::info!(batches = spool.unacked(), "shutting down: sending what is pending");
             }
             _ = maybe(drain_deadline.map(sleep_until)) => {
-                tracing::warn!(unacknowledged = spool.len(), "drain timeout; exiting with batches unacknowledged");
+                tracing::warn!(unacknowledged = spool.unacked(), "drain timeout; exiting with batches unacknowledged");
                 break;
             }
             sample = samples.recv(), if samples_open => match sample {
@@ -150,9 +154,15 @@ pub async fn run(
                 connecting = None;
                 match result {
                     Ok(link) => {
-                        tracing::info!(address = %link.address, host = %link.welcome.host, last_seq = link.welcome.last_seq, "connected");
-                        spool.ack_through(link.welcome.last_seq);
-                        spool.rewind();
+                        let welcome = &link.welcome;
+                        tracing::info!(address = %link.address, host = %welcome.host, last_seq = welcome.last_seq, known = welcome.known, "connected");
+                        if welcome.known {
+                            spool.ack_through(welcome.last_seq);
+                            spool.rewind(false);
+                        } else {
+                            // A fresh aggregator: give it the recent past too.
+                            spool.rewind(true);
+                        }
                         settings.backoff.reset();
                         link_address = link.address;
                         link_tx = Some(link.tx);
@@ -200,7 +210,7 @@ pub async fn run(
                                 // refused one is the oldest unacknowledged: keep
                                 // it and this agent would resend it forever.
                                 tracing::error!(address = %link_address, cause = %s.message(), "aggregator refused a batch; dropping it");
-                                if let Some(seq) = spool.oldest_seq() {
+                                if let Some(seq) = spool.oldest_unacked() {
                                     spool.discard_through(seq);
                                 }
                             }
@@ -218,13 +228,16 @@ pub async fn run(
         }
         status
             .spooled_batches
-            .store(spool.len() as u64, Ordering::Relaxed);
+            .store(spool.unacked() as u64, Ordering::Relaxed);
         status
             .spooled_bytes
             .store(spool.bytes() as u64, Ordering::Relaxed);
         status
             .dropped_batches
             .store(spool.dropped_batches, Ordering::Relaxed);
+        status
+            .dropped_samples
+            .store(spool.dropped_samples, Ordering::Relaxed);
     }
     status.connected.store(false, Ordering::Relaxed);
 }
@@ -249,5 +262,5 @@ fn cut_batch(
     pending.clear();
     status
         .spooled_batches
-        .store(spool.len() as u64, Ordering::Relaxed);
+        .store(spool.unacked() as u64, Ordering::Relaxed);
 }

@@ -68,6 +68,10 @@ pub struct IngestConfig {
     pub max_samples_per_batch: usize,
     /// How long a new stream may take to send `Hello`, in milliseconds.
     pub hello_timeout_ms: u64,
+    /// A connected agent that sends nothing for this long (or for three of its
+    /// sampling intervals, if longer) is announced offline on `hosts`, and
+    /// online again when it speaks, in milliseconds.
+    pub offline_after_ms: u64,
     /// HTTP/2 keepalive ping interval towards agents, in milliseconds.
     pub keepalive_interval_ms: u64,
     /// Unanswered keepalive tolerance, in milliseconds.
@@ -81,6 +85,7 @@ impl Default for IngestConfig {
             max_message_bytes: 4 << 20,
             max_samples_per_batch: 1000,
             hello_timeout_ms: 5_000,
+            offline_after_ms: 10_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 10_000,
         }
@@ -181,7 +186,8 @@ impl AggregatorConfig {
             key,
             reason: reason.into(),
         };
-        let positive: [(&'static str, u64); 8] = [
+        let positive: [(&'static str, u64); 9] = [
+            ("ingest.offline_after_ms", self.ingest.offline_after_ms),
             (
                 "ingest.max_message_bytes",
                 self.ingest.max_message_bytes as u64,

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use hostpulse_proto::v1::{
     Ack, AgentMessage, AggregatorMessage, Hello, Welcome, agent_message, aggregator_message,
     ingest_server::Ingest,
@@ -41,6 +43,8 @@ pub struct IngestSettings {
     pub max_samples_per_batch: usize,
     /// Deadline for `Hello`.
     pub hello_timeout: Duration,
+    /// A connected agent silent this long is announced offline.
+    pub offline_after: Duration,
 }
 
 /// The `hostpulse.v1.Ingest` implementation.
@@ -115,11 +119,19 @@ impl Ingest for IngestService {
             kind: Some(aggregator_message::Kind::Welcome(Welcome {
                 last_seq: attached.last_seq,
                 host: attached.host.clone(),
+                known: attached.known,
             })),
         }))
         .expect("a new channel has room");
+        // Silence is judged against the agent's own pace: a slow sampler is
+        // not offline just because it samples less often than the limit.
+        let silence = self
+            .settings
+            .offline_after
+            .max(Duration::from_millis(u64::from(hello.interval_ms)) * 3);
         let session = AgentSession {
             peer,
+            silence,
             topics: Topics::new(&attached.host),
             agent_id: hello.agent_id,
             generation: attached.generation,
@@ -204,6 +216,7 @@ impl Topics {
 
 struct AgentSession {
     peer: Option<SocketAddr>,
+    silence: Duration,
     topics: Topics,
     agent_id: String,
     generation: u64,
@@ -219,12 +232,24 @@ impl AgentSession {
         tx: mpsc::Sender<Result<AggregatorMessage, Status>>,
         shutdown: CancellationToken,
     ) {
+        let mut heard = Instant::now();
+        let mut silent = false;
         let end = loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break Some(Status::unavailable("aggregator shutting down; reconnect")),
                 _ = tx.closed() => break None,
+                _ = tokio::time::sleep_until(heard + self.silence), if !silent => {
+                    silent = true;
+                    self.announce(false).await;
+                    continue;
+                }
                 m = inbound.message() => m,
             };
+            heard = Instant::now();
+            if silent {
+                silent = false;
+                self.announce(true).await;
+            }
             match message {
                 Ok(Some(AgentMessage {
                     kind: Some(agent_message::Kind::Batch(batch)),
@@ -254,6 +279,17 @@ impl AgentSession {
         }
         if let Some(event) = self.registry.detach(&self.agent_id, self.generation) {
             tracing::info!(peer = ?self.peer, agent_id = %self.agent_id, host = %event.host, "agent detached");
+            publish_event(&self.hub, &self.registry, &event).await;
+        }
+    }
+
+    /// Publishes a presence change, if it is one.
+    async fn announce(&self, online: bool) {
+        if let Some(event) = self
+            .registry
+            .presence(&self.agent_id, self.generation, online)
+        {
+            tracing::info!(peer = ?self.peer, host = %event.host, event = event.event, silence_ms = self.silence.as_millis() as u64, "agent presence");
             publish_event(&self.hub, &self.registry, &event).await;
         }
     }

@@ -97,6 +97,7 @@ pub async fn run(
         IngestSettings {
             max_samples_per_batch: config.ingest.max_samples_per_batch,
             hello_timeout: ms(config.ingest.hello_timeout_ms),
+            offline_after: ms(config.ingest.offline_after_ms),
         },
         shutdown.clone(),
         tasks.clone(),

@@ -35,6 +35,8 @@ pub struct Attached {
     pub host: String,
     /// Highest batch seq already held for this (agent, epoch).
     pub last_seq: u64,
+    /// Whether anything of this (agent, epoch) was held before.
+    pub known: bool,
     /// Identifies this stream among the agent's streams.
     pub generation: u64,
 }
@@ -76,7 +78,10 @@ struct Record {
     epoch: u64,
     last_batch_seq: u64,
     generation: u64,
+    /// A stream is attached.
     connected: bool,
+    /// Announced online on `hosts` (attached and not silent).
+    online: bool,
     event: HostEvent,
 }
 
@@ -132,6 +137,7 @@ impl Registry {
             labels: hello.labels.clone().into_iter().collect(),
             interval_ms: hello.interval_ms,
         };
+        let existed = inner.agents.contains_key(&hello.agent_id);
         let record = inner
             .agents
             .entry(hello.agent_id.clone())
@@ -141,8 +147,10 @@ impl Registry {
                 last_batch_seq: 0,
                 generation,
                 connected: false,
+                online: false,
                 event: event.clone(),
             });
+        let known = existed && record.epoch == hello.epoch;
         let mut event = event;
         if record.epoch != hello.epoch {
             event.event = "restarted";
@@ -152,11 +160,13 @@ impl Registry {
         record.host = host.clone();
         record.generation = generation;
         record.connected = true;
+        record.online = true;
         record.event = event.clone();
         Ok((
             Attached {
                 host,
                 last_seq: record.last_batch_seq,
+                known,
                 generation,
             },
             event,
@@ -184,7 +194,8 @@ impl Registry {
         }
     }
 
-    /// The stream ended. Returns the `offline` event if it was the agent's current stream.
+    /// The stream ended. Returns the `offline` event if it was the agent's
+    /// current stream and the host was announced online.
     pub fn detach(&self, agent_id: &str, generation: u64) -> Option<HostEvent> {
         let mut inner = self.inner.lock().expect("registry lock");
         let r = inner.agents.get_mut(agent_id)?;
@@ -192,8 +203,27 @@ impl Registry {
             return None;
         }
         r.connected = false;
+        Self::set_online(r, false)
+    }
+
+    /// The stream's agent went silent (`false`) or spoke again (`true`).
+    /// Returns the `hosts` event to publish when the announced state changes.
+    pub fn presence(&self, agent_id: &str, generation: u64, online: bool) -> Option<HostEvent> {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let r = inner.agents.get_mut(agent_id)?;
+        if r.generation != generation || !r.connected {
+            return None;
+        }
+        Self::set_online(r, online)
+    }
+
+    fn set_online(r: &mut Record, online: bool) -> Option<HostEvent> {
+        if r.online == online {
+            return None;
+        }
+        r.online = online;
         let mut event = r.event.clone();
-        event.event = "offline";
+        event.event = if online { "online" } else { "offline" };
         Some(event)
     }
 

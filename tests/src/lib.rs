@@ -4,6 +4,7 @@
 //! real WebSocket and gRPC clients. Every wait has a timeout.
 
 pub mod process;
+pub mod track;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -34,11 +35,20 @@ pub struct TestAggregator {
 impl TestAggregator {
     /// Starts an aggregator on two free loopback ports; `tune` adjusts the config.
     pub async fn start(tune: impl FnOnce(&mut AggregatorConfig)) -> Self {
+        Self::start_at("127.0.0.1:0", "127.0.0.1:0", tune).await
+    }
+
+    /// Starts an aggregator on the given addresses (to restart one in place).
+    pub async fn start_at(
+        ingest: &str,
+        http: &str,
+        tune: impl FnOnce(&mut AggregatorConfig),
+    ) -> Self {
         let mut config = AggregatorConfig::default();
         tune(&mut config);
         let listeners = Listeners {
-            ingest: TcpListener::bind("127.0.0.1:0").await.expect("bind ingest"),
-            http: TcpListener::bind("127.0.0.1:0").await.expect("bind http"),
+            ingest: TcpListener::bind(ingest).await.expect("bind ingest"),
+            http: TcpListener::bind(http).await.expect("bind http"),
         };
         let ingest = listeners.ingest.local_addr().unwrap();
         let http = listeners.http.local_addr().unwrap();
@@ -139,6 +149,36 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `GET path` over plain HTTP/1.1; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A loopback port that was free a moment ago (for binaries configured by file).

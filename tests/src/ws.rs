@@ -80,6 +80,45 @@ impl WsClient {
         }
     }
 
+    /// The next JSON message within `limit`: `Ok(None)` on timeout,
+    /// `Err(..)` when the connection closed (for tests that expect it to).
+    pub async fn recv(&mut self, limit: Duration) -> Result<Option<Value>, Closed> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return Ok(None),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Ok(Some(serde_json::from_str(&t).expect("server sends JSON")));
+                }
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    return Err(Closed::Code(u16::from(frame.code)));
+                }
+                Ok(Some(Ok(Message::Close(None)))) => {
+                    return Err(Closed::Code(u16::from(CloseCode::Status)));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return Err(Closed::Abrupt),
+            }
+        }
+    }
+
+    /// Connects, retrying every 50 ms until `limit` (for servers restarting).
+    pub async fn connect_retrying(url: &str, limit: Duration) -> Self {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Ok((socket, _))) =
+                tokio::time::timeout(Duration::from_secs(2), connect_async(url)).await
+            {
+                return Self { socket };
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "could not connect to {url} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The next JSON message; panics after [`WAIT`].
     pub async fn next(&mut self) -> Value {
         self.next_within(WAIT)

@@ -111,8 +111,11 @@ struct Session {
 enum End {
     /// The peer closed or vanished.
     Gone,
-    /// The server closes with this code and reason.
+    /// The server closes with this code and reason and waits (bounded) for
+    /// the peer's close reply.
     Close(u16, &'static str),
+    /// The peer is not reading: send the close frame if it fits, and go.
+    Abandon(u16, &'static str),
 }
 
 impl Session {
@@ -132,9 +135,16 @@ impl Session {
         self.state.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("connected");
         let end = self.serve(&mut socket).await;
-        if let End::Close(code, reason) = end {
-            tracing::debug!(code, reason, "closing");
-            close_politely(&mut socket, code, reason).await;
+        match end {
+            End::Gone => {}
+            End::Close(code, reason) => {
+                tracing::debug!(code, reason, "closing");
+                close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
+            }
+            End::Abandon(code, reason) => {
+                tracing::debug!(code, reason, "abandoning");
+                close_politely(&mut socket, code, reason, Duration::ZERO).await;
+            }
         }
         let _ = self
             .state
@@ -174,7 +184,7 @@ impl Session {
                     }
                     if self.outbox.overflowed() {
                         tracing::info!(max_bytes = config.queue_max_bytes, "client fell too far behind");
-                        return End::Close(close::TRY_AGAIN_LATER, "too slow: queue limit reached; reconnect and resume with since");
+                        return End::Abandon(close::TRY_AGAIN_LATER, "too slow: queue limit reached; reconnect and resume with since");
                     }
                 }
                 message = socket.recv() => {
@@ -198,7 +208,7 @@ impl Session {
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > ping_timeout {
                         tracing::info!(timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
-                        return End::Close(close::POLICY, "heartbeat timeout");
+                        return End::Abandon(close::POLICY, "heartbeat timeout");
                     }
                     let ping = socket.send(Message::Ping(Default::default()));
                     if !matches!(tokio::time::timeout(write_timeout, ping).await, Ok(Ok(()))) {
@@ -310,20 +320,26 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-/// Sends a close frame and waits (bounded) for the peer's reply, so the close
-/// is actually written before the socket is dropped.
-async fn close_politely(socket: &mut WebSocket, code: u16, reason: &'static str) {
+/// Sends a close frame and waits up to `reply_wait` for the peer's reply, so
+/// the close is actually written before the socket is dropped.
+async fn close_politely(
+    socket: &mut WebSocket,
+    code: u16,
+    reason: &'static str,
+    reply_wait: Duration,
+) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    if tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame))))
+    let send_wait = CLOSE_WAIT.min(reply_wait.max(Duration::from_millis(100)));
+    if tokio::time::timeout(send_wait, socket.send(Message::Close(Some(frame))))
         .await
         .is_err()
     {
         return;
     }
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+    let _ = tokio::time::timeout(reply_wait, async {
         while let Some(Ok(_)) = socket.recv().await {}
     })
     .await;

@@ -1,0 +1,423 @@
+//! No sample lost: aggregator restarts, subscribers dropping off, a dead
+//! aggregator during which agents spool, heartbeats, silence, and resume.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hostpulse_proto::v1::{AgentMessage, Batch, Hello, agent_message, ingest_client::IngestClient};
+use hostpulse_tests::process::{Proc, temp_file};
+use hostpulse_tests::track::Tracker;
+use hostpulse_tests::ws::{Closed, WsClient};
+use hostpulse_tests::{
+    TestAgent, TestAggregator, WAIT, agent_config, free_port, http_get, wait_until,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Reads from `client` into `tracker` until `done` holds (true) or the
+/// connection ends (false).
+async fn follow(
+    client: &mut WsClient,
+    tracker: &mut Tracker,
+    done: impl Fn(&Tracker) -> bool,
+) -> bool {
+    loop {
+        match client.recv(Duration::from_millis(200)).await {
+            Ok(Some(m)) => tracker.record(&m),
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        if done(tracker) {
+            return true;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_aggregator_five_times_loses_and_repeats_nothing() {
+    let ingest = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = temp_file(
+        "aggregator.toml",
+        &format!("[ingest]\nlisten = \"{ingest}\"\n[http]\nlisten = \"{http}\"\n"),
+    );
+    let start = move || {
+        let mut p = Proc::spawn(
+            "hostpulse-aggregator",
+            &["--config", config.to_str().unwrap()],
+        );
+        p.wait_for_line("aggregator listening");
+        p
+    };
+    let mut agg = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+
+    let hosts = ["r1", "r2", "r3"];
+    let agents: Vec<TestAgent> = hosts
+        .iter()
+        .map(|h| TestAgent::start(agent_config(&format!("http://{ingest}"), h)))
+        .collect();
+    let statuses: Vec<_> = agents.iter().map(|a| a.status.clone()).collect();
+
+    // The subscriber: reconnects whenever the aggregator goes away and resumes
+    // every host from its last seq.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let url = format!("ws://{http}/ws");
+    let subscriber = tokio::spawn({
+        let stopped = stopped.clone();
+        let statuses = statuses.clone();
+        async move {
+            let mut tracker = Tracker::default();
+            let mut sessions = 0;
+            let done = |t: &Tracker| {
+                stopped.load(Ordering::SeqCst)
+                    && hosts.iter().zip(&statuses).all(|(h, s)| {
+                        t.last(&format!("host.{h}.cpu"))
+                            == Some(s.last_sample_seq.load(Ordering::SeqCst))
+                    })
+            };
+            loop {
+                let mut client = WsClient::connect_retrying(&url, Duration::from_secs(20)).await;
+                sessions += 1;
+                client.send(tracker.resume("host.*.cpu")).await;
+                if follow(&mut client, &mut tracker, done).await {
+                    return (tracker, sessions);
+                }
+            }
+        }
+    });
+
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(6_000 + fastrand_ms(2_000))).await;
+        agg.kill();
+        tokio::time::sleep(Duration::from_millis(300 + fastrand_ms(700))).await;
+        agg = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+        eprintln!("restart {} done", round + 1);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for a in agents {
+        a.stop().await;
+    }
+    stopped.store(true, Ordering::SeqCst);
+    let (tracker, sessions) = tokio::time::timeout(Duration::from_secs(30), subscriber)
+        .await
+        .expect("the subscriber catches up with every agent")
+        .unwrap();
+    tracker.assert_exactly_once();
+    assert!(
+        sessions >= 6,
+        "the subscriber reconnected after each kill ({sessions} sessions)"
+    );
+    for (h, s) in hosts.iter().zip(&statuses) {
+        let (first, last) = tracker.range[&format!("host.{h}.cpu")];
+        assert_eq!(last, s.last_sample_seq.load(Ordering::SeqCst));
+        // About 40 s at 10 samples/s.
+        assert!(last - first > 300, "{h}: {first}..{last}");
+        assert_eq!(
+            s.spooled_batches.load(Ordering::SeqCst),
+            0,
+            "{h}: all acked"
+        );
+    }
+    agg.terminate();
+    assert_eq!(agg.wait_exit(WAIT), Some(0));
+}
+
+fn fastrand_ms(max: u64) -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    RandomState::new().hash_one(std::time::Instant::now()) % max
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_dropping_off_twenty_times_resumes_without_gap_or_duplicate() {
+    let agg = TestAggregator::start(|_| {}).await;
+    let a = TestAgent::start(agent_config(&agg.ingest_url(), "d1"));
+    let b = TestAgent::start(agent_config(&agg.ingest_url(), "d2"));
+    let mut tracker = Tracker::default();
+    {
+        let mut c = WsClient::connect(&agg.ws_url()).await;
+        c.subscribe("host.*.memory").await;
+        while tracker.range.len() < 2 {
+            tracker.record(&c.next().await);
+        }
+    }
+    for _ in 0..20 {
+        // Away for up to 3 s, then back for a moment at a random point.
+        tokio::time::sleep(Duration::from_millis(fastrand_ms(3_000))).await;
+        let mut c = WsClient::connect(&agg.ws_url()).await;
+        c.send(tracker.resume("host.*.memory")).await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(50 + fastrand_ms(500));
+        while let Ok(Some(m)) = c
+            .recv(until.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            tracker.record(&m);
+        }
+    }
+    let (sa, sb) = (a.status.clone(), b.status.clone());
+    a.stop().await;
+    b.stop().await;
+    let mut c = WsClient::connect(&agg.ws_url()).await;
+    c.send(tracker.resume("host.*.memory")).await;
+    let target = |t: &Tracker| {
+        t.last("host.d1.memory") == Some(sa.last_sample_seq.load(Ordering::SeqCst))
+            && t.last("host.d2.memory") == Some(sb.last_sample_seq.load(Ordering::SeqCst))
+    };
+    assert!(
+        tokio::time::timeout(WAIT, follow(&mut c, &mut tracker, target))
+            .await
+            .expect("caught up in time"),
+        "connection stayed up"
+    );
+    tracker.assert_exactly_once();
+    agg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_is_closed_and_the_others_are_not_disturbed() {
+    let agg = TestAggregator::start(|c| {
+        c.ws.ping_interval_ms = 200;
+        c.ws.ping_timeout_ms = 1_000;
+    })
+    .await;
+    let agent = TestAgent::start(agent_config(&agg.ingest_url(), "hb"));
+    let mut healthy = WsClient::connect(&agg.ws_url()).await;
+    healthy.subscribe("host.hb.cpu").await;
+    let mut stalled = WsClient::connect(&agg.ws_url()).await;
+    stalled.subscribe("host.hb.cpu").await;
+    // From here on the stalled client neither reads nor answers pings.
+    let silent_since = std::time::Instant::now();
+
+    let mut tracker = Tracker::default();
+    let count = |body: &str| -> u64 {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["ws_connections"]
+            .as_u64()
+            .unwrap()
+    };
+    loop {
+        tracker.record(&healthy.next().await);
+        let (_, body) = http_get(agg.http, "/healthz").await;
+        if count(&body) == 1 {
+            break;
+        }
+        assert!(
+            silent_since.elapsed() < Duration::from_secs(5),
+            "stalled client still connected"
+        );
+    }
+    let took = silent_since.elapsed();
+    // Closed once the timeout passed, at the first heartbeat tick after it.
+    assert!(took >= Duration::from_millis(1_000), "{took:?}");
+    assert!(took < Duration::from_millis(1_000 + 200 + 500), "{took:?}");
+    // The stalled client finds a heartbeat-timeout close (1008) when it reads again.
+    let end = stalled.closed(WAIT).await;
+    assert!(
+        matches!(end, Closed::Code(1008) | Closed::Abrupt),
+        "{end:?}"
+    );
+    for _ in 0..5 {
+        tracker.record(&healthy.next().await);
+    }
+    tracker.assert_exactly_once();
+    agent.stop().await;
+    agg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_its_spool_bounded_while_the_aggregator_is_down_then_delivers_it() {
+    const BOUND: usize = 64 << 10;
+    let first = TestAggregator::start(|_| {}).await;
+    let (ingest, http) = (first.ingest.to_string(), first.http.to_string());
+    let mut config = agent_config(&first.ingest_url(), "spooler");
+    config.interval_ms = 50;
+    config.spool_max_bytes = BOUND;
+    let agent = TestAgent::start(config);
+    let status = agent.status.clone();
+
+    let mut tracker = Tracker::default();
+    let mut c = WsClient::connect(&first.ws_url()).await;
+    c.subscribe("host.spooler.cpu").await;
+    for _ in 0..5 {
+        tracker.record(&c.next().await);
+    }
+    first.stop().await;
+    while let Ok(Some(m)) = c.recv(WAIT).await {
+        tracker.record(&m);
+    }
+
+    // 20 s down: the spool never exceeds its bound; the oldest batches go.
+    let down = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut peak = 0;
+    while tokio::time::Instant::now() < down {
+        peak = peak.max(status.spooled_bytes.load(Ordering::SeqCst) as usize);
+        assert!(peak <= BOUND, "spool at {peak} bytes, bound {BOUND}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = status.dropped_batches.load(Ordering::SeqCst);
+    assert!(
+        dropped > 0,
+        "20 s of samples exceed 64 KiB, so some batches were dropped"
+    );
+    assert!(
+        peak > BOUND / 2,
+        "the spool filled up to its bound ({peak})"
+    );
+
+    let second = TestAggregator::start_at(&ingest, &http, |_| {}).await;
+    wait_until("spool drained", || {
+        status.connected.load(Ordering::SeqCst)
+            && status.spooled_batches.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    agent.stop().await;
+    let last = status.last_sample_seq.load(Ordering::SeqCst);
+    let mut c = WsClient::connect(&second.ws_url()).await;
+    c.send(tracker.resume("host.spooler.cpu")).await;
+    let before_gap = tracker.last("host.spooler.cpu").unwrap();
+    assert!(
+        follow(&mut c, &mut tracker, |t| t.last("host.spooler.cpu")
+            == Some(last))
+        .await
+    );
+    // Exactly one hole: the samples of the dropped batches, announced by the
+    // seq jump; everything after it arrived, once.
+    assert!(tracker.duplicates.is_empty(), "{:?}", tracker.duplicates);
+    assert_eq!(tracker.gaps.len(), 1, "{:?}", tracker.gaps);
+    let (_, from, to) = tracker.gaps[0].clone();
+    assert!(from > before_gap);
+    assert_eq!(to - from + 1, status.dropped_samples.load(Ordering::SeqCst));
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_announced_offline_and_online_again_when_it_speaks() {
+    let agg = TestAggregator::start(|c| c.ingest.offline_after_ms = 300).await;
+    let mut watcher = WsClient::connect(&agg.ws_url()).await;
+    watcher.subscribe("hosts").await;
+
+    let mut client = IngestClient::connect(agg.ingest_url()).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_id: "quiet".into(),
+            hostname: "quiet".into(),
+            version: "test".into(),
+            labels: Default::default(),
+            epoch: 7,
+            schema_version: hostpulse_proto::SCHEMA_VERSION,
+            interval_ms: 50,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    inbound.message().await.unwrap().expect("welcome");
+    let batch = |seq: u64| AgentMessage {
+        kind: Some(agent_message::Kind::Batch(Batch {
+            seq,
+            sample_count: 1,
+            samples: hostpulse_proto::encode_batch(&[hostpulse_proto::Sample {
+                seq,
+                timestamp_ms: 1_795_000_000_000 + seq as i64,
+                cpu: None,
+                memory: None,
+                load: Some(hostpulse_proto::Load {
+                    one: 0.1,
+                    five: 0.1,
+                    fifteen: 0.1,
+                }),
+                processes: None,
+            }])
+            .into(),
+        })),
+    };
+    tx.send(batch(1)).await.unwrap();
+    let online = watcher.next_on("hosts").await;
+    assert_eq!(online["payload"]["event"], "online");
+    let silent_from = std::time::Instant::now();
+    let offline = watcher.next_on("hosts").await;
+    assert_eq!(offline["payload"]["event"], "offline");
+    assert_eq!(offline["payload"]["host"], "quiet");
+    assert!(silent_from.elapsed() >= Duration::from_millis(250));
+    tx.send(batch(2)).await.unwrap();
+    let back = watcher.next_on("hosts").await;
+    assert_eq!(back["payload"]["event"], "online");
+    assert_eq!(
+        back["seq"].as_u64().unwrap(),
+        offline["seq"].as_u64().unwrap() + 1
+    );
+    drop(tx);
+    agg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_exactly_what_followed_and_says_when_history_ran_out() {
+    let agg = TestAggregator::start(|c| c.hub.history_len = 5).await;
+    let agent = TestAgent::start(agent_config(&agg.ingest_url(), "hist"));
+    let mut c = WsClient::connect(&agg.ws_url()).await;
+    c.subscribe("host.hist.load").await;
+    let first = c.next_on("host.hist.load").await["seq"].as_u64().unwrap();
+    let mut latest = first;
+    while latest < first + 10 {
+        latest = c.next_on("host.hist.load").await["seq"].as_u64().unwrap();
+    }
+    drop(c);
+
+    // Too old: incomplete, with where history starts, then all it holds and live.
+    let mut c = WsClient::connect(&agg.ws_url()).await;
+    c.send(json!({"action":"subscribe","topic":"host.hist.>","since":{"host.hist.load": first}}))
+        .await;
+    let reply = c.next_on("$sys.subscribed").await;
+    assert_eq!(reply["payload"]["complete"], false, "{reply}");
+    let info = reply["payload"]["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "host.hist.load")
+        .unwrap()
+        .clone();
+    let start = info["history_start"].as_u64().unwrap();
+    assert!(start > first + 1);
+    let mut tracker = Tracker::default();
+    while tracker.count.get("host.hist.load").copied().unwrap_or(0) < 12 {
+        let m = c.next().await;
+        if m["topic"] == "host.hist.load" {
+            tracker.record(&m);
+        }
+    }
+    assert_eq!(
+        tracker.range["host.hist.load"].0, start,
+        "replay starts at history_start"
+    );
+    tracker.assert_exactly_once();
+
+    // Recent enough: complete, and exactly the updates after `since`.
+    let since = tracker.last("host.hist.load").unwrap() - 2;
+    let mut c = WsClient::connect(&agg.ws_url()).await;
+    c.send(json!({"action":"subscribe","topic":"host.hist.load","since": since, "id": "r"}))
+        .await;
+    let reply = c.next_on("$sys.subscribed").await;
+    assert_eq!(reply["payload"]["complete"], true);
+    assert_eq!(c.next().await["seq"].as_u64().unwrap(), since + 1);
+    assert_eq!(c.next().await["seq"].as_u64().unwrap(), since + 2);
+
+    // `history: N` sends the last N first.
+    let mut c = WsClient::connect(&agg.ws_url()).await;
+    c.send(json!({"action":"subscribe","topic":"host.hist.load","history": 3}))
+        .await;
+    let reply = c.next_on("$sys.subscribed").await;
+    let current = reply["payload"]["topics"][0]["seq"].as_u64().unwrap();
+    let replayed: Vec<u64> = [c.next().await, c.next().await, c.next().await]
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replayed, vec![current - 2, current - 1, current]);
+    agent.stop().await;
+    agg.stop().await;
+}
