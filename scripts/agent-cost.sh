@@ -8,14 +8,15 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 agent_conf=${2:-deploy/agent.toml}
 cargo build --release --bins -q
+bin=${CARGO_TARGET_DIR:-target}/release
 dir=$(mktemp -d)
 printf '[ingest]\nlisten = "127.0.0.1:0"\n[http]\nlisten = "127.0.0.1:0"\n' > "$dir/agg.toml"
-target/release/hostpulse-aggregator --config "$dir/agg.toml" 2> "$dir/agg.log" &
+"$bin"/hostpulse-aggregator --config "$dir/agg.toml" 2> "$dir/agg.log" &
 agg=$!
 trap 'kill $agg ${agent:-} 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do grep -q "aggregator listening" "$dir/agg.log" && break; sleep 0.1; done
 ingest=$(grep -o 'ingest_addr=[0-9.:]*' "$dir/agg.log" | cut -d= -f2)
-target/release/hostpulse-agent --config "$agent_conf" --aggregator "http://$ingest" 2> "$dir/agent.log" &
+"$bin"/hostpulse-agent --config "$agent_conf" --aggregator "http://$ingest" 2> "$dir/agent.log" &
 agent=$!
 sleep 3 # start-up and the first samples are not the steady state
 ticks=$(getconf CLK_TCK)

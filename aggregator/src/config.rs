@@ -116,9 +116,13 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
-    /// Bound of a connection's outgoing queue, in bytes; a client this far
-    /// behind is closed with 1013 and may resume from history.
+    /// A connection with more than this queued, in bytes, is lagging: from then
+    /// on it gets only the newest update per topic (conflation) and a
+    /// `$sys.lagged` notice of what it skipped.
     pub queue_max_bytes: usize,
+    /// A client still lagging this long after it started is closed with 1013
+    /// (try again later) and may resume from history, in milliseconds.
+    pub slow_grace_ms: u64,
     /// Interval of server ping frames, in milliseconds.
     pub ping_interval_ms: u64,
     /// A client silent this long (no pong, no message) is closed, in milliseconds.
@@ -133,6 +137,7 @@ impl Default for WsConfig {
             max_message_bytes: 64 << 10,
             max_subscriptions: 256,
             queue_max_bytes: 4 << 20,
+            slow_grace_ms: 5_000,
             ping_interval_ms: 15_000,
             ping_timeout_ms: 45_000,
             write_timeout_ms: 10_000,
@@ -148,6 +153,20 @@ pub struct HubConfig {
     pub history_len: usize,
     /// Commands queued to the hub before publishers wait.
     pub queue: usize,
+    /// Per-topic rate limits for high-volume topics, first match wins.
+    pub rate_limit: Vec<RateLimitConfig>,
+}
+
+/// `[[hub.rate_limit]]`: at most one update per `min_interval_ms` on the
+/// topics matching `topic`; the others are not published (their seqs are
+/// skipped, and `$sys.subscribed` reports the interval).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Topic or pattern, e.g. `host.*.processes`.
+    pub topic: String,
+    /// Shortest interval between published updates of one topic, in ms.
+    pub min_interval_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -155,6 +174,7 @@ impl Default for HubConfig {
         Self {
             history_len: 600,
             queue: 4096,
+            rate_limit: Vec::new(),
         }
     }
 }
@@ -213,6 +233,16 @@ impl AggregatorConfig {
                 "ws.ping_timeout_ms",
                 "must be longer than ws.ping_interval_ms",
             ));
+        }
+        for r in &self.hub.rate_limit {
+            crate::topic::validate_pattern(&r.topic)
+                .map_err(|e| invalid("hub.rate_limit.topic", &e.to_string()))?;
+            if r.min_interval_ms == 0 {
+                return Err(invalid(
+                    "hub.rate_limit.min_interval_ms",
+                    "must be positive",
+                ));
+            }
         }
         if self.ws.queue_max_bytes < 64 << 10 {
             return Err(invalid("ws.queue_max_bytes", "must be at least 65536"));

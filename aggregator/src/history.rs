@@ -68,7 +68,13 @@ mod tests {
 
     fn up(seq: u64) -> Arc<Update> {
         let now = SystemTime::now();
-        Arc::new(Update::new("t".into(), seq, now, now, &seq))
+        Arc::new(Update::new(
+            "t".into(),
+            seq,
+            now,
+            now,
+            crate::update::Payload::Other(seq.into()),
+        ))
     }
 
     #[test]

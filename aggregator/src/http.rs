@@ -40,5 +40,11 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "updates_published": stats.updates_published.load(Ordering::Relaxed),
         "deliveries": stats.deliveries.load(Ordering::Relaxed),
         "history_bytes": stats.history_bytes.load(Ordering::Relaxed),
+        "held": stats.held.load(Ordering::Relaxed),
+        "rate_limited": stats.rate_limited.load(Ordering::Relaxed),
+        "lag_episodes": state.ws.outbox_stats.lag_episodes.load(Ordering::Relaxed),
+        "conflated": state.ws.outbox_stats.conflated.load(Ordering::Relaxed),
+        "lag_disconnects": state.ws.outbox_stats.lag_disconnects.load(Ordering::Relaxed),
+        "peak_queue_bytes": state.ws.outbox_stats.peak_queue_bytes.load(Ordering::Relaxed),
     }))
 }

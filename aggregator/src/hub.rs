@@ -14,15 +14,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::history::History;
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::{Outbox, Pushed};
 use crate::topic;
-use crate::update::{Update, sys_message};
+use crate::update::{SysMessage, Update};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -56,6 +59,28 @@ pub struct SubscribeRequest {
     pub since: Option<Since>,
     /// Send the last N of each topic first (when not resuming).
     pub history: Option<usize>,
+    /// At most one update per topic per this interval (zero: no throttle).
+    pub throttle: Duration,
+}
+
+/// A per-topic rate limit from the configuration.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Topics it applies to (wildcards allowed).
+    pub pattern: String,
+    /// Updates closer than this to the last accepted one are not published.
+    pub min_interval: Duration,
+}
+
+/// How the hub behaves.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Updates kept per topic.
+    pub history_len: usize,
+    /// Commands queued before publishers wait.
+    pub queue: usize,
+    /// Per-topic rate limits, first match wins.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// What the hub is asked to do.
@@ -97,8 +122,12 @@ pub struct HubStats {
     pub updates_duplicate: AtomicU64,
     /// Update frames queued to connections.
     pub deliveries: AtomicU64,
-    /// Frames refused by a full outbox.
+    /// Updates held back (throttled or conflated) for a connection.
+    pub held: AtomicU64,
+    /// Updates refused by an outbox being closed.
     pub overflow_drops: AtomicU64,
+    /// Updates not published because of a topic rate limit.
+    pub rate_limited: AtomicU64,
     /// Topics known.
     pub topics: AtomicU64,
     /// Bytes of encoded updates held in history.
@@ -128,13 +157,13 @@ impl HubHandle {
 }
 
 /// Starts the hub task. It ends when every handle is dropped.
-pub fn spawn(history_len: usize, queue: usize) -> (HubHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(queue);
+pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(settings.queue);
     let stats = Arc::new(HubStats::default());
     let hub = Hub {
         topics: HashMap::new(),
         conns: HashMap::new(),
-        history_len,
+        settings,
         stats: stats.clone(),
     };
     let task = tokio::spawn(hub.run(rx));
@@ -147,17 +176,23 @@ struct Subscriber {
     /// Only seqs above this are delivered (the resume point), so an update
     /// re-sent by an agent after an aggregator restart is not seen twice.
     floor: u64,
+    /// The connection's throttle for this topic.
+    throttle: Duration,
 }
 
 struct Topic {
     seq: u64,
     history: History,
     subscribers: Vec<Subscriber>,
+    /// From the configured rate limits.
+    min_interval: Duration,
+    last_accepted: Option<Instant>,
 }
 
 struct Subscription {
     pattern: String,
     since: Option<Since>,
+    throttle: Duration,
 }
 
 struct Conn {
@@ -168,7 +203,7 @@ struct Conn {
 struct Hub {
     topics: HashMap<Arc<str>, Topic>,
     conns: HashMap<ConnId, Conn>,
-    history_len: usize,
+    settings: HubSettings,
     stats: Arc<HubStats>,
 }
 
@@ -177,6 +212,13 @@ struct TopicInfo<'a> {
     topic: &'a str,
     seq: u64,
     history_start: Option<u64>,
+    /// Non-zero when a configured rate limit thins this topic.
+    #[serde(skip_serializing_if = "is_zero")]
+    min_interval_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Hub {
@@ -207,12 +249,20 @@ impl Hub {
         let update = Arc::new(update);
         if !self.topics.contains_key(&update.topic) {
             let subscribers = self.matching_subscribers(&update.topic);
+            let min_interval = self
+                .settings
+                .rate_limits
+                .iter()
+                .find(|r| topic::matches(&r.pattern, &update.topic))
+                .map_or(Duration::ZERO, |r| r.min_interval);
             self.topics.insert(
                 update.topic.clone(),
                 Topic {
                     seq: 0,
                     history: History::default(),
                     subscribers,
+                    min_interval,
+                    last_accepted: None,
                 },
             );
             self.stats.topics.fetch_add(1, Ordering::Relaxed);
@@ -222,26 +272,34 @@ impl Hub {
             self.stats.updates_duplicate.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if !t.min_interval.is_zero() {
+            let now = Instant::now();
+            if t.last_accepted.is_some_and(|at| now < at + t.min_interval) {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            t.last_accepted = Some(now);
+        }
         t.seq = update.seq;
-        let delta = t.history.push(update.clone(), self.history_len);
+        let delta = t.history.push(update.clone(), self.settings.history_len);
         self.stats
             .history_bytes
             .fetch_add(delta as u64, Ordering::Relaxed);
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
-        let mut delivered = 0;
-        let mut dropped = 0;
+        let (mut delivered, mut held, mut dropped) = (0, 0, 0);
         for s in &t.subscribers {
             if update.seq > s.floor {
-                if s.outbox.push(Frame::Update(update.clone())) {
-                    delivered += 1;
-                } else {
-                    dropped += 1;
+                match s.outbox.push_update(&update, s.throttle) {
+                    Pushed::Queued => delivered += 1,
+                    Pushed::Held => held += 1,
+                    Pushed::Refused => dropped += 1,
                 }
             }
         }
         self.stats
             .deliveries
             .fetch_add(delivered, Ordering::Relaxed);
+        self.stats.held.fetch_add(held, Ordering::Relaxed);
         self.stats
             .overflow_drops
             .fetch_add(dropped, Ordering::Relaxed);
@@ -251,7 +309,7 @@ impl Hub {
     fn matching_subscribers(&self, topic: &str) -> Vec<Subscriber> {
         let mut out = Vec::new();
         for (id, c) in &self.conns {
-            let mut floor = None;
+            let mut found: Option<(u64, Duration)> = None;
             for s in c
                 .subscriptions
                 .iter()
@@ -262,13 +320,17 @@ impl Hub {
                     .as_ref()
                     .and_then(|x| x.for_topic(topic))
                     .unwrap_or(0);
-                floor = Some(floor.map_or(f, |g: u64| g.min(f)));
+                found = Some(match found {
+                    None => (f, s.throttle),
+                    Some((g, t)) => (g.min(f), t.min(s.throttle)),
+                });
             }
-            if let Some(floor) = floor {
+            if let Some((floor, throttle)) = found {
                 out.push(Subscriber {
                     conn: *id,
                     outbox: c.outbox.clone(),
                     floor,
+                    throttle,
                 });
             }
         }
@@ -285,11 +347,15 @@ impl Hub {
             .iter_mut()
             .find(|s| s.pattern == request.pattern)
         {
-            Some(existing) => existing.since = request.since.clone(),
+            Some(existing) => {
+                existing.since = request.since.clone();
+                existing.throttle = request.throttle;
+            }
             None => {
                 c.subscriptions.push(Subscription {
                     pattern: request.pattern.clone(),
                     since: request.since.clone(),
+                    throttle: request.throttle,
                 });
                 self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
@@ -323,17 +389,20 @@ impl Hub {
             }
             // Live delivery continues right after what was replayed (and never
             // at or below the resume point, should an agent resend it).
-            if !t.subscribers.iter().any(|s| s.conn == conn) {
-                t.subscribers.push(Subscriber {
+            match t.subscribers.iter_mut().find(|s| s.conn == conn) {
+                Some(s) => s.throttle = s.throttle.min(request.throttle),
+                None => t.subscribers.push(Subscriber {
                     conn,
                     outbox: outbox.clone(),
                     floor: since.unwrap_or(0).max(t.seq),
-                });
+                    throttle: request.throttle,
+                }),
             }
             infos.push(TopicInfo {
                 topic: name,
                 seq: t.seq,
                 history_start: t.history.first_seq(),
+                min_interval_ms: t.min_interval.as_millis() as u64,
             });
         }
 
@@ -345,7 +414,7 @@ impl Hub {
             topics: Vec<TopicInfo<'a>>,
             complete: bool,
         }
-        let reply = sys_message(
+        let reply = SysMessage::new(
             "$sys.subscribed",
             &Subscribed {
                 id: &request.id,
@@ -354,9 +423,10 @@ impl Hub {
                 complete,
             },
         );
-        outbox.push(Frame::Sys(reply));
+        outbox.push_sys(reply);
+        // Replay is exact: no throttle (conflation still bounds memory).
         for u in replay {
-            outbox.push(Frame::Update(u));
+            outbox.push_update(&u, Duration::ZERO);
         }
     }
 
@@ -385,13 +455,14 @@ impl Hub {
             id: &'a Option<Value>,
             topic: &'a str,
         }
-        outbox.push(Frame::Sys(sys_message(
+        outbox.push_sys(SysMessage::new(
             "$sys.unsubscribed",
             &Unsubscribed {
                 id: &id,
                 topic: &pattern,
             },
-        )));
+        ));
+        outbox.forget_throttle(|t| remaining.iter().any(|p| topic::matches(p, t)));
     }
 
     fn disconnect(&mut self, conn: ConnId) {

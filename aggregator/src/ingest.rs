@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::hub::{Command, HubHandle};
 use crate::registry::{Registry, Verdict};
 use crate::topic::host_topic;
-use crate::update::{Update, from_unix_ms};
+use crate::update::{Payload, Update, from_unix_ms};
 
 /// Replies queued towards one agent.
 const REPLY_QUEUE: usize = 64;
@@ -196,20 +196,23 @@ impl Topics {
     }
 
     /// One update per metric family present in the sample.
-    fn updates(&self, sample: &Sample, received: SystemTime, out: &mut Vec<Update>) {
+    fn updates(&self, sample: Sample, received: SystemTime, out: &mut Vec<Update>) {
         let taken = from_unix_ms(sample.timestamp_ms);
         let seq = sample.seq;
-        if let Some(cpu) = &sample.cpu {
-            out.push(Update::new(self.cpu.clone(), seq, taken, received, cpu));
+        let mut add = |topic: &Arc<str>, payload| {
+            out.push(Update::new(topic.clone(), seq, taken, received, payload));
+        };
+        if let Some(cpu) = sample.cpu {
+            add(&self.cpu, Payload::Cpu(cpu));
         }
-        if let Some(m) = &sample.memory {
-            out.push(Update::new(self.memory.clone(), seq, taken, received, m));
+        if let Some(m) = sample.memory {
+            add(&self.memory, Payload::Memory(m));
         }
-        if let Some(l) = &sample.load {
-            out.push(Update::new(self.load.clone(), seq, taken, received, l));
+        if let Some(l) = sample.load {
+            add(&self.load, Payload::Load(l));
         }
-        if let Some(p) = &sample.processes {
-            out.push(Update::new(self.processes.clone(), seq, taken, received, p));
+        if let Some(p) = sample.processes {
+            add(&self.processes, Payload::Processes(p));
         }
     }
 }
@@ -321,7 +324,7 @@ impl AgentSession {
         .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
         let received = SystemTime::now();
         let mut updates = Vec::with_capacity(samples.len() * 4);
-        for sample in &samples {
+        for sample in samples {
             self.topics.updates(sample, received, &mut updates);
         }
         self.hub

@@ -7,7 +7,8 @@
 //! - [`ingest`]: the tonic `Ingest` service, one task per agent stream.
 //! - [`registry`]: attached agents, duplicate detection, the `hosts` topic.
 //! - [`topic`]: topic names, host sanitising, wildcard patterns.
-//! - [`update`]: an update and its JSON wire form, encoded once.
+//! - [`update`]: an update and its wire forms, each encoded once.
+//! - [`encoding`]: the encodings a client may choose, and the deflater.
 //! - [`history`]: per-topic bounded history for resume and replay.
 //! - [`hub`]: the single task owning topics, history and subscriptions.
 //! - [`outbox`]: a connection's bounded outgoing queue.
@@ -17,6 +18,7 @@
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
 pub mod config;
+pub mod encoding;
 pub mod history;
 pub mod http;
 pub mod hub;
@@ -86,7 +88,19 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let ingest_addr = listeners.ingest.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
-    let (hub, hub_task) = hub::spawn(config.hub.history_len, config.hub.queue);
+    let (hub, hub_task) = hub::spawn(hub::HubSettings {
+        history_len: config.hub.history_len,
+        queue: config.hub.queue,
+        rate_limits: config
+            .hub
+            .rate_limit
+            .iter()
+            .map(|r| hub::RateLimit {
+                pattern: r.topic.clone(),
+                min_interval: ms(r.min_interval_ms),
+            })
+            .collect(),
+    });
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
     let registry = Arc::new(Registry::new());

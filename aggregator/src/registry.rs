@@ -16,7 +16,7 @@ use hostpulse_proto::v1::Hello;
 use serde::Serialize;
 
 use crate::topic::host_segment;
-use crate::update::Update;
+use crate::update::{Payload, Update};
 
 /// A host name already published by another connected agent.
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +237,7 @@ impl Registry {
     pub fn hosts_update(&self, event: &HostEvent) -> Update {
         let seq = self.hosts_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now();
-        Update::new("hosts".into(), seq, now, now, event)
+        Update::new("hosts".into(), seq, now, now, Payload::Host(event.clone()))
     }
 }
 

@@ -1,14 +1,49 @@
-//! Topic updates and their wire form, encoded once and shared.
+//! Topic updates and `$sys` messages, and their wire forms.
 //!
-//! An [`Update`] is built once from a sample (or an event) and encoded to JSON
-//! once; every subscriber and the history hold the same `Arc<Update>`, and a
-//! socket write clones the encoded [`Utf8Bytes`] (a reference-count bump).
+//! An [`Update`] is built once from a sample (or an event). Its JSON form is
+//! encoded at once (nearly every subscriber wants it); the MessagePack and
+//! deflated forms are encoded on first use. Every subscriber and the history
+//! hold the same `Arc<Update>`, so each form is encoded once however many
+//! clients receive it, and sending it is a reference-count bump.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use hostpulse_proto::{Cpu, Load, Memory, Processes};
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::encoding::{Encoding, deflate};
+use crate::registry::HostEvent;
+
+/// What an update carries.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    /// `host.<h>.cpu`
+    Cpu(Cpu),
+    /// `host.<h>.memory`
+    Memory(Memory),
+    /// `host.<h>.load`
+    Load(Load),
+    /// `host.<h>.processes`
+    Processes(Processes),
+    /// `hosts`
+    Host(HostEvent),
+    /// Anything else (tests, `$sys` statistics).
+    Other(Value),
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    topic: &'a str,
+    seq: u64,
+    timestamp: &'a str,
+    received: &'a str,
+    payload: &'a Payload,
+}
 
 /// One update of one topic.
 #[derive(Debug)]
@@ -17,67 +52,120 @@ pub struct Update {
     pub topic: Arc<str>,
     /// Position in the topic: rises by one per update within a source's run.
     pub seq: u64,
-    /// The JSON text frame, encoded once.
+    timestamp: String,
+    received: String,
+    payload: Payload,
+    /// The JSON text frame.
     pub json: Utf8Bytes,
+    msgpack: OnceLock<Bytes>,
+    deflated: OnceLock<Bytes>,
 }
 
 impl Update {
-    /// Builds and encodes an update.
+    /// Builds an update and encodes its JSON form.
     ///
     /// `taken` is when the data was observed (the sample time on the host),
     /// `received` when the aggregator got it; both go on the wire so a viewer
     /// can show how fresh it is.
-    pub fn new<P: Serialize>(
+    pub fn new(
         topic: Arc<str>,
         seq: u64,
         taken: SystemTime,
         received: SystemTime,
-        payload: &P,
+        payload: Payload,
     ) -> Self {
-        #[derive(Serialize)]
-        struct Envelope<'a, P> {
-            topic: &'a str,
-            seq: u64,
-            timestamp: String,
-            received: String,
-            payload: &'a P,
-        }
+        let timestamp = rfc3339(taken);
+        let received = rfc3339(received);
         let json = serde_json::to_string(&Envelope {
             topic: &topic,
             seq,
-            timestamp: rfc3339(taken),
-            received: rfc3339(received),
-            payload,
+            timestamp: &timestamp,
+            received: &received,
+            payload: &payload,
         })
         .expect("update payloads serialise");
         Self {
             topic,
             seq,
+            timestamp,
+            received,
+            payload,
             json: json.into(),
+            msgpack: OnceLock::new(),
+            deflated: OnceLock::new(),
         }
     }
 
-    /// Bytes this update holds (for queue and history bounds).
+    /// The MessagePack form (a map with the JSON form's fields), encoded once.
+    pub fn msgpack(&self) -> &Bytes {
+        self.msgpack.get_or_init(|| {
+            rmp_serde::to_vec_named(&Envelope {
+                topic: &self.topic,
+                seq: self.seq,
+                timestamp: &self.timestamp,
+                received: &self.received,
+                payload: &self.payload,
+            })
+            .expect("update payloads serialise")
+            .into()
+        })
+    }
+
+    /// The deflated MessagePack form, encoded once.
+    pub fn deflated(&self) -> &Bytes {
+        self.deflated.get_or_init(|| deflate(self.msgpack()))
+    }
+
+    /// Bytes of the form `encoding` sends.
+    pub fn bytes(&self, encoding: Encoding) -> &[u8] {
+        match encoding {
+            Encoding::Json => self.json.as_bytes(),
+            Encoding::MsgPack => self.msgpack(),
+            Encoding::MsgPackDeflate => self.deflated(),
+        }
+    }
+
+    /// Bytes this update holds in memory (for queue and history bounds).
     pub fn size(&self) -> usize {
-        self.json.len() + self.topic.len() + std::mem::size_of::<Self>()
+        self.json.len() * 2 + std::mem::size_of::<Self>()
     }
 }
 
-/// A `$sys.*` message: replies and notices, with no seq.
-pub fn sys_message<P: Serialize>(topic: &str, payload: &P) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct Sys<'a, P> {
-        topic: &'a str,
-        timestamp: String,
-        payload: &'a P,
+/// A `$sys.*` reply or notice for one connection: no seq.
+#[derive(Debug, Clone, Serialize)]
+pub struct SysMessage {
+    /// `$sys.subscribed`, `$sys.error`, ...
+    pub topic: &'static str,
+    /// When it was made.
+    pub timestamp: String,
+    /// Its content.
+    pub payload: Value,
+}
+
+impl SysMessage {
+    /// A message on `topic` made now.
+    pub fn new<P: Serialize>(topic: &'static str, payload: &P) -> Self {
+        Self {
+            topic,
+            timestamp: rfc3339(SystemTime::now()),
+            payload: serde_json::to_value(payload).expect("system payloads serialise"),
+        }
     }
-    serde_json::to_string(&Sys {
-        topic,
-        timestamp: rfc3339(SystemTime::now()),
-        payload,
-    })
-    .expect("system payloads serialise")
-    .into()
+
+    /// Its JSON text.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("system payloads serialise")
+    }
+
+    /// Its MessagePack form.
+    pub fn msgpack(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("system payloads serialise")
+    }
+
+    /// Approximate size, for queue bounds.
+    pub fn size(&self) -> usize {
+        256
+    }
 }
 
 /// RFC 3339 with milliseconds, UTC: `2026-11-28T12:34:56.123Z`.
@@ -94,20 +182,40 @@ pub fn from_unix_ms(ms: i64) -> SystemTime {
 mod tests {
     use super::*;
 
-    #[test]
-    fn envelope_has_the_documented_shape() {
-        let u = Update::new(
+    fn update() -> Update {
+        Update::new(
             "host.a.cpu".into(),
             7,
             from_unix_ms(1_795_000_000_123),
             from_unix_ms(1_795_000_000_200),
-            &serde_json::json!({"total_pct": 1.5}),
-        );
-        let v: serde_json::Value = serde_json::from_str(&u.json).unwrap();
+            Payload::Other(serde_json::json!({"total_pct": 1.5})),
+        )
+    }
+
+    #[test]
+    fn envelope_has_the_documented_shape() {
+        let v: Value = serde_json::from_str(&update().json).unwrap();
         assert_eq!(v["topic"], "host.a.cpu");
         assert_eq!(v["seq"], 7);
         assert_eq!(v["timestamp"], "2026-11-18T11:06:40.123Z");
         assert_eq!(v["received"], "2026-11-18T11:06:40.200Z");
         assert_eq!(v["payload"]["total_pct"], 1.5);
+    }
+
+    #[test]
+    fn every_encoding_carries_the_same_update() {
+        let u = update();
+        let json: Value = serde_json::from_str(&u.json).unwrap();
+        let packed: Value = rmp_serde::from_slice(u.msgpack()).unwrap();
+        assert_eq!(packed, json);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::DeflateDecoder::new(&u.deflated()[..]),
+            &mut raw,
+        )
+        .unwrap();
+        assert_eq!(&raw[..], &u.msgpack()[..]);
+        // Encoded once: the same bytes on every call.
+        assert_eq!(u.msgpack().as_ptr(), u.msgpack().as_ptr());
     }
 }

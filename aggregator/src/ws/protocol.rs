@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::ws::Utf8Bytes;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hub::{Since, SubscribeRequest};
 use crate::topic::validate_pattern;
-use crate::update::sys_message;
+use crate::update::SysMessage;
 
 /// A parsed client request.
 #[derive(Debug)]
@@ -65,6 +66,8 @@ struct SubscribeFields {
     since: Option<SinceField>,
     #[serde(default)]
     history: Option<usize>,
+    #[serde(default)]
+    throttle_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +98,9 @@ struct PingFields {
 
 /// Most updates a `history` request may ask for per topic.
 pub const MAX_HISTORY_REQUEST: usize = 100_000;
+
+/// Longest throttle interval a subscription may ask for (one hour).
+pub const MAX_THROTTLE_MS: u64 = 3_600_000;
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Request, ProtocolError> {
@@ -156,11 +162,19 @@ pub fn parse(text: &str) -> Result<Request, ProtocolError> {
                 Some(SinceField::All(s)) => Some(Since::All(s)),
                 Some(SinceField::PerTopic(m)) => Some(Since::PerTopic(m)),
             };
+            if f.throttle_ms.is_some_and(|t| t > MAX_THROTTLE_MS) {
+                return Err(ProtocolError {
+                    code: "bad_request",
+                    message: format!("\"throttle_ms\" may be at most {MAX_THROTTLE_MS}"),
+                    id,
+                });
+            }
             Ok(Request::Subscribe(SubscribeRequest {
                 pattern: f.topic,
                 id: f.id,
                 since,
                 history: f.history,
+                throttle: Duration::from_millis(f.throttle_ms.unwrap_or(0)),
             }))
         }
         "unsubscribe" => {
@@ -187,7 +201,7 @@ pub fn parse(text: &str) -> Result<Request, ProtocolError> {
 }
 
 /// A `$sys.error` frame.
-pub fn error_message(code: &str, message: &str, id: Option<Value>) -> Utf8Bytes {
+pub fn error_message(code: &str, message: &str, id: Option<Value>) -> SysMessage {
     #[derive(Serialize)]
     struct Error<'a> {
         code: &'a str,
@@ -195,17 +209,17 @@ pub fn error_message(code: &str, message: &str, id: Option<Value>) -> Utf8Bytes 
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
     }
-    sys_message("$sys.error", &Error { code, message, id })
+    SysMessage::new("$sys.error", &Error { code, message, id })
 }
 
 /// A `$sys.pong` frame.
-pub fn pong_message(id: Option<Value>) -> Utf8Bytes {
+pub fn pong_message(id: Option<Value>) -> SysMessage {
     #[derive(Serialize)]
     struct Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Value>,
     }
-    sys_message("$sys.pong", &Pong { id })
+    SysMessage::new("$sys.pong", &Pong { id })
 }
 
 #[cfg(test)]
