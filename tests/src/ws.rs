@@ -14,6 +14,30 @@ use crate::WAIT;
 /// A connected client.
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Binary frames are deflated MessagePack (else plain MessagePack).
+    pub deflated: bool,
+}
+
+/// Decodes one data frame: text as JSON, binary as MessagePack (inflated first when `deflated`).
+pub fn decode(message: &Message, deflated: bool) -> Option<Value> {
+    match message {
+        Message::Text(t) => Some(serde_json::from_str(t).expect("server sends JSON text")),
+        Message::Binary(b) => {
+            let raw = if deflated {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::DeflateDecoder::new(&b[..]),
+                    &mut out,
+                )
+                .expect("valid deflate");
+                out
+            } else {
+                b.to_vec()
+            };
+            Some(rmp_serde::from_slice(&raw).expect("valid MessagePack"))
+        }
+        _ => None,
+    }
 }
 
 /// What the server sent last, when it closed.
@@ -32,7 +56,31 @@ impl WsClient {
             .await
             .expect("connect in time")
             .expect("websocket connect");
-        Self { socket }
+        Self {
+            socket,
+            deflated: url.contains("encoding=msgpack+deflate")
+                || url.contains("encoding=msgpack%2Bdeflate"),
+        }
+    }
+
+    /// Connects offering `subprotocol`; returns the client and the protocol the server chose.
+    pub async fn connect_with_protocol(url: &str, subprotocol: &str) -> (Self, Option<String>) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("a websocket URL");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            subprotocol.parse().expect("a header value"),
+        );
+        let (socket, response) = tokio::time::timeout(WAIT, connect_async(request))
+            .await
+            .expect("connect in time")
+            .expect("websocket connect");
+        let chosen = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_string());
+        let deflated = chosen.as_deref() == Some("hostpulse.v1.msgpack-deflate");
+        (Self { socket, deflated }, chosen)
     }
 
     /// Sends a raw text frame.
@@ -68,11 +116,10 @@ impl WsClient {
                 .await
                 .ok()?;
             match msg {
-                Some(Ok(Message::Text(t))) => {
-                    return Some(serde_json::from_str(&t).expect("server sends JSON"));
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    return decode(&m, self.deflated);
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Binary(_))) => panic!("unexpected binary frame"),
                 Some(Ok(Message::Close(c))) => panic!("server closed: {c:?}"),
                 Some(Err(e)) => panic!("websocket error: {e}"),
                 None => panic!("connection ended"),
@@ -87,8 +134,8 @@ impl WsClient {
         loop {
             match tokio::time::timeout_at(deadline, self.socket.next()).await {
                 Err(_) => return Ok(None),
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    return Ok(Some(serde_json::from_str(&t).expect("server sends JSON")));
+                Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                    return Ok(decode(&m, self.deflated));
                 }
                 Ok(Some(Ok(Message::Close(Some(frame))))) => {
                     return Err(Closed::Code(u16::from(frame.code)));
@@ -109,7 +156,10 @@ impl WsClient {
             if let Ok(Ok((socket, _))) =
                 tokio::time::timeout(Duration::from_secs(2), connect_async(url)).await
             {
-                return Self { socket };
+                return Self {
+                    socket,
+                    deflated: false,
+                };
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

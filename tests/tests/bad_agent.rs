@@ -1,64 +1,16 @@
 //! A misbehaving agent is refused with a clear gRPC status, and a healthy
 //! agent on the same aggregator keeps flowing.
 
-use hostpulse_proto::v1::{
-    AgentMessage, Batch, Hello, agent_message, aggregator_message, ingest_client::IngestClient,
-};
+use hostpulse_proto::v1::AgentMessage;
+use hostpulse_tests::fake::{self, hello, raw_batch};
 use hostpulse_tests::ws::WsClient;
-use hostpulse_tests::{TestAgent, TestAggregator, WAIT, agent_config};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-
-fn hello(host: &str) -> AgentMessage {
-    AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello {
-            agent_id: format!("fake-{host}"),
-            hostname: host.into(),
-            version: "0.0.0".into(),
-            labels: Default::default(),
-            epoch: 1,
-            schema_version: hostpulse_proto::SCHEMA_VERSION,
-            interval_ms: 1000,
-        })),
-    }
-}
-
-fn batch(seq: u64, count: u32, bytes: Vec<u8>) -> AgentMessage {
-    AgentMessage {
-        kind: Some(agent_message::Kind::Batch(Batch {
-            seq,
-            sample_count: count,
-            samples: bytes.into(),
-        })),
-    }
-}
+use hostpulse_tests::{TestAgent, TestAggregator, agent_config};
 
 /// Opens a stream, sends `messages`, and returns the status that ended it.
 async fn refused_with(url: &str, messages: Vec<AgentMessage>) -> tonic::Status {
-    let mut client = IngestClient::connect(url.to_string())
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(8);
-    for m in messages {
-        tx.send(m).await.unwrap();
-    }
-    let result = client.stream(ReceiverStream::new(rx)).await;
-    let mut inbound = match result {
-        Err(status) => return status,
-        Ok(r) => r.into_inner(),
-    };
-    loop {
-        match tokio::time::timeout(WAIT, inbound.message())
-            .await
-            .expect("an answer in time")
-        {
-            Ok(Some(m)) => assert!(
-                matches!(m.kind, Some(aggregator_message::Kind::Welcome(_))),
-                "only Welcome precedes the refusal: {m:?}"
-            ),
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => return status,
-        }
+    match fake::open(url, messages).await {
+        Err(status) => status,
+        Ok(mut agent) => agent.refusal().await,
     }
 }
 
@@ -75,7 +27,10 @@ async fn corrupt_batches_are_refused_and_a_healthy_agent_keeps_flowing() {
     let url = agg.ingest_url();
     let status = refused_with(
         &url,
-        vec![hello("bad1"), batch(1, 1, vec![0xc1, 0xff, 0x00, 0x13])],
+        vec![
+            hello("bad1", 1),
+            raw_batch(1, 1, vec![0xc1, 0xff, 0x00, 0x13]),
+        ],
     )
     .await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -86,13 +41,13 @@ async fn corrupt_batches_are_refused_and_a_healthy_agent_keeps_flowing() {
 
     let huge = refused_with(
         &url,
-        vec![hello("bad2"), batch(1, 1_000_000_000, vec![0x90])],
+        vec![hello("bad2", 1), raw_batch(1, 1_000_000_000, vec![0x90])],
     )
     .await;
     assert_eq!(huge.code(), tonic::Code::InvalidArgument);
     assert!(huge.message().contains("limit of 100"), "{huge:?}");
 
-    let mismatch = refused_with(&url, vec![hello("bad3"), batch(1, 5, vec![0x90])]).await;
+    let mismatch = refused_with(&url, vec![hello("bad3", 1), raw_batch(1, 5, vec![0x90])]).await;
     assert!(
         mismatch
             .message()
@@ -100,7 +55,7 @@ async fn corrupt_batches_are_refused_and_a_healthy_agent_keeps_flowing() {
         "{mismatch:?}"
     );
 
-    let no_hello = refused_with(&url, vec![batch(1, 0, vec![0x90])]).await;
+    let no_hello = refused_with(&url, vec![raw_batch(1, 0, vec![0x90])]).await;
     assert_eq!(no_hello.code(), tonic::Code::InvalidArgument);
     assert!(
         no_hello
@@ -108,19 +63,12 @@ async fn corrupt_batches_are_refused_and_a_healthy_agent_keeps_flowing() {
             .contains("first message of a stream must be Hello")
     );
 
-    let nan = hostpulse_proto::Sample {
-        seq: 5,
-        timestamp_ms: 1_795_000_000_000,
-        cpu: Some(hostpulse_proto::Cpu {
-            total_pct: f32::NAN,
-            per_core_pct: vec![],
-        }),
-        memory: None,
-        load: None,
-        processes: None,
-    };
-    let bytes = hostpulse_proto::encode_batch(std::slice::from_ref(&nan));
-    let invalid = refused_with(&url, vec![hello("bad4"), batch(1, 1, bytes)]).await;
+    let mut nan = fake::sample(5, 0);
+    nan.cpu = Some(hostpulse_proto::Cpu {
+        total_pct: f32::NAN,
+        per_core_pct: vec![],
+    });
+    let invalid = refused_with(&url, vec![hello("bad4", 1), fake::batch(1, &[nan])]).await;
     assert!(
         invalid.message().contains("cpu.total_pct is NaN"),
         "{invalid:?}"
@@ -156,7 +104,7 @@ async fn a_second_agent_claiming_a_connected_host_is_refused() {
             .load(std::sync::atomic::Ordering::Relaxed)
     })
     .await;
-    let status = refused_with(&agg.ingest_url(), vec![hello("shared")]).await;
+    let status = refused_with(&agg.ingest_url(), vec![hello("shared", 1)]).await;
     assert_eq!(status.code(), tonic::Code::AlreadyExists);
     assert!(
         status.message().contains("already published by agent"),

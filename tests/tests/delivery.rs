@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hostpulse_proto::v1::{AgentMessage, Batch, Hello, agent_message, ingest_client::IngestClient};
+use hostpulse_tests::fake::{self, FakeAgent};
 use hostpulse_tests::process::{Proc, temp_file};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::{Closed, WsClient};
@@ -13,8 +13,6 @@ use hostpulse_tests::{
     TestAgent, TestAggregator, WAIT, agent_config, free_port, http_get, wait_until,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Reads from `client` into `tracker` until `done` holds (true) or the
 /// connection ends (false).
@@ -297,47 +295,8 @@ async fn a_silent_agent_is_announced_offline_and_online_again_when_it_speaks() {
     let mut watcher = WsClient::connect(&agg.ws_url()).await;
     watcher.subscribe("hosts").await;
 
-    let mut client = IngestClient::connect(agg.ingest_url()).await.unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(AgentMessage {
-        kind: Some(agent_message::Kind::Hello(Hello {
-            agent_id: "quiet".into(),
-            hostname: "quiet".into(),
-            version: "test".into(),
-            labels: Default::default(),
-            epoch: 7,
-            schema_version: hostpulse_proto::SCHEMA_VERSION,
-            interval_ms: 50,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    inbound.message().await.unwrap().expect("welcome");
-    let batch = |seq: u64| AgentMessage {
-        kind: Some(agent_message::Kind::Batch(Batch {
-            seq,
-            sample_count: 1,
-            samples: hostpulse_proto::encode_batch(&[hostpulse_proto::Sample {
-                seq,
-                timestamp_ms: 1_795_000_000_000 + seq as i64,
-                cpu: None,
-                memory: None,
-                load: Some(hostpulse_proto::Load {
-                    one: 0.1,
-                    five: 0.1,
-                    fifteen: 0.1,
-                }),
-                processes: None,
-            }])
-            .into(),
-        })),
-    };
-    tx.send(batch(1)).await.unwrap();
+    let quiet = FakeAgent::connect(&agg.ingest_url(), "quiet").await;
+    quiet.send(fake::batch(1, &[fake::sample(1, 0)])).await;
     let online = watcher.next_on("hosts").await;
     assert_eq!(online["payload"]["event"], "online");
     let silent_from = std::time::Instant::now();
@@ -345,14 +304,14 @@ async fn a_silent_agent_is_announced_offline_and_online_again_when_it_speaks() {
     assert_eq!(offline["payload"]["event"], "offline");
     assert_eq!(offline["payload"]["host"], "quiet");
     assert!(silent_from.elapsed() >= Duration::from_millis(250));
-    tx.send(batch(2)).await.unwrap();
+    quiet.send(fake::batch(2, &[fake::sample(2, 0)])).await;
     let back = watcher.next_on("hosts").await;
     assert_eq!(back["payload"]["event"], "online");
     assert_eq!(
         back["seq"].as_u64().unwrap(),
         offline["seq"].as_u64().unwrap() + 1
     );
-    drop(tx);
+    drop(quiet);
     agg.stop().await;
 }
 
