@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt clean
+.PHONY: run test build lint fmt clean bench
 
 run:
 	@deploy/run-local.sh
@@ -16,6 +16,13 @@ test: lint
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Fan-out, idle-connection and ingest benchmarks (see BENCHMARKS.md); about
+# 15 minutes. Pass SCENARIOS="fanout-100x10000 ..." or BENCH_ARGS="--runs 1".
+bench:
+	$(CARGO) build --release -p hostpulse-aggregator -p hostpulse-bench
+	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)
+	scripts/agent-cost.sh 60
 
 build:
 	$(CARGO) build --workspace --release --bins

@@ -129,6 +129,10 @@ pub struct WsConfig {
     pub ping_timeout_ms: u64,
     /// Longest a single flush to a client may block, in milliseconds.
     pub write_timeout_ms: u64,
+    /// For benchmarks only: encode every update again for every client and
+    /// flush after every frame, as a naive server would. Never enable in
+    /// production; `hostpulse-bench --baseline` uses it to measure the gain.
+    pub naive_baseline: bool,
 }
 
 impl Default for WsConfig {
@@ -141,6 +145,7 @@ impl Default for WsConfig {
             ping_interval_ms: 15_000,
             ping_timeout_ms: 45_000,
             write_timeout_ms: 10_000,
+            naive_baseline: false,
         }
     }
 }
@@ -151,6 +156,10 @@ impl Default for WsConfig {
 pub struct HubConfig {
     /// Updates kept per topic for resume and replay.
     pub history_len: usize,
+    /// Bytes of history kept over all topics (JSON size); beyond it the oldest
+    /// updates of the whole hub are dropped, so a large fleet keeps a shorter
+    /// history rather than running out of memory.
+    pub history_max_bytes: usize,
     /// Commands queued to the hub before publishers wait.
     pub queue: usize,
     /// Per-topic rate limits for high-volume topics, first match wins.
@@ -173,6 +182,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             history_len: 600,
+            history_max_bytes: 256 << 20,
             queue: 4096,
             rate_limit: Vec::new(),
         }
@@ -206,7 +216,8 @@ impl AggregatorConfig {
             key,
             reason: reason.into(),
         };
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
+            ("hub.history_max_bytes", self.hub.history_max_bytes as u64),
             ("ingest.offline_after_ms", self.ingest.offline_after_ms),
             (
                 "ingest.max_message_bytes",

@@ -22,17 +22,25 @@ pub struct Replay<'a> {
 }
 
 impl History {
-    /// Appends, evicting the oldest beyond `cap`. Returns the change in bytes held.
-    pub fn push(&mut self, update: Arc<Update>, cap: usize) -> isize {
+    /// Appends, evicting the oldest beyond `cap`. Returns the change in
+    /// bytes held and how many entries were evicted.
+    pub fn push(&mut self, update: Arc<Update>, cap: usize) -> (isize, usize) {
         let mut delta = update.size() as isize;
         self.bytes += update.size();
         self.entries.push_back(update);
+        let mut evicted = 0;
         while self.entries.len() > cap {
-            let old = self.entries.pop_front().expect("len > cap");
-            self.bytes -= old.size();
-            delta -= old.size() as isize;
+            delta -= self.pop_oldest().expect("len > cap") as isize;
+            evicted += 1;
         }
-        delta
+        (delta, evicted)
+    }
+
+    /// Drops the oldest entry; returns its size.
+    pub fn pop_oldest(&mut self) -> Option<usize> {
+        let old = self.entries.pop_front()?;
+        self.bytes -= old.size();
+        Some(old.size())
     }
 
     /// Seq of the oldest update held.

@@ -11,7 +11,7 @@
 //! waits: a connection whose outbox is full is marked overflowed and closed by
 //! its own task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,6 +77,9 @@ pub struct RateLimit {
 pub struct HubSettings {
     /// Updates kept per topic.
     pub history_len: usize,
+    /// Bytes of history kept over all topics; the oldest updates of the
+    /// whole hub go first beyond it.
+    pub history_max_bytes: usize,
     /// Commands queued before publishers wait.
     pub queue: usize,
     /// Per-topic rate limits, first match wins.
@@ -165,6 +168,9 @@ pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) 
         conns: HashMap::new(),
         settings,
         stats: stats.clone(),
+        history_order: VecDeque::new(),
+        history_entries: 0,
+        history_bytes: 0,
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx, stats }, task)
@@ -205,6 +211,12 @@ struct Hub {
     conns: HashMap<ConnId, Conn>,
     settings: HubSettings,
     stats: Arc<HubStats>,
+    /// Every update put in history, oldest first, for the global byte bound
+    /// (entries already evicted by a topic's own bound are skipped and
+    /// compacted away).
+    history_order: VecDeque<(Arc<str>, u64)>,
+    history_entries: usize,
+    history_bytes: usize,
 }
 
 #[derive(Serialize)]
@@ -281,10 +293,9 @@ impl Hub {
             t.last_accepted = Some(now);
         }
         t.seq = update.seq;
-        let delta = t.history.push(update.clone(), self.settings.history_len);
-        self.stats
-            .history_bytes
-            .fetch_add(delta as u64, Ordering::Relaxed);
+        let (delta, evicted) = t.history.push(update.clone(), self.settings.history_len);
+        self.history_bytes = (self.history_bytes as isize + delta) as usize;
+        self.history_entries = self.history_entries + 1 - evicted;
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
         let (mut delivered, mut held, mut dropped) = (0, 0, 0);
         for s in &t.subscribers {
@@ -303,6 +314,37 @@ impl Hub {
         self.stats
             .overflow_drops
             .fetch_add(dropped, Ordering::Relaxed);
+        self.history_order
+            .push_back((update.topic.clone(), update.seq));
+        self.bound_history();
+    }
+
+    /// Keeps the whole history within `history_max_bytes`, oldest first.
+    fn bound_history(&mut self) {
+        while self.history_bytes > self.settings.history_max_bytes {
+            let Some((name, seq)) = self.history_order.pop_front() else {
+                break;
+            };
+            if let Some(t) = self.topics.get_mut(&name)
+                && t.history.first_seq() == Some(seq)
+            {
+                let size = t.history.pop_oldest().expect("first_seq is held");
+                self.history_bytes -= size;
+                self.history_entries -= 1;
+            }
+        }
+        if self.history_order.len() > 2 * self.history_entries + 1024 {
+            let topics = &self.topics;
+            self.history_order.retain(|(name, seq)| {
+                topics
+                    .get(name)
+                    .and_then(|t| t.history.first_seq())
+                    .is_some_and(|first| *seq >= first)
+            });
+        }
+        self.stats
+            .history_bytes
+            .store(self.history_bytes as u64, Ordering::Relaxed);
     }
 
     /// Every connection with a pattern matching `topic`, once each.
@@ -475,5 +517,76 @@ impl Hub {
         for t in self.topics.values_mut() {
             t.subscribers.retain(|s| s.conn != conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Item, OutboxStats};
+    use crate::update::Payload;
+    use std::time::SystemTime;
+
+    fn update(topic: &str, seq: u64) -> Update {
+        let now = SystemTime::now();
+        Update::new(
+            topic.into(),
+            seq,
+            now,
+            now,
+            Payload::Other("x".repeat(100).into()),
+        )
+    }
+
+    #[tokio::test]
+    async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
+        let (hub, _task) = spawn(HubSettings {
+            history_len: 1000,
+            history_max_bytes: 20_000,
+            queue: 64,
+            rate_limits: Vec::new(),
+        });
+        for seq in 1..=200 {
+            let updates = ["a", "b", "c"].iter().map(|t| update(t, seq)).collect();
+            hub.send(Command::Publish(updates)).await.unwrap();
+        }
+        let outbox = Outbox::new(
+            1 << 20,
+            Duration::from_secs(5),
+            Arc::new(OutboxStats::default()),
+        );
+        hub.send(Command::Subscribe {
+            conn: 1,
+            outbox: outbox.clone(),
+            request: SubscribeRequest {
+                pattern: "a".into(),
+                id: None,
+                since: None,
+                history: Some(1000),
+                throttle: Duration::ZERO,
+            },
+        })
+        .await
+        .unwrap();
+        let mut items = Vec::new();
+        while items.len() < 2 {
+            outbox.notified().await;
+            outbox.drain_into(&mut items);
+        }
+        let seqs: Vec<u64> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Update(u) => Some(u.seq),
+                Item::Sys(_) => None,
+            })
+            .collect();
+        let held = hub.stats.history_bytes.load(Ordering::Relaxed);
+        assert!(held <= 20_000 && held > 15_000, "{held}");
+        // Only the newest of topic `a` remain, consecutive up to the last.
+        assert_eq!(*seqs.last().unwrap(), 200);
+        assert!(
+            seqs.len() < 200 && seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "{seqs:?}"
+        );
     }
 }

@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use hostpulse_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -90,6 +91,7 @@ pub async fn run(
     let http_addr = listeners.http.local_addr()?;
     let (hub, hub_task) = hub::spawn(hub::HubSettings {
         history_len: config.hub.history_len,
+        history_max_bytes: config.hub.history_max_bytes,
         queue: config.hub.queue,
         rate_limits: config
             .hub
@@ -141,8 +143,14 @@ pub async fn run(
         ws: ws_state,
         registry,
     });
+    // Updates are small and latency matters more than packet count: no Nagle.
+    let http_listener = listeners.http.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let web = axum::serve(
-        listeners.http,
+        http_listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -1,0 +1,412 @@
+//! `hostpulse-bench`: runs named load scenarios against the real aggregator
+//! binary (pinned to core 0) with this generator pinned to core 1, and prints
+//! deliveries/s, latency percentiles from sample creation to receipt, the
+//! aggregator's CPU and memory, and medians over several runs.
+//!
+//! `--baseline` also runs each fan-out scenario against the aggregator in its
+//! naive mode (one encode and one flush per client per update), so the gain
+//! is a ratio measured in the same run on the same machine.
+
+mod load;
+mod rawws;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::load::{PublishStats, Received};
+use crate::server::Server;
+
+/// Benchmarks the hostpulse aggregator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Scenarios to run (see --list); default: all.
+    scenarios: Vec<String>,
+    /// Runs per scenario (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Measured seconds per run (after a 2 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Aggregator binary (default: the release build next to this one).
+    #[arg(long)]
+    aggregator: Option<PathBuf>,
+    /// Do not pin the aggregator and the generator to separate cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Also run fan-out scenarios against the naive baseline.
+    #[arg(long)]
+    baseline: bool,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// `clients` subscribers of `host.*.cpu`, `rate` updates/s in total.
+    Fanout {
+        clients: usize,
+        rate: f64,
+        batch_ms: u64,
+    },
+    /// `conns` connections, each subscribed to a silent topic.
+    Idle { conns: usize },
+    /// `agents` streams at `rate` samples/s each (full samples), one subscriber.
+    Ingest { agents: usize, rate: f64 },
+    /// `agents` streams sending 100-sample batches as fast as acks allow.
+    IngestMax { agents: usize },
+}
+
+const SCENARIOS: &[(&str, Kind)] = &[
+    (
+        "fanout-100x10000",
+        Kind::Fanout {
+            clients: 100,
+            rate: 10_000.0,
+            batch_ms: 0,
+        },
+    ),
+    (
+        "fanout-1000x100",
+        Kind::Fanout {
+            clients: 1000,
+            rate: 100.0,
+            batch_ms: 0,
+        },
+    ),
+    (
+        "fanout-5000x20",
+        Kind::Fanout {
+            clients: 5000,
+            rate: 20.0,
+            batch_ms: 0,
+        },
+    ),
+    (
+        "fanout-1000x100-batch50",
+        Kind::Fanout {
+            clients: 1000,
+            rate: 100.0,
+            batch_ms: 50,
+        },
+    ),
+    (
+        "fanout-5000x20-batch50",
+        Kind::Fanout {
+            clients: 5000,
+            rate: 20.0,
+            batch_ms: 50,
+        },
+    ),
+    ("idle-10000", Kind::Idle { conns: 10_000 }),
+    (
+        "ingest-10000-agents",
+        Kind::Ingest {
+            agents: 10_000,
+            rate: 1.0,
+        },
+    ),
+    ("ingest-max-rate", Kind::IngestMax { agents: 20 }),
+];
+
+/// One run's figures; the names are printed as they are.
+type Figures = Vec<(&'static str, f64)>;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.list {
+        for (name, kind) in SCENARIOS {
+            println!("{name:28} {kind:?}");
+        }
+        return Ok(());
+    }
+    let binary = match &args.aggregator {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .join("hostpulse-aggregator"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "{} not found: build it first (make bench does)",
+        binary.display()
+    );
+    let server_core = if args.no_pin {
+        None
+    } else {
+        // The generator takes core 1; the aggregator gets core 0.
+        let pid = std::process::id().to_string();
+        let ok = std::process::Command::new("taskset")
+            .args(["-p", "-c", "1", &pid])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        anyhow::ensure!(
+            ok,
+            "taskset failed; run with --no-pin on a machine without it"
+        );
+        Some(0)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let wanted: Vec<&(&str, Kind)> = SCENARIOS
+        .iter()
+        .filter(|(n, _)| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == n))
+        .collect();
+    anyhow::ensure!(!wanted.is_empty(), "no such scenario; see --list");
+    for (name, kind) in wanted {
+        let modes: &[bool] = match kind {
+            Kind::Fanout { .. } if args.baseline => &[false, true],
+            _ => &[false],
+        };
+        for &naive in modes {
+            let label = if naive {
+                format!("{name} (naive baseline)")
+            } else {
+                name.to_string()
+            };
+            let mut runs: Vec<Figures> = Vec::new();
+            for run in 1..=args.runs {
+                let figures =
+                    runtime.block_on(run_once(&binary, *kind, naive, args.secs, server_core))?;
+                println!("{label} run {run}: {}", format_figures(&figures));
+                runs.push(figures);
+            }
+            println!("{label} MEDIAN: {}\n", format_figures(&median(&runs)));
+        }
+    }
+    Ok(())
+}
+
+fn format_figures(f: &Figures) -> String {
+    f.iter()
+        .map(|(k, v)| {
+            if v.fract() == 0.0 && v.abs() >= 100.0 {
+                format!("{k}={v:.0}")
+            } else {
+                format!("{k}={v:.2}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn median(runs: &[Figures]) -> Figures {
+    runs[0]
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| {
+            let mut v: Vec<f64> = runs.iter().map(|r| r[i].1).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            (*k, v[v.len() / 2])
+        })
+        .collect()
+}
+
+async fn run_once(
+    binary: &PathBuf,
+    kind: Kind,
+    naive: bool,
+    secs: u64,
+    core: Option<usize>,
+) -> anyhow::Result<Figures> {
+    let extra = if naive {
+        "[ws]\nnaive_baseline = true\n"
+    } else {
+        ""
+    };
+    let server = Server::start(binary, extra, core)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(Received::default());
+    let published = Arc::new(PublishStats::default());
+    let measure = Duration::from_secs(secs);
+    match kind {
+        Kind::Idle { conns } => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = server.rss_kib()?;
+            let tasks = load::subscribe(
+                server.http,
+                conns,
+                "host.idle.cpu",
+                0,
+                received,
+                stop.clone(),
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = server.rss_kib()?;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                t.abort();
+            }
+            Ok(vec![
+                ("connections", conns as f64),
+                ("rss_before_mib", before as f64 / 1024.0),
+                ("rss_after_mib", after as f64 / 1024.0),
+                (
+                    "kib_per_connection",
+                    (after.saturating_sub(before)) as f64 / conns as f64,
+                ),
+            ])
+        }
+        Kind::Fanout {
+            clients,
+            rate,
+            batch_ms,
+        } => {
+            let tasks = load::subscribe(
+                server.http,
+                clients,
+                "host.*.cpu",
+                batch_ms,
+                received.clone(),
+                stop.clone(),
+            )
+            .await?;
+            let agents = ((rate / 1000.0).ceil() as usize).max(1);
+            let per_agent = rate / agents as f64;
+            let per_batch = ((per_agent / 100.0).round() as usize).max(1);
+            let publisher = tokio::spawn(load::publish(
+                server.ingest,
+                agents,
+                agents,
+                per_agent,
+                per_batch,
+                false,
+                published.clone(),
+                stop.clone(),
+            ));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            received.measuring.store(true, Ordering::Relaxed);
+            let (u0, f0, cpu0) = (
+                received.updates.load(Ordering::Relaxed),
+                received.frames.load(Ordering::Relaxed),
+                server.cpu_mark()?,
+            );
+            let s0 = published.sent.load(Ordering::Relaxed);
+            let gen0 = server::own_cpu_mark()?;
+            tokio::time::sleep(measure).await;
+            let (u1, f1) = (
+                received.updates.load(Ordering::Relaxed),
+                received.frames.load(Ordering::Relaxed),
+            );
+            let sent = (published.sent.load(Ordering::Relaxed) - s0) as f64 / measure.as_secs_f64();
+            let cpu = server.cpu_since(cpu0)?;
+            let generator = server::own_cpu_since(gen0)?;
+            received.measuring.store(false, Ordering::Relaxed);
+            let rss = server.rss_kib()?;
+            stop.store(true, Ordering::Relaxed);
+            let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            }
+            let h = received.latency.lock().expect("lock");
+            let deliveries = (u1 - u0) as f64 / measure.as_secs_f64();
+            Ok(vec![
+                ("deliveries_per_s", deliveries.round()),
+                ("published_per_s", sent.round()),
+                (
+                    "delivered_pct",
+                    100.0 * deliveries / (sent * clients as f64),
+                ),
+                (
+                    "frames_per_s",
+                    ((f1 - f0) as f64 / measure.as_secs_f64()).round(),
+                ),
+                ("p50_ms", h.value_at_quantile(0.50) as f64 / 1000.0),
+                ("p99_ms", h.value_at_quantile(0.99) as f64 / 1000.0),
+                ("p999_ms", h.value_at_quantile(0.999) as f64 / 1000.0),
+                ("aggregator_cpu_pct", cpu),
+                ("aggregator_rss_mib", rss as f64 / 1024.0),
+                ("generator_cpu_pct", generator),
+            ])
+        }
+        Kind::Ingest { agents, rate } => {
+            let tasks = load::subscribe(
+                server.http,
+                1,
+                "host.*.cpu",
+                0,
+                received.clone(),
+                stop.clone(),
+            )
+            .await?;
+            let publisher = tokio::spawn(load::publish(
+                server.ingest,
+                agents,
+                agents / 100,
+                rate,
+                1,
+                true,
+                published.clone(),
+                stop.clone(),
+            ));
+            // Ramp-up: every agent attached and sending.
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            received.measuring.store(true, Ordering::Relaxed);
+            let (a0, cpu0) = (published.acked.load(Ordering::Relaxed), server.cpu_mark()?);
+            tokio::time::sleep(measure).await;
+            let a1 = published.acked.load(Ordering::Relaxed);
+            let cpu = server.cpu_since(cpu0)?;
+            received.measuring.store(false, Ordering::Relaxed);
+            let rss = server.rss_kib()?;
+            stop.store(true, Ordering::Relaxed);
+            let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            }
+            let h = received.latency.lock().expect("lock");
+            Ok(vec![
+                ("agents", agents as f64),
+                (
+                    "samples_per_s",
+                    ((a1 - a0) as f64 / measure.as_secs_f64()).round(),
+                ),
+                ("p50_ms", h.value_at_quantile(0.50) as f64 / 1000.0),
+                ("p99_ms", h.value_at_quantile(0.99) as f64 / 1000.0),
+                ("aggregator_cpu_pct", cpu),
+                ("aggregator_rss_mib", rss as f64 / 1024.0),
+            ])
+        }
+        Kind::IngestMax { agents } => {
+            let publisher = tokio::spawn(load::publish(
+                server.ingest,
+                agents,
+                agents,
+                0.0,
+                100,
+                true,
+                published.clone(),
+                stop.clone(),
+            ));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (a0, cpu0) = (published.acked.load(Ordering::Relaxed), server.cpu_mark()?);
+            tokio::time::sleep(measure).await;
+            let a1 = published.acked.load(Ordering::Relaxed);
+            let cpu = server.cpu_since(cpu0)?;
+            stop.store(true, Ordering::Relaxed);
+            let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+            Ok(vec![
+                (
+                    "samples_per_s",
+                    ((a1 - a0) as f64 / measure.as_secs_f64()).round(),
+                ),
+                (
+                    "updates_per_s",
+                    (4.0 * (a1 - a0) as f64 / measure.as_secs_f64()).round(),
+                ),
+                ("aggregator_cpu_pct", cpu),
+            ])
+        }
+    }
+}

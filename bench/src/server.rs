@@ -1,0 +1,164 @@
+//! The aggregator under test: the real binary, pinned to one core, with its
+//! CPU time and resident memory read from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running aggregator.
+pub(crate) struct Server {
+    child: Child,
+    /// gRPC ingest address.
+    pub(crate) ingest: SocketAddr,
+    /// HTTP/WebSocket address.
+    pub(crate) http: SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// CPU time (user + system) and wall time at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMark {
+    ticks: u64,
+    at: Instant,
+}
+
+impl Server {
+    /// Starts `binary` with `extra` config lines, pinned to `core` when given.
+    pub(crate) fn start(
+        binary: &PathBuf,
+        extra: &str,
+        core: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("hostpulse-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("aggregator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[ingest]\nlisten = \"127.0.0.1:0\"\nmax_samples_per_batch = 10000\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n[hub]\nhistory_len = 16\nqueue = 16384\n{extra}"
+            ),
+        )?;
+        let mut command = match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &core.to_string()]).arg(binary);
+                // One core: one worker thread.
+                c.env("TOKIO_WORKER_THREADS", "1");
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                "hostpulse_aggregator=warn,hostpulse_aggregator=info",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("aggregator listening") => break l,
+                Some(Ok(_)) => {}
+                _ => bail!("aggregator exited before listening"),
+            }
+            if Instant::now() > deadline {
+                bail!("aggregator did not start within 10 s");
+            }
+        };
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+            let start = line.find(&format!("{key}=")).context("address in log")? + key.len() + 1;
+            Ok(line[start..]
+                .split_whitespace()
+                .next()
+                .context("address")?
+                .parse()?)
+        };
+        Ok(Self {
+            ingest: addr("ingest_addr")?,
+            http: addr("http_addr")?,
+            child,
+            _dir: TempDir(dir),
+        })
+    }
+
+    /// CPU time so far.
+    pub(crate) fn cpu_mark(&self) -> anyhow::Result<CpuMark> {
+        cpu_mark_of(&self.child.id().to_string())
+    }
+
+    /// CPU used between `from` and now, in % of one core.
+    pub(crate) fn cpu_since(&self, from: CpuMark) -> anyhow::Result<f64> {
+        let now = self.cpu_mark()?;
+        let secs = (now.ticks - from.ticks) as f64 / 100.0;
+        Ok(100.0 * secs / now.at.duration_since(from.at).as_secs_f64())
+    }
+
+    /// Resident memory in KiB.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse()?)
+    }
+}
+
+/// This process's CPU time so far.
+pub(crate) fn own_cpu_mark() -> anyhow::Result<CpuMark> {
+    cpu_mark_of("self")
+}
+
+/// CPU this process used since `from`, in % of one core.
+pub(crate) fn own_cpu_since(from: CpuMark) -> anyhow::Result<f64> {
+    let now = own_cpu_mark()?;
+    Ok(100.0 * (now.ticks - from.ticks) as f64
+        / 100.0
+        / now.at.duration_since(from.at).as_secs_f64())
+}
+
+fn cpu_mark_of(pid: &str) -> anyhow::Result<CpuMark> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(CpuMark {
+        ticks,
+        at: Instant::now(),
+    })
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
