@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod spool;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hostpulse_proto::v1::Hello;
@@ -115,6 +116,7 @@ impl Agent {
         let sampler = tokio::spawn(sample_loop(
             collector,
             config.interval(),
+            self.status.clone(),
             tx,
             shutdown.clone(),
         ));
@@ -125,19 +127,40 @@ impl Agent {
 }
 
 /// Takes a sample every `interval` until `shutdown`, off the async workers.
+/// The configured interval stretches to what an overloaded aggregator asks
+/// for (`AgentStatus::interval_hint_ms`), and comes back when it stops asking.
 async fn sample_loop(
     mut collector: Collector,
-    interval: Duration,
+    configured: Duration,
+    status: Arc<AgentStatus>,
     tx: mpsc::Sender<hostpulse_proto::Sample>,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    // A stalled machine should not cause a burst of back-to-back samples.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let ticker = |every: Duration| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A stalled machine should not cause a burst of back-to-back samples.
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    };
+    let mut interval = configured;
+    let mut ticks = ticker(interval);
+    status
+        .interval_ms
+        .store(interval.as_millis() as u64, Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticks.tick() => {}
+        }
+        let wanted = configured.max(Duration::from_millis(
+            status.interval_hint_ms.load(Ordering::Relaxed),
+        ));
+        if wanted != interval {
+            interval = wanted;
+            ticks = ticker(interval);
+            status
+                .interval_ms
+                .store(interval.as_millis() as u64, Ordering::Relaxed);
         }
         let taken = tokio::task::spawn_blocking(move || {
             let sample = collector.sample();

@@ -43,6 +43,10 @@ pub struct AgentStatus {
     pub connected: AtomicBool,
     /// Streams established since start.
     pub connections: AtomicU64,
+    /// Shortest sampling interval the aggregator currently asks for (0: none).
+    pub interval_hint_ms: AtomicU64,
+    /// The sampling interval in force, in milliseconds.
+    pub interval_ms: AtomicU64,
 }
 
 /// What the pipeline needs to know.
@@ -201,6 +205,10 @@ pub async fn run(
                     Ok(Some(hostpulse_proto::v1::AggregatorMessage { kind: Some(aggregator_message::Kind::Ack(ack)) })) => {
                         spool.ack_through(ack.seq);
                         status.acked_batch_seq.store(ack.seq, Ordering::Relaxed);
+                        let hint = u64::from(ack.min_interval_ms);
+                        if status.interval_hint_ms.swap(hint, Ordering::Relaxed) != hint {
+                            tracing::info!(min_interval_ms = hint, "aggregator asks for a sampling interval of at least this (0: back to normal)");
+                        }
                     }
                     Ok(Some(other)) => tracing::debug!(?other, "ignoring unexpected message"),
                     Ok(None) | Err(_) => {

@@ -72,6 +72,12 @@ pub struct IngestConfig {
     /// sampling intervals, if longer) is announced offline on `hosts`, and
     /// online again when it speaks, in milliseconds.
     pub offline_after_ms: u64,
+    /// While overloaded (see `overload_queue_fraction`), acks ask agents to
+    /// sample no more often than this, in milliseconds; 0 never asks.
+    pub overload_interval_ms: u64,
+    /// The aggregator counts as overloaded while its hub queue is at least
+    /// this fraction full (0 to 1; 0 means always, for testing agents).
+    pub overload_queue_fraction: f64,
     /// HTTP/2 keepalive ping interval towards agents, in milliseconds.
     pub keepalive_interval_ms: u64,
     /// Unanswered keepalive tolerance, in milliseconds.
@@ -86,6 +92,8 @@ impl Default for IngestConfig {
             max_samples_per_batch: 1000,
             hello_timeout_ms: 5_000,
             offline_after_ms: 10_000,
+            overload_interval_ms: 5_000,
+            overload_queue_fraction: 0.5,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 10_000,
         }
@@ -238,6 +246,12 @@ impl AggregatorConfig {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.ingest.overload_queue_fraction) {
+            return Err(invalid(
+                "ingest.overload_queue_fraction",
+                "must be between 0 and 1",
+            ));
         }
         if self.ws.ping_timeout_ms <= self.ws.ping_interval_ms {
             return Err(invalid(

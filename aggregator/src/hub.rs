@@ -153,6 +153,11 @@ pub struct HubHandle {
 }
 
 impl HubHandle {
+    /// How full the command queue is, from 0 (empty) to 1 (publishers wait).
+    pub fn queue_fill(&self) -> f64 {
+        1.0 - self.tx.capacity() as f64 / self.tx.max_capacity() as f64
+    }
+
     /// Sends a command, waiting for room (the channel is bounded).
     pub async fn send(&self, command: Command) -> Result<(), HubClosed> {
         self.tx.send(command).await.map_err(|_| HubClosed)

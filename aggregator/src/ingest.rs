@@ -45,6 +45,10 @@ pub struct IngestSettings {
     pub hello_timeout: Duration,
     /// A connected agent silent this long is announced offline.
     pub offline_after: Duration,
+    /// Interval asked of agents while overloaded (zero: never ask).
+    pub overload_interval: Duration,
+    /// Overloaded when the hub queue is at least this fraction full.
+    pub overload_queue_fraction: f64,
 }
 
 /// The `hostpulse.v1.Ingest` implementation.
@@ -301,8 +305,21 @@ impl AgentSession {
         &self,
         batch: hostpulse_proto::v1::Batch,
     ) -> Result<AggregatorMessage, Status> {
+        // Ask agents to slow down while the hub falls behind.
+        let overloaded = self.hub.queue_fill() >= self.settings.overload_queue_fraction;
+        let min_interval_ms = if overloaded {
+            self.settings
+                .overload_interval
+                .as_millis()
+                .min(u32::MAX as u128) as u32
+        } else {
+            0
+        };
         let ack = AggregatorMessage {
-            kind: Some(aggregator_message::Kind::Ack(Ack { seq: batch.seq })),
+            kind: Some(aggregator_message::Kind::Ack(Ack {
+                seq: batch.seq,
+                min_interval_ms,
+            })),
         };
         match self
             .registry

@@ -114,6 +114,8 @@ pub async fn run(
             max_samples_per_batch: config.ingest.max_samples_per_batch,
             hello_timeout: ms(config.ingest.hello_timeout_ms),
             offline_after: ms(config.ingest.offline_after_ms),
+            overload_interval: ms(config.ingest.overload_interval_ms),
+            overload_queue_fraction: config.ingest.overload_queue_fraction,
         },
         shutdown.clone(),
         tasks.clone(),

@@ -77,10 +77,14 @@ struct Lag {
     topics: HashMap<Arc<str>, Conflated>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     queue: VecDeque<Item>,
     bytes: usize,
+    /// The session has drained everything and waits for a wake-up. Only the
+    /// first push after that wakes it: the rest of a burst (or of a batching
+    /// window) is picked up by the drain it is already going to do.
+    idle: bool,
     throttles: HashMap<Arc<str>, Throttle>,
     lag: Option<Lag>,
     overflowed: bool,
@@ -124,7 +128,14 @@ impl Outbox {
     /// on a client still lagging after `grace`.
     pub fn new(max_bytes: usize, grace: Duration, stats: Arc<OutboxStats>) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                idle: true,
+                throttles: HashMap::new(),
+                lag: None,
+                overflowed: false,
+            }),
             notify: Notify::new(),
             doomed: Notify::new(),
             max_bytes,
@@ -173,8 +184,11 @@ impl Outbox {
             t.next_at = now + throttle;
         }
         self.enqueue(&mut s, Item::Update(update.clone()), now);
+        let wake = std::mem::replace(&mut s.idle, false);
         drop(s);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
         Pushed::Queued
     }
 
@@ -185,8 +199,11 @@ impl Outbox {
             return;
         }
         self.enqueue(&mut s, Item::Sys(message), Instant::now());
+        let wake = std::mem::replace(&mut s.idle, false);
         drop(s);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
     }
 
     fn enqueue(&self, s: &mut State, item: Item, now: Instant) {
@@ -212,6 +229,7 @@ impl Outbox {
         let mut s = self.state.lock().expect("outbox lock");
         out.extend(s.queue.drain(..));
         s.bytes = 0;
+        s.idle = true;
         if let Some(lag) = s.lag.take() {
             // The backlog is out: report what was skipped, then the newest.
             let skipped: Vec<Skipped> = lag

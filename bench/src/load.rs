@@ -248,13 +248,14 @@ pub(crate) async fn subscribe(
                     Duration::from_millis(200),
                     reader.read(&mut tcp, |frame| match frame {
                         crate::rawws::Frame::Data(data) => {
-                            if data.starts_with(b"{\"topic\":\"$sys.subscribed\"") {
+                            let text = std::str::from_utf8(data).unwrap_or("");
+                            // The reply may come alone or inside a batch frame.
+                            if ready.is_some() && text.contains("\"$sys.subscribed\"") {
                                 if let Some(r) = ready.take() {
                                     let _ = r.try_send(());
                                 }
                                 return;
                             }
-                            let text = std::str::from_utf8(data).unwrap_or("");
                             let now = now_ms();
                             let measuring = received.measuring.load(Ordering::Relaxed);
                             let mut n = 0;

@@ -166,7 +166,8 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!wanted.is_empty(), "no such scenario; see --list");
     for (name, kind) in wanted {
         let modes: &[bool] = match kind {
-            Kind::Fanout { .. } if args.baseline => &[false, true],
+            // The baseline has no batching; it is compared with the unbatched runs.
+            Kind::Fanout { batch_ms: 0, .. } if args.baseline => &[false, true],
             _ => &[false],
         };
         for &naive in modes {

@@ -234,3 +234,37 @@ async fn a_stalled_client_is_conflated_then_closed_while_200_active_clients_get_
     }
     agg.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_aggregator_makes_agents_sample_less_often() {
+    // A threshold of 0 makes the aggregator count as overloaded all the time.
+    let agg = TestAggregator::start(|c| {
+        c.ingest.overload_queue_fraction = 0.0;
+        c.ingest.overload_interval_ms = 400;
+    })
+    .await;
+    let agent = TestAgent::start(agent_config(&agg.ingest_url(), "slowed"));
+    let status = agent.status.clone();
+    hostpulse_tests::wait_until("the agent to slow down", || {
+        status.interval_ms.load(std::sync::atomic::Ordering::SeqCst) == 400
+    })
+    .await;
+    let mut c = WsClient::connect(&agg.ws_url()).await;
+    c.subscribe("host.slowed.load").await;
+    let first = c.next_on("host.slowed.load").await["seq"].as_u64().unwrap();
+    let started = Instant::now();
+    let mut last = first;
+    while started.elapsed() < Duration::from_millis(1_300) {
+        last = c.next_on("host.slowed.load").await["seq"].as_u64().unwrap();
+    }
+    // At the configured 100 ms this would be about 13 samples; at 400 ms, 3 or 4.
+    assert!(last - first <= 5, "{} samples in 1.3 s", last - first);
+    assert_eq!(
+        status
+            .interval_hint_ms
+            .load(std::sync::atomic::Ordering::SeqCst),
+        400
+    );
+    agent.stop().await;
+    agg.stop().await;
+}
