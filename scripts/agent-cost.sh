@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Measures the agent's own cost: CPU (% of one core) and resident memory over
 # a window, with a real aggregator on loopback. Usage:
-#   scripts/agent-cost.sh [seconds=60] [agent.toml=deploy/agent.toml]
+#   scripts/agent-cost.sh [seconds=60] [agent.toml=deploy/agent.toml] [extra processes=0]
+# With extra processes, that many idle `sleep` processes are started first
+# (and stopped at the end), to measure the agent on a busy process table.
 # Prints one line per run; the median of several runs goes in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 agent_conf=${2:-deploy/agent.toml}
+extra=${3:-0}
 cargo build --release --bins -q
 bin=${CARGO_TARGET_DIR:-target}/release
 dir=$(mktemp -d)
 printf '[ingest]\nlisten = "127.0.0.1:0"\n[http]\nlisten = "127.0.0.1:0"\n' > "$dir/agg.toml"
 "$bin"/hostpulse-aggregator --config "$dir/agg.toml" 2> "$dir/agg.log" &
 agg=$!
-trap 'kill $agg ${agent:-} 2>/dev/null || true; rm -rf "$dir"' EXIT
+sleepers=()
+for _ in $(seq 1 "$extra"); do sleep $((secs + 60)) & sleepers+=($!); done
+trap 'kill $agg ${agent:-} "${sleepers[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do grep -q "aggregator listening" "$dir/agg.log" && break; sleep 0.1; done
 ingest=$(grep -o 'ingest_addr=[0-9.:]*' "$dir/agg.log" | cut -d= -f2)
 "$bin"/hostpulse-agent --config "$agent_conf" --aggregator "http://$ingest" 2> "$dir/agent.log" &

@@ -50,6 +50,13 @@ pub struct AgentConfig {
     pub agent_id: String,
     /// Host name to report; empty means the system's host name.
     pub hostname: String,
+    /// Token presented to the aggregator, in clear (prefer `token_file` or
+    /// `token_env`, which keep the secret out of this file).
+    pub token: Option<String>,
+    /// File holding the token (surrounding white space ignored).
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
     /// Free-form labels sent with `Hello` (role, rack, ...).
     pub labels: std::collections::BTreeMap<String, String>,
     /// Sampling interval in milliseconds (at least 10; CPU figures need 200+
@@ -139,6 +146,9 @@ impl Default for AgentConfig {
             aggregator: Aggregators::One("http://127.0.0.1:7070".into()),
             agent_id: String::new(),
             hostname: String::new(),
+            token: None,
+            token_file: None,
+            token_env: None,
             labels: Default::default(),
             interval_ms: 1000,
             batch_max_samples: 10,
@@ -206,6 +216,19 @@ impl AgentConfig {
                 return Err(invalid("aggregator", format!("{a:?} is not a valid URI")));
             }
         }
+        let sources = [
+            self.token.is_some(),
+            self.token_file.is_some(),
+            self.token_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "token",
+                "give at most one of token, token_file, token_env".into(),
+            ));
+        }
+        self.resolve_token()
+            .map_err(|reason| invalid("token", reason))?;
         if self.interval_ms < MIN_INTERVAL_MS {
             return Err(invalid(
                 "interval_ms",
@@ -243,6 +266,24 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The token to present, read from wherever the configuration says.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(path) = &self.token_file {
+            return std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_string()))
+                .map_err(|e| format!("cannot read token_file {}: {e}", path.display()));
+        }
+        if let Some(var) = &self.token_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} (token_env) is not set"));
+        }
+        Ok(None)
     }
 
     /// The sampling interval.

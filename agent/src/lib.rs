@@ -108,6 +108,10 @@ impl Agent {
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 keepalive_interval: Duration::from_millis(config.keepalive_interval_ms),
                 keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
+                token: config.resolve_token().unwrap_or_else(|e| {
+                    tracing::error!(cause = %e, "token unavailable; connecting without one");
+                    None
+                }),
             },
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         };

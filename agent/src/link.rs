@@ -62,6 +62,8 @@ pub struct LinkSettings {
     pub keepalive_interval: Duration,
     /// Unanswered keepalive tolerance.
     pub keepalive_timeout: Duration,
+    /// Bearer token sent in the `authorization` metadata.
+    pub token: Option<String>,
 }
 
 /// An established stream.
@@ -119,11 +121,16 @@ async fn connect_inner(
         address: address.clone(),
         status,
     };
-    let mut inbound = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &settings.token {
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            refused(tonic::Status::invalid_argument(
+                "token is not a valid header value",
+            ))
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client.stream(request).await.map_err(refused)?.into_inner();
     match inbound.message().await.map_err(refused)? {
         Some(AggregatorMessage {
             kind: Some(aggregator_message::Kind::Welcome(welcome)),

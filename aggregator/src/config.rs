@@ -30,6 +30,14 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
+    /// A token entry cannot work (unreadable file, unset variable, bad hash).
+    #[error("{path}: {source}")]
+    Auth {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its key.
+        source: crate::auth::AuthConfigError,
+    },
     /// A value parsed but cannot work.
     #[error("{path}: key `{key}`: {reason}")]
     Invalid {
@@ -54,6 +62,8 @@ pub struct AggregatorConfig {
     pub ws: WsConfig,
     /// Topics and history.
     pub hub: HubConfig,
+    /// Tokens for agents and clients.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `[ingest]`
@@ -66,6 +76,12 @@ pub struct IngestConfig {
     pub max_message_bytes: usize,
     /// Most samples in one batch.
     pub max_samples_per_batch: usize,
+    /// Batches one agent stream may send per second (sustained; bursts up to
+    /// five seconds' worth). Faster senders are slowed down, not refused.
+    pub max_batches_per_sec: u32,
+    /// Samples timestamped further than this in the future are refused (the
+    /// host's clock is wrong), in milliseconds.
+    pub max_future_ms: u64,
     /// How long a new stream may take to send `Hello`, in milliseconds.
     pub hello_timeout_ms: u64,
     /// A connected agent that sends nothing for this long (or for three of its
@@ -90,6 +106,8 @@ impl Default for IngestConfig {
             listen: ([127, 0, 0, 1], 7070).into(),
             max_message_bytes: 4 << 20,
             max_samples_per_batch: 1000,
+            max_batches_per_sec: 200,
+            max_future_ms: 3_600_000,
             hello_timeout_ms: 5_000,
             offline_after_ms: 10_000,
             overload_interval_ms: 5_000,
@@ -124,6 +142,14 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Most WebSocket connections in total (more: HTTP 503).
+    pub max_connections: usize,
+    /// Most WebSocket connections from one client address (more: HTTP 429).
+    pub max_connections_per_ip: usize,
+    /// Control messages (subscribe, ping, ...) one connection may send per
+    /// second, with bursts of twice that; beyond it messages are refused with
+    /// `rate_limited`, and a connection that keeps flooding is closed (1008).
+    pub control_per_sec: u32,
     /// A connection with more than this queued, in bytes, is lagging: from then
     /// on it gets only the newest update per topic (conflation) and a
     /// `$sys.lagged` notice of what it skipped.
@@ -148,6 +174,9 @@ impl Default for WsConfig {
         Self {
             max_message_bytes: 64 << 10,
             max_subscriptions: 256,
+            max_connections: 20_000,
+            max_connections_per_ip: 20_000,
+            control_per_sec: 50,
             queue_max_bytes: 4 << 20,
             slow_grace_ms: 5_000,
             ping_interval_ms: 15_000,
@@ -243,6 +272,26 @@ impl AggregatorConfig {
             ("hub.queue", self.hub.queue as u64),
         ];
         for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        crate::auth::Auth::from_config(&self.auth).map_err(|source| ConfigError::Auth {
+            path: path.into(),
+            source,
+        })?;
+        for (key, v) in [
+            (
+                "ingest.max_batches_per_sec",
+                u64::from(self.ingest.max_batches_per_sec),
+            ),
+            ("ws.max_connections", self.ws.max_connections as u64),
+            (
+                "ws.max_connections_per_ip",
+                self.ws.max_connections_per_ip as u64,
+            ),
+            ("ws.control_per_sec", u64::from(self.ws.control_per_sec)),
+        ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));
             }

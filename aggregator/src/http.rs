@@ -35,6 +35,7 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "agents_connected": state.registry.connected(),
         "ws_connections": state.ws.connections.load(Ordering::Relaxed),
+        "ws_refused": state.ws.refused.load(Ordering::Relaxed),
         "topics": stats.topics.load(Ordering::Relaxed),
         "subscriptions": stats.subscriptions.load(Ordering::Relaxed),
         "updates_published": stats.updates_published.load(Ordering::Relaxed),

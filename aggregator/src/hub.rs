@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::auth::Grant;
 use crate::history::History;
 use crate::outbox::{Outbox, Pushed};
 use crate::topic;
@@ -61,6 +62,8 @@ pub struct SubscribeRequest {
     pub history: Option<usize>,
     /// At most one update per topic per this interval (zero: no throttle).
     pub throttle: Duration,
+    /// What the connection's token may watch (`None`: everything).
+    pub grant: Option<Grant>,
 }
 
 /// A per-topic rate limit from the configuration.
@@ -204,6 +207,14 @@ struct Subscription {
     pattern: String,
     since: Option<Since>,
     throttle: Duration,
+    grant: Option<Grant>,
+}
+
+impl Subscription {
+    /// Whether this subscription delivers `topic`.
+    fn wants(&self, topic: &str) -> bool {
+        topic::matches(&self.pattern, topic) && self.grant.as_ref().is_none_or(|g| g.allows(topic))
+    }
 }
 
 struct Conn {
@@ -357,11 +368,7 @@ impl Hub {
         let mut out = Vec::new();
         for (id, c) in &self.conns {
             let mut found: Option<(u64, Duration)> = None;
-            for s in c
-                .subscriptions
-                .iter()
-                .filter(|s| topic::matches(&s.pattern, topic))
-            {
+            for s in c.subscriptions.iter().filter(|s| s.wants(topic)) {
                 let f = s
                     .since
                     .as_ref()
@@ -397,12 +404,14 @@ impl Hub {
             Some(existing) => {
                 existing.since = request.since.clone();
                 existing.throttle = request.throttle;
+                existing.grant = request.grant.clone();
             }
             None => {
                 c.subscriptions.push(Subscription {
                     pattern: request.pattern.clone(),
                     since: request.since.clone(),
                     throttle: request.throttle,
+                    grant: request.grant.clone(),
                 });
                 self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
@@ -411,7 +420,10 @@ impl Hub {
         let mut names: Vec<&Arc<str>> = self
             .topics
             .keys()
-            .filter(|t| topic::matches(&request.pattern, t))
+            .filter(|t| {
+                topic::matches(&request.pattern, t)
+                    && request.grant.as_ref().is_none_or(|g| g.allows(t))
+            })
             .collect();
         names.sort();
         let names: Vec<Arc<str>> = names.into_iter().cloned().collect();
@@ -489,10 +501,8 @@ impl Hub {
             return;
         }
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        let remaining: Vec<String> = c.subscriptions.iter().map(|s| s.pattern.clone()).collect();
         for (name, t) in self.topics.iter_mut() {
-            if topic::matches(&pattern, name) && !remaining.iter().any(|p| topic::matches(p, name))
-            {
+            if topic::matches(&pattern, name) && !c.subscriptions.iter().any(|s| s.wants(name)) {
                 t.subscribers.retain(|s| s.conn != conn);
             }
         }
@@ -509,7 +519,7 @@ impl Hub {
                 topic: &pattern,
             },
         ));
-        outbox.forget_throttle(|t| remaining.iter().any(|p| topic::matches(p, t)));
+        outbox.forget_throttle(|t| c.subscriptions.iter().any(|s| s.wants(t)));
     }
 
     fn disconnect(&mut self, conn: ConnId) {
@@ -569,6 +579,7 @@ mod tests {
                 since: None,
                 history: Some(1000),
                 throttle: Duration::ZERO,
+                grant: None,
             },
         })
         .await

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{AgentGrant, Auth, bearer};
 use crate::hub::{Command, HubHandle};
 use crate::registry::{Registry, Verdict};
 use crate::topic::host_topic;
@@ -49,6 +50,34 @@ pub struct IngestSettings {
     pub overload_interval: Duration,
     /// Overloaded when the hub queue is at least this fraction full.
     pub overload_queue_fraction: f64,
+    /// Sustained batches per second per stream.
+    pub max_batches_per_sec: u32,
+    /// How far in the future a sample's timestamp may be (clock skew).
+    pub max_future: Duration,
+}
+
+/// The interceptor that checks an agent's token before the stream is read,
+/// and hands what it grants to the service as a request extension.
+pub fn authenticate(
+    auth: Arc<Auth>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer);
+        match auth.agent(presented) {
+            Ok(grant) => {
+                request.extensions_mut().insert(grant);
+                Ok(request)
+            }
+            Err(refusal) => Err(refuse(
+                request.remote_addr(),
+                Status::unauthenticated(format!("agent token refused: {refusal}")),
+            )),
+        }
+    }
 }
 
 /// The `hostpulse.v1.Ingest` implementation.
@@ -90,6 +119,11 @@ impl Ingest for IngestService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let peer = request.remote_addr();
+        let grant = request
+            .extensions()
+            .get::<AgentGrant>()
+            .cloned()
+            .ok_or_else(|| Status::internal("stream reached the service without authentication"))?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.settings.hello_timeout, inbound.message())
             .await
@@ -111,6 +145,15 @@ impl Ingest for IngestService {
             }
         };
         check_hello(&hello).map_err(|s| refuse(peer, s))?;
+        if !grant.may_publish(&hello.hostname) {
+            return Err(refuse(
+                peer,
+                Status::permission_denied(format!(
+                    "token {:?} may not publish for host {:?}",
+                    grant.name, hello.hostname
+                )),
+            ));
+        }
         let (attached, event) = self
             .registry
             .attach(&hello)
@@ -135,6 +178,10 @@ impl Ingest for IngestService {
             .max(Duration::from_millis(u64::from(hello.interval_ms)) * 3);
         let session = AgentSession {
             peer,
+            budget: crate::limit::TokenBucket::new(
+                f64::from(self.settings.max_batches_per_sec),
+                f64::from(self.settings.max_batches_per_sec) * 5.0,
+            ),
             silence,
             topics: Topics::new(&attached.host),
             agent_id: hello.agent_id,
@@ -223,6 +270,9 @@ impl Topics {
 
 struct AgentSession {
     peer: Option<SocketAddr>,
+    /// Batches this stream may still send now; an empty bucket is waited
+    /// out (the agent is slowed through gRPC flow control, not refused).
+    budget: crate::limit::TokenBucket,
     silence: Duration,
     topics: Topics,
     agent_id: String,
@@ -234,7 +284,7 @@ struct AgentSession {
 
 impl AgentSession {
     async fn run(
-        self,
+        mut self,
         mut inbound: Streaming<AgentMessage>,
         tx: mpsc::Sender<Result<AggregatorMessage, Status>>,
         shutdown: CancellationToken,
@@ -260,7 +310,7 @@ impl AgentSession {
             match message {
                 Ok(Some(AgentMessage {
                     kind: Some(agent_message::Kind::Batch(batch)),
-                })) => match self.handle_batch(batch).await {
+                })) => match self.paced(batch).await {
                     Ok(ack) => {
                         if tx.send(Ok(ack)).await.is_err() {
                             break None;
@@ -288,6 +338,17 @@ impl AgentSession {
             tracing::info!(peer = ?self.peer, agent_id = %self.agent_id, host = %event.host, "agent detached");
             publish_event(&self.hub, &self.registry, &event).await;
         }
+    }
+
+    /// Waits for the rate budget, then handles the batch.
+    async fn paced(
+        &mut self,
+        batch: hostpulse_proto::v1::Batch,
+    ) -> Result<AggregatorMessage, Status> {
+        if let Some(wait) = self.budget.take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        self.handle_batch(batch).await
     }
 
     /// Publishes a presence change, if it is one.
@@ -339,6 +400,16 @@ impl AgentSession {
             self.settings.max_samples_per_batch,
         )
         .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
+        let latest = crate::update::unix_ms_now() + self.settings.max_future.as_millis() as i64;
+        if let Some(s) = samples.iter().find(|s| s.timestamp_ms > latest) {
+            return Err(Status::invalid_argument(format!(
+                "batch {}: sample seq {} is timestamped {} ms in the future, more than the {} ms allowed",
+                batch.seq,
+                s.seq,
+                s.timestamp_ms - crate::update::unix_ms_now(),
+                self.settings.max_future.as_millis()
+            )));
+        }
         let received = SystemTime::now();
         let mut updates = Vec::with_capacity(samples.len() * 4);
         for sample in samples {

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`config`]: `aggregator.toml` schema, defaults and validation.
+//! - [`auth`]: tokens for agents and clients, and what they grant.
 //! - [`ingest`]: the tonic `Ingest` service, one task per agent stream.
 //! - [`registry`]: attached agents, duplicate detection, the `hosts` topic.
 //! - [`topic`]: topic names, host sanitising, wildcard patterns.
@@ -17,12 +18,14 @@
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
+pub mod auth;
 pub mod config;
 pub mod encoding;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod limit;
 pub mod outbox;
 pub mod registry;
 pub mod topic;
@@ -40,6 +43,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::AggregatorConfig;
 
@@ -77,6 +81,9 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
+    /// A token could not be resolved.
+    #[error("auth: {0}")]
+    Auth(#[from] auth::AuthConfigError),
 }
 
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
@@ -105,6 +112,7 @@ pub async fn run(
     });
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
+    let auth = Arc::new(auth::Auth::from_config(&config.auth)?);
     let registry = Arc::new(Registry::new());
 
     let service = IngestService::new(
@@ -116,6 +124,8 @@ pub async fn run(
             offline_after: ms(config.ingest.offline_after_ms),
             overload_interval: ms(config.ingest.overload_interval_ms),
             overload_queue_fraction: config.ingest.overload_queue_fraction,
+            max_batches_per_sec: config.ingest.max_batches_per_sec,
+            max_future: ms(config.ingest.max_future_ms),
         },
         shutdown.clone(),
         tasks.clone(),
@@ -124,12 +134,13 @@ pub async fn run(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
-        .add_service(
+        .add_service(InterceptedService::new(
             IngestServer::new(service)
                 .max_decoding_message_size(config.ingest.max_message_bytes)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
-        )
+            ingest::authenticate(auth.clone()),
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.ingest),
             shutdown.clone().cancelled_owned(),
@@ -140,6 +151,7 @@ pub async fn run(
         config.ws.clone(),
         shutdown.clone(),
         tasks.clone(),
+        auth,
     );
     let app = http::router(http::AppState {
         ws: ws_state,

@@ -23,6 +23,10 @@ struct Args {
     /// HTTP/WebSocket address (overrides `http.listen`).
     #[arg(long, env = "HOSTPULSE_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Read a token from standard input, print its SHA-256 for a `sha256 =`
+    /// entry in `[auth]`, and exit.
+    #[arg(long)]
+    hash_token: bool,
 }
 
 /// Exit code for a configuration error (EX_USAGE).
@@ -30,6 +34,18 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.hash_token {
+        let mut token = String::new();
+        if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+            eprintln!("hostpulse-aggregator: give the token on standard input");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        println!(
+            "{}",
+            hex::encode(hostpulse_aggregator::auth::hash(token.trim()))
+        );
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "hostpulse_aggregator=info,tower_http=info".into());
     tracing_subscriber::fmt()

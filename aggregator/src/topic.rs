@@ -86,6 +86,21 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some concrete topic matches both patterns.
+pub fn intersects(a: &str, b: &str) -> bool {
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Turns a host name into one topic segment: lower case, `[a-z0-9_-]` kept,
 /// everything else (dots included) becomes `-`, cut at 64 bytes.
 pub fn host_segment(hostname: &str) -> String {
@@ -161,6 +176,16 @@ mod tests {
         ));
         validate_pattern("host.*.cpu").unwrap();
         validate_pattern("$sys.>").unwrap();
+    }
+
+    #[test]
+    fn pattern_intersection() {
+        assert!(intersects(">", "host.*.cpu"));
+        assert!(intersects("host.*.cpu", "host.a.*"));
+        assert!(!intersects("host.*.cpu", "host.a.memory"));
+        assert!(!intersects("hosts", "host.>"));
+        assert!(intersects("host.>", "host.a.cpu"));
+        assert!(!intersects("host.*", "host.a.cpu"));
     }
 
     #[test]

@@ -16,14 +16,15 @@
 pub mod frames;
 pub mod protocol;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde::Deserialize;
@@ -31,10 +32,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, Grant, bearer};
 use crate::config::{WsConfig, ms};
 use crate::encoding::{Encoding, SUBPROTOCOLS};
 use crate::hub::{Command, ConnId, HubHandle};
+use crate::limit::TokenBucket;
 use crate::outbox::{Item, Outbox, OutboxStats};
+use crate::update::SysMessage;
 use protocol::{Request, error_message, pong_message};
 
 /// Close codes used by the server.
@@ -66,9 +70,14 @@ pub struct WsState {
     pub tasks: TaskTracker,
     /// Counters of every connection's outbox.
     pub outbox_stats: Arc<OutboxStats>,
+    /// Tokens and grants.
+    pub auth: Arc<Auth>,
     next_id: AtomicU64,
     /// Open connections.
     pub connections: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections refused at the limits.
+    pub refused: AtomicU64,
 }
 
 impl WsState {
@@ -78,6 +87,7 @@ impl WsState {
         config: WsConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        auth: Arc<Auth>,
     ) -> Arc<Self> {
         Arc::new(Self {
             hub,
@@ -85,9 +95,66 @@ impl WsState {
             shutdown,
             tasks,
             outbox_stats: Arc::default(),
+            auth,
             next_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
+            per_ip: Mutex::default(),
+            refused: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a new connection from `ip` against the limits; the slot is
+    /// given back when the returned guard drops.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, (StatusCode, String)> {
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let total: usize = per_ip.values().sum();
+        let refuse = |status: StatusCode, message: String| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%ip, %message, "connection refused");
+            Err((status, message))
+        };
+        if total >= self.config.max_connections {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "server at its limit of {} connections",
+                    self.config.max_connections
+                ),
+            );
+        }
+        let mine = per_ip.entry(ip).or_default();
+        if *mine >= self.config.max_connections_per_ip {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{ip} already holds the limit of {} connections",
+                    self.config.max_connections_per_ip
+                ),
+            );
+        }
+        *mine += 1;
+        Ok(Slot {
+            state: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection's place under the connection limits.
+struct Slot {
+    state: Arc<WsState>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_ip = self.state.per_ip.lock().expect("per-ip lock");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -107,6 +174,8 @@ pub struct ConnectOptions {
     pub encoding: Option<String>,
     /// Batching window in milliseconds.
     pub batch_ms: Option<u64>,
+    /// Access token, for clients that cannot set an `Authorization` header.
+    pub token: Option<String>,
 }
 
 /// The `/ws` handler.
@@ -114,11 +183,34 @@ pub async fn handler(
     ws: WebSocketUpgrade,
     State(state): State<Arc<WsState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     options: Result<Query<ConnectOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Query(options) = match options {
         Ok(o) => o,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .or(options.token.as_deref());
+    let grant = match state.auth.client(presented) {
+        Ok(g) => g,
+        Err(refusal) => {
+            tracing::warn!(%peer, reason = %refusal, "WebSocket client refused");
+            return (
+                StatusCode::UNAUTHORIZED,
+                format!("client token refused: {refusal}\n"),
+            )
+                .into_response();
+        }
+    };
+    let slot = match state.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err((status, message)) => {
+            return (status, [("retry-after", "5")], format!("{message}\n")).into_response();
+        }
     };
     let query_encoding = match options.encoding.as_deref().map(Encoding::from_name) {
         None => None,
@@ -155,8 +247,12 @@ pub async fn handler(
                 .unwrap_or_default();
             let id = state.next_id.fetch_add(1, Ordering::Relaxed);
             let tasks = state.tasks.clone();
-            let session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
-            tasks.track_future(session.run(socket))
+            let mut session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
+            session.grant = grant;
+            tasks.track_future(async move {
+                session.run(socket).await;
+                drop(slot);
+            })
         })
 }
 
@@ -168,6 +264,13 @@ struct Session {
     subscriptions: Vec<String>,
     encoding: Encoding,
     batch: Duration,
+    /// What this connection may watch; `None` until it authenticates.
+    grant: Option<Grant>,
+    /// Control messages it may still send now.
+    control: TokenBucket,
+    /// Control messages refused for rate, and when the last refusal was told.
+    refused_control: u64,
+    told_rate_limited: Option<Instant>,
 }
 
 /// How a session ends.
@@ -204,6 +307,7 @@ impl Session {
             ms(state.config.slow_grace_ms),
             state.outbox_stats.clone(),
         );
+        let rate = f64::from(state.config.control_per_sec);
         Self {
             id,
             peer,
@@ -212,6 +316,10 @@ impl Session {
             subscriptions: Vec::new(),
             encoding,
             batch,
+            grant: None,
+            control: TokenBucket::new(rate, rate * 2.0),
+            refused_control: 0,
+            told_rate_limited: None,
         }
     }
 
@@ -367,6 +475,33 @@ impl Session {
     async fn on_message(&mut self, message: Message) -> Option<End> {
         match message {
             Message::Text(text) => {
+                let now = Instant::now();
+                if !self.control.try_take(now) {
+                    self.refused_control += 1;
+                    let limit = self.state.config.control_per_sec;
+                    // Refusals are told at most once a second: a flood must
+                    // not turn into a flood of errors.
+                    if self
+                        .told_rate_limited
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.told_rate_limited = Some(now);
+                        self.outbox.push_sys(error_message(
+                            "rate_limited",
+                            &format!("more than {limit} control messages per second; this one was dropped"),
+                            None,
+                        ));
+                    }
+                    if self.refused_control > u64::from(limit) * 20 {
+                        tracing::info!(
+                            limit,
+                            refused = self.refused_control,
+                            "control message flood"
+                        );
+                        return Some(End::Close(close::POLICY, "too many requests"));
+                    }
+                    return None;
+                }
                 match protocol::parse(&text) {
                     Ok(request) => return self.on_request(request).await,
                     Err(e) => {
@@ -398,7 +533,47 @@ impl Session {
                 self.outbox.push_sys(pong_message(id));
                 Ok(())
             }
-            Request::Subscribe(request) => {
+            Request::Auth { token, id } => match self.state.auth.client(Some(&token)) {
+                Ok(grant) => {
+                    let name = grant.as_ref().map(|g| g.name.to_string());
+                    self.grant = grant;
+                    self.outbox.push_sys(SysMessage::new(
+                        "$sys.authenticated",
+                        &serde_json::json!({"id": id, "token": name}),
+                    ));
+                    Ok(())
+                }
+                Err(refusal) => {
+                    tracing::warn!(reason = %refusal, "WebSocket client refused");
+                    self.outbox.push_sys(error_message(
+                        "unauthorized",
+                        &format!("client token refused: {refusal}"),
+                        id,
+                    ));
+                    return Some(End::Close(close::POLICY, "unauthorized"));
+                }
+            },
+            Request::Subscribe(mut request) => {
+                let Some(grant) = &self.grant else {
+                    self.outbox.push_sys(error_message(
+                        "unauthorized",
+                        "authenticate first: connect with a token, or send {\"action\":\"auth\",\"token\":...}",
+                        request.id,
+                    ));
+                    return None;
+                };
+                if !grant.overlaps(&request.pattern) {
+                    self.outbox.push_sys(error_message(
+                        "forbidden",
+                        &format!(
+                            "token {:?} grants no topic matching {:?}",
+                            grant.name, request.pattern
+                        ),
+                        request.id,
+                    ));
+                    return None;
+                }
+                request.grant = Some(grant.clone());
                 let max = self.state.config.max_subscriptions;
                 if !self.subscriptions.contains(&request.pattern) {
                     if self.subscriptions.len() >= max {

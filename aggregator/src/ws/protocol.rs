@@ -12,6 +12,9 @@
 //! | `too_many_subscriptions` | the connection already holds the maximum |
 //! | `not_subscribed` | unsubscribe of a pattern this connection does not hold |
 //! | `binary_not_supported` | a binary frame was sent; requests are text |
+//! | `unauthorized` | no token yet (anonymous access is off), or a bad token in `auth` |
+//! | `forbidden` | the token grants no topic the subscription could match |
+//! | `rate_limited` | more control messages per second than allowed |
 
 use std::collections::HashMap;
 
@@ -38,6 +41,13 @@ pub enum Request {
     },
     /// `{"action":"ping"}`
     Ping {
+        /// Echoed.
+        id: Option<Value>,
+    },
+    /// `{"action":"auth","token":...}`: authenticate (browsers cannot set headers).
+    Auth {
+        /// The presented token.
+        token: String,
         /// Echoed.
         id: Option<Value>,
     },
@@ -83,6 +93,16 @@ struct TopicFields {
     #[allow(dead_code)]
     action: String,
     topic: String,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFields {
+    #[allow(dead_code)]
+    action: String,
+    token: String,
     #[serde(default)]
     id: Option<Value>,
 }
@@ -175,6 +195,7 @@ pub fn parse(text: &str) -> Result<Request, ProtocolError> {
                 since,
                 history: f.history,
                 throttle: Duration::from_millis(f.throttle_ms.unwrap_or(0)),
+                grant: None,
             }))
         }
         "unsubscribe" => {
@@ -189,10 +210,17 @@ pub fn parse(text: &str) -> Result<Request, ProtocolError> {
             let f = PingFields::deserialize(&value).map_err(bad)?;
             Ok(Request::Ping { id: f.id })
         }
+        "auth" => {
+            let f = AuthFields::deserialize(&value).map_err(bad)?;
+            Ok(Request::Auth {
+                token: f.token,
+                id: f.id,
+            })
+        }
         other => Err(ProtocolError {
             code: "unknown_action",
             message: format!(
-                "unknown action {:?}: expected subscribe, unsubscribe or ping",
+                "unknown action {:?}: expected subscribe, unsubscribe, ping or auth",
                 other.chars().take(64).collect::<String>()
             ),
             id,
