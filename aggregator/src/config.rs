@@ -148,7 +148,7 @@ pub struct WsConfig {
     pub max_connections_per_ip: usize,
     /// Control messages (subscribe, ping, ...) one connection may send per
     /// second, with bursts of twice that; beyond it messages are refused with
-    /// `rate_limited`, and a connection that keeps flooding is closed (1008).
+    /// `rate_limited`, and a connection with 1000 refused is closed (1008).
     pub control_per_sec: u32,
     /// A connection with more than this queued, in bytes, is lagging: from then
     /// on it gets only the newest update per topic (conflation) and a

@@ -326,8 +326,15 @@ impl AgentSession {
                 }
                 Ok(None) => break None,
                 Err(status) => {
-                    tracing::debug!(peer = ?self.peer, %status, "agent stream broke");
-                    break None;
+                    // A vanished agent shows as Cancelled/Unknown/Unavailable;
+                    // anything else (a message over the size limit, bad
+                    // compression) is the agent's error and is told to it.
+                    use tonic::Code::{Cancelled, Unavailable, Unknown};
+                    if matches!(status.code(), Cancelled | Unknown | Unavailable) {
+                        tracing::debug!(peer = ?self.peer, %status, "agent stream broke");
+                        break None;
+                    }
+                    break Some(refuse(self.peer, status));
                 }
             }
         };

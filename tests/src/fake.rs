@@ -84,6 +84,15 @@ pub struct FakeAgent {
 /// Opens a stream to `url` and sends `first` messages; returns the stream,
 /// or the status that refused it at once.
 pub async fn open(url: &str, first: Vec<AgentMessage>) -> Result<FakeAgent, tonic::Status> {
+    open_as(url, None, first).await
+}
+
+/// Like [`open`], presenting `token` as a bearer token.
+pub async fn open_as(
+    url: &str,
+    token: Option<&str>,
+    first: Vec<AgentMessage>,
+) -> Result<FakeAgent, tonic::Status> {
     let mut client = IngestClient::connect(url.to_string())
         .await
         .expect("connect to ingest");
@@ -91,8 +100,27 @@ pub async fn open(url: &str, first: Vec<AgentMessage>) -> Result<FakeAgent, toni
     for m in first {
         tx.send(m).await.expect("queue message");
     }
-    let inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header value"),
+        );
+    }
+    let inbound = client.stream(request).await?.into_inner();
     Ok(FakeAgent { tx, inbound })
+}
+
+/// The status a stream opened with `token` and `messages` ends with.
+pub async fn refusal_of(
+    url: &str,
+    token: Option<&str>,
+    messages: Vec<AgentMessage>,
+) -> tonic::Status {
+    match open_as(url, token, messages).await {
+        Err(status) => status,
+        Ok(mut agent) => agent.refusal().await,
+    }
 }
 
 impl FakeAgent {

@@ -91,6 +91,14 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends a raw text frame; an error (the server hung up) is returned, not a panic.
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), String> {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Sends a raw frame.
     pub async fn send_message(&mut self, message: Message) {
         self.socket.send(message).await.expect("send");

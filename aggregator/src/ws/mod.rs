@@ -53,6 +53,9 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// Control messages refused for rate after which a connection is closed (1008).
+pub const FLOOD_CLOSE: u64 = 1000;
+
 /// Longest batching window a client may ask for.
 pub const MAX_BATCH_MS: u64 = 10_000;
 
@@ -336,6 +339,13 @@ impl Session {
             End::Gone => {}
             End::Close(code, reason) => {
                 tracing::debug!(code, reason, "closing");
+                // What is queued (an error explaining the close, say) goes first.
+                let mut items = Vec::new();
+                self.outbox.drain_into(&mut items);
+                if !items.is_empty() {
+                    let _ =
+                        tokio::time::timeout(CLOSE_WAIT, self.write(&mut socket, &mut items)).await;
+                }
                 close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
             }
             End::Abandon(code, reason, send_wait) => {
@@ -492,7 +502,7 @@ impl Session {
                             None,
                         ));
                     }
-                    if self.refused_control > u64::from(limit) * 20 {
+                    if self.refused_control > FLOOD_CLOSE {
                         tracing::info!(
                             limit,
                             refused = self.refused_control,

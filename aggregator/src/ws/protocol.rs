@@ -168,6 +168,19 @@ pub fn parse(text: &str) -> Result<Request, ProtocolError> {
     };
     match action {
         "subscribe" => {
+            let seq_ok = |v: &Value| v.is_u64();
+            match map.get("since") {
+                None | Some(Value::Null) => {}
+                Some(v) if seq_ok(v) => {}
+                Some(Value::Object(m)) if m.values().all(seq_ok) => {}
+                Some(_) => {
+                    return Err(ProtocolError {
+                        code: "bad_request",
+                        message: "\"since\" must be a seq (a whole number from 0) or an object of topic to seq".into(),
+                        id,
+                    });
+                }
+            }
             let f = SubscribeFields::deserialize(&value).map_err(bad)?;
             topic_ok(&f.topic)?;
             if f.history.is_some_and(|h| h > MAX_HISTORY_REQUEST) {
