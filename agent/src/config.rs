@@ -57,6 +57,12 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     /// Environment variable holding the token.
     pub token_env: Option<String>,
+    /// PEM file of the CA that signed the aggregator's certificate; needed for
+    /// `https://` aggregator addresses (the agent trusts nothing else).
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the aggregator's certificate, when it differs from
+    /// the host in the address.
+    pub tls_domain: Option<String>,
     /// Free-form labels sent with `Hello` (role, rack, ...).
     pub labels: std::collections::BTreeMap<String, String>,
     /// Sampling interval in milliseconds (at least 10; CPU figures need 200+
@@ -126,6 +132,10 @@ pub struct CollectConfig {
     pub processes: bool,
     /// How many processes to list by CPU and by memory.
     pub top_processes: usize,
+    /// Most of one core the process table may take, in percent: after a
+    /// refresh that took `t`, the next waits `t / budget`. On a machine with a
+    /// few hundred processes this refreshes with every sample.
+    pub processes_budget_pct: f64,
 }
 
 impl Default for CollectConfig {
@@ -136,6 +146,7 @@ impl Default for CollectConfig {
             load: true,
             processes: true,
             top_processes: 10,
+            processes_budget_pct: 1.0,
         }
     }
 }
@@ -148,6 +159,8 @@ impl Default for AgentConfig {
             hostname: String::new(),
             token: None,
             token_file: None,
+            ca_file: None,
+            tls_domain: None,
             token_env: None,
             labels: Default::default(),
             interval_ms: 1000,
@@ -229,6 +242,21 @@ impl AgentConfig {
         }
         self.resolve_token()
             .map_err(|reason| invalid("token", reason))?;
+        if aggregators.iter().any(|a| a.starts_with("https://")) {
+            match &self.ca_file {
+                None => {
+                    return Err(invalid(
+                        "ca_file",
+                        "an https:// aggregator needs ca_file, the CA to verify it against".into(),
+                    ));
+                }
+                Some(path) => {
+                    std::fs::read(path).map_err(|e| {
+                        invalid("ca_file", format!("cannot read {}: {e}", path.display()))
+                    })?;
+                }
+            }
+        }
         if self.interval_ms < MIN_INTERVAL_MS {
             return Err(invalid(
                 "interval_ms",
@@ -248,6 +276,13 @@ impl AgentConfig {
             return Err(invalid(
                 "reconnect_min_ms",
                 "must be positive and not above reconnect_max_ms".into(),
+            ));
+        }
+        if !(self.collect.processes_budget_pct > 0.0 && self.collect.processes_budget_pct <= 100.0)
+        {
+            return Err(invalid(
+                "collect.processes_budget_pct",
+                "must be above 0 and at most 100".into(),
             ));
         }
         if self.collect.top_processes > 1000 {

@@ -108,6 +108,12 @@ impl Agent {
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 keepalive_interval: Duration::from_millis(config.keepalive_interval_ms),
                 keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
+                ca_pem: config.ca_file.as_ref().and_then(|p| {
+                    std::fs::read(p)
+                        .inspect_err(|e| tracing::error!(cause = %e, path = %p.display(), "cannot read ca_file"))
+                        .ok()
+                }),
+                tls_domain: config.tls_domain.clone(),
                 token: config.resolve_token().unwrap_or_else(|e| {
                     tracing::error!(cause = %e, "token unavailable; connecting without one");
                     None

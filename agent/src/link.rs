@@ -13,7 +13,7 @@ use hostpulse_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// Messages queued towards the aggregator before the pipeline waits.
 const OUTBOUND_QUEUE: usize = 32;
@@ -64,9 +64,14 @@ pub struct LinkSettings {
     pub keepalive_timeout: Duration,
     /// Bearer token sent in the `authorization` metadata.
     pub token: Option<String>,
+    /// PEM of the CA to verify `https://` aggregators against.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Name to verify instead of the address's host.
+    pub tls_domain: Option<String>,
 }
 
 /// An established stream.
+#[derive(Debug)]
 pub struct Link {
     /// The aggregator's address.
     pub address: String,
@@ -100,8 +105,18 @@ async fn connect_inner(
         address: address.clone(),
         source,
     };
-    let endpoint = Endpoint::from_shared(address.clone())
-        .map_err(connect_err)?
+    let mut endpoint = Endpoint::from_shared(address.clone()).map_err(connect_err)?;
+    if address.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &settings.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some(domain) = &settings.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls).map_err(connect_err)?;
+    }
+    let endpoint = endpoint
         .connect_timeout(settings.connect_timeout)
         .http2_keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout)

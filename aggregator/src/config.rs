@@ -64,6 +64,8 @@ pub struct AggregatorConfig {
     pub hub: HubConfig,
     /// Tokens for agents and clients.
     pub auth: crate::auth::AuthConfig,
+    /// Certificate and key for TLS on both listeners.
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[ingest]`
@@ -276,6 +278,11 @@ impl AggregatorConfig {
                 return Err(invalid(key, "must be positive"));
             }
         }
+        crate::tls::Tls::load(&self.tls).map_err(|e| ConfigError::Invalid {
+            path: path.into(),
+            key: "tls",
+            reason: e.to_string(),
+        })?;
         crate::auth::Auth::from_config(&self.auth).map_err(|source| ConfigError::Auth {
             path: path.into(),
             source,

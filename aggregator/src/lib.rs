@@ -7,6 +7,7 @@
 //! - [`auth`]: tokens for agents and clients, and what they grant.
 //! - [`ingest`]: the tonic `Ingest` service, one task per agent stream.
 //! - [`registry`]: attached agents, duplicate detection, the `hosts` topic.
+//! - [`tls`]: certificates, and TLS for both listeners.
 //! - [`topic`]: topic names, host sanitising, wildcard patterns.
 //! - [`update`]: an update and its wire forms, each encoded once.
 //! - [`encoding`]: the encodings a client may choose, and the deflater.
@@ -28,6 +29,7 @@ pub mod ingest;
 pub mod limit;
 pub mod outbox;
 pub mod registry;
+pub mod tls;
 pub mod topic;
 pub mod update;
 pub mod ws;
@@ -84,6 +86,9 @@ pub enum RunError {
     /// A token could not be resolved.
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthConfigError),
+    /// The certificate or key could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
@@ -113,6 +118,7 @@ pub async fn run(
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
     let auth = Arc::new(auth::Auth::from_config(&config.auth)?);
+    let tls = tls::Tls::load(&config.tls)?;
     let registry = Arc::new(Registry::new());
 
     let service = IngestService::new(
@@ -130,7 +136,11 @@ pub async fn run(
         shutdown.clone(),
         tasks.clone(),
     );
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        grpc_server = grpc_server.tls_config(tls.grpc())?;
+    }
+    let grpc = grpc_server
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
@@ -157,19 +167,35 @@ pub async fn run(
         ws: ws_state,
         registry,
     });
-    // Updates are small and latency matters more than packet count: no Nagle.
-    let http_listener = listeners.http.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
+    let web = async {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone().cancelled_owned();
+        match &tls {
+            Some(tls) => {
+                // `tap_io` gives the listener axum's connect-info plumbing.
+                let listener = tls
+                    .listener(listeners.http, shutdown.clone())
+                    .tap_io(|_| {});
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                // Updates are small and latency matters more than packet
+                // count: no Nagle.
+                let listener = listeners.http.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
         }
-    });
-    let web = axum::serve(
-        http_listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    };
 
-    tracing::info!(%ingest_addr, %http_addr, "aggregator listening");
+    tracing::info!(%ingest_addr, %http_addr, tls = tls.is_some(), "aggregator listening");
     drop(hub);
     let served = async {
         let (g, w) = tokio::join!(grpc, web);

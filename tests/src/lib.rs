@@ -110,6 +110,8 @@ pub fn agent_config(aggregator: &str, hostname: &str) -> AgentConfig {
         ..AgentConfig::default()
     };
     c.collect.top_processes = 3;
+    // Debug builds read /proc slowly; refresh the process table every sample.
+    c.collect.processes_budget_pct = 100.0;
     c
 }
 

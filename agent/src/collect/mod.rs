@@ -27,9 +27,18 @@ pub enum CollectError {
 }
 
 /// Owns the `sysinfo` state and numbers the samples of one run epoch.
+///
+/// The process table is the one family whose cost grows with the machine
+/// (reading `/proc/<pid>/stat` for every process), so it is paced: after
+/// each refresh, the next waits until the time it took is no more than
+/// `processes_budget_pct` of one core. With a hundred processes that is every
+/// sample; with a thousand, every few seconds (samples in between carry no
+/// `processes` section, so that topic's seqs skip those samples).
 pub struct Collector {
     sys: System,
     config: CollectConfig,
+    table: processes::ProcessTable,
+    next_processes: Option<std::time::Instant>,
     next_seq: u64,
     /// Collection failures so far (a family that could not be read).
     pub errors: u64,
@@ -63,11 +72,17 @@ impl Collector {
         let mut collector = Self {
             sys,
             config,
+            table: processes::ProcessTable::default(),
+            next_processes: None,
             next_seq: first_seq(epoch_ms) + 1,
             errors: 0,
             load_failed_logged: false,
         };
         collector.refresh();
+        if collector.config.processes {
+            processes::refresh(&mut collector.sys);
+            collector.table.collect(&collector.sys, 0);
+        }
         Ok(collector)
     }
 
@@ -79,9 +94,6 @@ impl Collector {
         }
         if self.config.memory {
             memory::refresh(&mut self.sys);
-        }
-        if self.config.processes {
-            processes::refresh(&mut self.sys);
         }
     }
 
@@ -111,11 +123,24 @@ impl Collector {
             cpu: self.config.cpu.then(|| cpu::collect(&self.sys)),
             memory: self.config.memory.then(|| memory::collect(&self.sys)),
             load,
-            processes: self
-                .config
-                .processes
-                .then(|| processes::collect(&self.sys, self.config.top_processes)),
+            processes: self.processes(),
         }
+    }
+}
+
+impl Collector {
+    /// The process summary, if the table is due for a refresh.
+    fn processes(&mut self) -> Option<hostpulse_proto::Processes> {
+        let now = std::time::Instant::now();
+        if !self.config.processes || self.next_processes.is_some_and(|t| now < t) {
+            return None;
+        }
+        processes::refresh(&mut self.sys);
+        let summary = self.table.collect(&self.sys, self.config.top_processes);
+        let took = now.elapsed();
+        let budget = self.config.processes_budget_pct / 100.0;
+        self.next_processes = Some(now + took.div_f64(budget));
+        Some(summary)
     }
 }
 
