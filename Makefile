@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt clean bench
+.PHONY: run test build lint fmt clean bench fuzz
 
 run:
 	@deploy/run-local.sh
@@ -23,6 +23,16 @@ bench:
 	$(CARGO) build --release -p hostpulse-aggregator -p hostpulse-bench
 	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)
 	scripts/agent-cost.sh 60
+
+# Coverage-guided fuzzing of the request parser, the batch decoder and the
+# config loaders, FUZZ_SECS seconds each (needs cargo-fuzz; CI runs 60 s each).
+FUZZ_SECS ?= 60
+FUZZ_TARGETS = ws_request batch_decode config
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 build:
 	$(CARGO) build --workspace --release --bins

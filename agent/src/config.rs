@@ -251,7 +251,7 @@ impl AgentConfig {
                     ));
                 }
                 Some(path) => {
-                    std::fs::read(path).map_err(|e| {
+                    read_bounded(path, 1 << 20).map_err(|e| {
                         invalid("ca_file", format!("cannot read {}: {e}", path.display()))
                     })?;
                 }
@@ -309,8 +309,8 @@ impl AgentConfig {
             return Ok(Some(t.clone()));
         }
         if let Some(path) = &self.token_file {
-            return std::fs::read_to_string(path)
-                .map(|t| Some(t.trim().to_string()))
+            return read_bounded(path, 64 << 10)
+                .map(|t| Some(String::from_utf8_lossy(&t).trim().to_string()))
                 .map_err(|e| format!("cannot read token_file {}: {e}", path.display()));
         }
         if let Some(var) = &self.token_env {
@@ -334,6 +334,23 @@ impl AgentConfig {
             self.agent_id.clone()
         }
     }
+}
+
+/// Reads at most `max` bytes of `path`: a secret or certificate file is small,
+/// and a configuration pointing at `/dev/zero` must fail, not hang.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -250,10 +250,9 @@ fn resolve(
                 std::env::var(var)
                     .map_err(|_| err(format!("environment variable {var} is not set")))?
             } else if let Some(path) = &t.token_file {
-                std::fs::read_to_string(path)
-                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
-                    .trim()
-                    .to_string()
+                let bytes = crate::config::read_bounded(path, 64 << 10)
+                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+                String::from_utf8_lossy(&bytes).trim().to_string()
             } else {
                 t.token.clone().unwrap_or_default()
             };

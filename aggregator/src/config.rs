@@ -343,6 +343,23 @@ pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// Reads at most `max` bytes of `path`: a secret or certificate file is small,
+/// and a configuration pointing at `/dev/zero` must fail, not hang.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,7 +56,7 @@ pub struct Tls {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File {
+    crate::config::read_bounded(path, 1 << 20).map_err(|e| TlsError::File {
         path: path.into(),
         reason: e.to_string(),
     })

@@ -106,7 +106,9 @@ async fn agents_and_clients_talk_tls_verified_against_the_configured_ca() {
     let other = pki("other");
     let connector = Connector::Rustls(Arc::new(client_config(&other.ca_pem)));
     let refused = connect_async_tls_with_config(&url, None, false, Some(connector)).await;
-    let e = refused.expect_err("an untrusted certificate is refused").to_string();
+    let e = refused
+        .expect_err("an untrusted certificate is refused")
+        .to_string();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     // Plain WebSocket to the TLS port gets nowhere.
     assert!(
