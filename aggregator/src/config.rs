@@ -144,6 +144,10 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
+    /// Longest topic or pattern a client may send, in bytes.
+    pub max_topic_bytes: usize,
+    /// Most dot-separated segments in a topic or pattern.
+    pub max_topic_segments: usize,
     /// Most WebSocket connections in total (more: HTTP 503).
     pub max_connections: usize,
     /// Most WebSocket connections from one client address (more: HTTP 429).
@@ -176,6 +180,8 @@ impl Default for WsConfig {
         Self {
             max_message_bytes: 64 << 10,
             max_subscriptions: 256,
+            max_topic_bytes: 256,
+            max_topic_segments: 16,
             max_connections: 20_000,
             max_connections_per_ip: 20_000,
             control_per_sec: 50,
@@ -298,6 +304,8 @@ impl AggregatorConfig {
                 self.ws.max_connections_per_ip as u64,
             ),
             ("ws.control_per_sec", u64::from(self.ws.control_per_sec)),
+            ("ws.max_topic_bytes", self.ws.max_topic_bytes as u64),
+            ("ws.max_topic_segments", self.ws.max_topic_segments as u64),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));

@@ -17,17 +17,21 @@ pub enum TopicError {
     /// Empty string.
     #[error("topic is empty")]
     Empty,
-    /// Over [`MAX_TOPIC_LEN`].
-    #[error("topic is {len} bytes long, more than the limit of {MAX_TOPIC_LEN}")]
+    /// Longer than allowed.
+    #[error("topic is {len} bytes long, more than the limit of {limit}")]
     TooLong {
         /// Its length.
         len: usize,
+        /// The limit.
+        limit: usize,
     },
-    /// Over [`MAX_SEGMENTS`].
-    #[error("topic has {count} segments, more than the limit of {MAX_SEGMENTS}")]
+    /// More segments than allowed.
+    #[error("topic has {count} segments, more than the limit of {limit}")]
     TooManySegments {
         /// Segments found.
         count: usize,
+        /// The limit.
+        limit: usize,
     },
     /// `a..b`, a leading or a trailing dot.
     #[error("topic {0:?} has an empty segment")]
@@ -40,22 +44,35 @@ pub enum TopicError {
     BadCharacter(String),
 }
 
-/// Checks a subscription pattern (or a plain topic).
+/// Checks a subscription pattern (or a plain topic) against the default limits.
 pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
+    validate_pattern_within(pattern, MAX_TOPIC_LEN, MAX_SEGMENTS)
+}
+
+/// Checks a subscription pattern against the given length and segment limits.
+pub fn validate_pattern_within(
+    pattern: &str,
+    max_len: usize,
+    max_segments: usize,
+) -> Result<(), TopicError> {
     if pattern.is_empty() {
         return Err(TopicError::Empty);
     }
-    if pattern.len() > MAX_TOPIC_LEN {
-        return Err(TopicError::TooLong { len: pattern.len() });
+    if pattern.len() > max_len {
+        return Err(TopicError::TooLong {
+            len: pattern.len(),
+            limit: max_len,
+        });
     }
     let short = || pattern.chars().take(64).collect::<String>();
     if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(TopicError::BadCharacter(short()));
     }
     let segments: Vec<&str> = pattern.split('.').collect();
-    if segments.len() > MAX_SEGMENTS {
+    if segments.len() > max_segments {
         return Err(TopicError::TooManySegments {
             count: segments.len(),
+            limit: max_segments,
         });
     }
     for (i, seg) in segments.iter().enumerate() {
@@ -168,11 +185,17 @@ mod tests {
         ));
         assert!(matches!(
             validate_pattern(&"a".repeat(10_000)),
-            Err(TopicError::TooLong { len: 10_000 })
+            Err(TopicError::TooLong {
+                len: 10_000,
+                limit: 256
+            })
         ));
         assert!(matches!(
             validate_pattern(&["a"; 17].join(".")),
-            Err(TopicError::TooManySegments { count: 17 })
+            Err(TopicError::TooManySegments {
+                count: 17,
+                limit: 16
+            })
         ));
         validate_pattern("host.*.cpu").unwrap();
         validate_pattern("$sys.>").unwrap();

@@ -380,3 +380,36 @@ async fn resume_replays_exactly_what_followed_and_says_when_history_ran_out() {
     agent.stop().await;
     agg.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_is_announced_and_its_seqs_keep_rising() {
+    let agg = TestAggregator::start(|_| {}).await;
+    let mut watcher = WsClient::connect(&agg.ws_url()).await;
+    watcher.subscribe("hosts").await;
+    watcher.subscribe("host.phoenix.load").await;
+
+    let first = TestAgent::start(agent_config(&agg.ingest_url(), "phoenix"));
+    assert_eq!(watcher.next_on("hosts").await["payload"]["event"], "online");
+    let before = watcher.next_on("host.phoenix.load").await["seq"]
+        .as_u64()
+        .unwrap();
+    first.stop().await;
+    assert_eq!(
+        watcher.next_on("hosts").await["payload"]["event"],
+        "offline"
+    );
+
+    // Same agent id and host, new process: a new run epoch.
+    let second = TestAgent::start(agent_config(&agg.ingest_url(), "phoenix"));
+    let restarted = watcher.next_on("hosts").await;
+    assert_eq!(restarted["payload"]["event"], "restarted", "{restarted}");
+    let after = watcher.next_on("host.phoenix.load").await["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after > before,
+        "seqs continue above the previous run: {before} then {after}"
+    );
+    second.stop().await;
+    agg.stop().await;
+}

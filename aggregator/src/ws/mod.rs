@@ -512,7 +512,11 @@ impl Session {
                     }
                     return None;
                 }
-                match protocol::parse(&text) {
+                let limits = protocol::Limits {
+                    max_topic_bytes: self.state.config.max_topic_bytes,
+                    max_topic_segments: self.state.config.max_topic_segments,
+                };
+                match protocol::parse_with(&text, limits) {
                     Ok(request) => return self.on_request(request).await,
                     Err(e) => {
                         tracing::debug!(code = e.code, message = %e.message, "request refused");

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hub::{Since, SubscribeRequest};
-use crate::topic::validate_pattern;
+use crate::topic::validate_pattern_within;
 use crate::update::SysMessage;
 
 /// A parsed client request.
@@ -122,8 +122,31 @@ pub const MAX_HISTORY_REQUEST: usize = 100_000;
 /// Longest throttle interval a subscription may ask for (one hour).
 pub const MAX_THROTTLE_MS: u64 = 3_600_000;
 
-/// Parses one text frame.
+/// Limits a request is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest topic or pattern, bytes.
+    pub max_topic_bytes: usize,
+    /// Most segments in a topic or pattern.
+    pub max_topic_segments: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_topic_bytes: crate::topic::MAX_TOPIC_LEN,
+            max_topic_segments: crate::topic::MAX_SEGMENTS,
+        }
+    }
+}
+
+/// Parses one text frame with the default limits.
 pub fn parse(text: &str) -> Result<Request, ProtocolError> {
+    parse_with(text, Limits::default())
+}
+
+/// Parses one text frame.
+pub fn parse_with(text: &str, limits: Limits) -> Result<Request, ProtocolError> {
     let value: Value = serde_json::from_str(text).map_err(|e| ProtocolError {
         code: "bad_json",
         message: format!("request is not valid JSON: {e}"),
@@ -160,11 +183,13 @@ pub fn parse(text: &str) -> Result<Request, ProtocolError> {
         }
     };
     let topic_ok = |topic: &str| {
-        validate_pattern(topic).map_err(|e| ProtocolError {
-            code: "bad_topic",
-            message: e.to_string(),
-            id: id.clone(),
-        })
+        validate_pattern_within(topic, limits.max_topic_bytes, limits.max_topic_segments).map_err(
+            |e| ProtocolError {
+                code: "bad_topic",
+                message: e.to_string(),
+                id: id.clone(),
+            },
+        )
     };
     match action {
         "subscribe" => {
