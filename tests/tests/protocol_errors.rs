@@ -8,7 +8,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn each_bad_request_is_answered_and_the_connection_survives() {
-    let agg = TestAggregator::start(|c| c.ws.max_subscriptions = 3).await;
+    let agg = TestAggregator::start(|c| {
+        c.ws.max_subscriptions = 3;
+        c.ws.max_topic_segments = 4;
+    })
+    .await;
     let mut client = WsClient::connect(&agg.ws_url()).await;
 
     let cases: &[(&str, &str, &str)] = &[
@@ -63,6 +67,19 @@ async fn each_bad_request_is_answered_and_the_connection_survives() {
         let message = m["payload"]["message"].as_str().unwrap();
         assert!(message.contains(phrase), "{request} -> {message}");
     }
+    // The configured segment limit (4 here) is the one enforced and named.
+    client
+        .send_text("{\"action\":\"subscribe\",\"topic\":\"a.b.c.d.e\"}")
+        .await;
+    let m = client.next_on("$sys.error").await;
+    assert_eq!(m["payload"]["code"], "bad_topic");
+    assert!(
+        m["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("5 segments, more than the limit of 4"),
+        "{m}"
+    );
     let long = format!(
         "{{\"action\":\"subscribe\",\"topic\":\"{}\"}}",
         "a".repeat(10_000)
