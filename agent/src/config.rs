@@ -8,36 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (unknown key, wrong type).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, which names the key and line.
-        message: String,
-    },
-    /// A value parsed but cannot work.
-    #[error("{path}: key `{key}`: {reason}")]
-    Invalid {
-        /// The file (or `<defaults>`).
-        path: PathBuf,
-        /// Dotted key.
-        key: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+pub use hostpulse_common::config::{ConfigError, read_bounded};
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -187,30 +158,21 @@ pub const MIN_INTERVAL_MS: u64 = 10;
 impl AgentConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        let config: Self = hostpulse_common::config::load(path)?;
+        config.validate(path)?;
+        Ok(config)
     }
 
     /// Parses and validates TOML text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let config: Self = hostpulse_common::config::parse(text, path)?;
         config.validate(path)?;
         Ok(config)
     }
 
     /// Refuses values that parse but cannot work.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, reason: String| ConfigError::Invalid {
-            path: path.into(),
-            key,
-            reason,
-        };
+        let invalid = |key: &str, reason: String| ConfigError::invalid(path, key, reason);
         let aggregators = self.aggregator.list();
         if aggregators.is_empty() {
             return Err(invalid(
@@ -334,23 +296,6 @@ impl AgentConfig {
             self.agent_id.clone()
         }
     }
-}
-
-/// Reads at most `max` bytes of `path`: a secret or certificate file is small,
-/// and a configuration pointing at `/dev/zero` must fail, not hang.
-pub fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        ));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

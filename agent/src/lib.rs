@@ -109,7 +109,7 @@ impl Agent {
                 keepalive_interval: Duration::from_millis(config.keepalive_interval_ms),
                 keepalive_timeout: Duration::from_millis(config.keepalive_timeout_ms),
                 ca_pem: config.ca_file.as_ref().and_then(|p| {
-                    config::read_bounded(p, 1 << 20)
+                    hostpulse_common::config::read_bounded(p, 1 << 20)
                         .inspect_err(|e| tracing::error!(cause = %e, path = %p.display(), "cannot read ca_file"))
                         .ok()
                 }),

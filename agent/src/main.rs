@@ -63,7 +63,9 @@ fn main() -> ExitCode {
         .expect("building the tokio runtime");
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal(shutdown.clone()));
+        tokio::spawn(hostpulse_common::signal::shutdown_on_signal(
+            shutdown.clone(),
+        ));
         match Agent::new(config).run(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -103,26 +105,4 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-}
-
-/// Fires `shutdown` on SIGTERM or Ctrl-C.
-async fn signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown signal received");
-    shutdown.cancel();
 }

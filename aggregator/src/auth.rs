@@ -250,7 +250,7 @@ fn resolve(
                 std::env::var(var)
                     .map_err(|_| err(format!("environment variable {var} is not set")))?
             } else if let Some(path) = &t.token_file {
-                let bytes = crate::config::read_bounded(path, 64 << 10)
+                let bytes = hostpulse_common::config::read_bounded(path, 64 << 10)
                     .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
                 String::from_utf8_lossy(&bytes).trim().to_string()
             } else {

@@ -5,50 +5,12 @@
 //! anything it cannot accept. Nothing is bound before validation passes.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Not valid TOML for this schema (unknown key, wrong type); the message
-    /// names the key and the line.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A token entry cannot work (unreadable file, unset variable, bad hash).
-    #[error("{path}: {source}")]
-    Auth {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with its key.
-        source: crate::auth::AuthConfigError,
-    },
-    /// A value parsed but cannot work.
-    #[error("{path}: key `{key}`: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Dotted key.
-        key: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use hostpulse_common::config::{ConfigError, read_bounded};
 
 /// The whole aggregator configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -237,30 +199,21 @@ impl Default for HubConfig {
 impl AggregatorConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        let config: Self = hostpulse_common::config::load(path)?;
+        config.validate(path)?;
+        Ok(config)
     }
 
     /// Parses and validates TOML text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let config: Self = hostpulse_common::config::parse(text, path)?;
         config.validate(path)?;
         Ok(config)
     }
 
     /// Refuses values that parse but cannot work.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| ConfigError::Invalid {
-            path: path.into(),
-            key,
-            reason: reason.into(),
-        };
+        let invalid = |key: &str, reason: &str| ConfigError::invalid(path, key, reason);
         let positive: [(&'static str, u64); 10] = [
             ("hub.history_max_bytes", self.hub.history_max_bytes as u64),
             ("ingest.offline_after_ms", self.ingest.offline_after_ms),
@@ -284,15 +237,9 @@ impl AggregatorConfig {
                 return Err(invalid(key, "must be positive"));
             }
         }
-        crate::tls::Tls::load(&self.tls).map_err(|e| ConfigError::Invalid {
-            path: path.into(),
-            key: "tls",
-            reason: e.to_string(),
-        })?;
-        crate::auth::Auth::from_config(&self.auth).map_err(|source| ConfigError::Auth {
-            path: path.into(),
-            source,
-        })?;
+        crate::tls::Tls::load(&self.tls).map_err(|e| invalid("tls", &e.to_string()))?;
+        crate::auth::Auth::from_config(&self.auth)
+            .map_err(|e| ConfigError::invalid(path, e.key, e.reason))?;
         for (key, v) in [
             (
                 "ingest.max_batches_per_sec",
@@ -349,23 +296,6 @@ impl AggregatorConfig {
 /// Milliseconds to a `Duration`.
 pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
-}
-
-/// Reads at most `max` bytes of `path`: a secret or certificate file is small,
-/// and a configuration pointing at `/dev/zero` must fail, not hang.
-pub fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        ));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub struct Tls {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    crate::config::read_bounded(path, 1 << 20).map_err(|e| TlsError::File {
+    hostpulse_common::config::read_bounded(path, 1 << 20).map_err(|e| TlsError::File {
         path: path.into(),
         reason: e.to_string(),
     })
