@@ -31,7 +31,10 @@ FUZZ_TARGETS = ws_request batch_decode config
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+		echo "fuzzing $$t for $(FUZZ_SECS) s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECS) > $$t.log 2>&1 \
+			|| { tail -n 60 $$t.log; exit 1; }; \
+		grep -E "^Done [0-9]+ runs" $$t.log; \
 	done
 
 build:
