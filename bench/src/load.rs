@@ -71,17 +71,24 @@ pub(crate) struct PublishStats {
     pub(crate) acked: AtomicU64,
 }
 
+/// How each simulated agent sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    /// Samples per second; 0 sends as fast as acks allow (8 batches in flight).
+    pub(crate) rate: f64,
+    /// Samples per batch.
+    pub(crate) per_batch: usize,
+    /// Full samples (CPU, memory, load, top processes) or CPU only.
+    pub(crate) full: bool,
+}
+
 /// Runs `streams` simulated agents over `connections` HTTP/2 connections, each
-/// sending `rate` samples/s (in `per_batch` sample batches) until `stop`.
-/// With `rate` 0 each sends as fast as acks allow (8 batches in flight).
-#[allow(clippy::too_many_arguments)]
+/// sending at `pace` until `stop`.
 pub(crate) async fn publish(
     ingest: SocketAddr,
     streams: usize,
     connections: usize,
-    rate: f64,
-    per_batch: usize,
-    full: bool,
+    pace: Pace,
     stats: Arc<PublishStats>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -99,7 +106,7 @@ pub(crate) async fn publish(
         let channel = channels[i % channels.len()].clone();
         let (stats, stop) = (stats.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let _ = agent(channel, i, rate, per_batch, full, stats, stop).await;
+            let _ = agent(channel, i, pace, stats, stop).await;
         }));
         if i % 200 == 199 {
             // Ramp up without a thundering herd of stream set-ups.
@@ -115,9 +122,11 @@ pub(crate) async fn publish(
 async fn agent(
     channel: tonic::transport::Channel,
     i: usize,
-    rate: f64,
-    per_batch: usize,
-    full: bool,
+    Pace {
+        rate,
+        per_batch,
+        full,
+    }: Pace,
     stats: Arc<PublishStats>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {

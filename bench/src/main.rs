@@ -189,6 +189,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stops the publishers and subscribers of a run and waits (bounded) for them.
+async fn wind_down<T>(
+    stop: &AtomicBool,
+    publisher: tokio::task::JoinHandle<T>,
+    subscribers: Vec<tokio::task::JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+    for t in subscribers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+}
+
 fn format_figures(f: &Figures) -> String {
     f.iter()
         .map(|(k, v)| {
@@ -281,9 +294,11 @@ async fn run_once(
                 server.ingest,
                 agents,
                 agents,
-                per_agent,
-                per_batch,
-                false,
+                load::Pace {
+                    rate: per_agent,
+                    per_batch,
+                    full: false,
+                },
                 published.clone(),
                 stop.clone(),
             ));
@@ -306,11 +321,7 @@ async fn run_once(
             let generator = server::own_cpu_since(gen0)?;
             received.measuring.store(false, Ordering::Relaxed);
             let rss = server.rss_kib()?;
-            stop.store(true, Ordering::Relaxed);
-            let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
-            for t in tasks {
-                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-            }
+            wind_down(&stop, publisher, tasks).await;
             let h = received.latency.lock().expect("lock");
             let deliveries = (u1 - u0) as f64 / measure.as_secs_f64();
             Ok(vec![
@@ -346,9 +357,11 @@ async fn run_once(
                 server.ingest,
                 agents,
                 agents / 100,
-                rate,
-                1,
-                true,
+                load::Pace {
+                    rate,
+                    per_batch: 1,
+                    full: true,
+                },
                 published.clone(),
                 stop.clone(),
             ));
@@ -361,11 +374,7 @@ async fn run_once(
             let cpu = server.cpu_since(cpu0)?;
             received.measuring.store(false, Ordering::Relaxed);
             let rss = server.rss_kib()?;
-            stop.store(true, Ordering::Relaxed);
-            let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
-            for t in tasks {
-                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-            }
+            wind_down(&stop, publisher, tasks).await;
             let h = received.latency.lock().expect("lock");
             Ok(vec![
                 ("agents", agents as f64),
@@ -384,9 +393,11 @@ async fn run_once(
                 server.ingest,
                 agents,
                 agents,
-                0.0,
-                100,
-                true,
+                load::Pace {
+                    rate: 0.0,
+                    per_batch: 100,
+                    full: true,
+                },
                 published.clone(),
                 stop.clone(),
             ));
@@ -395,8 +406,7 @@ async fn run_once(
             tokio::time::sleep(measure).await;
             let a1 = published.acked.load(Ordering::Relaxed);
             let cpu = server.cpu_since(cpu0)?;
-            stop.store(true, Ordering::Relaxed);
-            let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+            wind_down(&stop, publisher, Vec::new()).await;
             Ok(vec![
                 (
                     "samples_per_s",
