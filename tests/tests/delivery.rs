@@ -274,10 +274,11 @@ async fn an_agent_keeps_its_spool_bounded_while_the_aggregator_is_down_then_deli
     let mut c = WsClient::connect(&second.ws_url()).await;
     c.send(tracker.resume("host.spooler.cpu")).await;
     let before_gap = tracker.last("host.spooler.cpu").unwrap();
+    let caught_up = |t: &Tracker| t.last("host.spooler.cpu") == Some(last);
     assert!(
-        follow(&mut c, &mut tracker, |t| t.last("host.spooler.cpu")
-            == Some(last))
-        .await
+        tokio::time::timeout(WAIT, follow(&mut c, &mut tracker, caught_up))
+            .await
+            .expect("the spool is delivered in time")
     );
     // Exactly one hole: the samples of the dropped batches, announced by the
     // seq jump; everything after it arrived, once.
