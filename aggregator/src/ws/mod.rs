@@ -161,9 +161,10 @@ impl Drop for Slot {
     }
 }
 
-/// Read buffer per connection: requests are small, and tungstenite keeps this
-/// buffer resident (zero-filled) for every connection, idle or not.
-const READ_BUFFER: usize = 1 << 10;
+/// Read buffer per connection: requests are small (a larger one is read in
+/// more calls), and tungstenite keeps this buffer resident (zero-filled) for
+/// every connection, idle or not.
+const READ_BUFFER: usize = 512;
 /// Write buffer: frames are gathered up to this size before a write.
 const WRITE_BUFFER: usize = 4 << 10;
 /// Wait for the peer's close reply at most this long.
@@ -327,7 +328,13 @@ impl Session {
     }
 
     #[tracing::instrument(name = "ws", skip_all, fields(conn = self.id, peer = %self.peer))]
-    async fn run(mut self, mut socket: WebSocket) {
+    async fn run(self, socket: WebSocket) {
+        // The session's state lives on the heap once, not inline in the
+        // task next to the serve loop's futures.
+        Box::pin(self.run_inner(socket)).await
+    }
+
+    async fn run_inner(mut self, mut socket: WebSocket) {
         self.state.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             encoding = self.encoding.name(),
@@ -403,7 +410,10 @@ impl Session {
                             return End::Gone;
                         }
                         Some(Ok(message)) => {
-                            if let Some(end) = self.on_message(message).await {
+                            // Boxed: requests are rare next to updates, and
+                            // their future would otherwise enlarge every
+                            // idle connection's task.
+                            if let Some(end) = Box::pin(self.on_message(message)).await {
                                 return end;
                             }
                         }
