@@ -208,7 +208,12 @@ async fn a_client_that_stops_answering_is_closed_and_the_others_are_not_disturbe
     let took = silent_since.elapsed();
     // Closed once the timeout passed, at the first heartbeat tick after it.
     assert!(took >= Duration::from_millis(1_000), "{took:?}");
-    assert!(took < Duration::from_millis(1_000 + 200 + 500), "{took:?}");
+    // Timeout, plus at most one heartbeat tick, plus slack for a loaded
+    // 2-core machine running other tests.
+    assert!(
+        took < Duration::from_millis(1_000 + 200 + 1_300),
+        "{took:?}"
+    );
     // The stalled client finds a heartbeat-timeout close (1008) when it reads again.
     let end = stalled.closed(WAIT).await;
     assert!(
