@@ -283,6 +283,15 @@ impl AgentConfig {
         Ok(None)
     }
 
+    /// A copy fit to print: a clear-text token is replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        if c.token.is_some() {
+            c.token = Some("<redacted>".into());
+        }
+        c
+    }
+
     /// The sampling interval.
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)

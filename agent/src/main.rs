@@ -25,6 +25,12 @@ struct Args {
     /// Print one sample as pretty JSON and exit.
     #[arg(long)]
     once: bool,
+    /// Validate the configuration, print the effective settings as TOML and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "HOSTPULSE_LOG_FORMAT", default_value = "text")]
+    log_format: hostpulse_common::logging::LogFormat,
 }
 
 /// Exit code for a configuration error (EX_USAGE).
@@ -32,7 +38,7 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
+    hostpulse_common::logging::init(args.log_format, "hostpulse_agent=info");
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -40,6 +46,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check_config {
+        println!(
+            "# effective configuration\n{}",
+            toml::to_string_pretty(&config.redacted()).expect("a config serialises")
+        );
+        return ExitCode::SUCCESS;
+    }
     if args.once {
         return match hostpulse_agent::sample_once(&config) {
             Ok(sample) => {
@@ -95,14 +108,4 @@ fn load_config(args: &Args) -> Result<AgentConfig, hostpulse_agent::config::Conf
     }
     config.validate(&origin)?;
     Ok(config)
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "hostpulse_agent=info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

@@ -211,6 +211,22 @@ impl AggregatorConfig {
         Ok(config)
     }
 
+    /// A copy fit to print: clear-text tokens are replaced by `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        for t in c
+            .auth
+            .agent_tokens
+            .iter_mut()
+            .chain(c.auth.client_tokens.iter_mut())
+        {
+            if t.token.is_some() {
+                t.token = Some("<redacted>".into());
+            }
+        }
+        c
+    }
+
     /// Refuses values that parse but cannot work.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::invalid(path, key, reason);

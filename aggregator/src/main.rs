@@ -27,6 +27,13 @@ struct Args {
     /// entry in `[auth]`, and exit.
     #[arg(long)]
     hash_token: bool,
+    /// Validate the configuration (reading every token and certificate file
+    /// it names), print the effective settings as TOML and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "HOSTPULSE_LOG_FORMAT", default_value = "text")]
+    log_format: hostpulse_common::logging::LogFormat,
 }
 
 /// Exit code for a configuration error (EX_USAGE).
@@ -46,13 +53,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "hostpulse_aggregator=info,tower_http=info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    hostpulse_common::logging::init(args.log_format, "hostpulse_aggregator=info,tower_http=info");
 
     let config = match load_config(&args) {
         Ok(c) => c,
@@ -61,6 +62,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check_config {
+        println!(
+            "# effective configuration\n{}",
+            toml::to_string_pretty(&config.redacted()).expect("a config serialises")
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -206,3 +206,66 @@ fn repo_file(rel: &str) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+#[test]
+fn check_config_prints_the_effective_settings_without_secrets() {
+    let path = temp_file(
+        "aggregator.toml",
+        "[hub]\nhistory_len = 42\n[[auth.client_tokens]]\nname = \"ops\"\n\
+         token = \"super-secret-token-123\"\ntopics = [\">\"]\n",
+    );
+    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-aggregator"))
+        .args(["--check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("history_len = 42"), "{text}");
+    assert!(
+        text.contains("ping_interval_ms = 15000"),
+        "defaults are shown: {text}"
+    );
+    assert!(!text.contains("super-secret"), "{text}");
+    assert!(text.contains("<redacted>"));
+
+    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
+        .args(["--check-config", "--hostname", "web-07"])
+        .env("HOSTPULSE_AGGREGATOR", "http://127.0.0.9:7070")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("hostname = \"web-07\""), "{text}");
+    assert!(
+        text.contains("http://127.0.0.9:7070"),
+        "environment overrides apply: {text}"
+    );
+    // A bad file is still refused, with exit 64.
+    let bad = temp_file("bad.toml", "interval_ms = 0\n");
+    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
+        .args(["--check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut agent = Proc::spawn(
+        "hostpulse-agent",
+        &[
+            "--log-format",
+            "json",
+            "--aggregator",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ],
+    );
+    let line = agent.wait_for_line("aggregator unreachable");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["message"], "aggregator unreachable");
+    assert!(v["retry_in_ms"].is_u64());
+}
