@@ -269,3 +269,32 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(v["message"], "aggregator unreachable");
     assert!(v["retry_in_ms"].is_u64());
 }
+
+#[test]
+fn systemd_units_verify_cleanly() {
+    // .ci/run installs systemd-analyze; the units point at /usr/local/bin, so
+    // the copies checked here point at the binaries just built.
+    let dir = std::env::temp_dir().join(format!("hostpulse-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin_dir = hostpulse_tests::process::binary("hostpulse-agent")
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut units = Vec::new();
+    for name in ["hostpulse-aggregator.service", "hostpulse-agent.service"] {
+        let text = std::fs::read_to_string(repo_file(&format!("deploy/{name}"))).unwrap();
+        assert!(text.contains("NoNewPrivileges=yes") && text.contains("ProtectSystem=strict"));
+        let path = dir.join(name);
+        std::fs::write(&path, text.replace("/usr/local/bin", &bin_dir)).unwrap();
+        units.push(path);
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze (package systemd) is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
