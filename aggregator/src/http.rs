@@ -1,4 +1,4 @@
-//! The HTTP router: `/ws` (WebSocket) and `/healthz`.
+//! The HTTP router: `/ws` (WebSocket), `/api/v1/hosts` (REST snapshot) and `/healthz`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +24,14 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::handler).with_state(state.ws.clone()))
+        .route(
+            "/api/v1/hosts",
+            get(crate::api::hosts).with_state(state.clone()),
+        )
+        .route(
+            "/api/v1/hosts/{host}",
+            get(crate::api::host).with_state(state.clone()),
+        )
         .route("/healthz", get(healthz).with_state(state))
 }
 

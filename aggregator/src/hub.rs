@@ -117,6 +117,13 @@ pub enum Command {
         /// The connection.
         conn: ConnId,
     },
+    /// The latest update of every topic starting with `prefix`.
+    Latest {
+        /// Topic prefix, e.g. `host.` or `host.web-01.`.
+        prefix: String,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Vec<Arc<Update>>>,
+    },
 }
 
 /// Counters of the hub, read by `/healthz` and tests.
@@ -270,6 +277,15 @@ impl Hub {
             } => self.subscribe(conn, outbox, request),
             Command::Unsubscribe { conn, pattern, id } => self.unsubscribe(conn, pattern, id),
             Command::Disconnect { conn } => self.disconnect(conn),
+            Command::Latest { prefix, reply } => {
+                let latest = self
+                    .topics
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(&prefix))
+                    .filter_map(|(_, t)| t.history.last(1).next().cloned())
+                    .collect();
+                let _ = reply.send(latest);
+            }
         }
     }
 

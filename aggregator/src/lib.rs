@@ -15,10 +15,12 @@
 //! - [`hub`]: the single task owning topics, history and subscriptions.
 //! - [`outbox`]: a connection's bounded outgoing queue.
 //! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.
-//! - [`http`]: the router (`/ws`, `/healthz`).
+//! - [`http`]: the router (`/ws`, `/api/v1/hosts`, `/healthz`).
+//! - [`api`]: the REST snapshot of hosts and their latest metrics.
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod encoding;

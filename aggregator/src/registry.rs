@@ -82,7 +82,23 @@ struct Record {
     connected: bool,
     /// Announced online on `hosts` (attached and not silent).
     online: bool,
+    /// When a batch of this agent was last published.
+    last_seen: Option<SystemTime>,
     event: HostEvent,
+}
+
+/// One host as the REST snapshot shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    /// Topic segment.
+    pub host: String,
+    /// Announced online (attached and not silent).
+    pub online: bool,
+    /// When its last batch was published (RFC 3339), if ever.
+    pub last_seen: Option<String>,
+    /// The agent's last `hosts` event details.
+    #[serde(flatten)]
+    pub agent: HostEvent,
 }
 
 /// Shared registry of agents.
@@ -148,6 +164,7 @@ impl Registry {
                 generation,
                 connected: false,
                 online: false,
+                last_seen: None,
                 event: event.clone(),
             });
         let known = existed && record.epoch == hello.epoch;
@@ -191,7 +208,25 @@ impl Registry {
             && r.generation == generation
         {
             r.last_batch_seq = r.last_batch_seq.max(seq);
+            r.last_seen = Some(SystemTime::now());
         }
+    }
+
+    /// Every host known since start, sorted by name.
+    pub fn hosts(&self) -> Vec<HostView> {
+        let inner = self.inner.lock().expect("registry lock");
+        let mut out: Vec<HostView> = inner
+            .agents
+            .values()
+            .map(|r| HostView {
+                host: r.host.clone(),
+                online: r.online,
+                last_seen: r.last_seen.map(crate::update::rfc3339),
+                agent: r.event.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
     }
 
     /// The stream ended. Returns the `offline` event if it was the agent's

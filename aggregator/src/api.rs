@@ -1,0 +1,144 @@
+//! The REST snapshot: `GET /api/v1/hosts` and `GET /api/v1/hosts/{host}`.
+//!
+//! Every host known since start, its presence, when it was last seen, its
+//! agent, and the latest update of each of its metrics, as JSON. The same
+//! tokens as for WebSocket apply (`Authorization: Bearer` or `?token=`): host
+//! details need a grant covering `hosts`, each metric a grant covering its
+//! topic.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::auth::{Grant, bearer};
+use crate::http::AppState;
+use crate::hub::Command;
+use crate::registry::HostView;
+
+/// `?token=` for clients that cannot set a header.
+#[derive(Debug, Default, Deserialize)]
+pub struct TokenQuery {
+    /// Access token.
+    pub token: Option<String>,
+}
+
+/// One host in the snapshot.
+#[derive(Debug, Serialize)]
+struct HostSnapshot {
+    #[serde(flatten)]
+    view: HostView,
+    /// Metric name → the latest update of `host.<host>.<metric>`.
+    latest: BTreeMap<String, Value>,
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// The caller's grant, which must cover the `hosts` topic.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+) -> Result<Grant, (StatusCode, String)> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .or(query.token.as_deref());
+    let grant = match state.ws.auth.client(presented) {
+        Ok(Some(g)) => g,
+        Ok(None) => return Err((StatusCode::UNAUTHORIZED, "a token is required".into())),
+        Err(e) => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                format!("client token refused: {e}"),
+            ));
+        }
+    };
+    if !grant.allows("hosts") {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("token {:?} does not grant the hosts topic", grant.name),
+        ));
+    }
+    Ok(grant)
+}
+
+async fn snapshot(state: &AppState, grant: &Grant, only: Option<&str>) -> Vec<HostSnapshot> {
+    let prefix = match only {
+        Some(h) => format!("host.{h}."),
+        None => "host.".into(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let latest = match state
+        .ws
+        .hub
+        .send(Command::Latest { prefix, reply: tx })
+        .await
+    {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let mut by_host: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for u in latest.iter().filter(|u| grant.allows(&u.topic)) {
+        let mut parts = u.topic.splitn(3, '.');
+        let (_, Some(host), Some(metric)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_str::<Value>(u.json.as_str()) {
+            by_host
+                .entry(host.into())
+                .or_default()
+                .insert(metric.into(), v);
+        }
+    }
+    state
+        .registry
+        .hosts()
+        .into_iter()
+        .filter(|h| only.is_none_or(|o| o == h.host))
+        .map(|view| HostSnapshot {
+            latest: by_host.remove(&view.host).unwrap_or_default(),
+            view,
+        })
+        .collect()
+}
+
+/// `GET /api/v1/hosts`
+pub async fn hosts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    match authorize(&state, &headers, &query) {
+        Ok(grant) => Json(snapshot(&state, &grant, None).await).into_response(),
+        Err((status, message)) => refuse(status, message),
+    }
+}
+
+/// `GET /api/v1/hosts/{host}`
+pub async fn host(
+    State(state): State<AppState>,
+    Path(host): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    let grant = match authorize(&state, &headers, &query) {
+        Ok(g) => g,
+        Err((status, message)) => return refuse(status, message),
+    };
+    match snapshot(&state, &grant, Some(&host))
+        .await
+        .into_iter()
+        .next()
+    {
+        Some(h) => Json(h).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, format!("no host named {host:?}")),
+    }
+}
