@@ -28,6 +28,8 @@ pub struct AggregatorConfig {
     pub auth: crate::auth::AuthConfig,
     /// Certificate and key for TLS on both listeners.
     pub tls: crate::tls::TlsConfig,
+    /// What `/metrics` exposes.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[ingest]`

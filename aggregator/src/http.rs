@@ -18,6 +18,8 @@ pub struct AppState {
     pub ws: Arc<WsState>,
     /// Attached agents.
     pub registry: Arc<Registry>,
+    /// `[metrics]` settings.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Builds the router.
@@ -31,6 +33,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/hosts/{host}",
             get(crate::api::host).with_state(state.clone()),
+        )
+        .route(
+            "/metrics",
+            get(crate::metrics::metrics).with_state(state.clone()),
         )
         .route("/healthz", get(healthz).with_state(state))
 }

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -316,7 +317,10 @@ impl AgentSession {
                             break None;
                         }
                     }
-                    Err(status) => break Some(refuse(self.peer, status)),
+                    Err(status) => {
+                        self.registry.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        break Some(refuse(self.peer, status));
+                    }
                 },
                 Ok(Some(_)) => {
                     break Some(refuse(
@@ -393,7 +397,13 @@ impl AgentSession {
             .registry
             .check(&self.agent_id, self.generation, batch.seq)
         {
-            Verdict::Duplicate => return Ok(ack),
+            Verdict::Duplicate => {
+                self.registry
+                    .stats
+                    .duplicates
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(ack);
+            }
             Verdict::Superseded => {
                 return Err(Status::aborted(
                     "superseded by a newer stream of this agent",
@@ -428,6 +438,11 @@ impl AgentSession {
             .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
         self.registry
             .commit(&self.agent_id, self.generation, batch.seq);
+        self.registry.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.registry
+            .stats
+            .samples
+            .fetch_add(u64::from(batch.sample_count), Ordering::Relaxed);
         Ok(ack)
     }
 }

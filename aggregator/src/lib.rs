@@ -17,6 +17,7 @@
 //! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.
 //! - [`http`]: the router (`/ws`, `/api/v1/hosts`, `/healthz`).
 //! - [`api`]: the REST snapshot of hosts and their latest metrics.
+//! - [`metrics`]: Prometheus exposition at `/metrics`.
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
@@ -29,6 +30,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod limit;
+pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod tls;
@@ -168,6 +170,7 @@ pub async fn run(
     let app = http::router(http::AppState {
         ws: ws_state,
         registry,
+        metrics: config.metrics.clone(),
     });
     let web = async {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();

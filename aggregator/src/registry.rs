@@ -105,6 +105,21 @@ pub struct HostView {
 pub struct Registry {
     inner: Mutex<Inner>,
     hosts_seq: AtomicU64,
+    /// Ingest counters, for `/metrics`.
+    pub stats: IngestStats,
+}
+
+/// Counters of what agents sent.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Batches published.
+    pub batches: AtomicU64,
+    /// Samples in them.
+    pub samples: AtomicU64,
+    /// Duplicate batches acknowledged without publishing.
+    pub duplicates: AtomicU64,
+    /// Streams ended with an error status (bad batch, bad Hello, limits).
+    pub refused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -124,6 +139,7 @@ impl Registry {
         Self {
             inner: Mutex::default(),
             hosts_seq: AtomicU64::new(ms / 10),
+            stats: IngestStats::default(),
         }
     }
 

@@ -1,0 +1,411 @@
+//! `GET /metrics`: Prometheus text exposition (via `prometheus-client`).
+//!
+//! The aggregator's own health always; with `[metrics] host_gauges = true`,
+//! also the latest value of every host metric as gauges labelled by host, so
+//! an existing Prometheus can scrape the whole fleet through one target.
+//! Values are read at scrape time from the counters the aggregator keeps
+//! anyway; nothing is counted twice.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::http::AppState;
+use crate::hub::Command;
+
+/// `[metrics]` in `aggregator.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Also expose the latest value of every host metric, labelled by host.
+    pub host_gauges: bool,
+}
+
+#[derive(Debug)]
+struct Scrape {
+    counters: Vec<(&'static str, &'static str, u64)>,
+    gauges: Vec<(&'static str, &'static str, Option<Unit>, f64)>,
+    /// (name, help, unit, [(host, value)])
+    host_gauges: HostGauges,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in &self.counters {
+            let c = ConstCounter::new(*value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        for (name, help, unit, value) in &self.gauges {
+            let g = ConstGauge::new(*value);
+            g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
+        }
+        for (name, help, unit, series) in &self.host_gauges {
+            if series.is_empty() {
+                continue;
+            }
+            let kind = ConstGauge::new(0.0f64).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), kind)?;
+            for (host, value) in series {
+                let labels = [("host", host.as_str())];
+                ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The handler.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let hub = &state.ws.hub.stats;
+    let out = &state.ws.outbox_stats;
+    let ingest = &state.registry.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let hosts = state.registry.hosts();
+    let mut scrape = Scrape {
+        counters: vec![
+            (
+                "hostpulse_ingest_batches",
+                "Batches published from agents.",
+                load(&ingest.batches),
+            ),
+            (
+                "hostpulse_ingest_samples",
+                "Samples published from agents.",
+                load(&ingest.samples),
+            ),
+            (
+                "hostpulse_ingest_duplicate_batches",
+                "Batches already held, acknowledged without publishing.",
+                load(&ingest.duplicates),
+            ),
+            (
+                "hostpulse_ingest_refused_streams",
+                "Agent streams ended with an error (bad batch, bad Hello, limits).",
+                load(&ingest.refused),
+            ),
+            (
+                "hostpulse_updates_published",
+                "Topic updates accepted into the hub.",
+                load(&hub.updates_published),
+            ),
+            (
+                "hostpulse_updates_duplicate",
+                "Topic updates dropped as already held.",
+                load(&hub.updates_duplicate),
+            ),
+            (
+                "hostpulse_updates_rate_limited",
+                "Topic updates not published because of a topic rate limit.",
+                load(&hub.rate_limited),
+            ),
+            (
+                "hostpulse_deliveries",
+                "Updates queued to WebSocket connections.",
+                load(&hub.deliveries),
+            ),
+            (
+                "hostpulse_deliveries_held",
+                "Updates held back for a connection (throttled or conflated).",
+                load(&hub.held),
+            ),
+            (
+                "hostpulse_deliveries_dropped",
+                "Updates refused by a connection being closed.",
+                load(&hub.overflow_drops),
+            ),
+            (
+                "hostpulse_ws_lag_episodes",
+                "Times a WebSocket client started lagging.",
+                load(&out.lag_episodes),
+            ),
+            (
+                "hostpulse_ws_conflated",
+                "Updates replaced by a newer one for a lagging client.",
+                load(&out.conflated),
+            ),
+            (
+                "hostpulse_ws_lag_disconnects",
+                "Clients closed with 1013 after lagging past the grace period.",
+                load(&out.lag_disconnects),
+            ),
+            (
+                "hostpulse_ws_refused_connections",
+                "WebSocket connections refused at the connection limits.",
+                load(&state.ws.refused),
+            ),
+        ],
+        gauges: vec![
+            (
+                "hostpulse_agents_connected",
+                "Agents with a live stream.",
+                None,
+                state.registry.connected() as f64,
+            ),
+            (
+                "hostpulse_hosts_online",
+                "Hosts announced online.",
+                None,
+                hosts.iter().filter(|h| h.online).count() as f64,
+            ),
+            (
+                "hostpulse_ws_connections",
+                "Open WebSocket connections.",
+                None,
+                load(&state.ws.connections) as f64,
+            ),
+            (
+                "hostpulse_subscriptions",
+                "Live subscriptions.",
+                None,
+                load(&hub.subscriptions) as f64,
+            ),
+            (
+                "hostpulse_topics",
+                "Topics known.",
+                None,
+                load(&hub.topics) as f64,
+            ),
+            (
+                "hostpulse_history",
+                "Size of the history kept for resume (JSON forms).",
+                Some(Unit::Bytes),
+                load(&hub.history_bytes) as f64,
+            ),
+            (
+                "hostpulse_ws_peak_queue",
+                "Largest outgoing queue seen on a connection.",
+                Some(Unit::Bytes),
+                load(&out.peak_queue_bytes) as f64,
+            ),
+        ],
+        host_gauges: Vec::new(),
+    };
+    if state.metrics.host_gauges {
+        scrape.host_gauges = host_gauges(&state, &hosts).await;
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
+        tracing::error!(cause = %e, "encoding /metrics failed");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        classic_text(&body),
+    )
+        .into_response()
+}
+
+/// OpenMetrics text (what `prometheus-client` writes) to the classic
+/// Prometheus text format 0.0.4, which every scraper and `promtool check
+/// metrics` read: a counter family is named with its `_total` suffix in
+/// HELP and TYPE, and the `# UNIT` and `# EOF` lines go.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One gauge family per host metric: name, help, unit, (host, value) series.
+type HostGauge = (&'static str, &'static str, Option<Unit>, Vec<(String, f64)>);
+type HostGauges = Vec<HostGauge>;
+
+/// Where a host gauge's value comes from.
+struct Field {
+    metric: &'static str,
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    pointer: &'static str,
+    scale: f64,
+}
+
+const fn field(
+    metric: &'static str,
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    pointer: &'static str,
+    scale: f64,
+) -> Field {
+    Field {
+        metric,
+        name,
+        help,
+        unit,
+        pointer,
+        scale,
+    }
+}
+
+async fn host_gauges(state: &AppState, hosts: &[crate::registry::HostView]) -> HostGauges {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let latest = match state
+        .ws
+        .hub
+        .send(Command::Latest {
+            prefix: "host.".into(),
+            reply: tx,
+        })
+        .await
+    {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    // (metric topic, JSON pointer, scale) for each exported gauge.
+    const FIELDS: &[Field] = &[
+        field(
+            "cpu",
+            "hostpulse_host_cpu_usage",
+            "CPU busy, all cores, 0 to 1.",
+            Some(Unit::Ratios),
+            "/payload/total_pct",
+            0.01,
+        ),
+        field(
+            "memory",
+            "hostpulse_host_memory_total",
+            "Installed memory.",
+            Some(Unit::Bytes),
+            "/payload/total_bytes",
+            1.0,
+        ),
+        field(
+            "memory",
+            "hostpulse_host_memory_used",
+            "Memory in use.",
+            Some(Unit::Bytes),
+            "/payload/used_bytes",
+            1.0,
+        ),
+        field(
+            "memory",
+            "hostpulse_host_memory_available",
+            "Memory available without swapping.",
+            Some(Unit::Bytes),
+            "/payload/available_bytes",
+            1.0,
+        ),
+        field(
+            "memory",
+            "hostpulse_host_swap_used",
+            "Swap in use.",
+            Some(Unit::Bytes),
+            "/payload/swap_used_bytes",
+            1.0,
+        ),
+        field(
+            "load",
+            "hostpulse_host_load1",
+            "Load average over 1 minute.",
+            None,
+            "/payload/one",
+            1.0,
+        ),
+        field(
+            "load",
+            "hostpulse_host_load5",
+            "Load average over 5 minutes.",
+            None,
+            "/payload/five",
+            1.0,
+        ),
+        field(
+            "load",
+            "hostpulse_host_load15",
+            "Load average over 15 minutes.",
+            None,
+            "/payload/fifteen",
+            1.0,
+        ),
+        field(
+            "processes",
+            "hostpulse_host_processes",
+            "Processes on the host.",
+            None,
+            "/payload/count",
+            1.0,
+        ),
+    ];
+    let parsed: Vec<(String, String, Value)> = latest
+        .iter()
+        .filter_map(|u| {
+            let mut parts = u.topic.splitn(3, '.');
+            let (_, host, metric) = (parts.next()?, parts.next()?, parts.next()?);
+            let v = serde_json::from_str(u.json.as_str()).ok()?;
+            Some((host.to_string(), metric.to_string(), v))
+        })
+        .collect();
+    let mut out: HostGauges = FIELDS
+        .iter()
+        .map(|f| {
+            let series = parsed
+                .iter()
+                .filter(|(_, m, _)| m == f.metric)
+                .filter_map(|(h, _, v)| {
+                    Some((h.clone(), v.pointer(f.pointer)?.as_f64()? * f.scale))
+                })
+                .collect();
+            (f.name, f.help, f.unit.clone(), series)
+        })
+        .collect();
+    out.push((
+        "hostpulse_host_up",
+        "1 while the host is announced online.",
+        None,
+        hosts
+            .iter()
+            .map(|h| (h.host.clone(), if h.online { 1.0 } else { 0.0 }))
+            .collect(),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_classic_text() {
+        let om = "# HELP a_events Events.\n# TYPE a_events counter\na_events_total 3\n\
+                  # HELP b_size Size.\n# TYPE b_size gauge\n# UNIT b_size bytes\nb_size 2.0\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP a_events_total Events.\n# TYPE a_events_total counter\na_events_total 3\n\
+             # HELP b_size Size.\n# TYPE b_size gauge\nb_size 2.0\n"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! `/metrics` parses as Prometheus text, its counters move as traffic flows,
+//! host gauges appear behind their switch, and `promtool check metrics`
+//! accepts a scrape.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use hostpulse_tests::ws::WsClient;
+use hostpulse_tests::{TestAgent, TestAggregator, agent_config, http_get};
+
+/// Every sample of a scrape, keyed by name and `host` label (if any).
+async fn scrape(agg: &TestAggregator) -> (String, HashMap<(String, String), f64>) {
+    let (status, body) = http_get(agg.http, "/metrics").await;
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let mut values = HashMap::new();
+    for s in parsed.samples {
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            other => panic!("unexpected {other:?}"),
+        };
+        let host = s.labels.get("host").unwrap_or("").to_string();
+        values.insert((s.metric, host), v);
+    }
+    (body, values)
+}
+
+fn get(m: &HashMap<(String, String), f64>, name: &str, host: &str) -> f64 {
+    *m.get(&(name.to_string(), host.to_string()))
+        .unwrap_or_else(|| panic!("{name}{{host={host:?}}} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_with_traffic_and_host_gauges_are_exposed() {
+    let agg = TestAggregator::start(|c| c.metrics.host_gauges = true).await;
+    let agent = TestAgent::start(agent_config(&agg.ingest_url(), "metr"));
+    let mut client = WsClient::connect(&agg.ws_url()).await;
+    client.subscribe("host.metr.cpu").await;
+    client.next_on("host.metr.cpu").await;
+    let (_, before) = scrape(&agg).await;
+    for _ in 0..5 {
+        client.next_on("host.metr.cpu").await;
+    }
+    let (body, after) = scrape(&agg).await;
+
+    for counter in [
+        "hostpulse_ingest_batches_total",
+        "hostpulse_ingest_samples_total",
+        "hostpulse_updates_published_total",
+        "hostpulse_deliveries_total",
+    ] {
+        assert!(
+            get(&after, counter, "") >= get(&before, counter, "") + 5.0,
+            "{counter} did not move"
+        );
+    }
+    assert_eq!(get(&after, "hostpulse_agents_connected", ""), 1.0);
+    assert_eq!(get(&after, "hostpulse_ws_connections", ""), 1.0);
+    assert!(get(&after, "hostpulse_history_bytes", "") > 0.0);
+    assert_eq!(get(&after, "hostpulse_host_up", "metr"), 1.0);
+    let total = get(&after, "hostpulse_host_memory_total_bytes", "metr");
+    assert!(total > 0.0 && get(&after, "hostpulse_host_memory_used_bytes", "metr") <= total);
+    let cpu = get(&after, "hostpulse_host_cpu_usage_ratios", "metr");
+    assert!((0.0..=1.0).contains(&cpu), "{cpu}");
+    assert!(get(&after, "hostpulse_host_processes", "metr") > 0.0);
+
+    // promtool (Debian package prometheus, installed by .ci/run) agrees.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.stop().await;
+    agg.stop().await;
+}
+
+#[tokio::test]
+async fn host_gauges_stay_off_unless_switched_on() {
+    let agg = TestAggregator::start(|_| {}).await;
+    let agent = TestAgent::start(agent_config(&agg.ingest_url(), "quiet"));
+    let mut client = WsClient::connect(&agg.ws_url()).await;
+    client.subscribe("host.quiet.cpu").await;
+    client.next_on("host.quiet.cpu").await;
+    let (_, values) = scrape(&agg).await;
+    assert!(
+        values
+            .keys()
+            .all(|(name, _)| !name.starts_with("hostpulse_host_"))
+    );
+    assert!(get(&values, "hostpulse_updates_published_total", "") > 0.0);
+    agent.stop().await;
+    agg.stop().await;
+}
