@@ -22,6 +22,9 @@ struct Args {
     /// Host name to report (overrides `hostname` in the file).
     #[arg(long, env = "HOSTPULSE_HOSTNAME")]
     hostname: Option<String>,
+    /// File holding the token to present (overrides the token keys in the file).
+    #[arg(long, env = "HOSTPULSE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Print one sample as pretty JSON and exit.
     #[arg(long)]
     once: bool,
@@ -105,6 +108,11 @@ fn load_config(args: &Args) -> Result<AgentConfig, hostpulse_agent::config::Conf
     }
     if let Some(h) = &args.hostname {
         config.hostname = h.clone();
+    }
+    if let Some(f) = &args.token_file {
+        config.token = None;
+        config.token_env = None;
+        config.token_file = Some(f.clone());
     }
     config.validate(&origin)?;
     Ok(config)

@@ -232,12 +232,19 @@ fn check_config_prints_the_effective_settings_without_secrets() {
     assert!(!text.contains("super-secret"), "{text}");
     assert!(text.contains("<redacted>"));
 
+    let token_file = temp_file("agent.token", "agent-secret-token-0123\n");
     let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
         .args(["--check-config", "--hostname", "web-07"])
         .env("HOSTPULSE_AGGREGATOR", "http://127.0.0.9:7070")
+        .env("HOSTPULSE_TOKEN_FILE", &token_file)
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(token_file.to_str().unwrap()),
+        "token file override: {text}"
+    );
+    assert!(!text.contains("agent-secret"), "{text}");
     assert!(text.contains("hostname = \"web-07\""), "{text}");
     assert!(
         text.contains("http://127.0.0.9:7070"),
