@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 
 use crate::auth::{Grant, bearer};
 use crate::http::AppState;
-use crate::hub::Command;
 use crate::registry::HostView;
 
 /// `?token=` for clients that cannot set a header.
@@ -75,16 +74,7 @@ async fn snapshot(state: &AppState, grant: &Grant, only: Option<&str>) -> Vec<Ho
         Some(h) => format!("host.{h}."),
         None => "host.".into(),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let latest = match state
-        .ws
-        .hub
-        .send(Command::Latest { prefix, reply: tx })
-        .await
-    {
-        Ok(()) => rx.await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let latest = state.ws.hub.latest(prefix).await;
     let mut by_host: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     for u in latest.iter().filter(|u| grant.allows(&u.topic)) {
         let mut parts = u.topic.splitn(3, '.');

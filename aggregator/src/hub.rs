@@ -168,6 +168,20 @@ impl HubHandle {
         1.0 - self.tx.capacity() as f64 / self.tx.max_capacity() as f64
     }
 
+    /// The latest update of every topic starting with `prefix` (empty if the
+    /// hub has stopped).
+    pub async fn latest(&self, prefix: impl Into<String>) -> Vec<Arc<Update>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let asked = self.send(Command::Latest {
+            prefix: prefix.into(),
+            reply,
+        });
+        match asked.await {
+            Ok(()) => rx.await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Sends a command, waiting for room (the channel is bounded).
     pub async fn send(&self, command: Command) -> Result<(), HubClosed> {
         self.tx.send(command).await.map_err(|_| HubClosed)

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::http::AppState;
-use crate::hub::Command;
 
 /// `[metrics]` in `aggregator.toml`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -272,19 +271,7 @@ const fn field(
 }
 
 async fn host_gauges(state: &AppState, hosts: &[crate::registry::HostView]) -> HostGauges {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let latest = match state
-        .ws
-        .hub
-        .send(Command::Latest {
-            prefix: "host.".into(),
-            reply: tx,
-        })
-        .await
-    {
-        Ok(()) => rx.await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let latest = state.ws.hub.latest("host.").await;
     // (metric topic, JSON pointer, scale) for each exported gauge.
     const FIELDS: &[Field] = &[
         field(

@@ -27,6 +27,27 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs a workspace binary to completion with `args` and extra environment.
+pub fn run(name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let mut command = Command::new(binary(name));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run binary")
+}
+
+/// Like [`run`], asserting success; returns standard output.
+pub fn run_ok(name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let out = run(name, args, env);
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// A child process whose stderr lines are collected; killed on drop.
 pub struct Proc {
     /// The child.

@@ -194,6 +194,17 @@ impl WsClient {
         }
     }
 
+    /// Sends `request` and expects a `$sys.error` with `code` whose message
+    /// contains `phrase`.
+    pub async fn expect_error(&mut self, request: &str, code: &str, phrase: &str) {
+        self.send_text(request).await;
+        let m = self.next_on("$sys.error").await;
+        let short: String = request.chars().take(80).collect();
+        assert_eq!(m["payload"]["code"], code, "{short} -> {m}");
+        let message = m["payload"]["message"].as_str().expect("an error message");
+        assert!(message.contains(phrase), "{short} -> {message}");
+    }
+
     /// Reads until the server closes; returns the close code.
     pub async fn closed(&mut self, limit: Duration) -> Closed {
         let deadline = tokio::time::Instant::now() + limit;

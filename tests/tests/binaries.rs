@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hostpulse_tests::process::{Proc, addr_in, temp_file};
+use hostpulse_tests::process::{Proc, addr_in, run, run_ok, temp_file};
 use hostpulse_tests::ws::{Closed, WsClient};
 use hostpulse_tests::{WAIT, free_port};
 
@@ -149,28 +149,16 @@ fn configuration_errors_name_the_file_the_key_and_the_reason() {
 #[test]
 fn help_describes_both_binaries() {
     for binary in ["hostpulse-aggregator", "hostpulse-agent"] {
-        let out = std::process::Command::new(hostpulse_tests::process::binary(binary))
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = run_ok(binary, &["--help"], &[]);
         assert!(text.contains("--config"), "{binary}: {text}");
     }
 }
 
 #[test]
 fn once_prints_one_sample_as_json() {
-    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
-        .args(["--once", "--config", &repo_file("deploy/agent.toml")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sample: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pretty JSON");
+    let config = repo_file("deploy/agent.toml");
+    let out = run_ok("hostpulse-agent", &["--once", "--config", &config], &[]);
+    let sample: serde_json::Value = serde_json::from_str(&out).expect("pretty JSON");
     assert!(sample["seq"].as_u64().unwrap() > 0);
     assert!(sample["memory"]["total_bytes"].as_u64().unwrap() > 0);
     assert!(sample["cpu"]["per_core_pct"].is_array());
@@ -214,16 +202,11 @@ fn check_config_prints_the_effective_settings_without_secrets() {
         "[hub]\nhistory_len = 42\n[[auth.client_tokens]]\nname = \"ops\"\n\
          token = \"super-secret-token-123\"\ntopics = [\">\"]\n",
     );
-    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-aggregator"))
-        .args(["--check-config", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        "hostpulse-aggregator",
+        &["--check-config", "--config", path.to_str().unwrap()],
+        &[],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("history_len = 42"), "{text}");
     assert!(
         text.contains("ping_interval_ms = 15000"),
@@ -233,13 +216,14 @@ fn check_config_prints_the_effective_settings_without_secrets() {
     assert!(text.contains("<redacted>"));
 
     let token_file = temp_file("agent.token", "agent-secret-token-0123\n");
-    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
-        .args(["--check-config", "--hostname", "web-07"])
-        .env("HOSTPULSE_AGGREGATOR", "http://127.0.0.9:7070")
-        .env("HOSTPULSE_TOKEN_FILE", &token_file)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = run_ok(
+        "hostpulse-agent",
+        &["--check-config", "--hostname", "web-07"],
+        &[
+            ("HOSTPULSE_AGGREGATOR", "http://127.0.0.9:7070".as_ref()),
+            ("HOSTPULSE_TOKEN_FILE", token_file.as_os_str()),
+        ],
+    );
     assert!(
         text.contains(token_file.to_str().unwrap()),
         "token file override: {text}"
@@ -252,10 +236,11 @@ fn check_config_prints_the_effective_settings_without_secrets() {
     );
     // A bad file is still refused, with exit 64.
     let bad = temp_file("bad.toml", "interval_ms = 0\n");
-    let out = std::process::Command::new(hostpulse_tests::process::binary("hostpulse-agent"))
-        .args(["--check-config", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = run(
+        "hostpulse-agent",
+        &["--check-config", "--config", bad.to_str().unwrap()],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(64));
 }
 

@@ -61,38 +61,23 @@ async fn each_bad_request_is_answered_and_the_connection_survives() {
         ),
     ];
     for (request, code, phrase) in cases {
-        client.send_text(request).await;
-        let m = client.next_on("$sys.error").await;
-        assert_eq!(m["payload"]["code"], *code, "{request} -> {m}");
-        let message = m["payload"]["message"].as_str().unwrap();
-        assert!(message.contains(phrase), "{request} -> {message}");
+        client.expect_error(request, code, phrase).await;
     }
     // The configured segment limit (4 here) is the one enforced and named.
     client
-        .send_text("{\"action\":\"subscribe\",\"topic\":\"a.b.c.d.e\"}")
+        .expect_error(
+            "{\"action\":\"subscribe\",\"topic\":\"a.b.c.d.e\"}",
+            "bad_topic",
+            "5 segments, more than the limit of 4",
+        )
         .await;
-    let m = client.next_on("$sys.error").await;
-    assert_eq!(m["payload"]["code"], "bad_topic");
-    assert!(
-        m["payload"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("5 segments, more than the limit of 4"),
-        "{m}"
-    );
     let long = format!(
         "{{\"action\":\"subscribe\",\"topic\":\"{}\"}}",
         "a".repeat(10_000)
     );
-    client.send_text(&long).await;
-    let m = client.next_on("$sys.error").await;
-    assert_eq!(m["payload"]["code"], "bad_topic");
-    assert!(
-        m["payload"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("limit of 256")
-    );
+    client
+        .expect_error(&long, "bad_topic", "limit of 256")
+        .await;
 
     // The id of a refused request is echoed.
     client.send_text("{\"action\":\"dance\",\"id\":9}").await;
@@ -110,16 +95,12 @@ async fn each_bad_request_is_answered_and_the_connection_survives() {
         client.subscribe(t).await;
     }
     client
-        .send(json!({"action":"subscribe","topic":"d","id":"four"}))
+        .expect_error(
+            "{\"action\":\"subscribe\",\"topic\":\"d\",\"id\":\"four\"}",
+            "too_many_subscriptions",
+            "maximum of 3",
+        )
         .await;
-    let m = client.next_on("$sys.error").await;
-    assert_eq!(m["payload"]["code"], "too_many_subscriptions");
-    assert!(
-        m["payload"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("maximum of 3")
-    );
 
     // Still usable: ping is answered, subscribe works.
     client.send(json!({"action": "ping", "id": 1})).await;

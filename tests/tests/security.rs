@@ -65,19 +65,6 @@ async fn start() -> TestAggregator {
     .await
 }
 
-/// Sends `request` and expects a `$sys.error` with `code` whose message contains `phrase`.
-async fn refused(c: &mut WsClient, request: &str, code: &str, phrase: &str) {
-    c.send_text(request).await;
-    let m = c.next_on("$sys.error").await;
-    assert_eq!(m["payload"]["code"], code, "{}: {m}", short(request));
-    let message = m["payload"]["message"].as_str().unwrap();
-    assert!(message.contains(phrase), "{}: {message}", short(request));
-}
-
-fn short(s: &str) -> String {
-    s.chars().take(80).collect()
-}
-
 /// The HTTP status and body of a refused WebSocket upgrade.
 async fn upgrade_refused(url: &str) -> (u16, String) {
     match tokio_tungstenite::connect_async(url).await {
@@ -177,14 +164,15 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         ),
     ];
     for (request, code, phrase) in table {
-        refused(&mut c, request, code, phrase).await;
+        c.expect_error(request, code, phrase).await;
         cases += 1;
     }
     let long_topic = format!(
         "{{\"action\":\"subscribe\",\"topic\":\"{}\"}}",
         "x".repeat(10_000)
     );
-    refused(&mut c, &long_topic, "bad_topic", "limit of 256").await;
+    c.expect_error(&long_topic, "bad_topic", "limit of 256")
+        .await;
     cases += 1;
     c.send_message(Message::Binary(vec![0xde, 0xad].into()))
         .await;
@@ -277,8 +265,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
     cases += 1;
     // No token: connected, but nothing until it authenticates.
     let mut anon = WsClient::connect(&agg.ws_url()).await;
-    refused(
-        &mut anon,
+    anon.expect_error(
         "{\"action\":\"subscribe\",\"topic\":\"hosts\"}",
         "unauthorized",
         "authenticate first",
@@ -303,13 +290,13 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         "cpu"
     );
     // A subscription outside the grant is forbidden; a wildcard is filtered.
-    refused(
-        &mut browser,
-        "{\"action\":\"subscribe\",\"topic\":\"host.alpha.memory\"}",
-        "forbidden",
-        "grants no topic",
-    )
-    .await;
+    browser
+        .expect_error(
+            "{\"action\":\"subscribe\",\"topic\":\"host.alpha.memory\"}",
+            "forbidden",
+            "grants no topic",
+        )
+        .await;
     cases += 1;
     browser.subscribe(">").await;
     for _ in 0..8 {
