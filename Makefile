@@ -3,15 +3,37 @@
 #   make test   formatting, lints, and the whole test suite
 
 CARGO ?= cargo
+NPM ?= npm
 
-.PHONY: run test build lint fmt clean bench fuzz
+.PHONY: run test build lint fmt clean bench fuzz dashboard dashboard-test
 
-run:
+run: dashboard
 	@deploy/run-local.sh
 
-test: lint
+# Rust tests, then the TypeScript client's tests and the browser tests
+# (Debian's chromium; the aggregator embeds the dashboard built first).
+test: lint dashboard
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	$(MAKE) dashboard-test
+
+# The web dashboard (dashboard/dist), embedded in hostpulse-aggregator at
+# build time. Needs Node.js 20 or newer and npm.
+# Rebuilt only when a source changed, so cargo re-embeds only a new build.
+DASHBOARD_SOURCES = $(shell find dashboard/src dashboard/test dashboard/e2e -type f 2>/dev/null) \
+	dashboard/index.html dashboard/vite.config.ts dashboard/tsconfig.json dashboard/package-lock.json
+dashboard: dashboard/dist/index.html
+
+dashboard/dist/index.html: dashboard/node_modules/.package-lock.json $(DASHBOARD_SOURCES)
+	cd dashboard && $(NPM) run build
+
+dashboard/node_modules/.package-lock.json: dashboard/package-lock.json
+	cd dashboard && $(NPM) ci --no-audit --no-fund
+
+# Client tests (Vitest) and browser tests (playwright-core + chromium)
+# against the debug binaries.
+dashboard-test: dashboard/node_modules/.package-lock.json
+	cd dashboard && $(NPM) test && $(NPM) run e2e
 
 lint:
 	$(CARGO) fmt --all --check
@@ -37,7 +59,7 @@ fuzz:
 		grep -E "^Done [0-9]+ runs" $$t.log; \
 	done
 
-build:
+build: dashboard
 	$(CARGO) build --workspace --release --bins
 
 fmt:

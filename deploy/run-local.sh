@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Local quick-start: builds hostpulse, starts an aggregator and an agent on
 # 127.0.0.1 with the files in deploy/, prints where to look; Ctrl-C stops both.
+# `make run` builds the dashboard (dashboard/dist) first, so the aggregator
+# embeds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +36,7 @@ agent_pid=$!
 cat <<MSG
 
 hostpulse is running (Ctrl-C stops both).
+  Dashboard:  http://127.0.0.1:7071/
   WebSocket:  ws://127.0.0.1:7071/ws
   Health:     http://127.0.0.1:7071/healthz
   gRPC:       127.0.0.1:7070 (agents)

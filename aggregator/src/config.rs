@@ -90,12 +90,15 @@ impl Default for IngestConfig {
 pub struct HttpConfig {
     /// Address the HTTP/WebSocket server listens on.
     pub listen: SocketAddr,
+    /// Serve the built-in web dashboard at `/`.
+    pub dashboard: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: ([127, 0, 0, 1], 7071).into(),
+            dashboard: true,
         }
     }
 }

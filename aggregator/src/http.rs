@@ -1,4 +1,5 @@
-//! The HTTP router: `/ws` (WebSocket), `/api/v1/hosts` (REST snapshot) and `/healthz`.
+//! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
+//! (REST snapshot), `/metrics` and `/healthz`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,11 +21,21 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// `[metrics]` settings.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Serve the embedded dashboard (`http.dashboard`).
+    pub dashboard: bool,
 }
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = if state.dashboard {
+        Router::new()
+            .route("/", get(crate::dashboard::serve))
+            .route("/index.html", get(crate::dashboard::serve))
+            .route("/assets/{*file}", get(crate::dashboard::serve))
+    } else {
+        Router::new()
+    };
+    router
         .route("/ws", get(ws::handler).with_state(state.ws.clone()))
         .route(
             "/api/v1/hosts",

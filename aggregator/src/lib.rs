@@ -24,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod encoding;
 pub mod history;
 pub mod http;
@@ -171,6 +172,7 @@ pub async fn run(
         ws: ws_state,
         registry,
         metrics: config.metrics.clone(),
+        dashboard: config.http.dashboard,
     });
     let web = async {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();

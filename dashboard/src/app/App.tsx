@@ -1,0 +1,96 @@
+// The dashboard shell: header with the connection indicator, the incomplete-
+// resume note, the token prompt when the aggregator requires one, and the
+// two views (`#/` fleet, `#/host/<name>` one host).
+
+import { useEffect, useMemo, useState } from "react";
+import type { ConnectionState, HostpulseClient, Incomplete } from "../client";
+import { ConnectionBadge } from "./ConnectionBadge";
+import { getJson, storeToken, Unauthorized } from "./connection";
+import { FleetStore, type RestHost } from "./fleet";
+import { FleetView } from "./FleetView";
+import { HostView } from "./HostView";
+import { TokenPrompt } from "./TokenPrompt";
+
+function route(): { host?: string } {
+  const m = /^#\/host\/(.+)$/.exec(location.hash);
+  return m ? { host: decodeURIComponent(m[1]) } : {};
+}
+
+export function App({ client }: { client: HostpulseClient }) {
+  const [state, setState] = useState<ConnectionState>(client.state);
+  const [incomplete, setIncomplete] = useState<Incomplete[]>([]);
+  const [needToken, setNeedToken] = useState<string | null>(null);
+  const [view, setView] = useState(route);
+  const fleet = useMemo(() => new FleetStore(), []);
+
+  useEffect(() => {
+    const onHash = () => setView(route());
+    window.addEventListener("hashchange", onHash);
+    return () => window.removeEventListener("hashchange", onHash);
+  }, []);
+
+  useEffect(() => {
+    const offs = [
+      client.on("state", (s) => {
+        setState(s);
+        if (s.kind === "unauthorized") setNeedToken(s.message);
+      }),
+      // The snapshot needs the `hosts` grant: ask once the subscription is confirmed.
+      client.on("subscribed", (s) => {
+        if (s.topic === "hosts") loadSnapshot();
+      }),
+      client.on("incomplete", (i) => setIncomplete((all) => [...all, i])),
+      client.on("error", (e) => {
+        if (e.code === "unauthorized") setNeedToken(e.message);
+        else console.warn(`hostpulse: ${e.code}: ${e.message}`);
+      }),
+    ];
+    const detach = fleet.attach(client);
+    client.connect();
+
+    function loadSnapshot() {
+      getJson<RestHost[]>("/api/v1/hosts")
+        .then((hosts) => fleet.applySnapshot(hosts))
+        .catch((e: Error) => {
+          if (e instanceof Unauthorized) setNeedToken("A token is required to read the fleet.");
+          else console.warn(`hostpulse: ${e.message}`);
+        });
+    }
+    return () => {
+      offs.forEach((off) => off());
+      detach();
+      client.close();
+    };
+  }, [client, fleet]);
+
+  const onToken = (token: string) => {
+    storeToken(token);
+    setNeedToken(null);
+    client.setToken(token);
+  };
+
+  return (
+    <div className="app">
+      <header>
+        <h1>
+          <a href="#/">hostpulse</a>
+        </h1>
+        <ConnectionBadge state={state} />
+      </header>
+      {incomplete.length > 0 && (
+        <div className="note" data-testid="incomplete">
+          Resume incomplete: the aggregator's history no longer covered the whole disconnection for{" "}
+          {incomplete.map((i) => i.pattern).join(", ")}; charts have a gap there.
+          <button onClick={() => setIncomplete([])}>dismiss</button>
+        </div>
+      )}
+      {needToken !== null ? (
+        <TokenPrompt message={needToken} onToken={onToken} />
+      ) : view.host ? (
+        <HostView client={client} host={view.host} />
+      ) : (
+        <FleetView store={fleet} />
+      )}
+    </div>
+  );
+}
