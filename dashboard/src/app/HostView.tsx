@@ -1,12 +1,24 @@
 // One host: live charts of CPU (total and per core), memory and swap, load,
-// and a sortable table of its top processes. Filled from history on open
-// (the last 300 samples), then live.
+// network and disk throughput, its filesystems, and a sortable table of its
+// top processes. Filled from history on open (the last 300 samples), then live.
+// Families an agent does not send (switched off, or no sensors) stay hidden.
 
 import { useEffect, useMemo, useRef, useState } from "react";
 import type { HostpulseClient } from "../client";
-import type { CpuPayload, LoadPayload, MemoryPayload, ProcessEntry, ProcessesPayload } from "../client/types";
+import type {
+  CpuPayload,
+  DiskPayload,
+  FilesystemsPayload,
+  LoadPayload,
+  MemoryPayload,
+  NetworkPayload,
+  ProcessEntry,
+  ProcessesPayload,
+  SystemPayload,
+  TemperaturesPayload,
+} from "../client/types";
 import { Chart, type Line } from "./Chart";
-import { bytes, num, pct } from "./format";
+import { bytes, duration, num, pct, rate } from "./format";
 import { Series } from "./series";
 
 const POINTS = 600;
@@ -18,6 +30,11 @@ interface Model {
   cores: number;
   memory: Series;
   load: Series;
+  network: Series;
+  disk: Series;
+  filesystems?: FilesystemsPayload;
+  system?: SystemPayload;
+  temperatures?: TemperaturesPayload;
   latestMem?: MemoryPayload;
   latestCpu?: CpuPayload;
   latestLoad?: LoadPayload;
@@ -25,7 +42,14 @@ interface Model {
 }
 
 function fresh(): Model {
-  return { cpu: new Series(1, POINTS), cores: 0, memory: new Series(2, POINTS), load: new Series(3, POINTS) };
+  return {
+    cpu: new Series(1, POINTS),
+    cores: 0,
+    memory: new Series(2, POINTS),
+    load: new Series(3, POINTS),
+    network: new Series(2, POINTS),
+    disk: new Series(2, POINTS),
+  };
 }
 
 export function HostView({ client, host }: { client: HostpulseClient; host: string }) {
@@ -82,6 +106,53 @@ export function HostView({ client, host }: { client: HostpulseClient; host: stri
         { history: HISTORY },
       ),
       client.subscribe(
+        `host.${host}.network`,
+        (u) => {
+          // Traffic off the host: every interface but loopback.
+          const ifs = (u.payload as NetworkPayload).interfaces.filter((i) => i.name !== "lo");
+          const sum = (f: (i: NetworkPayload["interfaces"][number]) => number) => ifs.reduce((n, i) => n + f(i), 0);
+          m().network.push(Date.parse(u.timestamp), [sum((i) => i.rx_bytes_per_sec), sum((i) => i.tx_bytes_per_sec)]);
+          redraw();
+        },
+        { history: HISTORY },
+      ),
+      client.subscribe(
+        `host.${host}.disk`,
+        (u) => {
+          const devs = (u.payload as DiskPayload).devices;
+          m().disk.push(Date.parse(u.timestamp), [
+            devs.reduce((n, d) => n + d.read_bytes_per_sec, 0),
+            devs.reduce((n, d) => n + d.write_bytes_per_sec, 0),
+          ]);
+          redraw();
+        },
+        { history: HISTORY },
+      ),
+      client.subscribe(
+        `host.${host}.filesystems`,
+        (u) => {
+          m().filesystems = u.payload as FilesystemsPayload;
+          redraw();
+        },
+        { history: 1 },
+      ),
+      client.subscribe(
+        `host.${host}.system`,
+        (u) => {
+          m().system = u.payload as SystemPayload;
+          redraw();
+        },
+        { history: 1 },
+      ),
+      client.subscribe(
+        `host.${host}.temperatures`,
+        (u) => {
+          m().temperatures = u.payload as TemperaturesPayload;
+          redraw();
+        },
+        { history: 1 },
+      ),
+      client.subscribe(
         `host.${host}.processes`,
         (u) => {
           m().processes = u.payload as ProcessesPayload;
@@ -123,6 +194,16 @@ export function HostView({ client, host }: { client: HostpulseClient; host: stri
           value={d.latestLoad ? `${num(d.latestLoad.one)} ${num(d.latestLoad.five)} ${num(d.latestLoad.fifteen)}` : "–"}
         />
         <Stat label="processes" value={d.processes ? String(d.processes.count) : "–"} />
+        {d.system && <Stat label="uptime" value={duration(d.system.uptime_secs)} />}
+        {d.system && d.system.cpu_frequency_mhz > 0 && (
+          <Stat label="CPU frequency" value={`${Math.round(d.system.cpu_frequency_mhz)} MHz`} />
+        )}
+        {d.temperatures && d.temperatures.sensors.length > 0 && (
+          <Stat
+            label="hottest sensor"
+            value={`${Math.max(...d.temperatures.sensors.map((s) => s.celsius)).toFixed(0)} °C`}
+          />
+        )}
       </div>
       <section>
         <h3>CPU (%)</h3>
@@ -158,6 +239,69 @@ export function HostView({ client, host }: { client: HostpulseClient; host: stri
           />
         </section>
       </div>
+      {(d.network.length > 0 || d.disk.length > 0) && (
+        <div className="two">
+          <section>
+            <h3>Network (all interfaces but lo)</h3>
+            <Chart
+              id="chart-network"
+              series={d.network}
+              version={d.network.version}
+              lines={[
+                { label: "received", stroke: "#4fc3f7" },
+                { label: "sent", stroke: "#ffb74d" },
+              ]}
+              height={160}
+              yFormat={rate}
+            />
+          </section>
+          <section>
+            <h3>Disk</h3>
+            <Chart
+              id="chart-disk"
+              series={d.disk}
+              version={d.disk.version}
+              lines={[
+                { label: "read", stroke: "#81c784" },
+                { label: "written", stroke: "#e57373" },
+              ]}
+              height={160}
+              yFormat={rate}
+            />
+          </section>
+        </div>
+      )}
+      {d.filesystems && d.filesystems.mounts.length > 0 && (
+        <section>
+          <h3>Filesystems</h3>
+          <table className="fs" data-testid="filesystems">
+            <thead>
+              <tr>
+                <th>mount</th>
+                <th>device</th>
+                <th>type</th>
+                <th className="num">size</th>
+                <th className="num">used</th>
+                <th className="num">free</th>
+                <th className="num">use</th>
+              </tr>
+            </thead>
+            <tbody>
+              {d.filesystems.mounts.map((f) => (
+                <tr key={f.mount}>
+                  <td>{f.mount}</td>
+                  <td>{f.device}</td>
+                  <td>{f.fs_type}</td>
+                  <td className="num">{bytes(f.total_bytes)}</td>
+                  <td className="num">{bytes(f.used_bytes)}</td>
+                  <td className="num">{bytes(f.free_bytes)}</td>
+                  <td className="num">{f.total_bytes > 0 ? pct((100 * f.used_bytes) / f.total_bytes) : "–"}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </section>
+      )}
       <section>
         <h3>Top processes</h3>
         <Processes data={d.processes} />

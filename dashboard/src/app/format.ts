@@ -27,3 +27,15 @@ export function ago(ms: number | undefined, now: number): string {
   if (s < 3600) return `${Math.round(s / 60)} min ago`;
   return `${Math.round(s / 3600)} h ago`;
 }
+
+export function rate(n: number | undefined): string {
+  return n === undefined || !Number.isFinite(n) ? "–" : `${bytes(n)}/s`;
+}
+
+export function duration(secs: number | undefined): string {
+  if (secs === undefined || !Number.isFinite(secs)) return "–";
+  const d = Math.floor(secs / 86400);
+  const h = Math.floor((secs % 86400) / 3600);
+  const m = Math.floor((secs % 3600) / 60);
+  return d > 0 ? `${d} d ${h} h` : h > 0 ? `${h} h ${m} min` : `${m} min`;
+}

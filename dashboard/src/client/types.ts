@@ -94,3 +94,40 @@ export interface HostEvent {
   labels: Record<string, string>;
   interval_ms: number;
 }
+
+export interface NetworkInterface {
+  name: string;
+  rx_bytes_per_sec: number;
+  tx_bytes_per_sec: number;
+  rx_packets_per_sec: number;
+  tx_packets_per_sec: number;
+  rx_errors_per_sec: number;
+  tx_errors_per_sec: number;
+  rx_bytes_total: number;
+  tx_bytes_total: number;
+}
+
+export interface NetworkPayload {
+  interfaces: NetworkInterface[];
+}
+
+export interface DiskPayload {
+  devices: { name: string; read_bytes_per_sec: number; write_bytes_per_sec: number }[];
+}
+
+export interface FilesystemsPayload {
+  mounts: { mount: string; device: string; fs_type: string; total_bytes: number; used_bytes: number; free_bytes: number }[];
+}
+
+export interface SystemPayload {
+  uptime_secs: number;
+  boot_time: number;
+  logical_cores: number;
+  physical_cores: number | null;
+  cpu_frequency_mhz: number;
+  per_core_frequency_mhz: number[];
+}
+
+export interface TemperaturesPayload {
+  sensors: { label: string; celsius: number; max_celsius: number | null; critical_celsius: number | null }[];
+}
