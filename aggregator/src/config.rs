@@ -30,6 +30,8 @@ pub struct AggregatorConfig {
     pub tls: crate::tls::TlsConfig,
     /// What `/metrics` exposes.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Several aggregators sharing updates through NATS (off by default).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[ingest]`
@@ -226,6 +228,7 @@ impl AggregatorConfig {
                 t.token = Some("<redacted>".into());
             }
         }
+        c.cluster.nats_url = c.cluster.redacted_url();
         c
     }
 
@@ -297,6 +300,9 @@ impl AggregatorConfig {
                     "must be positive",
                 ));
             }
+        }
+        if let Some((key, reason)) = self.cluster.problem() {
+            return Err(invalid(key, &reason));
         }
         if self.ws.queue_max_bytes < 64 << 10 {
             return Err(invalid("ws.queue_max_bytes", "must be at least 65536"));
