@@ -98,7 +98,7 @@ struct Record {
 }
 
 /// One host as the REST snapshot shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HostView {
     /// Topic segment.
     pub host: String,

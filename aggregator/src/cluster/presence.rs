@@ -81,7 +81,8 @@ pub(crate) async fn run(shared: Shared, mut announcements: Subscriber, peers: Pe
                     if !known {
                         tracing::info!(peer = %p.node, hosts = p.hosts.len(), "peer aggregator seen");
                     }
-                    apply(&shared, &p.node, Some(p.hosts)).await;
+                    let hosts = p.hosts.into_iter().map(HostView::from).collect();
+                    apply(&shared, &p.node, Some(hosts)).await;
                 }
             }
         }
@@ -97,7 +98,12 @@ async fn announce(shared: &Shared, leaving: bool) {
         hosts: if leaving {
             Vec::new()
         } else {
-            shared.registry.local_hosts()
+            shared
+                .registry
+                .local_hosts()
+                .into_iter()
+                .map(Into::into)
+                .collect()
         },
         leaving,
     };

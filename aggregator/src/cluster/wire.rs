@@ -16,7 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::HostView;
+use crate::registry::{HostEvent, HostView};
 use crate::update::Update;
 
 /// Header naming the node that produced a message.
@@ -134,13 +134,45 @@ pub fn decode_update(
     Ok(Update::remote(topic.into(), seq, json, origin.clone()))
 }
 
+/// One host in a presence announcement.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PresenceHost {
+    /// Announced online (attached and not silent).
+    pub online: bool,
+    /// When its last batch was published (RFC 3339), if ever.
+    pub last_seen: Option<String>,
+    /// The agent's details, as on the `hosts` topic.
+    pub agent: HostEvent,
+}
+
+impl From<HostView> for PresenceHost {
+    fn from(v: HostView) -> Self {
+        Self {
+            online: v.online,
+            last_seen: v.last_seen,
+            agent: v.agent,
+        }
+    }
+}
+
+impl From<PresenceHost> for HostView {
+    fn from(p: PresenceHost) -> Self {
+        Self {
+            host: p.agent.host.clone(),
+            online: p.online,
+            last_seen: p.last_seen,
+            agent: p.agent,
+        }
+    }
+}
+
 /// A node's announcement of the hosts attached to it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Presence {
     /// Node name.
     pub node: String,
     /// Hosts whose agents are attached to it now.
-    pub hosts: Vec<HostView>,
+    pub hosts: Vec<PresenceHost>,
     /// The node is shutting down: forget its hosts at once.
     #[serde(default)]
     pub leaving: bool,
@@ -273,5 +305,36 @@ mod tests {
             .map(|u| u.seq)
             .collect();
         assert_eq!(back, (1..=50).collect::<Vec<_>>());
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+    use crate::registry::Registry;
+    use hostpulse_proto::v1::Hello;
+
+    #[test]
+    fn presence_round_trips() {
+        let r = Registry::with_node(Some("n1".into()));
+        let hello = Hello {
+            agent_id: "a".into(),
+            hostname: "host-a".into(),
+            epoch: 5,
+            interval_ms: 100,
+            schema_version: hostpulse_proto::SCHEMA_VERSION,
+            ..Default::default()
+        };
+        r.attach(&hello).unwrap();
+        let p = Presence {
+            node: "n1".into(),
+            hosts: r.local_hosts().into_iter().map(Into::into).collect(),
+            leaving: false,
+        };
+        let text = serde_json::to_vec(&p).unwrap();
+        let back: Presence = serde_json::from_slice(&text)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&text)));
+        assert_eq!(back.hosts.len(), 1);
+        assert_eq!(back.hosts[0].agent.aggregator.as_deref(), Some("n1"));
     }
 }
