@@ -1,13 +1,19 @@
 # hostpulse — the two commands a newcomer runs, and a few helpers.
 #   make run    build and start an aggregator plus a local agent on 127.0.0.1
+#   make run-cluster  nats-server, two aggregators and two agents on 127.0.0.1
 #   make test   formatting, lints, and the whole test suite
 
 CARGO ?= cargo
 
-.PHONY: run test build lint fmt clean bench fuzz
+.PHONY: run run-cluster test build lint fmt clean bench fuzz
 
 run:
 	@deploy/run-local.sh
+
+# Several aggregators sharing the fleet through NATS (README, "Running
+# several aggregators"); needs nats-server.
+run-cluster:
+	@deploy/run-cluster.sh
 
 test: lint
 	$(CARGO) build --workspace --bins
