@@ -236,6 +236,9 @@ pub async fn start(
     let client = async_nats::ConnectOptions::new()
         .name(format!("hostpulse-aggregator {}", config.node))
         .retry_on_initial_connect()
+        // The server does not send a node its own messages back; the origin
+        // header check in `sync` stays as the guard against loops.
+        .no_echo()
         .connection_timeout(Duration::from_secs(2))
         .ping_interval(Duration::from_secs(5))
         .reconnect_delay_callback(move |attempts| {
