@@ -219,9 +219,52 @@ async fn every_host_reaches_both_aggregators_with_the_same_seqs() {
     let received = n1.metric("hostpulse_cluster_received_total").await;
     assert!(published > 0.0 && received > 0.0, "{published} {received}");
     assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 1.0);
+    assert_eq!(n1.metric("hostpulse_cluster_peers").await, 1.0);
+    check_metrics_format(&n2).await;
 
     a.stop().await;
     b.stop().await;
+}
+
+/// The cluster families parse as Prometheus text, and promtool agrees.
+async fn check_metrics_format(node: &Node) {
+    use std::io::Write;
+    let (_, body) = http_get(node.http, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    for name in [
+        "hostpulse_cluster_nats_connected",
+        "hostpulse_cluster_nats_reconnects_total",
+        "hostpulse_cluster_published_total",
+        "hostpulse_cluster_received_total",
+        "hostpulse_cluster_dropped_total",
+        "hostpulse_cluster_export_dropped_total",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == name),
+            "{name} missing:\n{body}"
+        );
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
