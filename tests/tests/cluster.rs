@@ -433,3 +433,64 @@ async fn a_broker_outage_keeps_local_traffic_is_reported_and_recovers() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_joining_late_catches_up_the_history_of_the_others() {
+    let nats = NatsServer::start();
+    let n1 = Node::start(&nats, "agg-1").await;
+    let a = TestAgent::start(agent_config(&n1.ingest_url(), "host-a"));
+    let topic = "host.host-a.cpu";
+    let mut early = Tracker::default();
+    let (mut seen, mut notices) = (Seen::new(), Vec::new());
+    let mut c1 = WsClient::connect(&n1.ws_url()).await;
+    c1.subscribe(topic).await;
+    follow(
+        &mut c1,
+        &mut early,
+        &mut seen,
+        &mut notices,
+        WAIT,
+        "samples before aggregator 2 starts",
+        |t, _| count(t, topic) >= 10,
+    )
+    .await;
+    let (first, _) = early.range[topic];
+
+    // Aggregator 2 starts now, yet holds what aggregator 1 had before it.
+    let n2 = Node::start(&nats, "agg-2").await;
+    let mut c2 = WsClient::connect(&n2.ws_url()).await;
+    let mut tracker = Tracker::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        c2.send(serde_json::json!({"action": "subscribe", "topic": topic, "since": first - 1}))
+            .await;
+        let subscribed = c2.next_on("$sys.subscribed").await;
+        let start = subscribed["payload"]["topics"][0]["history_start"].as_u64();
+        if start.is_some_and(|s| s <= first) {
+            assert_eq!(subscribed["payload"]["complete"], true, "{subscribed}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator 2 never caught up: {subscribed}"
+        );
+        c2.send(serde_json::json!({"action": "unsubscribe", "topic": topic}))
+            .await;
+        c2.next_on("$sys.unsubscribed").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_early = early.last(topic).unwrap();
+    follow(
+        &mut c2,
+        &mut tracker,
+        &mut seen,
+        &mut notices,
+        WAIT,
+        "the replay and live samples on aggregator 2",
+        |t, _| t.last(topic).is_some_and(|l| l >= last_early + 5),
+    )
+    .await;
+    assert_eq!(tracker.range[topic].0, first, "{:?}", tracker.range);
+    tracker.assert_exactly_once();
+    a.stop().await;
+}
