@@ -96,6 +96,13 @@ pub(crate) async fn consume(
             wanted = false;
             catchup = begin(&shared, &peers).await;
         }
+        // A catch-up that could not even be asked for goes live at once.
+        if catchup.is_none() && !held.is_empty() && !shared.holding.load(Ordering::SeqCst) {
+            while !held.is_empty() {
+                let n = held.len().min(HUB_BATCH);
+                publish(&shared, held.drain(..n).collect()).await;
+            }
+        }
     }
 }
 
