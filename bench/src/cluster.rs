@@ -144,17 +144,33 @@ pub(crate) async fn run_once(
             h.value_at_quantile(p) as f64 / 1000.0
         }
     };
+    let mean = |h: &hdrhistogram::Histogram<u64>| {
+        if h.is_empty() { 0.0 } else { h.mean() / 1000.0 }
+    };
     let aggregator_cpu: f64 = cpus.iter().sum();
     Ok(vec![
         ("nodes", nodes as f64),
         ("samples_per_s", sent.round()),
         ("deliveries_per_s", deliveries.round()),
-        ("delivered_pct", 100.0 * deliveries / wanted),
+        (
+            "delivered_pct",
+            if wanted > 0.0 {
+                100.0 * deliveries / wanted
+            } else {
+                100.0
+            },
+        ),
+        ("local_mean_ms", mean(&local)),
+        ("cross_mean_ms", mean(&cross)),
         ("local_p50_ms", q(&local, 0.50)),
         ("local_p99_ms", q(&local, 0.99)),
         ("cross_p50_ms", q(&cross, 0.50)),
         ("cross_p99_ms", q(&cross, 0.99)),
         ("aggregators_cpu_pct", aggregator_cpu),
+        (
+            "busiest_aggregator_cpu_pct",
+            cpus.iter().copied().fold(0.0, f64::max),
+        ),
         ("nats_cpu_pct", nats_cpu),
         ("aggregators_rss_mib", rss as f64 / 1024.0),
     ])

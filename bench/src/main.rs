@@ -138,6 +138,23 @@ const SCENARIOS: &[(&str, Kind)] = &[
             nodes: 2,
         },
     ),
+    // No subscribers: what ingest plus the broker path cost on their own.
+    (
+        "cluster-1node-1000a-0c",
+        Kind::Cluster {
+            agents: 1000,
+            clients: 0,
+            nodes: 1,
+        },
+    ),
+    (
+        "cluster-2nodes-1000a-0c",
+        Kind::Cluster {
+            agents: 1000,
+            clients: 0,
+            nodes: 2,
+        },
+    ),
 ];
 
 /// One run's figures; the names are printed as they are.

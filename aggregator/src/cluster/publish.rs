@@ -1,10 +1,12 @@
 //! The publisher: host updates produced here, from the hub's export queue to
 //! NATS, one subject per topic, in the order the hub accepted them.
 //!
-//! While NATS is away the client buffers a bounded number of messages and
-//! then makes this task wait; the hub never does (its queue towards this
-//! task is bounded and full means dropped, counted in
-//! `hostpulse_hub_export_dropped` and reported by peers' catch-up instead).
+//! While NATS is away the client buffers a bounded number of messages (sent
+//! in order once it reconnects) and then makes this task wait; the hub never
+//! waits: its queue towards this task is bounded, and an update that does not
+//! fit is not published (counted in `hostpulse_cluster_export_dropped_total`).
+//! Peers recover such updates from this node's history only when they catch
+//! up themselves, i.e. after their own reconnect.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,8 +16,7 @@ use tokio::sync::mpsc;
 use super::{Shared, wire};
 use crate::update::Update;
 
-/// Publishes until shutdown, then announces nothing more (presence says
-/// goodbye separately).
+/// Publishes until shutdown (presence says goodbye separately).
 pub(crate) async fn run(shared: Shared, mut queue: mpsc::Receiver<Arc<Update>>) {
     loop {
         let update = tokio::select! {
