@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section_is_checked_and_its_password_redacted() {
+        let e = AggregatorConfig::parse(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`cluster.node`"), "{e}");
+        let e = AggregatorConfig::parse("[cluster]\nnode_name = \"a\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("node_name"), "{e}");
+        let c = AggregatorConfig::parse(
+            "[cluster]\nnats_url = \"nats://hp:secret@127.0.0.1:4222\"\nnode = \"agg-1\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(
+            !shown.contains("secret") && shown.contains("hp:<redacted>@"),
+            "{shown}"
+        );
+        assert!(!AggregatorConfig::default().cluster.enabled());
+    }
+
+    #[test]
     fn unknown_key_and_bad_value_are_named() {
         let e = AggregatorConfig::parse("[hub]\nhistory = 5\n", Path::new("x.toml")).unwrap_err();
         assert!(
