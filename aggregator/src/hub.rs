@@ -391,7 +391,10 @@ impl Hub {
             self.stats.updates_duplicate.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !t.min_interval.is_zero() {
+        // A peer's update was already thinned by its origin's limit; thinning
+        // it again by arrival time here would make seqs differ between
+        // aggregators.
+        if !t.min_interval.is_zero() && update.origin.is_none() {
             let now = Instant::now();
             if t.last_accepted.is_some_and(|at| now < at + t.min_interval) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
