@@ -658,6 +658,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_local_host_updates_are_exported_and_answered_for() {
+        let (export, mut exported) = mpsc::channel(2);
+        let (hub, _task) = spawn(HubSettings {
+            history_len: 100,
+            history_max_bytes: 1 << 20,
+            queue: 64,
+            rate_limits: Vec::new(),
+            export: Some(export),
+        });
+        let remote = |topic: &str, seq| {
+            let u = update(topic, seq);
+            Update::remote(u.topic.clone(), seq, u.json.clone(), "peer".into())
+        };
+        hub.send(Command::Publish(vec![
+            update("host.a.cpu", 1),
+            update("host.a.cpu", 2),
+            remote("host.b.cpu", 7),
+            update("hosts", 1),
+            // Beyond the export queue: counted, not waited for.
+            update("host.a.cpu", 3),
+            // Already held: neither kept nor exported again.
+            remote("host.a.cpu", 2),
+        ]))
+        .await
+        .unwrap();
+        let floors = hub.ask(|reply| Command::Floors { reply }).await.unwrap();
+        assert_eq!(floors.get("host.a.cpu"), Some(&3));
+        assert_eq!(floors.get("host.b.cpu"), Some(&7));
+        assert!(!floors.contains_key("hosts"));
+        let sent: Vec<u64> = [exported.recv().await, exported.recv().await]
+            .into_iter()
+            .map(|u| u.unwrap().seq)
+            .collect();
+        assert_eq!(sent, vec![1, 2]);
+        assert_eq!(hub.stats.export_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.stats.updates_duplicate.load(Ordering::Relaxed), 1);
+        // A peer holding host.a.cpu up to 1 gets 2 and 3; nothing of host.b.
+        let answer = hub
+            .ask(|reply| Command::Export {
+                floors: HashMap::from([("host.a.cpu".to_string(), 1)]),
+                reply,
+            })
+            .await
+            .unwrap();
+        let got: Vec<(&str, u64)> = answer.iter().map(|u| (&*u.topic, u.seq)).collect();
+        assert_eq!(got, vec![("host.a.cpu", 2), ("host.a.cpu", 3)]);
+    }
+
+    #[tokio::test]
     async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
         let (hub, _task) = spawn(HubSettings {
             history_len: 1000,
