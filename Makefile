@@ -23,8 +23,8 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Fan-out, idle-connection and ingest benchmarks (see BENCHMARKS.md); about
-# 15 minutes. Pass SCENARIOS="fanout-100x10000 ..." or BENCH_ARGS="--runs 1".
+# Fan-out, idle-connection, ingest and cluster benchmarks (see BENCHMARKS.md;
+# the cluster ones start nats-server); about 20 minutes. Pass SCENARIOS="fanout-100x10000 ..." or BENCH_ARGS="--runs 1".
 bench:
 	$(CARGO) build --release -p hostpulse-aggregator -p hostpulse-bench
 	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)
