@@ -1,14 +1,20 @@
 # hostpulse — the two commands a newcomer runs, and a few helpers.
 #   make run    build and start an aggregator plus a local agent on 127.0.0.1
+#   make run-cluster  nats-server, two aggregators and two agents on 127.0.0.1
 #   make test   formatting, lints, and the whole test suite
 
 CARGO ?= cargo
 NPM ?= npm
 
-.PHONY: run test build lint fmt clean bench fuzz dashboard dashboard-test
+.PHONY: run run-cluster test build lint fmt clean bench fuzz dashboard dashboard-test
 
 run: dashboard
 	@deploy/run-local.sh
+
+# Several aggregators sharing the fleet through NATS (README, "Running
+# several aggregators"); needs nats-server.
+run-cluster: dashboard
+	@deploy/run-cluster.sh
 
 # Rust tests, then the TypeScript client's tests and the browser tests
 # (Debian's chromium; the aggregator embeds the dashboard built first).
@@ -39,8 +45,8 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Fan-out, idle-connection and ingest benchmarks (see BENCHMARKS.md); about
-# 15 minutes. Pass SCENARIOS="fanout-100x10000 ..." or BENCH_ARGS="--runs 1".
+# Fan-out, idle-connection, ingest and cluster benchmarks (see BENCHMARKS.md;
+# the cluster ones start nats-server); about 20 minutes. Pass SCENARIOS="fanout-100x10000 ..." or BENCH_ARGS="--runs 1".
 bench:
 	$(CARGO) build --release -p hostpulse-aggregator -p hostpulse-bench
 	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)

@@ -30,6 +30,8 @@ pub struct AggregatorConfig {
     pub tls: crate::tls::TlsConfig,
     /// What `/metrics` exposes.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Several aggregators sharing updates through NATS (off by default).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[ingest]`
@@ -229,6 +231,7 @@ impl AggregatorConfig {
                 t.token = Some("<redacted>".into());
             }
         }
+        c.cluster.nats_url = c.cluster.redacted_url();
         c
     }
 
@@ -301,6 +304,9 @@ impl AggregatorConfig {
                 ));
             }
         }
+        if let Some((key, reason)) = self.cluster.problem() {
+            return Err(invalid(key, &reason));
+        }
         if self.ws.queue_max_bytes < 64 << 10 {
             return Err(invalid("ws.queue_max_bytes", "must be at least 65536"));
         }
@@ -327,6 +333,30 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = AggregatorConfig::parse("", Path::new("x.toml")).unwrap();
         assert_eq!(c.hub.history_len, 600);
+    }
+
+    #[test]
+    fn cluster_section_is_checked_and_its_password_redacted() {
+        let e = AggregatorConfig::parse(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`cluster.node`"), "{e}");
+        let e = AggregatorConfig::parse("[cluster]\nnode_name = \"a\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("node_name"), "{e}");
+        let c = AggregatorConfig::parse(
+            "[cluster]\nnats_url = \"nats://hp:secret@127.0.0.1:4222\"\nnode = \"agg-1\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(
+            !shown.contains("secret") && shown.contains("hp:<redacted>@"),
+            "{shown}"
+        );
+        assert!(!AggregatorConfig::default().cluster.enabled());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct AppState {
     pub metrics: crate::metrics::MetricsConfig,
     /// Serve the embedded dashboard (`http.dashboard`).
     pub dashboard: bool,
+    /// The broker link's state, in cluster mode.
+    pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
 }
 
 /// Builds the router.
@@ -72,5 +74,10 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "conflated": state.ws.outbox_stats.conflated.load(Ordering::Relaxed),
         "lag_disconnects": state.ws.outbox_stats.lag_disconnects.load(Ordering::Relaxed),
         "peak_queue_bytes": state.ws.outbox_stats.peak_queue_bytes.load(Ordering::Relaxed),
+        "cluster": state.cluster.as_ref().map(|c| json!({
+            "nats_connected": c.connected.load(Ordering::Relaxed),
+            "peers": c.peers.load(Ordering::Relaxed),
+            "reconnects": c.reconnects.load(Ordering::Relaxed),
+        })),
     }))
 }

@@ -87,6 +87,10 @@ pub struct HubSettings {
     pub queue: usize,
     /// Per-topic rate limits, first match wins.
     pub rate_limits: Vec<RateLimit>,
+    /// In cluster mode, where host updates produced here go to be published
+    /// to the broker. Never waited on: when it is full the update is not
+    /// exported and `export_dropped` counts it.
+    pub export: Option<mpsc::Sender<Arc<Update>>>,
 }
 
 /// What the hub is asked to do.
@@ -116,6 +120,21 @@ pub enum Command {
     Disconnect {
         /// The connection.
         conn: ConnId,
+    },
+    /// Sends a `$sys` notice to every connection (cluster state changes).
+    Broadcast(SysMessage),
+    /// The history of every host topic produced here, above `floors` (a
+    /// topic missing from `floors` is sent whole): a peer's catch-up.
+    Export {
+        /// Topic → the last seq the peer holds.
+        floors: HashMap<String, u64>,
+        /// Where the answer goes, oldest first per topic.
+        reply: tokio::sync::oneshot::Sender<Vec<Arc<Update>>>,
+    },
+    /// The current seq of every host topic, to ask peers for what is newer.
+    Floors {
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<HashMap<String, u64>>,
     },
     /// The latest update of every topic starting with `prefix`.
     Latest {
@@ -147,6 +166,10 @@ pub struct HubStats {
     pub history_bytes: AtomicU64,
     /// Live subscriptions.
     pub subscriptions: AtomicU64,
+    /// Updates handed to the broker publisher (cluster mode).
+    pub exported: AtomicU64,
+    /// Updates not handed to the broker publisher because its queue was full.
+    pub export_dropped: AtomicU64,
 }
 
 /// The hub's closed: the aggregator is shutting down.
@@ -180,6 +203,16 @@ impl HubHandle {
             Ok(()) => rx.await.unwrap_or_default(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Asks the hub; `None` if it has stopped.
+    pub async fn ask<T>(
+        &self,
+        command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
+    ) -> Option<T> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(command(reply)).await.ok()?;
+        rx.await.ok()
     }
 
     /// Sends a command, waiting for room (the channel is bounded).
@@ -222,6 +255,9 @@ struct Topic {
     /// From the configured rate limits.
     min_interval: Duration,
     last_accepted: Option<Instant>,
+    /// Its last update was produced here (not received from a peer), so
+    /// this aggregator answers peers' catch-up requests for it.
+    local: bool,
 }
 
 struct Subscription {
@@ -291,6 +327,30 @@ impl Hub {
             } => self.subscribe(conn, outbox, request),
             Command::Unsubscribe { conn, pattern, id } => self.unsubscribe(conn, pattern, id),
             Command::Disconnect { conn } => self.disconnect(conn),
+            Command::Broadcast(message) => {
+                for c in self.conns.values() {
+                    c.outbox.push_sys(message.clone());
+                }
+            }
+            Command::Export { floors, reply } => {
+                let mut out = Vec::new();
+                for (name, t) in &self.topics {
+                    if t.local && name.starts_with("host.") {
+                        let floor = floors.get(&**name).copied().unwrap_or(0);
+                        out.extend(t.history.since(floor, t.seq).updates.into_iter().cloned());
+                    }
+                }
+                let _ = reply.send(out);
+            }
+            Command::Floors { reply } => {
+                let floors = self
+                    .topics
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("host."))
+                    .map(|(name, t)| (name.to_string(), t.seq))
+                    .collect();
+                let _ = reply.send(floors);
+            }
             Command::Latest { prefix, reply } => {
                 let latest = self
                     .topics
@@ -321,6 +381,7 @@ impl Hub {
                     subscribers,
                     min_interval,
                     last_accepted: None,
+                    local: false,
                 },
             );
             self.stats.topics.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +391,10 @@ impl Hub {
             self.stats.updates_duplicate.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !t.min_interval.is_zero() {
+        // A peer's update was already thinned by its origin's limit; thinning
+        // it again by arrival time here would make seqs differ between
+        // aggregators.
+        if !t.min_interval.is_zero() && update.origin.is_none() {
             let now = Instant::now();
             if t.last_accepted.is_some_and(|at| now < at + t.min_interval) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -339,6 +403,16 @@ impl Hub {
             t.last_accepted = Some(now);
         }
         t.seq = update.seq;
+        t.local = update.origin.is_none();
+        if t.local
+            && let Some(export) = &self.settings.export
+            && update.topic.starts_with("host.")
+        {
+            match export.try_send(update.clone()) {
+                Ok(()) => self.stats.exported.fetch_add(1, Ordering::Relaxed),
+                Err(_) => self.stats.export_dropped.fetch_add(1, Ordering::Relaxed),
+            };
+        }
         let (delta, evicted) = t.history.push(update.clone(), self.settings.history_len);
         self.history_bytes = (self.history_bytes as isize + delta) as usize;
         self.history_entries = self.history_entries + 1 - evicted;
@@ -584,12 +658,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_local_host_updates_are_exported_and_answered_for() {
+        let (export, mut exported) = mpsc::channel(2);
+        let (hub, _task) = spawn(HubSettings {
+            history_len: 100,
+            history_max_bytes: 1 << 20,
+            queue: 64,
+            rate_limits: Vec::new(),
+            export: Some(export),
+        });
+        let remote = |topic: &str, seq| {
+            let u = update(topic, seq);
+            Update::remote(u.topic.clone(), seq, u.json.clone(), "peer".into())
+        };
+        hub.send(Command::Publish(vec![
+            update("host.a.cpu", 1),
+            update("host.a.cpu", 2),
+            remote("host.b.cpu", 7),
+            update("hosts", 1),
+            // Beyond the export queue: counted, not waited for.
+            update("host.a.cpu", 3),
+            // Already held: neither kept nor exported again.
+            remote("host.a.cpu", 2),
+        ]))
+        .await
+        .unwrap();
+        let floors = hub.ask(|reply| Command::Floors { reply }).await.unwrap();
+        assert_eq!(floors.get("host.a.cpu"), Some(&3));
+        assert_eq!(floors.get("host.b.cpu"), Some(&7));
+        assert!(!floors.contains_key("hosts"));
+        let sent: Vec<u64> = [exported.recv().await, exported.recv().await]
+            .into_iter()
+            .map(|u| u.unwrap().seq)
+            .collect();
+        assert_eq!(sent, vec![1, 2]);
+        assert_eq!(hub.stats.export_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.stats.updates_duplicate.load(Ordering::Relaxed), 1);
+        // A peer holding host.a.cpu up to 1 gets 2 and 3; nothing of host.b.
+        let answer = hub
+            .ask(|reply| Command::Export {
+                floors: HashMap::from([("host.a.cpu".to_string(), 1)]),
+                reply,
+            })
+            .await
+            .unwrap();
+        let got: Vec<(&str, u64)> = answer.iter().map(|u| (&*u.topic, u.seq)).collect();
+        assert_eq!(got, vec![("host.a.cpu", 2), ("host.a.cpu", 3)]);
+    }
+
+    #[tokio::test]
     async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
         let (hub, _task) = spawn(HubSettings {
             history_len: 1000,
             history_max_bytes: 20_000,
             queue: 64,
             rate_limits: Vec::new(),
+            export: None,
         });
         for seq in 1..=200 {
             let updates = ["a", "b", "c"].iter().map(|t| update(t, seq)).collect();

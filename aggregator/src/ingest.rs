@@ -368,7 +368,7 @@ impl AgentSession {
             .registry
             .presence(&self.agent_id, self.generation, online)
         {
-            tracing::info!(peer = ?self.peer, host = %event.host, event = event.event, silence_ms = self.silence.as_millis() as u64, "agent presence");
+            tracing::info!(peer = ?self.peer, host = %event.host, event = %event.event, silence_ms = self.silence.as_millis() as u64, "agent presence");
             publish_event(&self.hub, &self.registry, &event).await;
         }
     }

@@ -18,11 +18,14 @@
 //! - [`http`]: the router (`/ws`, `/api/v1/hosts`, `/healthz`).
 //! - [`api`]: the REST snapshot of hosts and their latest metrics.
 //! - [`metrics`]: Prometheus exposition at `/metrics`.
+//! - [`cluster`]: sharing updates and presence with other aggregators
+//!   through NATS (`[cluster]`, off by default).
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod encoding;
@@ -94,6 +97,9 @@ pub enum RunError {
     /// The certificate or key could not be used.
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    /// Cluster mode could not start.
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
@@ -106,6 +112,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let ingest_addr = listeners.ingest.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let (export_tx, export_rx) = match config.cluster.enabled() {
+        true => {
+            let (tx, rx) = cluster::export_queue(&config.cluster);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let (hub, hub_task) = hub::spawn(hub::HubSettings {
         history_len: config.hub.history_len,
         history_max_bytes: config.hub.history_max_bytes,
@@ -119,12 +132,32 @@ pub async fn run(
                 min_interval: ms(r.min_interval_ms),
             })
             .collect(),
+        export: export_tx,
     });
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
     let auth = Arc::new(auth::Auth::from_config(&config.auth)?);
     let tls = tls::Tls::load(&config.tls)?;
-    let registry = Arc::new(Registry::new());
+    let registry = Arc::new(Registry::with_node(
+        config
+            .cluster
+            .enabled()
+            .then(|| config.cluster.node.clone()),
+    ));
+    let cluster = match export_rx {
+        Some(export) => Some(
+            cluster::start(
+                &config.cluster,
+                hub.clone(),
+                registry.clone(),
+                export,
+                shutdown.clone(),
+                &tasks,
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let service = IngestService::new(
         hub.clone(),
@@ -173,6 +206,7 @@ pub async fn run(
         registry,
         metrics: config.metrics.clone(),
         dashboard: config.http.dashboard,
+        cluster,
     });
     let web = async {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();

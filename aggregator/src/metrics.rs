@@ -188,6 +188,58 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ],
         host_gauges: Vec::new(),
     };
+    if let Some(c) = &state.cluster {
+        scrape.counters.extend([
+            (
+                "hostpulse_cluster_nats_reconnects",
+                "Reconnections to NATS after the connection was lost.",
+                load(&c.reconnects),
+            ),
+            (
+                "hostpulse_cluster_published",
+                "Host updates published to NATS.",
+                load(&c.published),
+            ),
+            (
+                "hostpulse_cluster_received",
+                "Host updates from other aggregators taken from NATS.",
+                load(&c.received),
+            ),
+            (
+                "hostpulse_cluster_dropped",
+                "Updates lost on the broker path (publish failures, catch-up buffer overflow, malformed messages, slow-consumer events).",
+                load(&c.dropped),
+            ),
+            (
+                "hostpulse_cluster_export_dropped",
+                "Host updates not published because the queue towards NATS was full.",
+                load(&hub.export_dropped),
+            ),
+            (
+                "hostpulse_cluster_caught_up",
+                "Updates recovered from other aggregators after (re)connecting.",
+                load(&c.caught_up),
+            ),
+        ]);
+        scrape.gauges.extend([
+            (
+                "hostpulse_cluster_nats_connected",
+                "1 while connected to NATS.",
+                None,
+                if c.connected.load(Ordering::Relaxed) {
+                    1.0
+                } else {
+                    0.0
+                },
+            ),
+            (
+                "hostpulse_cluster_peers",
+                "Other aggregators heard from within the peer timeout.",
+                None,
+                load(&c.peers) as f64,
+            ),
+        ]);
+    }
     if state.metrics.host_gauges {
         scrape.host_gauges = host_gauges(&state, &hosts).await;
     }

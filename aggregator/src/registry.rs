@@ -6,14 +6,21 @@
 //! of the same agent supersedes an older one (a half-open connection the
 //! aggregator has not noticed yet). Host join, restart and leave become
 //! updates on the `hosts` topic.
+//!
+//! In cluster mode it also holds the hosts other aggregators announce
+//! (their presence), so `hosts()` shows the whole cluster, each host with
+//! the aggregator it is attached to; a host attached here wins over a peer's
+//! stale claim.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use hostpulse_proto::v1::Hello;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::topic::host_segment;
 use crate::update::{Payload, Update};
@@ -53,10 +60,10 @@ pub enum Verdict {
 }
 
 /// An event on the `hosts` topic.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostEvent {
     /// `online`, `restarted` (a new run epoch) or `offline`.
-    pub event: &'static str,
+    pub event: Cow<'static, str>,
     /// Topic segment.
     pub host: String,
     /// Agent id.
@@ -71,6 +78,9 @@ pub struct HostEvent {
     pub labels: BTreeMap<String, String>,
     /// Sampling interval.
     pub interval_ms: u32,
+    /// Cluster mode: the node name of the aggregator the agent is attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<String>,
 }
 
 struct Record {
@@ -107,6 +117,12 @@ pub struct Registry {
     hosts_seq: AtomicU64,
     /// Ingest counters, for `/metrics`.
     pub stats: IngestStats,
+    /// This aggregator's cluster node name (cluster mode only).
+    node: Option<String>,
+    /// Hosts announced by other aggregators, by node name.
+    remote: Mutex<HashMap<String, Vec<HostView>>>,
+    /// Signalled when a local agent attaches, leaves or changes presence.
+    pub changed: Notify,
 }
 
 /// Counters of what agents sent.
@@ -132,6 +148,12 @@ impl Registry {
     /// A registry whose `hosts` seqs start above any earlier run's (derived
     /// from the start time, like agents' sample seqs).
     pub fn new() -> Self {
+        Self::with_node(None)
+    }
+
+    /// Like [`Registry::new`], naming this aggregator's cluster node in
+    /// every host it reports.
+    pub fn with_node(node: Option<String>) -> Self {
         let ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -140,6 +162,9 @@ impl Registry {
             inner: Mutex::default(),
             hosts_seq: AtomicU64::new(ms / 10),
             stats: IngestStats::default(),
+            node,
+            remote: Mutex::default(),
+            changed: Notify::new(),
         }
     }
 
@@ -160,7 +185,7 @@ impl Registry {
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let event = HostEvent {
-            event: "online",
+            event: "online".into(),
             host: host.clone(),
             agent_id: hello.agent_id.clone(),
             hostname: hello.hostname.clone(),
@@ -168,6 +193,7 @@ impl Registry {
             version: hello.version.clone(),
             labels: hello.labels.clone().into_iter().collect(),
             interval_ms: hello.interval_ms,
+            aggregator: self.node.clone(),
         };
         let existed = inner.agents.contains_key(&hello.agent_id);
         let record = inner
@@ -186,7 +212,7 @@ impl Registry {
         let known = existed && record.epoch == hello.epoch;
         let mut event = event;
         if record.epoch != hello.epoch {
-            event.event = "restarted";
+            event.event = "restarted".into();
             record.epoch = hello.epoch;
             record.last_batch_seq = 0;
         }
@@ -195,15 +221,15 @@ impl Registry {
         record.connected = true;
         record.online = true;
         record.event = event.clone();
-        Ok((
-            Attached {
-                host,
-                last_seq: record.last_batch_seq,
-                known,
-                generation,
-            },
-            event,
-        ))
+        let attached = Attached {
+            host,
+            last_seq: record.last_batch_seq,
+            known,
+            generation,
+        };
+        drop(inner);
+        self.changed.notify_one();
+        Ok((attached, event))
     }
 
     /// Whether batch `seq` of this stream is new.
@@ -228,21 +254,62 @@ impl Registry {
         }
     }
 
-    /// Every host known since start, sorted by name.
+    /// Every host known since start, here and (in cluster mode) on the
+    /// other aggregators, sorted by name. Where several claim a host, one
+    /// attached here wins, then one online elsewhere.
     pub fn hosts(&self) -> Vec<HostView> {
+        let mut by_host: BTreeMap<String, (u8, HostView)> = BTreeMap::new();
+        let mut offer = |rank: u8, view: HostView| {
+            if by_host.get(&view.host).is_none_or(|(r, _)| rank > *r) {
+                by_host.insert(view.host.clone(), (rank, view));
+            }
+        };
+        {
+            let inner = self.inner.lock().expect("registry lock");
+            for r in inner.agents.values() {
+                offer(if r.connected { 3 } else { 1 }, Self::view(r));
+            }
+        }
+        let remote = self.remote.lock().expect("registry lock");
+        for view in remote.values().flatten() {
+            offer(if view.online { 2 } else { 0 }, view.clone());
+        }
+        by_host.into_values().map(|(_, v)| v).collect()
+    }
+
+    fn view(r: &Record) -> HostView {
+        HostView {
+            host: r.host.clone(),
+            online: r.online,
+            last_seen: r.last_seen.map(crate::update::rfc3339),
+            agent: r.event.clone(),
+        }
+    }
+
+    /// Hosts whose agents are attached here now, for this node's presence.
+    pub fn local_hosts(&self) -> Vec<HostView> {
         let inner = self.inner.lock().expect("registry lock");
         let mut out: Vec<HostView> = inner
             .agents
             .values()
-            .map(|r| HostView {
-                host: r.host.clone(),
-                online: r.online,
-                last_seen: r.last_seen.map(crate::update::rfc3339),
-                agent: r.event.clone(),
-            })
+            .filter(|r| r.connected)
+            .map(Self::view)
             .collect();
         out.sort_by(|a, b| a.host.cmp(&b.host));
         out
+    }
+
+    /// Replaces what `node` announced (`None`: the node is gone).
+    pub fn set_remote(&self, node: &str, hosts: Option<Vec<HostView>>) {
+        let mut remote = self.remote.lock().expect("registry lock");
+        match hosts {
+            Some(h) => {
+                remote.insert(node.to_string(), h);
+            }
+            None => {
+                remote.remove(node);
+            }
+        }
     }
 
     /// The stream ended. Returns the `offline` event if it was the agent's
@@ -254,7 +321,10 @@ impl Registry {
             return None;
         }
         r.connected = false;
-        Self::set_online(r, false)
+        let event = Self::set_online(r, false);
+        drop(inner);
+        self.changed.notify_one();
+        event
     }
 
     /// The stream's agent went silent (`false`) or spoke again (`true`).
@@ -265,7 +335,10 @@ impl Registry {
         if r.generation != generation || !r.connected {
             return None;
         }
-        Self::set_online(r, online)
+        let event = Self::set_online(r, online);
+        drop(inner);
+        self.changed.notify_one();
+        event
     }
 
     fn set_online(r: &mut Record, online: bool) -> Option<HostEvent> {
@@ -274,7 +347,7 @@ impl Registry {
         }
         r.online = online;
         let mut event = r.event.clone();
-        event.event = if online { "online" } else { "offline" };
+        event.event = if online { "online" } else { "offline" }.into();
         Some(event)
     }
 

@@ -55,6 +55,10 @@ pub struct Update {
     pub seq: u64,
     /// The JSON text frame.
     pub json: Utf8Bytes,
+    /// The cluster node it came from, when another aggregator produced it
+    /// (`None`: produced here, from this aggregator's own agents). Only
+    /// updates produced here are published to the broker.
+    pub origin: Option<Arc<str>>,
     msgpack: OnceLock<Bytes>,
     deflated: OnceLock<Bytes>,
 }
@@ -86,6 +90,20 @@ impl Update {
             topic,
             seq,
             json: json.into(),
+            origin: None,
+            msgpack: OnceLock::new(),
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// An update another aggregator produced, from its already encoded JSON
+    /// form (as it travels through the broker): nothing is encoded again.
+    pub fn remote(topic: Arc<str>, seq: u64, json: Utf8Bytes, origin: Arc<str>) -> Self {
+        Self {
+            topic,
+            seq,
+            json,
+            origin: Some(origin),
             msgpack: OnceLock::new(),
             deflated: OnceLock::new(),
         }

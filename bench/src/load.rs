@@ -86,6 +86,7 @@ pub(crate) struct Pace {
 /// sending at `pace` until `stop`.
 pub(crate) async fn publish(
     ingest: SocketAddr,
+    first: usize,
     streams: usize,
     connections: usize,
     pace: Pace,
@@ -102,7 +103,7 @@ pub(crate) async fn publish(
         );
     }
     let mut tasks = Vec::new();
-    for i in 0..streams {
+    for i in first..first + streams {
         let channel = channels[i % channels.len()].clone();
         let (stats, stop) = (stats.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -213,6 +214,33 @@ pub(crate) struct Received {
     pub(crate) latency: std::sync::Mutex<Histogram<u64>>,
     /// Record latencies only once this is set (after warm-up).
     pub(crate) measuring: AtomicBool,
+    /// Cluster scenario: updates of hosts `bench-<n>` with `n` in this range
+    /// were produced on another aggregator; their latency goes to `cross`.
+    pub(crate) remote_hosts: Option<std::ops::Range<usize>>,
+    /// Latency of updates that crossed the broker, in microseconds.
+    pub(crate) cross: std::sync::Mutex<Histogram<u64>>,
+}
+
+impl Received {
+    /// Counts cross-aggregator updates apart (see `remote_hosts`).
+    pub(crate) fn with_remote_hosts(remote: std::ops::Range<usize>) -> Self {
+        Self {
+            remote_hosts: Some(remote),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the update in `text` (one per frame) came from a remote host.
+    fn is_remote(&self, text: &str) -> bool {
+        const KEY: &str = "\"topic\":\"host.bench-";
+        let Some(range) = &self.remote_hosts else {
+            return false;
+        };
+        text.find(KEY)
+            .and_then(|at| text.get(at + KEY.len()..at + KEY.len() + 5))
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| range.contains(&n))
+    }
 }
 
 impl Default for Received {
@@ -224,6 +252,10 @@ impl Default for Received {
                 Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
             ),
             measuring: AtomicBool::new(false),
+            remote_hosts: None,
+            cross: std::sync::Mutex::new(
+                Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            ),
         }
     }
 }
@@ -248,6 +280,7 @@ pub(crate) async fn subscribe(
         let (received, stop, ready) = (received.clone(), stop.clone(), ready_tx.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+            let mut cross = local.clone();
             let mut reader = crate::rawws::Reader::new();
             let mut ready = Some(ready);
             let mut pongs: Vec<Vec<u8>> = Vec::new();
@@ -268,10 +301,12 @@ pub(crate) async fn subscribe(
                             let now = now_ms();
                             let measuring = received.measuring.load(Ordering::Relaxed);
                             let mut n = 0;
+                            let remote = received.is_remote(text);
                             for ts in timestamps(text) {
                                 n += 1;
                                 if measuring {
-                                    let _ = local.record(((now - ts).max(0) as u64) * 1000 + 1);
+                                    let h = if remote { &mut cross } else { &mut local };
+                                    let _ = h.record(((now - ts).max(0) as u64) * 1000 + 1);
                                 }
                             }
                             received.updates.fetch_add(n, Ordering::Relaxed);
@@ -293,6 +328,7 @@ pub(crate) async fn subscribe(
                 }
             }
             let _ = received.latency.lock().expect("lock").add(&local);
+            let _ = received.cross.lock().expect("lock").add(&cross);
         }));
         if i % 100 == 99 {
             tokio::task::yield_now().await;

@@ -7,6 +7,7 @@
 //! naive mode (one encode and one flush per client per update), so the gain
 //! is a ratio measured in the same run on the same machine.
 
+mod cluster;
 mod load;
 mod rawws;
 mod server;
@@ -62,6 +63,13 @@ enum Kind {
     Ingest { agents: usize, rate: f64 },
     /// `agents` streams sending 100-sample batches as fast as acks allow.
     IngestMax { agents: usize },
+    /// `agents` at one full sample/s and `clients` subscribers of
+    /// `host.*.cpu`, spread over `nodes` aggregators (2: through nats-server).
+    Cluster {
+        agents: usize,
+        clients: usize,
+        nodes: usize,
+    },
 }
 
 const SCENARIOS: &[(&str, Kind)] = &[
@@ -114,10 +122,43 @@ const SCENARIOS: &[(&str, Kind)] = &[
         },
     ),
     ("ingest-max-rate", Kind::IngestMax { agents: 20 }),
+    (
+        "cluster-1node-1000a-100c",
+        Kind::Cluster {
+            agents: 1000,
+            clients: 100,
+            nodes: 1,
+        },
+    ),
+    (
+        "cluster-2nodes-1000a-100c",
+        Kind::Cluster {
+            agents: 1000,
+            clients: 100,
+            nodes: 2,
+        },
+    ),
+    // No subscribers: what ingest plus the broker path cost on their own.
+    (
+        "cluster-1node-1000a-0c",
+        Kind::Cluster {
+            agents: 1000,
+            clients: 0,
+            nodes: 1,
+        },
+    ),
+    (
+        "cluster-2nodes-1000a-0c",
+        Kind::Cluster {
+            agents: 1000,
+            clients: 0,
+            nodes: 2,
+        },
+    ),
 ];
 
 /// One run's figures; the names are printed as they are.
-type Figures = Vec<(&'static str, f64)>;
+pub(crate) type Figures = Vec<(&'static str, f64)>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -190,7 +231,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Stops the publishers and subscribers of a run and waits (bounded) for them.
-async fn wind_down<T>(
+pub(crate) async fn wind_down<T>(
     stop: &AtomicBool,
     publisher: tokio::task::JoinHandle<T>,
     subscribers: Vec<tokio::task::JoinHandle<()>>,
@@ -239,6 +280,14 @@ async fn run_once(
     } else {
         ""
     };
+    if let Kind::Cluster {
+        agents,
+        clients,
+        nodes,
+    } = kind
+    {
+        return cluster::run_once(binary, agents, clients, nodes, secs, core).await;
+    }
     let server = Server::start(binary, extra, core)?;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Received::default());
@@ -292,6 +341,7 @@ async fn run_once(
             let per_batch = ((per_agent / 100.0).round() as usize).max(1);
             let publisher = tokio::spawn(load::publish(
                 server.ingest,
+                0,
                 agents,
                 agents,
                 load::Pace {
@@ -355,6 +405,7 @@ async fn run_once(
             .await?;
             let publisher = tokio::spawn(load::publish(
                 server.ingest,
+                0,
                 agents,
                 agents / 100,
                 load::Pace {
@@ -388,9 +439,11 @@ async fn run_once(
                 ("aggregator_rss_mib", rss as f64 / 1024.0),
             ])
         }
+        Kind::Cluster { .. } => unreachable!("handled above"),
         Kind::IngestMax { agents } => {
             let publisher = tokio::spawn(load::publish(
                 server.ingest,
+                0,
                 agents,
                 agents,
                 load::Pace {

@@ -41,7 +41,12 @@ impl Server {
         extra: &str,
         core: Option<usize>,
     ) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("hostpulse-bench-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hostpulse-bench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("aggregator.toml");
         std::fs::write(
@@ -154,6 +159,69 @@ fn cpu_mark_of(pid: &str) -> anyhow::Result<CpuMark> {
         ticks,
         at: Instant::now(),
     })
+}
+
+/// A nats-server for the cluster scenario, pinned like the aggregators.
+pub(crate) struct Nats {
+    child: Child,
+    /// Its client port on 127.0.0.1.
+    pub(crate) port: u16,
+}
+
+impl Nats {
+    /// Starts `nats-server` on a free loopback port, pinned to `core` when given.
+    pub(crate) fn start(core: Option<usize>) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let mut command = match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &core.to_string()]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (apt-get install nats-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, port })
+    }
+
+    /// CPU time so far.
+    pub(crate) fn cpu_mark(&self) -> anyhow::Result<CpuMark> {
+        cpu_mark_of(&self.child.id().to_string())
+    }
+
+    /// CPU used between `from` and now, in % of one core.
+    pub(crate) fn cpu_since(&self, from: CpuMark) -> anyhow::Result<f64> {
+        let now = self.cpu_mark()?;
+        Ok(100.0 * (now.ticks - from.ticks) as f64
+            / 100.0
+            / now.at.duration_since(from.at).as_secs_f64())
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {

@@ -4,6 +4,7 @@
 //! real WebSocket and gRPC clients. Every wait has a timeout.
 
 pub mod fake;
+pub mod nats;
 pub mod process;
 pub mod track;
 pub mod ws;
