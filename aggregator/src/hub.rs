@@ -147,6 +147,10 @@ pub struct HubStats {
     pub history_bytes: AtomicU64,
     /// Live subscriptions.
     pub subscriptions: AtomicU64,
+    /// `updates_published` by topic kind (index in [`topic::KINDS`]).
+    pub published_by_kind: [AtomicU64; topic::KINDS.len()],
+    /// `deliveries` by topic kind (index in [`topic::KINDS`]).
+    pub deliveries_by_kind: [AtomicU64; topic::KINDS.len()],
 }
 
 /// The hub's closed: the aggregator is shutting down.
@@ -216,6 +220,8 @@ struct Subscriber {
 }
 
 struct Topic {
+    /// Index in [`topic::KINDS`], for the per-kind counters.
+    kind: usize,
     seq: u64,
     history: History,
     subscribers: Vec<Subscriber>,
@@ -316,6 +322,7 @@ impl Hub {
             self.topics.insert(
                 update.topic.clone(),
                 Topic {
+                    kind: topic::kind_index(&update.topic),
                     seq: 0,
                     history: History::default(),
                     subscribers,
@@ -343,6 +350,7 @@ impl Hub {
         self.history_bytes = (self.history_bytes as isize + delta) as usize;
         self.history_entries = self.history_entries + 1 - evicted;
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
+        self.stats.published_by_kind[t.kind].fetch_add(1, Ordering::Relaxed);
         let (mut delivered, mut held, mut dropped) = (0, 0, 0);
         for s in &t.subscribers {
             if update.seq > s.floor {
@@ -356,6 +364,7 @@ impl Hub {
         self.stats
             .deliveries
             .fetch_add(delivered, Ordering::Relaxed);
+        self.stats.deliveries_by_kind[t.kind].fetch_add(delivered, Ordering::Relaxed);
         self.stats.held.fetch_add(held, Ordering::Relaxed);
         self.stats
             .overflow_drops
