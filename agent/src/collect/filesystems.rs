@@ -3,7 +3,9 @@
 //! `collect.filesystems_interval_secs`, not with every sample.
 //!
 //! sysinfo leaves out pseudo filesystems (proc, sysfs, cgroup, tmpfs, ...)
-//! and network mounts (whose statvfs can hang).
+//! and network mounts (whose statvfs can hang); the ones it keeps that hold
+//! no space (nsfs, tracefs, fusectl, ...) report a size of 0 and are left
+//! out here.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,9 @@ pub(super) fn collect(disks: &Disks) -> Filesystems {
             continue;
         }
         let total = d.total_space();
+        if total == 0 {
+            continue;
+        }
         let free = d.available_space().min(total);
         by_mount.insert(
             mount,
