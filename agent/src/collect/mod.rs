@@ -11,6 +11,8 @@
 //! ([`Paced`]); the samples in between carry no such section, so those
 //! topics' seqs skip them, as with the paced process table.
 
+#[cfg(test)]
+mod cost;
 mod cpu;
 mod disk;
 mod filesystems;
