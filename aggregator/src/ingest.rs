@@ -454,7 +454,7 @@ impl AgentSession {
             )));
         }
         let received = SystemTime::now();
-        let mut updates = Vec::with_capacity(samples.len() * 4);
+        let mut updates = Vec::with_capacity(samples.len() * 9);
         for sample in samples {
             self.topics.updates(sample, received, &mut updates);
         }
