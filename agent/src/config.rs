@@ -107,6 +107,22 @@ pub struct CollectConfig {
     /// refresh that took `t`, the next waits `t / budget`. On a machine with a
     /// few hundred processes this refreshes with every sample.
     pub processes_budget_pct: f64,
+    /// Per network interface: bytes, packets and errors per second in and out.
+    pub network: bool,
+    /// Per block device: bytes read and written per second.
+    pub disk: bool,
+    /// Per mounted filesystem: total, used and free bytes.
+    pub filesystems: bool,
+    /// Filesystem space changes slowly: collected once per this many seconds.
+    pub filesystems_interval_secs: u64,
+    /// Uptime, boot time, core counts and CPU frequency.
+    pub system: bool,
+    /// Collected once per this many seconds (the frequency can be dear to read).
+    pub system_interval_secs: u64,
+    /// Temperature sensors, where the host has any.
+    pub temperatures: bool,
+    /// Collected once per this many seconds.
+    pub temperatures_interval_secs: u64,
 }
 
 impl Default for CollectConfig {
@@ -118,6 +134,14 @@ impl Default for CollectConfig {
             processes: true,
             top_processes: 10,
             processes_budget_pct: 1.0,
+            network: true,
+            disk: true,
+            filesystems: true,
+            filesystems_interval_secs: 30,
+            system: true,
+            system_interval_secs: 10,
+            temperatures: true,
+            temperatures_interval_secs: 10,
         }
     }
 }
@@ -254,6 +278,24 @@ impl AgentConfig {
             ));
         }
         for (key, v) in [
+            (
+                "collect.filesystems_interval_secs",
+                self.collect.filesystems_interval_secs,
+            ),
+            (
+                "collect.system_interval_secs",
+                self.collect.system_interval_secs,
+            ),
+            (
+                "collect.temperatures_interval_secs",
+                self.collect.temperatures_interval_secs,
+            ),
+        ] {
+            if !(1..=86_400).contains(&v) {
+                return Err(invalid(key, format!("{v} is outside 1..=86400")));
+            }
+        }
+        for (key, v) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("keepalive_interval_ms", self.keepalive_interval_ms),
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
@@ -335,6 +377,23 @@ mod tests {
         let e =
             AgentConfig::parse("aggregator = \"127.0.0.1:1\"", Path::new("a.toml")).unwrap_err();
         assert!(e.to_string().contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn collectors_can_be_switched_off_and_intervals_are_checked() {
+        let c = AgentConfig::parse(
+            "[collect]\nnetwork = false\ntemperatures = false\nfilesystems_interval_secs = 5",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert!(!c.collect.network && !c.collect.temperatures);
+        assert!(c.collect.disk && c.collect.filesystems && c.collect.system);
+        assert_eq!(c.collect.filesystems_interval_secs, 5);
+        let e = AgentConfig::parse("[collect]\nsystem_interval_secs = 0", Path::new("a.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("system_interval_secs"), "{e}");
+        let e = AgentConfig::parse("[collect]\nnetwrok = false", Path::new("a.toml")).unwrap_err();
+        assert!(e.to_string().contains("netwrok"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: `agent.toml` schema, defaults and validation.
-//! - [`collect`]: the `sysinfo` collector, one file per metric family.
+//! - [`collect`]: the host collector (`sysinfo`, and `/proc/net/dev` for
+//!   network counters where it exists), one file per metric family.
 //! - [`spool`]: unacknowledged batches, bounded in bytes.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`link`]: one gRPC stream to an aggregator (`Hello` → `Welcome`).

@@ -170,6 +170,10 @@ pub struct HubStats {
     pub exported: AtomicU64,
     /// Updates not handed to the broker publisher because its queue was full.
     pub export_dropped: AtomicU64,
+    /// `updates_published` by topic kind (index in [`topic::KINDS`]).
+    pub published_by_kind: [AtomicU64; topic::KINDS.len()],
+    /// `deliveries` by topic kind (index in [`topic::KINDS`]).
+    pub deliveries_by_kind: [AtomicU64; topic::KINDS.len()],
 }
 
 /// The hub's closed: the aggregator is shutting down.
@@ -249,6 +253,8 @@ struct Subscriber {
 }
 
 struct Topic {
+    /// Index in [`topic::KINDS`], for the per-kind counters.
+    kind: usize,
     seq: u64,
     history: History,
     subscribers: Vec<Subscriber>,
@@ -376,6 +382,7 @@ impl Hub {
             self.topics.insert(
                 update.topic.clone(),
                 Topic {
+                    kind: topic::kind_index(&update.topic),
                     seq: 0,
                     history: History::default(),
                     subscribers,
@@ -417,6 +424,7 @@ impl Hub {
         self.history_bytes = (self.history_bytes as isize + delta) as usize;
         self.history_entries = self.history_entries + 1 - evicted;
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
+        self.stats.published_by_kind[t.kind].fetch_add(1, Ordering::Relaxed);
         let (mut delivered, mut held, mut dropped) = (0, 0, 0);
         for s in &t.subscribers {
             if update.seq > s.floor {
@@ -430,6 +438,7 @@ impl Hub {
         self.stats
             .deliveries
             .fetch_add(delivered, Ordering::Relaxed);
+        self.stats.deliveries_by_kind[t.kind].fetch_add(delivered, Ordering::Relaxed);
         self.stats.held.fetch_add(held, Ordering::Relaxed);
         self.stats
             .overflow_drops

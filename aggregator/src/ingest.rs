@@ -235,15 +235,26 @@ struct Topics {
     memory: Arc<str>,
     load: Arc<str>,
     processes: Arc<str>,
+    network: Arc<str>,
+    disk: Arc<str>,
+    filesystems: Arc<str>,
+    system: Arc<str>,
+    temperatures: Arc<str>,
 }
 
 impl Topics {
     fn new(host: &str) -> Self {
+        let topic = |metric| -> Arc<str> { host_topic(host, metric).into() };
         Self {
-            cpu: host_topic(host, "cpu").into(),
-            memory: host_topic(host, "memory").into(),
-            load: host_topic(host, "load").into(),
-            processes: host_topic(host, "processes").into(),
+            cpu: topic("cpu"),
+            memory: topic("memory"),
+            load: topic("load"),
+            processes: topic("processes"),
+            network: topic("network"),
+            disk: topic("disk"),
+            filesystems: topic("filesystems"),
+            system: topic("system"),
+            temperatures: topic("temperatures"),
         }
     }
 
@@ -265,6 +276,21 @@ impl Topics {
         }
         if let Some(p) = sample.processes {
             add(&self.processes, Payload::Processes(p));
+        }
+        if let Some(n) = sample.network {
+            add(&self.network, Payload::Network(n));
+        }
+        if let Some(d) = sample.disk {
+            add(&self.disk, Payload::Disk(d));
+        }
+        if let Some(f) = sample.filesystems {
+            add(&self.filesystems, Payload::Filesystems(f));
+        }
+        if let Some(s) = sample.system {
+            add(&self.system, Payload::System(s));
+        }
+        if let Some(t) = sample.temperatures {
+            add(&self.temperatures, Payload::Temperatures(t));
         }
     }
 }
@@ -428,7 +454,7 @@ impl AgentSession {
             )));
         }
         let received = SystemTime::now();
-        let mut updates = Vec::with_capacity(samples.len() * 4);
+        let mut updates = Vec::with_capacity(samples.len() * 9);
         for sample in samples {
             self.topics.updates(sample, received, &mut updates);
         }

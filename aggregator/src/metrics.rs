@@ -1,10 +1,13 @@
 //! `GET /metrics`: Prometheus text exposition (via `prometheus-client`).
 //!
-//! The aggregator's own health always; with `[metrics] host_gauges = true`,
-//! also the latest value of every host metric as gauges labelled by host, so
-//! an existing Prometheus can scrape the whole fleet through one target.
+//! The aggregator's own health always, including updates published and
+//! delivered per topic kind; with `[metrics] host_gauges = true`, also the
+//! latest value of every host metric labelled by host ([`host`]), so an
+//! existing Prometheus can scrape the whole fleet through one target.
 //! Values are read at scrape time from the counters the aggregator keeps
 //! anyway; nothing is counted twice.
+
+mod host;
 
 use std::sync::atomic::Ordering;
 
@@ -17,7 +20,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::http::AppState;
 
@@ -33,8 +35,40 @@ pub struct MetricsConfig {
 struct Scrape {
     counters: Vec<(&'static str, &'static str, u64)>,
     gauges: Vec<(&'static str, &'static str, Option<Unit>, f64)>,
-    /// (name, help, unit, [(host, value)])
-    host_gauges: HostGauges,
+    /// Labelled families: per-kind counters and host metrics.
+    families: Vec<Family>,
+}
+
+/// One metric family with labelled series.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    /// Appended to the name (`bytes`, `seconds`, ...).
+    unit: Option<&'static str>,
+    /// A counter (`_total`) rather than a gauge.
+    counter: bool,
+    /// (labels, value) per series.
+    series: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// A label value as the text format needs it: `\`, `"` and newlines escaped
+/// (`prometheus-client` writes label values as given). Interface names,
+/// mount points and sensor labels come from agents and may hold any of them.
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 impl Collector for Scrape {
@@ -47,15 +81,27 @@ impl Collector for Scrape {
             let g = ConstGauge::new(*value);
             g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
         }
-        for (name, help, unit, series) in &self.host_gauges {
-            if series.is_empty() {
+        for f in &self.families {
+            if f.series.is_empty() {
                 continue;
             }
-            let kind = ConstGauge::new(0.0f64).metric_type();
-            let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), kind)?;
-            for (host, value) in series {
-                let labels = [("host", host.as_str())];
-                ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+            let kind = if f.counter {
+                ConstCounter::new(0u64).metric_type()
+            } else {
+                ConstGauge::new(0.0f64).metric_type()
+            };
+            let unit = f.unit.map(|u| Unit::Other(u.into()));
+            let mut family = encoder.encode_descriptor(f.name, f.help, unit.as_ref(), kind)?;
+            for (labels, value) in &f.series {
+                let labels: Vec<(&str, std::borrow::Cow<'_, str>)> =
+                    labels.iter().map(|(k, v)| (*k, escape_label(v))).collect();
+                let labels: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+                if f.counter {
+                    ConstCounter::new(*value as u64).encode(family.encode_family(&labels)?)?;
+                } else {
+                    ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())
@@ -186,7 +232,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 load(&out.peak_queue_bytes) as f64,
             ),
         ],
-        host_gauges: Vec::new(),
+        families: per_kind(hub),
     };
     if let Some(c) = &state.cluster {
         scrape.counters.extend([
@@ -241,7 +287,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ]);
     }
     if state.metrics.host_gauges {
-        scrape.host_gauges = host_gauges(&state, &hosts).await;
+        scrape
+            .families
+            .extend(host::families(&state.ws.hub.latest("host.").await, &hosts));
     }
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -257,6 +305,41 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         classic_text(&body),
     )
         .into_response()
+}
+
+/// Updates published into the hub and delivered to connections, by topic
+/// kind: the breakdown of `hostpulse_updates_published_total` and
+/// `hostpulse_deliveries_total`, every kind listed (zero included) so
+/// `rate()` works from the first scrape.
+fn per_kind(hub: &crate::hub::HubStats) -> Vec<Family> {
+    let by_kind = |counts: &[std::sync::atomic::AtomicU64]| {
+        crate::topic::KINDS
+            .iter()
+            .zip(counts)
+            .map(|(kind, n)| {
+                (
+                    vec![("kind", (*kind).to_string())],
+                    n.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect()
+    };
+    vec![
+        Family {
+            name: "hostpulse_topic_updates_published",
+            help: "Topic updates accepted into the hub, by topic kind.",
+            unit: None,
+            counter: true,
+            series: by_kind(&hub.published_by_kind),
+        },
+        Family {
+            name: "hostpulse_topic_deliveries",
+            help: "Updates queued to WebSocket connections, by topic kind.",
+            unit: None,
+            counter: true,
+            series: by_kind(&hub.deliveries_by_kind),
+        },
+    ]
 }
 
 /// OpenMetrics text (what `prometheus-client` writes) to the classic
@@ -290,152 +373,15 @@ pub fn classic_text(openmetrics: &str) -> String {
     out
 }
 
-/// One gauge family per host metric: name, help, unit, (host, value) series.
-type HostGauge = (&'static str, &'static str, Option<Unit>, Vec<(String, f64)>);
-type HostGauges = Vec<HostGauge>;
-
-/// Where a host gauge's value comes from.
-struct Field {
-    metric: &'static str,
-    name: &'static str,
-    help: &'static str,
-    unit: Option<Unit>,
-    pointer: &'static str,
-    scale: f64,
-}
-
-const fn field(
-    metric: &'static str,
-    name: &'static str,
-    help: &'static str,
-    unit: Option<Unit>,
-    pointer: &'static str,
-    scale: f64,
-) -> Field {
-    Field {
-        metric,
-        name,
-        help,
-        unit,
-        pointer,
-        scale,
-    }
-}
-
-async fn host_gauges(state: &AppState, hosts: &[crate::registry::HostView]) -> HostGauges {
-    let latest = state.ws.hub.latest("host.").await;
-    // (metric topic, JSON pointer, scale) for each exported gauge.
-    const FIELDS: &[Field] = &[
-        field(
-            "cpu",
-            "hostpulse_host_cpu_usage",
-            "CPU busy, all cores, 0 to 1.",
-            Some(Unit::Ratios),
-            "/payload/total_pct",
-            0.01,
-        ),
-        field(
-            "memory",
-            "hostpulse_host_memory_total",
-            "Installed memory.",
-            Some(Unit::Bytes),
-            "/payload/total_bytes",
-            1.0,
-        ),
-        field(
-            "memory",
-            "hostpulse_host_memory_used",
-            "Memory in use.",
-            Some(Unit::Bytes),
-            "/payload/used_bytes",
-            1.0,
-        ),
-        field(
-            "memory",
-            "hostpulse_host_memory_available",
-            "Memory available without swapping.",
-            Some(Unit::Bytes),
-            "/payload/available_bytes",
-            1.0,
-        ),
-        field(
-            "memory",
-            "hostpulse_host_swap_used",
-            "Swap in use.",
-            Some(Unit::Bytes),
-            "/payload/swap_used_bytes",
-            1.0,
-        ),
-        field(
-            "load",
-            "hostpulse_host_load1",
-            "Load average over 1 minute.",
-            None,
-            "/payload/one",
-            1.0,
-        ),
-        field(
-            "load",
-            "hostpulse_host_load5",
-            "Load average over 5 minutes.",
-            None,
-            "/payload/five",
-            1.0,
-        ),
-        field(
-            "load",
-            "hostpulse_host_load15",
-            "Load average over 15 minutes.",
-            None,
-            "/payload/fifteen",
-            1.0,
-        ),
-        field(
-            "processes",
-            "hostpulse_host_processes",
-            "Processes on the host.",
-            None,
-            "/payload/count",
-            1.0,
-        ),
-    ];
-    let parsed: Vec<(String, String, Value)> = latest
-        .iter()
-        .filter_map(|u| {
-            let mut parts = u.topic.splitn(3, '.');
-            let (_, host, metric) = (parts.next()?, parts.next()?, parts.next()?);
-            let v = serde_json::from_str(u.json.as_str()).ok()?;
-            Some((host.to_string(), metric.to_string(), v))
-        })
-        .collect();
-    let mut out: HostGauges = FIELDS
-        .iter()
-        .map(|f| {
-            let series = parsed
-                .iter()
-                .filter(|(_, m, _)| m == f.metric)
-                .filter_map(|(h, _, v)| {
-                    Some((h.clone(), v.pointer(f.pointer)?.as_f64()? * f.scale))
-                })
-                .collect();
-            (f.name, f.help, f.unit.clone(), series)
-        })
-        .collect();
-    out.push((
-        "hostpulse_host_up",
-        "1 while the host is announced online.",
-        None,
-        hosts
-            .iter()
-            .map(|h| (h.host.clone(), if h.online { 1.0 } else { 0.0 }))
-            .collect(),
-    ));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("/mnt/plain"), "/mnt/plain");
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
 
     #[test]
     fn openmetrics_becomes_classic_text() {

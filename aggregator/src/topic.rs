@@ -144,9 +144,60 @@ pub fn host_topic(host: &str, metric: &str) -> String {
     format!("host.{host}.{metric}")
 }
 
+/// Topic kinds, the `kind` label of the per-kind counters in `/metrics`: the
+/// metric families of `host.<host>.<metric>`, then `hosts`, `$sys` (the
+/// aggregator's own topics) and `other`. A fixed list, so no agent or
+/// client can grow the number of series.
+pub const KINDS: [&str; 12] = [
+    "cpu",
+    "memory",
+    "load",
+    "processes",
+    "network",
+    "disk",
+    "filesystems",
+    "system",
+    "temperatures",
+    "hosts",
+    "$sys",
+    "other",
+];
+
+/// The index in [`KINDS`] of a concrete topic's kind.
+pub fn kind_index(topic: &str) -> usize {
+    let kind = if topic == "hosts" {
+        "hosts"
+    } else if topic.starts_with("$sys.") {
+        "$sys"
+    } else if let Some(rest) = topic.strip_prefix("host.") {
+        match rest.split_once('.') {
+            Some((_, metric)) if !metric.contains('.') => metric,
+            _ => "other",
+        }
+    } else {
+        "other"
+    };
+    KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KINDS.len() - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_come_from_a_fixed_list() {
+        let kind = |t: &str| KINDS[kind_index(t)];
+        assert_eq!(kind("host.web-01.cpu"), "cpu");
+        assert_eq!(kind("host.web-01.filesystems"), "filesystems");
+        assert_eq!(kind("host.web-01.gpu"), "other");
+        assert_eq!(kind("host.web-01.cpu.x"), "other");
+        assert_eq!(kind("hosts"), "hosts");
+        assert_eq!(kind("$sys.stats"), "$sys");
+        assert_eq!(kind("test.topic"), "other");
+    }
 
     #[test]
     fn wildcards_follow_nats_rules() {

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use hostpulse_proto::{Cpu, Load, Memory, Processes};
+use hostpulse_proto::{
+    Cpu, Disk, Filesystems, Load, Memory, Network, Processes, SystemInfo, Temperatures,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -31,6 +33,16 @@ pub enum Payload {
     Load(Load),
     /// `host.<h>.processes`
     Processes(Processes),
+    /// `host.<h>.network`
+    Network(Network),
+    /// `host.<h>.disk`
+    Disk(Disk),
+    /// `host.<h>.filesystems`
+    Filesystems(Filesystems),
+    /// `host.<h>.system`
+    System(SystemInfo),
+    /// `host.<h>.temperatures`
+    Temperatures(Temperatures),
     /// `hosts`
     Host(HostEvent),
     /// Anything else (tests, `$sys` statistics).

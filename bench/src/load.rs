@@ -59,6 +59,7 @@ pub(crate) fn sample(seq: u64, full: bool) -> Sample {
                 memory_bytes: 1 << 30,
             },
         }),
+        ..Sample::default()
     }
 }
 

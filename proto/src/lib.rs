@@ -17,6 +17,7 @@ pub mod v1 {
 }
 
 pub use payload::{
-    Cpu, DecodeError, Load, Memory, Process, ProcessRollup, Processes, SCHEMA_VERSION, Sample,
+    Cpu, DecodeError, Disk, DiskDevice, Filesystem, Filesystems, Interface, Load, Memory, Network,
+    Process, ProcessRollup, Processes, SCHEMA_VERSION, Sample, Sensor, SystemInfo, Temperatures,
     decode_batch, encode_batch,
 };

@@ -5,9 +5,17 @@
 //! and a writer of different versions still agree on every field they both
 //! know, and gRPC gzip removes most of the difference on the wire. Optional
 //! sections (`cpu`, `memory`, ...) are absent when their collector is off.
-//! [`SCHEMA_VERSION`] is sent in `Hello` and bumped on incompatible change.
+//! [`SCHEMA_VERSION`] is sent in `Hello` and bumped on incompatible change;
+//! adding an optional section is compatible (a reader skips what it does not
+//! know), so the sections in [`signals`] came without a bump.
 
 use serde::{Deserialize, Serialize};
+
+pub mod signals;
+
+pub use signals::{
+    Disk, DiskDevice, Filesystem, Filesystems, Interface, Network, Sensor, SystemInfo, Temperatures,
+};
 
 /// Version of this payload schema, sent in `Hello.schema_version`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,7 +53,10 @@ pub enum DecodeError {
 }
 
 /// One observation of a host, taken at `timestamp_ms`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Default` gives seq 0, which [`validate`](Sample::validate) refuses: it is
+/// only a base to fill in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Sample sequence number: consecutive within the agent's run epoch and
     /// rising across runs (the agent starts each run above the last). It is
@@ -65,6 +76,24 @@ pub struct Sample {
     /// Process table summary; absent when the collector is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<Processes>,
+    /// Network interfaces; absent when the collector is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Block device I/O; absent when the collector is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Disk>,
+    /// Filesystem space; absent when the collector is off and in samples
+    /// between two of its (slower) refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystems: Option<Filesystems>,
+    /// Uptime, boot time, core counts and frequency; absent when the
+    /// collector is off and between two of its refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemInfo>,
+    /// Temperature sensors; absent when the collector is off, between two of
+    /// its refreshes, and on hosts without readable sensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperatures: Option<Temperatures>,
 }
 
 /// CPU usage in percent of each core (0–100).
@@ -222,6 +251,21 @@ impl Sample {
             }
             check_pct("processes.others.cpu_pct", p.others.cpu_pct, f32::MAX).map_err(bad)?;
         }
+        if let Some(n) = &self.network {
+            n.validate().map_err(bad)?;
+        }
+        if let Some(d) = &self.disk {
+            d.validate().map_err(bad)?;
+        }
+        if let Some(f) = &self.filesystems {
+            f.validate().map_err(bad)?;
+        }
+        if let Some(s) = &self.system {
+            s.validate().map_err(bad)?;
+        }
+        if let Some(t) = &self.temperatures {
+            t.validate().map_err(bad)?;
+        }
         Ok(())
     }
 }
@@ -274,6 +318,53 @@ mod tests {
                     cpu_pct: 1.0,
                     memory_bytes: 4096,
                 },
+            }),
+            network: Some(Network {
+                interfaces: vec![Interface {
+                    name: "lo".into(),
+                    rx_bytes_per_sec: 1024.5,
+                    tx_bytes_per_sec: 1024.5,
+                    rx_packets_per_sec: 3.0,
+                    tx_packets_per_sec: 3.0,
+                    rx_bytes_total: 1 << 20,
+                    tx_bytes_total: 1 << 20,
+                    ..Interface::default()
+                }],
+            }),
+            disk: Some(Disk {
+                devices: vec![DiskDevice {
+                    name: "vda".into(),
+                    read_bytes_per_sec: 4096.0,
+                    write_bytes_per_sec: 0.0,
+                    read_bytes_total: 1 << 30,
+                    written_bytes_total: 1 << 29,
+                }],
+            }),
+            filesystems: Some(Filesystems {
+                mounts: vec![Filesystem {
+                    mount: "/".into(),
+                    device: "/dev/vda".into(),
+                    fs_type: "ext4".into(),
+                    total_bytes: 100 << 30,
+                    used_bytes: 40 << 30,
+                    free_bytes: 60 << 30,
+                }],
+            }),
+            system: Some(SystemInfo {
+                uptime_secs: 3600,
+                boot_time: 1_794_996_400,
+                logical_cores: 2,
+                physical_cores: Some(1),
+                cpu_frequency_mhz: 2600,
+                per_core_frequency_mhz: vec![2600, 2600],
+            }),
+            temperatures: Some(Temperatures {
+                sensors: vec![Sensor {
+                    label: "acpitz temp1".into(),
+                    celsius: 41.5,
+                    max_celsius: Some(55.0),
+                    critical_celsius: None,
+                }],
             }),
         }
     }
@@ -332,18 +423,66 @@ mod tests {
     }
 
     #[test]
+    fn impossible_signal_values_are_refused() {
+        let refused = |f: &dyn Fn(&mut Sample), needle: &str| {
+            let mut s = sample(1);
+            f(&mut s);
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        refused(
+            &|s| s.network.as_mut().unwrap().interfaces[0].rx_bytes_per_sec = f64::NAN,
+            "rx_bytes_per_sec",
+        );
+        refused(
+            &|s| s.disk.as_mut().unwrap().devices[0].write_bytes_per_sec = -1.0,
+            "write_bytes_per_sec",
+        );
+        refused(
+            &|s| s.filesystems.as_mut().unwrap().mounts[0].used_bytes = u64::MAX,
+            "exceeds total",
+        );
+        refused(
+            &|s| s.system.as_mut().unwrap().logical_cores = 0,
+            "logical_cores",
+        );
+        refused(
+            &|s| s.system.as_mut().unwrap().physical_cores = Some(3),
+            "physical_cores",
+        );
+        refused(
+            &|s| s.temperatures.as_mut().unwrap().sensors[0].celsius = f32::INFINITY,
+            "celsius",
+        );
+    }
+
+    #[test]
+    fn lists_and_names_are_bounded() {
+        let mut s = sample(1);
+        let lo = s.network.as_ref().unwrap().interfaces[0].clone();
+        s.network.as_mut().unwrap().interfaces = vec![lo; signals::MAX_ENTRIES + 1];
+        assert!(s.validate().unwrap_err().to_string().contains("more than"));
+        let mut s = sample(1);
+        s.filesystems.as_mut().unwrap().mounts[0].mount = "/x".repeat(signals::MAX_NAME_BYTES);
+        assert!(s.validate().unwrap_err().to_string().contains("bytes"));
+        let mut s = sample(1);
+        s.temperatures.as_mut().unwrap().sensors[0].label = String::new();
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
     fn unknown_fields_from_a_newer_agent_are_ignored() {
         // A newer writer adds a field; this reader must still decode the rest.
         #[derive(Serialize)]
         struct Newer<'a> {
             #[serde(flatten)]
             base: &'a Sample,
-            network: Vec<u32>,
+            gpu: Vec<u32>,
         }
         let s = sample(7);
         let bytes = rmp_serde::to_vec_named(&[Newer {
             base: &s,
-            network: vec![1, 2],
+            gpu: vec![1, 2],
         }])
         .unwrap();
         assert_eq!(decode_batch(&bytes, 1, 10).unwrap()[0], s);

@@ -70,6 +70,7 @@ pub fn sample(seq: u64, processes: usize) -> Sample {
             top_memory: list,
             others: ProcessRollup::default(),
         }),
+        ..Sample::default()
     }
 }
 

@@ -8,8 +8,11 @@ use std::io::Write;
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{TestAgent, TestAggregator, agent_config, http_get};
 
-/// Every sample of a scrape, keyed by name and `host` label (if any).
-async fn scrape(agg: &TestAggregator) -> (String, HashMap<(String, String), f64>) {
+/// Labels of a series: `host=metr,interface=lo` (sorted), empty for none.
+type Series = (String, String);
+
+/// Every sample of a scrape, keyed by name and labels.
+async fn scrape(agg: &TestAggregator) -> (String, HashMap<Series, f64>) {
     let (status, body) = http_get(agg.http, "/metrics").await;
     assert_eq!(status, 200);
     let lines = body.lines().map(|l| Ok(l.to_string()));
@@ -22,15 +25,16 @@ async fn scrape(agg: &TestAggregator) -> (String, HashMap<(String, String), f64>
             | prometheus_parse::Value::Untyped(v) => v,
             other => panic!("unexpected {other:?}"),
         };
-        let host = s.labels.get("host").unwrap_or("").to_string();
-        values.insert((s.metric, host), v);
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        values.insert((s.metric, labels.join(",")), v);
     }
     (body, values)
 }
 
-fn get(m: &HashMap<(String, String), f64>, name: &str, host: &str) -> f64 {
-    *m.get(&(name.to_string(), host.to_string()))
-        .unwrap_or_else(|| panic!("{name}{{host={host:?}}} missing"))
+fn get(m: &HashMap<Series, f64>, name: &str, labels: &str) -> f64 {
+    *m.get(&(name.to_string(), labels.to_string()))
+        .unwrap_or_else(|| panic!("{name}{{{labels}}} missing"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,12 +64,59 @@ async fn counters_move_with_traffic_and_host_gauges_are_exposed() {
     assert_eq!(get(&after, "hostpulse_agents_connected", ""), 1.0);
     assert_eq!(get(&after, "hostpulse_ws_connections", ""), 1.0);
     assert!(get(&after, "hostpulse_history_bytes", "") > 0.0);
-    assert_eq!(get(&after, "hostpulse_host_up", "metr"), 1.0);
-    let total = get(&after, "hostpulse_host_memory_total_bytes", "metr");
-    assert!(total > 0.0 && get(&after, "hostpulse_host_memory_used_bytes", "metr") <= total);
-    let cpu = get(&after, "hostpulse_host_cpu_usage_ratios", "metr");
+    assert_eq!(get(&after, "hostpulse_host_up", "host=metr"), 1.0);
+    let total = get(&after, "hostpulse_host_memory_total_bytes", "host=metr");
+    assert!(total > 0.0 && get(&after, "hostpulse_host_memory_used_bytes", "host=metr") <= total);
+    let cpu = get(&after, "hostpulse_host_cpu_usage_ratios", "host=metr");
     assert!((0.0..=1.0).contains(&cpu), "{cpu}");
-    assert!(get(&after, "hostpulse_host_processes", "metr") > 0.0);
+    assert!(get(&after, "hostpulse_host_processes", "host=metr") > 0.0);
+
+    // Per topic kind: the client takes cpu only, so cpu updates are both
+    // published and delivered, the other kinds only published.
+    let kind =
+        |m: &HashMap<Series, f64>, name: &str, kind: &str| get(m, name, &format!("kind={kind}"));
+    let published = "hostpulse_topic_updates_published_total";
+    let delivered = "hostpulse_topic_deliveries_total";
+    for k in ["cpu", "memory", "network", "disk"] {
+        assert!(
+            kind(&after, published, k) >= kind(&before, published, k) + 5.0,
+            "{published}{{kind={k}}} did not move"
+        );
+    }
+    assert!(kind(&after, delivered, "cpu") >= kind(&before, delivered, "cpu") + 5.0);
+    assert_eq!(kind(&after, delivered, "memory"), 0.0);
+    assert_eq!(kind(&after, delivered, "network"), 0.0);
+    assert_eq!(kind(&after, published, "other"), 0.0);
+
+    // The new host signals, labelled by interface, device, mount.
+    let lo = "host=metr,interface=lo";
+    assert!(get(&after, "hostpulse_host_network_receive_bytes_total", lo) > 0.0);
+    assert!(get(&after, "hostpulse_host_network_transmit_packets_total", lo) > 0.0);
+    get(&after, "hostpulse_host_network_receive_errors_total", lo);
+    let root = "host=metr,mount=/";
+    let size = get(&after, "hostpulse_host_filesystem_size_bytes", root);
+    assert!(size > 0.0 && get(&after, "hostpulse_host_filesystem_used_bytes", root) <= size);
+    assert!(get(&after, "hostpulse_host_filesystem_free_bytes", root) <= size);
+    assert!(get(&after, "hostpulse_host_uptime_seconds", "host=metr") > 0.0);
+    let boot = get(&after, "hostpulse_host_boot_time_seconds", "host=metr");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(boot > 0.0 && boot < now);
+    assert!(get(&after, "hostpulse_host_cpu_logical_cores", "host=metr") >= 1.0);
+    get(&after, "hostpulse_host_cpu_frequency_hertz", "host=metr");
+    let block_device_mounted = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("/dev/"));
+    assert!(
+        !block_device_mounted
+            || after.keys().any(|(n, l)| {
+                n == "hostpulse_host_disk_read_bytes_total" && l.contains("device=")
+            }),
+        "disk counters by device"
+    );
 
     // promtool (Debian package prometheus, installed by .ci/run) agrees.
     let mut promtool = std::process::Command::new("promtool")
@@ -106,6 +157,13 @@ async fn host_gauges_stay_off_unless_switched_on() {
             .all(|(name, _)| !name.starts_with("hostpulse_host_"))
     );
     assert!(get(&values, "hostpulse_updates_published_total", "") > 0.0);
+    assert!(
+        get(
+            &values,
+            "hostpulse_topic_updates_published_total",
+            "kind=cpu"
+        ) > 0.0
+    );
     agent.stop().await;
     agg.stop().await;
 }

@@ -20,10 +20,25 @@ async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
     let hosts = loop {
         let (status, v) = get(&agg, "/api/v1/hosts").await;
         assert_eq!(status, 200);
+        // Every family the test agent sends (temperatures only where the
+        // host has sensors, so not waited for).
+        let families = [
+            "cpu",
+            "memory",
+            "load",
+            "processes",
+            "network",
+            "disk",
+            "filesystems",
+            "system",
+        ];
         let ready = v.as_array().is_some_and(|h| {
             h.len() == 2
-                && h.iter()
-                    .all(|h| h["latest"].as_object().is_some_and(|l| l.len() == 4))
+                && h.iter().all(|h| {
+                    h["latest"]
+                        .as_object()
+                        .is_some_and(|l| families.iter().all(|f| l.contains_key(*f)))
+                })
         });
         if ready {
             break v;
@@ -59,6 +74,9 @@ async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
         assert!(h["latest"]["memory"]["payload"]["total_bytes"].is_u64());
         assert!(h["latest"]["load"]["payload"]["one"].is_number());
         assert!(h["latest"]["processes"]["payload"]["count"].is_u64());
+        assert!(h["latest"]["network"]["payload"]["interfaces"].is_array());
+        assert!(h["latest"]["filesystems"]["payload"]["mounts"].is_array());
+        assert!(h["latest"]["system"]["payload"]["uptime_secs"].is_u64());
     }
 
     let (status, one) = get(&agg, "/api/v1/hosts/beta").await;

@@ -5,16 +5,29 @@
 //! aborting the sample. Only what is sent is refreshed (CPU before processes,
 //! so per-process CPU is measured against the same window). Refreshes block,
 //! so the agent runs [`Collector::sample`] on the blocking pool.
+//!
+//! Families that change slowly or cost more to read (`filesystems`, `system`,
+//! `temperatures`) are collected at most once per their own interval
+//! ([`Paced`]); the samples in between carry no such section, so those
+//! topics' seqs skip them, as with the paced process table.
 
+#[cfg(test)]
+mod cost;
 mod cpu;
+mod disk;
+mod filesystems;
 mod load;
 mod memory;
+mod network;
 mod processes;
+mod rate;
+mod system;
+mod temperatures;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hostpulse_proto::Sample;
-use sysinfo::System;
+use sysinfo::{Components, Disks, System};
 
 use crate::config::{CollectConfig, MIN_INTERVAL_MS};
 
@@ -39,10 +52,49 @@ pub struct Collector {
     config: CollectConfig,
     table: processes::ProcessTable,
     next_processes: Option<std::time::Instant>,
+    /// `None` when the family is off or the platform has no interface list.
+    network: Option<network::NetworkCollector>,
+    /// Shared by `disk` and `filesystems`; `None` when both are off.
+    disks: Option<Disks>,
+    disk_io: disk::DiskIo,
+    filesystems_due: Paced,
+    system_due: Paced,
+    physical_cores: Option<u32>,
+    /// `None` when the family is off or the platform has no sensors API.
+    components: Option<Components>,
+    temperatures_due: Paced,
     next_seq: u64,
     /// Collection failures so far (a family that could not be read).
     pub errors: u64,
-    load_failed_logged: bool,
+    /// Families whose failure was already logged (each is logged once).
+    failed_logged: Vec<&'static str>,
+}
+
+/// A family collected at most once per interval; the first sample always
+/// carries it. The next is due after 95 % of the interval, so sampling
+/// jitter does not push it a whole sample later.
+#[derive(Debug)]
+struct Paced {
+    every: Duration,
+    next: Option<Instant>,
+}
+
+impl Paced {
+    fn new(every_secs: u64) -> Self {
+        Self {
+            every: Duration::from_secs(every_secs),
+            next: None,
+        }
+    }
+
+    /// Whether the family is due at `now`; if so, the next is scheduled.
+    fn due(&mut self, now: Instant) -> bool {
+        if self.next.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.next = Some(now + self.every.mul_f64(0.95));
+        true
+    }
 }
 
 /// The first sample seq of a run that started at `epoch_ms`.
@@ -71,19 +123,64 @@ impl Collector {
         let sys = System::new().map_err(|e| CollectError::Unsupported(e.to_string()))?;
         let mut collector = Self {
             sys,
-            config,
             table: processes::ProcessTable::default(),
             next_processes: None,
+            network: None,
+            disks: None,
+            disk_io: disk::DiskIo::default(),
+            filesystems_due: Paced::new(config.filesystems_interval_secs),
+            system_due: Paced::new(config.system_interval_secs),
+            physical_cores: None,
+            components: None,
+            temperatures_due: Paced::new(config.temperatures_interval_secs),
+            config,
             next_seq: first_seq(epoch_ms) + 1,
             errors: 0,
-            load_failed_logged: false,
+            failed_logged: Vec::new(),
         };
         collector.refresh();
         if collector.config.processes {
             processes::refresh(&mut collector.sys);
             collector.table.collect(&collector.sys, 0);
         }
+        if collector.config.network {
+            match network::NetworkCollector::new() {
+                Ok(n) => collector.network = Some(n),
+                Err(e) => collector.failed("network", &e),
+            }
+        }
+        if collector.config.disk || collector.config.filesystems {
+            match Disks::new() {
+                Ok(mut d) => {
+                    // The baseline of the I/O rates.
+                    if collector.config.disk {
+                        disk::refresh(&mut d, true, false);
+                        collector.disk_io.collect(&d);
+                    }
+                    collector.disks = Some(d);
+                }
+                Err(e) => collector.failed("disk", &e),
+            }
+        }
+        if collector.config.system {
+            collector.physical_cores = system::physical_cores();
+        }
+        if collector.config.temperatures {
+            match Components::new() {
+                Ok(c) => collector.components = Some(c),
+                Err(e) => collector.failed("temperatures", &e),
+            }
+        }
         Ok(collector)
+    }
+
+    /// Counts a family that could not be read, logging it the first time.
+    fn failed(&mut self, family: &'static str, cause: &dyn std::fmt::Display) {
+        self.errors += 1;
+        if !self.failed_logged.contains(&family) {
+            tracing::warn!(family, cause = %cause, "metric family unavailable; skipping it");
+            self.failed_logged.push(family);
+        }
     }
 
     fn refresh(&mut self) {
@@ -104,11 +201,7 @@ impl Collector {
             match load::collect() {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    self.errors += 1;
-                    if !self.load_failed_logged {
-                        tracing::warn!(cause = %e, "load average unavailable; skipping it");
-                        self.load_failed_logged = true;
-                    }
+                    self.failed("load", &e);
                     None
                 }
             }
@@ -117,6 +210,8 @@ impl Collector {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        let now = Instant::now();
+        let (disk, filesystems) = self.storage(now);
         Sample {
             seq,
             timestamp_ms: now_ms() as i64,
@@ -124,11 +219,64 @@ impl Collector {
             memory: self.config.memory.then(|| memory::collect(&self.sys)),
             load,
             processes: self.processes(),
+            network: self.network.as_mut().map(|n| n.collect()),
+            disk,
+            filesystems,
+            system: self.system(now),
+            temperatures: self.temperatures(now),
         }
     }
 }
 
 impl Collector {
+    /// Disk I/O (every sample) and filesystem space (when due), from one
+    /// refresh of the mount list.
+    fn storage(
+        &mut self,
+        now: Instant,
+    ) -> (
+        Option<hostpulse_proto::Disk>,
+        Option<hostpulse_proto::Filesystems>,
+    ) {
+        let Some(disks) = self.disks.as_mut() else {
+            return (None, None);
+        };
+        let io = self.config.disk;
+        let space = self.config.filesystems && self.filesystems_due.due(now);
+        if !io && !space {
+            return (None, None);
+        }
+        disk::refresh(disks, io, space);
+        (
+            io.then(|| self.disk_io.collect(disks)),
+            space.then(|| filesystems::collect(disks)),
+        )
+    }
+
+    /// Uptime, boot time, cores and frequency, when due.
+    fn system(&mut self, now: Instant) -> Option<hostpulse_proto::SystemInfo> {
+        if !self.config.system || !self.system_due.due(now) {
+            return None;
+        }
+        system::refresh(&mut self.sys);
+        match system::collect(&self.sys, self.physical_cores) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.failed("system", &e);
+                None
+            }
+        }
+    }
+
+    /// Temperature readings, when due and where the host has sensors.
+    fn temperatures(&mut self, now: Instant) -> Option<hostpulse_proto::Temperatures> {
+        let components = self.components.as_mut()?;
+        if !self.temperatures_due.due(now) {
+            return None;
+        }
+        temperatures::collect(components)
+    }
+
     /// The process summary, if the table is due for a refresh.
     fn processes(&mut self) -> Option<hostpulse_proto::Processes> {
         let now = std::time::Instant::now();
@@ -173,7 +321,33 @@ mod tests {
             .map(|p| p.pid)
             .collect();
         assert_eq!(listed.len() as u32 + procs.others.count, procs.count);
-        assert_eq!(c.sample().seq, first_seq(1_000_000) + 2);
+        let net = s.network.expect("network");
+        assert!(net.interfaces.iter().any(|i| i.name == "lo"), "{net:?}");
+        assert!(s.disk.is_some());
+        let fs = s.filesystems.expect("filesystems on the first sample");
+        assert!(fs.mounts.iter().any(|m| m.mount == "/"), "{fs:?}");
+        let sys = s.system.expect("system on the first sample");
+        assert!(sys.uptime_secs > 0 && sys.logical_cores >= 1);
+        assert_eq!(sys.per_core_frequency_mhz.len(), sys.logical_cores as usize);
+        let second = c.sample();
+        assert_eq!(second.seq, first_seq(1_000_000) + 2);
+        assert!(second.network.is_some() && second.disk.is_some());
+        assert!(
+            second.filesystems.is_none() && second.system.is_none(),
+            "paced families wait for their interval"
+        );
+    }
+
+    #[test]
+    fn paced_families_are_due_once_per_interval() {
+        let mut p = Paced::new(10);
+        let t0 = Instant::now();
+        assert!(p.due(t0), "the first sample carries the family");
+        assert!(!p.due(t0 + Duration::from_secs(1)));
+        assert!(!p.due(t0 + Duration::from_secs(9)));
+        // A sample a little early (jitter) is still on time.
+        assert!(p.due(t0 + Duration::from_millis(9_990)));
+        assert!(!p.due(t0 + Duration::from_secs(11)));
     }
 
     #[test]
@@ -186,6 +360,18 @@ mod tests {
         let s = Collector::new(config, 1).unwrap().sample();
         assert!(s.cpu.is_none() && s.processes.is_none());
         assert!(s.memory.is_some());
+        let config = CollectConfig {
+            network: false,
+            disk: false,
+            filesystems: false,
+            system: false,
+            temperatures: false,
+            ..CollectConfig::default()
+        };
+        let s = Collector::new(config, 1).unwrap().sample();
+        assert!(s.network.is_none() && s.disk.is_none() && s.filesystems.is_none());
+        assert!(s.system.is_none() && s.temperatures.is_none());
+        assert!(s.cpu.is_some());
     }
 
     #[test]

@@ -1,0 +1,50 @@
+//! Temperature sensors (hwmon, or thermal zones where there is no hwmon),
+//! where the host has any. Collected every
+//! `collect.temperatures_interval_secs`.
+//!
+//! A host without readable sensors (most virtual machines) sends no
+//! `temperatures` section at all rather than an empty list, the same way a
+//! platform without a load average sends no `load`. Readings outside
+//! [`TEMPERATURE_RANGE_C`] come from broken or unplugged sensors and are
+//! left out (thresholds outside it are dropped).
+
+use std::collections::HashMap;
+
+use hostpulse_proto::payload::signals::{MAX_ENTRIES, MAX_NAME_BYTES, TEMPERATURE_RANGE_C};
+use hostpulse_proto::{Sensor, Temperatures};
+use sysinfo::Components;
+
+/// Re-scans the sensors and reads them; `None` when there is none to read.
+pub(super) fn collect(components: &mut Components) -> Option<Temperatures> {
+    components.refresh(true);
+    let in_range = |v: Option<f32>| v.filter(|v| TEMPERATURE_RANGE_C.contains(v));
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut sensors: Vec<Sensor> = components
+        .iter()
+        .filter_map(|c| {
+            let celsius = in_range(c.temperature())?;
+            let mut label: String = c.label().trim().chars().take(MAX_NAME_BYTES / 4).collect();
+            if label.is_empty() {
+                label = "sensor".into();
+            }
+            // Labels name series (Prometheus, dashboards): keep them unique.
+            let n = seen.entry(label.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                label = format!("{label} #{n}");
+            }
+            Some(Sensor {
+                label,
+                celsius,
+                max_celsius: in_range(c.max()),
+                critical_celsius: in_range(c.critical()),
+            })
+        })
+        .collect();
+    if sensors.is_empty() {
+        return None;
+    }
+    sensors.sort_by(|a, b| a.label.cmp(&b.label));
+    sensors.truncate(MAX_ENTRIES);
+    Some(Temperatures { sensors })
+}
