@@ -104,6 +104,9 @@ describe("dashboard", () => {
     await waitUntil("cpu chart gains points", async () => (await points(page, "chart-cpu")) >= filled + 4);
     expect(await points(page, "chart-memory")).toBeGreaterThan(0);
     expect(await points(page, "chart-load")).toBeGreaterThan(0);
+    // The newer families: network throughput (a rate needs two readings) and the root filesystem.
+    await waitUntil("network chart", async () => (await points(page, "chart-network")) > 0);
+    await page.getByTestId("filesystems").locator("td", { hasText: /^\/$/ }).first().waitFor();
     // The legend lists total and every core.
     await expect.poll(() => page.getByTestId("chart-cpu").locator(".u-legend .u-series").count()).toBeGreaterThan(2);
 

@@ -20,6 +20,8 @@ export function App({ client }: { client: HostpulseClient }) {
   const [state, setState] = useState<ConnectionState>(client.state);
   const [incomplete, setIncomplete] = useState<Incomplete[]>([]);
   const [needToken, setNeedToken] = useState<string | null>(null);
+  /** Cluster mode: set while this aggregator has lost the broker. */
+  const [brokerDown, setBrokerDown] = useState<string | null>(null);
   const [view, setView] = useState(route);
   const fleet = useMemo(() => new FleetStore(), []);
 
@@ -40,6 +42,11 @@ export function App({ client }: { client: HostpulseClient }) {
         if (s.topic === "hosts") loadSnapshot();
       }),
       client.on("incomplete", (i) => setIncomplete((all) => [...all, i])),
+      client.on("sys", (m) => {
+        if (m.topic !== "$sys.cluster") return;
+        const p = m.payload as { state?: string; node?: string };
+        setBrokerDown(p.state === "disconnected" ? (p.node ?? "this aggregator") : null);
+      }),
       client.on("error", (e) => {
         if (e.code === "unauthorized") setNeedToken(e.message);
         else console.warn(`hostpulse: ${e.code}: ${e.message}`);
@@ -77,6 +84,12 @@ export function App({ client }: { client: HostpulseClient }) {
         </h1>
         <ConnectionBadge state={state} />
       </header>
+      {brokerDown !== null && (
+        <div className="note" data-testid="broker-down">
+          Aggregator {brokerDown} has lost the cluster broker: hosts attached to other aggregators are not updating
+          here until it reconnects (it catches up what its peers still hold).
+        </div>
+      )}
       {incomplete.length > 0 && (
         <div className="note" data-testid="incomplete">
           Resume incomplete: the aggregator's history no longer covered the whole disconnection for{" "}

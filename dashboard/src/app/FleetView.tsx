@@ -14,6 +14,7 @@ export function FleetView({ store }: { store: FleetStore }) {
     return () => clearInterval(t);
   }, []);
   const rows = store.list();
+  const cluster = rows.some((r) => r.aggregator !== undefined);
   if (rows.length === 0) {
     return <p className="empty">Waiting for hosts… (start an agent pointed at this aggregator)</p>;
   }
@@ -23,6 +24,7 @@ export function FleetView({ store }: { store: FleetStore }) {
         <tr>
           <th>host</th>
           <th>state</th>
+          {cluster && <th>aggregator</th>}
           <th className="num">CPU</th>
           <th>CPU, recent</th>
           <th className="num">memory</th>
@@ -42,6 +44,7 @@ export function FleetView({ store }: { store: FleetStore }) {
                 {r.online === undefined ? "?" : r.online ? "online" : "offline"}
               </span>
             </td>
+            {cluster && <td data-testid="host-aggregator">{r.aggregator ?? "–"}</td>}
             <td className="num">{pct(r.cpu)}</td>
             <td className="spark">
               <Chart

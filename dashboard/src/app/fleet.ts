@@ -11,6 +11,8 @@ export interface HostRow {
   host: string;
   online?: boolean;
   hostname?: string;
+  /** Cluster mode: the aggregator the host is attached to. */
+  aggregator?: string;
   lastSeen?: number;
   cpu?: number;
   cores?: number;
@@ -27,6 +29,7 @@ export interface RestHost {
   online: boolean;
   last_seen?: string;
   hostname?: string;
+  aggregator?: string;
   latest?: Record<string, Update>;
 }
 
@@ -65,6 +68,7 @@ export class FleetStore {
       const row = this.row(h.host);
       row.online = h.online;
       row.hostname = h.hostname ?? row.hostname;
+      row.aggregator = h.aggregator ?? row.aggregator;
       const seen = h.last_seen ? Date.parse(h.last_seen) : undefined;
       if (seen !== undefined && (row.lastSeen === undefined || seen > row.lastSeen)) row.lastSeen = seen;
       for (const u of Object.values(h.latest ?? {})) this.onMetric(u);
@@ -85,6 +89,7 @@ export class FleetStore {
     const row = this.row(u.payload.host);
     row.online = u.payload.event !== "offline";
     row.hostname = u.payload.hostname;
+    row.aggregator = u.payload.aggregator ?? row.aggregator;
     this.changed();
   }
 

@@ -93,6 +93,8 @@ export interface HostEvent {
   version: string;
   labels: Record<string, string>;
   interval_ms: number;
+  /** Cluster mode: the node name of the aggregator the host is attached to. */
+  aggregator?: string;
 }
 
 export interface NetworkInterface {
