@@ -228,7 +228,6 @@ async fn every_host_reaches_both_aggregators_with_the_same_seqs() {
 
 /// The cluster families parse as Prometheus text, and promtool agrees.
 async fn check_metrics_format(node: &Node) {
-    use std::io::Write;
     let (_, body) = http_get(node.http, "/metrics").await;
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text format");
@@ -245,26 +244,7 @@ async fn check_metrics_format(node: &Node) {
             "{name} missing:\n{body}"
         );
     }
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hostpulse_tests::process::promtool_check(&body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

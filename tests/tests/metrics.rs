@@ -3,7 +3,6 @@
 //! accepts a scrape.
 
 use std::collections::HashMap;
-use std::io::Write;
 
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{TestAgent, TestAggregator, agent_config, http_get};
@@ -119,26 +118,7 @@ async fn counters_move_with_traffic_and_host_gauges_are_exposed() {
     );
 
     // promtool (Debian package prometheus, installed by .ci/run) agrees.
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hostpulse_tests::process::promtool_check(&body);
     agent.stop().await;
     agg.stop().await;
 }
