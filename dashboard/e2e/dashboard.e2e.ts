@@ -150,6 +150,47 @@ describe("dashboard", () => {
   });
 });
 
+describe("dashboard when history no longer covers an outage", () => {
+  let agg: Aggregator;
+  let agent: Proc;
+  const extra = `[hub]
+history_len = 5
+
+[auth]
+anonymous_agents = true
+anonymous_clients = true
+anonymous_topics = [">"]
+`;
+
+  beforeAll(async () => {
+    agg = await startAggregator({ extra });
+    agent = startAgent(agg.ingestUrl, "short-01", { intervalMs: 100 });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await agg?.proc.stop();
+  });
+
+  it("says the resume was incomplete", async () => {
+    const page = await newPage();
+    await page.goto(`${agg.httpUrl}/#/host/short-01`);
+    await waitUntil("cpu chart filled", async () => (await points(page, "chart-cpu")) > 3);
+    expect(await page.getByTestId("incomplete").count()).toBe(0);
+    outage = true;
+    await agg.proc.stop("SIGKILL");
+    const badge = page.getByTestId("connection");
+    // Down long enough for more than history_len samples to be taken.
+    await waitUntil("a second attempt", async () => Number(await badge.getAttribute("data-attempt")) >= 2);
+    agg = await startAggregator({ http: agg.http, ingest: agg.ingest, extra });
+    await page.getByTestId("incomplete").waitFor({ timeout: 20_000 });
+    outage = false;
+    expect(await page.getByTestId("incomplete").textContent()).toMatch(/host\.short-01\.cpu/);
+    await expect.poll(() => badge.getAttribute("data-state")).toBe("live");
+    await page.close();
+  });
+});
+
 describe("dashboard with a token-protected aggregator", () => {
   let agg: Aggregator;
   let agent: Proc;
