@@ -299,7 +299,8 @@ impl Registry {
         out
     }
 
-    /// Replaces what `node` announced (`None`: the node is gone).
+    /// Replaces what `node` announced (`None`: the node is gone, and its
+    /// hosts stay listed as offline until an aggregator announces them).
     pub fn set_remote(&self, node: &str, hosts: Option<Vec<HostView>>) {
         let mut remote = self.remote.lock().expect("registry lock");
         match hosts {
@@ -307,7 +308,12 @@ impl Registry {
                 remote.insert(node.to_string(), h);
             }
             None => {
-                remote.remove(node);
+                if let Some(views) = remote.get_mut(node) {
+                    for v in views {
+                        v.online = false;
+                        v.agent.event = "offline".into();
+                    }
+                }
             }
         }
     }
@@ -368,5 +374,50 @@ impl Registry {
 impl Default for Registry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote_view(host: &str, node: &str) -> HostView {
+        HostView {
+            host: host.into(),
+            online: true,
+            last_seen: None,
+            agent: HostEvent {
+                event: "online".into(),
+                host: host.into(),
+                agent_id: host.into(),
+                hostname: host.into(),
+                epoch: 1,
+                version: "0".into(),
+                labels: BTreeMap::new(),
+                interval_ms: 1000,
+                aggregator: Some(node.into()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_gone_peers_hosts_stay_listed_offline_until_announced_again() {
+        let r = Registry::with_node(Some("agg-1".into()));
+        r.set_remote("agg-2", Some(vec![remote_view("web-01", "agg-2")]));
+        assert!(r.hosts()[0].online);
+
+        r.set_remote("agg-2", None);
+        let hosts = r.hosts();
+        assert_eq!(hosts.len(), 1, "still listed");
+        assert!(!hosts[0].online);
+        assert_eq!(hosts[0].agent.event, "offline");
+        assert_eq!(hosts[0].agent.aggregator.as_deref(), Some("agg-2"));
+
+        // Announced online by another node (its agent failed over): that wins.
+        r.set_remote("agg-3", Some(vec![remote_view("web-01", "agg-3")]));
+        let hosts = r.hosts();
+        assert_eq!(hosts.len(), 1);
+        assert!(hosts[0].online);
+        assert_eq!(hosts[0].agent.aggregator.as_deref(), Some("agg-3"));
     }
 }

@@ -8,7 +8,7 @@
 //! [`TEMPERATURE_RANGE_C`] come from broken or unplugged sensors and are
 //! left out (thresholds outside it are dropped).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use hostpulse_proto::payload::signals::{MAX_ENTRIES, MAX_NAME_BYTES, TEMPERATURE_RANGE_C};
 use hostpulse_proto::{Sensor, Temperatures};
@@ -18,7 +18,7 @@ use sysinfo::Components;
 pub(super) fn collect(components: &mut Components) -> Option<Temperatures> {
     components.refresh(true);
     let in_range = |v: Option<f32>| v.filter(|v| TEMPERATURE_RANGE_C.contains(v));
-    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut taken: HashSet<String> = HashSet::new();
     let mut sensors: Vec<Sensor> = components
         .iter()
         .filter_map(|c| {
@@ -28,11 +28,7 @@ pub(super) fn collect(components: &mut Components) -> Option<Temperatures> {
                 label = "sensor".into();
             }
             // Labels name series (Prometheus, dashboards): keep them unique.
-            let n = seen.entry(label.clone()).or_default();
-            *n += 1;
-            if *n > 1 {
-                label = format!("{label} #{n}");
-            }
+            let label = unique(label, &mut taken);
             Some(Sensor {
                 label,
                 celsius,
@@ -47,4 +43,31 @@ pub(super) fn collect(components: &mut Components) -> Option<Temperatures> {
     sensors.sort_by(|a, b| a.label.cmp(&b.label));
     sensors.truncate(MAX_ENTRIES);
     Some(Temperatures { sensors })
+}
+
+/// `label`, or the first free `label #2`, `label #3`, ... (a real label may
+/// itself look like a suffixed one).
+fn unique(label: String, taken: &mut HashSet<String>) -> String {
+    if taken.insert(label.clone()) {
+        return label;
+    }
+    (2u32..)
+        .map(|n| format!("{label} #{n}"))
+        .find(|l| taken.insert(l.clone()))
+        .expect("a free suffix exists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_made_unique_even_against_suffix_like_labels() {
+        let mut taken = HashSet::new();
+        let got: Vec<String> = ["x #2", "x", "x", "x"]
+            .into_iter()
+            .map(|l| unique(l.to_string(), &mut taken))
+            .collect();
+        assert_eq!(got, ["x #2", "x", "x #3", "x #4"]);
+    }
 }

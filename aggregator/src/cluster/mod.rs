@@ -203,6 +203,9 @@ pub(crate) struct Shared {
     /// Set from the moment the connection drops until the catch-up after
     /// the next connect is applied: live updates wait meanwhile.
     pub(crate) holding: Arc<AtomicBool>,
+    /// Counts connection losses: a catch-up begun before a loss must not
+    /// release what was held after it.
+    pub(crate) link_epoch: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -229,9 +232,13 @@ pub async fn start(
     let stats = Arc::new(ClusterStats::default());
     // Held until the first catch-up is applied.
     let holding = Arc::new(AtomicBool::new(true));
+    let link_epoch = Arc::new(AtomicU64::new(0));
     let (events_tx, events_rx) = mpsc::channel(64);
+    // Capacity one: triggers that arrive while one is pending merge.
+    let (catchup_tx, catchup_rx) = mpsc::channel(1);
     let max = Duration::from_millis(config.reconnect_max_ms);
     let cb_holding = holding.clone();
+    let cb_epoch = link_epoch.clone();
     let cb_stats = stats.clone();
     let client = async_nats::ConnectOptions::new()
         .name(format!("hostpulse-aggregator {}", config.node))
@@ -249,9 +256,15 @@ pub async fn start(
             match &event {
                 async_nats::Event::Disconnected => {
                     cb_holding.store(true, Ordering::SeqCst);
-                    cb_stats.connected.store(false, Ordering::Relaxed);
+                    cb_epoch.fetch_add(1, Ordering::SeqCst);
+                    cb_stats.connected.store(false, Ordering::SeqCst);
                 }
-                async_nats::Event::Connected => cb_stats.connected.store(true, Ordering::Relaxed),
+                async_nats::Event::Connected => {
+                    cb_stats.connected.store(true, Ordering::SeqCst);
+                    // Straight from here, not through the event queue, so a
+                    // full queue or a busy hub cannot lose or delay it.
+                    let _ = catchup_tx.try_send(());
+                }
                 async_nats::Event::SlowConsumer(_) => {
                     cb_stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -271,9 +284,9 @@ pub async fn start(
         registry,
         stats: stats.clone(),
         holding,
+        link_epoch,
         shutdown,
     };
-    let (catchup_tx, catchup_rx) = mpsc::channel(1);
     let live = shared.client.subscribe(shared.subjects.all_hosts()).await?;
     let requests = shared.client.subscribe(shared.subjects.catchup()).await?;
     let peers = shared
@@ -282,7 +295,7 @@ pub async fn start(
         .await?;
     let peer_table = presence::Peers::default();
     tracing::info!(nats = %redact_url(&url), node = %config.node, prefix = %config.subject_prefix, "cluster mode: sharing updates through NATS");
-    tasks.spawn(watch(shared.clone(), events_rx, catchup_tx));
+    tasks.spawn(watch(shared.clone(), events_rx));
     tasks.spawn(publish::run(shared.clone(), export.0));
     tasks.spawn(sync::consume(
         shared.clone(),
@@ -305,12 +318,9 @@ struct ClusterNotice<'a> {
     detail: &'a str,
 }
 
-/// Follows connection events: logs, `$sys.cluster` notices, catch-up.
-async fn watch(
-    shared: Shared,
-    mut events: mpsc::Receiver<async_nats::Event>,
-    catchup: mpsc::Sender<()>,
-) {
+/// Follows connection events: logs and `$sys.cluster` notices (the
+/// catch-up is triggered from the event callback itself).
+async fn watch(shared: Shared, mut events: mpsc::Receiver<async_nats::Event>) {
     let mut ever_connected = false;
     let mut down_since: Option<tokio::time::Instant> = None;
     loop {
@@ -335,7 +345,6 @@ async fn watch(
                     "updates from other aggregators flow again",
                 )
                 .await;
-                let _ = catchup.try_send(());
             }
             async_nats::Event::Disconnected => {
                 down_since = Some(tokio::time::Instant::now());

@@ -11,6 +11,8 @@
 //! in chunks, the last one marked done. Live updates are held back from the
 //! moment the connection drops until the answers are in (all known peers
 //! done, or `catchup_wait_ms`), so the hub takes each topic in seq order.
+//! If the link drops again before a catch-up ends, what arrived is applied
+//! but live updates stay held until the catch-up after the next connect.
 //! What no peer holds any more (beyond its history) stays missing.
 
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +33,8 @@ use crate::update::Update;
 const HUB_BATCH: usize = 512;
 
 struct Catchup {
+    /// `link_epoch` when it was asked for.
+    epoch: u64,
     inbox: Subscriber,
     deadline: Instant,
     expected: usize,
@@ -147,6 +151,7 @@ async fn publish(shared: &Shared, updates: Vec<Update>) {
 /// Asks every other node for what this one lacks.
 async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
     shared.holding.store(true, Ordering::SeqCst);
+    let epoch = shared.link_epoch.load(Ordering::SeqCst);
     let floors = shared
         .hub
         .ask(|reply| Command::Floors { reply })
@@ -178,6 +183,7 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
     };
     match sent {
         Ok(inbox) => Some(Catchup {
+            epoch,
             inbox,
             deadline: Instant::now()
                 + std::time::Duration::from_millis(shared.config.catchup_wait_ms),
@@ -185,9 +191,14 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
             done: 0,
             updates: Vec::new(),
         }),
-        Err(cause) => {
+        Err(cause) if link_unchanged(shared, epoch) => {
             tracing::warn!(%cause, "cannot ask peers to catch up; going live without");
             shared.holding.store(false, Ordering::SeqCst);
+            None
+        }
+        Err(cause) => {
+            // The link dropped: the next connect asks again.
+            tracing::debug!(%cause, "catch-up not asked: NATS link lost");
             None
         }
     }
@@ -217,11 +228,23 @@ async fn finish(shared: &Shared, mut c: Catchup, held: &mut VecDeque<Update>) {
         let batch: Vec<Update> = updates.by_ref().take(HUB_BATCH).collect();
         let _ = shared.hub.send(Command::Publish(batch)).await;
     }
+    if !link_unchanged(shared, c.epoch) {
+        // Lost the link meanwhile: what peers sent after that is unknown, so
+        // going live now could put newer seqs before older ones for good.
+        tracing::info!(node = %shared.node, "NATS link lost during the catch-up; holding until the next one");
+        return;
+    }
     while !held.is_empty() {
         let n = held.len().min(HUB_BATCH);
         publish(shared, held.drain(..n).collect()).await;
     }
     shared.holding.store(false, Ordering::SeqCst);
+}
+
+/// Whether the NATS link is up and has not dropped since `epoch`.
+fn link_unchanged(shared: &Shared, epoch: u64) -> bool {
+    shared.stats.connected.load(Ordering::SeqCst)
+        && shared.link_epoch.load(Ordering::SeqCst) == epoch
 }
 
 /// Answers other nodes' catch-up requests with this node's own hosts.
@@ -261,18 +284,22 @@ pub(crate) async fn answer(shared: Shared, mut requests: Subscriber) {
             if i == n {
                 headers.insert(wire::DONE, "1");
             }
-            if let Err(e) = shared
-                .client
-                .publish_with_headers(reply.clone(), headers, payload)
-                .await
-            {
+            // Shutdown is not held up by a broker that stopped taking data.
+            let sent = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                r = shared.client.publish_with_headers(reply.clone(), headers, payload) => r,
+            };
+            if let Err(e) = sent {
                 failed = true;
                 tracing::warn!(cause = %e, "catch-up answer not sent");
                 break;
             }
         }
         if !failed {
-            let _ = shared.client.flush().await;
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = shared.client.flush() => {}
+            }
         }
     }
 }

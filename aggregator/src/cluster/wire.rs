@@ -130,7 +130,9 @@ pub fn decode_update(
     if !payload.starts_with(expected.as_bytes()) {
         return Err(bad());
     }
-    let json = Utf8Bytes::try_from(payload).map_err(|_| bad())?;
+    // A copy: the payload is a slice of the client's shared read buffer,
+    // and history would otherwise pin that whole buffer per update.
+    let json = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload)).map_err(|_| bad())?;
     Ok(Update::remote(topic.into(), seq, json, origin.clone()))
 }
 
@@ -230,7 +232,8 @@ pub fn unchunk(payload: &Bytes, origin: &Arc<str>) -> Vec<Update> {
         }
         let topic: Arc<str> = head.topic.as_ref().into();
         let seq = head.seq;
-        if let Ok(json) = Utf8Bytes::try_from(line) {
+        // A copy, so history does not pin the whole answer chunk per line.
+        if let Ok(json) = Utf8Bytes::try_from(Bytes::copy_from_slice(&line)) {
             out.push(Update::remote(topic, seq, json, origin.clone()));
         }
     }
