@@ -8,9 +8,10 @@
 //! Catch-up: on every connect, the node sends the seq it holds for every host
 //! topic to `<prefix>._cluster.catchup`; every other node answers with its
 //! own hosts' history above those seqs (topics the asker lacks: all of it),
-//! in chunks, the last one marked done. Live updates are held back from the
-//! moment the connection drops until the answers are in (all known peers
-//! done, or `catchup_wait_ms`), so the hub takes each topic in seq order.
+//! in chunks (applied as they arrive), the last one marked done. Live
+//! updates are held back from the moment the connection drops until the
+//! answers are in (all known peers done, or `catchup_wait_ms`), so the hub
+//! takes each topic in seq order.
 //! If the link drops again before a catch-up ends, what arrived is applied
 //! but live updates stay held until the catch-up after the next connect.
 //! What no peer holds any more (beyond its history) stays missing.
@@ -39,7 +40,8 @@ struct Catchup {
     deadline: Instant,
     expected: usize,
     done: usize,
-    updates: Vec<Update>,
+    /// Updates recovered so far.
+    recovered: usize,
 }
 
 /// Consumes live updates and runs catch-ups until shutdown.
@@ -83,7 +85,12 @@ pub(crate) async fn consume(
                 let c = catchup.as_mut().expect("guarded");
                 if let Some(m) = answer {
                     let from: Arc<str> = wire::node_of(m.headers.as_ref()).unwrap_or("?").into();
-                    c.updates.extend(wire::unchunk(&m.payload, &from));
+                    // Applied chunk by chunk, so memory holds one chunk, not
+                    // every peer's history: a peer sends each topic's history
+                    // in seq order, and live updates are held meanwhile.
+                    let updates = wire::unchunk(&m.payload, &from);
+                    c.recovered += updates.len();
+                    let _ = shared.hub.send(Command::Publish(updates)).await;
                     if m.headers.as_ref().and_then(|h| h.get(wire::DONE)).is_some() {
                         c.done += 1;
                     }
@@ -189,7 +196,7 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
                 + std::time::Duration::from_millis(shared.config.catchup_wait_ms),
             expected: peers.live(),
             done: 0,
-            updates: Vec::new(),
+            recovered: 0,
         }),
         Err(cause) if link_unchanged(shared, epoch) => {
             tracing::warn!(%cause, "cannot ask peers to catch up; going live without");
@@ -204,13 +211,11 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
     }
 }
 
-/// Applies what peers sent, then what was held back, and goes live.
+/// Ends a catch-up (its answers are applied as they arrive): applies what
+/// was held back and goes live.
 async fn finish(shared: &Shared, mut c: Catchup, held: &mut VecDeque<Update>) {
     let _ = c.inbox.unsubscribe().await;
-    // Each topic in seq order; the hub drops what it already holds.
-    c.updates
-        .sort_by(|a, b| a.topic.cmp(&b.topic).then(a.seq.cmp(&b.seq)));
-    let recovered = c.updates.len();
+    let recovered = c.recovered;
     shared
         .stats
         .caught_up
@@ -223,11 +228,6 @@ async fn finish(shared: &Shared, mut c: Catchup, held: &mut VecDeque<Update>) {
         held = held.len(),
         "catch-up applied"
     );
-    let mut updates = c.updates.into_iter().peekable();
-    while updates.peek().is_some() {
-        let batch: Vec<Update> = updates.by_ref().take(HUB_BATCH).collect();
-        let _ = shared.hub.send(Command::Publish(batch)).await;
-    }
     if !link_unchanged(shared, c.epoch) {
         // Lost the link meanwhile: what peers sent after that is unknown, so
         // going live now could put newer seqs before older ones for good.
