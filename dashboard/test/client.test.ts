@@ -215,6 +215,19 @@ describe("HostpulseClient", () => {
     await waitUntil("live", () => c.state.kind === "live");
   });
 
+  it("closes a connection that is still opening without an error", async () => {
+    const c = connect();
+    const errors: string[] = [];
+    c.on("error", (e) => errors.push(e.message));
+    expect(c.state.kind).toBe("connecting");
+    c.close(); // still CONNECTING: closed as soon as it opens
+    expect(c.state.kind).toBe("closed");
+    const conn = await server.conn(0);
+    await waitUntil("closed once open", () => conn.closed);
+    expect(errors).toEqual([]);
+    expect(c.state.kind).toBe("closed");
+  });
+
   it("pings a quiet server and drops a connection that stays silent", async () => {
     const c = connect({ heartbeatMs: 100 });
     const errors: string[] = [];

@@ -180,12 +180,7 @@ export class HostpulseClient {
     this.clearTimers();
     const ws = this.ws;
     this.ws = null;
-    if (ws) {
-      ws.onclose = null;
-      ws.onmessage = null;
-      ws.onerror = null;
-      ws.close(1000, "client closed");
-    }
+    if (ws) discard(ws, "client closed");
     this.setState({ kind: "closed" });
   }
 
@@ -389,16 +384,7 @@ export class HostpulseClient {
     this.ws = null;
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = null;
-    if (ws) {
-      ws.onclose = null;
-      ws.onmessage = null;
-      ws.onerror = null;
-      try {
-        ws.close(1000, "reconnecting");
-      } catch {
-        // Already closing.
-      }
-    }
+    if (ws) discard(ws, "reconnecting");
   }
 
   private clearTimers(): void {
@@ -417,6 +403,28 @@ export class HostpulseClient {
     const set = this.listeners[event] as Set<Listener<Events[K]>> | undefined;
     if (!set) return;
     for (const l of set) l(value);
+  }
+}
+
+/**
+ * Closes a socket this client no longer follows. One still connecting is
+ * closed once open: closing it earlier makes browsers log an error and
+ * Node's `ws` raise one. Its errors are swallowed, never left unhandled.
+ */
+function discard(ws: WebSocketLike, reason: string): void {
+  ws.onmessage = null;
+  ws.onclose = null;
+  ws.onerror = () => {};
+  const CONNECTING = 0;
+  if (ws.readyState === CONNECTING) {
+    ws.onopen = () => ws.close(1000, reason);
+    return;
+  }
+  ws.onopen = null;
+  try {
+    ws.close(1000, reason);
+  } catch {
+    // Already closing.
   }
 }
 
