@@ -100,7 +100,8 @@ struct Record {
 /// One host as the REST snapshot shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostView {
-    /// Topic segment.
+    /// Topic segment (serialised once, by the flattened event).
+    #[serde(skip_serializing)]
     pub host: String,
     /// Announced online (attached and not silent).
     pub online: bool,

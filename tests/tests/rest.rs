@@ -82,6 +82,10 @@ async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
     let (status, one) = get(&agg, "/api/v1/hosts/beta").await;
     assert_eq!(status, 200);
     assert_eq!(one["host"], "beta");
+    // Each key once: JSON parsers differ on duplicate keys.
+    let (_, raw) = http_get(agg.http, "/api/v1/hosts/beta").await;
+    let top_level = raw.split("\"latest\"").next().unwrap_or_default();
+    assert_eq!(top_level.matches("\"host\":").count(), 1, "{raw}");
     assert!(one["latest"]["cpu"]["payload"]["per_core_pct"].is_array());
     let (status, missing) = get(&agg, "/api/v1/hosts/gamma").await;
     assert_eq!(status, 404);
