@@ -10,7 +10,17 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Aggregator, type Proc, repoRoot, sha256Hex, startAgent, startAggregator, waitUntil } from "./harness";
+import {
+  type Aggregator,
+  type Nats,
+  type Proc,
+  repoRoot,
+  sha256Hex,
+  startAgent,
+  startAggregator,
+  startNats,
+  waitUntil,
+} from "./harness";
 
 const out = join(repoRoot, "dashboard/test-output");
 mkdirSync(out, { recursive: true });
@@ -237,6 +247,57 @@ topics = [">"]
     await page.reload();
     await page.getByTestId("host-row-secure-01").waitFor({ timeout: 10_000 });
     expect(await prompt.count()).toBe(0);
+    await page.close();
+  });
+});
+
+describe("dashboard on a cluster of two aggregators", () => {
+  let nats: Nats;
+  const aggs: Aggregator[] = [];
+  const agents: Proc[] = [];
+  const config = (node: string) => `[auth]
+anonymous_agents = true
+anonymous_clients = true
+anonymous_topics = [">"]
+
+[cluster]
+nats_url = "${nats.url}"
+node = "${node}"
+`;
+
+  beforeAll(async () => {
+    nats = await startNats();
+    aggs.push(await startAggregator({ extra: config("agg-1") }));
+    aggs.push(await startAggregator({ extra: config("agg-2") }));
+    agents.push(startAgent(aggs[0].ingestUrl, "front-01"), startAgent(aggs[1].ingestUrl, "back-01"));
+  });
+
+  afterAll(async () => {
+    for (const a of agents) await a.stop();
+    for (const a of aggs) await a.proc.stop();
+    await nats?.proc.stop();
+  });
+
+  it("lists every host with its aggregator, and says when the broker is lost", async () => {
+    const page = await newPage();
+    await page.goto(aggs[0].httpUrl);
+    for (const [host, node] of [
+      ["front-01", "agg-1"],
+      ["back-01", "agg-2"],
+    ]) {
+      const row = page.getByTestId(`host-row-${host}`);
+      await row.getByTestId("host-state").filter({ hasText: "online" }).waitFor({ timeout: 15_000 });
+      await expect.poll(() => row.getByTestId("host-aggregator").textContent()).toBe(node);
+    }
+    // The remote host's CPU is live here too.
+    await waitUntil("remote sparkline", async () => (await points(page, "spark-back-01")) >= 3);
+    await page.screenshot({ path: join(out, "cluster-fleet.png") });
+
+    await nats.proc.stop("SIGKILL");
+    await page.getByTestId("broker-down").filter({ hasText: "agg-1" }).waitFor({ timeout: 15_000 });
+    // This aggregator's own host stays live.
+    const before = await points(page, "spark-front-01");
+    await waitUntil("local sparkline grows", async () => (await points(page, "spark-front-01")) > before);
     await page.close();
   });
 });

@@ -182,6 +182,23 @@ processes_budget_pct = 100.0
   return new Proc(`agent ${hostname}`, child);
 }
 
+export interface Nats {
+  proc: Proc;
+  url: string;
+}
+
+/** Starts a `nats-server` on a free loopback port (the cluster tests' broker). */
+export async function startNats(): Promise<Nats> {
+  const path = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].find((p) => existsSync(p)) ?? "nats-server";
+  const child = spawn(path, ["-a", "127.0.0.1", "-p", "-1"], { stdio: ["ignore", "pipe", "pipe"] });
+  child.on("error", (e) => {
+    throw new Error(`cannot start nats-server (apt-get install nats-server): ${e.message}`);
+  });
+  const proc = new Proc("nats-server", child);
+  const m = await proc.waitFor(/Listening for client connections on ([0-9.]+:\d+)/);
+  return { proc, url: `nats://${m[1]}` };
+}
+
 /** `sha256` hex of a token, as `[[auth.client_tokens]]` wants it. */
 export async function sha256Hex(token: string): Promise<string> {
   const { createHash } = await import("node:crypto");
