@@ -12,6 +12,9 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
     let dist = manifest.join("../dashboard/dist");
+    // A missing dist counts as changed at every build, so a later
+    // `make dashboard` is picked up (at the price of re-running this script
+    // until then).
     println!("cargo:rerun-if-changed={}", dist.display());
 
     let mut files = Vec::new();
