@@ -19,6 +19,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The host metric families README documents (`host.<host>.<family>`), as
+/// the tests expect them: stated here, not taken from the aggregator.
+pub const DOCUMENTED_FAMILIES: [&str; 9] = [
+    "cpu",
+    "memory",
+    "load",
+    "processes",
+    "network",
+    "disk",
+    "filesystems",
+    "system",
+    "temperatures",
+];
+
 /// The default limit for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(15);
 

@@ -116,19 +116,9 @@ async fn every_metric_family_and_host_presence_are_published() {
             }
         }
     }
-    let documented = [
-        "cpu",
-        "memory",
-        "load",
-        "processes",
-        "network",
-        "disk",
-        "filesystems",
-        "system",
-        "temperatures",
-    ];
     assert!(
-        seen.iter().all(|m| documented.contains(&m.as_str())),
+        seen.iter()
+            .all(|m| hostpulse_tests::DOCUMENTED_FAMILIES.contains(&m.as_str())),
         "only documented families: {seen:?}"
     );
 

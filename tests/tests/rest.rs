@@ -22,22 +22,15 @@ async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
         assert_eq!(status, 200);
         // Every family the test agent sends (temperatures only where the
         // host has sensors, so not waited for).
-        let families = [
-            "cpu",
-            "memory",
-            "load",
-            "processes",
-            "network",
-            "disk",
-            "filesystems",
-            "system",
-        ];
+        let families = hostpulse_tests::DOCUMENTED_FAMILIES
+            .iter()
+            .filter(|f| **f != "temperatures");
         let ready = v.as_array().is_some_and(|h| {
             h.len() == 2
                 && h.iter().all(|h| {
                     h["latest"]
                         .as_object()
-                        .is_some_and(|l| families.iter().all(|f| l.contains_key(*f)))
+                        .is_some_and(|l| families.clone().all(|f| l.contains_key(*f)))
                 })
         });
         if ready {
