@@ -93,8 +93,8 @@ export function Chart({ id, series, version, lines, height, sparkline, yRange, y
       u.destroy();
       plot.current = null;
     };
-    // The chart is rebuilt only when its lines or geometry change.
-    // eslint-disable-next-line react-hooks/exhaustive-deps
+    // Rebuilt only when its lines, geometry or series object change; new
+    // points go through setData below.
   }, [key, height, sparkline, series]);
 
   useEffect(() => {
