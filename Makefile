@@ -1,7 +1,7 @@
 # hostpulse — the two commands a newcomer runs, and a few helpers.
 #   make run    build and start an aggregator plus a local agent on 127.0.0.1
 #   make run-cluster  nats-server, two aggregators and two agents on 127.0.0.1
-#   make test   formatting, lints, and the whole test suite
+#   make test   what the tests need, formatting, lints, and the whole test suite
 
 CARGO ?= cargo
 NPM ?= npm
@@ -16,12 +16,12 @@ run: dashboard
 run-cluster: dashboard
 	@deploy/run-cluster.sh
 
-# Rust tests, then the TypeScript client's tests and the browser tests
-# (Debian's chromium; the aggregator embeds the dashboard built first).
-test: lint dashboard
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
-	$(MAKE) dashboard-test
+# Installs what the tests need (as root; otherwise names the missing
+# packages and stops), then formatting, clippy, the build, every Rust test,
+# the TypeScript client's tests and the browser tests (Debian's chromium; the
+# aggregator embeds the dashboard built first), and one line counting them all.
+test:
+	@scripts/test.sh
 
 # The web dashboard (dashboard/dist), embedded in hostpulse-aggregator at
 # build time. Needs Node.js 20 or newer and npm.

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Counts the tests in a `make test` log from each runner's own result lines and
+# prints one closing line:
+#     tests: P passed, F failed, S skipped
+# or, when the run failed (STATUS non-zero) but no failure was counted (a lint
+# or build error, a crashed runner), `INCOMPLETE: P passed, 0 failed, S skipped`.
+# Usage: scripts/test-summary.sh LOG STATUS
+#
+# cargo:  "test result: ok. 5 passed; 1 failed; 2 ignored; ..." per binary;
+#         a binary that fails with no result line (crash, abort) shows only as
+#         "error: test failed, to rerun pass ..." and is counted as errored.
+# vitest: "Tests  1 failed | 10 passed | 2 skipped (13)" per run (tests under
+#         a failed beforeAll are reported skipped, and counted so), "Test Files
+#         2 failed | 1 passed (3)" and "Errors  1 error" (unhandled errors).
+#         A failed file with no failed test in it is counted as errored.
+# Errored counts join the failed ones in the closing line.
+set -euo pipefail
+log=$1
+status=$2
+
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+sum() { awk '{s += $1} END {print s + 0}'; }
+pick() { grep -oE "$1" || true; }
+
+results=$(grep -E '^test result: ' <<<"$plain" || true)
+cargo_passed=$(pick '[0-9]+ passed' <<<"$results" | sum)
+cargo_failed=$(pick '[0-9]+ failed' <<<"$results" | sum)
+cargo_ignored=$(pick '[0-9]+ ignored' <<<"$results" | sum)
+cargo_failed_bins=$(grep -cE '^test result: FAILED' <<<"$results" || true)
+cargo_failed_targets=$(grep -cE '^error: test failed, to rerun pass' <<<"$plain" || true)
+cargo_errored=$((cargo_failed_targets > cargo_failed_bins ? cargo_failed_targets - cargo_failed_bins : 0))
+
+# Each vitest run prints "Test Files", then "Tests", then maybe "Errors":
+# count each run on its own, so one run's failed file is not hidden by another
+# run's failed test.
+read -r vitest_passed vitest_failed vitest_skipped vitest_errored < <(
+    awk '
+        function n(line, word,   m) { return match(line, "[0-9]+ " word) ? substr(line, RSTART, RLENGTH) + 0 : 0 }
+        function close_run() { if (open) { e += (ff > tf ? ff - tf : 0); open = 0 } }
+        /^ +Test Files +[0-9]/ { close_run(); open = 1; ff = n($0, "failed"); tf = 0 }
+        /^ +Tests +[0-9]/ { p += n($0, "passed"); tf = n($0, "failed"); f += tf; s += n($0, "skipped") + n($0, "todo") }
+        /^ +Errors +[0-9]+ error/ { e += n($0, "error") }
+        END { close_run(); print p + 0, f + 0, s + 0, e + 0 }
+    ' <<<"$plain"
+)
+
+passed=$((cargo_passed + vitest_passed))
+errored=$((cargo_errored + vitest_errored))
+failed=$((cargo_failed + vitest_failed + errored))
+skipped=$((cargo_ignored + vitest_skipped))
+
+echo "cargo: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored, $cargo_errored binaries ended without a result line"
+echo "vitest: $vitest_passed passed, $vitest_failed failed, $vitest_skipped skipped, $vitest_errored errored (failed files or unhandled errors)"
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    echo "the run exited with status $status but no test failure was counted: a step before or around the tests failed (see above)"
+    echo "INCOMPLETE: $passed passed, $failed failed, $skipped skipped"
+else
+    echo "tests: $passed passed, $failed failed, $skipped skipped"
+fi
