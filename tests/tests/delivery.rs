@@ -93,7 +93,19 @@ async fn killing_the_aggregator_five_times_loses_and_repeats_nothing() {
         agg = tokio::task::spawn_blocking(start.clone()).await.unwrap();
         eprintln!("restart {} done", round + 1);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The last aggregator takes traffic for a while before the agents stop:
+    // every agent has its next 20 batches acknowledged by it.
+    let marks: Vec<u64> = statuses
+        .iter()
+        .map(|s| s.acked_batch_seq.load(Ordering::SeqCst))
+        .collect();
+    wait_until("every agent delivering to the last aggregator", || {
+        statuses
+            .iter()
+            .zip(&marks)
+            .all(|(s, m)| s.acked_batch_seq.load(Ordering::SeqCst) >= m + 20)
+    })
+    .await;
     for a in agents {
         a.stop().await;
     }
