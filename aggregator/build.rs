@@ -1,6 +1,10 @@
 //! Embeds the built dashboard (`dashboard/dist`, made by `make dashboard`)
 //! in the aggregator: every file raw and gzip-compressed, with its MIME type
 //! and an ETag. Without a build, a small page says how to make one.
+//!
+//! Writes `dashboard_assets.rs` (what is served: the build, or the page) and
+//! `dashboard_fallback.rs` (always the page), so the page a dashboard-less
+//! build serves is tested in every build.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
@@ -17,23 +21,35 @@ fn main() {
     // until then).
     println!("cargo:rerun-if-changed={}", dist.display());
 
+    let page = out.join("index.html");
+    std::fs::write(&page, FALLBACK).expect("write fallback page");
+    let fallback = vec![("/index.html".to_string(), page)];
+    let built = dist.join("index.html").is_file();
     let mut files = Vec::new();
-    if dist.join("index.html").is_file() {
+    if built {
         collect(&dist, &dist, &mut files);
     } else {
-        let page = out.join("index.html");
-        std::fs::write(&page, FALLBACK).expect("write fallback page");
-        files.push(("/index.html".to_string(), page));
+        files.clone_from(&fallback);
     }
     files.sort();
 
+    let served = table(&files, &out, "asset");
+    std::fs::write(out.join("dashboard_assets.rs"), served).expect("write asset table");
+    let fallback = table(&fallback, &out, "fallback");
+    std::fs::write(out.join("dashboard_fallback.rs"), fallback).expect("write fallback table");
+    std::fs::write(out.join("dashboard_built.rs"), built.to_string()).expect("write flag");
+}
+
+/// The Rust expression of an `&[Asset]` holding `files` (route, path),
+/// their gzip forms written to `out` as `<prefix>-<i>.gz`.
+fn table(files: &[(String, PathBuf)], out: &Path, prefix: &str) -> String {
     let mut code = String::from("&[\n");
     for (i, (route, path)) in files.iter().enumerate() {
         let body = std::fs::read(path).expect("read dashboard file");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&body).expect("gzip");
         let gz = gz.finish().expect("gzip");
-        let gz_path = out.join(format!("asset-{i}.gz"));
+        let gz_path = out.join(format!("{prefix}-{i}.gz"));
         std::fs::write(&gz_path, &gz).expect("write gzip asset");
         let mut h = DefaultHasher::new();
         body.hash(&mut h);
@@ -48,7 +64,7 @@ fn main() {
         .expect("write to string");
     }
     code.push(']');
-    std::fs::write(out.join("dashboard_assets.rs"), code).expect("write asset table");
+    code
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
