@@ -7,8 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,14 +35,26 @@ pub struct AgentStatus {
     pub spooled_batches: AtomicU64,
     /// Payload bytes currently in the spool (retained acknowledged batches included).
     pub spooled_bytes: AtomicU64,
-    /// Batches dropped because the spool was full.
+    /// Batches that never reached an aggregator: evicted from the full
+    /// spool before they were sent, refused, or sent and evicted but missing
+    /// from the aggregator that knows this run.
     pub dropped_batches: AtomicU64,
     /// Samples in those batches.
     pub dropped_samples: AtomicU64,
+    /// Batches evicted from the full spool after they were sent, whose ack
+    /// never came and whose aggregator was replaced by one that does not know
+    /// this run: perhaps delivered, perhaps not. Not counted as dropped.
+    pub unconfirmed_batches: AtomicU64,
+    /// Samples in those batches.
+    pub unconfirmed_samples: AtomicU64,
     /// Whether a stream is established.
     pub connected: AtomicBool,
     /// Streams established since start.
     pub connections: AtomicU64,
+    /// Connection attempts that failed (unreachable, refused, timed out).
+    pub failed_connects: AtomicU64,
+    /// Why the last connection attempt failed or the last stream ended.
+    pub last_link_error: Mutex<String>,
     /// Shortest sampling interval the aggregator currently asks for (0: none).
     pub interval_hint_ms: AtomicU64,
     /// The sampling interval in force, in milliseconds.
@@ -160,13 +172,8 @@ pub async fn run(
                     Ok(link) => {
                         let welcome = &link.welcome;
                         tracing::info!(address = %link.address, host = %welcome.host, last_seq = welcome.last_seq, known = welcome.known, "connected");
-                        if welcome.known {
-                            spool.ack_through(welcome.last_seq);
-                            spool.rewind(false);
-                        } else {
-                            // A fresh aggregator: give it the recent past too.
-                            spool.rewind(true);
-                        }
+                        // A fresh aggregator (not `known`) is given the recent past too.
+                        spool.start_stream(welcome.known.then_some(welcome.last_seq));
                         settings.backoff.reset();
                         link_address = link.address;
                         link_tx = Some(link.tx);
@@ -179,6 +186,8 @@ pub async fn run(
                     Err(e) => {
                         let delay = settings.backoff.next_delay();
                         tracing::warn!(cause = %e, retry_in_ms = delay.as_millis() as u64, "aggregator unreachable");
+                        status.failed_connects.fetch_add(1, Ordering::Relaxed);
+                        set_last_error(&status, e.to_string());
                         address_index += 1;
                         retry_at = Some(Instant::now() + delay);
                     }
@@ -225,6 +234,11 @@ pub async fn run(
                             Err(s) => tracing::warn!(address = %link_address, status = %s, "stream ended"),
                             _ => tracing::warn!(address = %link_address, "aggregator closed the stream"),
                         }
+                        set_last_error(&status, match &message {
+                            Err(s) => format!("{link_address}: stream ended: {}", describe(s)),
+                            _ => format!("{link_address}: aggregator closed the stream"),
+                        });
+                        spool.end_stream();
                         link_tx = None;
                         link_rx = None;
                         status.connected.store(false, Ordering::Relaxed);
@@ -246,8 +260,31 @@ pub async fn run(
         status
             .dropped_samples
             .store(spool.dropped_samples, Ordering::Relaxed);
+        status
+            .unconfirmed_batches
+            .store(spool.unconfirmed_batches, Ordering::Relaxed);
+        status
+            .unconfirmed_samples
+            .store(spool.unconfirmed_samples, Ordering::Relaxed);
     }
     status.connected.store(false, Ordering::Relaxed);
+}
+
+fn set_last_error(status: &AgentStatus, cause: String) {
+    *status.last_link_error.lock().expect("status lock") = cause;
+}
+
+/// A status with the chain of causes beneath it (a transport failure such
+/// as a keepalive timeout is only named there).
+fn describe(status: &tonic::Status) -> String {
+    let mut text = status.to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Moves pending samples into a new batch at the end of the spool.

@@ -4,10 +4,21 @@
 //! Batches enter in seq order. An ack does not delete at once: the newest
 //! acknowledged batches (up to `retain_samples` samples) stay, so that an
 //! aggregator that restarted (and lost its in-memory history) can be sent
-//! them again and subscribers resuming with `since` find no hole. When the
-//! byte bound is reached the oldest batches go first (retained ones before
-//! unacknowledged ones, as they are older): the loss of unacknowledged data is
-//! counted and logged once per episode, not once per batch.
+//! them again and subscribers resuming with `since` find no hole.
+//!
+//! When the byte bound is reached a batch goes, chosen so that what the agent
+//! reports as dropped is exactly what never reached an aggregator:
+//! - acknowledged (retained) batches first: no loss;
+//! - then the oldest unacknowledged batch, unless it was sent on a stream
+//!   that ended before its ack (the aggregator may or may not have it): such
+//!   batches stay, to be sent again, and the next one goes instead;
+//! - a batch that was never sent is **dropped**: counted and logged once per
+//!   episode, not once per batch;
+//! - a batch sent but not yet acknowledged is not a loss yet: its seq is
+//!   remembered until the ack (delivered, not counted) or the next `Welcome`
+//!   settles it: an aggregator that knows this run says how far it holds it
+//!   (what lies beyond is dropped); one that does not cannot tell, so the
+//!   batch is counted **unconfirmed**, apart from the dropped ones.
 
 use std::collections::VecDeque;
 
@@ -24,10 +35,27 @@ pub struct SpooledBatch {
     pub payload: Bytes,
 }
 
+/// Where an unacknowledged batch stands with respect to aggregators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// On no stream, or on none that may hold it: evicting it loses it.
+    No,
+    /// On the current stream, awaiting its ack.
+    OnThisStream,
+    /// On a stream that ended before its ack: perhaps published, perhaps not.
+    Earlier,
+}
+
+#[derive(Debug)]
+struct Entry {
+    batch: SpooledBatch,
+    sent: Sent,
+}
+
 /// Bounded FIFO of batches with an ack mark and a send cursor.
 #[derive(Debug)]
 pub struct Spool {
-    batches: VecDeque<SpooledBatch>,
+    batches: VecDeque<Entry>,
     bytes: usize,
     max_bytes: usize,
     retain_samples: u64,
@@ -37,10 +65,18 @@ pub struct Spool {
     acked_through: u64,
     /// Seq of the next batch to put on the current stream.
     next_to_send: u64,
-    /// Unacknowledged batches dropped because the spool was full, since start.
+    /// Evicted after being sent, before any ack: (seq, samples).
+    evicted_in_flight: Vec<(u64, u32)>,
+    /// Batches that never reached an aggregator (evicted unsent, refused,
+    /// or denied by a `Welcome`), since start.
     pub dropped_batches: u64,
     /// Samples in those batches.
     pub dropped_samples: u64,
+    /// Batches evicted after being sent whose delivery nothing could confirm
+    /// or deny (the aggregator they went to was replaced), since start.
+    pub unconfirmed_batches: u64,
+    /// Samples in those batches.
+    pub unconfirmed_samples: u64,
     overflowing: bool,
 }
 
@@ -56,23 +92,42 @@ impl Spool {
             retained_samples: 0,
             acked_through: 0,
             next_to_send: 0,
+            evicted_in_flight: Vec::new(),
             dropped_batches: 0,
             dropped_samples: 0,
+            unconfirmed_batches: 0,
+            unconfirmed_samples: 0,
             overflowing: false,
         }
     }
 
-    /// Appends a batch, dropping the oldest ones if the bound is exceeded.
+    /// Appends a batch, evicting others (never this one) if the bound is exceeded.
     pub fn push(&mut self, batch: SpooledBatch) {
         self.bytes += batch.payload.len();
-        self.batches.push_back(batch);
+        self.batches.push_back(Entry {
+            batch,
+            sent: Sent::No,
+        });
         let mut lost = false;
         while self.bytes > self.max_bytes && self.batches.len() > 1 {
-            let old = self.pop_oldest();
-            if old.seq > self.acked_through {
-                self.dropped_batches += 1;
-                self.dropped_samples += u64::from(old.sample_count);
-                lost = true;
+            let i = self.victim();
+            let old = self.remove(i);
+            if old.batch.seq <= self.acked_through {
+                continue;
+            }
+            match old.sent {
+                Sent::No => {
+                    self.drop_batch(old.batch.sample_count);
+                    lost = true;
+                }
+                Sent::OnThisStream | Sent::Earlier => {
+                    tracing::debug!(
+                        seq = old.batch.seq,
+                        "spool full: evicting a batch already sent; its ack will tell whether it arrived"
+                    );
+                    self.evicted_in_flight
+                        .push((old.batch.seq, old.batch.sample_count));
+                }
             }
         }
         if lost && !self.overflowing {
@@ -84,31 +139,51 @@ impl Spool {
         }
     }
 
-    fn pop_oldest(&mut self) -> SpooledBatch {
-        let old = self.batches.pop_front().expect("not empty");
-        self.bytes -= old.payload.len();
-        if old.seq <= self.acked_through {
-            self.retained_samples -= u64::from(old.sample_count);
+    /// Index of the batch to evict: the oldest, unless it is unacknowledged
+    /// and may be held by an aggregator that is gone (then the oldest other
+    /// one); the newest only if nothing else is left.
+    fn victim(&self) -> usize {
+        let newest = self.batches.len() - 1;
+        self.batches
+            .iter()
+            .take(newest)
+            .position(|e| e.batch.seq <= self.acked_through || e.sent != Sent::Earlier)
+            .unwrap_or(0)
+    }
+
+    fn remove(&mut self, i: usize) -> Entry {
+        let old = self.batches.remove(i).expect("index in range");
+        self.bytes -= old.batch.payload.len();
+        if old.batch.seq <= self.acked_through {
+            self.retained_samples -= u64::from(old.batch.sample_count);
         }
         old
     }
 
+    fn drop_batch(&mut self, samples: u32) {
+        self.dropped_batches += 1;
+        self.dropped_samples += u64::from(samples);
+    }
+
     /// Marks every batch up to and including `seq` acknowledged, keeping the
-    /// newest of them within the retention budget.
+    /// newest of them within the retention budget. Evicted batches it covers
+    /// were delivered after all.
     pub fn ack_through(&mut self, seq: u64) {
-        for b in &self.batches {
-            if b.seq > self.acked_through && b.seq <= seq {
-                self.retained_samples += u64::from(b.sample_count);
+        for e in &self.batches {
+            if e.batch.seq > self.acked_through && e.batch.seq <= seq {
+                self.retained_samples += u64::from(e.batch.sample_count);
             }
         }
         self.acked_through = self.acked_through.max(seq);
+        let acked = self.acked_through;
+        self.evicted_in_flight.retain(|(s, _)| *s > acked);
         while self.retained_samples > self.retain_samples
             && self
                 .batches
                 .front()
-                .is_some_and(|b| b.seq <= self.acked_through)
+                .is_some_and(|e| e.batch.seq <= self.acked_through)
         {
-            self.pop_oldest();
+            self.remove(0);
         }
         if self.overflowing && self.bytes <= self.max_bytes / 2 {
             self.overflowing = false;
@@ -123,11 +198,10 @@ impl Spool {
     /// Drops unacknowledged batches up to `seq` without delivery (the
     /// aggregator refused them), counting them as dropped.
     pub fn discard_through(&mut self, seq: u64) {
-        while self.batches.front().is_some_and(|b| b.seq <= seq) {
-            let b = self.pop_oldest();
-            if b.seq > self.acked_through {
-                self.dropped_batches += 1;
-                self.dropped_samples += u64::from(b.sample_count);
+        while self.batches.front().is_some_and(|e| e.batch.seq <= seq) {
+            let e = self.remove(0);
+            if e.batch.seq > self.acked_through {
+                self.drop_batch(e.batch.sample_count);
             }
         }
         self.acked_through = self.acked_through.max(seq);
@@ -137,40 +211,94 @@ impl Spool {
     pub fn oldest_unacked(&self) -> Option<u64> {
         self.batches
             .iter()
-            .find(|b| b.seq > self.acked_through)
-            .map(|b| b.seq)
+            .find(|e| e.batch.seq > self.acked_through)
+            .map(|e| e.batch.seq)
     }
 
-    /// Starts a new stream. Unacknowledged batches will be sent, oldest first;
-    /// with `include_retained`, the retained acknowledged ones before them.
-    pub fn rewind(&mut self, include_retained: bool) {
-        self.next_to_send = if include_retained {
-            0
-        } else {
-            self.acked_through + 1
-        };
+    /// The current stream ended: what it carried without an ack may or may
+    /// not have been published.
+    pub fn end_stream(&mut self) {
+        for e in &mut self.batches {
+            if e.sent == Sent::OnThisStream {
+                e.sent = Sent::Earlier;
+            }
+        }
+    }
+
+    /// Starts a new stream, after `Welcome`. With `held = Some(last_seq)` the
+    /// aggregator knows this run and holds every batch up to `last_seq`:
+    /// those count as acknowledged, and any later one is known not to have
+    /// arrived; unacknowledged batches will be sent, oldest first. With
+    /// `None` it does not know this run (it restarted, or this agent failed
+    /// over to it): the retained acknowledged batches are sent before them,
+    /// and evicted batches that were in flight can no longer be settled.
+    pub fn start_stream(&mut self, held: Option<u64>) {
+        match held {
+            Some(last_seq) => {
+                self.ack_through(last_seq);
+                for (_, samples) in std::mem::take(&mut self.evicted_in_flight) {
+                    self.drop_batch(samples);
+                }
+                for e in &mut self.batches {
+                    e.sent = Sent::No;
+                }
+                self.next_to_send = self.acked_through + 1;
+            }
+            None => {
+                let unconfirmed = std::mem::take(&mut self.evicted_in_flight);
+                if !unconfirmed.is_empty() {
+                    let samples: u64 = unconfirmed.iter().map(|(_, n)| u64::from(*n)).sum();
+                    tracing::warn!(
+                        batches = unconfirmed.len(),
+                        samples,
+                        "batches evicted while in flight to an aggregator that is gone: delivery unknown"
+                    );
+                }
+                for (_, samples) in unconfirmed {
+                    self.unconfirmed_batches += 1;
+                    self.unconfirmed_samples += u64::from(samples);
+                }
+                for e in &mut self.batches {
+                    if e.sent == Sent::OnThisStream {
+                        e.sent = Sent::Earlier;
+                    }
+                }
+                self.next_to_send = 0;
+            }
+        }
     }
 
     /// The next batch to send on the current stream, if any; advances the cursor.
     pub fn next_unsent(&mut self) -> Option<SpooledBatch> {
-        let b = self.batches.iter().find(|b| b.seq >= self.next_to_send)?;
-        self.next_to_send = b.seq + 1;
-        Some(b.clone())
+        let next_to_send = self.next_to_send;
+        let e = self
+            .batches
+            .iter_mut()
+            .find(|e| e.batch.seq >= next_to_send)?;
+        self.next_to_send = e.batch.seq + 1;
+        e.sent = Sent::OnThisStream;
+        Some(e.batch.clone())
     }
 
     /// Whether a batch awaits sending on the current stream.
     pub fn has_unsent(&self) -> bool {
         self.batches
             .back()
-            .is_some_and(|b| b.seq >= self.next_to_send)
+            .is_some_and(|e| e.batch.seq >= self.next_to_send)
     }
 
     /// Batches awaiting acknowledgement.
     pub fn unacked(&self) -> usize {
         self.batches
             .iter()
-            .filter(|b| b.seq > self.acked_through)
+            .filter(|e| e.batch.seq > self.acked_through)
             .count()
+    }
+
+    /// Batches evicted after being sent whose fate an ack or the next
+    /// `Welcome` will settle.
+    pub fn evicted_in_flight(&self) -> usize {
+        self.evicted_in_flight.len()
     }
 
     /// Batches held, retained ones included.
@@ -205,6 +333,15 @@ mod tests {
         std::iter::from_fn(|| s.next_unsent().map(|b| b.seq)).collect()
     }
 
+    fn counts(s: &Spool) -> (u64, u64, u64, u64) {
+        (
+            s.dropped_batches,
+            s.dropped_samples,
+            s.unconfirmed_batches,
+            s.unconfirmed_samples,
+        )
+    }
+
     #[test]
     fn acked_batches_are_retained_within_budget_and_resent_on_request() {
         let mut s = Spool::new(1000, 4);
@@ -216,11 +353,14 @@ mod tests {
         // 3 acked batches of 2 samples exceed the budget of 4: batch 1 goes.
         assert_eq!(s.len(), 4);
         assert_eq!(s.unacked(), 2);
-        s.rewind(false);
+        s.end_stream();
+        s.start_stream(Some(3));
         assert_eq!(seqs(&mut s), vec![4, 5]);
-        s.rewind(true);
+        s.end_stream();
+        s.start_stream(None);
         assert_eq!(seqs(&mut s), vec![2, 3, 4, 5]);
         assert!(!s.has_unsent());
+        assert_eq!(counts(&s), (0, 0, 0, 0));
     }
 
     #[test]
@@ -236,9 +376,8 @@ mod tests {
         assert!(s.bytes() <= 100);
         assert_eq!(s.len(), 10);
         // 15 batches went: the 5 acknowledged ones are no loss.
-        assert_eq!(s.dropped_batches, 10);
-        assert_eq!(s.dropped_samples, 20);
-        s.rewind(false);
+        assert_eq!(counts(&s), (10, 20, 0, 0));
+        s.start_stream(Some(5));
         assert_eq!(s.next_unsent().unwrap().seq, 16);
         assert_eq!(s.oldest_unacked(), Some(16));
     }
@@ -251,7 +390,113 @@ mod tests {
         }
         s.discard_through(1);
         assert_eq!(s.dropped_batches, 1);
-        s.rewind(false);
+        s.start_stream(Some(1));
         assert_eq!(seqs(&mut s), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_batch_evicted_while_in_flight_is_not_dropped_when_its_ack_arrives() {
+        // Reconnected with a full spool: everything is sent at once, then
+        // the next sample's batch pushes the oldest out before its ack.
+        let mut s = Spool::new(100, 0);
+        for seq in 1..=10 {
+            s.push(batch(seq, 10));
+        }
+        assert_eq!(seqs(&mut s), (1..=10).collect::<Vec<_>>());
+        s.push(batch(11, 10));
+        s.push(batch(12, 10));
+        assert!(s.bytes() <= 100);
+        assert_eq!(s.evicted_in_flight(), 2);
+        assert_eq!(counts(&s), (0, 0, 0, 0), "in flight is not dropped");
+        s.ack_through(1);
+        assert_eq!(s.evicted_in_flight(), 1);
+        s.ack_through(10);
+        assert_eq!(s.evicted_in_flight(), 0);
+        assert_eq!(counts(&s), (0, 0, 0, 0), "acknowledged: delivered");
+        assert_eq!(seqs(&mut s), vec![11, 12]);
+    }
+
+    #[test]
+    fn an_aggregator_that_knows_the_run_settles_batches_evicted_in_flight() {
+        let mut s = Spool::new(100, 0);
+        for seq in 1..=10 {
+            s.push(batch(seq, 10));
+        }
+        seqs(&mut s);
+        s.push(batch(11, 10));
+        s.push(batch(12, 10));
+        s.push(batch(13, 10));
+        // Batches 1..=3 were evicted in flight, then the stream broke.
+        s.end_stream();
+        assert_eq!(counts(&s), (0, 0, 0, 0));
+        // The aggregator held through batch 1: 2 and 3 never arrived.
+        s.start_stream(Some(1));
+        assert_eq!(s.evicted_in_flight(), 0);
+        assert_eq!(counts(&s), (2, 4, 0, 0));
+        // What it does not hold is sent again, and evictable as unsent.
+        s.push(batch(14, 10));
+        assert_eq!(counts(&s), (3, 6, 0, 0));
+        assert_eq!(seqs(&mut s), (5..=14).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_evicted_in_flight_to_an_aggregator_that_is_gone_are_unconfirmed_not_dropped() {
+        let mut s = Spool::new(100, 0);
+        for seq in 1..=10 {
+            s.push(batch(seq, 10));
+        }
+        seqs(&mut s);
+        s.push(batch(11, 10));
+        s.push(batch(12, 10));
+        s.end_stream();
+        // A fresh aggregator (restarted, or another one): no one can tell.
+        s.start_stream(None);
+        assert_eq!(s.evicted_in_flight(), 0);
+        assert_eq!(counts(&s), (0, 0, 2, 4));
+        assert_eq!(seqs(&mut s), (3..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_sent_before_a_stream_broke_stay_while_newer_unsent_ones_go() {
+        // The aggregator went away with batches 1..=3 unacknowledged: it may
+        // have published them. While it is down, newer batches are evicted
+        // instead (a loss), and 1..=3 are sent again to the next aggregator.
+        let mut s = Spool::new(100, 0);
+        for seq in 1..=3 {
+            s.push(batch(seq, 10));
+        }
+        assert_eq!(seqs(&mut s), vec![1, 2, 3]);
+        s.end_stream();
+        for seq in 4..=12 {
+            s.push(batch(seq, 10));
+        }
+        assert!(s.bytes() <= 100);
+        assert_eq!(counts(&s), (2, 4, 0, 0), "batches 4 and 5 dropped");
+        assert_eq!(s.evicted_in_flight(), 0);
+        s.start_stream(None);
+        assert_eq!(
+            seqs(&mut s),
+            vec![1, 2, 3, 6, 7, 8, 9, 10, 11, 12],
+            "one hole, exactly the dropped batches"
+        );
+        assert_eq!(counts(&s), (2, 4, 0, 0));
+    }
+
+    #[test]
+    fn when_only_batches_of_a_broken_stream_are_left_the_oldest_goes_unsettled() {
+        let mut s = Spool::new(30, 0);
+        for seq in 1..=3 {
+            s.push(batch(seq, 10));
+        }
+        seqs(&mut s);
+        s.end_stream();
+        s.push(batch(4, 10));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.evicted_in_flight(), 1, "batch 1 awaits the next Welcome");
+        assert_eq!(counts(&s), (0, 0, 0, 0));
+        // The aggregator that took it is back and holds it: delivered.
+        s.start_stream(Some(1));
+        assert_eq!(counts(&s), (0, 0, 0, 0));
+        assert_eq!(seqs(&mut s), vec![2, 3, 4]);
     }
 }
