@@ -280,16 +280,31 @@ impl Collector {
     /// The process summary, if the table is due for a refresh.
     fn processes(&mut self) -> Option<hostpulse_proto::Processes> {
         let now = std::time::Instant::now();
-        if !self.config.processes || self.next_processes.is_some_and(|t| now < t) {
+        if !self.config.processes || !processes_due(self.next_processes, now) {
             return None;
         }
         processes::refresh(&mut self.sys);
         let summary = self.table.collect(&self.sys, self.config.top_processes);
-        let took = now.elapsed();
-        let budget = self.config.processes_budget_pct / 100.0;
-        self.next_processes = Some(now + took.div_f64(budget));
+        self.next_processes = Some(next_processes(
+            now,
+            now.elapsed(),
+            self.config.processes_budget_pct,
+        ));
         Some(summary)
     }
+}
+
+/// Whether the process table may be refreshed at `now`, given when the last
+/// refresh said the next may run (`None`: never refreshed).
+fn processes_due(next: Option<Instant>, now: Instant) -> bool {
+    next.is_none_or(|t| now >= t)
+}
+
+/// When the process table may next be refreshed after a refresh that began
+/// at `started` and took `took`: late enough that refreshing costs at most
+/// `budget_pct` of one core.
+fn next_processes(started: Instant, took: Duration, budget_pct: f64) -> Instant {
+    started + took.div_f64(budget_pct / 100.0)
 }
 
 /// The system's host name, or `localhost` where it cannot be read.
@@ -376,9 +391,90 @@ mod tests {
 
     #[test]
     fn seqs_keep_rising_across_restarts() {
-        // A run sampling at the fastest rate for 60 s, then a restart.
-        let first_run = 1_795_000_000_000;
-        let last_of_first = first_seq(first_run) + 60_000 / MIN_INTERVAL_MS;
-        assert!(first_seq(first_run + 60_000) + 1 > last_of_first);
+        // Three runs of the agent, each started as `Agent::new` starts one
+        // (its epoch is the time it starts) and sampling at the fastest
+        // interval the configuration accepts, the first sample one interval
+        // in (as the agent's ticker does).
+        let config = CollectConfig {
+            cpu: false,
+            memory: false,
+            processes: false,
+            network: false,
+            disk: false,
+            filesystems: false,
+            system: false,
+            temperatures: false,
+            ..CollectConfig::default()
+        };
+        let fastest = Duration::from_millis(MIN_INTERVAL_MS);
+        let mut last_of_previous: Option<u64> = None;
+        for run in 0..3 {
+            let mut c = Collector::new(config.clone(), now_ms()).unwrap();
+            let seqs: Vec<u64> = (0..25)
+                .map(|_| {
+                    std::thread::sleep(fastest);
+                    c.sample().seq
+                })
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                "run {run}: {seqs:?}"
+            );
+            if let Some(previous) = last_of_previous {
+                assert!(
+                    seqs[0] > previous,
+                    "run {run} starts at {} but the run before it reached {previous}",
+                    seqs[0]
+                );
+            }
+            last_of_previous = seqs.last().copied();
+        }
+    }
+
+    #[test]
+    fn the_default_budget_refreshes_a_cheap_table_every_sample_and_a_dear_one_every_few() {
+        let budget = CollectConfig::default().processes_budget_pct;
+        assert_eq!(budget, 1.0, "the documented default");
+        // Samples once a second for 12 s; which of them refresh the table,
+        // when each refresh costs `cost`?
+        let refreshed_at = |cost: Duration| -> Vec<u64> {
+            let t0 = Instant::now();
+            let mut next = None;
+            (0..12)
+                .filter(|s| {
+                    let now = t0 + Duration::from_secs(*s);
+                    let due = processes_due(next, now);
+                    if due {
+                        next = Some(next_processes(now, cost, budget));
+                    }
+                    due
+                })
+                .collect()
+        };
+        // A few hundred processes (about 4 ms): every sample.
+        assert_eq!(
+            refreshed_at(Duration::from_millis(4)),
+            (0..12).collect::<Vec<_>>()
+        );
+        // Thousands (35 ms, 3.5 s of budget): every fourth sample.
+        assert_eq!(refreshed_at(Duration::from_millis(35)), vec![0, 4, 8]);
+        // Right at the limit: 10 ms of a 1 s interval is 1 %.
+        assert_eq!(refreshed_at(Duration::from_millis(10)).len(), 12);
+        assert_eq!(refreshed_at(Duration::from_millis(11)).len(), 6);
+    }
+
+    #[test]
+    fn samples_carry_the_process_table_only_when_it_is_due() {
+        let mut c = Collector::new(CollectConfig::default(), 1).unwrap();
+        let before = Instant::now();
+        assert!(c.sample().processes.is_some(), "the first sample has it");
+        let next = c.next_processes.expect("the next refresh is scheduled");
+        assert!(next > before, "a refresh costs something, so it waits");
+        c.next_processes = Some(Instant::now() + Duration::from_secs(3600));
+        let s = c.sample();
+        assert!(s.processes.is_none(), "not due: no processes section");
+        assert!(s.load.is_some(), "the rest of the sample is there");
+        c.next_processes = Some(Instant::now());
+        assert!(c.sample().processes.is_some(), "due again");
     }
 }
