@@ -223,3 +223,87 @@ impl WsClient {
         }
     }
 }
+
+/// An upgrade the server refused with an HTTP answer.
+#[derive(Debug)]
+pub struct Refused {
+    /// HTTP status code.
+    pub status: u16,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The response body.
+    pub body: String,
+}
+
+impl WsClient {
+    /// Connects, or returns the HTTP answer that refused the upgrade
+    /// (panics on anything else, such as a transport error or a timeout).
+    pub async fn try_connect(url: &str) -> Result<Self, Refused> {
+        use tokio_tungstenite::tungstenite::Error;
+        match tokio::time::timeout(WAIT, connect_async(url))
+            .await
+            .expect("an answer in time")
+        {
+            Ok((socket, _)) => Ok(Self {
+                socket,
+                deflated: false,
+            }),
+            Err(Error::Http(r)) => Err(Refused {
+                status: r.status().as_u16(),
+                retry_after: r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().expect("ASCII header").to_string()),
+                body: String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+            }),
+            Err(e) => panic!("expected an upgrade or an HTTP refusal, got {e}"),
+        }
+    }
+
+    /// Connects to a plain `ws://` URL over a socket whose kernel receive
+    /// buffer is asked to be `bytes` (the kernel may round it up), set before
+    /// connecting so the advertised window stays small: a client that then
+    /// stops reading soon blocks the server's writes.
+    pub async fn connect_with_recv_buffer(url: &str, bytes: u32) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let request = url.into_client_request().expect("a websocket URL");
+        let authority = request.uri().authority().expect("host and port").as_str();
+        let addr: std::net::SocketAddr = authority.parse().expect("an IP address and port");
+        let tcp = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("a TCP socket");
+        tcp.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = tokio::time::timeout(WAIT, tcp.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("TCP connect");
+        let (socket, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("upgrade in time")
+        .expect("websocket upgrade");
+        Self {
+            socket,
+            deflated: false,
+        }
+    }
+
+    /// The exact text of the next text frame (an update's bytes as the
+    /// server encoded them); panics after [`WAIT`] or on a close.
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            match tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a frame within the wait limit")
+            {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+}
