@@ -125,40 +125,42 @@ impl Ingest for IngestService {
             .get::<AgentGrant>()
             .cloned()
             .ok_or_else(|| Status::internal("stream reached the service without authentication"))?;
+        // Refusals before the session starts are logged and counted like
+        // those after it (`hostpulse_ingest_refused_streams_total`).
+        let refused = |status: Status| {
+            self.registry.stats.refused.fetch_add(1, Ordering::Relaxed);
+            refuse(peer, status)
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.settings.hello_timeout, inbound.message())
             .await
             .map_err(|_| {
-                Status::deadline_exceeded(format!(
+                refused(Status::deadline_exceeded(format!(
                     "no Hello within {:?} of opening the stream",
                     self.settings.hello_timeout
-                ))
+                )))
             })??;
         let hello = match first {
             Some(AgentMessage {
                 kind: Some(agent_message::Kind::Hello(h)),
             }) => h,
             _ => {
-                return Err(refuse(
-                    peer,
-                    Status::invalid_argument("the first message of a stream must be Hello"),
-                ));
+                return Err(refused(Status::invalid_argument(
+                    "the first message of a stream must be Hello",
+                )));
             }
         };
-        check_hello(&hello).map_err(|s| refuse(peer, s))?;
+        check_hello(&hello).map_err(refused)?;
         if !grant.may_publish(&hello.hostname) {
-            return Err(refuse(
-                peer,
-                Status::permission_denied(format!(
-                    "token {:?} may not publish for host {:?}",
-                    grant.name, hello.hostname
-                )),
-            ));
+            return Err(refused(Status::permission_denied(format!(
+                "token {:?} may not publish for host {:?}",
+                grant.name, hello.hostname
+            ))));
         }
         let (attached, event) = self
             .registry
             .attach(&hello)
-            .map_err(|e| refuse(peer, Status::already_exists(e.to_string())))?;
+            .map_err(|e| refused(Status::already_exists(e.to_string())))?;
         tracing::info!(?peer, agent_id = %hello.agent_id, host = %attached.host, epoch = hello.epoch, last_seq = attached.last_seq, "agent attached");
         publish_event(&self.hub, &self.registry, &event).await;
 
