@@ -235,7 +235,7 @@ pub async fn run(
                             _ => tracing::warn!(address = %link_address, "aggregator closed the stream"),
                         }
                         set_last_error(&status, match &message {
-                            Err(s) => format!("{link_address}: stream ended: {}", describe(s)),
+                            Err(s) => format!("{link_address}: stream ended: {s}"),
                             _ => format!("{link_address}: aggregator closed the stream"),
                         });
                         spool.end_stream();
@@ -272,19 +272,6 @@ pub async fn run(
 
 fn set_last_error(status: &AgentStatus, cause: String) {
     *status.last_link_error.lock().expect("status lock") = cause;
-}
-
-/// A status with the chain of causes beneath it (a transport failure such
-/// as a keepalive timeout is only named there).
-fn describe(status: &tonic::Status) -> String {
-    let mut text = status.to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Moves pending samples into a new batch at the end of the spool.
