@@ -123,6 +123,15 @@ pub struct CollectConfig {
     pub temperatures: bool,
     /// Collected once per this many seconds.
     pub temperatures_interval_secs: u64,
+    /// Where procfs is mounted. On Linux the `network` (`net/dev`) and
+    /// `disk` (`mounts`, `diskstats`) families read their files under it:
+    /// point it at the host's `/proc` mounted elsewhere when the agent runs
+    /// in a container. The other families read `/proc` through sysinfo,
+    /// which cannot be pointed elsewhere.
+    pub proc_root: PathBuf,
+    /// Where sysfs is mounted. On Linux the `temperatures` family reads
+    /// `class/hwmon` (or `class/thermal`) under it.
+    pub sys_root: PathBuf,
 }
 
 impl Default for CollectConfig {
@@ -142,6 +151,8 @@ impl Default for CollectConfig {
             system_interval_secs: 10,
             temperatures: true,
             temperatures_interval_secs: 10,
+            proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            sys_root: PathBuf::from(DEFAULT_SYS_ROOT),
         }
     }
 }
@@ -173,6 +184,12 @@ impl Default for AgentConfig {
         }
     }
 }
+
+/// Where procfs is mounted unless `collect.proc_root` says otherwise.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
+
+/// Where sysfs is mounted unless `collect.sys_root` says otherwise.
+pub const DEFAULT_SYS_ROOT: &str = "/sys";
 
 /// Shortest sampling interval accepted. Topic seqs are derived from the
 /// run epoch in units of this interval, so it is also what keeps seqs rising
@@ -295,6 +312,24 @@ impl AgentConfig {
                 return Err(invalid(key, format!("{v} is outside 1..=86400")));
             }
         }
+        for (key, root) in [
+            ("collect.proc_root", &self.collect.proc_root),
+            ("collect.sys_root", &self.collect.sys_root),
+        ] {
+            if !root.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", root.display()),
+                ));
+            }
+            // Other platforms have neither and never read them.
+            if cfg!(target_os = "linux") && !root.is_dir() {
+                return Err(invalid(
+                    key,
+                    format!("{} is not a readable directory", root.display()),
+                ));
+            }
+        }
         for (key, v) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("keepalive_interval_ms", self.keepalive_interval_ms),
@@ -394,6 +429,43 @@ mod tests {
         assert!(e.to_string().contains("system_interval_secs"), "{e}");
         let e = AgentConfig::parse("[collect]\nnetwrok = false", Path::new("a.toml")).unwrap_err();
         assert!(e.to_string().contains("netwrok"), "{e}");
+    }
+
+    #[test]
+    fn proc_and_sys_roots_default_to_the_mounts_and_must_be_directories() {
+        let c = AgentConfig::parse("", Path::new("a.toml")).unwrap();
+        assert_eq!(c.collect.proc_root, Path::new("/proc"));
+        assert_eq!(c.collect.sys_root, Path::new("/sys"));
+        let dir = std::env::temp_dir();
+        let c = AgentConfig::parse(
+            &format!(
+                "[collect]\nproc_root = {:?}\nsys_root = {:?}",
+                dir.join("."),
+                dir
+            ),
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.collect.sys_root, dir);
+        let e = AgentConfig::parse("[collect]\nproc_root = \"host/proc\"", Path::new("a.toml"))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`collect.proc_root`: host/proc must be an absolute path"),
+            "{e}"
+        );
+        if cfg!(target_os = "linux") {
+            let e = AgentConfig::parse(
+                "[collect]\nsys_root = \"/nonexistent/sys\"",
+                Path::new("a.toml"),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("`collect.sys_root`: /nonexistent/sys is not a readable directory"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use sysinfo::{Components, Disks, System};
+use std::path::Path;
+
+use sysinfo::{Disks, System};
 
 use super::*;
 
@@ -24,15 +26,18 @@ fn time(name: &str, mut f: impl FnMut()) {
 #[test]
 #[ignore = "a measurement; run on a release build with --nocapture"]
 fn per_family_cost() {
-    let mut net = network::NetworkCollector::new().unwrap();
+    let proc_root = Path::new(crate::config::DEFAULT_PROC_ROOT);
+    let mut net = network::NetworkCollector::new(proc_root).unwrap();
     time("network", || {
         std::hint::black_box(net.collect());
     });
     let mut disks = Disks::new().unwrap();
-    let mut io = disk::DiskIo::default();
+    let mut io = disk::DiskIo::new(proc_root);
     time("disk (mount list + I/O counters)", || {
-        disk::refresh(&mut disks, true, false);
-        std::hint::black_box(io.collect(&disks));
+        if io.uses_sysinfo() {
+            disk::refresh(&mut disks, true, false);
+        }
+        std::hint::black_box(io.collect(Some(&disks)).unwrap());
     });
     time("filesystems (mount list + statvfs)", || {
         disk::refresh(&mut disks, false, true);
@@ -44,9 +49,11 @@ fn per_family_cost() {
         system::refresh(&mut sys);
         std::hint::black_box(system::collect(&sys, physical).unwrap());
     });
-    let mut components = Components::new().unwrap();
+    let mut sensors =
+        temperatures::TemperatureCollector::new(Path::new(crate::config::DEFAULT_SYS_ROOT))
+            .unwrap();
     time("temperatures", || {
-        std::hint::black_box(temperatures::collect(&mut components));
+        std::hint::black_box(sensors.collect());
     });
 
     let mut c = Collector::new(CollectConfig::default(), 1).unwrap();

@@ -1,4 +1,8 @@
 //! Host sampling with `sysinfo`: one long-lived [`Collector`] per agent.
+//! On Linux the `network`, `disk` and `temperatures` families read their
+//! procfs and sysfs files themselves, under `collect.proc_root` and
+//! `collect.sys_root` (sysinfo's paths are fixed), so an agent in a
+//! container can watch its host and tests can give it a fake tree.
 //!
 //! Each metric family lives in its own file and fills its section of the
 //! [`Sample`]; a family that fails logs once, counts and is skipped, never
@@ -27,7 +31,7 @@ mod temperatures;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hostpulse_proto::Sample;
-use sysinfo::{Components, Disks, System};
+use sysinfo::{Disks, System};
 
 use crate::config::{CollectConfig, MIN_INTERVAL_MS};
 
@@ -54,14 +58,15 @@ pub struct Collector {
     next_processes: Option<std::time::Instant>,
     /// `None` when the family is off or the platform has no interface list.
     network: Option<network::NetworkCollector>,
-    /// Shared by `disk` and `filesystems`; `None` when both are off.
+    /// sysinfo's disk list: read by `filesystems`, and by `disk` where the
+    /// platform has no procfs; `None` when neither needs it.
     disks: Option<Disks>,
     disk_io: disk::DiskIo,
     filesystems_due: Paced,
     system_due: Paced,
     physical_cores: Option<u32>,
     /// `None` when the family is off or the platform has no sensors API.
-    components: Option<Components>,
+    temperatures: Option<temperatures::TemperatureCollector>,
     temperatures_due: Paced,
     next_seq: u64,
     /// Collection failures so far (a family that could not be read).
@@ -127,11 +132,11 @@ impl Collector {
             next_processes: None,
             network: None,
             disks: None,
-            disk_io: disk::DiskIo::default(),
+            disk_io: disk::DiskIo::new(&config.proc_root),
             filesystems_due: Paced::new(config.filesystems_interval_secs),
             system_due: Paced::new(config.system_interval_secs),
             physical_cores: None,
-            components: None,
+            temperatures: None,
             temperatures_due: Paced::new(config.temperatures_interval_secs),
             config,
             next_seq: first_seq(epoch_ms) + 1,
@@ -144,30 +149,33 @@ impl Collector {
             collector.table.collect(&collector.sys, 0);
         }
         if collector.config.network {
-            match network::NetworkCollector::new() {
+            match network::NetworkCollector::new(&collector.config.proc_root) {
                 Ok(n) => collector.network = Some(n),
                 Err(e) => collector.failed("network", &e),
             }
         }
-        if collector.config.disk || collector.config.filesystems {
+        let io_from_list = collector.config.disk && collector.disk_io.uses_sysinfo();
+        if io_from_list || collector.config.filesystems {
             match Disks::new() {
-                Ok(mut d) => {
-                    // The baseline of the I/O rates.
-                    if collector.config.disk {
-                        disk::refresh(&mut d, true, false);
-                        collector.disk_io.collect(&d);
-                    }
-                    collector.disks = Some(d);
-                }
-                Err(e) => collector.failed("disk", &e),
+                Ok(d) => collector.disks = Some(d),
+                Err(e) => collector.failed("filesystems", &e),
+            }
+        }
+        if collector.config.disk {
+            // The baseline of the I/O rates.
+            if let Some(d) = collector.disks.as_mut().filter(|_| io_from_list) {
+                disk::refresh(d, true, false);
+            }
+            if let Err(e) = collector.disk_io.collect(collector.disks.as_ref()) {
+                collector.failed("disk", &e);
             }
         }
         if collector.config.system {
             collector.physical_cores = system::physical_cores();
         }
         if collector.config.temperatures {
-            match Components::new() {
-                Ok(c) => collector.components = Some(c),
+            match temperatures::TemperatureCollector::new(&collector.config.sys_root) {
+                Ok(t) => collector.temperatures = Some(t),
                 Err(e) => collector.failed("temperatures", &e),
             }
         }
@@ -229,8 +237,8 @@ impl Collector {
 }
 
 impl Collector {
-    /// Disk I/O (every sample) and filesystem space (when due), from one
-    /// refresh of the mount list.
+    /// Disk I/O (every sample) and filesystem space (when due); sysinfo's
+    /// list is refreshed once for whichever of them reads it.
     fn storage(
         &mut self,
         now: Instant,
@@ -238,19 +246,32 @@ impl Collector {
         Option<hostpulse_proto::Disk>,
         Option<hostpulse_proto::Filesystems>,
     ) {
-        let Some(disks) = self.disks.as_mut() else {
-            return (None, None);
-        };
         let io = self.config.disk;
-        let space = self.config.filesystems && self.filesystems_due.due(now);
-        if !io && !space {
-            return (None, None);
+        let io_from_list = io && self.disk_io.uses_sysinfo();
+        let space =
+            self.config.filesystems && self.disks.is_some() && self.filesystems_due.due(now);
+        if (io_from_list || space)
+            && let Some(disks) = self.disks.as_mut()
+        {
+            disk::refresh(disks, io_from_list, space);
         }
-        disk::refresh(disks, io, space);
-        (
-            io.then(|| self.disk_io.collect(disks)),
-            space.then(|| filesystems::collect(disks)),
-        )
+        let disk = if io {
+            match self.disk_io.collect(self.disks.as_ref()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.failed("disk", &e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let filesystems = self
+            .disks
+            .as_ref()
+            .filter(|_| space)
+            .map(filesystems::collect);
+        (disk, filesystems)
     }
 
     /// Uptime, boot time, cores and frequency, when due.
@@ -270,11 +291,11 @@ impl Collector {
 
     /// Temperature readings, when due and where the host has sensors.
     fn temperatures(&mut self, now: Instant) -> Option<hostpulse_proto::Temperatures> {
-        let components = self.components.as_mut()?;
+        let sensors = self.temperatures.as_mut()?;
         if !self.temperatures_due.due(now) {
             return None;
         }
-        temperatures::collect(components)
+        sensors.collect()
     }
 
     /// The process summary, if the table is due for a refresh.
@@ -351,6 +372,29 @@ mod tests {
             second.filesystems.is_none() && second.system.is_none(),
             "paced families wait for their interval"
         );
+    }
+
+    #[test]
+    fn families_read_under_an_explicit_root_fail_counted_when_it_lacks_their_files() {
+        let dir = std::env::temp_dir().join(format!("hp-empty-root-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = CollectConfig {
+            proc_root: dir.clone(),
+            sys_root: dir.clone(),
+            cpu: false,
+            processes: false,
+            ..CollectConfig::default()
+        };
+        let mut c = Collector::new(config, 1).unwrap();
+        let s = c.sample();
+        assert!(s.network.is_none() && s.disk.is_none() && s.temperatures.is_none());
+        // Not the agent's own /proc/net/dev in its place: one failure for the
+        // network collector, one for the disk baseline and one per sample.
+        assert_eq!(c.errors, 3);
+        assert_eq!(c.failed_logged, ["network", "disk"]);
+        // A sysfs without sensors is not a failure; sysinfo's families go on.
+        assert!(s.memory.is_some() && s.filesystems.is_some());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -5,14 +5,15 @@
 //! between two readings ([`super::rate`]); an interface seen for the first
 //! time is listed from its second reading on.
 //!
-//! Where `/proc/net/dev` exists (Linux) the counters are read from it: one
-//! file for every interface. sysinfo's `Networks` reads nine sysfs files per
+//! Where `net/dev` under `collect.proc_root` exists (Linux) the counters are
+//! read from it: one file for every interface. sysinfo's `Networks` reads nine sysfs files per
 //! interface and asks the kernel for every address on each refresh, which
 //! measured about 120 µs per interface per sample here (0.5 ms a second for
 //! four interfaces, and tens of milliseconds on a host with hundreds of
 //! container interfaces), against about 20 µs for the whole file. sysinfo
 //! stays the source elsewhere.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hostpulse_proto::payload::signals::{MAX_ENTRIES, MAX_NAME_BYTES};
@@ -20,6 +21,7 @@ use hostpulse_proto::{Interface, Network};
 use sysinfo::Networks;
 
 use super::rate::Rates;
+use crate::config::DEFAULT_PROC_ROOT;
 
 /// Counters of one interface, in the order of [`Interface`]'s `*_total`
 /// fields: rx bytes, tx bytes, rx packets, tx packets, rx errors, tx errors.
@@ -27,8 +29,8 @@ type Counters = [u64; 6];
 
 /// Where the counters come from.
 enum Source {
-    /// Linux: `/proc/net/dev`.
-    ProcNetDev,
+    /// Linux: `<proc_root>/net/dev`.
+    ProcNetDev(PathBuf),
     /// Elsewhere: sysinfo.
     Sysinfo(Networks),
 }
@@ -38,8 +40,6 @@ pub(super) struct NetworkCollector {
     source: Source,
     rates: Rates<6>,
 }
-
-const PROC_NET_DEV: &str = "/proc/net/dev";
 
 /// Every interface in `/proc/net/dev` text: name and counters.
 fn parse_proc_net_dev(text: &str) -> Vec<(String, Counters)> {
@@ -64,12 +64,19 @@ fn parse_proc_net_dev(text: &str) -> Vec<(String, Counters)> {
 }
 
 impl NetworkCollector {
-    /// Picks the source and takes the first reading (the baseline).
-    pub(super) fn new() -> Result<Self, sysinfo::Error> {
-        let source = if std::fs::read_to_string(PROC_NET_DEV).is_ok() {
-            Source::ProcNetDev
-        } else {
-            Source::Sysinfo(Networks::new()?)
+    /// Picks the source and takes the first reading (the baseline):
+    /// `net/dev` under `proc_root` where it can be read; sysinfo where it
+    /// cannot and `proc_root` is the default (a platform without procfs).
+    /// A `proc_root` given explicitly is never silently replaced by the
+    /// agent's own view.
+    pub(super) fn new(proc_root: &Path) -> Result<Self, String> {
+        let path = proc_root.join("net/dev");
+        let source = match std::fs::read_to_string(&path) {
+            Ok(_) => Source::ProcNetDev(path),
+            Err(e) if proc_root != Path::new(DEFAULT_PROC_ROOT) => {
+                return Err(format!("cannot read {}: {e}", path.display()));
+            }
+            Err(_) => Source::Sysinfo(Networks::new().map_err(|e| e.to_string())?),
         };
         Ok(Self::with_source(source))
     }
@@ -86,7 +93,7 @@ impl NetworkCollector {
     /// Every interface's counters now.
     fn read(&mut self) -> Vec<(String, Counters)> {
         match &mut self.source {
-            Source::ProcNetDev => std::fs::read_to_string(PROC_NET_DEV)
+            Source::ProcNetDev(path) => std::fs::read_to_string(path)
                 .map(|text| parse_proc_net_dev(&text))
                 .unwrap_or_default(),
             Source::Sysinfo(networks) => {
@@ -181,9 +188,33 @@ Inter-|   Receive                                                |  Transmit
             n
         };
         let sysinfo = names(Source::Sysinfo(Networks::new().unwrap()));
-        if std::path::Path::new(PROC_NET_DEV).exists() {
-            assert_eq!(names(Source::ProcNetDev), sysinfo);
+        let proc_net_dev = Path::new(DEFAULT_PROC_ROOT).join("net/dev");
+        if cfg!(target_os = "linux") {
+            assert_eq!(names(Source::ProcNetDev(proc_net_dev)), sysinfo);
         }
-        assert!(!sysinfo.is_empty());
+        assert!(
+            sysinfo.iter().any(|n| n == "lo" || n == "lo0"),
+            "{sysinfo:?}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_proc_root_is_read_or_refused_never_replaced() {
+        let dir = std::env::temp_dir().join(format!("hp-netdev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        let e = NetworkCollector::new(&dir.join("missing")).err().unwrap();
+        assert!(e.contains("missing/net/dev"), "{e}");
+        std::fs::write(dir.join("net/dev"), SAMPLE).unwrap();
+        let mut c = NetworkCollector::new(&dir).unwrap();
+        let bumped = SAMPLE.replace("616978203", "616979203");
+        std::fs::write(dir.join("net/dev"), bumped).unwrap();
+        let n = c.collect();
+        let names: Vec<&str> = n.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "lo"]);
+        assert_eq!(n.interfaces[0].rx_bytes_total, 616979203);
+        assert!(n.interfaces[0].rx_bytes_per_sec > 0.0);
+        assert_eq!(n.interfaces[1].rx_bytes_per_sec, 0.0);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
