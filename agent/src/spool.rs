@@ -123,7 +123,7 @@ impl Spool {
                 Sent::OnThisStream | Sent::Earlier => {
                     tracing::debug!(
                         seq = old.batch.seq,
-                        "spool full: evicting a batch already sent; its ack will tell whether it arrived"
+                        "spool full: evicting a batch already sent; its ack or the next Welcome will tell whether it arrived"
                     );
                     self.evicted_in_flight
                         .push((old.batch.seq, old.batch.sample_count));
@@ -139,9 +139,9 @@ impl Spool {
         }
     }
 
-    /// Index of the batch to evict: the oldest, unless it is unacknowledged
-    /// and may be held by an aggregator that is gone (then the oldest other
-    /// one); the newest only if nothing else is left.
+    /// Index of the batch to evict (never the newest): the oldest, unless it
+    /// is unacknowledged and was sent on a stream that broke (then the oldest
+    /// other one); the oldest of those only if nothing else is left.
     fn victim(&self) -> usize {
         let newest = self.batches.len() - 1;
         self.batches
@@ -236,7 +236,15 @@ impl Spool {
         match held {
             Some(last_seq) => {
                 self.ack_through(last_seq);
-                for (_, samples) in std::mem::take(&mut self.evicted_in_flight) {
+                let lost = std::mem::take(&mut self.evicted_in_flight);
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        batches = lost.len(),
+                        last_seq,
+                        "batches evicted while in flight never reached the aggregator: dropped"
+                    );
+                }
+                for (_, samples) in lost {
                     self.drop_batch(samples);
                 }
                 for e in &mut self.batches {
