@@ -307,3 +307,254 @@ impl WsClient {
         }
     }
 }
+
+/// One frame as a [`SilentClient`] read it.
+#[derive(Debug, PartialEq)]
+pub enum RawFrame {
+    /// A text frame (whole message).
+    Text(String),
+    /// A binary frame (whole message).
+    Binary(Vec<u8>),
+    /// A ping, with its payload.
+    Ping(Vec<u8>),
+    /// A pong.
+    Pong,
+    /// A close frame: its code (`None` when it carried none) and reason.
+    Close(Option<u16>, String),
+    /// The connection ended without a close frame.
+    End,
+}
+
+/// A WebSocket client written by hand over a plain TCP stream: it reads
+/// every frame the server sends but never writes anything except the
+/// requests a test asks it to send. Unlike [`WsClient`] (tungstenite
+/// answers pings whenever it reads), it can go on reading while it has
+/// stopped answering, so a test sees exactly what the server sends to a
+/// client that went silent, and when.
+pub struct SilentClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl SilentClient {
+    /// Upgrades `GET path` on `addr` (plain `ws://`), panicking unless the
+    /// server answers 101.
+    pub async fn connect(addr: std::net::SocketAddr, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("TCP connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write upgrade");
+        let mut buffer = Vec::new();
+        let end = loop {
+            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("upgrade answer in time")
+                .expect("read upgrade answer");
+            assert!(n > 0, "connection closed during the upgrade");
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        buffer.drain(..end);
+        Self { stream, buffer }
+    }
+
+    /// Sends one masked text frame (as every client frame must be).
+    pub async fn send_text(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let payload = text.as_bytes();
+        let mask = [0x5a, 0x3c, 0x96, 0x0f];
+        let mut frame = vec![0x81];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("send frame");
+    }
+
+    /// Sends a JSON request.
+    pub async fn send(&mut self, request: Value) {
+        self.send_text(&request.to_string()).await;
+    }
+
+    /// The next frame (a fragmented message is joined); `None` when nothing
+    /// complete arrived within `limit`.
+    pub async fn next_frame(&mut self, limit: Duration) -> Option<RawFrame> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut message: Option<(u8, Vec<u8>)> = None;
+        loop {
+            while let Some((fin, opcode, payload)) = self.parse_frame() {
+                let frame = match opcode {
+                    0x0 => {
+                        let (_, data) = message.as_mut().expect("a continuation of a message");
+                        data.extend_from_slice(&payload);
+                        if !fin {
+                            continue;
+                        }
+                        let (first, data) = message.take().expect("checked");
+                        (first, data)
+                    }
+                    0x1 | 0x2 if !fin => {
+                        message = Some((opcode, payload));
+                        continue;
+                    }
+                    other => (other, payload),
+                };
+                return Some(match frame {
+                    (0x1, data) => RawFrame::Text(String::from_utf8(data).expect("UTF-8 text")),
+                    (0x2, data) => RawFrame::Binary(data),
+                    (0x8, data) => RawFrame::Close(
+                        (data.len() >= 2).then(|| u16::from_be_bytes([data[0], data[1]])),
+                        String::from_utf8_lossy(data.get(2..).unwrap_or_default()).into_owned(),
+                    ),
+                    (0x9, data) => RawFrame::Ping(data),
+                    (0xa, _) => RawFrame::Pong,
+                    (opcode, _) => panic!("unknown opcode {opcode:#x}"),
+                });
+            }
+            let mut chunk = [0u8; 16 << 10];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(RawFrame::End),
+                Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Takes one whole frame off the buffer: (fin, opcode, payload).
+    fn parse_frame(&mut self) -> Option<(bool, u8, Vec<u8>)> {
+        let b = &self.buffer;
+        if b.len() < 2 {
+            return None;
+        }
+        let fin = b[0] & 0x80 != 0;
+        let opcode = b[0] & 0x0f;
+        assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        if b.len() < header + len {
+            return None;
+        }
+        let payload = b[header..header + len].to_vec();
+        self.buffer.drain(..header + len);
+        Some((fin, opcode, payload))
+    }
+
+    /// Subscribes and reads until `$sys.subscribed` (JSON encoding only).
+    pub async fn subscribe(&mut self, topic: &str) -> Value {
+        self.send(json!({"action": "subscribe", "topic": topic}))
+            .await;
+        loop {
+            match self.next_frame(WAIT).await {
+                Some(RawFrame::Text(t)) => {
+                    let m: Value = serde_json::from_str(&t).expect("server sends JSON text");
+                    if m["topic"] == "$sys.subscribed" {
+                        return m;
+                    }
+                }
+                Some(RawFrame::Ping(_) | RawFrame::Pong) => {}
+                other => panic!("expected $sys.subscribed, got {other:?}"),
+            }
+        }
+    }
+}
+
+impl WsClient {
+    /// Connects to a plain `ws://` URL from the local address `source` (any
+    /// 127.x.y.z works on Linux loopback, so a test can stand for a client
+    /// address of its own); an HTTP refusal of the upgrade is returned.
+    pub async fn try_connect_from(
+        source: std::net::IpAddr,
+        url: &str,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let request = url.into_client_request().expect("a websocket URL");
+        let authority = request.uri().authority().expect("host and port").as_str();
+        let addr: std::net::SocketAddr = authority.parse().expect("an IP address and port");
+        let tcp = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("a TCP socket");
+        tcp.bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = tokio::time::timeout(WAIT, tcp.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("TCP connect");
+        match tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("upgrade answered in time")
+        {
+            Ok((socket, _)) => Ok(Self {
+                socket,
+                deflated: false,
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(*response),
+            Err(e) => panic!("expected an upgrade or an HTTP refusal, got {e}"),
+        }
+    }
+
+    /// Sends a close frame (1000) and reads until the connection ends;
+    /// returns how it ended: the server's close reply, or
+    /// [`Closed::Abrupt`] without one. Panics after `limit`.
+    pub async fn close(&mut self, limit: Duration) -> Closed {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        if self.socket.close(Some(frame)).await.is_err() {
+            return Closed::Abrupt;
+        }
+        tokio::time::timeout(limit, async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return Closed::Code(u16::from(frame.code));
+                    }
+                    Some(Ok(Message::Close(None))) => {
+                        return Closed::Code(u16::from(CloseCode::Status));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Closed::Abrupt,
+                }
+            }
+        })
+        .await
+        .expect("the connection ends after a close")
+    }
+}

@@ -1,10 +1,28 @@
 //! Bad client input gets a `$sys.error` with a code and a clear sentence, and
 //! the connection stays usable.
 
-use hostpulse_tests::TestAggregator;
-use hostpulse_tests::ws::WsClient;
-use serde_json::json;
+use hostpulse_tests::ws::{Closed, WsClient};
+use hostpulse_tests::{TestAggregator, WAIT, http_get};
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+/// Sends `request` and checks that the very next message is a `$sys.error`
+/// with `code` whose message contains `phrase` (nothing else is subscribed,
+/// so nothing else may come first).
+async fn expect_next_error(
+    client: &mut WsClient,
+    request: &str,
+    code: &str,
+    phrase: &str,
+) -> Value {
+    client.send_text(request).await;
+    let m = client.next().await;
+    assert_eq!(m["topic"], "$sys.error", "{request} -> {m}");
+    assert_eq!(m["payload"]["code"], code, "{request} -> {m}");
+    let message = m["payload"]["message"].as_str().expect("an error message");
+    assert!(message.contains(phrase), "{request} -> {message}");
+    m
+}
 
 #[tokio::test]
 async fn each_bad_request_is_answered_and_the_connection_survives() {
@@ -61,55 +79,68 @@ async fn each_bad_request_is_answered_and_the_connection_survives() {
         ),
     ];
     for (request, code, phrase) in cases {
-        client.expect_error(request, code, phrase).await;
+        expect_next_error(&mut client, request, code, phrase).await;
     }
     // The configured segment limit (4 here) is the one enforced and named.
-    client
-        .expect_error(
-            "{\"action\":\"subscribe\",\"topic\":\"a.b.c.d.e\"}",
-            "bad_topic",
-            "5 segments, more than the limit of 4",
-        )
-        .await;
+    expect_next_error(
+        &mut client,
+        "{\"action\":\"subscribe\",\"topic\":\"a.b.c.d.e\"}",
+        "bad_topic",
+        "5 segments, more than the limit of 4",
+    )
+    .await;
     let long = format!(
         "{{\"action\":\"subscribe\",\"topic\":\"{}\"}}",
         "a".repeat(10_000)
     );
-    client
-        .expect_error(&long, "bad_topic", "limit of 256")
-        .await;
+    expect_next_error(&mut client, &long, "bad_topic", "limit of 256").await;
 
     // The id of a refused request is echoed.
-    client.send_text("{\"action\":\"dance\",\"id\":9}").await;
-    assert_eq!(client.next_on("$sys.error").await["payload"]["id"], 9);
+    let m = expect_next_error(
+        &mut client,
+        "{\"action\":\"dance\",\"id\":9}",
+        "unknown_action",
+        "dance",
+    )
+    .await;
+    assert_eq!(m["payload"]["id"], 9);
 
     // Binary frames are refused with their own code.
     client
         .send_message(Message::Binary(vec![1, 2, 3].into()))
         .await;
-    let m = client.next_on("$sys.error").await;
-    assert_eq!(m["payload"]["code"], "binary_not_supported");
+    let m = client.next().await;
+    assert_eq!(
+        (&m["topic"], &m["payload"]["code"]),
+        (&json!("$sys.error"), &json!("binary_not_supported")),
+        "{m}"
+    );
 
     // The subscription limit names the limit.
     for t in ["a", "b", "c"] {
         client.subscribe(t).await;
     }
-    client
-        .expect_error(
-            "{\"action\":\"subscribe\",\"topic\":\"d\",\"id\":\"four\"}",
-            "too_many_subscriptions",
-            "maximum of 3",
-        )
-        .await;
+    let m = expect_next_error(
+        &mut client,
+        "{\"action\":\"subscribe\",\"topic\":\"d\",\"id\":\"four\"}",
+        "too_many_subscriptions",
+        "maximum of 3",
+    )
+    .await;
+    assert_eq!(m["payload"]["id"], "four");
 
     // Still usable: ping is answered, subscribe works.
     client.send(json!({"action": "ping", "id": 1})).await;
-    let pong = client.next_on("$sys.pong").await;
-    assert_eq!(pong["payload"]["id"], 1);
+    let pong = client.next().await;
+    assert_eq!(
+        (&pong["topic"], &pong["payload"]["id"]),
+        (&json!("$sys.pong"), &json!(1)),
+        "{pong}"
+    );
     client
         .send(json!({"action":"unsubscribe","topic":"a"}))
         .await;
-    client.next_on("$sys.unsubscribed").await;
+    assert_eq!(client.next().await["topic"], "$sys.unsubscribed");
     let reply = client.subscribe("hosts").await;
     assert_eq!(reply["payload"]["topic"], "hosts");
     agg.stop().await;
@@ -121,11 +152,31 @@ async fn an_oversized_message_closes_with_1009_and_others_are_unaffected() {
     let mut bystander = WsClient::connect(&agg.ws_url()).await;
     let mut client = WsClient::connect(&agg.ws_url()).await;
     client.send_text(&"x".repeat(4096)).await;
-    assert_eq!(
-        client.closed(hostpulse_tests::WAIT).await,
-        hostpulse_tests::ws::Closed::Code(1009)
-    );
+    assert_eq!(client.closed(WAIT).await, Closed::Code(1009));
     bystander.send(json!({"action": "ping"})).await;
     bystander.next_on("$sys.pong").await;
+    agg.stop().await;
+}
+
+#[tokio::test]
+async fn a_close_from_the_client_is_answered_and_the_connection_released() {
+    let agg = TestAggregator::start(|_| {}).await;
+    let mut client = WsClient::connect(&agg.ws_url()).await;
+    client.subscribe("hosts").await;
+    // The close handshake completes: the server echoes the close frame.
+    assert_eq!(client.close(WAIT).await, Closed::Code(1000));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(agg.http, "/healthz").await;
+        let health: Value = serde_json::from_str(&body).expect("JSON health");
+        if health["ws_connections"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still counted after its close: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     agg.stop().await;
 }

@@ -279,8 +279,11 @@ struct Session {
 
 /// How a session ends.
 enum End {
-    /// The peer closed or vanished.
+    /// The peer vanished.
     Gone,
+    /// The peer sent a close frame: tungstenite has queued the reply, which
+    /// is written the next time the socket is polled.
+    PeerClosed,
     /// The server closes with this code and reason and waits (bounded) for
     /// the peer's close reply.
     Close(u16, &'static str),
@@ -344,6 +347,16 @@ impl Session {
         let end = self.serve(&mut socket).await;
         match end {
             End::Gone => {}
+            End::PeerClosed => {
+                // Reading again writes the queued close reply (a socket
+                // dropped now would leave the client without one), then
+                // reports the end; bounded, as the peer may have stopped
+                // reading.
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+                .await;
+            }
             End::Close(code, reason) => {
                 tracing::debug!(code, reason, "closing");
                 // What is queued (an error explaining the close, say) goes first.
@@ -546,7 +559,7 @@ impl Session {
             }
             // tungstenite answers pings itself; a pong is just a sign of life.
             Message::Ping(_) | Message::Pong(_) => None,
-            Message::Close(_) => Some(End::Gone),
+            Message::Close(_) => Some(End::PeerClosed),
         }
     }
 
