@@ -187,53 +187,98 @@ async fn a_subscriber_dropping_off_twenty_times_resumes_without_gap_or_duplicate
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_answering_is_closed_and_the_others_are_not_disturbed() {
+    use hostpulse_tests::ws::{RawFrame, SilentClient};
+    const PING_INTERVAL_MS: u64 = 200;
+    const PING_TIMEOUT_MS: u64 = 1_000;
     let agg = TestAggregator::start(|c| {
-        c.ws.ping_interval_ms = 200;
-        c.ws.ping_timeout_ms = 1_000;
+        c.ws.ping_interval_ms = PING_INTERVAL_MS;
+        c.ws.ping_timeout_ms = PING_TIMEOUT_MS;
     })
     .await;
     let agent = TestAgent::start(agent_config(&agg.ingest_url(), "hb"));
     let mut healthy = WsClient::connect(&agg.ws_url()).await;
     healthy.subscribe("host.hb.cpu").await;
-    let mut stalled = WsClient::connect(&agg.ws_url()).await;
-    stalled.subscribe("host.hb.cpu").await;
-    // From here on the stalled client neither reads nor answers pings.
-    let silent_since = std::time::Instant::now();
+    // The silent client goes on reading every frame, but after its subscribe
+    // it sends nothing: no pong, no request. The server last heard from it
+    // no earlier than the moment before that subscribe was written.
+    let mut silent = SilentClient::connect(agg.http, "/ws").await;
+    let silent_from = tokio::time::Instant::now();
+    silent.subscribe("host.hb.cpu").await;
+    let silent_reader = tokio::spawn(async move {
+        let mut pings = 0;
+        loop {
+            match silent.next_frame(WAIT).await {
+                Some(RawFrame::Ping(_)) => pings += 1,
+                Some(RawFrame::Text(_)) => {}
+                Some(RawFrame::Close(code, reason)) => {
+                    let closed_at = tokio::time::Instant::now();
+                    // Then the server lets go of the connection.
+                    let after = silent.next_frame(WAIT).await;
+                    return (pings, code, reason, closed_at, after);
+                }
+                other => panic!("the silent client got {other:?} instead of a close"),
+            }
+        }
+    });
 
+    // The healthy client reads (and so answers pings) all along.
     let mut tracker = Tracker::default();
-    let count = |body: &str| -> u64 {
-        serde_json::from_str::<serde_json::Value>(body).unwrap()["ws_connections"]
-            .as_u64()
-            .unwrap()
+    tokio::pin!(silent_reader);
+    let (pings, code, reason, closed_at, after) = loop {
+        tokio::select! {
+            done = &mut silent_reader => break done.expect("silent reader"),
+            m = healthy.recv(WAIT) => match m {
+                Ok(Some(m)) => tracker.record(&m),
+                Ok(None) => panic!("the healthy client got nothing for {WAIT:?}"),
+                Err(Closed::Code(code)) => panic!("the healthy client was closed with {code}"),
+                Err(Closed::Abrupt) => panic!("the healthy client's connection broke"),
+            },
+        }
     };
+    assert!(pings >= 1, "the server never pinged the silent client");
+    assert_eq!(
+        (code, reason.as_str()),
+        (Some(1008), "heartbeat timeout"),
+        "close frame for a client that stopped answering"
+    );
+    assert_eq!(
+        after,
+        Some(RawFrame::End),
+        "connection ends after the close"
+    );
+    // Silence is counted from the client's last frame: the close cannot come
+    // before the timeout has passed since then...
+    let took = closed_at - silent_from;
+    assert!(
+        took >= Duration::from_millis(PING_TIMEOUT_MS),
+        "closed after {took:?} of silence, before the {PING_TIMEOUT_MS} ms timeout"
+    );
+    // ...and comes at the first heartbeat tick after it, plus slack for a
+    // loaded 2-core machine running other tests (a disabled heartbeat would
+    // leave the client open for good).
+    let latest = Duration::from_millis(PING_TIMEOUT_MS + PING_INTERVAL_MS + 1_500);
+    assert!(took < latest, "closed after {took:?} of silence");
+    // The server no longer counts it.
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        tracker.record(&healthy.next().await);
         let (_, body) = http_get(agg.http, "/healthz").await;
-        if count(&body) == 1 {
+        let health: serde_json::Value = serde_json::from_str(&body).expect("JSON health");
+        if health["ws_connections"] == 1 {
             break;
         }
         assert!(
-            silent_since.elapsed() < Duration::from_secs(5),
-            "stalled client still connected"
+            tokio::time::Instant::now() < deadline,
+            "still counted after its close: {health}"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = silent_since.elapsed();
-    // Closed once the timeout passed, at the first heartbeat tick after it.
-    assert!(took >= Duration::from_millis(1_000), "{took:?}");
-    // Timeout, plus at most one heartbeat tick, plus slack for a loaded
-    // 2-core machine running other tests.
-    assert!(
-        took < Duration::from_millis(1_000 + 200 + 1_300),
-        "{took:?}"
-    );
-    // The stalled client finds a heartbeat-timeout close (1008) when it reads again.
-    let end = stalled.closed(WAIT).await;
-    assert!(
-        matches!(end, Closed::Code(1008) | Closed::Abrupt),
-        "{end:?}"
-    );
-    for _ in 0..5 {
-        tracker.record(&healthy.next().await);
+    // The healthy client, answering pings, stays connected and misses nothing.
+    let until = tracker.last("host.hb.cpu").expect("updates while waiting") + 5;
+    while tracker.last("host.hb.cpu") < Some(until) {
+        match healthy.recv(WAIT).await {
+            Ok(Some(m)) => tracker.record(&m),
+            other => panic!("the healthy client: {other:?}"),
+        }
     }
     tracker.assert_exactly_once();
     agent.stop().await;
