@@ -2,7 +2,10 @@
 //! required: every case gets its documented answer, and afterwards a healthy
 //! agent and subscriber still exchange every sample.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hostpulse_aggregator::auth::TokenConfig;
 use hostpulse_proto::v1::{AgentMessage, Hello, agent_message};
@@ -65,6 +68,24 @@ async fn start() -> TestAggregator {
     .await
 }
 
+/// The cases answered so far, by section; each is recorded once, after its
+/// checks passed.
+#[derive(Debug, Default)]
+struct Answered(BTreeMap<&'static str, Vec<String>>);
+
+impl Answered {
+    fn case(&mut self, section: &'static str, case: impl Into<String>) {
+        let case = case.into();
+        let list = self.0.entry(section).or_default();
+        assert!(!list.contains(&case), "case {case:?} counted twice");
+        list.push(case);
+    }
+
+    fn counts(&self) -> BTreeMap<&'static str, usize> {
+        self.0.iter().map(|(k, v)| (*k, v.len())).collect()
+    }
+}
+
 /// The HTTP status and body of a refused WebSocket upgrade.
 async fn upgrade_refused(url: &str) -> (u16, String) {
     match tokio_tungstenite::connect_async(url).await {
@@ -80,7 +101,7 @@ async fn upgrade_refused(url: &str) -> (u16, String) {
 async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
     let agg = start().await;
     let ws = |token: &str| format!("{}?token={token}", agg.ws_url());
-    let mut cases = 0;
+    let mut answered = Answered::default();
 
     // The healthy pair, running through everything below.
     let mut healthy_config = agent_config(&agg.ingest_url(), "alpha");
@@ -88,6 +109,8 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
     let healthy = TestAgent::start(healthy_config);
     let mut watcher = WsClient::connect(&ws(FULL)).await;
     watcher.subscribe("host.alpha.cpu").await;
+    // What the watcher received, from its subscription on.
+    let mut tracker = Tracker::default();
 
     // --- WebSocket requests -------------------------------------------------
     let mut c = WsClient::connect(&ws(FULL)).await;
@@ -164,44 +187,68 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         ),
     ];
     for (request, code, phrase) in table {
-        c.expect_error(request, code, phrase).await;
-        cases += 1;
+        // The answer is the very next message: nothing else is subscribed yet.
+        c.send_text(request).await;
+        let m = c.next().await;
+        assert_eq!(m["topic"], "$sys.error", "{request} -> {m}");
+        assert_eq!(m["payload"]["code"], *code, "{request} -> {m}");
+        let message = m["payload"]["message"].as_str().expect("an error message");
+        assert!(message.contains(phrase), "{request} -> {message}");
+        answered.case("websocket", *request);
     }
     let long_topic = format!(
         "{{\"action\":\"subscribe\",\"topic\":\"{}\"}}",
         "x".repeat(10_000)
     );
-    c.expect_error(&long_topic, "bad_topic", "limit of 256")
-        .await;
-    cases += 1;
+    c.send_text(&long_topic).await;
+    let m = c.next().await;
+    assert_eq!(
+        (&m["topic"], &m["payload"]["code"]),
+        (&json!("$sys.error"), &json!("bad_topic")),
+        "{m}"
+    );
+    assert!(
+        m["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 256")
+    );
+    answered.case("websocket", "a 10,000-byte topic");
     c.send_message(Message::Binary(vec![0xde, 0xad].into()))
         .await;
+    let m = c.next().await;
     assert_eq!(
-        c.next_on("$sys.error").await["payload"]["code"],
-        "binary_not_supported"
+        (&m["topic"], &m["payload"]["code"]),
+        (&json!("$sys.error"), &json!("binary_not_supported")),
+        "{m}"
     );
-    cases += 1;
-    // 1000 subscriptions: the 101st and later are refused, naming the limit.
-    for i in 0..100 {
-        c.send(json!({"action":"subscribe","topic":format!("t.{i}")}))
+    answered.case("websocket", "a binary frame");
+    // 1000 subscriptions, each answered before the next is sent: the first
+    // 100 are accepted, and every one from the 101st on is refused, naming
+    // the limit (the id tells which request each answer is for).
+    for i in 0..1000 {
+        c.send(json!({"action":"subscribe","topic":format!("t.{i}"),"id":i}))
             .await;
-        c.next_on("$sys.subscribed").await;
-    }
-    for i in 100..1000 {
-        c.send(json!({"action":"subscribe","topic":format!("t.{i}")}))
-            .await;
-        if i == 100 {
-            let m = c.next_on("$sys.error").await;
-            assert_eq!(m["payload"]["code"], "too_many_subscriptions");
+        let m = c.next().await;
+        assert_eq!(m["payload"]["id"], i, "answer to subscription {i}: {m}");
+        if i < 100 {
+            assert_eq!(m["topic"], "$sys.subscribed", "subscription {i}: {m}");
+        } else {
+            assert_eq!(m["topic"], "$sys.error", "subscription {i}: {m}");
+            assert_eq!(
+                m["payload"]["code"], "too_many_subscriptions",
+                "subscription {i}: {m}"
+            );
             assert!(
                 m["payload"]["message"]
                     .as_str()
                     .unwrap()
-                    .contains("maximum of 100")
+                    .contains("maximum of 100"),
+                "subscription {i}: {m}"
             );
         }
     }
-    cases += 1;
+    answered.case("websocket", "1000 subscriptions against a limit of 100");
     // Still usable after all of that.
     c.send(json!({"action":"ping","id":"after"})).await;
     assert_eq!(c.next_on("$sys.pong").await["payload"]["id"], "after");
@@ -217,7 +264,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         matches!(end, Closed::Code(1009) | Closed::Abrupt),
         "{end:?}"
     );
-    cases += 1;
+    answered.case("websocket", "a 10 MB frame");
 
     // A flood of 10,000 control messages: refused as rate_limited, then closed.
     let mut flood = WsClient::connect(&ws(FULL)).await;
@@ -250,7 +297,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         (1..=5).contains(&limited),
         "{limited} rate_limited errors for one flood"
     );
-    cases += 1;
+    answered.case("websocket", "a flood of 10,000 pings");
 
     // --- Client tokens ------------------------------------------------------
     let (status, body) = upgrade_refused(&ws("wrong-token-0123456789")).await;
@@ -259,10 +306,10 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         (401, true),
         "{body}"
     );
-    cases += 1;
+    answered.case("client token", "unknown");
     let (status, body) = upgrade_refused(&ws(OLD)).await;
     assert_eq!((status, body.contains("expired")), (401, true), "{body}");
-    cases += 1;
+    answered.case("client token", "expired");
     // No token: connected, but nothing until it authenticates.
     let mut anon = WsClient::connect(&agg.ws_url()).await;
     anon.expect_error(
@@ -271,7 +318,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         "authenticate first",
     )
     .await;
-    cases += 1;
+    answered.case("client token", "none, then a subscribe");
     anon.send(json!({"action":"auth","token":"not-a-real-token-000"}))
         .await;
     assert_eq!(
@@ -279,7 +326,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         "unauthorized"
     );
     assert_eq!(anon.closed(WAIT).await, Closed::Code(1008));
-    cases += 1;
+    answered.case("client token", "a bad token in an auth message");
     // First-message authentication works for browsers.
     let mut browser = WsClient::connect(&agg.ws_url()).await;
     browser
@@ -297,7 +344,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
             "grants no topic",
         )
         .await;
-    cases += 1;
+    answered.case("client token", "a subscription outside the grant");
     browser.subscribe(">").await;
     for _ in 0..8 {
         let m = browser.next().await;
@@ -306,7 +353,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
             "only granted topics: {m}"
         );
     }
-    cases += 1;
+    answered.case("client token", "a wildcard wider than the grant");
 
     // --- HTTP and TCP abuse -------------------------------------------------
     // An upgrade with bad headers is refused by HTTP, not by crashing.
@@ -323,7 +370,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]).to_string();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    cases += 1;
+    answered.case("http", "an upgrade without its key");
     // Slowloris: half-open connections trickling headers do not block others.
     let mut slow = Vec::new();
     for _ in 0..20 {
@@ -337,35 +384,104 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
     during.send(json!({"action":"ping"})).await;
     during.next_on("$sys.pong").await;
     drop(slow);
-    cases += 1;
-    // Connections per address are capped (40 here): the next gets HTTP 429.
+    answered.case("http", "20 half-open requests");
+    // Connections per address are capped (40 here). From an address of its
+    // own (any 127.x.y.z reaches loopback) a test knows it holds nothing
+    // else: exactly the first 40 are accepted and the 41st gets HTTP 429.
+    let source: IpAddr = "127.0.0.2".parse().unwrap();
     let mut held = Vec::new();
-    let mut refused_at = None;
-    for i in 0..45 {
-        match tokio_tungstenite::connect_async(ws(FULL)).await {
-            Ok((s, _)) => held.push(s),
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-                assert_eq!(r.status().as_u16(), 429);
-                refused_at = Some(i);
-                break;
-            }
-            Err(e) => panic!("{e}"),
+    for i in 1..=40 {
+        match WsClient::try_connect_from(source, &ws(FULL)).await {
+            Ok(client) => held.push(client),
+            Err(r) => panic!("connection {i} of 40 refused with {}", r.status()),
         }
     }
-    assert!(
-        refused_at.is_some(),
-        "the per-address cap was never reached"
-    );
+    let refused = |r: Result<WsClient, _>| match r {
+        Ok(_) => panic!("a connection past the cap of 40 was accepted"),
+        Err(r) => r,
+    };
+    let r = refused(WsClient::try_connect_from(source, &ws(FULL)).await);
+    let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+    assert_eq!(r.status().as_u16(), 429, "{body}");
+    assert!(body.contains("limit of 40"), "{body}");
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    // Another address is not affected.
+    let mut other = WsClient::connect(&ws(FULL)).await;
+    other.send(json!({"action":"ping"})).await;
+    other.next_on("$sys.pong").await;
+    // Closing one gives its place back: the next connection is accepted
+    // once the server has seen the close (refused, with 429, until then).
+    let how = held.pop().unwrap().close(WAIT).await;
+    assert_eq!(how, Closed::Code(1000), "the server answers a close");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let replacement = loop {
+        match WsClient::try_connect_from(source, &ws(FULL)).await {
+            Ok(client) => break client,
+            Err(r) => assert_eq!(r.status().as_u16(), 429),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no place given back after a close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    held.push(replacement);
+    let r = refused(WsClient::try_connect_from(source, &ws(FULL)).await);
+    assert_eq!(r.status().as_u16(), 429);
     drop(held);
-    cases += 1;
-    // Junk bytes on the gRPC port.
+    answered.case("http", "41 connections from one address");
+    // Junk bytes on the gRPC port (HTTP/1.1 and garbage where the HTTP/2
+    // preface belongs): the server hangs up (a close or a reset), having
+    // sent nothing but HTTP/2 frames (its SETTINGS, perhaps a GOAWAY)...
     let mut junk = tokio::net::TcpStream::connect(agg.ingest).await.unwrap();
     junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02garbage")
         .await
         .unwrap();
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(WAIT, junk.read_to_end(&mut sink)).await;
-    cases += 1;
+    match tokio::time::timeout(WAIT, junk.read_to_end(&mut sink))
+        .await
+        .expect("the gRPC port hangs up on junk")
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("junk on the gRPC port: {e}"),
+    }
+    let mut rest = &sink[..];
+    while !rest.is_empty() {
+        assert!(rest.len() >= 9, "not HTTP/2 frames: {sink:?}");
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        // 4 SETTINGS, 7 GOAWAY, 8 WINDOW_UPDATE
+        assert!(
+            matches!(rest[3], 4 | 7 | 8),
+            "HTTP/2 frame type {} in answer to junk: {sink:?}",
+            rest[3]
+        );
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    // ...and goes on serving: the healthy agent's samples still arrive, and a
+    // new agent stream and a new WebSocket client are served.
+    let before = healthy.status.last_sample_seq.load(Ordering::SeqCst);
+    while tracker
+        .last("host.alpha.cpu")
+        .is_none_or(|seq| seq <= before)
+    {
+        tracker.record(&watcher.next().await);
+    }
+    let mut newcomer = fake::open_as(
+        &agg.ingest_url(),
+        Some(AGENT_ANY),
+        vec![
+            hello("after-junk", 1),
+            fake::batch(1, &[fake::sample(1, 0)]),
+        ],
+    )
+    .await
+    .expect("a new agent stream is accepted");
+    newcomer.acked(1).await;
+    let mut late = WsClient::connect(&ws(FULL)).await;
+    late.send(json!({"action":"ping","id":"late"})).await;
+    assert_eq!(late.next_on("$sys.pong").await["payload"]["id"], "late");
+    answered.case("http", "junk bytes on the gRPC port");
 
     // --- Agents -------------------------------------------------------------
     let url = agg.ingest_url();
@@ -373,18 +489,18 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
     let s = refusal_of(&url, None, vec![hello("alpha", 1)]).await;
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "{:?}", code(&s));
     assert!(s.message().contains("a token is required"));
-    cases += 1;
+    answered.case("agent", "no token");
     let s = refusal_of(&url, Some("wrong-agent-token-000"), vec![hello("alpha", 1)]).await;
     assert_eq!(s.code(), tonic::Code::Unauthenticated);
     assert!(s.message().contains("unknown token") && !s.message().contains("wrong-agent"));
-    cases += 1;
+    answered.case("agent", "unknown token");
     let s = refusal_of(&url, Some(AGENT_OLD), vec![hello("zeta", 1)]).await;
     assert!(
         s.code() == tonic::Code::Unauthenticated && s.message().contains("expired"),
         "{:?}",
         code(&s)
     );
-    cases += 1;
+    answered.case("agent", "expired token");
     let s = refusal_of(&url, Some(AGENT_ALPHA), vec![hello("beta", 1)]).await;
     assert_eq!(s.code(), tonic::Code::PermissionDenied);
     assert!(
@@ -392,7 +508,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         "{:?}",
         code(&s)
     );
-    cases += 1;
+    answered.case("agent", "a host outside the token");
     let bad_hello = |hostname: &str, schema: u32| AgentMessage {
         kind: Some(agent_message::Kind::Hello(Hello {
             agent_id: "x".into(),
@@ -410,11 +526,11 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         "{:?}",
         code(&s)
     );
-    cases += 1;
+    answered.case("agent", "an empty hostname");
     let s = refusal_of(&url, Some(AGENT_ALPHA), vec![bad_hello("alpha", 99)]).await;
     assert_eq!(s.code(), tonic::Code::FailedPrecondition);
     assert!(s.message().contains("schema version 99"));
-    cases += 1;
+    answered.case("agent", "schema version 99");
     // Batch checks use a token bound to no host, each on a host of its own.
     let batch_cases: Vec<(Vec<AgentMessage>, tonic::Code, &str)> = vec![
         (
@@ -460,16 +576,26 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         let s = refusal_of(&url, Some(AGENT_ANY), first).await;
         assert_eq!(s.code(), expected, "case {i}: {:?}", code(&s));
         assert!(s.message().contains(phrase), "case {i}: {:?}", code(&s));
-        cases += 1;
+        answered.case("agent", format!("batch: {phrase}"));
     }
 
-    assert!(cases >= 25, "{cases} cases");
+    // Every case above got its documented answer, each counted once: a
+    // table that lost a row or a loop that ran short shows here.
+    assert_eq!(
+        answered.counts(),
+        BTreeMap::from([
+            ("agent", 13),
+            ("client token", 6),
+            ("http", 4),
+            ("websocket", 23),
+        ]),
+        "{answered:#?}"
+    );
 
     // --- Nothing lost -------------------------------------------------------
     let status = healthy.status.clone();
     healthy.stop().await;
     let last = status.last_sample_seq.load(Ordering::SeqCst);
-    let mut tracker = Tracker::default();
     while tracker.last("host.alpha.cpu") != Some(last) {
         let m: Value = watcher.next().await;
         tracker.record(&m);
