@@ -5,22 +5,116 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use hostpulse_proto::{
+    Cpu, Disk, DiskDevice, Filesystem, Filesystems, Interface, Memory, Network, Sample, Sensor,
+    SystemInfo, Temperatures,
+};
 use hostpulse_tests::fake::{self, FakeAgent};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::{Closed, WsClient};
-use hostpulse_tests::{TestAgent, TestAggregator, WAIT, agent_config, http_get};
+use hostpulse_tests::{
+    DOCUMENTED_FAMILIES, TestAgent, TestAggregator, WAIT, agent_config, http_get,
+};
 use serde_json::{Value, json};
 
-/// The first `n` updates on `topic`, keyed by seq.
-async fn collect(client: &mut WsClient, topic: &str, n: usize) -> BTreeMap<u64, Value> {
-    let mut out = BTreeMap::new();
-    while out.len() < n {
+/// A sample carrying every documented family, with fractional figures that
+/// 32-bit and 64-bit floats do not hold exactly.
+fn full_sample(seq: u64) -> Sample {
+    let f = seq as f32 / 10.0;
+    let mut s = fake::sample(seq, 3);
+    s.cpu = Some(Cpu {
+        total_pct: 12.3 + f,
+        per_core_pct: vec![10.1 + f, 14.5 + f],
+    });
+    s.memory = Some(Memory {
+        total_bytes: 8 << 30,
+        used_bytes: (3 << 30) + seq,
+        available_bytes: 5 << 30,
+        swap_total_bytes: 1 << 30,
+        swap_used_bytes: seq,
+    });
+    s.load.as_mut().expect("fake samples carry a load").one = 0.1 * seq as f64;
+    s.network = Some(Network {
+        interfaces: vec![Interface {
+            name: "eth0".into(),
+            rx_bytes_per_sec: 1024.7 * seq as f64,
+            tx_bytes_per_sec: 0.3,
+            rx_packets_per_sec: 3.0,
+            rx_bytes_total: seq << 20,
+            ..Default::default()
+        }],
+    });
+    s.disk = Some(Disk {
+        devices: vec![DiskDevice {
+            name: "vda".into(),
+            read_bytes_per_sec: 4096.1,
+            write_bytes_per_sec: 0.7 * seq as f64,
+            read_bytes_total: 1 << 30,
+            written_bytes_total: seq << 20,
+        }],
+    });
+    s.filesystems = Some(Filesystems {
+        mounts: vec![Filesystem {
+            mount: "/".into(),
+            device: "/dev/vda1".into(),
+            fs_type: "ext4".into(),
+            total_bytes: 100 << 30,
+            used_bytes: (40 << 30) + seq,
+            free_bytes: 60 << 30,
+        }],
+    });
+    s.system = Some(SystemInfo {
+        uptime_secs: 1000 + seq,
+        boot_time: 1_795_000_000,
+        logical_cores: 2,
+        physical_cores: Some(1),
+        cpu_frequency_mhz: 2400,
+        per_core_frequency_mhz: vec![2400, 2399],
+    });
+    s.temperatures = Some(Temperatures {
+        sensors: vec![Sensor {
+            label: "cpu".into(),
+            celsius: 45.3 + f,
+            max_celsius: Some(90.1),
+            critical_celsius: None,
+        }],
+    });
+    s
+}
+
+/// Every update on the topics in `expected` until each has `counts` of
+/// them, by topic and seq; panics on a duplicate or an unexpected topic.
+async fn collect_topics(
+    client: &mut WsClient,
+    expected: &BTreeMap<String, usize>,
+) -> BTreeMap<String, BTreeMap<u64, Value>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
+    while expected
+        .iter()
+        .any(|(topic, n)| out.get(topic).map_or(0, |u| u.len()) < *n)
+    {
         let m = client.next().await;
-        if m["topic"] == topic {
-            out.insert(m["seq"].as_u64().unwrap(), m);
-        }
+        let topic = m["topic"].as_str().expect("a topic").to_string();
+        assert!(expected.contains_key(&topic), "unexpected {m}");
+        let seq = m["seq"].as_u64().expect("a seq");
+        assert!(
+            out.entry(topic).or_default().insert(seq, m).is_none(),
+            "seq {seq} twice"
+        );
     }
     out
+}
+
+/// Waits for the `$sys.subscribed` of a client with a batching window (it
+/// comes inside a `batch.update` frame); nothing else may come before it.
+async fn subscribed_in_batch(client: &mut WsClient) {
+    let frame = client.next().await;
+    assert_eq!(frame["topic"], "batch.update", "{frame}");
+    let items = frame["updates"].as_array().expect("a list of updates");
+    assert!(
+        items.len() == 1 && items[0]["topic"] == "$sys.subscribed",
+        "{frame}"
+    );
 }
 
 /// Every non-integer number as the f32 it was sent as.
@@ -40,6 +134,7 @@ fn f32_view(updates: &BTreeMap<u64, Value>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_encoding_delivers_exactly_the_updates_json_delivers() {
+    const SAMPLES: u64 = 5;
     let agg = TestAggregator::start(|_| {}).await;
     let url = agg.ws_url();
     let mut json_client = WsClient::connect(&format!("{url}?encoding=json")).await;
@@ -50,24 +145,50 @@ async fn every_encoding_delivers_exactly_the_updates_json_delivers() {
     assert!(deflated.deflated);
     for c in [&mut json_client, &mut packed, &mut deflated] {
         c.subscribe("host.enc.>").await;
+        c.subscribe("hosts").await;
     }
-    let agent = TestAgent::start(agent_config(&agg.ingest_url(), "enc"));
-    let a = collect(&mut json_client, "host.enc.processes", 8).await;
-    let b = collect(&mut packed, "host.enc.processes", 8).await;
-    let c = collect(&mut deflated, "host.enc.processes", 8).await;
-    // MessagePack keeps 32-bit floats as such; JSON prints their shortest
-    // decimal form. Both are the same f32.
-    assert!(
-        f32_view(&a) == f32_view(&b),
-        "msgpack decodes to the JSON updates"
-    );
-    assert!(
-        f32_view(&a) == f32_view(&c),
-        "msgpack+deflate decodes to the JSON updates"
-    );
-    assert!(
-        a.values()
-            .all(|m| m["payload"]["count"].as_u64().unwrap() > 0)
+    // Every documented family once per sample, and the host's arrival.
+    let mut expected: BTreeMap<String, usize> = DOCUMENTED_FAMILIES
+        .iter()
+        .map(|f| (format!("host.enc.{f}"), SAMPLES as usize))
+        .collect();
+    expected.insert("hosts".into(), 1);
+    let mut agent = FakeAgent::connect(&agg.ingest_url(), "enc").await;
+    for seq in 1..=SAMPLES {
+        agent.send(fake::batch(seq, &[full_sample(seq)])).await;
+        agent.acked(seq).await;
+    }
+    let a = collect_topics(&mut json_client, &expected).await;
+    let b = collect_topics(&mut packed, &expected).await;
+    let c = collect_topics(&mut deflated, &expected).await;
+    for (topic, updates) in &a {
+        if topic != "hosts" {
+            assert!(
+                updates.keys().copied().eq(1..=SAMPLES),
+                "{topic}: seqs {:?}",
+                updates.keys()
+            );
+        }
+        assert!(
+            updates
+                .values()
+                .all(|m| m["payload"].as_object().is_some_and(|p| !p.is_empty())),
+            "{topic}: an empty payload"
+        );
+        // MessagePack keeps 32-bit floats as such; JSON prints their
+        // shortest decimal form. Both are the same f32.
+        assert!(
+            f32_view(updates) == f32_view(&b[topic]),
+            "{topic}: msgpack decodes to the JSON updates"
+        );
+        assert!(
+            f32_view(updates) == f32_view(&c[topic]),
+            "{topic}: msgpack+deflate decodes to the JSON updates"
+        );
+    }
+    assert_eq!(
+        a["hosts"].values().next().unwrap()["payload"]["host"],
+        "enc"
     );
 
     // A bad choice is refused before the upgrade, naming the options.
@@ -79,7 +200,6 @@ async fn every_encoding_delivers_exactly_the_updates_json_delivers() {
         }
         other => panic!("expected HTTP 400, got {other:?}"),
     }
-    agent.stop().await;
     agg.stop().await;
 }
 
@@ -131,46 +251,118 @@ async fn batching_keeps_order_and_seqs_in_every_encoding() {
     agg.stop().await;
 }
 
+/// The two topics of [`two_topic_sample`] on host `thr`.
+const TOPICS: [&str; 2] = ["host.thr.cpu", "host.thr.load"];
+
+/// A sample with a CPU figure and a load average: two topics per sample.
+fn two_topic_sample(seq: u64) -> Sample {
+    let mut s = fake::sample(seq, 0);
+    s.cpu = Some(Cpu {
+        total_pct: 1.0,
+        per_core_pct: vec![1.0],
+    });
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttle_delivers_at_most_one_update_per_interval_and_the_newest_last() {
+    const THROTTLE: Duration = Duration::from_millis(300);
     let agg = TestAggregator::start(|_| {}).await;
-    let mut config = agent_config(&agg.ingest_url(), "thr");
-    config.interval_ms = 20;
-    let agent = TestAgent::start(config);
     let mut c = WsClient::connect(&agg.ws_url()).await;
-    c.send(json!({"action":"subscribe","topic":"host.thr.load","throttle_ms":300}))
+    c.send(json!({"action":"subscribe","topic":"host.thr.>","throttle_ms":THROTTLE.as_millis() as u64}))
         .await;
     c.next_on("$sys.subscribed").await;
-    // (sample time, seq) of each delivered update. Sample times, not arrival
-    // times: a client that is slow to read could see two sends back to back.
-    let mut arrivals: Vec<(std::time::SystemTime, u64)> = Vec::new();
-    while arrivals.len() < 6 {
-        let m = c.next_on("host.thr.load").await;
-        let taken = humantime::parse_rfc3339(m["timestamp"].as_str().unwrap()).unwrap();
-        arrivals.push((taken, m["seq"].as_u64().unwrap()));
+    let mut agent = FakeAgent::connect(&agg.ingest_url(), "thr").await;
+    // Arrival time and seq of each update, per topic.
+    let mut got: BTreeMap<&str, Vec<(Instant, u64)>> = BTreeMap::new();
+    /// Reads until every topic has delivered `seq`, recording arrivals.
+    async fn read_until(c: &mut WsClient, seq: u64, got: &mut BTreeMap<&str, Vec<(Instant, u64)>>) {
+        while TOPICS
+            .iter()
+            .any(|t| got.get(t).and_then(|v| v.last()).is_none_or(|l| l.1 < seq))
+        {
+            let Some(m) = c.next_within(WAIT).await else {
+                panic!("seq {seq} not delivered on every topic within {WAIT:?}: {got:?}");
+            };
+            let topic = TOPICS
+                .into_iter()
+                .find(|t| m["topic"] == *t)
+                .unwrap_or_else(|| panic!("unexpected {m}"));
+            got.entry(topic)
+                .or_default()
+                .push((Instant::now(), m["seq"].as_u64().unwrap()));
+        }
     }
-    for pair in arrivals.windows(2) {
-        let gap = pair[1].0.duration_since(pair[0].0).unwrap();
-        // One send per 300 ms, each carrying the newest sample: consecutive
-        // samples are 300 ms apart, less the age of the newest at sending
-        // (one sampling period; a debug build samples in up to ~50 ms).
-        assert!(gap >= Duration::from_millis(240), "{gap:?} between updates");
-        assert!(pair[1].1 > pair[0].1 + 1, "updates in between were skipped");
-    }
-    let status = agent.status.clone();
-    agent.stop().await;
-    let last = status
-        .last_sample_seq
-        .load(std::sync::atomic::Ordering::SeqCst);
-    // Newest wins: after the agent stops, the last update delivered is its
-    // last sample (held back until its interval ended, if need be).
-    let mut latest = arrivals.last().unwrap().1;
-    while latest != last {
-        assert!(latest < last);
-        latest = c.next_on("host.thr.load").await["seq"].as_u64().unwrap();
+
+    // A burst: 50 samples in one batch, published at once. Per topic, the
+    // first goes out at once and the newest when the interval ends; the 48
+    // in between are replaced before they are due.
+    let burst_sent = Instant::now();
+    agent
+        .send(fake::batch(
+            1,
+            &(1..=50).map(two_topic_sample).collect::<Vec<_>>(),
+        ))
+        .await;
+    agent.acked(1).await;
+    read_until(&mut c, 50, &mut got).await;
+    for topic in TOPICS {
+        let seqs: Vec<u64> = got[topic].iter().map(|a| a.1).collect();
+        assert_eq!(seqs, [1, 50], "{topic}");
+        // The newest was sent no sooner than one interval after the first,
+        // which was sent after the burst left this client.
+        let waited = got[topic][1].0 - burst_sent;
+        assert!(waited >= THROTTLE, "{topic}: newest after {waited:?}");
     }
     assert_eq!(
-        c.next_within(Duration::from_millis(600)).await,
+        c.next_within(THROTTLE * 2).await,
+        None,
+        "nothing after the newest of the burst"
+    );
+
+    // A steady stream, one sample every 10 ms for 1.5 s: sends are at least
+    // an interval apart on the server, and each was sent after this window
+    // opened and before it was read, so a window of length W holds at most
+    // 1 + W / interval of them per topic (however slowly this machine runs;
+    // unthrottled it would be every sample).
+    got.clear();
+    let window_opened = Instant::now();
+    let mut seq = 50;
+    let mut batch = 1;
+    while window_opened.elapsed() < Duration::from_millis(1_500) {
+        seq += 1;
+        batch += 1;
+        agent
+            .send(fake::batch(batch, &[two_topic_sample(seq)]))
+            .await;
+        agent.acked(batch).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let published = seq - 50;
+    // Newest wins: the last sample is delivered, held back if need be.
+    read_until(&mut c, seq, &mut got).await;
+    for topic in TOPICS {
+        let updates = &got[topic];
+        let window = updates.last().unwrap().0 - window_opened;
+        let allowed = 1 + (window.as_millis() / THROTTLE.as_millis()) as u64;
+        let delivered = updates.len() as u64;
+        assert!(
+            delivered <= allowed,
+            "{topic}: {delivered} updates in {window:?} at one per {THROTTLE:?}"
+        );
+        // Enough was published for the bound to mean something.
+        assert!(
+            published >= 3 * allowed,
+            "only {published} samples published against a bound of {allowed}"
+        );
+        assert!(
+            updates.windows(2).all(|p| p[0].1 < p[1].1),
+            "{topic}: seqs rise: {updates:?}"
+        );
+        assert_eq!(updates.last().unwrap().1, seq, "{topic}: the newest last");
+    }
+    assert_eq!(
+        c.next_within(THROTTLE * 2).await,
         None,
         "nothing after the newest"
     );
@@ -192,6 +384,10 @@ async fn a_stalled_client_is_conflated_then_closed_while_200_active_clients_get_
         c.send(json!({"action":"subscribe","topic":"host.bulk.load"}))
             .await;
         active.push(c);
+    }
+    // Each holds its subscription before the first update is published.
+    for c in &mut active {
+        subscribed_in_batch(c).await;
     }
     let mut stalled = WsClient::connect(&agg.ws_url()).await;
     stalled.subscribe("host.bulk.>").await;
