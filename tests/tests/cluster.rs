@@ -1,19 +1,31 @@
-//! Cluster mode end to end: a real nats-server, two real aggregator
-//! binaries, in-process agents and WebSocket clients. Every host reaches
-//! both aggregators with the same seqs, an agent fails over with no gap for
-//! a resuming subscriber, and a broker outage leaves local traffic alone, is
-//! reported, and is recovered from.
+//! Cluster mode end to end: a real nats-server, real aggregator binaries,
+//! in-process agents (real and hand-driven) and WebSocket clients. Every
+//! host reaches every aggregator with the same seqs and each aggregator
+//! publishes exactly its own agents' updates; an agent fails over with no
+//! gap for a resuming subscriber; a broker outage leaves local traffic
+//! alone, is reported and is recovered from; a late aggregator catches up;
+//! the publish queue and the catch-up buffer stay within their bounds and
+//! count what they drop; a dead peer's hosts go offline after the timeout.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use hostpulse_agent::config::Aggregators;
-use hostpulse_tests::nats::NatsServer;
+use hostpulse_tests::fake::{self, FakeAgent};
+use hostpulse_tests::nats::{NatsServer, Spy};
 use hostpulse_tests::process::{Proc, addr_in, temp_file};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{TestAgent, WAIT, agent_config, http_get, wait_until};
 use serde_json::Value;
+
+/// The `[cluster]` settings every node gets unless a test overrides them.
+const CLUSTER_DEFAULTS: [(&str, &str); 4] = [
+    ("presence_interval_ms", "200"),
+    ("peer_timeout_ms", "1500"),
+    ("catchup_wait_ms", "500"),
+    ("reconnect_max_ms", "500"),
+];
 
 /// One aggregator binary in cluster mode.
 struct Node {
@@ -24,13 +36,20 @@ struct Node {
 
 impl Node {
     async fn start(nats: &NatsServer, name: &str) -> Self {
+        Self::start_with(nats, name, &[]).await
+    }
+
+    /// Starts a node with `[cluster]` keys in `tune` replacing the defaults;
+    /// returns once it has connected to NATS.
+    async fn start_with(nats: &NatsServer, name: &str, tune: &[(&str, &str)]) -> Self {
+        let mut keys: BTreeMap<&str, &str> = CLUSTER_DEFAULTS.into_iter().collect();
+        keys.extend(tune.iter().copied());
+        let cluster: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let config = temp_file(
             "aggregator.toml",
             &format!(
                 "[ingest]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-                 [cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n\
-                 presence_interval_ms = 200\npeer_timeout_ms = 1500\ncatchup_wait_ms = 500\n\
-                 reconnect_max_ms = 500\n",
+                 [cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{cluster}",
                 nats.url()
             ),
         );
@@ -59,6 +78,12 @@ impl Node {
         format!("ws://{}/ws", self.http)
     }
 
+    /// Waits (up to [`WAIT`]) for a log line containing `needle`, without
+    /// stalling the runtime's other tasks.
+    fn line(&mut self, needle: &str) -> String {
+        tokio::task::block_in_place(|| self.proc.wait_for_line(needle))
+    }
+
     /// `(aggregator, online)` of each host in `/api/v1/hosts`.
     async fn hosts(&self) -> BTreeMap<String, (String, bool)> {
         let (status, body) = http_get(self.http, "/api/v1/hosts").await;
@@ -79,14 +104,87 @@ impl Node {
             .collect()
     }
 
-    /// The value of one sample in `/metrics`.
-    async fn metric(&self, name: &str) -> f64 {
+    /// The value of one sample in `/metrics` (`name` with any labels, as
+    /// written there).
+    async fn metric(&self, name: &str) -> u64 {
         let (_, body) = http_get(self.http, "/metrics").await;
-        body.lines()
+        let v: f64 = body
+            .lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .unwrap_or_else(|| panic!("{name} in /metrics:\n{body}"))
             .parse()
-            .unwrap()
+            .unwrap();
+        v as u64
+    }
+
+    /// `load` updates the hub has taken (a fake agent's sample makes one).
+    async fn load_updates(&self) -> u64 {
+        self.metric("hostpulse_topic_updates_published_total{kind=\"load\"}")
+            .await
+    }
+}
+
+/// Polls `probe` every 50 ms until `done` holds for its value; returns it.
+/// Panics after [`WAIT`] with `what` and the last value.
+async fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = probe().await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A hand-driven agent whose samples each make exactly one update
+/// (`host.<host>.load`), numbered 1, 2, 3…
+struct Burst {
+    agent: FakeAgent,
+    batches: u64,
+    /// The last sample seq sent.
+    seq: u64,
+}
+
+impl Burst {
+    async fn connect(node: &Node, host: &str) -> Self {
+        Self {
+            agent: FakeAgent::connect(&node.ingest_url(), host).await,
+            batches: 0,
+            seq: 0,
+        }
+    }
+
+    /// Sends the next `n` samples in one batch and waits for its ack.
+    async fn send(&mut self, n: u64) {
+        let samples: Vec<_> = (self.seq + 1..=self.seq + n)
+            .map(|s| fake::sample(s, 0))
+            .collect();
+        self.batches += 1;
+        self.agent.send(fake::batch(self.batches, &samples)).await;
+        self.agent.acked(self.batches).await;
+        self.seq += n;
+    }
+
+    /// Like [`Burst::send`], then waits until `node`'s hub has taken every
+    /// sample sent so far (an ack only means the batch was queued to it).
+    async fn send_taken(&mut self, node: &Node, n: u64) {
+        self.send(n).await;
+        let want = self.seq;
+        eventually(
+            "the hub to take every sample sent",
+            async || node.load_updates().await,
+            |&taken| taken == want,
+        )
+        .await;
     }
 }
 
@@ -130,76 +228,86 @@ fn count(t: &Tracker, topic: &str) -> u64 {
     t.count.get(topic).copied().unwrap_or(0)
 }
 
+/// Updates `t` received on the topics of `host`.
+fn host_count(t: &Tracker, host: &str) -> u64 {
+    let prefix = format!("host.{host}.");
+    t.count
+        .iter()
+        .filter(|(topic, _)| topic.starts_with(&prefix))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Reads whatever `client` has waiting (until 100 ms pass with nothing).
+async fn drain(client: &mut WsClient, tracker: &mut Tracker, seen: &mut Seen) {
+    loop {
+        match client.recv(Duration::from_millis(100)).await {
+            Ok(Some(m)) => {
+                if let (Some(t), Some(s)) = (m["topic"].as_str(), m["seq"].as_u64()) {
+                    tracker.record(&m);
+                    seen.insert((t.to_string(), s), m.to_string());
+                }
+            }
+            Ok(None) => return,
+            Err(closed) => panic!("connection closed ({closed:?}) while draining"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_host_reaches_both_aggregators_with_the_same_seqs() {
     let nats = NatsServer::start();
     let n1 = Node::start(&nats, "agg-1").await;
     let n2 = Node::start(&nats, "agg-2").await;
+    // Everything put on the broker, from before the first update on.
+    let spy = Spy::subscribe(nats.port, "hostpulse.host.>").await;
+    // Both clients are subscribed before any agent starts, so each sees
+    // every update its aggregator takes.
+    let mut c1 = WsClient::connect(&n1.ws_url()).await;
+    let mut c2 = WsClient::connect(&n2.ws_url()).await;
+    c1.subscribe("host.>").await;
+    c2.subscribe("host.>").await;
     let a = TestAgent::start(agent_config(&n1.ingest_url(), "host-a"));
     let b = TestAgent::start(agent_config(&n2.ingest_url(), "host-b"));
 
-    let mut c1 = WsClient::connect(&n1.ws_url()).await;
-    let mut c2 = WsClient::connect(&n2.ws_url()).await;
-    c1.subscribe("host.*.cpu").await;
-    c2.subscribe("host.*.cpu").await;
     let (mut t1, mut t2) = (Tracker::default(), Tracker::default());
     let (mut s1, mut s2) = (Seen::new(), Seen::new());
-    let mut notices = Vec::new();
+    let (mut notices1, mut notices2) = (Vec::new(), Vec::new());
     let both = |t: &Tracker, _: &[Value]| {
         count(t, "host.host-a.cpu") >= 15 && count(t, "host.host-b.cpu") >= 15
     };
-    follow(
-        &mut c1,
-        &mut t1,
-        &mut s1,
-        &mut notices,
-        WAIT,
-        "both hosts on aggregator 1",
-        both,
-    )
-    .await;
-    follow(
-        &mut c2,
-        &mut t2,
-        &mut s2,
-        &mut notices,
-        WAIT,
-        "both hosts on aggregator 2",
-        both,
-    )
-    .await;
-
-    // Each client saw each host exactly once per seq, in order.
-    t1.assert_exactly_once();
-    t2.assert_exactly_once();
-    // The same seqs carry the same update, byte for byte, on both.
-    for topic in ["host.host-a.cpu", "host.host-b.cpu"] {
-        let (f1, l1) = t1.range[topic];
-        let (f2, l2) = t2.range[topic];
-        let (from, to) = (f1.max(f2), l1.min(l2));
-        assert!(to >= from + 5, "{topic}: overlap {from}..={to} too short");
-        for seq in from..=to {
-            let k = (topic.to_string(), seq);
-            assert_eq!(s1.get(&k), s2.get(&k), "{topic} seq {seq}");
-        }
-    }
+    tokio::join!(
+        follow(
+            &mut c1,
+            &mut t1,
+            &mut s1,
+            &mut notices1,
+            WAIT,
+            "both hosts on aggregator 1",
+            both,
+        ),
+        follow(
+            &mut c2,
+            &mut t2,
+            &mut s2,
+            &mut notices2,
+            WAIT,
+            "both hosts on aggregator 2",
+            both,
+        ),
+    );
 
     // Presence: both aggregators list both hosts, each with its aggregator.
     for node in [&n1, &n2] {
-        let mut hosts = BTreeMap::new();
-        for _ in 0..100 {
-            hosts = node.hosts().await;
-            if hosts.len() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(
-            hosts.contains_key("host-a") && hosts.contains_key("host-b"),
-            "{hosts:?}"
-        );
-        assert_eq!(hosts["host-a"], ("agg-1".to_string(), true), "{hosts:?}");
-        assert_eq!(hosts["host-b"], ("agg-2".to_string(), true), "{hosts:?}");
+        eventually(
+            "both hosts listed with their aggregators",
+            async || node.hosts().await,
+            |hosts| {
+                hosts.get("host-a") == Some(&("agg-1".to_string(), true))
+                    && hosts.get("host-b") == Some(&("agg-2".to_string(), true))
+            },
+        )
+        .await;
     }
     // The hosts topic of aggregator 1 announced the host attached to 2.
     let mut c3 = WsClient::connect(&n1.ws_url()).await;
@@ -213,17 +321,86 @@ async fn every_host_reaches_both_aggregators_with_the_same_seqs() {
             break;
         }
     }
-    // Each aggregator published only its own agent's updates (no echo loop):
-    // 4 topics per sample, so about 4 × samples, never twice that.
-    let published = n1.metric("hostpulse_cluster_published_total").await;
-    let received = n1.metric("hostpulse_cluster_received_total").await;
-    assert!(published > 0.0 && received > 0.0, "{published} {received}");
-    assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 1.0);
-    assert_eq!(n1.metric("hostpulse_cluster_peers").await, 1.0);
+    assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 1);
+    assert_eq!(n1.metric("hostpulse_cluster_peers").await, 1);
     check_metrics_format(&n2).await;
 
+    // No echo loop, exactly. Once the agents are stopped and everything
+    // has arrived, for each aggregator: what it published equals the
+    // updates of its own agent (all of which its client saw), the broker
+    // carried exactly that many under its name, and the other aggregator
+    // received exactly that many and showed them all.
     a.stop().await;
     b.stop().await;
+    let node_is = |node: &'static str| {
+        move |m: &hostpulse_tests::nats::NatsMessage| m.header("Hostpulse-Node") == Some(node)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        drain(&mut c1, &mut t1, &mut s1).await;
+        drain(&mut c2, &mut t2, &mut s2).await;
+        let counts = [
+            // aggregator 1 and its agent's updates
+            host_count(&t1, "host-a"),
+            n1.metric("hostpulse_cluster_published_total").await,
+            spy.count(node_is("agg-1")) as u64,
+            n2.metric("hostpulse_cluster_received_total").await,
+            host_count(&t2, "host-a"),
+            // aggregator 2 and its agent's updates
+            host_count(&t2, "host-b"),
+            n2.metric("hostpulse_cluster_published_total").await,
+            spy.count(node_is("agg-2")) as u64,
+            n1.metric("hostpulse_cluster_received_total").await,
+            host_count(&t1, "host-b"),
+        ];
+        if counts[..5].iter().all(|&n| n == counts[0])
+            && counts[5..].iter().all(|&n| n == counts[5])
+        {
+            assert!(counts[0] > 0 && counts[5] > 0, "{counts:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "published and received never matched local updates: \
+             [local a on agg-1, published by agg-1, on the broker from agg-1, received by agg-2, host-a on agg-2, \
+             local b on agg-2, published by agg-2, on the broker from agg-2, received by agg-1, host-b on agg-1] = {counts:?}"
+        );
+    }
+    // Each client saw each host exactly once per seq, in order.
+    t1.assert_exactly_once();
+    t2.assert_exactly_once();
+    // The same seqs carry the same update, byte for byte, on both: every
+    // topic, every seq (both clients saw each host from its first update).
+    assert_eq!(
+        t1.range, t2.range,
+        "both aggregators hold the same topics and seqs"
+    );
+    assert_eq!(s1, s2, "the same updates on both aggregators");
+    // On the broker: each update under its own host's aggregator, once.
+    let mut on_broker = HashSet::new();
+    for m in spy.messages() {
+        let host = m.subject.split('.').nth(2).unwrap_or("");
+        let origin = m.header("Hostpulse-Node");
+        let expected = match host {
+            "host-a" => "agg-1",
+            "host-b" => "agg-2",
+            other => panic!("an update of an unknown host {other:?} on the broker: {m:?}"),
+        };
+        assert_eq!(origin, Some(expected), "{m:?}");
+        let seq = m.header("Hostpulse-Seq").map(str::to_string);
+        assert!(
+            on_broker.insert((m.subject.clone(), seq.clone())),
+            "{} seq {seq:?} published twice",
+            m.subject
+        );
+    }
+    for node in [&n1, &n2] {
+        assert_eq!(node.metric("hostpulse_cluster_dropped_total").await, 0);
+        assert_eq!(
+            node.metric("hostpulse_cluster_export_dropped_total").await,
+            0
+        );
+    }
 }
 
 /// The cluster families parse as Prometheus text, and promtool agrees.
@@ -315,18 +492,13 @@ async fn an_agent_fails_over_and_a_resuming_subscriber_sees_no_gap() {
 }
 
 async fn wait_until_hosts(node: &Node, host: &str, aggregator: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let hosts = node.hosts().await;
-        if hosts.get(host) == Some(&(aggregator.to_string(), true)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{host} never shown online on {aggregator}: {hosts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let want = (aggregator.to_string(), true);
+    eventually(
+        &format!("{host} shown online on {aggregator}"),
+        async || node.hosts().await,
+        |hosts| hosts.get(host) == Some(&want),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +551,7 @@ async fn a_broker_outage_keeps_local_traffic_is_reported_and_recovers() {
         |t, _| t.last(local).unwrap() >= local_then + 15,
     )
     .await;
-    assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 0.0);
+    assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 0);
     let remote_then = tracker.last(remote).unwrap();
 
     nats.restart();
@@ -407,8 +579,11 @@ async fn a_broker_outage_keeps_local_traffic_is_reported_and_recovers() {
     )
     .await;
     tracker.assert_exactly_once();
-    assert!(n1.metric("hostpulse_cluster_nats_reconnects_total").await >= 1.0);
-    assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 1.0);
+    assert_eq!(
+        n1.metric("hostpulse_cluster_nats_reconnects_total").await,
+        1
+    );
+    assert_eq!(n1.metric("hostpulse_cluster_nats_connected").await, 1);
 
     a.stop().await;
     b.stop().await;
@@ -436,29 +611,22 @@ async fn an_aggregator_joining_late_catches_up_the_history_of_the_others() {
     .await;
     let (first, _) = early.range[topic];
 
-    // Aggregator 2 starts now, yet holds what aggregator 1 had before it.
-    let n2 = Node::start(&nats, "agg-2").await;
+    // Aggregator 2 starts now, yet holds what aggregator 1 had before it
+    // once its first catch-up is applied (time enough for the answer on a
+    // loaded machine: it ends early once aggregator 1 is known and done).
+    let mut n2 = Node::start_with(&nats, "agg-2", &[("catchup_wait_ms", "3000")]).await;
+    let applied = n2.line("catch-up applied");
     let mut c2 = WsClient::connect(&n2.ws_url()).await;
     let mut tracker = Tracker::default();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        c2.send(serde_json::json!({"action": "subscribe", "topic": topic, "since": first - 1}))
-            .await;
-        let subscribed = c2.next_on("$sys.subscribed").await;
-        let start = subscribed["payload"]["topics"][0]["history_start"].as_u64();
-        if start.is_some_and(|s| s <= first) {
-            assert_eq!(subscribed["payload"]["complete"], true, "{subscribed}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "aggregator 2 never caught up: {subscribed}"
-        );
-        c2.send(serde_json::json!({"action": "unsubscribe", "topic": topic}))
-            .await;
-        c2.next_on("$sys.unsubscribed").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c2.send(serde_json::json!({"action": "subscribe", "topic": topic, "since": first - 1}))
+        .await;
+    let subscribed = c2.next_on("$sys.subscribed").await;
+    let start = subscribed["payload"]["topics"][0]["history_start"].as_u64();
+    assert!(
+        start.is_some_and(|s| s <= first),
+        "aggregator 2 did not catch up the history from seq {first}: {subscribed}\n{applied}"
+    );
+    assert_eq!(subscribed["payload"]["complete"], true, "{subscribed}");
     let last_early = early.last(topic).unwrap();
     follow(
         &mut c2,
@@ -473,4 +641,304 @@ async fn an_aggregator_joining_late_catches_up_the_history_of_the_others() {
     assert_eq!(tracker.range[topic].0, first, "{:?}", tracker.range);
     tracker.assert_exactly_once();
     a.stop().await;
+}
+
+/// `(published, export_dropped)` of a node's broker export.
+async fn export(node: &Node) -> (u64, u64) {
+    (
+        node.metric("hostpulse_cluster_published_total").await,
+        node.metric("hostpulse_cluster_export_dropped_total").await,
+    )
+}
+
+/// How many publishes async-nats' own command buffer takes while the
+/// broker is away (its `client_capacity`, 2048 by default; the aggregator
+/// does not change it). The publisher then waits, and the publish queue
+/// fills behind it.
+const NATS_CLIENT_BUFFER: u64 = 2048;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_queue_stays_bounded_without_a_broker_and_counts_what_it_drops() {
+    // Not a divisor of NATS_CLIENT_BUFFER: the chunk that fills the
+    // client's buffer leaves the rest of itself in the queue, and the
+    // publisher waiting with one update in hand.
+    const QUEUE: u64 = 300;
+    let mut nats = NatsServer::start();
+    // Presence goes out at start and on attach only, so during the outage
+    // nothing but host updates enters the NATS client's buffer.
+    let n1 = Node::start_with(
+        &nats,
+        "agg-1",
+        &[
+            ("publish_queue", "300"),
+            ("presence_interval_ms", "60000"),
+            ("peer_timeout_ms", "120000"),
+        ],
+    )
+    .await;
+    let mut burst = Burst::connect(&n1, "burst").await;
+
+    // With the broker up, every update is published.
+    burst.send_taken(&n1, 20).await;
+    let (p0, d0) = eventually(
+        "the first 20 updates published",
+        async || export(&n1).await,
+        |&(p, d)| p + d == 20,
+    )
+    .await;
+    assert_eq!((p0, d0), (20, 0));
+
+    nats.stop();
+    eventually(
+        "the aggregator to notice the broker is gone",
+        async || n1.metric("hostpulse_cluster_nats_connected").await,
+        |&c| c == 0,
+    )
+    .await;
+    // Each chunk fits the empty queue whole (nothing dropped); the
+    // publisher moves it on into the client's buffer until that is full.
+    let (p_full, backlog) = loop {
+        burst.send_taken(&n1, QUEUE).await;
+        let total = burst.seq;
+        let (p, d) = eventually(
+            "the publisher to empty the queue or fill the NATS client's buffer",
+            async || export(&n1).await,
+            |&(p, d)| p + d == total || p - p0 >= NATS_CLIENT_BUFFER,
+        )
+        .await;
+        assert_eq!(d, 0, "dropped while the queue had room");
+        if p - p0 >= NATS_CLIENT_BUFFER {
+            assert_eq!(
+                p - p0,
+                NATS_CLIENT_BUFFER,
+                "the NATS client took more than its buffer while the broker was away"
+            );
+            break (p, total - p);
+        }
+        assert!(
+            burst.seq < 20 + 2 * NATS_CLIENT_BUFFER,
+            "the NATS client's buffer never filled"
+        );
+    };
+    // The queue, plus the one update the publisher waits with.
+    assert!(
+        (1..=QUEUE).contains(&backlog),
+        "held {backlog} with the client's buffer full"
+    );
+
+    // Now the queue fills up to publish_queue and everything beyond is
+    // dropped and counted, one for one; nothing more is published.
+    let more = 2 * QUEUE;
+    burst.send_taken(&n1, more).await;
+    let (p, d) = export(&n1).await;
+    assert_eq!(p, p_full, "published while the broker was away");
+    assert_eq!(
+        d,
+        backlog + more - (QUEUE + 1),
+        "dropped beyond a full queue of {QUEUE} and the update in hand"
+    );
+    assert_eq!(burst.seq - p - d, QUEUE + 1, "held towards NATS");
+    burst.send_taken(&n1, 50).await;
+    assert_eq!(
+        export(&n1).await,
+        (p_full, d + 50),
+        "each update beyond the full queue dropped and counted"
+    );
+    let d_outage = d + 50;
+
+    // The broker returns: what was held goes out, what was dropped stays
+    // dropped, and nothing is lost uncounted.
+    nats.restart();
+    let total = burst.seq;
+    let (p_back, d_back) = eventually(
+        "every held update published after the broker returned",
+        async || export(&n1).await,
+        |&(p, d)| p + d == total,
+    )
+    .await;
+    assert_eq!(d_back, d_outage);
+    assert_eq!(p_back - p_full, QUEUE + 1);
+    burst.send_taken(&n1, 50).await;
+    let want = (p_back + 50, d_back);
+    eventually(
+        "new updates published again",
+        async || export(&n1).await,
+        |&pd| pd == want,
+    )
+    .await;
+    assert_eq!(n1.metric("hostpulse_cluster_dropped_total").await, 0);
+}
+
+/// `key=N` in a log line.
+fn field(line: &str, key: &str) -> u64 {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("{key} in {line:?}"))
+        + key.len()
+        + 2;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_the_oldest() {
+    const BUFFER: u64 = 8;
+    const BURST: u64 = 30;
+    let nats = NatsServer::start();
+    // Aggregator 1 announces itself at start and on attach only, so
+    // aggregator 2 does not know it when its catch-up begins, and holds
+    // live updates back for the whole catchup_wait_ms.
+    let mut n1 = Node::start_with(
+        &nats,
+        "agg-1",
+        &[
+            ("presence_interval_ms", "60000"),
+            ("peer_timeout_ms", "120000"),
+        ],
+    )
+    .await;
+    let mut burst = Burst::connect(&n1, "late").await;
+    burst.send_taken(&n1, 20).await;
+    let mut n2 = Node::start_with(
+        &nats,
+        "agg-2",
+        &[("catchup_wait_ms", "4000"), ("catchup_buffer", "8")],
+    )
+    .await;
+    // Aggregator 2's request follows its live subscription on the same
+    // connection: once aggregator 1 answers, that subscription is in force.
+    let answered = n1.line("answering a catch-up");
+    assert!(answered.contains("to=agg-2"), "{answered}");
+    assert_eq!(field(&answered, "updates"), 20, "{answered}");
+    // Live updates while aggregator 2 holds back.
+    burst.send_taken(&n1, BURST).await;
+    eventually(
+        "aggregator 1 to publish the burst",
+        async || export(&n1).await,
+        |&(p, _)| p == 20 + BURST,
+    )
+    .await;
+    let applied = n2.line("catch-up applied");
+    assert_eq!(field(&applied, "expected"), 0, "{applied}");
+    assert_eq!(field(&applied, "updates"), 20, "{applied}");
+    assert_eq!(field(&applied, "held"), BUFFER, "{applied}");
+    assert_eq!(
+        n2.metric("hostpulse_cluster_dropped_total").await,
+        BURST - BUFFER,
+        "held updates beyond catchup_buffer are counted as dropped"
+    );
+    assert_eq!(n2.metric("hostpulse_cluster_caught_up_total").await, 20);
+    // The held ones go to the hub just after that line.
+    eventually(
+        "the held updates taken in",
+        async || n2.metric("hostpulse_cluster_received_total").await,
+        |&r| r == BUFFER,
+    )
+    .await;
+
+    // Aggregator 2 holds the caught-up history and the newest BUFFER of
+    // the burst: the oldest held were the ones dropped.
+    let topic = "host.late.load";
+    let mut c2 = WsClient::connect(&n2.ws_url()).await;
+    c2.send(serde_json::json!({"action": "subscribe", "topic": topic, "since": 0}))
+        .await;
+    c2.next_on("$sys.subscribed").await;
+    let mut tracker = Tracker::default();
+    let (mut seen, mut notices) = (Seen::new(), Vec::new());
+    let last = 20 + BURST;
+    follow(
+        &mut c2,
+        &mut tracker,
+        &mut seen,
+        &mut notices,
+        WAIT,
+        "the replay on aggregator 2",
+        |t, _| t.last(topic) == Some(last),
+    )
+    .await;
+    assert_eq!(tracker.range[topic], (1, last));
+    assert_eq!(tracker.duplicates, vec![]);
+    assert_eq!(
+        tracker.gaps,
+        vec![(topic.to_string(), 21, last - BUFFER)],
+        "exactly the oldest {} of the burst missing",
+        BURST - BUFFER
+    );
+    // And it is live now.
+    burst.send_taken(&n1, 1).await;
+    follow(
+        &mut c2,
+        &mut tracker,
+        &mut seen,
+        &mut notices,
+        WAIT,
+        "a live update after the catch-up",
+        |t, _| t.last(topic) == Some(last + 1),
+    )
+    .await;
+    assert_eq!(
+        n2.metric("hostpulse_cluster_received_total").await,
+        BUFFER + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peers_hosts_are_announced_offline_after_the_peer_timeout() {
+    // As in CLUSTER_DEFAULTS.
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(1500));
+    let nats = NatsServer::start();
+    let mut n1 = Node::start(&nats, "agg-1").await;
+    let n2 = Node::start(&nats, "agg-2").await;
+    let presence = Spy::subscribe(nats.port, "hostpulse._cluster.presence.agg-1").await;
+    let _agent = Burst::connect(&n1, "doomed").await;
+
+    let mut c2 = WsClient::connect(&n2.ws_url()).await;
+    c2.send(serde_json::json!({"action": "subscribe", "topic": "hosts", "history": 100}))
+        .await;
+    c2.next_on("$sys.subscribed").await;
+    let event_of = async |c: &mut WsClient, event: &str| loop {
+        let m = c.next().await;
+        if m["topic"] == "hosts"
+            && m["payload"]["host"] == "doomed"
+            && m["payload"]["event"] == event
+        {
+            return m;
+        }
+    };
+    let online = event_of(&mut c2, "online").await;
+    assert_eq!(online["payload"]["aggregator"], "agg-1", "{online}");
+
+    // Aggregator 1 dies without a goodbye.
+    n1.proc.kill();
+    let killed = Instant::now();
+    let offline = event_of(&mut c2, "offline").await;
+    let seen = Instant::now();
+    assert_eq!(offline["payload"]["aggregator"], "agg-1", "{offline}");
+    // Not before aggregator 1 had been silent for the timeout (the spy
+    // and aggregator 2 hear each announcement at about the same moment)...
+    let last_heard = presence
+        .messages()
+        .last()
+        .map(|m| m.at)
+        .expect("aggregator 1 announced itself");
+    assert!(
+        seen + Duration::from_millis(500) >= last_heard + timeout,
+        "offline {:?} after the last announcement",
+        seen - last_heard
+    );
+    // ...and within the timeout plus one sweep interval of the kill
+    // (with a second for a loaded machine).
+    assert!(
+        seen - killed <= timeout + interval + Duration::from_secs(1),
+        "offline only {:?} after the kill",
+        seen - killed
+    );
+    assert_eq!(
+        n2.hosts().await.get("doomed"),
+        Some(&("agg-1".to_string(), false))
+    );
+    assert_eq!(n2.metric("hostpulse_cluster_peers").await, 0);
 }
