@@ -215,6 +215,53 @@ describe("HostpulseClient", () => {
     await waitUntil("live", () => c.state.kind === "live");
   });
 
+  it("never puts the token in a URL: it is the first message on every connection", async () => {
+    const tokens = ["s3cret-Token/+=", "n3w-t0ken"];
+    const opened: string[] = [];
+    const c = connect({
+      token: tokens[0],
+      webSocket: (url) => {
+        opened.push(url);
+        return nodeWebSocket(url);
+      },
+    });
+    c.subscribe("host.*.cpu", () => {});
+    const authFirst = async (n: number, token: string) => {
+      const conn = await server.conn(n);
+      await waitUntil(`auth and subscribe on connection #${n}`, () => conn.received.length >= 2);
+      expect(conn.received[0]).toEqual({ action: "auth", token, id: "auth" });
+      expect(conn.received[1]).toMatchObject({ action: "subscribe", topic: "host.*.cpu" });
+      await waitUntil(`live on connection #${n}`, () => c.state.kind === "live");
+      return conn;
+    };
+    // The first connection, one after the server drops it, one after a new token.
+    const first = await authFirst(0, tokens[0]);
+    first.socket.terminate();
+    await authFirst(1, tokens[0]);
+    c.setToken(tokens[1]);
+    const third = await authFirst(2, tokens[1]);
+    expect(third.received.filter((m) => m.action === "auth")).toHaveLength(1);
+
+    expect(opened).toHaveLength(3);
+    expect(server.conns).toHaveLength(3);
+    const requested = server.conns.map((conn) => conn.url);
+    for (const url of [...opened, ...requested]) {
+      // The only query parameter is the encoding; no form of a token anywhere.
+      expect([...new URL(url, server.url).searchParams.keys()]).toEqual(["encoding"]);
+      for (const token of tokens) {
+        for (const form of [token, encodeURIComponent(token), btoa(token)]) {
+          expect(url).not.toContain(form);
+          expect(decodeURIComponent(url)).not.toContain(form);
+        }
+      }
+    }
+    // Nor in the upgrade request's headers (cookies, subprotocols, authorization).
+    for (const conn of server.conns) {
+      const headers = JSON.stringify(conn.headers);
+      for (const token of tokens) expect(headers).not.toContain(token);
+    }
+  });
+
   it("closes a connection that is still opening without an error", async () => {
     const c = connect();
     const errors: string[] = [];

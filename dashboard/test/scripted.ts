@@ -1,6 +1,7 @@
 // A scripted WebSocket server for client tests: records what each connection
 // sends, and lets the test send frames and close connections at will.
 
+import { type IncomingHttpHeaders } from "node:http";
 import { type AddressInfo } from "node:net";
 import WebSocket, { WebSocketServer } from "ws";
 import type { WebSocketFactory, WebSocketLike } from "../src/client";
@@ -9,6 +10,8 @@ import { waitUntil } from "../e2e/harness";
 export interface Conn {
   socket: WebSocket;
   url: string;
+  /** The upgrade request's headers. */
+  headers: IncomingHttpHeaders;
   received: Record<string, unknown>[];
   closed: boolean;
 }
@@ -17,7 +20,7 @@ export class ScriptedServer {
   readonly conns: Conn[] = [];
   private constructor(private readonly wss: WebSocketServer) {
     wss.on("connection", (socket, req) => {
-      const conn: Conn = { socket, url: req.url ?? "", received: [], closed: false };
+      const conn: Conn = { socket, url: req.url ?? "", headers: req.headers, received: [], closed: false };
       socket.on("message", (data) => conn.received.push(JSON.parse(data.toString())));
       socket.on("close", () => (conn.closed = true));
       this.conns.push(conn);
