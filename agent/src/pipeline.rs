@@ -223,12 +223,10 @@ pub async fn run(
                     Ok(None) | Err(_) => {
                         match &message {
                             Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                                // The aggregator reads batches in order, so the
-                                // refused one is the oldest unacknowledged: keep
-                                // it and this agent would resend it forever.
+                                // Kept, the refused batch would be resent forever.
                                 tracing::error!(address = %link_address, cause = %s.message(), "aggregator refused a batch; dropping it");
-                                if let Some(seq) = spool.oldest_unacked() {
-                                    spool.discard_through(seq);
+                                if let Some(seq) = spool.discard_refused() {
+                                    tracing::warn!(seq, "refused batch given up");
                                 }
                             }
                             Err(s) => tracing::warn!(address = %link_address, status = %s, "stream ended"),

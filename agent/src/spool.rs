@@ -67,6 +67,8 @@ pub struct Spool {
     next_to_send: u64,
     /// Evicted after being sent, before any ack: (seq, samples).
     evicted_in_flight: Vec<(u64, u32)>,
+    /// Highest seq acknowledged on the current stream (0: none yet).
+    stream_acked: u64,
     /// Batches that never reached an aggregator (evicted unsent, refused,
     /// or denied by a `Welcome`), since start.
     pub dropped_batches: u64,
@@ -93,6 +95,7 @@ impl Spool {
             acked_through: 0,
             next_to_send: 0,
             evicted_in_flight: Vec::new(),
+            stream_acked: 0,
             dropped_batches: 0,
             dropped_samples: 0,
             unconfirmed_batches: 0,
@@ -175,6 +178,7 @@ impl Spool {
             }
         }
         self.acked_through = self.acked_through.max(seq);
+        self.stream_acked = self.stream_acked.max(seq);
         let acked = self.acked_through;
         self.evicted_in_flight.retain(|(s, _)| *s > acked);
         while self.retained_samples > self.retain_samples
@@ -195,16 +199,41 @@ impl Spool {
         }
     }
 
-    /// Drops unacknowledged batches up to `seq` without delivery (the
-    /// aggregator refused them), counting them as dropped.
-    pub fn discard_through(&mut self, seq: u64) {
-        while self.batches.front().is_some_and(|e| e.batch.seq <= seq) {
-            let e = self.remove(0);
-            if e.batch.seq > self.acked_through {
-                self.drop_batch(e.batch.sample_count);
-            }
+    /// The aggregator refused a batch of the current stream and ended it.
+    /// It reads and acknowledges a stream's batches in order, so the refused
+    /// one is the first sent on this stream after the last ack this stream
+    /// brought: a retained batch being resent to a fresh aggregator, or an
+    /// unacknowledged one. It goes, so that it is not sent forever; an
+    /// unacknowledged one is counted dropped (it reached no aggregator), a
+    /// retained one is not (an earlier aggregator acknowledged it). Returns
+    /// its seq.
+    pub fn discard_refused(&mut self) -> Option<u64> {
+        let after = self.stream_acked;
+        let position = self
+            .batches
+            .iter()
+            .position(|e| e.sent == Sent::OnThisStream && e.batch.seq > after);
+        let Some(i) = position else {
+            // Evicted while in flight: settled here, as never delivered.
+            let i = self
+                .evicted_in_flight
+                .iter()
+                .enumerate()
+                .filter(|(_, (seq, _))| *seq > after)
+                .min_by_key(|(_, (seq, _))| *seq)
+                .map(|(i, _)| i)?;
+            let (seq, samples) = self.evicted_in_flight.remove(i);
+            self.drop_batch(samples);
+            return Some(seq);
+        };
+        let e = self.remove(i);
+        let seq = e.batch.seq;
+        if seq > self.acked_through {
+            self.drop_batch(e.batch.sample_count);
+            // Everything before it was acknowledged on this stream.
+            self.acked_through = seq;
         }
-        self.acked_through = self.acked_through.max(seq);
+        Some(seq)
     }
 
     /// Seq of the oldest unacknowledged batch.
@@ -233,6 +262,7 @@ impl Spool {
     /// over to it): the retained acknowledged batches are sent before them,
     /// and evicted batches that were in flight can no longer be settled.
     pub fn start_stream(&mut self, held: Option<u64>) {
+        self.stream_acked = 0;
         match held {
             Some(last_seq) => {
                 self.ack_through(last_seq);
@@ -396,10 +426,37 @@ mod tests {
         for seq in 1..=3 {
             s.push(batch(seq, 10));
         }
-        s.discard_through(1);
+        s.start_stream(Some(0));
+        assert_eq!(seqs(&mut s), vec![1, 2, 3]);
+        assert_eq!(s.discard_refused(), Some(1));
         assert_eq!(s.dropped_batches, 1);
+        s.end_stream();
         s.start_stream(Some(1));
         assert_eq!(seqs(&mut s), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_refused_retained_batch_goes_without_counting_and_spares_the_unacknowledged() {
+        // Acknowledged 1..=3 by an aggregator that then went away; 4 and 5
+        // are unacknowledged. A fresh aggregator gets the retained ones
+        // again, acknowledges 1 and refuses 2.
+        let mut s = Spool::new(10_000, 1_000);
+        for seq in 1..=5 {
+            s.push(batch(seq, 10));
+        }
+        s.start_stream(Some(0));
+        assert_eq!(seqs(&mut s), vec![1, 2, 3, 4, 5]);
+        s.ack_through(3);
+        s.end_stream();
+        s.start_stream(None);
+        assert_eq!(seqs(&mut s), vec![1, 2, 3, 4, 5]);
+        s.ack_through(1);
+        assert_eq!(s.discard_refused(), Some(2));
+        assert_eq!(counts(&s), (0, 0, 0, 0), "an acknowledged batch is no loss");
+        assert_eq!(s.unacked(), 2, "4 and 5 are kept");
+        s.end_stream();
+        s.start_stream(Some(1));
+        assert_eq!(seqs(&mut s), vec![4, 5]);
     }
 
     #[test]
