@@ -1,8 +1,11 @@
 //! The REST snapshot returns the documented shapes for live agents, and the
 //! same tokens and grants as WebSocket apply.
 
+use std::collections::{HashMap, HashSet};
+
 use hostpulse_aggregator::auth::TokenConfig;
-use hostpulse_tests::{TestAgent, TestAggregator, WAIT, agent_config, http_get};
+use hostpulse_tests::ws::WsClient;
+use hostpulse_tests::{TestAgent, TestAggregator, agent_config, http_get};
 use serde_json::Value;
 
 async fn get(agg: &TestAggregator, path: &str) -> (u16, Value) {
@@ -13,36 +16,40 @@ async fn get(agg: &TestAggregator, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
     let agg = TestAggregator::start(|_| {}).await;
+    // The hub answers the snapshot after publishing whatever it has already
+    // sent to subscribers, so once a subscriber has seen a topic, the
+    // snapshot holds it.
+    let mut watcher = WsClient::connect(&agg.ws_url()).await;
+    watcher.subscribe("host.*.>").await;
+    watcher.subscribe("hosts").await;
     let a = TestAgent::start(agent_config(&agg.ingest_url(), "alpha"));
     let b = TestAgent::start(agent_config(&agg.ingest_url(), "beta"));
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let hosts = loop {
-        let (status, v) = get(&agg, "/api/v1/hosts").await;
-        assert_eq!(status, 200);
-        // Every family the test agent sends (temperatures only where the
-        // host has sensors, so not waited for).
-        let families = hostpulse_tests::DOCUMENTED_FAMILIES
-            .iter()
-            .filter(|f| **f != "temperatures");
-        let ready = v.as_array().is_some_and(|h| {
-            h.len() == 2
-                && h.iter().all(|h| {
-                    h["latest"]
-                        .as_object()
-                        .is_some_and(|l| families.clone().all(|f| l.contains_key(*f)))
-                })
-        });
-        if ready {
-            break v;
+    // Every family the test agent sends (temperatures only where the host
+    // has sensors, so not waited for), from both hosts.
+    let families: HashSet<&str> = hostpulse_tests::DOCUMENTED_FAMILIES
+        .into_iter()
+        .filter(|f| *f != "temperatures")
+        .collect();
+    let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
+    while ["alpha", "beta"].iter().any(|h| {
+        seen.get(*h)
+            .is_none_or(|f| families.iter().any(|x| !f.contains(*x)))
+    }) {
+        let m = watcher.next().await;
+        let topic = m["topic"].as_str().unwrap_or_default();
+        if let Some((host, family)) = topic.strip_prefix("host.").and_then(|t| t.split_once('.')) {
+            seen.entry(host.into()).or_default().insert(family.into());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hosts never complete: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    }
+    let (status, hosts) = get(&agg, "/api/v1/hosts").await;
+    assert_eq!(status, 200);
     let list = hosts.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{hosts}");
+    for h in list {
+        let latest = h["latest"].as_object().unwrap();
+        assert!(families.iter().all(|f| latest.contains_key(*f)), "{h}");
+    }
     assert_eq!(list[0]["host"], "alpha");
     assert_eq!(list[1]["host"], "beta");
     for h in list {
@@ -90,18 +97,17 @@ async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
     );
 
     b.stop().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
+    // The registry marks a host offline before announcing it.
     loop {
-        let (_, v) = get(&agg, "/api/v1/hosts/beta").await;
-        if v["online"] == false {
+        let m = watcher.next_on("hosts").await;
+        if m["payload"]["host"] == "beta" && m["payload"]["event"] == "offline" {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "beta still online: {v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let (_, v) = get(&agg, "/api/v1/hosts/beta").await;
+    assert_eq!(v["online"], false, "{v}");
+    let (_, v) = get(&agg, "/api/v1/hosts/alpha").await;
+    assert_eq!(v["online"], true, "{v}");
     a.stop().await;
     agg.stop().await;
 }
@@ -115,6 +121,12 @@ async fn the_snapshot_honours_tokens_and_grants() {
                 name: "cpu-view".into(),
                 token: Some("cpu-view-token-012345".into()),
                 topics: vec!["hosts".into(), "host.*.cpu".into()],
+                ..Default::default()
+            },
+            TokenConfig {
+                name: "all-topics".into(),
+                token: Some("all-topics-token-012345".into()),
+                topics: vec![">".into()],
                 ..Default::default()
             },
             TokenConfig {
@@ -137,17 +149,25 @@ async fn the_snapshot_honours_tokens_and_grants() {
             .unwrap()
             .contains("does not grant the hosts topic")
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, v) = get(&agg, "/api/v1/hosts/alpha?token=cpu-view-token-012345").await;
-        if status == 200 && v["latest"]["cpu"].is_object() {
-            let metrics: Vec<&String> = v["latest"].as_object().unwrap().keys().collect();
-            assert_eq!(metrics, ["cpu"], "only granted topics");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{status} {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Once alpha's cpu and memory have reached a subscriber, the snapshot
+    // holds both: the grant, not their absence, keeps memory out of it.
+    let mut all =
+        WsClient::connect(&format!("{}?token=all-topics-token-012345", agg.ws_url())).await;
+    all.subscribe("host.alpha.cpu").await;
+    all.subscribe("host.alpha.memory").await;
+    all.next_on("host.alpha.cpu").await;
+    all.next_on("host.alpha.memory").await;
+    let (status, v) = get(&agg, "/api/v1/hosts/alpha?token=all-topics-token-012345").await;
+    assert_eq!(status, 200, "{v}");
+    let latest = v["latest"].as_object().unwrap();
+    assert!(
+        latest.contains_key("cpu") && latest.contains_key("memory"),
+        "{v}"
+    );
+    let (status, v) = get(&agg, "/api/v1/hosts/alpha?token=cpu-view-token-012345").await;
+    assert_eq!(status, 200, "{v}");
+    let metrics: Vec<&String> = v["latest"].as_object().unwrap().keys().collect();
+    assert_eq!(metrics, ["cpu"], "only granted topics: {v}");
     a.stop().await;
     agg.stop().await;
 }
