@@ -926,14 +926,14 @@ async fn a_dead_peers_hosts_are_announced_offline_after_the_peer_timeout() {
         .expect("aggregator 1 announced itself");
     assert!(
         seen + Duration::from_millis(500) >= last_heard + timeout,
-        "offline {:?} after the last announcement",
+        "offline {:?} after the last announcement, before the {timeout:?} peer timeout",
         seen - last_heard
     );
     // ...and within the timeout plus one sweep interval of the kill
     // (with a second for a loaded machine).
     assert!(
         seen - killed <= timeout + interval + Duration::from_secs(1),
-        "offline only {:?} after the kill",
+        "offline {:?} after the kill, later than the {timeout:?} peer timeout and a {interval:?} sweep",
         seen - killed
     );
     assert_eq!(
@@ -941,4 +941,23 @@ async fn a_dead_peers_hosts_are_announced_offline_after_the_peer_timeout() {
         Some(&("agg-1".to_string(), false))
     );
     assert_eq!(n2.metric("hostpulse_cluster_peers").await, 0);
+}
+
+#[test]
+fn a_nats_server_that_cannot_listen_is_not_taken_for_ready() {
+    let mut nats = NatsServer::start();
+    nats.stop();
+    // Another process holds the port now: a connect there would succeed,
+    // but this server never becomes ready.
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", nats.port)).expect("take the port");
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nats.restart()))
+        .expect_err("a restart on a taken port must fail");
+    let message = refused
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("did not restart") && message.contains("address already in use"),
+        "{message}"
+    );
 }
