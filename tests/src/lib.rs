@@ -239,6 +239,18 @@ pub async fn http_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
     }
 }
 
+/// The value of counter or gauge `name` (without labels) in `/metrics`.
+pub async fn metric(http: SocketAddr, name: &str) -> f64 {
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().expect("a number"))
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
 /// A loopback port that was free a moment ago (for binaries configured by file).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

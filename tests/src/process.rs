@@ -60,9 +60,15 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with `args`.
     pub fn spawn(name: &str, args: &[&str]) -> Self {
+        Self::spawn_with_env(name, args, &[])
+    }
+
+    /// Starts `name` with `args` and extra environment variables.
+    pub fn spawn_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary(name))
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -265,20 +265,10 @@ impl WsClient {
     /// connecting so the advertised window stays small: a client that then
     /// stops reading soon blocks the server's writes.
     pub async fn connect_with_recv_buffer(url: &str, bytes: u32) -> Self {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let request = url.into_client_request().expect("a websocket URL");
-        let authority = request.uri().authority().expect("host and port").as_str();
-        let addr: std::net::SocketAddr = authority.parse().expect("an IP address and port");
-        let tcp = match addr {
-            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .expect("a TCP socket");
-        tcp.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-        let stream = tokio::time::timeout(WAIT, tcp.connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("TCP connect");
+        let (request, stream) = tcp_for(url, |tcp| {
+            tcp.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        })
+        .await;
         let (socket, _) = tokio::time::timeout(
             WAIT,
             tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
@@ -497,21 +487,11 @@ impl WsClient {
         source: std::net::IpAddr,
         url: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let request = url.into_client_request().expect("a websocket URL");
-        let authority = request.uri().authority().expect("host and port").as_str();
-        let addr: std::net::SocketAddr = authority.parse().expect("an IP address and port");
-        let tcp = match addr {
-            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .expect("a TCP socket");
-        tcp.bind(std::net::SocketAddr::new(source, 0))
-            .expect("bind the source address");
-        let stream = tokio::time::timeout(WAIT, tcp.connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("TCP connect");
+        let (request, stream) = tcp_for(url, |tcp| {
+            tcp.bind(std::net::SocketAddr::new(source, 0))
+                .expect("bind the source address");
+        })
+        .await;
         match tokio::time::timeout(
             WAIT,
             tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
@@ -557,4 +537,31 @@ impl WsClient {
         .await
         .expect("the connection ends after a close")
     }
+}
+
+/// The upgrade request for a plain `ws://` URL and a TCP connection to its
+/// address, made from a socket that `prepare` sets up first (buffer sizes,
+/// source address).
+async fn tcp_for(
+    url: &str,
+    prepare: impl FnOnce(&tokio::net::TcpSocket),
+) -> (
+    tokio_tungstenite::tungstenite::handshake::client::Request,
+    tokio::net::TcpStream,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url.into_client_request().expect("a websocket URL");
+    let authority = request.uri().authority().expect("host and port").as_str();
+    let addr: std::net::SocketAddr = authority.parse().expect("an IP address and port");
+    let tcp = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("a TCP socket");
+    prepare(&tcp);
+    let stream = tokio::time::timeout(WAIT, tcp.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("TCP connect");
+    (request, stream)
 }

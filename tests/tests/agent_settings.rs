@@ -5,9 +5,7 @@
 //! (through a loopback proxy the test freezes). Also the aggregator's side
 //! of resending: a batch that arrives twice is published once and counted.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -15,28 +13,16 @@ use std::time::{Duration, SystemTime};
 use hostpulse_agent::config::Aggregators;
 use hostpulse_aggregator::auth::TokenConfig;
 use hostpulse_tests::fake::{self, FakeAgent};
-use hostpulse_tests::process::{binary, temp_file};
+use hostpulse_tests::process::{Proc, temp_file};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::WsClient;
-use hostpulse_tests::{TestAgent, TestAggregator, WAIT, agent_config, http_get, wait_until};
+use hostpulse_tests::{TestAgent, TestAggregator, agent_config, http_get, metric, wait_until};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// The value of counter or gauge `name` (without labels) in `/metrics`.
-async fn metric(http: SocketAddr, name: &str) -> f64 {
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().expect("a number"))
-        })
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
-}
 
 fn time_of(m: &Value, key: &str) -> SystemTime {
     humantime::parse_rfc3339(m[key].as_str().unwrap_or_else(|| panic!("{key} in {m}")))
@@ -170,76 +156,6 @@ async fn an_agent_presents_the_token_in_its_token_file_and_a_wrong_one_is_refuse
     agg.stop().await;
 }
 
-/// The real agent binary with a config file and extra environment; its
-/// stderr lines are collected. Killed on drop.
-struct AgentProcess {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl AgentProcess {
-    fn spawn(config: &str, env: &[(&str, &str)]) -> Self {
-        let path = temp_file("agent.toml", config);
-        let mut command = Command::new(binary("hostpulse-agent"));
-        command
-            .args(["--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn hostpulse-agent");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Waits (off the async workers) for a stderr line containing `needle`.
-    async fn wait_for_line(mut self, needle: &'static str) -> (Self, String) {
-        tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match self.lines.recv_timeout(left) {
-                    Ok(line) => {
-                        self.log.push(line.clone());
-                        if line.contains(needle) {
-                            return (self, line);
-                        }
-                    }
-                    Err(_) => panic!(
-                        "no line containing {needle:?} within {WAIT:?}; log:\n{}",
-                        self.log.join("\n")
-                    ),
-                }
-            }
-        })
-        .await
-        .expect("log reader")
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_presents_the_token_in_its_token_env_and_a_wrong_one_is_refused() {
     const VAR: &str = "HOSTPULSE_TEST_AGENT_TOKEN";
@@ -253,15 +169,23 @@ async fn the_agent_binary_presents_the_token_in_its_token_env_and_a_wrong_one_is
             agg.ingest_url()
         )
     };
-    let right = AgentProcess::spawn(&config("env-right"), &[(VAR, AGENT_TOKEN)]);
-    let wrong = AgentProcess::spawn(&config("env-wrong"), &[(VAR, "settings-wrong-token-0123")]);
+    let agent = |host: &str, token: &str| {
+        let path = temp_file("agent.toml", &config(host));
+        Proc::spawn_with_env(
+            "hostpulse-agent",
+            &["--config", path.to_str().unwrap()],
+            &[(VAR, token)],
+        )
+    };
+    let right = agent("env-right", AGENT_TOKEN);
+    let mut wrong = agent("env-wrong", "settings-wrong-token-0123");
 
     host_event(&mut watcher, "env-right", "online").await;
-    let (wrong, refusal) = wrong.wait_for_line("agent token refused").await;
+    let refusal = tokio::task::block_in_place(|| wrong.wait_for_line("agent token refused"));
     assert!(refusal.contains(UNAUTHENTICATED), "{refusal}");
     assert!(!refusal.contains("settings-wrong-token"), "{refusal}");
     // The refused agent goes on trying and never gets through.
-    let (wrong, _) = wrong.wait_for_line("agent token refused").await;
+    tokio::task::block_in_place(|| wrong.wait_for_line("agent token refused"));
     let (status, body) = http_get(agg.http, "/api/v1/hosts").await;
     assert_eq!(status, 200, "{body}");
     let hosts: Value = serde_json::from_str(&body).expect("JSON hosts");

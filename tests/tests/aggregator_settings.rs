@@ -17,7 +17,7 @@ use hostpulse_tests::fake::{self, FakeAgent, batch, hello};
 use hostpulse_tests::process::{Proc, addr_in, temp_file};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::{Closed, WsClient};
-use hostpulse_tests::{TestAggregator, WAIT, http_get, wait_until};
+use hostpulse_tests::{TestAggregator, WAIT, http_get, metric, wait_until};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -25,18 +25,6 @@ async fn healthz(http: std::net::SocketAddr) -> Value {
     let (status, body) = http_get(http, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("healthz is JSON")
-}
-
-/// The value of counter or gauge `name` (without labels) in `/metrics`.
-async fn metric(http: std::net::SocketAddr, name: &str) -> f64 {
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().expect("a number"))
-        })
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
 }
 
 /// Sends one batch holding `sample` and waits for its ack.

@@ -107,14 +107,7 @@ impl Node {
     /// The value of one sample in `/metrics` (`name` with any labels, as
     /// written there).
     async fn metric(&self, name: &str) -> u64 {
-        let (_, body) = http_get(self.http, "/metrics").await;
-        let v: f64 = body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} in /metrics:\n{body}"))
-            .parse()
-            .unwrap();
-        v as u64
+        hostpulse_tests::metric(self.http, name).await as u64
     }
 
     /// `load` updates the hub has taken (a fake agent's sample makes one).

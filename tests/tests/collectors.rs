@@ -505,6 +505,42 @@ fn state_of<const N: usize>(got: [u64; N], state: impl Fn(usize) -> [u64; N]) ->
     (0..STATES).find(|k| state(*k) == got)
 }
 
+/// Walks one family's updates in order. `moving` checks an update and
+/// returns the totals and rates of the device whose counters the test steps
+/// through its states (`state(k)` gives state k's totals): every sample
+/// carries the family, each update shows one of the states, in order, the
+/// rates match the counters' growth, and every change of state was measured.
+fn walk_states<const N: usize>(
+    updates: &[Value],
+    what: &str,
+    state: impl Fn(usize) -> [u64; N] + Copy,
+    moving: impl Fn(&Value) -> ([u64; N], [f64; N]),
+) {
+    let mut transitions = 0;
+    let mut previous: Option<(u64, u64, [u64; N])> = None;
+    for update in updates {
+        let (now, rates) = moving(update);
+        let k = state_of(now, state).unwrap_or_else(|| panic!("{what} in no state: {update}"));
+        let (seq, taken) = (u64_of(update, "seq"), taken_ms(update));
+        if let Some((seq_before, taken_before, before)) = previous {
+            let k_before = state_of(before, state).unwrap();
+            assert!(
+                k == k_before || k == k_before + 1,
+                "{what}: {k_before} -> {k}"
+            );
+            assert_eq!(seq, seq_before + 1, "every sample carries {what}'s family");
+            check_rates(what, &before, &now, &rates, [taken_before, taken]);
+            transitions += usize::from(k != k_before);
+        }
+        previous = Some((seq, taken, now));
+    }
+    assert_eq!(
+        transitions,
+        STATES - 1,
+        "{what}: every change of state was measured"
+    );
+}
+
 /// The `timestamp` of an update, as Unix milliseconds.
 fn taken_ms(update: &Value) -> u64 {
     let t = humantime::parse_rfc3339(update["timestamp"].as_str().unwrap()).unwrap();
@@ -606,9 +642,7 @@ async fn proc_and_sys_roots_are_read_and_every_field_is_as_the_files_say() {
 
     // network: exactly lo and eth0, every counter as written in a state the
     // agent was shown, in order; rates from one elapsed time.
-    let mut transitions = 0;
-    let mut previous: Option<(u64, u64, [u64; 6])> = None;
-    for update in &seen["network"] {
+    let moving = |update: &Value| {
         let interfaces = update["payload"]["interfaces"].as_array().unwrap();
         let names: Vec<&str> = interfaces
             .iter()
@@ -619,36 +653,14 @@ async fn proc_and_sys_roots_are_read_and_every_field_is_as_the_files_say() {
         let rates = |i: &Value| NET_RATES.map(|key| rate_of(i, key));
         assert_eq!(totals(&interfaces[1]), LO, "{update}");
         assert_eq!(rates(&interfaces[1]), [0.0; 6], "{update}");
-        let now = totals(&interfaces[0]);
-        let k = state_of(now, eth0).unwrap_or_else(|| panic!("eth0 in no state: {update}"));
-        let (seq, taken) = (u64_of(update, "seq"), taken_ms(update));
-        if let Some((seq_before, taken_before, before)) = previous {
-            let k_before = state_of(before, eth0).unwrap();
-            assert!(k == k_before || k == k_before + 1, "{k_before} -> {k}");
-            assert_eq!(seq, seq_before + 1, "every sample carries network");
-            check_rates(
-                "eth0",
-                &before,
-                &now,
-                &rates(&interfaces[0]),
-                [taken_before, taken],
-            );
-            transitions += usize::from(k != k_before);
-        }
-        previous = Some((seq, taken, now));
-    }
-    assert_eq!(
-        transitions,
-        STATES - 1,
-        "every change of state was measured"
-    );
+        (totals(&interfaces[0]), rates(&interfaces[0]))
+    };
+    walk_states(&seen["network"], "eth0", eth0, moving);
 
     // disk: the root device (mounted twice, listed once) and the other
     // mounted device with counters; never what is unmounted, skipped or
     // without counters. Sectors are 512 bytes.
-    let mut transitions = 0;
-    let mut previous: Option<(u64, u64, [u64; 2])> = None;
-    for update in &seen["disk"] {
+    let moving = |update: &Value| {
         let devices = update["payload"]["devices"].as_array().unwrap();
         let names: Vec<&str> = devices
             .iter()
@@ -669,29 +681,13 @@ async fn proc_and_sys_roots_are_read_and_every_field_is_as_the_files_say() {
         };
         assert_eq!(totals(&devices[1]), HPD1_SECTORS.map(|s| s * 512));
         assert_eq!(rates(&devices[1]), [0.0, 0.0], "{update}");
-        let now = totals(&devices[0]);
-        let k = state_of(now, |k| hpd0_sectors(k).map(|s| s * 512))
-            .unwrap_or_else(|| panic!("hpd0 in no state: {update}"));
-        let (seq, taken) = (u64_of(update, "seq"), taken_ms(update));
-        if let Some((seq_before, taken_before, before)) = previous {
-            let k_before = state_of(before, |k| hpd0_sectors(k).map(|s| s * 512)).unwrap();
-            assert!(k == k_before || k == k_before + 1, "{k_before} -> {k}");
-            assert_eq!(seq, seq_before + 1, "every sample carries disk");
-            check_rates(
-                "hpd0",
-                &before,
-                &now,
-                &rates(&devices[0]),
-                [taken_before, taken],
-            );
-            transitions += usize::from(k != k_before);
-        }
-        previous = Some((seq, taken, now));
-    }
-    assert_eq!(
-        transitions,
-        STATES - 1,
-        "every change of state was measured"
+        (totals(&devices[0]), rates(&devices[0]))
+    };
+    walk_states(
+        &seen["disk"],
+        "hpd0",
+        |k| hpd0_sectors(k).map(|s| s * 512),
+        moving,
     );
 
     // temperatures: hwmon's sensors (so not the thermal zone), labelled as

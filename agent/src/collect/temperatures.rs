@@ -143,6 +143,23 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<(u32, PathBuf)> {
     found
 }
 
+/// The files in `dir` named `<prefix><middle><suffix>`: each middle, with the path.
+fn files_named<'a>(
+    dir: &Path,
+    prefix: &'a str,
+    suffix: &'a str,
+) -> impl Iterator<Item = (String, std::path::PathBuf)> + 'a {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |e| {
+            let file = e.file_name();
+            let middle = file.to_str()?.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            Some((middle.to_string(), e.path()))
+        })
+}
+
 /// Every hwmon sensor with a readable `temp<N>_input`, in order of chip and
 /// number; thermal zones only where hwmon has none. `highest` is the
 /// highest reading seen of each sensor, kept for the next call.
@@ -152,18 +169,8 @@ fn read_sysfs(class: &Path, highest: &mut HashMap<String, f32>) -> Vec<Reading> 
     for (_, chip) in numbered(&class.join("hwmon"), "hwmon") {
         let name = read_line(&chip.join("name")).unwrap_or_default();
         let model = read_line(&chip.join("device/model"));
-        let mut inputs: Vec<u32> = std::fs::read_dir(&chip)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let file = e.file_name();
-                let n = file
-                    .to_str()?
-                    .strip_prefix("temp")?
-                    .strip_suffix("_input")?;
-                n.parse().ok()
-            })
+        let mut inputs: Vec<u32> = files_named(&chip, "temp", "_input")
+            .filter_map(|(n, _)| n.parse().ok())
             .collect();
         inputs.sort_unstable();
         for n in inputs {
@@ -190,20 +197,9 @@ fn read_sysfs(class: &Path, highest: &mut HashMap<String, f32>) -> Vec<Reading> 
             ) else {
                 continue;
             };
-            let critical = std::fs::read_dir(&zone)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let file = e.file_name();
-                    let n = file
-                        .to_str()?
-                        .strip_prefix("trip_point_")?
-                        .strip_suffix("_type")?;
-                    let kind = read_line(&e.path())?;
-                    (kind == "critical").then(|| zone.join(format!("trip_point_{n}_temp")))
-                })
-                .find_map(|temp| read_celsius(&temp));
+            let critical = files_named(&zone, "trip_point_", "_type")
+                .filter(|(_, path)| read_line(path).as_deref() == Some("critical"))
+                .find_map(|(n, _)| read_celsius(&zone.join(format!("trip_point_{n}_temp"))));
             let key = zone.display().to_string();
             readings.push((key, celsius, None, kind, critical));
         }
