@@ -5,6 +5,10 @@
 //! subscriber are serialised: a resume sees history up to a point and live
 //! updates from exactly that point, with no gap and no duplicate at the seam.
 //!
+//! Updates that no sample numbers (the `hosts` topic's events) are numbered
+//! here, in the order they reach the hub: the hub is the one place that
+//! orders them, so none can be taken for a duplicate of a later one.
+//!
 //! Routing is kept per topic: each topic holds the list of connections whose
 //! patterns match it, maintained when subscriptions change, so a publish costs
 //! one push per interested connection and nothing for the others. A push never
@@ -14,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -26,7 +30,7 @@ use crate::auth::Grant;
 use crate::history::History;
 use crate::outbox::{Outbox, Pushed};
 use crate::topic;
-use crate::update::{SysMessage, Update};
+use crate::update::{SysMessage, Unnumbered, Update};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -98,6 +102,9 @@ pub struct HubSettings {
 pub enum Command {
     /// Publish updates, in order.
     Publish(Vec<Update>),
+    /// Number updates (each its topic's next seq, in arrival order) and
+    /// publish them.
+    PublishNext(Vec<Unnumbered>),
     /// Add a subscription; the reply and any replay go to `outbox`.
     Subscribe {
         /// The connection.
@@ -229,7 +236,14 @@ impl HubHandle {
 pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(settings.queue);
     let stats = Arc::new(HubStats::default());
+    // Derived from the start time, like agents' sample seqs, so a topic the
+    // hub numbers starts each aggregator run above the previous run's.
+    let numbered_from = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64 / 10)
+        .unwrap_or(0);
     let hub = Hub {
+        numbered_from,
         topics: HashMap::new(),
         conns: HashMap::new(),
         settings,
@@ -286,6 +300,8 @@ struct Conn {
 }
 
 struct Hub {
+    /// The seq before the first of a topic the hub numbers.
+    numbered_from: u64,
     topics: HashMap<Arc<str>, Topic>,
     conns: HashMap<ConnId, Conn>,
     settings: HubSettings,
@@ -324,6 +340,13 @@ impl Hub {
             Command::Publish(updates) => {
                 for u in updates {
                     self.publish(u);
+                }
+            }
+            Command::PublishNext(updates) => {
+                for u in updates {
+                    let current = self.topics.get(&*u.topic).map_or(0, |t| t.seq);
+                    let seq = current.max(self.numbered_from) + 1;
+                    self.publish(u.number(seq));
                 }
             }
             Command::Subscribe {
@@ -713,6 +736,87 @@ mod tests {
             .unwrap();
         let got: Vec<(&str, u64)> = answer.iter().map(|u| (&*u.topic, u.seq)).collect();
         assert_eq!(got, vec![("host.a.cpu", 2), ("host.a.cpu", 3)]);
+    }
+
+    /// A presence event as ingest makes it: no seq until the hub gives one.
+    fn presence(host: &str) -> Unnumbered {
+        Unnumbered {
+            topic: "hosts".into(),
+            at: SystemTime::now(),
+            payload: Payload::Other(serde_json::json!({"event": "online", "host": host})),
+        }
+    }
+
+    #[tokio::test]
+    async fn presence_events_are_numbered_in_the_order_they_reach_the_hub() {
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            / 10;
+        let (hub, _task) = spawn(HubSettings {
+            history_len: 100,
+            history_max_bytes: 1 << 20,
+            queue: 64,
+            rate_limits: Vec::new(),
+            export: None,
+        });
+        // Each pair is made first-to-last and submitted in both orders, as
+        // two ingest tasks racing to the hub would.
+        let (a, b) = (presence("a"), presence("b"));
+        hub.send(Command::PublishNext(vec![a])).await.unwrap();
+        hub.send(Command::PublishNext(vec![b])).await.unwrap();
+        let (c, d) = (presence("c"), presence("d"));
+        hub.send(Command::PublishNext(vec![d])).await.unwrap();
+        hub.send(Command::PublishNext(vec![c])).await.unwrap();
+
+        let outbox = Outbox::new(
+            1 << 20,
+            Duration::from_secs(5),
+            Arc::new(OutboxStats::default()),
+        );
+        hub.send(Command::Subscribe {
+            conn: 1,
+            outbox: outbox.clone(),
+            request: SubscribeRequest {
+                pattern: "hosts".into(),
+                id: None,
+                since: None,
+                history: Some(100),
+                throttle: Duration::ZERO,
+                grant: None,
+            },
+        })
+        .await
+        .unwrap();
+        let mut items = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while items.len() < 5 {
+                outbox.notified().await;
+                outbox.drain_into(&mut items);
+            }
+        })
+        .await
+        .expect("the reply and four events");
+        let got: Vec<(u64, String)> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Update(u) => {
+                    let v: Value = serde_json::from_str(&u.json).unwrap();
+                    Some((u.seq, v["payload"]["host"].as_str().unwrap().to_string()))
+                }
+                Item::Sys(_) => None,
+            })
+            .collect();
+        let hosts: Vec<&str> = got.iter().map(|(_, h)| h.as_str()).collect();
+        assert_eq!(hosts, ["a", "b", "d", "c"], "{got:?}");
+        assert!(
+            got.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+            "seqs not consecutive: {got:?}"
+        );
+        // Above any earlier run's: derived from the start time, not from 0.
+        assert!(got[0].0 > started, "{got:?}");
+        assert_eq!(hub.stats.updates_duplicate.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

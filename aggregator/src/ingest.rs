@@ -162,7 +162,7 @@ impl Ingest for IngestService {
             .attach(&hello)
             .map_err(|e| refused(Status::already_exists(e.to_string())))?;
         tracing::info!(?peer, agent_id = %hello.agent_id, host = %attached.host, epoch = hello.epoch, last_seq = attached.last_seq, "agent attached");
-        publish_event(&self.hub, &self.registry, &event).await;
+        publish_event(&self.hub, &event).await;
 
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         tx.try_send(Ok(AggregatorMessage {
@@ -225,9 +225,12 @@ fn refuse(peer: Option<SocketAddr>, status: Status) -> Status {
     status
 }
 
-async fn publish_event(hub: &HubHandle, registry: &Registry, event: &crate::registry::HostEvent) {
+/// Hands a `hosts` event to the hub, which numbers it as it arrives.
+async fn publish_event(hub: &HubHandle, event: &crate::registry::HostEvent) {
     let _ = hub
-        .send(Command::Publish(vec![registry.hosts_update(event)]))
+        .send(Command::PublishNext(vec![crate::registry::hosts_update(
+            event,
+        )]))
         .await;
 }
 
@@ -375,7 +378,7 @@ impl AgentSession {
         }
         if let Some(event) = self.registry.detach(&self.agent_id, self.generation) {
             tracing::info!(peer = ?self.peer, agent_id = %self.agent_id, host = %event.host, "agent detached");
-            publish_event(&self.hub, &self.registry, &event).await;
+            publish_event(&self.hub, &event).await;
         }
     }
 
@@ -397,7 +400,7 @@ impl AgentSession {
             .presence(&self.agent_id, self.generation, online)
         {
             tracing::info!(peer = ?self.peer, host = %event.host, event = %event.event, silence_ms = self.silence.as_millis() as u64, "agent presence");
-            publish_event(&self.hub, &self.registry, &event).await;
+            publish_event(&self.hub, &event).await;
         }
     }
 

@@ -5,7 +5,7 @@
 //! to resend and duplicates are dropped by (agent, epoch, seq). A newer stream
 //! of the same agent supersedes an older one (a half-open connection the
 //! aggregator has not noticed yet). Host join, restart and leave become
-//! updates on the `hosts` topic.
+//! events on the `hosts` topic; the hub numbers them as they reach it.
 //!
 //! In cluster mode it also holds the hosts other aggregators announce
 //! (their presence), so `hosts()` shows the whole cluster, each host with
@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use hostpulse_proto::v1::Hello;
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::topic::host_segment;
-use crate::update::{Payload, Update};
+use crate::update::{Payload, Unnumbered};
 
 /// A host name already published by another connected agent.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,6 @@ pub struct HostView {
 /// Shared registry of agents.
 pub struct Registry {
     inner: Mutex<Inner>,
-    hosts_seq: AtomicU64,
     /// Ingest counters, for `/metrics`.
     pub stats: IngestStats,
     /// This aggregator's cluster node name (cluster mode only).
@@ -146,8 +145,7 @@ struct Inner {
 }
 
 impl Registry {
-    /// A registry whose `hosts` seqs start above any earlier run's (derived
-    /// from the start time, like agents' sample seqs).
+    /// A registry for a single aggregator.
     pub fn new() -> Self {
         Self::with_node(None)
     }
@@ -155,13 +153,8 @@ impl Registry {
     /// Like [`Registry::new`], naming this aggregator's cluster node in
     /// every host it reports.
     pub fn with_node(node: Option<String>) -> Self {
-        let ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         Self {
             inner: Mutex::default(),
-            hosts_seq: AtomicU64::new(ms / 10),
             stats: IngestStats::default(),
             node,
             remote: Mutex::default(),
@@ -363,12 +356,15 @@ impl Registry {
         let inner = self.inner.lock().expect("registry lock");
         inner.agents.values().filter(|r| r.connected).count()
     }
+}
 
-    /// Turns an event into the next update of the `hosts` topic.
-    pub fn hosts_update(&self, event: &HostEvent) -> Update {
-        let seq = self.hosts_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = SystemTime::now();
-        Update::new("hosts".into(), seq, now, now, Payload::Host(event.clone()))
+/// Turns an event into an update of the `hosts` topic, for the hub to number
+/// ([`crate::hub::Command::PublishNext`]).
+pub fn hosts_update(event: &HostEvent) -> Unnumbered {
+    Unnumbered {
+        topic: "hosts".into(),
+        at: SystemTime::now(),
+        payload: Payload::Host(event.clone()),
     }
 }
 

@@ -164,6 +164,27 @@ impl Update {
     }
 }
 
+/// An update whose seq the hub assigns: the next of its topic, taken in the
+/// hub task in the order such updates arrive there. Events that no sample
+/// numbers (the `hosts` topic) are published this way, so two produced at
+/// once can never be numbered in one order and arrive in the other.
+#[derive(Debug)]
+pub struct Unnumbered {
+    /// Concrete topic (no wildcards).
+    pub topic: Arc<str>,
+    /// When it happened (both `timestamp` and `received` on the wire).
+    pub at: SystemTime,
+    /// What it carries.
+    pub payload: Payload,
+}
+
+impl Unnumbered {
+    /// Numbers it `seq` and encodes its JSON form.
+    pub fn number(self, seq: u64) -> Update {
+        Update::new(self.topic, seq, self.at, self.at, self.payload)
+    }
+}
+
 /// A `$sys.*` reply or notice for one connection: no seq.
 #[derive(Debug, Clone, Serialize)]
 pub struct SysMessage {

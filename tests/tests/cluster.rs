@@ -910,6 +910,13 @@ async fn a_dead_peers_hosts_are_announced_offline_after_the_peer_timeout() {
     let offline = event_of(&mut c2, "offline").await;
     let seen = Instant::now();
     assert_eq!(offline["payload"]["aggregator"], "agg-1", "{offline}");
+    // A peer's presence changes are numbered by this node's hub like its
+    // own agents' are: the next seq of its `hosts` topic, no gap.
+    assert_eq!(
+        offline["seq"].as_u64(),
+        online["seq"].as_u64().map(|s| s + 1),
+        "{online} then {offline}"
+    );
     // Not before aggregator 1 had been silent for the timeout (the spy
     // and aggregator 2 hear each announcement at about the same moment)...
     let last_heard = presence

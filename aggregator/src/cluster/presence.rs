@@ -178,9 +178,9 @@ async fn apply(shared: &Shared, node: &str, hosts: Option<Vec<HostView>>) {
         };
         let mut event = view.agent.clone();
         event.event = if online { "online" } else { "offline" }.into();
-        updates.push(shared.registry.hosts_update(&event));
+        updates.push(crate::registry::hosts_update(&event));
     }
     if !updates.is_empty() {
-        let _ = shared.hub.send(Command::Publish(updates)).await;
+        let _ = shared.hub.send(Command::PublishNext(updates)).await;
     }
 }
