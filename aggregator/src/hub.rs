@@ -38,7 +38,8 @@ pub type ConnId = u64;
 /// Where a resume starts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Since {
-    /// The same seq for every topic the pattern matches.
+    /// One seq, for a subscription to one exact topic (a single number on a
+    /// wildcard pattern is refused by the protocol: see `since_needs_topics`).
     All(u64),
     /// A seq per topic; topics not named start live.
     PerTopic(HashMap<String, u64>),

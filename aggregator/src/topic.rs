@@ -88,6 +88,12 @@ pub fn validate_pattern_within(
     Ok(())
 }
 
+/// Whether `pattern` (already validated) holds a wildcard segment, so it can
+/// match more than one topic.
+pub fn is_wildcard(pattern: &str) -> bool {
+    pattern.split('.').any(|s| s == "*" || s == ">")
+}
+
 /// Whether `pattern` (already validated) matches the concrete `topic`.
 pub fn matches(pattern: &str, topic: &str) -> bool {
     let mut p = pattern.split('.');

@@ -1,6 +1,8 @@
 //! Bad client input gets a `$sys.error` with a code and a clear sentence, and
-//! the connection stays usable.
+//! the connection stays usable; a request the protocol refuses by rule (one
+//! `since` seq on a pattern) is refused the same way.
 
+use hostpulse_tests::fake::{self, FakeAgent};
 use hostpulse_tests::ws::{Closed, WsClient};
 use hostpulse_tests::{TestAggregator, WAIT, http_get};
 use serde_json::{Value, json};
@@ -178,5 +180,94 @@ async fn a_close_from_the_client_is_answered_and_the_connection_released() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    agg.stop().await;
+}
+
+/// Publishes samples `seqs` of `agent` (their `load` topic) and waits for the ack.
+async fn publish_load(agent: &mut FakeAgent, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        agent.send(fake::batch(seq, &[fake::sample(seq, 0)])).await;
+        agent.acked(seq).await;
+    }
+}
+
+/// Reads `n` updates (skipping nothing: anything else fails) as (topic, seq),
+/// then checks with a ping that nothing more was queued before its pong.
+async fn exactly_updates(client: &mut WsClient, n: usize) -> Vec<(String, u64)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = client.next().await;
+        let topic = m["topic"].as_str().expect("a topic").to_string();
+        assert!(!topic.starts_with("$sys."), "expected an update, got {m}");
+        got.push((topic, m["seq"].as_u64().expect("a seq")));
+    }
+    client.send(json!({"action": "ping"})).await;
+    let m = client.next().await;
+    assert_eq!(m["topic"], "$sys.pong", "more than {got:?}: {m}");
+    got
+}
+
+#[tokio::test]
+async fn one_since_seq_on_a_pattern_is_refused_and_the_per_topic_map_resumes_it() {
+    let agg = TestAggregator::start(|_| {}).await;
+    // Two hosts whose seqs differ: a single `since: 3` on `host.*.load`
+    // would hide host b (seqs 1 and 2) until it passed 3.
+    let mut a = FakeAgent::connect(&agg.ingest_url(), "a").await;
+    let mut b = FakeAgent::connect(&agg.ingest_url(), "b").await;
+    publish_load(&mut a, 1..=5).await;
+    publish_load(&mut b, 1..=2).await;
+
+    let mut client = WsClient::connect(&agg.ws_url()).await;
+    for pattern in ["host.*.load", "host.a.>", ">"] {
+        let request = json!({"action": "subscribe", "topic": pattern, "since": 3, "id": "w"});
+        let m = expect_next_error(
+            &mut client,
+            &request.to_string(),
+            "since_needs_topics",
+            "\"since\": {\"host.a.cpu\": 3}",
+        )
+        .await;
+        assert_eq!(m["payload"]["id"], "w", "{m}");
+        // Refused outright: nothing was subscribed.
+        expect_next_error(
+            &mut client,
+            &json!({"action": "unsubscribe", "topic": pattern}).to_string(),
+            "not_subscribed",
+            "no subscription",
+        )
+        .await;
+    }
+
+    // One exact topic still takes a single number.
+    let mut exact = WsClient::connect(&agg.ws_url()).await;
+    exact
+        .send(json!({"action": "subscribe", "topic": "host.a.load", "since": 3}))
+        .await;
+    let reply = exact.next().await;
+    assert_eq!(reply["topic"], "$sys.subscribed", "{reply}");
+    assert_eq!(reply["payload"]["complete"], true, "{reply}");
+    assert_eq!(
+        exactly_updates(&mut exact, 2).await,
+        [
+            ("host.a.load".to_string(), 4),
+            ("host.a.load".to_string(), 5)
+        ]
+    );
+
+    // The per-topic map the error points to resumes each topic from its own seq.
+    let mut mapped = WsClient::connect(&agg.ws_url()).await;
+    mapped
+        .send(json!({"action": "subscribe", "topic": "host.*.load",
+            "since": {"host.a.load": 3, "host.b.load": 0}}))
+        .await;
+    let reply = mapped.next().await;
+    assert_eq!(reply["topic"], "$sys.subscribed", "{reply}");
+    assert_eq!(reply["payload"]["complete"], true, "{reply}");
+    let got = exactly_updates(&mut mapped, 4).await;
+    let want: Vec<(String, u64)> = [("a", 4), ("a", 5), ("b", 1), ("b", 2)]
+        .iter()
+        .map(|(h, s)| (format!("host.{h}.load"), *s))
+        .collect();
+    assert_eq!(got, want);
     agg.stop().await;
 }

@@ -9,6 +9,7 @@
 //! | `bad_request` | a field is missing, of the wrong type, or unknown |
 //! | `unknown_action` | `action` is not one of subscribe, unsubscribe, ping |
 //! | `bad_topic` | the topic or pattern is not valid |
+//! | `since_needs_topics` | `since` is a single seq on a wildcard pattern (its topics' seqs are unrelated; send a per-topic map) |
 //! | `too_many_subscriptions` | the connection already holds the maximum |
 //! | `not_subscribed` | unsubscribe of a pattern this connection does not hold |
 //! | `binary_not_supported` | a binary frame was sent; requests are text |
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::hub::{Since, SubscribeRequest};
-use crate::topic::validate_pattern_within;
+use crate::topic::{is_wildcard, validate_pattern_within};
 use crate::update::SysMessage;
 
 /// A parsed client request.
@@ -217,6 +218,20 @@ pub fn parse_with(text: &str, limits: Limits) -> Result<Request, ProtocolError> 
             }
             let since = match f.since {
                 None => None,
+                // Each topic of a pattern has its own seqs: one number would
+                // hide, maybe for days, every topic still below it.
+                Some(SinceField::All(s)) if is_wildcard(&f.topic) => {
+                    return Err(ProtocolError {
+                        code: "since_needs_topics",
+                        message: format!(
+                            "\"since\": {s} is one seq, but {:?} is a pattern and each of its topics counts its own seqs; \
+                             resume a pattern with a seq per topic, e.g. \"since\": {{\"host.a.cpu\": {s}}} \
+                             (topics not named start live; add \"history\" for those), or subscribe to one topic",
+                            f.topic
+                        ),
+                        id,
+                    });
+                }
                 Some(SinceField::All(s)) => Some(Since::All(s)),
                 Some(SinceField::PerTopic(m)) => Some(Since::PerTopic(m)),
             };
@@ -320,6 +335,25 @@ mod tests {
             code("{\"action\":\"subscribe\",\"topic\":\"a\",\"since\":-1}"),
             "bad_request"
         );
+    }
+
+    #[test]
+    fn one_since_seq_is_for_one_topic_and_a_pattern_needs_a_map() {
+        for pattern in ["host.*.cpu", "host.a.>", ">", "*"] {
+            let request =
+                format!("{{\"action\":\"subscribe\",\"topic\":\"{pattern}\",\"since\":41}}");
+            let e = parse(&request).unwrap_err();
+            assert_eq!(e.code, "since_needs_topics", "{pattern}");
+            assert!(e.message.contains("{\"host.a.cpu\": 41}"), "{}", e.message);
+        }
+        for (pattern, since) in [("host.a.cpu", "41"), ("host.*.cpu", "{\"host.a.cpu\":41}")] {
+            let request =
+                format!("{{\"action\":\"subscribe\",\"topic\":\"{pattern}\",\"since\":{since}}}");
+            assert!(
+                matches!(parse(&request), Ok(Request::Subscribe(_))),
+                "{request}"
+            );
+        }
     }
 
     #[test]
