@@ -456,6 +456,8 @@ impl Hub {
                     Pushed::Queued => delivered += 1,
                     Pushed::Held => held += 1,
                     Pushed::Refused => dropped += 1,
+                    // Only a replay can be at or below what the connection has.
+                    Pushed::Stale => {}
                 }
             }
         }

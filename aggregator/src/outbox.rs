@@ -15,6 +15,14 @@
 //!   of each topic, then the newest update of each, and is live again.
 //! * **Disconnect**: a client still lagging after `grace` is marked overflowed;
 //!   its session closes it with 1013 (try again later, resume with `since`).
+//!
+//! Whatever mix of the three, and of replays from history, each topic's seqs
+//! strictly rise on the connection: the outbox remembers the newest seq per
+//! topic it has queued or sent, never queues one at or below it (a replay
+//! overlapping what went out live, say), and drops a throttled update still
+//! pending once a newer one of its topic has gone out (the lag's newest, or a
+//! replay). That state is forgotten with the throttles, when the connection
+//! no longer subscribes to the topic: a later subscription starts afresh.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +62,9 @@ pub enum Pushed {
     Held,
     /// Refused: the connection is being closed.
     Refused,
+    /// Not sent: the connection already has this seq of the topic or a newer
+    /// one (queued or sent), so sending it would go backwards.
+    Stale,
 }
 
 #[derive(Debug)]
@@ -66,7 +77,7 @@ struct Throttle {
 #[derive(Debug)]
 struct Conflated {
     newest: Arc<Update>,
-    /// Seqs replaced before being sent: first, last and how many.
+    /// Seqs that will not be sent: lowest, highest and how many.
     skipped: Option<(u64, u64, u64)>,
 }
 
@@ -86,6 +97,9 @@ struct State {
     /// window) is picked up by the drain it is already going to do.
     idle: bool,
     throttles: HashMap<Arc<str>, Throttle>,
+    /// Per topic, the newest seq queued or sent: nothing at or below it is
+    /// queued again.
+    sent: HashMap<Arc<str>, u64>,
     lag: Option<Lag>,
     overflowed: bool,
 }
@@ -133,6 +147,7 @@ impl Outbox {
                 bytes: 0,
                 idle: true,
                 throttles: HashMap::new(),
+                sent: HashMap::new(),
                 lag: None,
                 overflowed: false,
             }),
@@ -147,22 +162,30 @@ impl Outbox {
     /// Queues an update, applying `throttle` (zero for none) and conflation.
     pub fn push_update(&self, update: &Arc<Update>, throttle: Duration) -> Pushed {
         let now = Instant::now();
-        let mut s = self.state.lock().expect("outbox lock");
+        let mut guard = self.state.lock().expect("outbox lock");
+        let s = &mut *guard;
         if s.overflowed {
             return Pushed::Refused;
         }
+        // At or below what the connection has: sending it would go backwards.
+        let stale = s.sent.get(&*update.topic).is_some_and(|&n| update.seq <= n);
         if let Some(lag) = &mut s.lag {
             let overdue = now.duration_since(lag.since) > self.grace;
-            conflate(lag, update, &self.stats);
+            if !stale {
+                conflate(lag, update, &self.stats);
+            }
             if overdue {
                 s.overflowed = true;
                 self.stats.lag_disconnects.fetch_add(1, Ordering::Relaxed);
-                drop(s);
+                drop(guard);
                 self.notify.notify_one();
                 self.doomed.notify_one();
                 return Pushed::Refused;
             }
-            return Pushed::Held;
+            return if stale { Pushed::Stale } else { Pushed::Held };
+        }
+        if stale {
+            return Pushed::Stale;
         }
         if !throttle.is_zero() {
             let t = s
@@ -175,17 +198,21 @@ impl Outbox {
                 });
             t.interval = throttle;
             if t.pending.is_some() || now < t.next_at {
-                t.pending = Some(update.clone());
-                drop(s);
+                // Newest wins (an older one never replaces it).
+                if t.pending.as_ref().is_none_or(|p| p.seq < update.seq) {
+                    t.pending = Some(update.clone());
+                }
+                drop(guard);
                 // The session re-computes its wake-up time.
                 self.notify.notify_one();
                 return Pushed::Held;
             }
             t.next_at = now + throttle;
         }
-        self.enqueue(&mut s, Item::Update(update.clone()), now);
+        mark_sent(s, update);
+        self.enqueue(s, Item::Update(update.clone()), now);
         let wake = std::mem::replace(&mut s.idle, false);
-        drop(s);
+        drop(guard);
         if wake {
             self.notify.notify_one();
         }
@@ -252,14 +279,26 @@ impl Outbox {
                 )));
             }
             for t in &lag.order {
-                out.push(Item::Update(lag.topics[t].newest.clone()));
+                let newest = &lag.topics[t].newest;
+                // Conflation only took updates above what was sent.
+                debug_assert!(s.sent.get(t).is_none_or(|&n| newest.seq > n));
+                // A throttled update still pending is older: it is dropped.
+                mark_sent(&mut s, newest);
+                out.push(Item::Update(newest.clone()));
             }
         }
         let mut next_due: Option<Instant> = None;
-        for t in s.throttles.values_mut() {
+        let State {
+            throttles, sent, ..
+        } = &mut *s;
+        for (topic, t) in throttles.iter_mut() {
             if t.pending.is_some() {
                 if now >= t.next_at {
-                    out.push(Item::Update(t.pending.take().expect("checked")));
+                    let update = t.pending.take().expect("checked");
+                    // Whatever of its topic went out since dropped it if newer.
+                    debug_assert!(sent.get(topic).is_none_or(|&n| update.seq > n));
+                    sent.insert(topic.clone(), update.seq);
+                    out.push(Item::Update(update));
                     t.next_at = now + t.interval;
                 } else {
                     next_due = Some(next_due.map_or(t.next_at, |d| d.min(t.next_at)));
@@ -279,10 +318,12 @@ impl Outbox {
         self.state.lock().expect("outbox lock").lag.is_some()
     }
 
-    /// Forgets the throttle state of topics no longer subscribed.
+    /// Forgets the throttle and ordering state of topics no longer
+    /// subscribed.
     pub fn forget_throttle(&self, keep: impl Fn(&str) -> bool) {
         let mut s = self.state.lock().expect("outbox lock");
         s.throttles.retain(|t, _| keep(t));
+        s.sent.retain(|t, _| keep(t));
     }
 
     /// Waits until something is pushed (or was pushed since the last wait).
@@ -302,15 +343,40 @@ impl Outbox {
     }
 }
 
+/// Records that `update` is queued or going out now: nothing of its topic at
+/// or below its seq may follow, so a throttled update pending at or below it
+/// is dropped (it would go out after a newer one).
+fn mark_sent(s: &mut State, update: &Arc<Update>) {
+    match s.sent.get_mut(&*update.topic) {
+        Some(n) => *n = update.seq,
+        None => {
+            s.sent.insert(update.topic.clone(), update.seq);
+        }
+    }
+    if let Some(t) = s.throttles.get_mut(&*update.topic)
+        && t.pending.as_ref().is_some_and(|p| p.seq <= update.seq)
+    {
+        t.pending = None;
+    }
+}
+
+/// Keeps `update` as its topic's newest while lagging, or counts it skipped
+/// if a newer one is held already (a replay arriving during the lag).
 fn conflate(lag: &mut Lag, update: &Arc<Update>, stats: &OutboxStats) {
     match lag.topics.get_mut(&update.topic) {
         Some(c) => {
-            let old = c.newest.seq;
+            if update.seq == c.newest.seq {
+                return;
+            }
+            let skipped = if update.seq < c.newest.seq {
+                update.seq
+            } else {
+                std::mem::replace(&mut c.newest, update.clone()).seq
+            };
             c.skipped = Some(match c.skipped {
-                None => (old, old, 1),
-                Some((from, _, n)) => (from, old, n + 1),
+                None => (skipped, skipped, 1),
+                Some((low, high, n)) => (low.min(skipped), high.max(skipped), n + 1),
             });
-            c.newest = update.clone();
             stats.conflated.fetch_add(1, Ordering::Relaxed);
         }
         None => {
@@ -327,100 +393,7 @@ fn conflate(lag: &mut Lag, update: &Arc<Update>, stats: &OutboxStats) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::update::Payload;
-    use std::time::SystemTime;
+mod tests;
 
-    fn up(topic: &str, seq: u64, pad: usize) -> Arc<Update> {
-        let now = SystemTime::now();
-        Arc::new(Update::new(
-            topic.into(),
-            seq,
-            now,
-            now,
-            Payload::Other(serde_json::json!("x".repeat(pad))),
-        ))
-    }
-
-    fn seqs(items: &[Item]) -> Vec<(String, u64)> {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Update(u) => Some((u.topic.to_string(), u.seq)),
-                Item::Sys(_) => None,
-            })
-            .collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lagging_client_is_conflated_then_told_what_it_skipped() {
-        let stats = Arc::new(OutboxStats::default());
-        // Five updates of this size exceed the bound: the fifth starts the lag.
-        let size = up("a", 1, 300).json.len();
-        let o = Outbox::new(size * 5 - 1, Duration::from_secs(5), stats.clone());
-        for seq in 1..=5 {
-            assert_eq!(
-                o.push_update(&up("a", seq, 300), Duration::ZERO),
-                Pushed::Queued
-            );
-        }
-        assert!(o.lagging());
-        for seq in 6..=9 {
-            assert_eq!(
-                o.push_update(&up("a", seq, 300), Duration::ZERO),
-                Pushed::Held
-            );
-        }
-        o.push_update(&up("b", 1, 10), Duration::ZERO);
-        let mut out = Vec::new();
-        o.drain_into(&mut out);
-        let got = seqs(&out);
-        assert_eq!(
-            got[..5].iter().map(|x| x.1).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5]
-        );
-        assert_eq!(&got[5..], &[("a".into(), 9), ("b".into(), 1)]);
-        let Item::Sys(notice) = &out[5] else {
-            panic!("notice before the newest")
-        };
-        assert_eq!(notice.topic, "$sys.lagged");
-        assert_eq!(
-            notice.payload["skipped"][0],
-            serde_json::json!({"topic": "a", "from": 6, "to": 8, "count": 3})
-        );
-        assert!(!o.lagging());
-        assert_eq!(stats.conflated.load(Ordering::Relaxed), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_client_lagging_past_the_grace_period_is_refused() {
-        let stats = Arc::new(OutboxStats::default());
-        let o = Outbox::new(100, Duration::from_millis(500), stats.clone());
-        o.push_update(&up("a", 1, 200), Duration::ZERO);
-        assert!(o.lagging());
-        tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(
-            o.push_update(&up("a", 2, 10), Duration::ZERO),
-            Pushed::Refused
-        );
-        assert!(o.overflowed());
-        assert_eq!(stats.lag_disconnects.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn throttle_sends_at_most_one_per_interval_and_the_newest() {
-        let o = Outbox::new(1 << 20, Duration::from_secs(5), Arc::default());
-        let t = Duration::from_millis(100);
-        assert_eq!(o.push_update(&up("a", 1, 0), t), Pushed::Queued);
-        assert_eq!(o.push_update(&up("a", 2, 0), t), Pushed::Held);
-        assert_eq!(o.push_update(&up("a", 3, 0), t), Pushed::Held);
-        let mut out = Vec::new();
-        let due = o.drain_into(&mut out).expect("a pending update");
-        assert_eq!(seqs(&out), vec![("a".into(), 1)]);
-        out.clear();
-        tokio::time::advance(due - Instant::now()).await;
-        assert!(o.drain_into(&mut out).is_none());
-        assert_eq!(seqs(&out), vec![("a".into(), 3)]);
-    }
-}
+#[cfg(test)]
+mod property;
