@@ -138,6 +138,11 @@ pub struct WsConfig {
     pub ping_timeout_ms: u64,
     /// Longest a single flush to a client may block, in milliseconds.
     pub write_timeout_ms: u64,
+    /// Largest `batch.update` frame, in bytes (1 KiB to 256 KiB): a batch
+    /// that would be larger goes out as several frames, in order. For
+    /// `msgpack+deflate` the bound holds for the compressed frame. A single
+    /// update larger than this still goes out whole, alone in its frame.
+    pub max_frame_bytes: usize,
     /// For benchmarks only: encode every update again for every client and
     /// flush after every frame, as a naive server would. Never enable in
     /// production; `hostpulse-bench --baseline` uses it to measure the gain.
@@ -159,10 +164,17 @@ impl Default for WsConfig {
             ping_interval_ms: 15_000,
             ping_timeout_ms: 45_000,
             write_timeout_ms: 10_000,
+            max_frame_bytes: MAX_FRAME_BYTES,
             naive_baseline: false,
         }
     }
 }
+
+/// Default and largest `ws.max_frame_bytes`: batch frames are split at
+/// 256 KiB or less.
+pub const MAX_FRAME_BYTES: usize = 256 << 10;
+/// Smallest `ws.max_frame_bytes` accepted.
+pub const MIN_FRAME_BYTES: usize = 1 << 10;
 
 /// `[hub]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -288,6 +300,12 @@ impl AggregatorConfig {
                 "must be between 0 and 1",
             ));
         }
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.ws.max_frame_bytes) {
+            return Err(invalid(
+                "ws.max_frame_bytes",
+                &format!("must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES} bytes"),
+            ));
+        }
         if self.ws.ping_timeout_ms <= self.ws.ping_interval_ms {
             return Err(invalid(
                 "ws.ping_timeout_ms",
@@ -376,5 +394,22 @@ mod tests {
         let e = AggregatorConfig::parse("[http]\nlisten = \"nope\"\n", Path::new("x.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn frame_split_size_is_bounded_to_256_kib() {
+        let c = AggregatorConfig::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.ws.max_frame_bytes, 256 << 10);
+        for bad in [0, 1023, (256 << 10) + 1] {
+            let e = AggregatorConfig::parse(
+                &format!("[ws]\nmax_frame_bytes = {bad}\n"),
+                Path::new("x.toml"),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("`ws.max_frame_bytes`"), "{bad}: {e}");
+        }
+        let c =
+            AggregatorConfig::parse("[ws]\nmax_frame_bytes = 1024\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.ws.max_frame_bytes, 1024);
     }
 }

@@ -147,6 +147,12 @@ impl Update {
         self.deflated.get_or_init(|| deflate(self.msgpack()))
     }
 
+    /// The deflated MessagePack form if it was already made (so a caller on
+    /// an async worker can tell whether asking for it would compress now).
+    pub fn deflated_if_ready(&self) -> Option<&Bytes> {
+        self.deflated.get()
+    }
+
     /// Bytes of the form `encoding` sends.
     pub fn bytes(&self, encoding: Encoding) -> &[u8] {
         match encoding {

@@ -135,6 +135,34 @@ impl WsClient {
         }
     }
 
+    /// The next data frame within `limit`, as its payload size on the wire
+    /// (after any compression) and its decoded content; `None` on timeout.
+    pub async fn next_frame_within(&mut self, limit: Duration) -> Option<(usize, Value)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    return Some((m.len(), decode(&m, self.deflated)?));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(c))) => panic!("server closed: {c:?}"),
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// This client's own address, as the server sees it as the peer.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        match self.socket.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("a local address"),
+            _ => panic!("local_addr is for plain connections"),
+        }
+    }
+
     /// The next JSON message within `limit`: `Ok(None)` on timeout,
     /// `Err(..)` when the connection closed (for tests that expect it to).
     pub async fn recv(&mut self, limit: Duration) -> Result<Option<Value>, Closed> {

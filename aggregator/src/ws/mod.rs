@@ -8,6 +8,13 @@
 //! idle connections (tungstenite's 128 KiB defaults would cost that much per
 //! connection).
 //!
+//! Writing: batch frames are split at `ws.max_frame_bytes` (see [`frames`]);
+//! frames needing more than [`frames::DEFLATE_INLINE_MAX`] bytes of deflate
+//! are compressed on tokio's blocking pool (`spawn_blocking`, awaited before
+//! the next frame, so order is kept). A frame that cannot be written (larger
+//! than the write buffer limit, or a socket error) closes the connection with
+//! 1011 and a log line naming the connection and the reason.
+//!
 //! Connect-time options, as query parameters: `encoding` (`json`, `msgpack`,
 //! `msgpack+deflate`; or the subprotocols in [`crate::encoding::SUBPROTOCOLS`])
 //! and `batch_ms` (0 = a frame per update; otherwise updates are gathered for
@@ -49,6 +56,10 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A message larger than allowed.
     pub const TOO_BIG: u16 = 1009;
+    /// The server could not write a frame to this connection (larger than
+    /// its write buffer limit, or a socket error); reconnect and resume with
+    /// `since`.
+    pub const INTERNAL: u16 = 1011;
     /// Client too slow: reconnect later and resume.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
@@ -170,6 +181,47 @@ const WRITE_BUFFER: usize = 4 << 10;
 /// Wait for the peer's close reply at most this long.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// Most bytes tungstenite may hold unwritten for one connection: room for
+/// any split batch frame, a full queue or a client-sized message, twice. A
+/// frame larger than this cannot be written and closes its connection (1011).
+pub fn write_buffer_limit(config: &WsConfig) -> usize {
+    WRITE_BUFFER
+        + config
+            .queue_max_bytes
+            .max(config.max_message_bytes)
+            .max(config.max_frame_bytes)
+            * 2
+}
+
+/// Why a write failed.
+#[derive(Debug)]
+enum WriteError {
+    /// The frame is larger than the connection's write buffer limit.
+    TooBig {
+        /// Its size, bytes.
+        bytes: usize,
+    },
+    /// The socket failed (or compression on the blocking pool did).
+    Socket(String),
+}
+
+impl From<axum::Error> for WriteError {
+    fn from(e: axum::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(tungstenite::Error::WriteBufferFull(message)) =
+                s.downcast_ref::<tungstenite::Error>()
+            {
+                return WriteError::TooBig {
+                    bytes: message.len(),
+                };
+            }
+            source = s.source();
+        }
+        WriteError::Socket(e.to_string())
+    }
+}
+
 /// Connect-time options.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +291,7 @@ pub async fn handler(
     ws.protocols(SUBPROTOCOLS)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + state.config.queue_max_bytes.max(max) * 2)
+        .max_write_buffer_size(write_buffer_limit(&state.config))
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
@@ -287,6 +339,9 @@ enum End {
     /// The server closes with this code and reason and waits (bounded) for
     /// the peer's close reply.
     Close(u16, &'static str),
+    /// Like `Close`, but nothing queued is written first: a frame could not
+    /// be written, and what follows it would reach the client with a gap.
+    Fail(u16, &'static str),
     /// The peer is not keeping up: try to send the close frame for at most
     /// the given time (it may be stuck behind unread data), and go.
     Abandon(u16, &'static str, Duration),
@@ -363,9 +418,21 @@ impl Session {
                 let mut items = Vec::new();
                 self.outbox.drain_into(&mut items);
                 if !items.is_empty() {
-                    let _ =
-                        tokio::time::timeout(CLOSE_WAIT, self.write(&mut socket, &mut items)).await;
+                    match tokio::time::timeout(CLOSE_WAIT, self.write(&mut socket, &mut items))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::info!(error = ?e, "last frames before the close not written")
+                        }
+                        Err(_) => {
+                            tracing::info!("last frames before the close not written in time")
+                        }
+                    }
                 }
+                close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
+            }
+            End::Fail(code, reason) => {
                 close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
             }
             End::Abandon(code, reason, send_wait) => {
@@ -439,8 +506,13 @@ impl Session {
                         return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
                     }
                     let ping = socket.send(Message::Ping(Default::default()));
-                    if !matches!(tokio::time::timeout(ms(config.write_timeout_ms), ping).await, Ok(Ok(()))) {
-                        return End::Gone;
+                    match tokio::time::timeout(ms(config.write_timeout_ms), ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return self.write_failed(e.into()),
+                        Err(_) => {
+                            tracing::info!("client stopped reading (ping not written); disconnecting");
+                            return End::Gone;
+                        }
                     }
                     continue;
                 }
@@ -456,7 +528,7 @@ impl Session {
                     _ = self.outbox.doomed() => return TOO_SLOW_END,
                     r = tokio::time::timeout(ms(config.write_timeout_ms), write) => match r {
                         Ok(Ok(())) => {}
-                        Ok(Err(_)) => return End::Gone,
+                        Ok(Err(e)) => return self.write_failed(e),
                         Err(_) => {
                             tracing::info!("client stopped reading; disconnecting");
                             return End::Gone;
@@ -475,19 +547,16 @@ impl Session {
         }
     }
 
-    /// Writes `items` (one batch frame, or a frame each) and flushes once.
-    async fn write(
-        &self,
-        socket: &mut WebSocket,
-        items: &mut Vec<Item>,
-    ) -> Result<(), axum::Error> {
+    /// Writes `items` (batch frames split at `ws.max_frame_bytes`, or a
+    /// frame each) and flushes once.
+    async fn write(&self, socket: &mut WebSocket, items: &mut Vec<Item>) -> Result<(), WriteError> {
         if self.state.config.naive_baseline {
             for item in items.drain(..) {
                 let message = match &item {
                     Item::Update(u) if self.encoding == Encoding::Json => {
                         Message::Text(u.encode_json_again().into())
                     }
-                    other => frames::single(other, self.encoding),
+                    other => frames::single(other, self.encoding).finish(),
                 };
                 socket.send(message).await?;
             }
@@ -495,14 +564,43 @@ impl Session {
         }
         if self.batch.is_zero() {
             for item in items.drain(..) {
-                socket.feed(frames::single(&item, self.encoding)).await?;
+                let message = finish(frames::single(&item, self.encoding)).await?;
+                socket.feed(message).await?;
             }
         } else {
-            let message = frames::batch(items, self.encoding);
+            let batches = frames::batches(items, self.encoding, self.state.config.max_frame_bytes);
             items.clear();
-            socket.feed(message).await?;
+            for frame in batches {
+                let message = finish(frame).await?;
+                socket.feed(message).await?;
+            }
         }
-        socket.flush().await
+        Ok(socket.flush().await?)
+    }
+
+    /// How a failed write ends the session: logged (the session's span names
+    /// the connection and peer) and closed with 1011.
+    fn write_failed(&self, e: WriteError) -> End {
+        match e {
+            WriteError::TooBig { bytes } => {
+                let limit = write_buffer_limit(&self.state.config);
+                tracing::warn!(
+                    bytes,
+                    limit,
+                    "frame larger than the write buffer limit cannot be written; closing with 1011"
+                );
+                End::Fail(
+                    close::INTERNAL,
+                    "a frame larger than the write buffer limit could not be written",
+                )
+            }
+            WriteError::Socket(cause) => {
+                tracing::info!(%cause, "write failed; closing with 1011");
+                // Bounded like any close: a broken socket fails both the
+                // close frame and the wait for its reply at once.
+                End::Fail(close::INTERNAL, "write failed")
+            }
+        }
     }
 
     async fn on_message(&mut self, message: Message) -> Option<End> {
@@ -655,6 +753,17 @@ impl Session {
             Err(_) => Some(End::Close(close::GOING_AWAY, "server shutting down")),
         }
     }
+}
+
+/// The frame's message, compressing it on the blocking pool when that is
+/// heavy work (awaited here, so frames still go out in order).
+async fn finish(frame: frames::Frame) -> Result<Message, WriteError> {
+    if !frame.heavy() {
+        return Ok(frame.finish());
+    }
+    tokio::task::spawn_blocking(move || frame.finish())
+        .await
+        .map_err(|e| WriteError::Socket(format!("compression task failed: {e}")))
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
