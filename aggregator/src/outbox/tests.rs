@@ -226,9 +226,13 @@ async fn batching_with_lag_keeps_each_topic_rising_within_the_batch_frame() {
     tokio::time::advance(batch - Duration::from_millis(60)).await;
     let mut items = Vec::new();
     o.drain_into(&mut items);
-    let axum::extract::ws::Message::Text(text) =
-        crate::ws::frames::batch(&items, crate::encoding::Encoding::Json)
-    else {
+    let mut frames = crate::ws::frames::batches(
+        &items,
+        crate::encoding::Encoding::Json,
+        crate::config::MAX_FRAME_BYTES,
+    );
+    assert_eq!(frames.len(), 1, "a small batch is one frame");
+    let axum::extract::ws::Message::Text(text) = frames.remove(0).finish() else {
         panic!("a JSON batch is a text frame")
     };
     let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("batch JSON");
