@@ -109,8 +109,9 @@ struct Record {
 struct Remote {
     /// Hosts by the node announcing them.
     nodes: HashMap<String, Vec<HostView>>,
-    /// Hosts no node announces online any more, and since when.
-    departed: HashMap<String, Instant>,
+    /// Hosts no node announces online any more: since when, and what was
+    /// last announced of them.
+    departed: HashMap<String, (Instant, HostEvent)>,
 }
 
 /// One host as the REST snapshot shows it.
@@ -316,11 +317,7 @@ impl Registry {
     pub fn set_remote(&self, node: &str, hosts: Option<Vec<HostView>>) {
         let mut remote = self.remote.lock().expect("registry lock");
         let now = Instant::now();
-        let before: Vec<String> = remote
-            .nodes
-            .get(node)
-            .map(|views| views.iter().map(|v| v.host.clone()).collect())
-            .unwrap_or_default();
+        let before: Vec<HostView> = remote.nodes.get(node).cloned().unwrap_or_default();
         match hosts {
             Some(h) => {
                 remote.nodes.insert(node.to_string(), h);
@@ -336,9 +333,11 @@ impl Registry {
         }
         let Remote { nodes, departed } = &mut *remote;
         let online = |host: &str| nodes.values().flatten().any(|v| v.online && v.host == host);
-        for host in before {
-            if !online(&host) {
-                departed.entry(host).or_insert(now);
+        for view in before {
+            if !online(&view.host) {
+                departed
+                    .entry(view.host)
+                    .or_insert_with(|| (now, view.agent));
             }
         }
         departed.retain(|host, _| !online(host));
@@ -360,7 +359,7 @@ impl Registry {
         for v in remote.nodes.values().flatten().filter(|v| v.online) {
             keep.insert(v.host.clone());
         }
-        for (host, at) in &remote.departed {
+        for (host, (at, _)) in &remote.departed {
             if *at > cutoff {
                 keep.insert(host.clone());
             }
@@ -391,11 +390,13 @@ impl Registry {
             let expired: Vec<String> = remote
                 .departed
                 .iter()
-                .filter(|(_, at)| **at <= cutoff)
+                .filter(|(_, (at, _))| *at <= cutoff)
                 .map(|(h, _)| h.clone())
                 .collect();
             for host in &expired {
-                remote.departed.remove(host);
+                if let Some((_, last)) = remote.departed.remove(host) {
+                    dropped.entry(host.clone()).or_insert(last);
+                }
                 for views in remote.nodes.values_mut() {
                     views.retain(|v| {
                         let gone = !v.online && v.host == *host;
@@ -628,7 +629,7 @@ mod tests {
             got,
             [
                 ("forgotten", "db-01", Some("agg-3")),
-                ("forgotten", "web-01", None)
+                ("forgotten", "web-01", Some("agg-2"))
             ]
         );
         assert!(r.hosts().is_empty());
