@@ -63,6 +63,16 @@ impl History {
         self.entries.range(self.entries.len().saturating_sub(n)..)
     }
 
+    /// Updates held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes

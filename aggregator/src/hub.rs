@@ -9,13 +9,17 @@
 //! here, in the order they reach the hub: the hub is the one place that
 //! orders them, so none can be taken for a duplicate of a later one.
 //!
+//! Departed hosts are forgotten on request ([`Command::Forget`]): their
+//! topics, history and every connection's throttle state for them go, so
+//! memory follows the fleet as it is, not every host ever seen.
+//!
 //! Routing is kept per topic: each topic holds the list of connections whose
 //! patterns match it, maintained when subscriptions change, so a publish costs
 //! one push per interested connection and nothing for the others. A push never
 //! waits: a connection whose outbox is full is marked overflowed and closed by
 //! its own task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -50,6 +54,26 @@ impl Since {
         match self {
             Since::All(s) => Some(*s),
             Since::PerTopic(m) => m.get(topic).copied(),
+        }
+    }
+
+    /// Keeps only the resume points still needed: those of topics `wanted`
+    /// that the hub does not hold yet (`known`), whose updates have still to
+    /// be kept at or below the point when they appear. `None` when nothing
+    /// is left.
+    fn still_needed(
+        self,
+        pattern: &str,
+        wanted: impl Fn(&str) -> bool,
+        known: impl Fn(&str) -> bool,
+    ) -> Option<Since> {
+        match self {
+            Since::All(s) => (!known(pattern)).then_some(Since::All(s)),
+            Since::PerTopic(mut m) => {
+                m.retain(|t, _| wanted(t) && !known(t));
+                m.shrink_to_fit();
+                (!m.is_empty()).then_some(Since::PerTopic(m))
+            }
         }
     }
 }
@@ -144,6 +168,17 @@ pub enum Command {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<HashMap<String, u64>>,
     },
+    /// Forgets every host whose `host.<h>.*` topics have all been idle for
+    /// `idle` or longer, except the hosts in `keep`: their topics, history
+    /// and throttle state go. Replies with the hosts forgotten.
+    Forget {
+        /// Hosts (topic segments) still attached, or departed too recently.
+        keep: HashSet<String>,
+        /// How long every topic of a host must have gone without an update.
+        idle: Duration,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
     /// The latest update of every topic starting with `prefix`.
     Latest {
         /// Topic prefix, e.g. `host.` or `host.web-01.`.
@@ -170,6 +205,8 @@ pub struct HubStats {
     pub rate_limited: AtomicU64,
     /// Topics known.
     pub topics: AtomicU64,
+    /// Hosts forgotten (with their topics) since start.
+    pub hosts_forgotten: AtomicU64,
     /// Bytes of encoded updates held in history.
     pub history_bytes: AtomicU64,
     /// Live subscriptions.
@@ -243,16 +280,7 @@ pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) 
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64 / 10)
         .unwrap_or(0);
-    let hub = Hub {
-        numbered_from,
-        topics: HashMap::new(),
-        conns: HashMap::new(),
-        settings,
-        stats: stats.clone(),
-        history_order: VecDeque::new(),
-        history_entries: 0,
-        history_bytes: 0,
-    };
+    let hub = Hub::new(settings, numbered_from, stats.clone());
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx, stats }, task)
 }
@@ -276,6 +304,8 @@ struct Topic {
     /// From the configured rate limits.
     min_interval: Duration,
     last_accepted: Option<Instant>,
+    /// When an update was last accepted (or the topic made), for forgetting.
+    last_published: Instant,
     /// Its last update was produced here (not received from a peer), so
     /// this aggregator answers peers' catch-up requests for it.
     local: bool,
@@ -329,7 +359,53 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+/// Every connection with a pattern matching the new `topic`, once each.
+/// Their resume points for it are used up here: the topic now exists, so
+/// they are dropped from the subscriptions' `since`.
+fn matching_subscribers(conns: &mut HashMap<ConnId, Conn>, topic: &str) -> Vec<Subscriber> {
+    let mut out = Vec::new();
+    for (id, c) in conns.iter_mut() {
+        let mut found: Option<(u64, Duration)> = None;
+        for s in c.subscriptions.iter_mut().filter(|s| s.wants(topic)) {
+            let f = s
+                .since
+                .as_ref()
+                .and_then(|x| x.for_topic(topic))
+                .unwrap_or(0);
+            if let Some(since) = s.since.take() {
+                s.since = since.still_needed(&s.pattern, |_| true, |t| t == topic);
+            }
+            found = Some(match found {
+                None => (f, s.throttle),
+                Some((g, t)) => (g.min(f), t.min(s.throttle)),
+            });
+        }
+        if let Some((floor, throttle)) = found {
+            out.push(Subscriber {
+                conn: *id,
+                outbox: c.outbox.clone(),
+                floor,
+                throttle,
+            });
+        }
+    }
+    out
+}
+
 impl Hub {
+    fn new(settings: HubSettings, numbered_from: u64, stats: Arc<HubStats>) -> Self {
+        Hub {
+            numbered_from,
+            topics: HashMap::new(),
+            conns: HashMap::new(),
+            settings,
+            stats,
+            history_order: VecDeque::new(),
+            history_entries: 0,
+            history_bytes: 0,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(command) = rx.recv().await {
             self.handle(command);
@@ -381,6 +457,9 @@ impl Hub {
                     .collect();
                 let _ = reply.send(floors);
             }
+            Command::Forget { keep, idle, reply } => {
+                let _ = reply.send(self.forget(&keep, idle));
+            }
             Command::Latest { prefix, reply } => {
                 let latest = self
                     .topics
@@ -396,7 +475,7 @@ impl Hub {
     fn publish(&mut self, update: Update) {
         let update = Arc::new(update);
         if !self.topics.contains_key(&update.topic) {
-            let subscribers = self.matching_subscribers(&update.topic);
+            let subscribers = matching_subscribers(&mut self.conns, &update.topic);
             let min_interval = self
                 .settings
                 .rate_limits
@@ -412,6 +491,7 @@ impl Hub {
                     subscribers,
                     min_interval,
                     last_accepted: None,
+                    last_published: Instant::now(),
                     local: false,
                 },
             );
@@ -434,6 +514,7 @@ impl Hub {
             t.last_accepted = Some(now);
         }
         t.seq = update.seq;
+        t.last_published = Instant::now();
         t.local = update.origin.is_none();
         if t.local
             && let Some(export) = &self.settings.export
@@ -502,35 +583,81 @@ impl Hub {
             .store(self.history_bytes as u64, Ordering::Relaxed);
     }
 
-    /// Every connection with a pattern matching `topic`, once each.
-    fn matching_subscribers(&self, topic: &str) -> Vec<Subscriber> {
-        let mut out = Vec::new();
-        for (id, c) in &self.conns {
-            let mut found: Option<(u64, Duration)> = None;
-            for s in c.subscriptions.iter().filter(|s| s.wants(topic)) {
-                let f = s
-                    .since
-                    .as_ref()
-                    .and_then(|x| x.for_topic(topic))
-                    .unwrap_or(0);
-                found = Some(match found {
-                    None => (f, s.throttle),
-                    Some((g, t)) => (g.min(f), t.min(s.throttle)),
-                });
+    /// Forgets idle hosts not in `keep` (see [`Command::Forget`]).
+    fn forget(&mut self, keep: &HashSet<String>, idle: Duration) -> Vec<String> {
+        let now = Instant::now();
+        // Host → whether every one of its topics is idle.
+        let mut hosts: HashMap<&str, bool> = HashMap::new();
+        for (name, t) in &self.topics {
+            let Some(host) = name
+                .strip_prefix("host.")
+                .and_then(|rest| rest.split('.').next())
+            else {
+                continue;
+            };
+            if keep.contains(host) {
+                continue;
             }
-            if let Some((floor, throttle)) = found {
-                out.push(Subscriber {
-                    conn: *id,
-                    outbox: c.outbox.clone(),
-                    floor,
-                    throttle,
-                });
+            let idle_here = now.saturating_duration_since(t.last_published) >= idle;
+            *hosts.entry(host).or_insert(true) &= idle_here;
+        }
+        let mut gone: Vec<String> = hosts
+            .into_iter()
+            .filter(|(_, idle)| *idle)
+            .map(|(h, _)| h.to_string())
+            .collect();
+        gone.sort();
+        if gone.is_empty() {
+            return gone;
+        }
+        let doomed: Vec<Arc<str>> = self
+            .topics
+            .keys()
+            .filter(|name| {
+                name.strip_prefix("host.")
+                    .and_then(|rest| rest.split('.').next())
+                    .is_some_and(|h| gone.binary_search_by(|g| g.as_str().cmp(h)).is_ok())
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            let t = self.topics.remove(&name).expect("listed above");
+            self.history_bytes -= t.history.bytes();
+            self.history_entries -= t.history.len();
+            self.stats.topics.fetch_sub(1, Ordering::Relaxed);
+            for s in &t.subscribers {
+                s.outbox.forget_topic(&name);
             }
         }
-        out
+        self.topics.shrink_to_fit();
+        // The global order still names the forgotten updates; they are
+        // skipped, and compacted away now rather than when history is full.
+        let topics = &self.topics;
+        self.history_order
+            .retain(|(name, _)| topics.contains_key(name));
+        self.history_order.shrink_to_fit();
+        self.stats
+            .history_bytes
+            .store(self.history_bytes as u64, Ordering::Relaxed);
+        self.stats
+            .hosts_forgotten
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        gone
     }
 
     fn subscribe(&mut self, conn: ConnId, outbox: Arc<Outbox>, request: SubscribeRequest) {
+        // Kept with the subscription: only the resume points of topics not
+        // held yet (the others are replayed and joined live below).
+        let kept_since = request.since.clone().and_then(|since| {
+            since.still_needed(
+                &request.pattern,
+                |t| {
+                    topic::matches(&request.pattern, t)
+                        && request.grant.as_ref().is_none_or(|g| g.allows(t))
+                },
+                |t| self.topics.contains_key(t),
+            )
+        });
         let c = self.conns.entry(conn).or_insert_with(|| Conn {
             outbox: outbox.clone(),
             subscriptions: Vec::new(),
@@ -541,14 +668,14 @@ impl Hub {
             .find(|s| s.pattern == request.pattern)
         {
             Some(existing) => {
-                existing.since = request.since.clone();
+                existing.since = kept_since;
                 existing.throttle = request.throttle;
                 existing.grant = request.grant.clone();
             }
             None => {
                 c.subscriptions.push(Subscription {
                     pattern: request.pattern.clone(),
-                    since: request.since.clone(),
+                    since: kept_since,
                     throttle: request.throttle,
                     grant: request.grant.clone(),
                 });
@@ -874,5 +1001,166 @@ mod tests {
             seqs.len() < 200 && seqs.windows(2).all(|w| w[1] == w[0] + 1),
             "{seqs:?}"
         );
+    }
+
+    fn settings() -> HubSettings {
+        HubSettings {
+            history_len: 100,
+            history_max_bytes: 1 << 20,
+            queue: 64,
+            rate_limits: Vec::new(),
+            export: None,
+        }
+    }
+
+    fn subscribe_to(pattern: &str, since: Option<Since>, throttle: Duration) -> SubscribeRequest {
+        SubscribeRequest {
+            pattern: pattern.into(),
+            id: None,
+            since,
+            history: None,
+            throttle,
+            grant: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn forgetting_a_host_drops_its_topics_history_and_throttles_only() {
+        let (hub, _task) = spawn(settings());
+        let stats = hub.stats.clone();
+        let outbox = Outbox::new(
+            1 << 20,
+            Duration::from_secs(5),
+            Arc::new(OutboxStats::default()),
+        );
+        hub.send(Command::Subscribe {
+            conn: 1,
+            outbox: outbox.clone(),
+            request: subscribe_to(">", None, Duration::from_secs(60)),
+        })
+        .await
+        .unwrap();
+        let floors = |hub: &HubHandle| {
+            let hub = hub.clone();
+            async move { hub.ask(|reply| Command::Floors { reply }).await.unwrap() }
+        };
+        // What stays: a host kept attached, and `hosts`.
+        hub.send(Command::Publish(vec![
+            update("host.b.cpu", 1),
+            update("host.b.cpu", 2),
+            update("hosts", 1),
+        ]))
+        .await
+        .unwrap();
+        floors(&hub).await;
+        let (topics, bytes, tracked) = (
+            stats.topics.load(Ordering::Relaxed),
+            stats.history_bytes.load(Ordering::Relaxed),
+            outbox.tracked_topics(),
+        );
+        hub.send(Command::Publish(
+            (1..=20)
+                .flat_map(|seq| [update("host.a.cpu", seq), update("host.a.memory", seq)])
+                .collect(),
+        ))
+        .await
+        .unwrap();
+        floors(&hub).await;
+        assert_eq!(stats.topics.load(Ordering::Relaxed), topics + 2);
+        assert!(stats.history_bytes.load(Ordering::Relaxed) > bytes + 20 * 100);
+        assert!(
+            outbox.tracked_topics() > tracked,
+            "a's topics are throttled"
+        );
+
+        let forget = |keep: &[&str], idle: Duration| {
+            let hub = hub.clone();
+            let keep: HashSet<String> = keep.iter().map(|h| h.to_string()).collect();
+            async move {
+                hub.ask(|reply| Command::Forget { keep, idle, reply })
+                    .await
+                    .unwrap()
+            }
+        };
+        // Not idle long enough, or kept: nothing goes.
+        assert!(forget(&["b"], Duration::from_secs(3600)).await.is_empty());
+        assert!(forget(&["a", "b"], Duration::ZERO).await.is_empty());
+        assert_eq!(stats.topics.load(Ordering::Relaxed), topics + 2);
+
+        assert_eq!(forget(&["b"], Duration::ZERO).await, vec!["a".to_string()]);
+        assert_eq!(stats.topics.load(Ordering::Relaxed), topics);
+        assert_eq!(stats.history_bytes.load(Ordering::Relaxed), bytes);
+        assert_eq!(outbox.tracked_topics(), tracked);
+        assert_eq!(stats.hosts_forgotten.load(Ordering::Relaxed), 1);
+        let held = floors(&hub).await;
+        assert!(!held.contains_key("host.a.cpu") && held.contains_key("host.b.cpu"));
+
+        // Back again, it starts fresh: seq 1 is new, not a duplicate.
+        hub.send(Command::Publish(vec![update("host.a.cpu", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(floors(&hub).await.get("host.a.cpu"), Some(&1));
+        assert_eq!(stats.updates_duplicate.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_since_map_keeps_only_topics_not_held_yet_until_they_appear() {
+        let mut hub = Hub::new(settings(), 0, Arc::new(HubStats::default()));
+        hub.publish(update("host.a.cpu", 3));
+        let outbox = Outbox::new(
+            1 << 20,
+            Duration::from_secs(5),
+            Arc::new(OutboxStats::default()),
+        );
+        let since = Since::PerTopic(HashMap::from([
+            ("host.a.cpu".to_string(), 1),
+            ("host.b.cpu".to_string(), 5),
+            ("host.a.memory".to_string(), 9),
+        ]));
+        hub.subscribe(
+            1,
+            outbox.clone(),
+            subscribe_to("host.*.cpu", Some(since), Duration::ZERO),
+        );
+        let kept = |hub: &Hub| hub.conns[&1].subscriptions[0].since.clone();
+        // host.a.cpu is replayed and joined; host.a.memory is not matched.
+        assert_eq!(
+            kept(&hub),
+            Some(Since::PerTopic(HashMap::from([(
+                "host.b.cpu".to_string(),
+                5
+            )])))
+        );
+        let mut items = Vec::new();
+        outbox.drain_into(&mut items);
+        items.clear();
+        // host.b.cpu appears: the resume point holds back seq 5, then goes.
+        hub.publish(update("host.b.cpu", 5));
+        assert_eq!(kept(&hub), None);
+        hub.publish(update("host.b.cpu", 6));
+        outbox.drain_into(&mut items);
+        let seqs: Vec<u64> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Update(u) => Some(u.seq),
+                Item::Sys(_) => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![6]);
+
+        // One seq on an exact topic is kept only while the topic is not held.
+        hub.subscribe(
+            2,
+            outbox.clone(),
+            subscribe_to("host.a.cpu", Some(Since::All(2)), Duration::ZERO),
+        );
+        hub.subscribe(
+            2,
+            outbox.clone(),
+            subscribe_to("host.c.cpu", Some(Since::All(2)), Duration::ZERO),
+        );
+        let subs = &hub.conns[&2].subscriptions;
+        assert_eq!(subs[0].since, None);
+        assert_eq!(subs[1].since, Some(Since::All(2)));
     }
 }

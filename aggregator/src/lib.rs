@@ -13,6 +13,7 @@
 //! - [`encoding`]: the encodings a client may choose, and the deflater.
 //! - [`history`]: per-topic bounded history for resume and replay.
 //! - [`hub`]: the single task owning topics, history and subscriptions.
+//! - [`forget`]: forgetting hosts departed for `hub.forget_after`.
 //! - [`outbox`]: a connection's bounded outgoing queue.
 //! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.
 //! - [`http`]: the router (`/ws`, `/api/v1/hosts`, `/healthz`).
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod encoding;
+pub mod forget;
 pub mod history;
 pub mod http;
 pub mod hub;
@@ -158,6 +160,13 @@ pub async fn run(
         ),
         None => None,
     };
+
+    tasks.spawn(forget::run(
+        hub.clone(),
+        registry.clone(),
+        ms(config.hub.forget_after_ms),
+        shutdown.clone(),
+    ));
 
     let service = IngestService::new(
         hub.clone(),

@@ -153,6 +153,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 load(&hub.rate_limited),
             ),
             (
+                "hostpulse_hosts_forgotten",
+                "Departed hosts forgotten with their topics (hub.forget_after).",
+                load(&hub.hosts_forgotten),
+            ),
+            (
                 "hostpulse_deliveries",
                 "Updates queued to WebSocket connections.",
                 load(&hub.deliveries),

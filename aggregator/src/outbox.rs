@@ -326,6 +326,21 @@ impl Outbox {
         s.sent.retain(|t, _| keep(t));
     }
 
+    /// Forgets the throttle and ordering state of a topic the hub forgot
+    /// (its host departed long ago): a held update of it is dropped, and a
+    /// topic of that name made later starts fresh.
+    pub fn forget_topic(&self, topic: &str) {
+        let mut s = self.state.lock().expect("outbox lock");
+        s.throttles.remove(topic);
+        s.sent.remove(topic);
+    }
+
+    /// Entries of per-topic state held: throttles plus ordering marks.
+    pub fn tracked_topics(&self) -> usize {
+        let s = self.state.lock().expect("outbox lock");
+        s.throttles.len() + s.sent.len()
+    }
+
     /// Waits until something is pushed (or was pushed since the last wait).
     pub async fn notified(&self) {
         self.notify.notified().await

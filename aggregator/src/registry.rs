@@ -7,16 +7,20 @@
 //! aggregator has not noticed yet). Host join, restart and leave become
 //! events on the `hosts` topic; the hub numbers them as they reach it.
 //!
+//! A departed host (its agent detached here, or gone from every peer's
+//! announcements) is remembered for `hub.forget_after`; then [`Registry::forget`]
+//! drops it and returns the `forgotten` event to publish.
+//!
 //! In cluster mode it also holds the hosts other aggregators announce
 //! (their presence), so `hosts()` shows the whole cluster, each host with
 //! the aggregator it is attached to; a host attached here wins over a peer's
 //! stale claim.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use hostpulse_proto::v1::Hello;
 use serde::{Deserialize, Serialize};
@@ -62,7 +66,8 @@ pub enum Verdict {
 /// An event on the `hosts` topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostEvent {
-    /// `online`, `restarted` (a new run epoch) or `offline`.
+    /// `online`, `restarted` (a new run epoch), `offline` or `forgotten`
+    /// (departed for `hub.forget_after`: its topics and history are gone).
     pub event: Cow<'static, str>,
     /// Topic segment.
     pub host: String,
@@ -94,7 +99,19 @@ struct Record {
     online: bool,
     /// When a batch of this agent was last published.
     last_seen: Option<SystemTime>,
+    /// When its last stream ended (`None` while one is attached).
+    departed: Option<Instant>,
     event: HostEvent,
+}
+
+/// What the other aggregators announced.
+#[derive(Default)]
+struct Remote {
+    /// Hosts by the node announcing them.
+    nodes: HashMap<String, Vec<HostView>>,
+    /// Hosts no node announces online any more: since when, and what was
+    /// last announced of them.
+    departed: HashMap<String, (Instant, HostEvent)>,
 }
 
 /// One host as the REST snapshot shows it.
@@ -120,7 +137,7 @@ pub struct Registry {
     /// This aggregator's cluster node name (cluster mode only).
     node: Option<String>,
     /// Hosts announced by other aggregators, by node name.
-    remote: Mutex<HashMap<String, Vec<HostView>>>,
+    remote: Mutex<Remote>,
     /// Signalled when a local agent attaches, leaves or changes presence.
     pub changed: Notify,
 }
@@ -201,6 +218,7 @@ impl Registry {
                 connected: false,
                 online: false,
                 last_seen: None,
+                departed: None,
                 event: event.clone(),
             });
         let known = existed && record.epoch == hello.epoch;
@@ -213,6 +231,7 @@ impl Registry {
         record.host = host.clone();
         record.generation = generation;
         record.connected = true;
+        record.departed = None;
         record.online = true;
         record.event = event.clone();
         let attached = Attached {
@@ -265,7 +284,7 @@ impl Registry {
             }
         }
         let remote = self.remote.lock().expect("registry lock");
-        for view in remote.values().flatten() {
+        for view in remote.nodes.values().flatten() {
             offer(if view.online { 2 } else { 0 }, view.clone());
         }
         by_host.into_values().map(|(_, v)| v).collect()
@@ -297,12 +316,14 @@ impl Registry {
     /// hosts stay listed as offline until an aggregator announces them).
     pub fn set_remote(&self, node: &str, hosts: Option<Vec<HostView>>) {
         let mut remote = self.remote.lock().expect("registry lock");
+        let now = Instant::now();
+        let before: Vec<HostView> = remote.nodes.get(node).cloned().unwrap_or_default();
         match hosts {
             Some(h) => {
-                remote.insert(node.to_string(), h);
+                remote.nodes.insert(node.to_string(), h);
             }
             None => {
-                if let Some(views) = remote.get_mut(node) {
+                if let Some(views) = remote.nodes.get_mut(node) {
                     for v in views {
                         v.online = false;
                         v.agent.event = "offline".into();
@@ -310,6 +331,105 @@ impl Registry {
                 }
             }
         }
+        let Remote { nodes, departed } = &mut *remote;
+        let online = |host: &str| nodes.values().flatten().any(|v| v.online && v.host == host);
+        for view in before {
+            if !online(&view.host) {
+                departed
+                    .entry(view.host)
+                    .or_insert_with(|| (now, view.agent));
+            }
+        }
+        departed.retain(|host, _| !online(host));
+    }
+
+    /// Hosts not to forget yet: attached here, online on a peer, or
+    /// departed after `cutoff`.
+    pub fn retained_hosts(&self, cutoff: Instant) -> HashSet<String> {
+        let mut keep = HashSet::new();
+        {
+            let inner = self.inner.lock().expect("registry lock");
+            for r in inner.agents.values() {
+                if r.departed.is_none_or(|at| at > cutoff) {
+                    keep.insert(r.host.clone());
+                }
+            }
+        }
+        let remote = self.remote.lock().expect("registry lock");
+        for v in remote.nodes.values().flatten().filter(|v| v.online) {
+            keep.insert(v.host.clone());
+        }
+        for (host, (at, _)) in &remote.departed {
+            if *at > cutoff {
+                keep.insert(host.clone());
+            }
+        }
+        keep
+    }
+
+    /// Drops what is remembered of hosts departed at or before `cutoff` (agents
+    /// detached here, hosts peers stopped announcing), and returns the
+    /// `forgotten` event of each host no longer known at all.
+    pub fn forget(&self, cutoff: Instant) -> Vec<HostEvent> {
+        let mut dropped: BTreeMap<String, HostEvent> = BTreeMap::new();
+        {
+            let mut inner = self.inner.lock().expect("registry lock");
+            inner.agents.retain(|_, r| {
+                let gone = r.departed.is_some_and(|at| at <= cutoff);
+                if gone {
+                    dropped.insert(r.host.clone(), r.event.clone());
+                }
+                !gone
+            });
+            if !dropped.is_empty() {
+                inner.agents.shrink_to_fit();
+            }
+        }
+        {
+            let mut remote = self.remote.lock().expect("registry lock");
+            let expired: Vec<String> = remote
+                .departed
+                .iter()
+                .filter(|(_, (at, _))| *at <= cutoff)
+                .map(|(h, _)| h.clone())
+                .collect();
+            for host in &expired {
+                if let Some((_, last)) = remote.departed.remove(host) {
+                    dropped.entry(host.clone()).or_insert(last);
+                }
+                for views in remote.nodes.values_mut() {
+                    views.retain(|v| {
+                        let gone = !v.online && v.host == *host;
+                        if gone {
+                            dropped
+                                .entry(host.clone())
+                                .or_insert_with(|| v.agent.clone());
+                        }
+                        !gone
+                    });
+                }
+                dropped
+                    .entry(host.clone())
+                    .or_insert_with(|| HostEvent::forgotten(host));
+            }
+            remote.nodes.retain(|_, views| !views.is_empty());
+        }
+        // A host still known (attached again, or through another agent or
+        // node) is not forgotten.
+        let known: HashSet<String> = self.hosts().into_iter().map(|v| v.host).collect();
+        dropped
+            .into_iter()
+            .filter(|(host, _)| !known.contains(host))
+            .map(|(_, mut event)| {
+                event.event = "forgotten".into();
+                event
+            })
+            .collect()
+    }
+
+    /// Agents remembered, attached or not.
+    pub fn agents(&self) -> usize {
+        self.inner.lock().expect("registry lock").agents.len()
     }
 
     /// The stream ended. Returns the `offline` event if it was the agent's
@@ -321,6 +441,7 @@ impl Registry {
             return None;
         }
         r.connected = false;
+        r.departed = Some(Instant::now());
         let event = Self::set_online(r, false);
         drop(inner);
         self.changed.notify_one();
@@ -355,6 +476,24 @@ impl Registry {
     pub fn connected(&self) -> usize {
         let inner = self.inner.lock().expect("registry lock");
         inner.agents.values().filter(|r| r.connected).count()
+    }
+}
+
+impl HostEvent {
+    /// The `forgotten` event of a host known only by its topics (a peer's
+    /// host this aggregator never saw announced).
+    pub fn forgotten(host: &str) -> Self {
+        Self {
+            event: "forgotten".into(),
+            host: host.into(),
+            agent_id: String::new(),
+            hostname: host.into(),
+            epoch: 0,
+            version: String::new(),
+            labels: BTreeMap::new(),
+            interval_ms: 0,
+            aggregator: None,
+        }
     }
 }
 
@@ -416,5 +555,84 @@ mod tests {
         assert_eq!(hosts.len(), 1);
         assert!(hosts[0].online);
         assert_eq!(hosts[0].agent.aggregator.as_deref(), Some("agg-3"));
+    }
+
+    fn hello(host: &str, epoch: u64) -> Hello {
+        Hello {
+            agent_id: format!("agent-{host}"),
+            hostname: host.into(),
+            epoch,
+            interval_ms: 1000,
+            ..Hello::default()
+        }
+    }
+
+    #[test]
+    fn a_detached_agent_is_forgotten_after_its_departure_and_an_attached_one_never() {
+        let r = Registry::new();
+        let (gone, _) = r.attach(&hello("gone", 1)).unwrap();
+        r.attach(&hello("stays", 1)).unwrap();
+        r.commit("agent-gone", gone.generation, 7);
+        let before = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        r.detach("agent-gone", gone.generation).unwrap();
+        // Departed after the cutoff: still remembered.
+        assert!(r.retained_hosts(before).contains("gone"));
+        assert!(r.forget(before).is_empty());
+
+        let now = Instant::now();
+        let keep = r.retained_hosts(now);
+        assert!(!keep.contains("gone") && keep.contains("stays"), "{keep:?}");
+        let events = r.forget(now);
+        assert_eq!(events.len(), 1);
+        assert_eq!((&*events[0].event, &*events[0].host), ("forgotten", "gone"));
+        assert_eq!(r.agents(), 1);
+        assert_eq!(
+            r.hosts()
+                .iter()
+                .map(|h| h.host.as_str())
+                .collect::<Vec<_>>(),
+            ["stays"]
+        );
+        assert!(r.forget(Instant::now()).is_empty(), "forgotten once");
+
+        // Back with the same run: a fresh start, announced online.
+        let (again, event) = r.attach(&hello("gone", 1)).unwrap();
+        assert_eq!(event.event, "online");
+        assert!(!again.known);
+        assert_eq!(again.last_seq, 0);
+    }
+
+    #[test]
+    fn a_host_no_peer_announces_is_forgotten_after_its_departure() {
+        let r = Registry::with_node(Some("agg-1".into()));
+        r.set_remote("agg-2", Some(vec![remote_view("web-01", "agg-2")]));
+        r.set_remote("agg-3", Some(vec![remote_view("db-01", "agg-3")]));
+        assert!(r.retained_hosts(Instant::now()).contains("web-01"));
+        assert!(r.forget(Instant::now()).is_empty(), "announced online");
+
+        let before = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        r.set_remote("agg-2", Some(Vec::new()));
+        r.set_remote("agg-3", None);
+        assert!(r.retained_hosts(before).contains("web-01"));
+        assert!(r.retained_hosts(before).contains("db-01"));
+        assert!(r.forget(before).is_empty());
+
+        let mut events = r.forget(Instant::now());
+        events.sort_by(|a, b| a.host.cmp(&b.host));
+        let got: Vec<(&str, &str, Option<&str>)> = events
+            .iter()
+            .map(|e| (&*e.event, e.host.as_str(), e.aggregator.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("forgotten", "db-01", Some("agg-3")),
+                ("forgotten", "web-01", Some("agg-2"))
+            ]
+        );
+        assert!(r.hosts().is_empty());
+        assert!(r.retained_hosts(Instant::now()).is_empty());
     }
 }

@@ -5,7 +5,8 @@
 //! gap for a resuming subscriber; a broker outage leaves local traffic
 //! alone, is reported and is recovered from; a late aggregator catches up;
 //! the publish queue and the catch-up buffer stay within their bounds and
-//! count what they drop; a dead peer's hosts go offline after the timeout.
+//! count what they drop; a dead peer's hosts go offline after the timeout;
+//! a departed host is forgotten by every aggregator alike.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -42,6 +43,16 @@ impl Node {
     /// Starts a node with `[cluster]` keys in `tune` replacing the defaults;
     /// returns once it has connected to NATS.
     async fn start_with(nats: &NatsServer, name: &str, tune: &[(&str, &str)]) -> Self {
+        Self::start_with_hub(nats, name, tune, "").await
+    }
+
+    /// Like [`Node::start_with`], with `hub` as the `[hub]` section's keys.
+    async fn start_with_hub(
+        nats: &NatsServer,
+        name: &str,
+        tune: &[(&str, &str)],
+        hub: &str,
+    ) -> Self {
         let mut keys: BTreeMap<&str, &str> = CLUSTER_DEFAULTS.into_iter().collect();
         keys.extend(tune.iter().copied());
         let cluster: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
@@ -49,7 +60,7 @@ impl Node {
             "aggregator.toml",
             &format!(
                 "[ingest]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-                 [cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{cluster}",
+                 [hub]\n{hub}\n[cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{cluster}",
                 nats.url()
             ),
         );
@@ -941,6 +952,81 @@ async fn a_dead_peers_hosts_are_announced_offline_after_the_peer_timeout() {
         Some(&("agg-1".to_string(), false))
     );
     assert_eq!(n2.metric("hostpulse_cluster_peers").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_host_is_forgotten_by_every_aggregator_alike() {
+    let forget_after = Duration::from_millis(1500);
+    let hub = format!("forget_after_ms = {}", forget_after.as_millis());
+    let nats = NatsServer::start();
+    let n1 = Node::start_with_hub(&nats, "agg-1", &[], &hub).await;
+    let n2 = Node::start_with_hub(&nats, "agg-2", &[], &hub).await;
+    let mut watchers = Vec::new();
+    for node in [&n1, &n2] {
+        let mut c = WsClient::connect(&node.ws_url()).await;
+        c.subscribe("hosts").await;
+        watchers.push(c);
+    }
+    // The next `hosts` event about the drifter, as (event, aggregator).
+    let event = async |c: &mut WsClient| loop {
+        let m = c.next_within(WAIT + forget_after).await.expect("an event");
+        if m["topic"] == "hosts" && m["payload"]["host"] == "drifter" {
+            return (
+                m["payload"]["event"].as_str().unwrap().to_string(),
+                m["payload"]["aggregator"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+    };
+    let mut agent = Burst::connect(&n1, "drifter").await;
+    agent.send_taken(&n1, 3).await;
+    eventually(
+        "the peer to take the drifter's samples",
+        async || n2.load_updates().await,
+        |&taken| taken == 3,
+    )
+    .await;
+    for c in &mut watchers {
+        assert_eq!(event(c).await, ("online".into(), "agg-1".into()));
+    }
+
+    drop(agent);
+    let mut forgotten_at = Vec::new();
+    for c in &mut watchers {
+        assert_eq!(event(c).await, ("offline".into(), "agg-1".into()));
+    }
+    let departed = Instant::now();
+    for c in &mut watchers {
+        assert_eq!(event(c).await, ("forgotten".into(), "agg-1".into()));
+        forgotten_at.push(Instant::now());
+    }
+    // Each forgets it forget_after after seeing it leave (the peer learns
+    // it from the next announcement), within a sweep (a quarter of
+    // forget_after) and an announcement of each other, plus a second for a
+    // loaded machine.
+    let spread = forgotten_at[1].saturating_duration_since(forgotten_at[0]);
+    assert!(
+        spread <= forget_after / 4 + Duration::from_millis(200) + Duration::from_secs(1),
+        "forgotten {spread:?} apart"
+    );
+    assert!(departed.elapsed() + Duration::from_millis(500) >= forget_after);
+    for node in [&n1, &n2] {
+        assert!(!node.hosts().await.contains_key("drifter"));
+        let mut c = WsClient::connect(&node.ws_url()).await;
+        c.send(serde_json::json!({"action": "subscribe", "topic": ">", "history": 100}))
+            .await;
+        let subscribed = c.next_on("$sys.subscribed").await;
+        let topics = subscribed["payload"]["topics"].as_array().unwrap();
+        assert!(
+            topics
+                .iter()
+                .all(|t| !t["topic"].as_str().unwrap().starts_with("host.drifter.")),
+            "{subscribed}"
+        );
+        assert_eq!(node.metric("hostpulse_hosts_forgotten_total").await, 1);
+    }
 }
 
 #[test]

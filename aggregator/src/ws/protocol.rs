@@ -9,6 +9,7 @@
 //! | `bad_request` | a field is missing, of the wrong type, or unknown |
 //! | `unknown_action` | `action` is not one of subscribe, unsubscribe, ping |
 //! | `bad_topic` | the topic or pattern is not valid |
+//! | `since_too_large` | `since` names more than [`MAX_SINCE_TOPICS`] topics |
 //! | `since_needs_topics` | `since` is a single seq on a wildcard pattern (its topics' seqs are unrelated; send a per-topic map) |
 //! | `too_many_subscriptions` | the connection already holds the maximum |
 //! | `not_subscribed` | unsubscribe of a pattern this connection does not hold |
@@ -120,6 +121,10 @@ struct PingFields {
 /// Most updates a `history` request may ask for per topic.
 pub const MAX_HISTORY_REQUEST: usize = 100_000;
 
+/// Most topics one `since` map may name. The hub keeps only the entries
+/// of topics it does not hold yet, until they appear.
+pub const MAX_SINCE_TOPICS: usize = 10_000;
+
 /// Longest throttle interval a subscription may ask for (one hour).
 pub const MAX_THROTTLE_MS: u64 = 3_600_000;
 
@@ -198,6 +203,17 @@ pub fn parse_with(text: &str, limits: Limits) -> Result<Request, ProtocolError> 
             match map.get("since") {
                 None | Some(Value::Null) => {}
                 Some(v) if seq_ok(v) => {}
+                Some(Value::Object(m)) if m.len() > MAX_SINCE_TOPICS => {
+                    return Err(ProtocolError {
+                        code: "since_too_large",
+                        message: format!(
+                            "\"since\" names {} topics; at most {MAX_SINCE_TOPICS} may be resumed in one subscribe \
+                             (split the pattern, or resume the rest with \"history\")",
+                            m.len()
+                        ),
+                        id,
+                    });
+                }
                 Some(Value::Object(m)) if m.values().all(seq_ok) => {}
                 Some(_) => {
                     return Err(ProtocolError {
@@ -360,6 +376,28 @@ mod tests {
     fn ids_are_kept_even_on_error() {
         let e = parse("{\"action\":\"subscribe\",\"topic\":\"\",\"id\":42}").unwrap_err();
         assert_eq!(e.id, Some(Value::from(42)));
+    }
+
+    #[test]
+    fn a_since_map_beyond_the_cap_is_refused_naming_the_limit() {
+        let map = |n: usize| {
+            let m: serde_json::Map<String, Value> = (0..n)
+                .map(|i| (format!("host.h{i}.cpu"), Value::from(1)))
+                .collect();
+            serde_json::json!({"action": "subscribe", "topic": "host.*.cpu", "since": m})
+                .to_string()
+        };
+        assert!(matches!(
+            parse(&map(MAX_SINCE_TOPICS)),
+            Ok(Request::Subscribe(_))
+        ));
+        let e = parse(&map(MAX_SINCE_TOPICS + 1)).unwrap_err();
+        assert_eq!(e.code, "since_too_large");
+        assert!(
+            e.message.contains(&MAX_SINCE_TOPICS.to_string()),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

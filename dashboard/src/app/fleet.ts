@@ -86,6 +86,11 @@ export class FleetStore {
   }
 
   private onHost(u: Update<HostEvent>): void {
+    // Departed for `hub.forget_after`: its topics are gone, and so is its row.
+    if (u.payload.event === "forgotten") {
+      if (this.rows.delete(u.payload.host)) this.changed();
+      return;
+    }
     const row = this.row(u.payload.host);
     row.online = u.payload.event !== "offline";
     row.hostname = u.payload.hostname;

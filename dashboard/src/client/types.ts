@@ -85,7 +85,7 @@ export interface ProcessesPayload {
 
 /** Payload of the `hosts` topic. */
 export interface HostEvent {
-  event: "online" | "restarted" | "offline";
+  event: "online" | "restarted" | "offline" | "forgotten";
   host: string;
   agent_id: string;
   hostname: string;
