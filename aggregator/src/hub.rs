@@ -900,21 +900,13 @@ mod tests {
         hub.send(Command::PublishNext(vec![d])).await.unwrap();
         hub.send(Command::PublishNext(vec![c])).await.unwrap();
 
-        let outbox = Outbox::new(
-            1 << 20,
-            Duration::from_secs(5),
-            Arc::new(OutboxStats::default()),
-        );
+        let outbox = test_outbox();
         hub.send(Command::Subscribe {
             conn: 1,
             outbox: outbox.clone(),
             request: SubscribeRequest {
-                pattern: "hosts".into(),
-                id: None,
-                since: None,
                 history: Some(100),
-                throttle: Duration::ZERO,
-                grant: None,
+                ..subscribe_to("hosts", None, Duration::ZERO)
             },
         })
         .await
@@ -962,21 +954,13 @@ mod tests {
             let updates = ["a", "b", "c"].iter().map(|t| update(t, seq)).collect();
             hub.send(Command::Publish(updates)).await.unwrap();
         }
-        let outbox = Outbox::new(
-            1 << 20,
-            Duration::from_secs(5),
-            Arc::new(OutboxStats::default()),
-        );
+        let outbox = test_outbox();
         hub.send(Command::Subscribe {
             conn: 1,
             outbox: outbox.clone(),
             request: SubscribeRequest {
-                pattern: "a".into(),
-                id: None,
-                since: None,
                 history: Some(1000),
-                throttle: Duration::ZERO,
-                grant: None,
+                ..subscribe_to("a", None, Duration::ZERO)
             },
         })
         .await
@@ -1013,6 +997,15 @@ mod tests {
         }
     }
 
+    /// An outbox of 1 MiB with a 5 s grace, as a connection would have.
+    fn test_outbox() -> Arc<Outbox> {
+        Outbox::new(
+            1 << 20,
+            Duration::from_secs(5),
+            Arc::new(OutboxStats::default()),
+        )
+    }
+
     fn subscribe_to(pattern: &str, since: Option<Since>, throttle: Duration) -> SubscribeRequest {
         SubscribeRequest {
             pattern: pattern.into(),
@@ -1028,11 +1021,7 @@ mod tests {
     async fn forgetting_a_host_drops_its_topics_history_and_throttles_only() {
         let (hub, _task) = spawn(settings());
         let stats = hub.stats.clone();
-        let outbox = Outbox::new(
-            1 << 20,
-            Duration::from_secs(5),
-            Arc::new(OutboxStats::default()),
-        );
+        let outbox = test_outbox();
         hub.send(Command::Subscribe {
             conn: 1,
             outbox: outbox.clone(),
@@ -1107,11 +1096,7 @@ mod tests {
     fn a_since_map_keeps_only_topics_not_held_yet_until_they_appear() {
         let mut hub = Hub::new(settings(), 0, Arc::new(HubStats::default()));
         hub.publish(update("host.a.cpu", 3));
-        let outbox = Outbox::new(
-            1 << 20,
-            Duration::from_secs(5),
-            Arc::new(OutboxStats::default()),
-        );
+        let outbox = test_outbox();
         let since = Since::PerTopic(HashMap::from([
             ("host.a.cpu".to_string(), 1),
             ("host.b.cpu".to_string(), 5),
