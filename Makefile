@@ -3,11 +3,12 @@
 #   make run-cluster  nats-server, two aggregators and two agents on 127.0.0.1
 #   make test   what the tests need, formatting, lints, and the whole test suite
 #   make deb    Debian packages of the agent and the aggregator (target/debian/)
+#   make static the agent as one static binary (x86_64-unknown-linux-musl)
 
 CARGO ?= cargo
 NPM ?= npm
 
-.PHONY: run run-cluster test build deb lint fmt clean bench fuzz dashboard dashboard-test
+.PHONY: run run-cluster test build deb static lint fmt clean bench fuzz dashboard dashboard-test
 
 run: dashboard
 	@deploy/run-local.sh
@@ -79,6 +80,15 @@ deb: dashboard
 	$(CARGO) build --release -p hostpulse-agent -p hostpulse-aggregator
 	$(CARGO) deb --no-build -p hostpulse-agent -o $(DEB_DIR)/ $(DEB_ARGS)
 	$(CARGO) deb --no-build -p hostpulse-aggregator -o $(DEB_DIR)/ $(DEB_ARGS)
+
+# The agent as one static (static-pie) binary that runs on any x86_64
+# Linux, old distributions included: target/x86_64-unknown-linux-musl/
+# release/hostpulse-agent. Adds the rustup target when missing; ring's C code
+# needs x86_64-linux-musl-gcc (Debian: musl-tools, see scripts/test-deps.sh).
+MUSL_TARGET = x86_64-unknown-linux-musl
+static:
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	$(CARGO) build --release --target $(MUSL_TARGET) -p hostpulse-agent
 
 build: dashboard
 	$(CARGO) build --workspace --release --bins

@@ -16,6 +16,9 @@
 #   dpkg-deb, deb-systemd-helper,  build, install and check the Debian packages
 #     curl, python3                  (scripts/deb-test.sh; cargo-deb itself is
 #                                    installed by `make deb`)
+#   x86_64-linux-musl-gcc          C compiler for ring's code in the static agent
+#     (musl-tools)                   (`make static`)
+#   readelf (binutils), file       check the static agent (scripts/static-agent-test.sh)
 set -euo pipefail
 
 check_only=false
@@ -35,6 +38,9 @@ missing_packages() {
     have deb-systemd-helper || m+=(init-system-helpers)
     have curl || m+=(curl)
     have python3 || m+=(python3)
+    have readelf || m+=(binutils)
+    have file || m+=(file)
+    have x86_64-linux-musl-gcc || m+=(musl-tools)
     echo "${m[@]:-}"
 }
 
