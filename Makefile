@@ -2,11 +2,13 @@
 #   make run    build and start an aggregator plus a local agent on 127.0.0.1
 #   make run-cluster  nats-server, two aggregators and two agents on 127.0.0.1
 #   make test   what the tests need, formatting, lints, and the whole test suite
+#   make deb    Debian packages of the agent and the aggregator (target/debian/)
+#   make static the agent as one static binary (x86_64-unknown-linux-musl)
 
 CARGO ?= cargo
 NPM ?= npm
 
-.PHONY: run run-cluster test build lint fmt clean bench fuzz dashboard dashboard-test
+.PHONY: run run-cluster test build deb static lint fmt clean bench fuzz dashboard dashboard-test
 
 run: dashboard
 	@deploy/run-local.sh
@@ -64,6 +66,29 @@ fuzz:
 			|| { tail -n 60 $$t.log; exit 1; }; \
 		grep -E "^Done [0-9]+ runs" $$t.log; \
 	done
+
+# Debian packages of both binaries (README, "Install with the Debian
+# packages"): hostpulse-agent_<version>-1_<arch>.deb and
+# hostpulse-aggregator_<version>-1_<arch>.deb in DEB_DIR. One release build
+# of the two binaries (the aggregator embeds the dashboard), then cargo-deb
+# (3.x, installed if missing) packs each with its unit, config and scripts
+# (deploy/, deploy/debian/). DEB_ARGS goes to cargo-deb, e.g.
+# DEB_ARGS="--deb-revision 2".
+DEB_DIR ?= $(or $(CARGO_TARGET_DIR),target)/debian
+deb: dashboard
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked --version '^3'
+	$(CARGO) build --release -p hostpulse-agent -p hostpulse-aggregator
+	$(CARGO) deb --no-build -p hostpulse-agent -o $(DEB_DIR)/ $(DEB_ARGS)
+	$(CARGO) deb --no-build -p hostpulse-aggregator -o $(DEB_DIR)/ $(DEB_ARGS)
+
+# The agent as one static (static-pie) binary that runs on any x86_64
+# Linux, old distributions included: target/x86_64-unknown-linux-musl/
+# release/hostpulse-agent. Adds the rustup target when missing; ring's C code
+# needs x86_64-linux-musl-gcc (Debian: musl-tools, see scripts/test-deps.sh).
+MUSL_TARGET = x86_64-unknown-linux-musl
+static:
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	$(CARGO) build --release --target $(MUSL_TARGET) -p hostpulse-agent
 
 build: dashboard
 	$(CARGO) build --workspace --release --bins

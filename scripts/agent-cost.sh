@@ -4,6 +4,8 @@
 #   scripts/agent-cost.sh [seconds=60] [agent.toml=deploy/agent.toml] [extra processes=0]
 # With extra processes, that many idle `sleep` processes are started first
 # (and stopped at the end), to measure the agent on a busy process table.
+# AGENT_BIN=path measures another agent binary (e.g. the static musl one,
+# `make static`) against the same release aggregator.
 # Prints one line per run; the median of several runs goes in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ for _ in $(seq 1 "$extra"); do sleep $((secs + 60)) & sleepers+=($!); done
 trap 'kill $agg ${agent:-} "${sleepers[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do grep -q "aggregator listening" "$dir/agg.log" && break; sleep 0.1; done
 ingest=$(grep -o 'ingest_addr=[0-9.:]*' "$dir/agg.log" | cut -d= -f2)
-"$bin"/hostpulse-agent --config "$agent_conf" --aggregator "http://$ingest" 2> "$dir/agent.log" &
+"${AGENT_BIN:-$bin/hostpulse-agent}" --config "$agent_conf" --aggregator "http://$ingest" 2> "$dir/agent.log" &
 agent=$!
 sleep 3 # start-up and the first samples are not the steady state
 ticks=$(getconf CLK_TCK)

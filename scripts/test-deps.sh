@@ -13,6 +13,12 @@
 #   nats-server (nats-server)      the broker of the cluster tests (tests/tests/cluster.rs)
 #   chromium (chromium)            the dashboard's browser tests (dashboard/e2e)
 #   node >= 20, npm (nodejs, npm)  build and test the dashboard
+#   dpkg-deb, deb-systemd-helper,  build, install and check the Debian packages
+#     curl, python3                  (scripts/deb-test.sh; cargo-deb itself is
+#                                    installed by `make deb`)
+#   x86_64-linux-musl-gcc          C compiler for ring's code in the static agent
+#     (musl-tools)                   (`make static`)
+#   readelf (binutils), file       check the static agent (scripts/static-agent-test.sh)
 set -euo pipefail
 
 check_only=false
@@ -28,6 +34,13 @@ missing_packages() {
     have chromium || m+=(chromium)
     have node || m+=(nodejs)
     have npm || m+=(npm)
+    have dpkg-deb || m+=(dpkg)
+    have deb-systemd-helper || m+=(init-system-helpers)
+    have curl || m+=(curl)
+    have python3 || m+=(python3)
+    have readelf || m+=(binutils)
+    have file || m+=(file)
+    have x86_64-linux-musl-gcc || m+=(musl-tools)
     echo "${m[@]:-}"
 }
 

@@ -13,6 +13,10 @@
 #         a failed beforeAll are reported skipped, and counted so), "Test Files
 #         2 failed | 1 passed (3)" and "Errors  1 error" (unhandled errors).
 #         A failed file with no failed test in it is counted as errored.
+# deb, musl: "deb: 20 passed, 1 failed, 0 skipped" from scripts/deb-test.sh,
+#         "musl: ..." from scripts/static-agent-test.sh (their own ok:/FAIL:
+#         lines above it). A failed run of one with no such line leaves the
+#         status non-zero with nothing counted: INCOMPLETE.
 # Errored counts join the failed ones in the closing line.
 set -euo pipefail
 log=$1
@@ -44,13 +48,19 @@ read -r vitest_passed vitest_failed vitest_skipped vitest_errored < <(
     ' <<<"$plain"
 )
 
-passed=$((cargo_passed + vitest_passed))
+debs=$(grep -E '^(deb|musl): [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' <<<"$plain" || true)
+deb_passed=$(pick '[0-9]+ passed' <<<"$debs" | sum)
+deb_failed=$(pick '[0-9]+ failed' <<<"$debs" | sum)
+deb_skipped=$(pick '[0-9]+ skipped' <<<"$debs" | sum)
+
+passed=$((cargo_passed + vitest_passed + deb_passed))
 errored=$((cargo_errored + vitest_errored))
-failed=$((cargo_failed + vitest_failed + errored))
-skipped=$((cargo_ignored + vitest_skipped))
+failed=$((cargo_failed + vitest_failed + deb_failed + errored))
+skipped=$((cargo_ignored + vitest_skipped + deb_skipped))
 
 echo "cargo: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored, $cargo_errored binaries ended without a result line"
 echo "vitest: $vitest_passed passed, $vitest_failed failed, $vitest_skipped skipped, $vitest_errored errored (failed files or unhandled errors)"
+echo "deb and musl scripts: $deb_passed passed, $deb_failed failed, $deb_skipped skipped"
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
     echo "the run exited with status $status but no test failure was counted: a step before or around the tests failed (see above)"
     echo "INCOMPLETE: $passed passed, $failed failed, $skipped skipped"

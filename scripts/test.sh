@@ -3,7 +3,9 @@
 # built), formatting and clippy, the build, every Rust test binary
 # (--no-fail-fast, so one failing binary hides none after it), then the
 # TypeScript client's tests and the browser tests, which run even when a Rust
-# test failed. Ends with one line counting every runner's tests
+# test failed, then the Debian packages' tests (scripts/deb-test.sh: a release
+# build, `make deb`, install/run/upgrade/purge as root) and the static musl agent's
+# (scripts/static-agent-test.sh). Ends with one line counting every runner's tests
 # (scripts/test-summary.sh) and exits non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,8 @@ run_all() {
     cargo test --workspace --no-fail-fast || status=1
     (cd dashboard && npm test) || status=1
     (cd dashboard && npm run e2e) || status=1
+    scripts/deb-test.sh || status=1
+    scripts/static-agent-test.sh || status=1
     return "$status"
 }
 

@@ -474,8 +474,9 @@ async fn hash_token_output_admits_that_token_and_no_other() {
 
 #[test]
 fn systemd_units_verify_cleanly() {
-    // .ci/run installs systemd-analyze; the units point at /usr/local/bin, so
-    // the copies checked here point at the binaries just built.
+    // .ci/run installs systemd-analyze; the units point at /usr/bin (where the
+    // Debian packages put the binaries), so the copies checked here point at
+    // the binaries just built. scripts/deb-test.sh verifies the installed ones.
     let dir = std::env::temp_dir().join(format!("hostpulse-units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin_dir = hostpulse_tests::process::binary("hostpulse-agent")
@@ -488,7 +489,7 @@ fn systemd_units_verify_cleanly() {
         let text = std::fs::read_to_string(repo_file(&format!("deploy/{name}"))).unwrap();
         assert!(text.contains("NoNewPrivileges=yes") && text.contains("ProtectSystem=strict"));
         let path = dir.join(name);
-        std::fs::write(&path, text.replace("/usr/local/bin", &bin_dir)).unwrap();
+        std::fs::write(&path, text.replace("/usr/bin/", &format!("{bin_dir}/"))).unwrap();
         units.push(path);
     }
     let out = std::process::Command::new("systemd-analyze")
