@@ -14,18 +14,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-passed=0
-failed=0
-summary() { echo "deb: $passed passed, $failed failed, $1 skipped"; }
-ok() { echo "ok: $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL: $1"; failed=$((failed + 1)); }
-# check NAME COMMAND...: runs COMMAND, passes if it exits 0.
-check() {
-    local name=$1
-    shift
-    local out
-    if out=$("$@" 2>&1); then ok "$name"; else fail "$name"; [ -n "$out" ] && sed 's/^/    /' <<<"$out" | head -n 20; fi
-}
+RUNNER=deb
+# shellcheck source=scripts/checks.sh
+. scripts/checks.sh
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "skipped: the package tests install with dpkg -i and need root (CI runs them)"

@@ -11,17 +11,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-passed=0
-failed=0
-summary() { echo "musl: $passed passed, $failed failed, $1 skipped"; }
-ok() { echo "ok: $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL: $1"; failed=$((failed + 1)); }
-check() {
-    local name=$1
-    shift
-    local out
-    if out=$("$@" 2>&1); then ok "$name"; else fail "$name"; [ -n "$out" ] && sed 's/^/    /' <<<"$out" | head -n 20; fi
-}
+RUNNER=musl
+# shellcheck source=scripts/checks.sh
+. scripts/checks.sh
 
 target=${CARGO_TARGET_DIR:-target}
 # The aggregator it streams to: the release build (already there after

@@ -118,21 +118,7 @@ impl WsClient {
 
     /// The next JSON text message, within `limit`; `None` on timeout.
     pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.socket.next())
-                .await
-                .ok()?;
-            match msg {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    return decode(&m, self.deflated);
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(c))) => panic!("server closed: {c:?}"),
-                Some(Err(e)) => panic!("websocket error: {e}"),
-                None => panic!("connection ended"),
-            }
-        }
+        self.next_frame_within(limit).await.map(|(_, v)| v)
     }
 
     /// The next data frame within `limit`, as its payload size on the wire
