@@ -182,9 +182,11 @@ pub const MIN_FRAME_BYTES: usize = 1 << 10;
 pub struct HubConfig {
     /// Updates kept per topic for resume and replay.
     pub history_len: usize,
-    /// Bytes of history kept over all topics (JSON size); beyond it the oldest
-    /// updates of the whole hub are dropped, so a large fleet keeps a shorter
-    /// history rather than running out of memory.
+    /// Memory for history over all topics, as held (compressed blocks, and
+    /// the newest updates in every form made of them). Beyond it the topics
+    /// holding the most are trimmed, oldest first, so a fleet too large for
+    /// it keeps a shorter history of its busiest topics rather than running
+    /// out of memory, and small topics keep theirs.
     pub history_max_bytes: usize,
     /// Commands queued to the hub before publishers wait.
     pub queue: usize,

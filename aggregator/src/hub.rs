@@ -1,9 +1,15 @@
-//! The hub: one task owns every topic, its history and its subscribers.
+//! The hub: one task owns every topic and its live subscribers, and appends
+//! to each topic's history.
 //!
 //! Ingest publishes updates and WebSocket sessions subscribe over one bounded
-//! command channel, so publishing, replaying history and registering a
-//! subscriber are serialised: a resume sees history up to a point and live
-//! updates from exactly that point, with no gap and no duplicate at the seam.
+//! command channel. The hub routes live updates only: a subscription that
+//! asks for history (`history`, `since`) gets a [`Replay`] back, which its
+//! session reads from the topics' [`TopicHistory`] on its own, paced by its
+//! own socket, while the hub goes on publishing. When the session has caught
+//! up it sends [`Command::Join`] with where it got to in each topic; the hub
+//! then sends the few updates published since and delivers live from there,
+//! so the seam has no gap and no duplicate, and no replay ever runs in the
+//! hub task.
 //!
 //! Updates that no sample numbers (the `hosts` topic's events) are numbered
 //! here, in the order they reach the hub: the hub is the one place that
@@ -19,7 +25,7 @@
 //! waits: a connection whose outbox is full is marked overflowed and closed by
 //! its own task.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -31,7 +37,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::auth::Grant;
-use crate::history::History;
+use crate::history::{Histories, HistoryStats, TopicHistory};
 use crate::outbox::{Outbox, Pushed};
 use crate::topic;
 use crate::update::{SysMessage, Unnumbered, Update};
@@ -109,8 +115,8 @@ pub struct RateLimit {
 pub struct HubSettings {
     /// Updates kept per topic.
     pub history_len: usize,
-    /// Bytes of history kept over all topics; the oldest updates of the
-    /// whole hub go first beyond it.
+    /// Bytes of history kept over all topics; beyond it the topics holding
+    /// the most are trimmed, oldest first (see [`crate::history`]).
     pub history_max_bytes: usize,
     /// Commands queued before publishers wait.
     pub queue: usize,
@@ -130,7 +136,8 @@ pub enum Command {
     /// Number updates (each its topic's next seq, in arrival order) and
     /// publish them.
     PublishNext(Vec<Unnumbered>),
-    /// Add a subscription; the reply and any replay go to `outbox`.
+    /// Add a subscription; the `$sys.subscribed` reply goes to `outbox`,
+    /// and what the session has to replay from history to `replay`.
     Subscribe {
         /// The connection.
         conn: ConnId,
@@ -138,6 +145,18 @@ pub enum Command {
         outbox: Arc<Outbox>,
         /// What it asked for.
         request: SubscribeRequest,
+        /// Where the replay to run goes (empty when there is none).
+        replay: tokio::sync::oneshot::Sender<Replay>,
+    },
+    /// A session has replayed a subscription's history up to `reached`:
+    /// send what followed and deliver live from there.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// The subscription ([`Replay::token`]).
+        token: u64,
+        /// Per topic, the history read and the last seq sent from it.
+        reached: Vec<ReplayTopic>,
     },
     /// Remove a subscription.
     Unsubscribe {
@@ -156,12 +175,13 @@ pub enum Command {
     /// Sends a `$sys` notice to every connection (cluster state changes).
     Broadcast(SysMessage),
     /// The history of every host topic produced here, above `floors` (a
-    /// topic missing from `floors` is sent whole): a peer's catch-up.
+    /// topic missing from `floors` is sent whole): a peer's catch-up. The
+    /// answer names what to read; the caller reads it, not the hub.
     Export {
         /// Topic → the last seq the peer holds.
         floors: HashMap<String, u64>,
-        /// Where the answer goes, oldest first per topic.
-        reply: tokio::sync::oneshot::Sender<Vec<Arc<Update>>>,
+        /// Where the answer goes: each topic's history and the seq to read after.
+        reply: tokio::sync::oneshot::Sender<Vec<ReplayTopic>>,
     },
     /// The current seq of every host topic, to ask peers for what is newer.
     Floors {
@@ -207,8 +227,8 @@ pub struct HubStats {
     pub topics: AtomicU64,
     /// Hosts forgotten (with their topics) since start.
     pub hosts_forgotten: AtomicU64,
-    /// Bytes of encoded updates held in history.
-    pub history_bytes: AtomicU64,
+    /// What history holds (bytes, updates, trimmed, sealed).
+    pub history: Arc<HistoryStats>,
     /// Live subscriptions.
     pub subscriptions: AtomicU64,
     /// Updates handed to the broker publisher (cluster mode).
@@ -225,6 +245,26 @@ pub struct HubStats {
 #[derive(Debug, thiserror::Error)]
 #[error("the hub has stopped")]
 pub struct HubClosed;
+
+/// One topic of a replay: its history, and the seq after which to read.
+#[derive(Debug, Clone)]
+pub struct ReplayTopic {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Its history, read by the session with no help from the hub.
+    pub history: Arc<TopicHistory>,
+    /// Updates above this seq are to be sent (then: the last one sent).
+    pub after: u64,
+}
+
+/// What a subscription's session replays before it joins live delivery.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Names the subscription in [`Command::Join`].
+    pub token: u64,
+    /// Topics with history to send, by name.
+    pub topics: Vec<ReplayTopic>,
+}
 
 /// Cheap handle to send commands to the hub.
 #[derive(Debug, Clone)]
@@ -299,7 +339,7 @@ struct Topic {
     /// Index in [`topic::KINDS`], for the per-kind counters.
     kind: usize,
     seq: u64,
-    history: History,
+    history: Arc<TopicHistory>,
     subscribers: Vec<Subscriber>,
     /// From the configured rate limits.
     min_interval: Duration,
@@ -313,6 +353,8 @@ struct Topic {
 
 struct Subscription {
     pattern: String,
+    /// Distinguishes it from an earlier subscription to the same pattern.
+    token: u64,
     since: Option<Since>,
     throttle: Duration,
     grant: Option<Grant>,
@@ -337,12 +379,9 @@ struct Hub {
     conns: HashMap<ConnId, Conn>,
     settings: HubSettings,
     stats: Arc<HubStats>,
-    /// Every update put in history, oldest first, for the global byte bound
-    /// (entries already evicted by a topic's own bound are skipped and
-    /// compacted away).
-    history_order: VecDeque<(Arc<str>, u64)>,
-    history_entries: usize,
-    history_bytes: usize,
+    histories: Histories,
+    /// The last subscription token given.
+    tokens: u64,
 }
 
 #[derive(Serialize)]
@@ -394,15 +433,19 @@ fn matching_subscribers(conns: &mut HashMap<ConnId, Conn>, topic: &str) -> Vec<S
 
 impl Hub {
     fn new(settings: HubSettings, numbered_from: u64, stats: Arc<HubStats>) -> Self {
+        let histories = Histories::new(
+            settings.history_len,
+            settings.history_max_bytes,
+            stats.history.clone(),
+        );
         Hub {
             numbered_from,
             topics: HashMap::new(),
             conns: HashMap::new(),
             settings,
             stats,
-            history_order: VecDeque::new(),
-            history_entries: 0,
-            history_bytes: 0,
+            histories,
+            tokens: 0,
         }
     }
 
@@ -430,7 +473,15 @@ impl Hub {
                 conn,
                 outbox,
                 request,
-            } => self.subscribe(conn, outbox, request),
+                replay,
+            } => {
+                let _ = replay.send(self.subscribe(conn, outbox, request));
+            }
+            Command::Join {
+                conn,
+                token,
+                reached,
+            } => self.join(conn, token, reached),
             Command::Unsubscribe { conn, pattern, id } => self.unsubscribe(conn, pattern, id),
             Command::Disconnect { conn } => self.disconnect(conn),
             Command::Broadcast(message) => {
@@ -439,13 +490,16 @@ impl Hub {
                 }
             }
             Command::Export { floors, reply } => {
-                let mut out = Vec::new();
-                for (name, t) in &self.topics {
-                    if t.local && name.starts_with("host.") {
-                        let floor = floors.get(&**name).copied().unwrap_or(0);
-                        out.extend(t.history.since(floor, t.seq).updates.into_iter().cloned());
-                    }
-                }
+                let out = self
+                    .topics
+                    .iter()
+                    .filter(|(name, t)| t.local && name.starts_with("host."))
+                    .map(|(name, t)| ReplayTopic {
+                        topic: name.clone(),
+                        history: t.history.clone(),
+                        after: floors.get(&**name).copied().unwrap_or(0),
+                    })
+                    .collect();
                 let _ = reply.send(out);
             }
             Command::Floors { reply } => {
@@ -465,7 +519,7 @@ impl Hub {
                     .topics
                     .iter()
                     .filter(|(name, _)| name.starts_with(&prefix))
-                    .filter_map(|(_, t)| t.history.last(1).next().cloned())
+                    .filter_map(|(_, t)| t.history.last())
                     .collect();
                 let _ = reply.send(latest);
             }
@@ -487,7 +541,7 @@ impl Hub {
                 Topic {
                     kind: topic::kind_index(&update.topic),
                     seq: 0,
-                    history: History::default(),
+                    history: self.histories.topic(),
                     subscribers,
                     min_interval,
                     last_accepted: None,
@@ -525,9 +579,7 @@ impl Hub {
                 Err(_) => self.stats.export_dropped.fetch_add(1, Ordering::Relaxed),
             };
         }
-        let (delta, evicted) = t.history.push(update.clone(), self.settings.history_len);
-        self.history_bytes = (self.history_bytes as isize + delta) as usize;
-        self.history_entries = self.history_entries + 1 - evicted;
+        let over = self.histories.push(&t.history, update.clone());
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
         self.stats.published_by_kind[t.kind].fetch_add(1, Ordering::Relaxed);
         let (mut delivered, mut held, mut dropped) = (0, 0, 0);
@@ -550,37 +602,10 @@ impl Hub {
         self.stats
             .overflow_drops
             .fetch_add(dropped, Ordering::Relaxed);
-        self.history_order
-            .push_back((update.topic.clone(), update.seq));
-        self.bound_history();
-    }
-
-    /// Keeps the whole history within `history_max_bytes`, oldest first.
-    fn bound_history(&mut self) {
-        while self.history_bytes > self.settings.history_max_bytes {
-            let Some((name, seq)) = self.history_order.pop_front() else {
-                break;
-            };
-            if let Some(t) = self.topics.get_mut(&name)
-                && t.history.first_seq() == Some(seq)
-            {
-                let size = t.history.pop_oldest().expect("first_seq is held");
-                self.history_bytes -= size;
-                self.history_entries -= 1;
-            }
+        if over {
+            self.histories
+                .rebalance(self.topics.values().map(|t| &t.history));
         }
-        if self.history_order.len() > 2 * self.history_entries + 1024 {
-            let topics = &self.topics;
-            self.history_order.retain(|(name, seq)| {
-                topics
-                    .get(name)
-                    .and_then(|t| t.history.first_seq())
-                    .is_some_and(|first| *seq >= first)
-            });
-        }
-        self.stats
-            .history_bytes
-            .store(self.history_bytes as u64, Ordering::Relaxed);
     }
 
     /// Forgets idle hosts not in `keep` (see [`Command::Forget`]).
@@ -622,32 +647,27 @@ impl Hub {
             .collect();
         for name in doomed {
             let t = self.topics.remove(&name).expect("listed above");
-            self.history_bytes -= t.history.bytes();
-            self.history_entries -= t.history.len();
+            self.histories.forget(&t.history);
             self.stats.topics.fetch_sub(1, Ordering::Relaxed);
             for s in &t.subscribers {
                 s.outbox.forget_topic(&name);
             }
         }
         self.topics.shrink_to_fit();
-        // The global order still names the forgotten updates; they are
-        // skipped, and compacted away now rather than when history is full.
-        let topics = &self.topics;
-        self.history_order
-            .retain(|(name, _)| topics.contains_key(name));
-        self.history_order.shrink_to_fit();
-        self.stats
-            .history_bytes
-            .store(self.history_bytes as u64, Ordering::Relaxed);
         self.stats
             .hosts_forgotten
             .fetch_add(gone.len() as u64, Ordering::Relaxed);
         gone
     }
 
-    fn subscribe(&mut self, conn: ConnId, outbox: Arc<Outbox>, request: SubscribeRequest) {
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        request: SubscribeRequest,
+    ) -> Replay {
         // Kept with the subscription: only the resume points of topics not
-        // held yet (the others are replayed and joined live below).
+        // held yet (the others are replayed and joined live).
         let kept_since = request.since.clone().and_then(|since| {
             since.still_needed(
                 &request.pattern,
@@ -658,6 +678,8 @@ impl Hub {
                 |t| self.topics.contains_key(t),
             )
         });
+        self.tokens += 1;
+        let token = self.tokens;
         let c = self.conns.entry(conn).or_insert_with(|| Conn {
             outbox: outbox.clone(),
             subscriptions: Vec::new(),
@@ -671,10 +693,12 @@ impl Hub {
                 existing.since = kept_since;
                 existing.throttle = request.throttle;
                 existing.grant = request.grant.clone();
+                existing.token = token;
             }
             None => {
                 c.subscriptions.push(Subscription {
                     pattern: request.pattern.clone(),
+                    token,
                     since: kept_since,
                     throttle: request.throttle,
                     grant: request.grant.clone(),
@@ -695,28 +719,44 @@ impl Hub {
         let names: Vec<Arc<str>> = names.into_iter().cloned().collect();
 
         let mut infos = Vec::with_capacity(names.len());
-        let mut replay: Vec<Arc<Update>> = Vec::new();
+        let mut replay = Replay {
+            token,
+            topics: Vec::new(),
+        };
         let mut complete = true;
         for name in &names {
             let t = self.topics.get_mut(name).expect("listed above");
+            let first_seq = t.history.first_seq();
             let since = request.since.as_ref().and_then(|s| s.for_topic(name));
-            match since {
+            let after = match since {
                 Some(since) => {
-                    let r = t.history.since(since, t.seq);
-                    complete &= r.complete;
-                    replay.extend(r.updates.into_iter().cloned());
+                    complete &= since >= t.seq || first_seq.is_some_and(|f| f <= since + 1);
+                    Some(since)
                 }
-                None => {
-                    if let Some(n) = request.history {
-                        replay.extend(t.history.last(n).cloned());
+                None => request
+                    .history
+                    .filter(|n| *n > 0)
+                    .map(|n| t.history.before_last(n)),
+            };
+            let existing = t.subscribers.iter_mut().find(|s| s.conn == conn);
+            match (after.filter(|a| *a < t.seq), existing) {
+                // Something to replay: the session reads it, then joins.
+                // (Already delivered live by another subscription of the
+                // connection: the outbox drops what it has sent.)
+                (Some(after), existing) => {
+                    if let Some(s) = existing {
+                        s.throttle = s.throttle.min(request.throttle);
                     }
+                    replay.topics.push(ReplayTopic {
+                        topic: name.clone(),
+                        history: t.history.clone(),
+                        after,
+                    });
                 }
-            }
-            // Live delivery continues right after what was replayed (and never
-            // at or below the resume point, should an agent resend it).
-            match t.subscribers.iter_mut().find(|s| s.conn == conn) {
-                Some(s) => s.throttle = s.throttle.min(request.throttle),
-                None => t.subscribers.push(Subscriber {
+                (None, Some(s)) => s.throttle = s.throttle.min(request.throttle),
+                // Live from the current seq on (and never at or below the
+                // resume point, should an agent resend it).
+                (None, None) => t.subscribers.push(Subscriber {
                     conn,
                     outbox: outbox.clone(),
                     floor: since.unwrap_or(0).max(t.seq),
@@ -726,7 +766,7 @@ impl Hub {
             infos.push(TopicInfo {
                 topic: name,
                 seq: t.seq,
-                history_start: t.history.first_seq(),
+                history_start: first_seq,
                 min_interval_ms: t.min_interval.as_millis() as u64,
             });
         }
@@ -749,9 +789,43 @@ impl Hub {
             },
         );
         outbox.push_sys(reply);
-        // Replay is exact: no throttle (conflation still bounds memory).
-        for u in replay {
-            outbox.push_update(&u, Duration::ZERO);
+        replay
+    }
+
+    /// A replay caught up: each topic still held (the same history: not
+    /// forgotten and made again meanwhile) gets what was published after
+    /// what the session sent, then live delivery.
+    fn join(&mut self, conn: ConnId, token: u64, reached: Vec<ReplayTopic>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(sub) = c.subscriptions.iter().find(|s| s.token == token) else {
+            // Unsubscribed, or subscribed again (with a replay of its own).
+            return;
+        };
+        let throttle = sub.throttle;
+        let outbox = c.outbox.clone();
+        for r in reached {
+            match self.topics.get_mut(&r.topic) {
+                Some(t) if Arc::ptr_eq(&t.history, &r.history) => {
+                    // Replay is exact: no throttle (conflation still bounds
+                    // memory).
+                    for u in t.history.all_after(r.after) {
+                        outbox.push_update(&u, Duration::ZERO);
+                    }
+                    if !t.subscribers.iter().any(|s| s.conn == conn) {
+                        t.subscribers.push(Subscriber {
+                            conn,
+                            outbox: outbox.clone(),
+                            floor: r.after.max(t.seq),
+                            throttle,
+                        });
+                    }
+                }
+                // Forgotten while replaying (and perhaps made again, its
+                // seqs starting afresh): so is what was sent of it.
+                _ => outbox.forget_topic(&r.topic),
+            }
         }
     }
 
@@ -864,8 +938,15 @@ mod tests {
             })
             .await
             .unwrap();
-        let got: Vec<(&str, u64)> = answer.iter().map(|u| (&*u.topic, u.seq)).collect();
-        assert_eq!(got, vec![("host.a.cpu", 2), ("host.a.cpu", 3)]);
+        let got: Vec<(String, u64)> = answer
+            .iter()
+            .flat_map(|t| t.history.all_after(t.after))
+            .map(|u| (u.topic.to_string(), u.seq))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("host.a.cpu".to_string(), 2), ("host.a.cpu".to_string(), 3)]
+        );
     }
 
     /// A presence event as ingest makes it: no seq until the hub gives one.
@@ -901,16 +982,16 @@ mod tests {
         hub.send(Command::PublishNext(vec![c])).await.unwrap();
 
         let outbox = test_outbox();
-        hub.send(Command::Subscribe {
-            conn: 1,
-            outbox: outbox.clone(),
-            request: SubscribeRequest {
+        subscribe_replayed(
+            &hub,
+            1,
+            &outbox,
+            SubscribeRequest {
                 history: Some(100),
                 ..subscribe_to("hosts", None, Duration::ZERO)
             },
-        })
-        .await
-        .unwrap();
+        )
+        .await;
         let mut items = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), async {
             while items.len() < 5 {
@@ -955,16 +1036,16 @@ mod tests {
             hub.send(Command::Publish(updates)).await.unwrap();
         }
         let outbox = test_outbox();
-        hub.send(Command::Subscribe {
-            conn: 1,
-            outbox: outbox.clone(),
-            request: SubscribeRequest {
+        subscribe_replayed(
+            &hub,
+            1,
+            &outbox,
+            SubscribeRequest {
                 history: Some(1000),
                 ..subscribe_to("a", None, Duration::ZERO)
             },
-        })
-        .await
-        .unwrap();
+        )
+        .await;
         let mut items = Vec::new();
         while items.len() < 2 {
             outbox.notified().await;
@@ -977,7 +1058,7 @@ mod tests {
                 Item::Sys(_) => None,
             })
             .collect();
-        let held = hub.stats.history_bytes.load(Ordering::Relaxed);
+        let held = hub.stats.history.bytes();
         assert!(held <= 20_000 && held > 15_000, "{held}");
         // Only the newest of topic `a` remain, consecutive up to the last.
         assert_eq!(*seqs.last().unwrap(), 200);
@@ -1006,6 +1087,29 @@ mod tests {
         )
     }
 
+    /// Subscribes as a session does: the hub's reply, then the replay read
+    /// from history and joined to live delivery.
+    async fn subscribe_replayed(
+        hub: &HubHandle,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        request: SubscribeRequest,
+    ) {
+        let (replay, rx) = tokio::sync::oneshot::channel();
+        hub.send(Command::Subscribe {
+            conn,
+            outbox: outbox.clone(),
+            request,
+            replay,
+        })
+        .await
+        .unwrap();
+        if let Some(mut r) = crate::ws::replay::Replaying::new(rx.await.unwrap()) {
+            let join = r.fill(conn, outbox, usize::MAX).expect("all read at once");
+            hub.send(join).await.unwrap();
+        }
+    }
+
     fn subscribe_to(pattern: &str, since: Option<Since>, throttle: Duration) -> SubscribeRequest {
         SubscribeRequest {
             pattern: pattern.into(),
@@ -1022,13 +1126,13 @@ mod tests {
         let (hub, _task) = spawn(settings());
         let stats = hub.stats.clone();
         let outbox = test_outbox();
-        hub.send(Command::Subscribe {
-            conn: 1,
-            outbox: outbox.clone(),
-            request: subscribe_to(">", None, Duration::from_secs(60)),
-        })
-        .await
-        .unwrap();
+        subscribe_replayed(
+            &hub,
+            1,
+            &outbox,
+            subscribe_to(">", None, Duration::from_secs(60)),
+        )
+        .await;
         let floors = |hub: &HubHandle| {
             let hub = hub.clone();
             async move { hub.ask(|reply| Command::Floors { reply }).await.unwrap() }
@@ -1044,7 +1148,7 @@ mod tests {
         floors(&hub).await;
         let (topics, bytes, tracked) = (
             stats.topics.load(Ordering::Relaxed),
-            stats.history_bytes.load(Ordering::Relaxed),
+            stats.history.bytes(),
             outbox.tracked_topics(),
         );
         hub.send(Command::Publish(
@@ -1056,7 +1160,7 @@ mod tests {
         .unwrap();
         floors(&hub).await;
         assert_eq!(stats.topics.load(Ordering::Relaxed), topics + 2);
-        assert!(stats.history_bytes.load(Ordering::Relaxed) > bytes + 20 * 100);
+        assert!(stats.history.bytes() > bytes + 20 * 100);
         assert!(
             outbox.tracked_topics() > tracked,
             "a's topics are throttled"
@@ -1078,7 +1182,7 @@ mod tests {
 
         assert_eq!(forget(&["b"], Duration::ZERO).await, vec!["a".to_string()]);
         assert_eq!(stats.topics.load(Ordering::Relaxed), topics);
-        assert_eq!(stats.history_bytes.load(Ordering::Relaxed), bytes);
+        assert_eq!(stats.history.bytes(), bytes);
         assert_eq!(outbox.tracked_topics(), tracked);
         assert_eq!(stats.hosts_forgotten.load(Ordering::Relaxed), 1);
         let held = floors(&hub).await;

@@ -11,8 +11,8 @@
 //! - [`topic`]: topic names, host sanitising, wildcard patterns.
 //! - [`update`]: an update and its wire forms, each encoded once.
 //! - [`encoding`]: the encodings a client may choose, and the deflater.
-//! - [`history`]: per-topic bounded history for resume and replay.
-//! - [`hub`]: the single task owning topics, history and subscriptions.
+//! - [`history`]: per-topic history, compact and read concurrently, for resume and replay.
+//! - [`hub`]: the single task owning topics and live routing.
 //! - [`forget`]: forgetting hosts departed for `hub.forget_after`.
 //! - [`outbox`]: a connection's bounded outgoing queue.
 //! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.

@@ -158,6 +158,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 load(&hub.hosts_forgotten),
             ),
             (
+                "hostpulse_history_trimmed",
+                "Updates dropped from history by hub.history_max_bytes (not by hub.history_len), from the topics holding the most.",
+                load(&hub.history.trimmed),
+            ),
+            (
                 "hostpulse_deliveries",
                 "Updates queued to WebSocket connections.",
                 load(&hub.deliveries),
@@ -226,9 +231,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             ),
             (
                 "hostpulse_history",
-                "Size of the history kept for resume (JSON forms).",
+                "Memory held by the history kept for resume and replay (compressed blocks, and the newest updates in every form made of them).",
                 Some(Unit::Bytes),
-                load(&hub.history_bytes) as f64,
+                hub.history.bytes() as f64,
+            ),
+            (
+                "hostpulse_history_updates",
+                "Updates held in history, over all topics.",
+                None,
+                hub.history.entries() as f64,
             ),
             (
                 "hostpulse_ws_peak_queue",

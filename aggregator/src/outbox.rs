@@ -351,6 +351,11 @@ impl Outbox {
         self.doomed.notified().await
     }
 
+    /// Bytes queued and not drained yet.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().expect("outbox lock").bytes
+    }
+
     /// Whether anything is queued.
     pub fn has_queued(&self) -> bool {
         let s = self.state.lock().expect("outbox lock");

@@ -121,6 +121,18 @@ impl Update {
         }
     }
 
+    /// An update read back from history (its JSON form as it was sent).
+    pub fn stored(topic: Arc<str>, seq: u64, json: Utf8Bytes) -> Self {
+        Self {
+            topic,
+            seq,
+            json,
+            origin: None,
+            msgpack: OnceLock::new(),
+            deflated: OnceLock::new(),
+        }
+    }
+
     /// Serialises the JSON form again, as a server without shared encoding
     /// would for every client (the benchmark's naive baseline).
     pub fn encode_json_again(&self) -> String {
@@ -167,6 +179,14 @@ impl Update {
     /// add up to about 1.7 times as much and are not counted.
     pub fn size(&self) -> usize {
         self.json.len() + self.topic.len() + std::mem::size_of::<Self>()
+    }
+
+    /// Bytes this update holds now: [`Update::size`] plus whichever binary
+    /// forms have been made of it (history counts what it really holds).
+    pub fn held_bytes(&self) -> usize {
+        self.size()
+            + self.msgpack.get().map_or(0, |b| b.len())
+            + self.deflated.get().map_or(0, |b| b.len())
     }
 }
 

@@ -263,11 +263,16 @@ pub(crate) async fn answer(shared: Shared, mut requests: Subscriber) {
             continue;
         }
         let floors = request.floors;
-        let updates = shared
+        let topics = shared
             .hub
             .ask(|reply| Command::Export { floors, reply })
             .await
             .unwrap_or_default();
+        // Read here, not in the hub: a large answer delays no live update.
+        let updates: Vec<_> = topics
+            .iter()
+            .flat_map(|t| t.history.all_after(t.after))
+            .collect();
         let max = (shared.client.max_payload() / 2).clamp(16 << 10, 512 << 10);
         let chunks = wire::chunk(&updates, max);
         tracing::info!(to = %request.node, updates = updates.len(), chunks = chunks.len(), "answering a catch-up");

@@ -22,8 +22,9 @@
 
 pub mod frames;
 pub mod protocol;
+pub mod replay;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,11 +43,29 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, Grant, bearer};
 use crate::config::{WsConfig, ms};
 use crate::encoding::{Encoding, SUBPROTOCOLS};
-use crate::hub::{Command, ConnId, HubHandle};
+use crate::hub::{Command, ConnId, HubClosed, HubHandle, SubscribeRequest};
 use crate::limit::TokenBucket;
 use crate::outbox::{Item, Outbox, OutboxStats};
 use crate::update::SysMessage;
 use protocol::{Request, error_message, pong_message};
+use replay::Replaying;
+
+/// Requests waiting behind a connection's replay before it refuses more.
+const MAX_DEFERRED: usize = 64;
+
+/// Most bytes of replay in a connection's outbox at once: the replay goes on
+/// when they have been written, at the pace of the socket.
+const REPLAY_CHUNK: usize = 256 << 10;
+
+/// A request for the hub, sent in the order the client made them.
+#[derive(Debug)]
+enum HubRequest {
+    Subscribe(SubscribeRequest),
+    Unsubscribe {
+        pattern: String,
+        id: Option<serde_json::Value>,
+    },
+}
 
 /// Close codes used by the server.
 pub mod close {
@@ -327,6 +346,11 @@ struct Session {
     /// Control messages refused for rate, and when the last refusal was told.
     refused_control: u64,
     told_rate_limited: Option<Instant>,
+    /// Replays to run, the first one running.
+    replays: VecDeque<Replaying>,
+    /// Requests made during a replay, sent to the hub once it has joined, so
+    /// they take effect in the order the client made them.
+    deferred: VecDeque<HubRequest>,
 }
 
 /// How a session ends.
@@ -356,6 +380,9 @@ const TOO_SLOW_END: End = End::Abandon(
     CLOSE_WAIT,
 );
 
+/// The hub has stopped: the aggregator is shutting down.
+const SHUTTING_DOWN: End = End::Close(close::GOING_AWAY, "server shutting down");
+
 impl Session {
     fn new(
         id: ConnId,
@@ -382,6 +409,8 @@ impl Session {
             control: TokenBucket::new(rate, rate * 2.0),
             refused_control: 0,
             told_rate_limited: None,
+            replays: VecDeque::new(),
+            deferred: VecDeque::new(),
         }
     }
 
@@ -474,7 +503,10 @@ impl Session {
                 _ = state.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
                 _ = self.outbox.doomed() => return TOO_SLOW_END,
                 _ = self.outbox.notified() => {
-                    let window_end = Instant::now() + self.batch;
+                    // A replay goes at the pace of the socket, not of the
+                    // batching window.
+                    let window = if self.replays.is_empty() { self.batch } else { Duration::ZERO };
+                    let window_end = Instant::now() + window;
                     flush_at = Some(flush_at.map_or(window_end, |f| f.min(window_end)));
                 }
                 _ = sleep_until_opt(flush_at) => {}
@@ -495,6 +527,9 @@ impl Session {
                             // idle connection's task.
                             if let Some(end) = Box::pin(self.on_message(message)).await {
                                 return end;
+                            }
+                            if self.advance_replay().await.is_err() {
+                                return SHUTTING_DOWN;
                             }
                         }
                     }
@@ -538,6 +573,9 @@ impl Session {
             }
             if self.outbox.overflowed() {
                 return TOO_SLOW_END;
+            }
+            if self.advance_replay().await.is_err() {
+                return SHUTTING_DOWN;
             }
             if self.outbox.has_queued() {
                 // More arrived while writing: go round again at once.
@@ -662,7 +700,6 @@ impl Session {
     }
 
     async fn on_request(&mut self, request: Request) -> Option<End> {
-        let hub = &self.state.hub;
         let sent = match request {
             Request::Ping { id } => {
                 self.outbox.push_sys(pong_message(id));
@@ -709,6 +746,9 @@ impl Session {
                     return None;
                 }
                 request.grant = Some(grant.clone());
+                if self.busy(&request.id, &request.pattern) {
+                    return None;
+                }
                 let max = self.state.config.max_subscriptions;
                 if !self.subscriptions.contains(&request.pattern) {
                     if self.subscriptions.len() >= max {
@@ -723,12 +763,7 @@ impl Session {
                     }
                     self.subscriptions.push(request.pattern.clone());
                 }
-                hub.send(Command::Subscribe {
-                    conn: self.id,
-                    outbox: self.outbox.clone(),
-                    request,
-                })
-                .await
+                self.ask_hub(HubRequest::Subscribe(request)).await
             }
             Request::Unsubscribe { topic, id } => {
                 if !self.subscriptions.contains(&topic) {
@@ -739,19 +774,99 @@ impl Session {
                     ));
                     return None;
                 }
+                if self.busy(&id, &topic) {
+                    return None;
+                }
                 self.subscriptions.retain(|p| *p != topic);
-                hub.send(Command::Unsubscribe {
-                    conn: self.id,
-                    pattern: topic,
-                    id,
-                })
-                .await
+                self.ask_hub(HubRequest::Unsubscribe { pattern: topic, id })
+                    .await
             }
         };
         match sent {
             Ok(()) => None,
             Err(_) => Some(End::Close(close::GOING_AWAY, "server shutting down")),
         }
+    }
+}
+
+impl Session {
+    /// Sends a request to the hub now, or after the replay running (and the
+    /// requests already waiting) when there is one.
+    async fn ask_hub(&mut self, request: HubRequest) -> Result<(), HubClosed> {
+        if self.replays.is_empty() {
+            return self.send_to_hub(request).await;
+        }
+        self.deferred.push_back(request);
+        Ok(())
+    }
+
+    /// Refuses a subscribe or unsubscribe (telling the client) when too many
+    /// already wait behind this connection's replay.
+    fn busy(&self, id: &Option<serde_json::Value>, what: &str) -> bool {
+        if self.replays.is_empty() || self.deferred.len() < MAX_DEFERRED {
+            return false;
+        }
+        self.outbox.push_sys(error_message(
+            "busy",
+            &format!(
+                "{MAX_DEFERRED} requests already wait for this connection's replay to finish; {what:?} was not done, send it again later"
+            ),
+            id.clone(),
+        ));
+        true
+    }
+
+    async fn send_to_hub(&mut self, request: HubRequest) -> Result<(), HubClosed> {
+        let hub = &self.state.hub;
+        match request {
+            HubRequest::Subscribe(request) => {
+                let (replay, rx) = tokio::sync::oneshot::channel();
+                hub.send(Command::Subscribe {
+                    conn: self.id,
+                    outbox: self.outbox.clone(),
+                    request,
+                    replay,
+                })
+                .await?;
+                if let Some(r) = Replaying::new(rx.await.map_err(|_| HubClosed)?) {
+                    self.replays.push_back(r);
+                }
+                Ok(())
+            }
+            HubRequest::Unsubscribe { pattern, id } => {
+                hub.send(Command::Unsubscribe {
+                    conn: self.id,
+                    pattern,
+                    id,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Moves the running replay on while the outbox has room for it; when
+    /// it has caught up, joins it to live delivery and sends the requests
+    /// that waited for it.
+    async fn advance_replay(&mut self) -> Result<(), HubClosed> {
+        let chunk = REPLAY_CHUNK
+            .min(self.state.config.queue_max_bytes / 4)
+            .max(1);
+        while let Some(r) = self.replays.front_mut() {
+            if self.outbox.queued_bytes() >= chunk || self.outbox.overflowed() {
+                return Ok(());
+            }
+            let Some(join) = r.fill(self.id, &self.outbox, chunk) else {
+                return Ok(());
+            };
+            self.state.hub.send(join).await?;
+            self.replays.pop_front();
+            while self.replays.is_empty()
+                && let Some(request) = self.deferred.pop_front()
+            {
+                self.send_to_hub(request).await?;
+            }
+        }
+        Ok(())
     }
 }
 
