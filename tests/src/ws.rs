@@ -579,3 +579,166 @@ async fn tcp_for(
         .expect("TCP connect");
     (request, stream)
 }
+
+/// One message as a light reader sees it ([`WsClient::next_light`]).
+#[derive(Debug)]
+pub enum Light {
+    /// A topic update: only its topic and seq were read, not its payload.
+    Update {
+        /// Its topic.
+        topic: String,
+        /// Its seq.
+        seq: u64,
+    },
+    /// Anything else (`$sys` messages, `batch.update` frames), decoded whole.
+    Other(Value),
+}
+
+impl WsClient {
+    /// The next data frame within `limit`, read lightly: of an update, only
+    /// its topic and seq (so a client counting hundreds of thousands of
+    /// updates does not spend its time decoding payloads); anything else
+    /// decoded whole. `Ok(None)` on timeout, `Err(..)` when the connection
+    /// closed.
+    pub async fn next_light(&mut self, limit: Duration) -> Result<Option<Light>, Closed> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return Ok(None),
+                Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => m,
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    return Err(Closed::Code(u16::from(frame.code)));
+                }
+                Ok(Some(Ok(Message::Close(None)))) => {
+                    return Err(Closed::Code(u16::from(CloseCode::Status)));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return Err(Closed::Abrupt),
+            };
+            if let Message::Text(t) = &message
+                && let Some((topic, seq)) = topic_and_seq(t)
+                && !topic.starts_with('$')
+                && topic != "batch.update"
+            {
+                return Ok(Some(Light::Update {
+                    topic: topic.to_string(),
+                    seq,
+                }));
+            }
+            let value = decode(&message, self.deflated).expect("a data frame");
+            match (value["topic"].as_str(), value["seq"].as_u64()) {
+                (Some(topic), Some(seq)) if !topic.starts_with('$') && topic != "batch.update" => {
+                    return Ok(Some(Light::Update {
+                        topic: topic.to_string(),
+                        seq,
+                    }));
+                }
+                _ => return Ok(Some(Light::Other(value))),
+            }
+        }
+    }
+}
+
+/// The top-level `topic` and `seq` of a JSON object, found without decoding
+/// the rest of it (whatever the order of its fields); `None` when it lacks
+/// either, the topic holds an escape, or the text is not a JSON object.
+/// Values before both are found are skipped by their brackets and quotes.
+pub fn topic_and_seq(text: &str) -> Option<(&str, u64)> {
+    let b = text.as_bytes();
+    let mut i = skip_space(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let (mut topic, mut seq) = (None, None);
+    loop {
+        i = skip_space(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = skip_space(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_space(b, i + 1);
+        let end = value_end(b, i)?;
+        let value = &text[i..end];
+        match key {
+            "topic" => {
+                let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+                if inner.contains('\\') {
+                    return None;
+                }
+                topic = Some(inner);
+            }
+            "seq" => seq = Some(value.parse().ok()?),
+            _ => {}
+        }
+        if let (Some(t), Some(s)) = (topic, seq) {
+            return Some((t, s));
+        }
+        i = skip_space(b, end);
+        if b.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// Just past the closing quote of the string opening at `b[i]`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match b.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+/// Just past the JSON value starting at `b[i]`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let (mut depth, mut j) = (0usize, i);
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while b
+                .get(j)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
