@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::client::ClientKind;
 use crate::load::{self, PublishStats, Received};
 use crate::server::{Nats, Server};
 use crate::{Figures, wind_down};
 
 /// One run of `agents` simulated agents (one full sample per second each)
 /// and `clients` subscribers of `host.*.cpu`, on `nodes` aggregators (1: no
-/// broker; 2: half the agents and half the clients on each).
+/// broker; 2: half the agents and half the clients on each), subscribers
+/// using `client`.
 pub(crate) async fn run_once(
     binary: &PathBuf,
     agents: usize,
@@ -23,6 +25,7 @@ pub(crate) async fn run_once(
     nodes: usize,
     secs: u64,
     core: Option<usize>,
+    client: ClientKind,
 ) -> anyhow::Result<Figures> {
     let nats = if nodes > 1 {
         Some(Nats::start(core)?)
@@ -64,6 +67,7 @@ pub(crate) async fn run_once(
                 clients / nodes,
                 "host.*.cpu",
                 0,
+                client,
                 received.clone(),
                 stop.clone(),
             )

@@ -12,6 +12,8 @@ use hostpulse_proto::{Cpu, Load, Memory, Process, ProcessRollup, Processes, Samp
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::client::{ClientKind, Conn};
+
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -261,13 +263,15 @@ impl Default for Received {
     }
 }
 
-/// Connects `count` subscribers to `topic` (with `batch_ms` batching) and
-/// returns once every one has its `$sys.subscribed`; they then read until `stop`.
+/// Connects `count` subscribers of `kind` to `topic` (with `batch_ms`
+/// batching) and returns once every one has its `$sys.subscribed`; they then
+/// read until `stop`.
 pub(crate) async fn subscribe(
     http: SocketAddr,
     count: usize,
     topic: &str,
     batch_ms: u64,
+    kind: ClientKind,
     received: Arc<Received>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -275,57 +279,47 @@ pub(crate) async fn subscribe(
     let mut tasks = Vec::with_capacity(count);
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(count.max(1));
     for i in 0..count {
-        let mut tcp = crate::rawws::connect(&url).await?;
+        let mut conn = Conn::connect(&url, kind).await?;
         let request = format!("{{\"action\":\"subscribe\",\"topic\":\"{topic}\"}}");
-        crate::rawws::send(&mut tcp, 1, request.as_bytes()).await?;
+        conn.send_text(&request).await?;
         let (received, stop, ready) = (received.clone(), stop.clone(), ready_tx.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
             let mut cross = local.clone();
-            let mut reader = crate::rawws::Reader::new();
             let mut ready = Some(ready);
-            let mut pongs: Vec<Vec<u8>> = Vec::new();
-            let mut closed = false;
-            while !stop.load(Ordering::Relaxed) && !closed {
+            while !stop.load(Ordering::Relaxed) {
                 let Ok(read) = tokio::time::timeout(
                     Duration::from_millis(200),
-                    reader.read(&mut tcp, |frame| match frame {
-                        crate::rawws::Frame::Data(data) => {
-                            let text = std::str::from_utf8(data).unwrap_or("");
-                            // The reply may come alone or inside a batch frame.
-                            if ready.is_some() && text.contains("\"$sys.subscribed\"") {
-                                if let Some(r) = ready.take() {
-                                    let _ = r.try_send(());
-                                }
-                                return;
+                    conn.read(|data| {
+                        let text = std::str::from_utf8(data).unwrap_or("");
+                        // The reply may come alone or inside a batch frame.
+                        if ready.is_some() && text.contains("\"$sys.subscribed\"") {
+                            if let Some(r) = ready.take() {
+                                let _ = r.try_send(());
                             }
-                            let now = now_ms();
-                            let measuring = received.measuring.load(Ordering::Relaxed);
-                            let mut n = 0;
-                            let remote = received.is_remote(text);
-                            for ts in timestamps(text) {
-                                n += 1;
-                                if measuring {
-                                    let h = if remote { &mut cross } else { &mut local };
-                                    let _ = h.record(((now - ts).max(0) as u64) * 1000 + 1);
-                                }
-                            }
-                            received.updates.fetch_add(n, Ordering::Relaxed);
-                            received.frames.fetch_add(1, Ordering::Relaxed);
+                            return;
                         }
-                        crate::rawws::Frame::Ping(p) => pongs.push(p),
-                        crate::rawws::Frame::Close => closed = true,
+                        let now = now_ms();
+                        let measuring = received.measuring.load(Ordering::Relaxed);
+                        let mut n = 0;
+                        let remote = received.is_remote(text);
+                        for ts in timestamps(text) {
+                            n += 1;
+                            if measuring {
+                                let h = if remote { &mut cross } else { &mut local };
+                                let _ = h.record(((now - ts).max(0) as u64) * 1000 + 1);
+                            }
+                        }
+                        received.updates.fetch_add(n, Ordering::Relaxed);
+                        received.frames.fetch_add(1, Ordering::Relaxed);
                     }),
                 )
                 .await
                 else {
                     continue;
                 };
-                if !matches!(read, Ok(n) if n > 0) {
+                if !matches!(read, Ok(true)) {
                     break;
-                }
-                for p in pongs.drain(..) {
-                    let _ = crate::rawws::send(&mut tcp, 10, &p).await;
                 }
             }
             let _ = received.latency.lock().expect("lock").add(&local);
@@ -346,7 +340,7 @@ pub(crate) async fn subscribe(
 
 /// Sample times (Unix ms) of every update in a frame, read from the
 /// `"timestamp":"...Z"` fields without parsing the whole JSON.
-fn timestamps(text: &str) -> impl Iterator<Item = i64> + '_ {
+pub(crate) fn timestamps(text: &str) -> impl Iterator<Item = i64> + '_ {
     const KEY: &str = "\"timestamp\":\"";
     text.match_indices(KEY).filter_map(move |(at, _)| {
         let value = text.get(at + KEY.len()..at + KEY.len() + 24)?;
@@ -355,7 +349,7 @@ fn timestamps(text: &str) -> impl Iterator<Item = i64> + '_ {
 }
 
 /// `2026-11-28T12:34:56.123Z` to Unix ms.
-fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
     let (y, mo, d) = (n(0, 4)?, n(5, 7)?, n(8, 10)?);
     let (h, mi, sec, ms) = (n(11, 13)?, n(14, 16)?, n(17, 19)?, n(20, 23)?);

@@ -6,8 +6,16 @@
 //! `--baseline` also runs each fan-out scenario against the aggregator in its
 //! naive mode (one encode and one flush per client per update), so the gain
 //! is a ratio measured in the same run on the same machine.
+//!
+//! `--client raw,tungstenite` runs each scenario with subscribers once per
+//! client kind: the lean raw reader and a standard client library.
+//!
+//! The fleet scenarios (`fleet-5000`, `fleet-5000-heavy`; see [`fleet`]) take
+//! minutes and run only when named.
 
+mod client;
 mod cluster;
+mod fleet;
 mod load;
 mod rawws;
 mod server;
@@ -20,14 +28,21 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+use crate::client::ClientKind;
 use crate::load::{PublishStats, Received};
 use crate::server::Server;
+
+/// When this process started (for progress notes).
+pub(crate) fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
 
 /// Benchmarks the hostpulse aggregator.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Scenarios to run (see --list); default: all.
+    /// Scenarios to run (see --list); default: all but the fleet scenarios.
     scenarios: Vec<String>,
     /// Runs per scenario (the median is reported).
     #[arg(long, default_value_t = 3)]
@@ -47,6 +62,20 @@ struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Subscribers' client, or several (comma-separated) to run each
+    /// scenario with subscribers once per kind: `raw` (lean reader) or
+    /// `tungstenite` (tokio-tungstenite, default settings).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "raw")]
+    client: Vec<ClientKind>,
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
+    /// Internal: run as the fleet scenarios' observer process (gRPC ingest
+    /// address, HTTP address).
+    #[arg(long, hide = true, num_args = 2, value_names = ["INGEST", "HTTP"])]
+    observe: Option<Vec<String>>,
+    /// Internal: the observer's updates per second.
+    #[arg(long, hide = true, default_value_t = 50)]
+    observe_hz: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +99,20 @@ enum Kind {
         clients: usize,
         nodes: usize,
     },
+    /// `agents` realistic simulated hosts at 1 Hz on their own gRPC streams,
+    /// history filled, a steady observer, then `load` (see [`fleet`]).
+    Fleet { agents: usize, load: fleet::Load },
+}
+
+impl Kind {
+    /// Whether it has subscribers, so runs once per `--client`.
+    fn has_subscribers(self) -> bool {
+        match self {
+            Kind::Fanout { .. } | Kind::Fleet { .. } => true,
+            Kind::Cluster { clients, .. } => clients > 0,
+            Kind::Idle { .. } | Kind::Ingest { .. } | Kind::IngestMax { .. } => false,
+        }
+    }
 }
 
 const SCENARIOS: &[(&str, Kind)] = &[
@@ -155,6 +198,20 @@ const SCENARIOS: &[(&str, Kind)] = &[
             nodes: 2,
         },
     ),
+    (
+        "fleet-5000",
+        Kind::Fleet {
+            agents: 5000,
+            load: fleet::Load::Storm,
+        },
+    ),
+    (
+        "fleet-5000-heavy",
+        Kind::Fleet {
+            agents: 5000,
+            load: fleet::Load::Heavy,
+        },
+    ),
 ];
 
 /// One run's figures; the names are printed as they are.
@@ -162,6 +219,10 @@ pub(crate) type Figures = Vec<(&'static str, f64)>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    started();
+    if let Some(observe) = &args.observe {
+        return fleet::observer_main(&observe[0], &observe[1], args.observe_hz);
+    }
     if args.list {
         for (name, kind) in SCENARIOS {
             println!("{name:28} {kind:?}");
@@ -202,7 +263,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let wanted: Vec<&(&str, Kind)> = SCENARIOS
         .iter()
-        .filter(|(n, _)| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == n))
+        .filter(|(n, k)| match args.scenarios.is_empty() {
+            true => !matches!(k, Kind::Fleet { .. }),
+            false => args.scenarios.iter().any(|s| s == n),
+        })
         .collect();
     anyhow::ensure!(!wanted.is_empty(), "no such scenario; see --list");
     for (name, kind) in wanted {
@@ -211,20 +275,36 @@ fn main() -> anyhow::Result<()> {
             Kind::Fanout { batch_ms: 0, .. } if args.baseline => &[false, true],
             _ => &[false],
         };
-        for &naive in modes {
-            let label = if naive {
-                format!("{name} (naive baseline)")
-            } else {
-                name.to_string()
-            };
-            let mut runs: Vec<Figures> = Vec::new();
-            for run in 1..=args.runs {
-                let figures =
-                    runtime.block_on(run_once(&binary, *kind, naive, args.secs, server_core))?;
-                println!("{label} run {run}: {}", format_figures(&figures));
-                runs.push(figures);
+        let clients: &[ClientKind] = if kind.has_subscribers() {
+            &args.client
+        } else {
+            &[ClientKind::Raw]
+        };
+        for &client in clients {
+            for &naive in modes {
+                let mut label = name.to_string();
+                if kind.has_subscribers() && args.client != [ClientKind::Raw] {
+                    label = format!("{label} [{} client]", client.name());
+                }
+                if naive {
+                    label = format!("{label} (naive baseline)");
+                }
+                let mut runs: Vec<Figures> = Vec::new();
+                for run in 1..=args.runs {
+                    let run_args = RunArgs {
+                        binary: &binary,
+                        naive,
+                        secs: args.secs,
+                        core: server_core,
+                        client,
+                        fleet: &args.fleet,
+                    };
+                    let figures = runtime.block_on(run_once(*kind, run_args))?;
+                    println!("{label} run {run}: {}", format_figures(&figures));
+                    runs.push(figures);
+                }
+                println!("{label} MEDIAN: {}\n", format_figures(&median(&runs)));
             }
-            println!("{label} MEDIAN: {}\n", format_figures(&median(&runs)));
         }
     }
     Ok(())
@@ -268,13 +348,29 @@ fn median(runs: &[Figures]) -> Figures {
         .collect()
 }
 
-async fn run_once(
-    binary: &PathBuf,
-    kind: Kind,
+/// How one run goes, beside its scenario.
+struct RunArgs<'a> {
+    binary: &'a PathBuf,
+    /// Against the naive baseline.
     naive: bool,
+    /// Measured seconds.
     secs: u64,
+    /// The aggregator's core, when pinned.
     core: Option<usize>,
-) -> anyhow::Result<Figures> {
+    /// The subscribers' client.
+    client: ClientKind,
+    fleet: &'a fleet::FleetArgs,
+}
+
+async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
+    let RunArgs {
+        binary,
+        naive,
+        secs,
+        core,
+        client,
+        fleet: fleet_args,
+    } = run;
     let extra = if naive {
         "[ws]\nnaive_baseline = true\n"
     } else {
@@ -286,7 +382,10 @@ async fn run_once(
         nodes,
     } = kind
     {
-        return cluster::run_once(binary, agents, clients, nodes, secs, core).await;
+        return cluster::run_once(binary, agents, clients, nodes, secs, core, client).await;
+    }
+    if let Kind::Fleet { agents, load } = kind {
+        return fleet::run_once(binary, agents, load, fleet_args, secs, core, client).await;
     }
     let server = Server::start(binary, extra, core)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -302,6 +401,7 @@ async fn run_once(
                 conns,
                 "host.idle.cpu",
                 0,
+                ClientKind::Raw,
                 received,
                 stop.clone(),
             )
@@ -332,6 +432,7 @@ async fn run_once(
                 clients,
                 "host.*.cpu",
                 batch_ms,
+                client,
                 received.clone(),
                 stop.clone(),
             )
@@ -399,6 +500,7 @@ async fn run_once(
                 1,
                 "host.*.cpu",
                 0,
+                ClientKind::Raw,
                 received.clone(),
                 stop.clone(),
             )
@@ -439,7 +541,7 @@ async fn run_once(
                 ("aggregator_rss_mib", rss as f64 / 1024.0),
             ])
         }
-        Kind::Cluster { .. } => unreachable!("handled above"),
+        Kind::Cluster { .. } | Kind::Fleet { .. } => unreachable!("handled above"),
         Kind::IngestMax { agents } => {
             let publisher = tokio::spawn(load::publish(
                 server.ingest,

@@ -41,6 +41,21 @@ impl Server {
         extra: &str,
         core: Option<usize>,
     ) -> anyhow::Result<Self> {
+        let config = format!(
+            "[ingest]\nlisten = \"127.0.0.1:0\"\nmax_samples_per_batch = 10000\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[hub]\nhistory_len = 16\nqueue = 16384\n{extra}"
+        );
+        Self::launch(binary, &config, &[], core)
+    }
+
+    /// Starts `binary` with the whole configuration file `config` and extra
+    /// command-line `args`, pinned to `core` when given.
+    pub(crate) fn launch(
+        binary: &PathBuf,
+        config: &str,
+        args: &[&str],
+        core: Option<usize>,
+    ) -> anyhow::Result<Self> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "hostpulse-bench-{}-{}",
@@ -48,14 +63,8 @@ impl Server {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir)?;
-        let config = dir.join("aggregator.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[ingest]\nlisten = \"127.0.0.1:0\"\nmax_samples_per_batch = 10000\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n[hub]\nhistory_len = 16\nqueue = 16384\n{extra}"
-            ),
-        )?;
+        let config_path = dir.join("aggregator.toml");
+        std::fs::write(&config_path, config)?;
         let mut command = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
@@ -68,7 +77,8 @@ impl Server {
         };
         let mut child = command
             .arg("--config")
-            .arg(&config)
+            .arg(&config_path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 "hostpulse_aggregator=warn,hostpulse_aggregator=info",
@@ -119,6 +129,21 @@ impl Server {
         let now = self.cpu_mark()?;
         let secs = (now.ticks - from.ticks) as f64 / 100.0;
         Ok(100.0 * secs / now.at.duration_since(from.at).as_secs_f64())
+    }
+
+    /// `/healthz`, as JSON (a plain HTTP/1.0 request on loopback).
+    pub(crate) fn healthz(&self) -> anyhow::Result<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect_timeout(&self.http, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(tcp, "GET /healthz HTTP/1.0\r\nHost: {}\r\n\r\n", self.http)?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response)?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .context("an HTTP response")?;
+        Ok(serde_json::from_str(body)?)
     }
 
     /// Resident memory in KiB.

@@ -1,0 +1,555 @@
+//! The fleet scenarios of issue 13: thousands of simulated agents at 1 Hz
+//! with full samples, each on its own gRPC stream, against a release
+//! aggregator on `deploy/aggregator.toml`; history filled (a backlog
+//! preloaded, then live sampling); a steady observer in a process of its
+//! own; then WebSocket clients doing what dashboards do at that size.
+//!
+//! * `fleet-5000`: 500 host pages (`host.<h>.>`, `history: 300`) and 50
+//!   fleet views (`host.*.cpu`, `throttle_ms: 5000`, `history: 12`, on
+//!   `batch_ms=1000` connections) all connect at once, get their history,
+//!   then all drop and reconnect at once.
+//! * `fleet-5000-heavy`: 100 clients each asking `host.*.cpu` with
+//!   `history: 120` over every host at once.
+//!
+//! Threads: the aggregator is pinned to core 0 (one tokio worker); this
+//! process to core 1, with the agents on one runtime and thread and the
+//! WebSocket clients on another, and the observer a separate process.
+
+pub(crate) mod agents;
+mod observer;
+mod rng;
+mod sim;
+mod storm;
+mod tally;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub(crate) use observer::child_main as observer_main;
+
+use self::agents::{FleetPlan, FleetStats};
+use self::observer::{Latency, Observer, unix_us};
+use self::storm::{Group, Plan, Round};
+use crate::Figures;
+use crate::client::ClientKind;
+use crate::server::{self, Server};
+
+/// The aggregator's configuration as shipped, used unless
+/// `--aggregator-config` names another.
+const DEPLOY_CONFIG: &str = include_str!("../../../deploy/aggregator.toml");
+
+/// Options of the fleet scenarios.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FleetArgs {
+    /// Fleet scenarios: simulated hosts (default: the scenario's 5,000).
+    #[arg(long)]
+    pub(crate) agents: Option<usize>,
+    /// Fleet scenarios: backlog samples each agent sends before sampling
+    /// live (1 s apart in sample time, the newest now), so history is full
+    /// without waiting `history_len` seconds.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) preload: u64,
+    /// Fleet scenarios: seconds of live 1 Hz sampling after every agent
+    /// attached (and sent its backlog), before anything is measured.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) fill_secs: u64,
+    /// Fleet scenarios: agents connecting (and preloading) at any moment.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) connect_in_flight: usize,
+    /// Fleet scenarios: agent streams per HTTP/2 connection (1: each its
+    /// own connection, as real agents).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) streams_per_connection: usize,
+    /// Fleet scenarios: send without gzip (the real agent gzips).
+    #[arg(long)]
+    pub(crate) no_gzip: bool,
+    /// `fleet-5000`: host-page clients.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) host_pages: usize,
+    /// `fleet-5000`: fleet-view clients.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) fleet_views: usize,
+    /// `fleet-5000-heavy`: clients replaying `host.*.cpu` with `history: 120`.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) heavy_clients: usize,
+    /// `fleet-5000-heavy`: `batch_ms` of the heavy clients' connections.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) heavy_batch_ms: u64,
+    /// Fleet scenarios: a storm round ends when every client is live again,
+    /// or after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) settle_timeout: u64,
+    /// `fleet-5000-heavy`: give up after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub(crate) heavy_timeout: u64,
+    /// Fleet scenarios: updates per second the observer publishes and follows.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) observer_hz: u32,
+    /// Fleet scenarios: the aggregator's configuration file (default:
+    /// deploy/aggregator.toml as built in; the listen addresses are set on
+    /// the command line).
+    #[arg(long)]
+    pub(crate) aggregator_config: Option<PathBuf>,
+}
+
+/// What the scenario does once the fleet is up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Load {
+    /// Host pages and fleet views connect, then drop and reconnect.
+    Storm,
+    /// Clients replay `host.*.cpu` with `history: 120`.
+    Heavy,
+}
+
+/// Stops the agents and joins their thread (bounded) when dropped.
+struct Fleet {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn note(what: std::fmt::Arguments<'_>) {
+    eprintln!(
+        "[fleet {:>8.1}s] {what}",
+        crate::started().elapsed().as_secs_f64()
+    );
+}
+
+fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0)
+}
+
+/// One run of a fleet scenario.
+pub(crate) async fn run_once(
+    binary: &PathBuf,
+    default_agents: usize,
+    load: Load,
+    args: &FleetArgs,
+    secs: u64,
+    core: Option<usize>,
+    kind: ClientKind,
+) -> anyhow::Result<Figures> {
+    let agents = args.agents.unwrap_or(default_agents);
+    let config = match &args.aggregator_config {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => DEPLOY_CONFIG.to_string(),
+    };
+    let listen = [
+        "--ingest-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let server = Server::launch(binary, &config, &listen, core)?;
+    server
+        .healthz()
+        .context("the aggregator's /healthz did not answer")?;
+
+    // The fleet: attach, preload, then live.
+    let stats = Arc::new(FleetStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let plan = FleetPlan {
+        agents,
+        preload: args.preload,
+        in_flight: args.connect_in_flight,
+        per_connection: args.streams_per_connection,
+        gzip: !args.no_gzip,
+    };
+    let thread = {
+        let (stats, stop, ingest) = (stats.clone(), stop.clone(), server.ingest);
+        std::thread::Builder::new()
+            .name("agents".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the agents' runtime");
+                if let Err(e) = runtime.block_on(agents::run(ingest, plan, stats, stop)) {
+                    eprintln!("fleet: {e}");
+                }
+            })?
+    };
+    let _fleet = Fleet {
+        stop: stop.clone(),
+        thread: Some(thread),
+    };
+    let started = Instant::now();
+    let (attach_cpu0, attach_gen0) = (server.cpu_mark()?, server::own_cpu_mark()?);
+    let mut last_note = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (attached, preloaded, failed) = (
+            stats.attached.load(Ordering::Relaxed),
+            stats.preloaded.load(Ordering::Relaxed),
+            stats.failed.load(Ordering::Relaxed),
+        );
+        if preloaded + failed >= agents as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "agents not attached and preloaded within 30 min ({preloaded} of {agents})"
+        );
+        if last_note.elapsed() > Duration::from_secs(10) {
+            last_note = Instant::now();
+            note(format_args!(
+                "{attached}/{agents} attached, {preloaded} preloaded, {failed} failed, aggregator RSS {} MiB",
+                server.rss_kib()? / 1024
+            ));
+        }
+    }
+    let attach_secs = started.elapsed().as_secs_f64();
+    let attach_cpu = server.cpu_since(attach_cpu0)?;
+    let attach_gen = server::own_cpu_since(attach_gen0)?;
+    note(format_args!(
+        "{agents} agents attached and preloaded in {attach_secs:.1} s (aggregator {attach_cpu:.0} % \
+         of a core, generator {attach_gen:.0} %); filling {} s",
+        args.fill_secs
+    ));
+    tokio::time::sleep(Duration::from_secs(args.fill_secs)).await;
+
+    // The observer, then a quiet window: the fleet alone.
+    let exe = std::env::current_exe()?;
+    let mut observer = Observer::start(
+        &exe,
+        &server.ingest.to_string(),
+        &server.http.to_string(),
+        args.observer_hz,
+    )?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h0 = server.healthz()?;
+    let (cpu0, gen0, live0, q0) = (
+        server.cpu_mark()?,
+        server::own_cpu_mark()?,
+        stats.live_sent.load(Ordering::Relaxed),
+        unix_us(),
+    );
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let quiet_cpu = server.cpu_since(cpu0)?;
+    let quiet_gen = server::own_cpu_since(gen0)?;
+    let q1 = unix_us();
+    let h1 = server.healthz()?;
+    let live_rate = (stats.live_sent.load(Ordering::Relaxed) - live0) as f64 / secs as f64;
+    let updates = num(&h1, "updates_published") - num(&h0, "updates_published");
+    let rss_quiet = server.rss_kib()? as f64 / 1024.0;
+    let quiet = observer.window(q0, q1);
+    note(format_args!(
+        "quiet: {:.0} updates/s, aggregator {quiet_cpu:.1} % CPU, observer p99 {:.1} ms; {}",
+        updates / secs as f64,
+        quiet.p99_ms,
+        h1
+    ));
+
+    let mut figures: Figures = vec![
+        ("agents", agents as f64),
+        ("attach_secs", attach_secs),
+        ("attach_aggregator_cpu_pct", attach_cpu),
+        ("attach_generator_cpu_pct", attach_gen),
+        ("live_samples_per_s", live_rate.round()),
+        ("quiet_updates_per_s", (updates / secs as f64).round()),
+        ("quiet_aggregator_cpu_pct", quiet_cpu),
+        (
+            "cpu_us_per_update",
+            quiet_cpu / 100.0 * secs as f64 * 1e6 / updates.max(1.0),
+        ),
+        ("quiet_generator_cpu_pct", quiet_gen),
+        ("topics", num(&h1, "topics")),
+        ("history_updates", num(&h1, "history_updates")),
+        ("history_mib", num(&h1, "history_bytes") / 1048576.0),
+        (
+            "bytes_per_held_update",
+            num(&h1, "history_bytes") / num(&h1, "history_updates").max(1.0),
+        ),
+        ("history_trimmed", num(&h1, "history_trimmed")),
+        ("rss_quiet_mib", rss_quiet),
+    ];
+    push_latency(
+        &mut figures,
+        [
+            "obs_quiet_p50_ms",
+            "obs_quiet_p99_ms",
+            "obs_quiet_max_ms",
+            "obs_quiet_ingest_p99_ms",
+            "obs_quiet_self_late_max_ms",
+        ],
+        quiet,
+    );
+
+    // The clients, on a runtime and thread of their own.
+    let plan = client_plan(load, args, agents, server.http, kind);
+    let clients: usize = plan.groups.iter().map(|g| g.clients).sum();
+    let names: Vec<&'static str> = plan.groups.iter().map(|g| g.name).collect();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("clients".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the clients' runtime");
+            let _ = done_tx.send(runtime.block_on(storm::run(plan)));
+        })?;
+    let (cpu0, gen0) = (server.cpu_mark()?, server::own_cpu_mark()?);
+    let (mut rss_peak, mut subs_peak, mut conns_peak) = (0u64, 0.0f64, 0.0f64);
+    let mut last_note = Instant::now();
+    let rounds: Vec<Round> = loop {
+        tokio::select! {
+            r = &mut done => break r.context("the clients' thread failed")?,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                rss_peak = rss_peak.max(server.rss_kib()?);
+                if let Ok(h) = server.healthz() {
+                    subs_peak = subs_peak.max(num(&h, "subscriptions"));
+                    conns_peak = conns_peak.max(num(&h, "ws_connections"));
+                }
+                if last_note.elapsed() > Duration::from_secs(10) {
+                    last_note = Instant::now();
+                    note(format_args!("clients at work; aggregator RSS {} MiB", rss_peak / 1024));
+                }
+            }
+        }
+    };
+    let clients_cpu = server.cpu_since(cpu0)?;
+    let clients_gen = server::own_cpu_since(gen0)?;
+    let h2 = server.healthz()?;
+    let rss_after = server.rss_kib()? as f64 / 1024.0;
+    observer.stop();
+
+    let round_names: &[&str] = match load {
+        Load::Storm => &["connect", "reconnect"],
+        Load::Heavy => &["heavy"],
+    };
+    let mut windows = Vec::new();
+    for (r, round) in rounds.iter().enumerate() {
+        let name = round_names[r];
+        println!("  {name}: {}", describe(round, &names));
+        windows.push((round.start_us, round.settled_us));
+        let sum = |f: fn(&storm::GroupRound) -> f64| round.groups.iter().map(f).sum::<f64>();
+        let max = |f: fn(&storm::GroupRound) -> f64| round.groups.iter().map(f).fold(0.0, f64::max);
+        let (asked, got, full) = (
+            sum(|g| g.asked as f64),
+            sum(|g| g.got as f64),
+            sum(|g| g.asked_full as f64),
+        );
+        let lat = observer.window(round.start_us, round.settled_us);
+        // Figure names are static; these few per run are leaked.
+        let key = |k: &str| -> &'static str { Box::leak(format!("{name}_{k}").into_boxed_str()) };
+        figures.extend([
+            (key("settle_s"), max(|g| g.settle_secs)),
+            (key("history_s"), max(|g| g.history_secs)),
+            (key("history_pct"), 100.0 * got / asked.max(1.0)),
+            (key("retained_pct"), 100.0 * asked / full.max(1.0)),
+            (
+                key("min_got_per_client"),
+                round
+                    .groups
+                    .iter()
+                    .map(|g| g.min_got as f64)
+                    .fold(f64::MAX, f64::min),
+            ),
+            (key("short_topics"), sum(|g| g.short_topics as f64)),
+            (key("missing_front"), sum(|g| g.missing_front as f64)),
+            (
+                key("holes"),
+                sum(|g| (g.asked - g.got - g.missing_front) as f64),
+            ),
+            (key("lagged"), sum(|g| g.lagged as f64)),
+            (key("failed_clients"), sum(|g| g.failed as f64)),
+            (key("not_live"), sum(|g| (g.clients - g.live) as f64)),
+            (key("updates"), sum(|g| g.updates as f64)),
+        ]);
+        push_latency(
+            &mut figures,
+            [
+                key("obs_p50_ms"),
+                key("obs_p99_ms"),
+                key("obs_max_ms"),
+                key("obs_ingest_p99_ms"),
+                key("obs_self_late_max_ms"),
+            ],
+            lat,
+        );
+    }
+    if windows.len() > 1 {
+        push_latency(
+            &mut figures,
+            [
+                "obs_storm_p50_ms",
+                "obs_storm_p99_ms",
+                "obs_storm_max_ms",
+                "obs_storm_ingest_p99_ms",
+                "obs_storm_self_late_max_ms",
+            ],
+            observer.windows(&windows),
+        );
+    }
+    figures.extend([
+        ("clients", clients as f64),
+        ("clients_aggregator_cpu_pct", clients_cpu),
+        ("clients_generator_cpu_pct", clients_gen),
+        ("subscriptions_peak", subs_peak),
+        ("ws_connections_peak", conns_peak),
+        ("rss_peak_mib", rss_peak as f64 / 1024.0),
+        ("rss_after_mib", rss_after),
+        (
+            "kib_per_client",
+            (rss_peak as f64 - rss_quiet * 1024.0) / clients.max(1) as f64,
+        ),
+        ("lag_episodes", num(&h2, "lag_episodes")),
+        (
+            "agent_failures",
+            stats.failed.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "overload_acks",
+            stats.overload_acks.load(Ordering::Relaxed) as f64,
+        ),
+        ("late_sends", stats.late.load(Ordering::Relaxed) as f64),
+    ]);
+    Ok(figures)
+}
+
+/// p50, p99, max, p99 to ingest and the observer's own worst lateness.
+fn push_latency(figures: &mut Figures, keys: [&'static str; 5], l: Latency) {
+    figures.extend([
+        (keys[0], l.p50_ms),
+        (keys[1], l.p99_ms),
+        (keys[2], l.max_ms),
+        (keys[3], l.ingest_p99_ms),
+        (keys[4], l.late_max_ms),
+    ]);
+    if l.missing > 0 {
+        eprintln!(
+            "observer: {} of {} updates never arrived ({})",
+            l.missing, l.updates, keys[1]
+        );
+    }
+}
+
+/// The clients of `load`.
+fn client_plan(
+    load: Load,
+    args: &FleetArgs,
+    agents: usize,
+    http: std::net::SocketAddr,
+    kind: ClientKind,
+) -> Plan {
+    let all = |n: usize| -> Arc<[String]> { vec!["host.*.cpu".to_string(); n].into() };
+    let (groups, rounds, timeout) = match load {
+        Load::Storm => (
+            vec![
+                Group {
+                    name: "host_pages",
+                    clients: args.host_pages,
+                    batch_ms: 0,
+                    // Spread over the fleet.
+                    patterns: (0..args.host_pages)
+                        .map(|i| {
+                            format!(
+                                "host.{}.>",
+                                sim::host_name(i * agents / args.host_pages.max(1))
+                            )
+                        })
+                        .collect(),
+                    history: 300,
+                    throttle_ms: 0,
+                },
+                Group {
+                    name: "fleet_views",
+                    clients: args.fleet_views,
+                    batch_ms: 1000,
+                    patterns: all(args.fleet_views),
+                    history: 12,
+                    throttle_ms: 5000,
+                },
+            ],
+            2,
+            args.settle_timeout,
+        ),
+        Load::Heavy => (
+            vec![Group {
+                name: "heavy",
+                clients: args.heavy_clients,
+                batch_ms: args.heavy_batch_ms,
+                patterns: all(args.heavy_clients),
+                history: 120,
+                throttle_ms: 0,
+            }],
+            1,
+            args.heavy_timeout,
+        ),
+    };
+    Plan {
+        http,
+        kind,
+        groups,
+        rounds,
+        settle_timeout: Duration::from_secs(timeout),
+        stall: Duration::from_secs(30),
+        hold: Duration::from_secs(3),
+    }
+}
+
+/// One round, group by group, for the detail line.
+fn describe(round: &Round, names: &[&str]) -> String {
+    round
+        .groups
+        .iter()
+        .zip(names)
+        .map(|(g, name)| {
+            let mut s = format!(
+                "{name}: {}/{} live, {}/{} complete, {}/{} caught up, settle {:.2} s, \
+                 history {:.2} s, points {}/{} ({:.3} %; {} if all kept), least per client \
+                 {} of {}, short topics {} ({} points missing at the front), updates {}, \
+                 lagged {}, errors {}, out of order {}, unlisted {}, malformed {}, failed {}",
+                g.live,
+                g.clients,
+                g.complete,
+                g.clients,
+                g.caught_up,
+                g.clients,
+                g.settle_secs,
+                g.history_secs,
+                g.got,
+                g.asked,
+                100.0 * g.got as f64 / g.asked.max(1) as f64,
+                g.asked_full,
+                g.min_got,
+                g.min_asked,
+                g.short_topics,
+                g.missing_front,
+                g.updates,
+                g.lagged,
+                g.errors,
+                g.disorder,
+                g.unlisted,
+                g.malformed,
+                g.failed
+            );
+            if let Some(e) = &g.first_error {
+                s.push_str(&format!(" (first error: {e})"));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
