@@ -11,7 +11,8 @@
 //! waiting for the core) and `r <seq> <unix µs> <ms to ingest>` per update
 //! received (its `received` minus its `timestamp`: the share spent before
 //! the aggregator's ingest had it, in whole ms); it stops publishing when
-//! its standard input closes, waits briefly for the last update, and exits.
+//! its standard input closes, waits (up to a minute) for the last update,
+//! and exits.
 //! The parent reads the lines and cuts them into windows by send time.
 
 use std::collections::HashMap;
@@ -26,6 +27,10 @@ use hostpulse_proto::v1::{AgentMessage, Batch, Hello, agent_message, ingest_clie
 use hostpulse_proto::{Load, Sample, encode_batch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Message;
+
+/// How long, once publishing stopped, the observer waits for updates still
+/// on their way (so a long stall is measured rather than counted missing).
+const STRAGGLERS: Duration = Duration::from_secs(60);
 
 /// The observed host and its one topic.
 const HOST: &str = "bench-observer";
@@ -132,7 +137,7 @@ async fn observe(ingest: &str, ws: &str, hz: u32) -> anyhow::Result<()> {
     let mut stopping: Option<(u64, Instant)> = None;
     loop {
         if let Some((last, since)) = stopping
-            && (last_seen >= last || since.elapsed() > Duration::from_secs(3))
+            && (last_seen >= last || since.elapsed() > STRAGGLERS)
         {
             break;
         }
@@ -314,7 +319,7 @@ impl Observer {
     /// Stops it and waits (bounded) for its last lines.
     pub(crate) fn stop(&mut self) {
         drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + STRAGGLERS + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 break;
