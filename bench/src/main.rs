@@ -299,7 +299,14 @@ fn main() -> anyhow::Result<()> {
                         client,
                         fleet: &args.fleet,
                     };
-                    let figures = runtime.block_on(run_once(*kind, run_args))?;
+                    // Interrupted: the run is dropped, which stops every
+                    // process it started, before this one exits.
+                    let figures = runtime.block_on(async {
+                        tokio::select! {
+                            r = run_once(*kind, run_args) => r,
+                            s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}")),
+                        }
+                    })?;
                     println!("{label} run {run}: {}", format_figures(&figures));
                     runs.push(figures);
                 }
@@ -308,6 +315,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, with its name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// Stops the publishers and subscribers of a run and waits (bounded) for them.

@@ -230,7 +230,11 @@ pub(crate) async fn run_once(
     tokio::time::sleep(Duration::from_secs(args.fill_secs)).await;
 
     // The observer, then a quiet window: the fleet alone.
-    let exe = std::env::current_exe()?;
+    // This very binary, even if it was replaced on disk since it started.
+    let exe = match std::path::Path::new("/proc/self/exe") {
+        p if p.exists() => p.to_path_buf(),
+        _ => std::env::current_exe()?,
+    };
     let mut observer = Observer::start(
         &exe,
         &server.ingest.to_string(),
@@ -337,7 +341,15 @@ pub(crate) async fn run_once(
     };
     let clients_cpu = server.cpu_since(cpu0)?;
     let clients_gen = server::own_cpu_since(gen0)?;
-    let h2 = server.healthz()?;
+    // The clients have all dropped their connections: how long until the
+    // aggregator has closed every session but the observer's (bounded).
+    let dropped = Instant::now();
+    let mut h2 = server.healthz()?;
+    while num(&h2, "ws_connections") > 1.0 && dropped.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h2 = server.healthz()?;
+    }
+    let drain_secs = dropped.elapsed().as_secs_f64();
     let rss_after = server.rss_kib()? as f64 / 1024.0;
     observer.stop();
 
@@ -420,6 +432,7 @@ pub(crate) async fn run_once(
         ("ws_connections_peak", conns_peak),
         ("rss_peak_mib", rss_peak as f64 / 1024.0),
         ("rss_after_mib", rss_after),
+        ("sessions_drain_s", drain_secs),
         (
             "kib_per_client",
             (rss_peak as f64 - rss_quiet * 1024.0) / clients.max(1) as f64,
