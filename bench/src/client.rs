@@ -31,8 +31,29 @@ impl ClientKind {
     }
 }
 
-/// One open WebSocket connection of either kind.
-pub(crate) enum Conn {
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Ended {
+    /// The server sent a close frame, with this code if any.
+    Closed(Option<u16>),
+    /// The stream ended without a close frame.
+    Eof,
+    /// A read or write failed.
+    Error,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Closed(Some(code)) => write!(f, "closed {code}"),
+            Ended::Closed(None) => write!(f, "closed"),
+            Ended::Eof => write!(f, "eof"),
+            Ended::Error => write!(f, "error"),
+        }
+    }
+}
+
+enum Inner {
     /// The raw reader, with the pings it still has to answer.
     Raw {
         tcp: TcpStream,
@@ -43,66 +64,98 @@ pub(crate) enum Conn {
     Tungstenite(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
 }
 
+/// One open WebSocket connection of either kind.
+pub(crate) struct Conn {
+    inner: Inner,
+    /// How it ended, once it has.
+    pub(crate) ended: Option<Ended>,
+}
+
 impl Conn {
     /// Connects to `url` (ws://host:port/path?query).
     pub(crate) async fn connect(url: &str, kind: ClientKind) -> anyhow::Result<Self> {
-        Ok(match kind {
-            ClientKind::Raw => Conn::Raw {
+        let inner = match kind {
+            ClientKind::Raw => Inner::Raw {
                 tcp: crate::rawws::connect(url).await?,
                 reader: crate::rawws::Reader::new(),
                 pongs: Vec::new(),
             },
             ClientKind::Tungstenite => {
                 let (socket, _) = tokio_tungstenite::connect_async(url).await?;
-                Conn::Tungstenite(Box::new(socket))
+                Inner::Tungstenite(Box::new(socket))
             }
-        })
+        };
+        Ok(Self { inner, ended: None })
     }
 
     /// Sends one text frame.
     pub(crate) async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
-        match self {
-            Conn::Raw { tcp, .. } => crate::rawws::send(tcp, 1, text.as_bytes()).await?,
-            Conn::Tungstenite(ws) => ws.send(Message::text(text)).await?,
+        let sent: anyhow::Result<()> = match &mut self.inner {
+            Inner::Raw { tcp, .. } => crate::rawws::send(tcp, 1, text.as_bytes())
+                .await
+                .map_err(Into::into),
+            Inner::Tungstenite(ws) => ws.send(Message::text(text)).await.map_err(Into::into),
+        };
+        if sent.is_err() {
+            self.ended = Some(Ended::Error);
         }
-        Ok(())
+        sent
     }
 
     /// Waits for data, then calls `each` for every data frame that arrived
     /// (one read: several frames for the raw reader, one message for
-    /// tungstenite). `Ok(false)` once the server closed or the stream ended.
-    pub(crate) async fn read(&mut self, mut each: impl FnMut(&[u8])) -> anyhow::Result<bool> {
-        match self {
-            Conn::Raw { tcp, reader, pongs } => {
+    /// tungstenite). `Ok(false)` once the server closed or the stream ended;
+    /// `ended` then says how.
+    pub(crate) async fn read(&mut self, each: impl FnMut(&[u8])) -> anyhow::Result<bool> {
+        let read = self.read_inner(each).await;
+        if read.is_err() {
+            self.ended = Some(Ended::Error);
+        }
+        read.map(|_| self.ended.is_none())
+    }
+
+    async fn read_inner(&mut self, mut each: impl FnMut(&[u8])) -> anyhow::Result<()> {
+        let ended = &mut self.ended;
+        match &mut self.inner {
+            Inner::Raw { tcp, reader, pongs } => {
                 // Pings read last time are answered first: a caller may
                 // cancel this future (a timeout) once frames were handed over.
                 while let Some(p) = pongs.first() {
                     crate::rawws::send(tcp, 10, p).await?;
                     pongs.remove(0);
                 }
-                let mut closed = false;
                 let n = reader
                     .read(tcp, |frame| match frame {
                         crate::rawws::Frame::Data(data) => each(data),
                         crate::rawws::Frame::Ping(p) => pongs.push(p),
-                        crate::rawws::Frame::Close => closed = true,
+                        crate::rawws::Frame::Close(code) => *ended = Some(Ended::Closed(code)),
                     })
                     .await?;
-                Ok(n > 0 && !closed)
+                if n == 0 && ended.is_none() {
+                    *ended = Some(Ended::Eof);
+                }
+                Ok(())
             }
-            Conn::Tungstenite(ws) => loop {
+            Inner::Tungstenite(ws) => loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) => {
                         each(t.as_bytes());
-                        return Ok(true);
+                        return Ok(());
                     }
                     Some(Ok(Message::Binary(b))) => {
                         each(&b);
-                        return Ok(true);
+                        return Ok(());
                     }
                     // Pings are answered by the library on its next read or write.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => return Ok(false),
+                    Some(Ok(Message::Close(frame))) => {
+                        *ended = Some(Ended::Closed(frame.map(|f| u16::from(f.code))));
+                        return Ok(());
+                    }
+                    None => {
+                        *ended = Some(Ended::Eof);
+                        return Ok(());
+                    }
                     Some(Err(e)) => return Err(e.into()),
                 }
             },

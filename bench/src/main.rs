@@ -73,8 +73,11 @@ struct Args {
     /// address, HTTP address).
     #[arg(long, hide = true, num_args = 2, value_names = ["INGEST", "HTTP"])]
     observe: Option<Vec<String>>,
-    /// Internal: the observer's updates per second.
+    /// Internal: the observer's hosts.
     #[arg(long, hide = true, default_value_t = 50)]
+    observe_hosts: usize,
+    /// Internal: each observed host's samples per second.
+    #[arg(long, hide = true, default_value_t = 1)]
     observe_hz: u32,
 }
 
@@ -221,7 +224,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     started();
     if let Some(observe) = &args.observe {
-        return fleet::observer_main(&observe[0], &observe[1], args.observe_hz);
+        return fleet::observer_main(
+            &observe[0],
+            &observe[1],
+            args.observe_hosts,
+            args.observe_hz,
+        );
     }
     if args.list {
         for (name, kind) in SCENARIOS {

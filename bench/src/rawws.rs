@@ -13,8 +13,8 @@ pub(crate) enum Frame<'a> {
     Data(&'a [u8]),
     /// A ping to answer.
     Ping(Vec<u8>),
-    /// The server closed.
-    Close,
+    /// The server closed, with this close code (if it gave one).
+    Close(Option<u16>),
 }
 
 /// Connects to `url` (ws://host:port/path?query) and returns the raw stream.
@@ -88,7 +88,9 @@ impl Reader {
             let payload = &self.buf[self.start + header..self.start + header + len];
             match opcode {
                 0..=2 => each(Frame::Data(payload)),
-                8 => each(Frame::Close),
+                8 => each(Frame::Close(
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                )),
                 9 => each(Frame::Ping(payload.to_vec())),
                 _ => {}
             }

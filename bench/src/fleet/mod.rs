@@ -86,8 +86,12 @@ pub(crate) struct FleetArgs {
     /// `fleet-5000-heavy`: give up after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub(crate) heavy_timeout: u64,
-    /// Fleet scenarios: updates per second the observer publishes and follows.
+    /// Fleet scenarios: hosts the observer publishes and follows live, each
+    /// on its own gRPC stream (at most 100).
     #[arg(long, default_value_t = 50)]
+    pub(crate) observer_hosts: usize,
+    /// Fleet scenarios: samples per second of each observed host.
+    #[arg(long, default_value_t = 1)]
     pub(crate) observer_hz: u32,
     /// Fleet scenarios: the aggregator's configuration file (default:
     /// deploy/aggregator.toml as built in; the listen addresses are set on
@@ -239,6 +243,7 @@ pub(crate) async fn run_once(
         &exe,
         &server.ingest.to_string(),
         &server.http.to_string(),
+        args.observer_hosts,
         args.observer_hz,
     )?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -393,11 +398,25 @@ pub(crate) async fn run_once(
         ]);
         // What history held of what the fleet sent, as far as the clients
         // asked, per group (host pages ask far deeper than fleet views).
+        // And how late their live updates were (sample time to receipt, and
+        // to the aggregator's ingest): the storm clients' own view.
+        let p99 = |h: &Option<hdrhistogram::Histogram<u64>>| {
+            h.as_ref()
+                .filter(|h| !h.is_empty())
+                .map_or(0.0, |h| h.value_at_quantile(0.99) as f64)
+        };
         for (g, group) in round.groups.iter().zip(&names) {
-            figures.push((
-                key(&format!("{group}_retained_pct")),
-                100.0 * g.asked as f64 / g.asked_full.max(1) as f64,
-            ));
+            figures.extend([
+                (
+                    key(&format!("{group}_retained_pct")),
+                    100.0 * g.asked as f64 / g.asked_full.max(1) as f64,
+                ),
+                (key(&format!("{group}_live_p99_ms")), p99(&g.staleness)),
+                (
+                    key(&format!("{group}_live_ingest_p99_ms")),
+                    p99(&g.to_ingest),
+                ),
+            ]);
         }
         push_latency(
             &mut figures,
@@ -495,6 +514,7 @@ fn client_plan(
                         .collect(),
                     history: 300,
                     throttle_ms: 0,
+                    leave_when_live: false,
                 },
                 Group {
                     name: "fleet_views",
@@ -503,6 +523,7 @@ fn client_plan(
                     patterns: all(args.fleet_views),
                     history: 12,
                     throttle_ms: 5000,
+                    leave_when_live: false,
                 },
             ],
             2,
@@ -516,6 +537,7 @@ fn client_plan(
                 patterns: all(args.heavy_clients),
                 history: 120,
                 throttle_ms: 0,
+                leave_when_live: true,
             }],
             1,
             args.heavy_timeout,
@@ -568,6 +590,20 @@ fn describe(round: &Round, names: &[&str]) -> String {
                 g.malformed,
                 g.failed
             );
+            let q = |h: &Option<hdrhistogram::Histogram<u64>>, p: f64| {
+                h.as_ref().map_or(0, |h| h.value_at_quantile(p))
+            };
+            s.push_str(&format!(
+                ", live updates {} (sample to receipt p50/p99/max {}/{}/{} ms, to ingest p99 {} ms)",
+                g.staleness.as_ref().map_or(0, |h| h.len()),
+                q(&g.staleness, 0.5),
+                q(&g.staleness, 0.99),
+                q(&g.staleness, 1.0),
+                q(&g.to_ingest, 0.99)
+            ));
+            if !g.endings.is_empty() {
+                s.push_str(&format!(" {:?}", g.endings));
+            }
             if let Some(e) = &g.first_error {
                 s.push_str(&format!(" (first error: {e})"));
             }

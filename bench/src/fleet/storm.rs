@@ -28,6 +28,10 @@ pub(crate) struct Group {
     pub(crate) history: u64,
     /// `throttle_ms` (0: none).
     pub(crate) throttle_ms: u64,
+    /// Leave (drop the connection) once live: the client came for its
+    /// replay, and a bench client following 5,000 topics live would measure
+    /// its own reading speed, not the server.
+    pub(crate) leave_when_live: bool,
 }
 
 /// How a storm goes.
@@ -81,6 +85,12 @@ pub(crate) struct GroupRound {
     pub(crate) malformed: u64,
     /// Connections that failed or ended before the round did.
     pub(crate) failed: usize,
+    /// How they failed or ended, and how many each way.
+    pub(crate) endings: std::collections::BTreeMap<String, usize>,
+    /// Live updates (read lightly): sample time to receipt, and to the
+    /// aggregator's ingest, ms.
+    pub(crate) staleness: Option<hdrhistogram::Histogram<u64>>,
+    pub(crate) to_ingest: Option<hdrhistogram::Histogram<u64>>,
     /// From the round's start to the last client's last history point (or
     /// to its catching up, if points were missing).
     pub(crate) history_secs: f64,
@@ -171,12 +181,15 @@ pub(crate) async fn run(plan: Plan) -> Vec<Round> {
             let (round_start, _) = starts[r];
             let timeout = plan.settle_timeout.as_secs_f64();
             let a = &mut rounds[r].groups[g];
-            let Some((t, ended)) = tally else {
+            let (tally, ended) = tally;
+            if let Some(why) = ended {
                 a.failed += 1;
+                *a.endings.entry(why).or_default() += 1;
+            }
+            let Some(t) = tally else {
                 a.settle_secs = timeout;
                 continue;
             };
-            a.failed += usize::from(ended);
             let since = |at: Option<Instant>| at.map(|at| (at - round_start).as_secs_f64());
             a.subscribed += usize::from(t.subscribed);
             a.complete += usize::from(t.history_done_at.is_some());
@@ -196,6 +209,14 @@ pub(crate) async fn run(plan: Plan) -> Vec<Round> {
                 a.first_error = t.first_error.clone();
             }
             a.disorder += t.disorder;
+            for (into, from) in [
+                (&mut a.staleness, &t.staleness),
+                (&mut a.to_ingest, &t.to_ingest),
+            ] {
+                let _ = into
+                    .get_or_insert_with(super::tally::ms_histogram)
+                    .add(from);
+            }
             a.unlisted += t.unlisted;
             a.malformed += t.malformed;
             a.history_secs = a
@@ -213,9 +234,11 @@ pub(crate) async fn run(plan: Plan) -> Vec<Round> {
     rounds
 }
 
-/// One client through every round: its tally per round, and whether its
-/// connection ended before the round did (`None`: it could not connect or
-/// subscribe).
+/// One round of one client: its tally (`None`: it never connected and
+/// subscribed) and, if its connection ended before the round did, how.
+type Outcome = (Option<Tally>, Option<String>);
+
+/// One client through every round.
 async fn client(
     http: SocketAddr,
     kind: ClientKind,
@@ -223,7 +246,7 @@ async fn client(
     i: usize,
     progress: Vec<Arc<Progress>>,
     mut rounds: watch::Receiver<usize>,
-) -> Vec<Option<(Tally, bool)>> {
+) -> Vec<Outcome> {
     let url = format!("ws://{http}/ws?batch_ms={}", group.batch_ms);
     let mut request = format!(
         "{{\"action\":\"subscribe\",\"topic\":\"{}\",\"history\":{}",
@@ -235,8 +258,8 @@ async fn client(
     request.push('}');
     let mut out = Vec::new();
     for (r, p) in progress.iter().enumerate() {
-        let tally = one_round(&url, kind, &request, group.history, p, &mut rounds, r).await;
-        out.push(tally);
+        let outcome = one_round(&url, kind, &request, &group, p, &mut rounds, r).await;
+        out.push(outcome);
         // Whatever happened, wait for the round to end before the next.
         let _ = rounds.wait_for(|n| *n > r).await;
     }
@@ -247,20 +270,37 @@ async fn one_round(
     url: &str,
     kind: ClientKind,
     request: &str,
-    history: u64,
+    group: &Group,
     progress: &Progress,
     rounds: &mut watch::Receiver<usize>,
     r: usize,
-) -> Option<(Tally, bool)> {
-    let mut conn = Conn::connect(url, kind).await.ok()?;
-    conn.send_text(request).await.ok()?;
-    let mut tally = Tally::new(history);
+) -> Outcome {
+    let connect = async {
+        let mut conn = Conn::connect(url, kind).await?;
+        conn.send_text(request).await?;
+        anyhow::Ok(conn)
+    };
+    let mut conn = tokio::select! {
+        c = connect => match c {
+            Ok(c) => c,
+            Err(e) => {
+                let mut why = format!("connect: {e}");
+                why.truncate(80);
+                return (None, Some(why));
+            }
+        },
+        _ = rounds.wait_for(|n| *n > r) => {
+            return (None, Some("not connected by the round's end".into()));
+        }
+    };
+    let mut tally = Tally::new(group.history);
     loop {
         let (got_before, live_before) = (tally.got, tally.is_live());
         tokio::select! {
             read = conn.read(|data| tally.frame(data, Instant::now())) => {
                 if !matches!(read, Ok(true)) {
-                    return Some((tally, true));
+                    let why = conn.ended.map_or("error".to_string(), |e| e.to_string());
+                    return (Some(tally), Some(why));
                 }
             }
             _ = rounds.wait_for(|n| *n > r) => break,
@@ -270,9 +310,12 @@ async fn one_round(
             .fetch_add((tally.got - got_before) as usize, Ordering::Relaxed);
         if tally.is_live() && !live_before {
             progress.live.fetch_add(1, Ordering::Relaxed);
+            if group.leave_when_live {
+                break;
+            }
         }
     }
     // Dropping `conn` closes the TCP connection without a close handshake,
     // as a browser tab that is closed or reloaded may.
-    Some((tally, false))
+    (Some(tally), None)
 }

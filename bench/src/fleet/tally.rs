@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use hdrhistogram::Histogram;
 use serde_json::Value;
 
 use super::sim::{FAMILIES, family_count, parse_topic};
@@ -89,6 +90,17 @@ pub(crate) struct Tally {
     pub(crate) unlisted: u64,
     /// Frames that could not be read.
     pub(crate) malformed: u64,
+    /// Live updates: from their sample's time to receipt, ms (updates read
+    /// lightly only; those in a frame with a `$sys` message are not timed).
+    pub(crate) staleness: Histogram<u64>,
+    /// Live updates: from their sample's time to the aggregator's ingest
+    /// (`received`), ms.
+    pub(crate) to_ingest: Histogram<u64>,
+}
+
+/// A histogram of milliseconds up to an hour.
+pub(crate) fn ms_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000, 2).expect("histogram bounds")
 }
 
 fn key(host: usize, family: usize) -> u32 {
@@ -117,6 +129,8 @@ impl Tally {
             disorder: 0,
             unlisted: 0,
             malformed: 0,
+            staleness: ms_histogram(),
+            to_ingest: ms_histogram(),
         }
     }
 
@@ -138,6 +152,7 @@ impl Tally {
 
     /// Reads one data frame (one update, a `$sys` message or a batch).
     pub(crate) fn frame(&mut self, data: &[u8], now: Instant) {
+        let mut wall: Option<i64> = None;
         let Ok(text) = std::str::from_utf8(data) else {
             self.malformed += 1;
             return;
@@ -169,14 +184,39 @@ impl Tally {
             if topic == "batch.update" {
                 continue;
             }
-            let seq = rest[end..].strip_prefix("\",\"seq\":").and_then(|s| {
-                let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-                s[..digits].parse::<u64>().ok()
-            });
-            match seq {
-                Some(seq) => self.update(topic, seq, now),
-                None => self.malformed += 1,
+            let Some(after) = rest[end..].strip_prefix("\",\"seq\":") else {
+                self.malformed += 1;
+                continue;
+            };
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            match after[..digits].parse::<u64>() {
+                Ok(seq) => {
+                    if self.update(topic, seq, now) {
+                        let wall = *wall.get_or_insert_with(crate::load::now_ms);
+                        self.time_live(&after[digits..], wall);
+                    }
+                }
+                Err(_) => self.malformed += 1,
             }
+        }
+    }
+
+    /// Records a live update's staleness and its delay to the aggregator's
+    /// ingest, from the `,"timestamp":"…","received":"…"` that follow its seq.
+    fn time_live(&mut self, rest: &str, now_ms: i64) {
+        const TAKEN: &str = ",\"timestamp\":\"";
+        const RECEIVED: &str = "\",\"received\":\"";
+        let at = |from: usize| {
+            rest.get(from..from + 24)
+                .and_then(crate::load::parse_rfc3339_ms)
+        };
+        let taken = at(TAKEN.len());
+        let received = at(TAKEN.len() + 24 + RECEIVED.len());
+        if let (Some(taken), Some(received)) = (taken, received) {
+            self.staleness
+                .saturating_record((now_ms - taken).max(0) as u64);
+            self.to_ingest
+                .saturating_record((received - taken).max(0) as u64);
         }
     }
 
@@ -193,7 +233,9 @@ impl Tally {
             }
             t if t.starts_with("$sys.") => {}
             t => match m["seq"].as_u64() {
-                Some(seq) => self.update(t, seq, now),
+                Some(seq) => {
+                    self.update(t, seq, now);
+                }
                 None => self.malformed += 1,
             },
         }
@@ -237,15 +279,16 @@ impl Tally {
         }
     }
 
-    fn update(&mut self, topic: &str, seq: u64, now: Instant) {
+    /// Counts an update; whether it is live (after the subscribe point).
+    fn update(&mut self, topic: &str, seq: u64, now: Instant) -> bool {
         self.updates += 1;
         let Some(t) = parse_topic(topic).and_then(|(h, f)| self.topics.get_mut(&key(h, f))) else {
             self.unlisted += 1;
-            return;
+            return false;
         };
         if seq <= t.last {
             self.disorder += 1;
-            return;
+            return false;
         }
         let was_behind = t.asked > 0 && t.last < t.sub_seq;
         t.last = seq;
@@ -268,6 +311,7 @@ impl Tally {
         } else if seq > t.sub_seq && self.caught_up_at.is_some() && self.live_at.is_none() {
             self.live_at = Some(now);
         }
+        seq > t.sub_seq
     }
 }
 
@@ -299,8 +343,13 @@ mod tests {
         assert!(t.history_done_at.is_some() && t.caught_up_at.is_some() && !t.is_live());
         t.frame(br#"{"topic":"host.fleet-00001.cpu","seq":10}"#, now);
         assert_eq!(t.disorder, 1);
-        t.frame(br#"{"topic":"host.fleet-00001.cpu","seq":11}"#, now);
+        t.frame(
+            br#"{"topic":"host.fleet-00001.cpu","seq":11,"timestamp":"2026-11-18T11:06:40.123Z","received":"2026-11-18T11:06:40.130Z","payload":{}}"#,
+            now,
+        );
         assert!(t.is_live());
+        assert_eq!((t.to_ingest.len(), t.to_ingest.max()), (1, 7));
+        assert_eq!(t.staleness.len(), 1);
         assert_eq!((t.short_topics(), t.malformed, t.unlisted), (0, 0, 0));
         assert_eq!(t.missing_front(), 0);
         t.frame(
