@@ -239,13 +239,23 @@ pub(crate) async fn run_once(
         p if p.exists() => p.to_path_buf(),
         _ => std::env::current_exe()?,
     };
-    let mut observer = Observer::start(
+    let mut observer = match Observer::start(
         &exe,
         &server.ingest.to_string(),
         &server.http.to_string(),
         args.observer_hosts,
         args.observer_hz,
-    )?;
+    ) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            // Run on without it: what the clients see still counts.
+            note(format_args!("no observer, its figures are NaN: {e}"));
+            None
+        }
+    };
+    let window = |o: &Option<Observer>, w: &[(i64, i64)]| {
+        o.as_ref().map_or_else(Latency::none, |o| o.windows(w))
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let h0 = server.healthz()?;
     let (cpu0, gen0, live0, q0) = (
@@ -264,7 +274,7 @@ pub(crate) async fn run_once(
     let overload1 = stats.overload_acks.load(Ordering::Relaxed);
     let updates = num(&h1, "updates_published") - num(&h0, "updates_published");
     let rss_quiet = server.rss_kib()? as f64 / 1024.0;
-    let quiet = observer.window(q0, q1);
+    let quiet = window(&observer, &[(q0, q1)]);
     note(format_args!(
         "quiet: {:.0} updates/s, aggregator {quiet_cpu:.1} % CPU, observer p99 {:.1} ms; {}",
         updates / secs as f64,
@@ -356,7 +366,9 @@ pub(crate) async fn run_once(
     }
     let drain_secs = dropped.elapsed().as_secs_f64();
     let rss_after = server.rss_kib()? as f64 / 1024.0;
-    observer.stop();
+    if let Some(o) = observer.as_mut() {
+        o.stop();
+    }
 
     let round_names: &[&str] = match load {
         Load::Storm => &["connect", "reconnect"],
@@ -370,7 +382,7 @@ pub(crate) async fn run_once(
         let sum = |f: fn(&storm::GroupRound) -> f64| round.groups.iter().map(f).sum::<f64>();
         let max = |f: fn(&storm::GroupRound) -> f64| round.groups.iter().map(f).fold(0.0, f64::max);
         let (asked, got) = (sum(|g| g.asked as f64), sum(|g| g.got as f64));
-        let lat = observer.window(round.start_us, round.settled_us);
+        let lat = window(&observer, &[(round.start_us, round.settled_us)]);
         // Figure names are static; these few per run are leaked.
         let key = |k: &str| -> &'static str { Box::leak(format!("{name}_{k}").into_boxed_str()) };
         figures.extend([
@@ -440,7 +452,7 @@ pub(crate) async fn run_once(
                 "obs_storm_ingest_p99_ms",
                 "obs_storm_self_late_max_ms",
             ],
-            observer.windows(&windows),
+            window(&observer, &windows),
         );
     }
     figures.extend([
