@@ -257,7 +257,10 @@ pub(crate) async fn run_once(
         o.as_ref().map_or_else(Latency::none, |o| o.windows(w))
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The window runs from one /healthz answer to the next (each may be
+    // slow on a saturated aggregator), every count read at its edges.
     let h0 = server.healthz()?;
+    let quiet_start = Instant::now();
     let (cpu0, gen0, live0, q0) = (
         server.cpu_mark()?,
         server::own_cpu_mark()?,
@@ -266,18 +269,19 @@ pub(crate) async fn run_once(
     );
     let overload0 = stats.overload_acks.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    let h1 = server.healthz()?;
+    let quiet_secs = quiet_start.elapsed().as_secs_f64();
     let quiet_cpu = server.cpu_since(cpu0)?;
     let quiet_gen = server::own_cpu_since(gen0)?;
     let q1 = unix_us();
-    let h1 = server.healthz()?;
-    let live_rate = (stats.live_sent.load(Ordering::Relaxed) - live0) as f64 / secs as f64;
+    let live_rate = (stats.live_sent.load(Ordering::Relaxed) - live0) as f64 / quiet_secs;
     let overload1 = stats.overload_acks.load(Ordering::Relaxed);
     let updates = num(&h1, "updates_published") - num(&h0, "updates_published");
     let rss_quiet = server.rss_kib()? as f64 / 1024.0;
     let quiet = window(&observer, &[(q0, q1)]);
     note(format_args!(
         "quiet: {:.0} updates/s, aggregator {quiet_cpu:.1} % CPU, observer p99 {:.1} ms; {}",
-        updates / secs as f64,
+        updates / quiet_secs,
         quiet.p99_ms,
         h1
     ));
@@ -292,11 +296,19 @@ pub(crate) async fn run_once(
         ("attach_overload_acks", attach_overload as f64),
         ("quiet_overload_acks", (overload1 - overload0) as f64),
         ("live_samples_per_s", live_rate.round()),
-        ("quiet_updates_per_s", (updates / secs as f64).round()),
+        // What the fleet's and the observer's samples make, against what the
+        // hub published: under 100 %, ingest is falling behind.
+        (
+            "quiet_offered_updates_per_s",
+            (live_rate * sim::updates_per_sample(agents)
+                + (args.observer_hosts * args.observer_hz as usize) as f64)
+                .round(),
+        ),
+        ("quiet_updates_per_s", (updates / quiet_secs).round()),
         ("quiet_aggregator_cpu_pct", quiet_cpu),
         (
             "cpu_us_per_update",
-            quiet_cpu / 100.0 * secs as f64 * 1e6 / updates.max(1.0),
+            quiet_cpu / 100.0 * quiet_secs * 1e6 / updates.max(1.0),
         ),
         ("quiet_generator_cpu_pct", quiet_gen),
         ("topics", num(&h1, "topics")),

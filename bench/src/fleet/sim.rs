@@ -43,6 +43,22 @@ pub(crate) fn has_sensors(index: usize) -> bool {
     index.is_multiple_of(4)
 }
 
+/// Topic updates one sample makes on average over a fleet of `agents`.
+pub(crate) fn updates_per_sample(agents: usize) -> f64 {
+    let sensors = (0..agents).filter(|i| has_sensors(*i)).count() as f64 / agents.max(1) as f64;
+    FAMILIES
+        .iter()
+        .map(|(name, period)| {
+            let share = if *name == "temperatures" {
+                sensors
+            } else {
+                1.0
+            };
+            share / *period as f64
+        })
+        .sum()
+}
+
 /// The topic segment of host `index`.
 pub(crate) fn host_name(index: usize) -> String {
     format!("fleet-{index:05}")
@@ -545,6 +561,10 @@ mod tests {
         assert_eq!(family_count(5, 8, 1, 61), 0);
         assert_eq!(parse_topic("host.fleet-00042.disk"), Some((42, 5)));
         assert_eq!(parse_topic("host.other.cpu"), None);
+        // Six every sample, filesystems 1/30, system 1/10, temperatures 1/10
+        // on a quarter of the hosts.
+        let expected = 6.0 + 1.0 / 30.0 + 0.1 + 0.025;
+        assert!((updates_per_sample(4000) - expected).abs() < 1e-9);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub(crate) struct Plan {
     pub(crate) groups: Vec<Group>,
     /// Rounds: 1 connects once; 2 connects, then drops and reconnects.
     pub(crate) rounds: usize,
-    /// A round ends once every client is live, or after this long.
+    /// A round ends once every client is live (or gone), or after this long.
     pub(crate) settle_timeout: Duration,
     /// Or, for replays that take long, once no client got a history point
     /// for this long.
@@ -95,7 +95,7 @@ pub(crate) struct GroupRound {
     /// to its catching up, if points were missing).
     pub(crate) history_secs: f64,
     /// From the round's start to the last client being live (the settle
-    /// time; the timeout if some never were).
+    /// time; the round's end if some connected client never was).
     pub(crate) settle_secs: f64,
 }
 
@@ -112,6 +112,9 @@ pub(crate) struct Round {
 #[derive(Default)]
 struct Progress {
     live: AtomicUsize,
+    /// Clients whose connection failed or ended before they were live: the
+    /// round does not wait for them.
+    gone: AtomicUsize,
     /// History points received by all, to tell a slow replay from a stalled one.
     points: AtomicUsize,
 }
@@ -145,7 +148,7 @@ pub(crate) async fn run(plan: Plan) -> Vec<Round> {
             if points != last_points.0 {
                 last_points = (points, Instant::now());
             }
-            if p.live.load(Ordering::Relaxed) >= total
+            if p.live.load(Ordering::Relaxed) + p.gone.load(Ordering::Relaxed) >= total
                 || round_start.elapsed() > plan.settle_timeout
                 || last_points.1.elapsed() > plan.stall
             {
@@ -178,18 +181,19 @@ pub(crate) async fn run(plan: Plan) -> Vec<Round> {
     for (g, task) in tasks {
         let Ok(tallies) = task.await else { continue };
         for (r, tally) in tallies.into_iter().enumerate() {
-            let (round_start, _) = starts[r];
-            let timeout = plan.settle_timeout.as_secs_f64();
+            let (round_start, start_us) = starts[r];
+            // A client still connected but not live counts as settling no
+            // sooner than the round's end; one whose connection ended is
+            // counted under `failed` and `not_live` instead.
+            let round_secs = (settled[r] - start_us) as f64 / 1e6;
             let a = &mut rounds[r].groups[g];
             let (tally, ended) = tally;
+            let gone = ended.is_some();
             if let Some(why) = ended {
                 a.failed += 1;
                 *a.endings.entry(why).or_default() += 1;
             }
-            let Some(t) = tally else {
-                a.settle_secs = timeout;
-                continue;
-            };
+            let Some(t) = tally else { continue };
             let since = |at: Option<Instant>| at.map(|at| (at - round_start).as_secs_f64());
             a.subscribed += usize::from(t.subscribed);
             a.complete += usize::from(t.history_done_at.is_some());
@@ -219,10 +223,16 @@ pub(crate) async fn run(plan: Plan) -> Vec<Round> {
             }
             a.unlisted += t.unlisted;
             a.malformed += t.malformed;
-            a.history_secs = a
-                .history_secs
-                .max(since(t.history_done_at.or(t.caught_up_at)).unwrap_or(timeout));
-            a.settle_secs = a.settle_secs.max(since(t.live_at).unwrap_or(timeout));
+            let (history, live) = (
+                since(t.history_done_at.or(t.caught_up_at)),
+                since(t.live_at),
+            );
+            if !gone || history.is_some() {
+                a.history_secs = a.history_secs.max(history.unwrap_or(round_secs));
+            }
+            if !gone || live.is_some() {
+                a.settle_secs = a.settle_secs.max(live.unwrap_or(round_secs));
+            }
         }
     }
     for r in &mut rounds {
@@ -259,6 +269,9 @@ async fn client(
     let mut out = Vec::new();
     for (r, p) in progress.iter().enumerate() {
         let outcome = one_round(&url, kind, &request, &group, p, &mut rounds, r).await;
+        if outcome.1.is_some() && !outcome.0.as_ref().is_some_and(Tally::is_live) {
+            p.gone.fetch_add(1, Ordering::Relaxed);
+        }
         out.push(outcome);
         // Whatever happened, wait for the round to end before the next.
         let _ = rounds.wait_for(|n| *n > r).await;
