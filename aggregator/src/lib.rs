@@ -102,6 +102,34 @@ pub enum RunError {
     /// Cluster mode could not start.
     #[error("cluster: {0}")]
     Cluster(#[from] cluster::ClusterError),
+    /// The live path's threads could not start, or its server task failed.
+    #[error("ingest runtime: {0}")]
+    Live(String),
+}
+
+/// The live path's runtime, shut down without waiting when dropped (a
+/// runtime may not be dropped, waiting, on an async worker).
+struct LiveRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for LiveRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for LiveRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Worker threads of the live path (ingest and the hub): a quarter of the
+/// cores, at least one.
+fn live_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
 }
 
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
@@ -121,6 +149,19 @@ pub async fn run(
         }
         false => (None, None),
     };
+    // The live path (agents' streams and the hub) runs on threads of its
+    // own: however much WebSocket work there is (replays, handshakes, slow
+    // clients), it never waits behind it, and the operating system shares
+    // the cores between the two.
+    let live = LiveRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(live_threads())
+            .thread_name("hostpulse-live")
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::Live(e.to_string()))?,
+    ));
+    let live_enter = live.enter();
     let (hub, hub_task) = hub::spawn(hub::HubSettings {
         history_len: config.hub.history_len,
         history_max_bytes: config.hub.history_max_bytes,
@@ -136,6 +177,11 @@ pub async fn run(
             .collect(),
         export: export_tx,
     });
+    let ingest_listener = listeners
+        .ingest
+        .into_std()
+        .and_then(TcpListener::from_std)?;
+    drop(live_enter);
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
     let auth = Arc::new(auth::Auth::from_config(&config.auth)?);
@@ -187,21 +233,23 @@ pub async fn run(
     if let Some(tls) = &tls {
         grpc_server = grpc_server.tls_config(tls.grpc())?;
     }
-    let grpc = grpc_server
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
-        .add_service(InterceptedService::new(
-            IngestServer::new(service)
-                .max_decoding_message_size(config.ingest.max_message_bytes)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-            ingest::authenticate(auth.clone()),
-        ))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.ingest),
-            shutdown.clone().cancelled_owned(),
-        );
+    let grpc = live.spawn(
+        grpc_server
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
+            .add_service(InterceptedService::new(
+                IngestServer::new(service)
+                    .max_decoding_message_size(config.ingest.max_message_bytes)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+                ingest::authenticate(auth.clone()),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(ingest_listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
 
     let ws_state = ws::WsState::new(
         hub.clone(),
@@ -249,7 +297,7 @@ pub async fn run(
     drop(hub);
     let served = async {
         let (g, w) = tokio::join!(grpc, web);
-        g?;
+        g.map_err(|e| RunError::Live(e.to_string()))??;
         w?;
         Ok::<(), RunError>(())
     };
@@ -267,6 +315,7 @@ pub async fn run(
         }
     }
     hub_task.abort();
+    drop(live);
     tracing::info!("aggregator stopped");
     Ok(())
 }

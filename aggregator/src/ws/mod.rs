@@ -54,8 +54,9 @@ use replay::Replaying;
 const MAX_DEFERRED: usize = 64;
 
 /// Most bytes of replay in a connection's outbox at once: the replay goes on
-/// when they have been written, at the pace of the socket.
-const REPLAY_CHUNK: usize = 256 << 10;
+/// when they have been written, at the pace of the socket. Small, as a chunk
+/// is read, framed and written under a server-wide permit.
+const REPLAY_CHUNK: usize = 64 << 10;
 
 /// A request for the hub, sent in the order the client made them.
 #[derive(Debug)]
@@ -111,6 +112,10 @@ pub struct WsState {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connections refused at the limits.
     pub refused: AtomicU64,
+    /// Replays moving at once, server-wide: a chunk is read and written only
+    /// with a permit, so however many clients replay at once, live updates
+    /// (and ingest, on the same workers) wait behind a few chunks at most.
+    replay_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl WsState {
@@ -133,6 +138,10 @@ impl WsState {
             connections: AtomicU64::new(0),
             per_ip: Mutex::default(),
             refused: AtomicU64::new(0),
+            // Half the cores at most: the rest stay for live updates.
+            replay_permits: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         })
     }
 
@@ -351,6 +360,8 @@ struct Session {
     /// Requests made during a replay, sent to the hub once it has joined, so
     /// they take effect in the order the client made them.
     deferred: VecDeque<HubRequest>,
+    /// Held from reading a replay chunk until it is written.
+    replay_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How a session ends.
@@ -411,6 +422,7 @@ impl Session {
             told_rate_limited: None,
             replays: VecDeque::new(),
             deferred: VecDeque::new(),
+            replay_permit: None,
         }
     }
 
@@ -570,6 +582,11 @@ impl Session {
                         }
                     },
                 }
+            }
+            // The chunk written (or nothing was): another replay may go, and
+            // this one queues behind whatever else is ready to run.
+            if self.replay_permit.take().is_some() {
+                tokio::task::yield_now().await;
             }
             if self.outbox.overflowed() {
                 return TOO_SLOW_END;
@@ -851,10 +868,18 @@ impl Session {
         let chunk = REPLAY_CHUNK
             .min(self.state.config.queue_max_bytes / 4)
             .max(1);
-        while let Some(r) = self.replays.front_mut() {
+        while !self.replays.is_empty() {
             if self.outbox.queued_bytes() >= chunk || self.outbox.overflowed() {
                 return Ok(());
             }
+            if self.replay_permit.is_none() {
+                let permits = self.state.replay_permits.clone();
+                self.replay_permit = tokio::select! {
+                    _ = self.state.shutdown.cancelled() => return Err(HubClosed),
+                    p = permits.acquire_owned() => Some(p.map_err(|_| HubClosed)?),
+                };
+            }
+            let r = self.replays.front_mut().expect("not empty");
             let Some(join) = r.fill(self.id, &self.outbox, chunk) else {
                 return Ok(());
             };
