@@ -8,7 +8,7 @@
 CARGO ?= cargo
 NPM ?= npm
 
-.PHONY: run run-cluster test build deb static lint fmt clean bench fuzz dashboard dashboard-test
+.PHONY: run run-cluster test build deb static lint fmt clean bench bench-hub fuzz dashboard dashboard-test
 
 run: dashboard
 	@deploy/run-local.sh
@@ -53,6 +53,11 @@ bench:
 	$(CARGO) build --release -p hostpulse-aggregator -p hostpulse-bench
 	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)
 	scripts/agent-cost.sh 60
+
+# The hub micro-benchmark: subscribe, publish and disconnect costs at 10,000
+# topics x 1,000 connections (prints medians of 3).
+bench-hub:
+	$(CARGO) test --release -p hostpulse-aggregator --lib hub_costs -- --ignored --nocapture
 
 # Coverage-guided fuzzing of the request parser, the batch decoder and the
 # config loaders, FUZZ_SECS seconds each (needs cargo-fuzz; CI runs 60 s each).

@@ -66,7 +66,7 @@ impl Replaying {
             for u in &updates {
                 // Replay is exact: no throttle. Stale: already sent live by
                 // another subscription of this connection.
-                if outbox.push_update(u, std::time::Duration::ZERO) == Pushed::Refused {
+                if outbox.push_replay(u) == Pushed::Refused {
                     return None;
                 }
                 t.after = u.seq;

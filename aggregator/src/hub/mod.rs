@@ -19,13 +19,13 @@
 //! topics, history and every connection's throttle state for them go, so
 //! memory follows the fleet as it is, not every host ever seen.
 //!
-//! Routing is kept per topic: each topic holds the list of connections whose
-//! patterns match it, maintained when subscriptions change, so a publish costs
-//! one push per interested connection and nothing for the others. A push never
-//! waits: a connection whose outbox is full is marked overflowed and closed by
-//! its own task.
+//! Routing is kept per topic: each topic lists the subscription groups that
+//! match it ([`routing`]), so a publish costs one push per interested
+//! connection and nothing for the others, and a connection's own changes
+//! touch only its groups. A push never waits: a connection whose outbox is
+//! full is marked overflowed and closed by its own task.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -36,11 +36,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+mod routing;
+
 use crate::auth::Grant;
 use crate::history::{Histories, HistoryStats, TopicHistory};
 use crate::outbox::{Outbox, Pushed};
 use crate::topic;
 use crate::update::{SysMessage, Unnumbered, Update};
+use routing::{GroupId, Routing};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -231,6 +234,8 @@ pub struct HubStats {
     pub history: Arc<HistoryStats>,
     /// Live subscriptions.
     pub subscriptions: AtomicU64,
+    /// Routing groups (subscriptions that route alike share one).
+    pub groups: AtomicU64,
     /// Updates handed to the broker publisher (cluster mode).
     pub exported: AtomicU64,
     /// Updates not handed to the broker publisher because its queue was full.
@@ -325,22 +330,13 @@ pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) 
     (HubHandle { tx, stats }, task)
 }
 
-struct Subscriber {
-    conn: ConnId,
-    outbox: Arc<Outbox>,
-    /// Only seqs above this are delivered (the resume point), so an update
-    /// re-sent by an agent after an aggregator restart is not seen twice.
-    floor: u64,
-    /// The connection's throttle for this topic.
-    throttle: Duration,
-}
-
 struct Topic {
     /// Index in [`topic::KINDS`], for the per-kind counters.
     kind: usize,
     seq: u64,
     history: Arc<TopicHistory>,
-    subscribers: Vec<Subscriber>,
+    /// Groups delivering it.
+    groups: Vec<GroupId>,
     /// From the configured rate limits.
     min_interval: Duration,
     last_accepted: Option<Instant>,
@@ -355,8 +351,8 @@ struct Subscription {
     pattern: String,
     /// Distinguishes it from an earlier subscription to the same pattern.
     token: u64,
+    group: GroupId,
     since: Option<Since>,
-    throttle: Duration,
     grant: Option<Grant>,
 }
 
@@ -382,6 +378,12 @@ struct Hub {
     histories: Histories,
     /// The last subscription token given.
     tokens: u64,
+    routing: Routing,
+    /// Topic names in order, to find a pattern's topics by its literal
+    /// prefix.
+    names: BTreeSet<Arc<str>>,
+    /// Topic not held yet → connections with a resume point for it.
+    pending_since: HashMap<String, Vec<ConnId>>,
 }
 
 #[derive(Serialize)]
@@ -398,37 +400,34 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-/// Every connection with a pattern matching the new `topic`, once each.
-/// Their resume points for it are used up here: the topic now exists, so
-/// they are dropped from the subscriptions' `since`.
-fn matching_subscribers(conns: &mut HashMap<ConnId, Conn>, topic: &str) -> Vec<Subscriber> {
-    let mut out = Vec::new();
-    for (id, c) in conns.iter_mut() {
-        let mut found: Option<(u64, Duration)> = None;
-        for s in c.subscriptions.iter_mut().filter(|s| s.wants(topic)) {
-            let f = s
-                .since
-                .as_ref()
-                .and_then(|x| x.for_topic(topic))
-                .unwrap_or(0);
-            if let Some(since) = s.since.take() {
-                s.since = since.still_needed(&s.pattern, |_| true, |t| t == topic);
-            }
-            found = Some(match found {
-                None => (f, s.throttle),
-                Some((g, t)) => (g.min(f), t.min(s.throttle)),
-            });
-        }
-        if let Some((floor, throttle)) = found {
-            out.push(Subscriber {
-                conn: *id,
-                outbox: c.outbox.clone(),
-                floor,
-                throttle,
-            });
-        }
+/// The topics a pattern can match, from the sorted names: those under its
+/// literal prefix (every name when it starts with a wildcard).
+fn candidates<'a>(
+    names: &'a BTreeSet<Arc<str>>,
+    pattern: &str,
+) -> impl Iterator<Item = &'a Arc<str>> {
+    let literal: Vec<&str> = pattern
+        .split('.')
+        .take_while(|seg| *seg != "*" && *seg != ">")
+        .collect();
+    let exact = literal.len() == pattern.split('.').count();
+    let mut prefix = literal.join(".");
+    if !exact && !prefix.is_empty() {
+        prefix.push('.');
     }
-    out
+    let start: Arc<str> = prefix.clone().into();
+    names
+        .range(start..)
+        .take_while(move |n| n.starts_with(&prefix))
+        .filter(move |n| topic::matches(pattern, n))
+}
+
+/// The keys of a resume point still waiting for its topic.
+fn since_keys<'a>(pattern: &'a str, since: &'a Since) -> Vec<&'a str> {
+    match since {
+        Since::All(_) => vec![pattern],
+        Since::PerTopic(m) => m.keys().map(String::as_str).collect(),
+    }
 }
 
 impl Hub {
@@ -446,6 +445,9 @@ impl Hub {
             stats,
             histories,
             tokens: 0,
+            routing: Routing::default(),
+            names: BTreeSet::new(),
+            pending_since: HashMap::new(),
         }
     }
 
@@ -529,7 +531,9 @@ impl Hub {
     fn publish(&mut self, update: Update) {
         let update = Arc::new(update);
         if !self.topics.contains_key(&update.topic) {
-            let subscribers = matching_subscribers(&mut self.conns, &update.topic);
+            let groups = self.routing.matching(&update.topic);
+            self.resume_points_for(&update.topic);
+            self.names.insert(update.topic.clone());
             let min_interval = self
                 .settings
                 .rate_limits
@@ -542,7 +546,7 @@ impl Hub {
                     kind: topic::kind_index(&update.topic),
                     seq: 0,
                     history: self.histories.topic(),
-                    subscribers,
+                    groups,
                     min_interval,
                     last_accepted: None,
                     last_published: Instant::now(),
@@ -583,13 +587,14 @@ impl Hub {
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
         self.stats.published_by_kind[t.kind].fetch_add(1, Ordering::Relaxed);
         let (mut delivered, mut held, mut dropped) = (0, 0, 0);
-        for s in &t.subscribers {
-            if update.seq > s.floor {
-                match s.outbox.push_update(&update, s.throttle) {
+        for g in t.groups.iter().filter_map(|id| self.routing.get(*id)) {
+            for outbox in g.members.values() {
+                match outbox.push_update(&update, g.throttle) {
                     Pushed::Queued => delivered += 1,
                     Pushed::Held => held += 1,
                     Pushed::Refused => dropped += 1,
-                    // Only a replay can be at or below what the connection has.
+                    // Already had through another of its groups, at or below
+                    // its resume point, or its topic is being replayed.
                     Pushed::Stale => {}
                 }
             }
@@ -649,8 +654,11 @@ impl Hub {
             let t = self.topics.remove(&name).expect("listed above");
             self.histories.forget(&t.history);
             self.stats.topics.fetch_sub(1, Ordering::Relaxed);
-            for s in &t.subscribers {
-                s.outbox.forget_topic(&name);
+            self.names.remove(&name);
+            for g in t.groups.iter().filter_map(|id| self.routing.get(*id)) {
+                for outbox in g.members.values() {
+                    outbox.forget_topic(&name);
+                }
             }
         }
         self.topics.shrink_to_fit();
@@ -680,44 +688,67 @@ impl Hub {
         });
         self.tokens += 1;
         let token = self.tokens;
-        let c = self.conns.entry(conn).or_insert_with(|| Conn {
-            outbox: outbox.clone(),
-            subscriptions: Vec::new(),
-        });
-        match c
-            .subscriptions
-            .iter_mut()
-            .find(|s| s.pattern == request.pattern)
-        {
-            Some(existing) => {
-                existing.since = kept_since;
-                existing.throttle = request.throttle;
-                existing.grant = request.grant.clone();
-                existing.token = token;
+        // A subscription to the same pattern again replaces the old one.
+        if let Some(old) = self.conns.get_mut(&conn).and_then(|c| {
+            let i = c
+                .subscriptions
+                .iter()
+                .position(|s| s.pattern == request.pattern)?;
+            Some(c.subscriptions.swap_remove(i))
+        }) {
+            self.drop_subscription(conn, old);
+        } else {
+            self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        let (group, new) = self.routing.join(
+            conn,
+            &outbox,
+            &request.pattern,
+            request.throttle,
+            request.grant.as_ref(),
+        );
+        if new {
+            let g = self.routing.get(group).expect("just made");
+            for name in candidates(&self.names, &request.pattern) {
+                if g.wants(name) {
+                    self.topics
+                        .get_mut(name)
+                        .expect("names are topics")
+                        .groups
+                        .push(group);
+                }
             }
-            None => {
-                c.subscriptions.push(Subscription {
-                    pattern: request.pattern.clone(),
-                    token,
-                    since: kept_since,
-                    throttle: request.throttle,
-                    grant: request.grant.clone(),
-                });
-                self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .groups
+                .store(self.routing.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(since) = &kept_since {
+            for key in since_keys(&request.pattern, since) {
+                self.pending_since
+                    .entry(key.to_string())
+                    .or_default()
+                    .push(conn);
             }
         }
-
-        let mut names: Vec<&Arc<str>> = self
-            .topics
-            .keys()
-            .filter(|t| {
-                topic::matches(&request.pattern, t)
-                    && request.grant.as_ref().is_none_or(|g| g.allows(t))
+        self.conns
+            .entry(conn)
+            .or_insert_with(|| Conn {
+                outbox: outbox.clone(),
+                subscriptions: Vec::new(),
             })
-            .collect();
-        names.sort();
-        let names: Vec<Arc<str>> = names.into_iter().cloned().collect();
+            .subscriptions
+            .push(Subscription {
+                pattern: request.pattern.clone(),
+                token,
+                group,
+                since: kept_since,
+                grant: request.grant.clone(),
+            });
 
+        let names: Vec<Arc<str>> = candidates(&self.names, &request.pattern)
+            .filter(|t| request.grant.as_ref().is_none_or(|g| g.allows(t)))
+            .cloned()
+            .collect();
         let mut infos = Vec::with_capacity(names.len());
         let mut replay = Replay {
             token,
@@ -725,12 +756,15 @@ impl Hub {
         };
         let mut complete = true;
         for name in &names {
-            let t = self.topics.get_mut(name).expect("listed above");
+            let t = &self.topics[name];
             let first_seq = t.history.first_seq();
             let since = request.since.as_ref().and_then(|s| s.for_topic(name));
             let after = match since {
                 Some(since) => {
                     complete &= since >= t.seq || first_seq.is_some_and(|f| f <= since + 1);
+                    // Never at or below the resume point, should an agent
+                    // resend it.
+                    outbox.prime(name, since);
                     Some(since)
                 }
                 None => request
@@ -738,30 +772,15 @@ impl Hub {
                     .filter(|n| *n > 0)
                     .map(|n| t.history.before_last(n)),
             };
-            let existing = t.subscribers.iter_mut().find(|s| s.conn == conn);
-            match (after.filter(|a| *a < t.seq), existing) {
-                // Something to replay: the session reads it, then joins.
-                // (Already delivered live by another subscription of the
-                // connection: the outbox drops what it has sent.)
-                (Some(after), existing) => {
-                    if let Some(s) = existing {
-                        s.throttle = s.throttle.min(request.throttle);
-                    }
-                    replay.topics.push(ReplayTopic {
-                        topic: name.clone(),
-                        history: t.history.clone(),
-                        after,
-                    });
-                }
-                (None, Some(s)) => s.throttle = s.throttle.min(request.throttle),
-                // Live from the current seq on (and never at or below the
-                // resume point, should an agent resend it).
-                (None, None) => t.subscribers.push(Subscriber {
-                    conn,
-                    outbox: outbox.clone(),
-                    floor: since.unwrap_or(0).max(t.seq),
-                    throttle: request.throttle,
-                }),
+            if let Some(after) = after.filter(|a| *a < t.seq) {
+                // The session reads it from history, then joins; until then
+                // live updates of the topic wait (the join sends them).
+                outbox.block(name);
+                replay.topics.push(ReplayTopic {
+                    topic: name.clone(),
+                    history: t.history.clone(),
+                    after,
+                });
             }
             infos.push(TopicInfo {
                 topic: name,
@@ -799,27 +818,18 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let Some(sub) = c.subscriptions.iter().find(|s| s.token == token) else {
-            // Unsubscribed, or subscribed again (with a replay of its own).
-            return;
-        };
-        let throttle = sub.throttle;
+        // Unsubscribed (or replaced) meanwhile: nothing more of it is sent,
+        // but its topics flow again for the connection's other subscriptions.
+        let current = c.subscriptions.iter().any(|s| s.token == token);
         let outbox = c.outbox.clone();
         for r in reached {
-            match self.topics.get_mut(&r.topic) {
+            outbox.unblock(&r.topic);
+            match self.topics.get(&r.topic) {
                 Some(t) if Arc::ptr_eq(&t.history, &r.history) => {
-                    // Replay is exact: no throttle (conflation still bounds
-                    // memory).
-                    for u in t.history.all_after(r.after) {
-                        outbox.push_update(&u, Duration::ZERO);
-                    }
-                    if !t.subscribers.iter().any(|s| s.conn == conn) {
-                        t.subscribers.push(Subscriber {
-                            conn,
-                            outbox: outbox.clone(),
-                            floor: r.after.max(t.seq),
-                            throttle,
-                        });
+                    if current {
+                        for u in t.history.all_after(r.after) {
+                            outbox.push_replay(&u);
+                        }
                     }
                 }
                 // Forgotten while replaying (and perhaps made again, its
@@ -829,23 +839,68 @@ impl Hub {
         }
     }
 
+    /// A topic appears: the resume points waiting for it are applied to
+    /// their connections' outboxes, and kept no longer.
+    fn resume_points_for(&mut self, topic: &Arc<str>) {
+        let Some(waiting) = self.pending_since.remove(&**topic) else {
+            return;
+        };
+        for conn in waiting {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let mut floor: Option<u64> = None;
+            for s in c.subscriptions.iter_mut().filter(|s| s.wants(topic)) {
+                if let Some(f) = s.since.as_ref().and_then(|x| x.for_topic(topic)) {
+                    floor = Some(floor.map_or(f, |g| g.min(f)));
+                }
+                if let Some(since) = s.since.take() {
+                    s.since = since.still_needed(&s.pattern, |_| true, |t| t == &**topic);
+                }
+            }
+            if let Some(f) = floor {
+                c.outbox.prime(topic, f);
+            }
+        }
+    }
+
+    /// Undoes a subscription's routing: leaves its group (gone from its
+    /// topics when it was the last member) and its waiting resume points.
+    fn drop_subscription(&mut self, conn: ConnId, s: Subscription) {
+        if let Some(g) = self.routing.leave(s.group, conn) {
+            for name in candidates(&self.names, &g.pattern) {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.groups.retain(|id| *id != s.group);
+                }
+            }
+            self.stats
+                .groups
+                .store(self.routing.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(since) = &s.since {
+            for key in since_keys(&s.pattern, since) {
+                if let Some(waiting) = self.pending_since.get_mut(key) {
+                    waiting.retain(|c| *c != conn);
+                    if waiting.is_empty() {
+                        self.pending_since.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
     fn unsubscribe(&mut self, conn: ConnId, pattern: String, id: Option<Value>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let outbox = c.outbox.clone();
-        let before = c.subscriptions.len();
-        c.subscriptions.retain(|s| s.pattern != pattern);
-        if c.subscriptions.len() == before {
+        let Some(i) = c.subscriptions.iter().position(|s| s.pattern == pattern) else {
             // The session checks this before asking; nothing to undo.
             return;
-        }
+        };
+        let gone = c.subscriptions.swap_remove(i);
+        let outbox = c.outbox.clone();
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        for (name, t) in self.topics.iter_mut() {
-            if topic::matches(&pattern, name) && !c.subscriptions.iter().any(|s| s.wants(name)) {
-                t.subscribers.retain(|s| s.conn != conn);
-            }
-        }
+        self.drop_subscription(conn, gone);
         #[derive(Serialize)]
         struct Unsubscribed<'a> {
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -859,6 +914,7 @@ impl Hub {
                 topic: &pattern,
             },
         ));
+        let c = &self.conns[&conn];
         outbox.forget_throttle(|t| c.subscriptions.iter().any(|s| s.wants(t)));
     }
 
@@ -869,387 +925,11 @@ impl Hub {
         self.stats
             .subscriptions
             .fetch_sub(c.subscriptions.len() as u64, Ordering::Relaxed);
-        for t in self.topics.values_mut() {
-            t.subscribers.retain(|s| s.conn != conn);
+        for s in c.subscriptions {
+            self.drop_subscription(conn, s);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::outbox::{Item, OutboxStats};
-    use crate::update::Payload;
-    use std::time::SystemTime;
-
-    fn update(topic: &str, seq: u64) -> Update {
-        let now = SystemTime::now();
-        Update::new(
-            topic.into(),
-            seq,
-            now,
-            now,
-            Payload::Other("x".repeat(100).into()),
-        )
-    }
-
-    #[tokio::test]
-    async fn only_local_host_updates_are_exported_and_answered_for() {
-        let (export, mut exported) = mpsc::channel(2);
-        let (hub, _task) = spawn(HubSettings {
-            history_len: 100,
-            history_max_bytes: 1 << 20,
-            queue: 64,
-            rate_limits: Vec::new(),
-            export: Some(export),
-        });
-        let remote = |topic: &str, seq| {
-            let u = update(topic, seq);
-            Update::remote(u.topic.clone(), seq, u.json.clone(), "peer".into())
-        };
-        hub.send(Command::Publish(vec![
-            update("host.a.cpu", 1),
-            update("host.a.cpu", 2),
-            remote("host.b.cpu", 7),
-            update("hosts", 1),
-            // Beyond the export queue: counted, not waited for.
-            update("host.a.cpu", 3),
-            // Already held: neither kept nor exported again.
-            remote("host.a.cpu", 2),
-        ]))
-        .await
-        .unwrap();
-        let floors = hub.ask(|reply| Command::Floors { reply }).await.unwrap();
-        assert_eq!(floors.get("host.a.cpu"), Some(&3));
-        assert_eq!(floors.get("host.b.cpu"), Some(&7));
-        assert!(!floors.contains_key("hosts"));
-        let sent: Vec<u64> = [exported.recv().await, exported.recv().await]
-            .into_iter()
-            .map(|u| u.unwrap().seq)
-            .collect();
-        assert_eq!(sent, vec![1, 2]);
-        assert_eq!(hub.stats.export_dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(hub.stats.updates_duplicate.load(Ordering::Relaxed), 1);
-        // A peer holding host.a.cpu up to 1 gets 2 and 3; nothing of host.b.
-        let answer = hub
-            .ask(|reply| Command::Export {
-                floors: HashMap::from([("host.a.cpu".to_string(), 1)]),
-                reply,
-            })
-            .await
-            .unwrap();
-        let got: Vec<(String, u64)> = answer
-            .iter()
-            .flat_map(|t| t.history.all_after(t.after))
-            .map(|u| (u.topic.to_string(), u.seq))
-            .collect();
-        assert_eq!(
-            got,
-            vec![("host.a.cpu".to_string(), 2), ("host.a.cpu".to_string(), 3)]
-        );
-    }
-
-    /// A presence event as ingest makes it: no seq until the hub gives one.
-    fn presence(host: &str) -> Unnumbered {
-        Unnumbered {
-            topic: "hosts".into(),
-            at: SystemTime::now(),
-            payload: Payload::Other(serde_json::json!({"event": "online", "host": host})),
-        }
-    }
-
-    #[tokio::test]
-    async fn presence_events_are_numbered_in_the_order_they_reach_the_hub() {
-        let started = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-            / 10;
-        let (hub, _task) = spawn(HubSettings {
-            history_len: 100,
-            history_max_bytes: 1 << 20,
-            queue: 64,
-            rate_limits: Vec::new(),
-            export: None,
-        });
-        // Each pair is made first-to-last and submitted in both orders, as
-        // two ingest tasks racing to the hub would.
-        let (a, b) = (presence("a"), presence("b"));
-        hub.send(Command::PublishNext(vec![a])).await.unwrap();
-        hub.send(Command::PublishNext(vec![b])).await.unwrap();
-        let (c, d) = (presence("c"), presence("d"));
-        hub.send(Command::PublishNext(vec![d])).await.unwrap();
-        hub.send(Command::PublishNext(vec![c])).await.unwrap();
-
-        let outbox = test_outbox();
-        subscribe_replayed(
-            &hub,
-            1,
-            &outbox,
-            SubscribeRequest {
-                history: Some(100),
-                ..subscribe_to("hosts", None, Duration::ZERO)
-            },
-        )
-        .await;
-        let mut items = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while items.len() < 5 {
-                outbox.notified().await;
-                outbox.drain_into(&mut items);
-            }
-        })
-        .await
-        .expect("the reply and four events");
-        let got: Vec<(u64, String)> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Update(u) => {
-                    let v: Value = serde_json::from_str(&u.json).unwrap();
-                    Some((u.seq, v["payload"]["host"].as_str().unwrap().to_string()))
-                }
-                Item::Sys(_) => None,
-            })
-            .collect();
-        let hosts: Vec<&str> = got.iter().map(|(_, h)| h.as_str()).collect();
-        assert_eq!(hosts, ["a", "b", "d", "c"], "{got:?}");
-        assert!(
-            got.windows(2).all(|w| w[1].0 == w[0].0 + 1),
-            "seqs not consecutive: {got:?}"
-        );
-        // Above any earlier run's: derived from the start time, not from 0.
-        assert!(got[0].0 > started, "{got:?}");
-        assert_eq!(hub.stats.updates_duplicate.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
-        let (hub, _task) = spawn(HubSettings {
-            history_len: 1000,
-            history_max_bytes: 20_000,
-            queue: 64,
-            rate_limits: Vec::new(),
-            export: None,
-        });
-        for seq in 1..=200 {
-            let updates = ["a", "b", "c"].iter().map(|t| update(t, seq)).collect();
-            hub.send(Command::Publish(updates)).await.unwrap();
-        }
-        let outbox = test_outbox();
-        subscribe_replayed(
-            &hub,
-            1,
-            &outbox,
-            SubscribeRequest {
-                history: Some(1000),
-                ..subscribe_to("a", None, Duration::ZERO)
-            },
-        )
-        .await;
-        let mut items = Vec::new();
-        while items.len() < 2 {
-            outbox.notified().await;
-            outbox.drain_into(&mut items);
-        }
-        let seqs: Vec<u64> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Update(u) => Some(u.seq),
-                Item::Sys(_) => None,
-            })
-            .collect();
-        let held = hub.stats.history.bytes();
-        assert!(held <= 20_000 && held > 15_000, "{held}");
-        // Only the newest of topic `a` remain, consecutive up to the last.
-        assert_eq!(*seqs.last().unwrap(), 200);
-        assert!(
-            seqs.len() < 200 && seqs.windows(2).all(|w| w[1] == w[0] + 1),
-            "{seqs:?}"
-        );
-    }
-
-    fn settings() -> HubSettings {
-        HubSettings {
-            history_len: 100,
-            history_max_bytes: 1 << 20,
-            queue: 64,
-            rate_limits: Vec::new(),
-            export: None,
-        }
-    }
-
-    /// An outbox of 1 MiB with a 5 s grace, as a connection would have.
-    fn test_outbox() -> Arc<Outbox> {
-        Outbox::new(
-            1 << 20,
-            Duration::from_secs(5),
-            Arc::new(OutboxStats::default()),
-        )
-    }
-
-    /// Subscribes as a session does: the hub's reply, then the replay read
-    /// from history and joined to live delivery.
-    async fn subscribe_replayed(
-        hub: &HubHandle,
-        conn: ConnId,
-        outbox: &Arc<Outbox>,
-        request: SubscribeRequest,
-    ) {
-        let (replay, rx) = tokio::sync::oneshot::channel();
-        hub.send(Command::Subscribe {
-            conn,
-            outbox: outbox.clone(),
-            request,
-            replay,
-        })
-        .await
-        .unwrap();
-        if let Some(mut r) = crate::ws::replay::Replaying::new(rx.await.unwrap()) {
-            let join = r.fill(conn, outbox, usize::MAX).expect("all read at once");
-            hub.send(join).await.unwrap();
-        }
-    }
-
-    fn subscribe_to(pattern: &str, since: Option<Since>, throttle: Duration) -> SubscribeRequest {
-        SubscribeRequest {
-            pattern: pattern.into(),
-            id: None,
-            since,
-            history: None,
-            throttle,
-            grant: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn forgetting_a_host_drops_its_topics_history_and_throttles_only() {
-        let (hub, _task) = spawn(settings());
-        let stats = hub.stats.clone();
-        let outbox = test_outbox();
-        subscribe_replayed(
-            &hub,
-            1,
-            &outbox,
-            subscribe_to(">", None, Duration::from_secs(60)),
-        )
-        .await;
-        let floors = |hub: &HubHandle| {
-            let hub = hub.clone();
-            async move { hub.ask(|reply| Command::Floors { reply }).await.unwrap() }
-        };
-        // What stays: a host kept attached, and `hosts`.
-        hub.send(Command::Publish(vec![
-            update("host.b.cpu", 1),
-            update("host.b.cpu", 2),
-            update("hosts", 1),
-        ]))
-        .await
-        .unwrap();
-        floors(&hub).await;
-        let (topics, bytes, tracked) = (
-            stats.topics.load(Ordering::Relaxed),
-            stats.history.bytes(),
-            outbox.tracked_topics(),
-        );
-        hub.send(Command::Publish(
-            (1..=20)
-                .flat_map(|seq| [update("host.a.cpu", seq), update("host.a.memory", seq)])
-                .collect(),
-        ))
-        .await
-        .unwrap();
-        floors(&hub).await;
-        assert_eq!(stats.topics.load(Ordering::Relaxed), topics + 2);
-        assert!(stats.history.bytes() > bytes + 20 * 100);
-        assert!(
-            outbox.tracked_topics() > tracked,
-            "a's topics are throttled"
-        );
-
-        let forget = |keep: &[&str], idle: Duration| {
-            let hub = hub.clone();
-            let keep: HashSet<String> = keep.iter().map(|h| h.to_string()).collect();
-            async move {
-                hub.ask(|reply| Command::Forget { keep, idle, reply })
-                    .await
-                    .unwrap()
-            }
-        };
-        // Not idle long enough, or kept: nothing goes.
-        assert!(forget(&["b"], Duration::from_secs(3600)).await.is_empty());
-        assert!(forget(&["a", "b"], Duration::ZERO).await.is_empty());
-        assert_eq!(stats.topics.load(Ordering::Relaxed), topics + 2);
-
-        assert_eq!(forget(&["b"], Duration::ZERO).await, vec!["a".to_string()]);
-        assert_eq!(stats.topics.load(Ordering::Relaxed), topics);
-        assert_eq!(stats.history.bytes(), bytes);
-        assert_eq!(outbox.tracked_topics(), tracked);
-        assert_eq!(stats.hosts_forgotten.load(Ordering::Relaxed), 1);
-        let held = floors(&hub).await;
-        assert!(!held.contains_key("host.a.cpu") && held.contains_key("host.b.cpu"));
-
-        // Back again, it starts fresh: seq 1 is new, not a duplicate.
-        hub.send(Command::Publish(vec![update("host.a.cpu", 1)]))
-            .await
-            .unwrap();
-        assert_eq!(floors(&hub).await.get("host.a.cpu"), Some(&1));
-        assert_eq!(stats.updates_duplicate.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn a_since_map_keeps_only_topics_not_held_yet_until_they_appear() {
-        let mut hub = Hub::new(settings(), 0, Arc::new(HubStats::default()));
-        hub.publish(update("host.a.cpu", 3));
-        let outbox = test_outbox();
-        let since = Since::PerTopic(HashMap::from([
-            ("host.a.cpu".to_string(), 1),
-            ("host.b.cpu".to_string(), 5),
-            ("host.a.memory".to_string(), 9),
-        ]));
-        hub.subscribe(
-            1,
-            outbox.clone(),
-            subscribe_to("host.*.cpu", Some(since), Duration::ZERO),
-        );
-        let kept = |hub: &Hub| hub.conns[&1].subscriptions[0].since.clone();
-        // host.a.cpu is replayed and joined; host.a.memory is not matched.
-        assert_eq!(
-            kept(&hub),
-            Some(Since::PerTopic(HashMap::from([(
-                "host.b.cpu".to_string(),
-                5
-            )])))
-        );
-        let mut items = Vec::new();
-        outbox.drain_into(&mut items);
-        items.clear();
-        // host.b.cpu appears: the resume point holds back seq 5, then goes.
-        hub.publish(update("host.b.cpu", 5));
-        assert_eq!(kept(&hub), None);
-        hub.publish(update("host.b.cpu", 6));
-        outbox.drain_into(&mut items);
-        let seqs: Vec<u64> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Update(u) => Some(u.seq),
-                Item::Sys(_) => None,
-            })
-            .collect();
-        assert_eq!(seqs, vec![6]);
-
-        // One seq on an exact topic is kept only while the topic is not held.
-        hub.subscribe(
-            2,
-            outbox.clone(),
-            subscribe_to("host.a.cpu", Some(Since::All(2)), Duration::ZERO),
-        );
-        hub.subscribe(
-            2,
-            outbox.clone(),
-            subscribe_to("host.c.cpu", Some(Since::All(2)), Duration::ZERO),
-        );
-        let subs = &hub.conns[&2].subscriptions;
-        assert_eq!(subs[0].since, None);
-        assert_eq!(subs[1].since, Some(Since::All(2)));
-    }
-}
+mod tests;
