@@ -219,16 +219,78 @@ pub struct SysMessage {
     /// When it was made.
     pub timestamp: String,
     /// Its content.
-    pub payload: Value,
+    pub payload: SysPayload,
+}
+
+/// What a `$sys` message carries.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SysPayload {
+    /// Anything small, already a JSON value.
+    Value(Value),
+    /// A `$sys.subscribed` reply, which can list thousands of topics: kept
+    /// as made and serialised straight into the frame by the connection's
+    /// own task, not by the hub.
+    Subscribed(Arc<Subscribed>),
+}
+
+impl std::ops::Index<&str> for SysPayload {
+    type Output = Value;
+    fn index(&self, key: &str) -> &Value {
+        match self {
+            SysPayload::Value(v) => &v[key],
+            SysPayload::Subscribed(_) => &Value::Null,
+        }
+    }
+}
+
+/// The `$sys.subscribed` reply.
+#[derive(Debug, Serialize)]
+pub struct Subscribed {
+    /// The request's `id`, echoed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// The pattern subscribed to.
+    pub topic: String,
+    /// Each matching topic held.
+    pub topics: Vec<TopicInfo>,
+    /// False when a `since` reaches back further than history.
+    pub complete: bool,
+}
+
+/// One topic in a `$sys.subscribed` reply.
+#[derive(Debug, Serialize)]
+pub struct TopicInfo {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Its current seq.
+    pub seq: u64,
+    /// The oldest seq its history holds.
+    pub history_start: Option<u64>,
+    /// Non-zero when a configured rate limit thins this topic.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_interval_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl SysMessage {
     /// A message on `topic` made now.
     pub fn new<P: Serialize>(topic: &'static str, payload: &P) -> Self {
+        Self::with(
+            topic,
+            SysPayload::Value(serde_json::to_value(payload).expect("system payloads serialise")),
+        )
+    }
+
+    /// A message on `topic` made now, carrying `payload` as it is.
+    pub fn with(topic: &'static str, payload: SysPayload) -> Self {
         Self {
             topic,
             timestamp: rfc3339(SystemTime::now()),
-            payload: serde_json::to_value(payload).expect("system payloads serialise"),
+            payload,
         }
     }
 

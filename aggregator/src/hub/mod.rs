@@ -42,7 +42,7 @@ use crate::auth::Grant;
 use crate::history::{Histories, HistoryStats, TopicHistory};
 use crate::outbox::{Outbox, Pushed};
 use crate::topic;
-use crate::update::{SysMessage, Unnumbered, Update};
+use crate::update::{Subscribed, SysMessage, SysPayload, TopicInfo, Unnumbered, Update};
 use routing::{GroupId, Routing};
 
 /// Identifies one WebSocket connection.
@@ -386,19 +386,6 @@ struct Hub {
     pending_since: HashMap<String, Vec<ConnId>>,
 }
 
-#[derive(Serialize)]
-struct TopicInfo<'a> {
-    topic: &'a str,
-    seq: u64,
-    history_start: Option<u64>,
-    /// Non-zero when a configured rate limit thins this topic.
-    #[serde(skip_serializing_if = "is_zero")]
-    min_interval_ms: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
 
 /// The topics a pattern can match, from the sorted names: those under its
 /// literal prefix (every name when it starts with a wildcard).
@@ -783,29 +770,21 @@ impl Hub {
                 });
             }
             infos.push(TopicInfo {
-                topic: name,
+                topic: name.clone(),
                 seq: t.seq,
                 history_start: first_seq,
                 min_interval_ms: t.min_interval.as_millis() as u64,
             });
         }
 
-        #[derive(Serialize)]
-        struct Subscribed<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: &'a Option<Value>,
-            topic: &'a str,
-            topics: Vec<TopicInfo<'a>>,
-            complete: bool,
-        }
-        let reply = SysMessage::new(
+        let reply = SysMessage::with(
             "$sys.subscribed",
-            &Subscribed {
-                id: &request.id,
-                topic: &request.pattern,
+            SysPayload::Subscribed(Arc::new(Subscribed {
+                id: request.id,
+                topic: request.pattern,
                 topics: infos,
                 complete,
-            },
+            })),
         );
         outbox.push_sys(reply);
         replay
