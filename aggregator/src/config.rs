@@ -190,6 +190,10 @@ pub struct HubConfig {
     pub history_max_bytes: usize,
     /// Commands queued to the hub before publishers wait.
     pub queue: usize,
+    /// Bytes of updates queued to the hub before publishers wait: one
+    /// command can carry a whole batch of samples, so commands alone do not
+    /// bound its memory.
+    pub queue_max_bytes: usize,
     /// A host departed this long (its agent detached, or no peer announces
     /// it) with no update meanwhile is forgotten: its topics and history go,
     /// and `hosts` announces it `forgotten`. In ms; seven days by default.
@@ -216,6 +220,7 @@ impl Default for HubConfig {
             history_len: 600,
             history_max_bytes: 256 << 20,
             queue: 4096,
+            queue_max_bytes: 64 << 20,
             forget_after_ms: 7 * 24 * 3_600_000,
             rate_limit: Vec::new(),
         }
@@ -257,7 +262,7 @@ impl AggregatorConfig {
     /// Refuses values that parse but cannot work.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::invalid(path, key, reason);
-        let positive: [(&'static str, u64); 11] = [
+        let positive: [(&'static str, u64); 12] = [
             ("hub.history_max_bytes", self.hub.history_max_bytes as u64),
             ("ingest.offline_after_ms", self.ingest.offline_after_ms),
             (
@@ -274,6 +279,7 @@ impl AggregatorConfig {
             ("ws.ping_interval_ms", self.ws.ping_interval_ms),
             ("hub.history_len", self.hub.history_len as u64),
             ("hub.queue", self.hub.queue as u64),
+            ("hub.queue_max_bytes", self.hub.queue_max_bytes as u64),
             ("hub.forget_after_ms", self.hub.forget_after_ms),
         ];
         for (key, v) in positive {
