@@ -218,7 +218,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             history_len: 600,
-            history_max_bytes: 256 << 20,
+            history_max_bytes: 2 << 30,
             queue: 4096,
             queue_max_bytes: 64 << 20,
             forget_after_ms: 7 * 24 * 3_600_000,
