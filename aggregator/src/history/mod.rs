@@ -11,7 +11,8 @@
 //! The newest updates stay as they were published (the *tail*: shared with
 //! the outboxes that are sending them). Older ones are sealed by a background
 //! thread into compressed [`Block`]s of [`BLOCK`] updates, a small fraction of
-//! their JSON size. Bytes are counted as held: compressed blocks, and the
+//! their JSON size (by the hub itself when that thread is behind, which
+//! slows ingest instead of letting unsealed history pile up). Bytes are counted as held: compressed blocks, and the
 //! tail's JSON plus whichever binary forms clients have made of it.
 //!
 //! Bounds: each topic keeps at most `history_len` updates. Over all topics,
@@ -304,7 +305,12 @@ impl Histories {
         if want_seal && !h.sealing.swap(true, Ordering::AcqRel) {
             match self.seal.try_send(h.clone()) {
                 Ok(()) => {}
+                // The sealer is behind (a burst: agents sending their
+                // backlog after an outage): seal here. That slows the hub,
+                // and through its queue the agents, rather than letting
+                // unsealed history grow past what the bound would trim.
                 Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
+                    while seal_one(&h, &self.stats) {}
                     h.sealing.store(false, Ordering::Release);
                 }
             }
