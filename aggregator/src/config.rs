@@ -29,7 +29,7 @@ pub struct AggregatorConfig {
     /// Certificate and key for TLS on both listeners.
     pub tls: crate::tls::TlsConfig,
     /// What `/metrics` exposes.
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: crate::http::metrics::MetricsConfig,
     /// Several aggregators sharing updates through NATS (off by default).
     pub cluster: crate::cluster::ClusterConfig,
 }

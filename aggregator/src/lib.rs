@@ -24,21 +24,14 @@
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
-pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
-pub mod dashboard;
-pub mod encoding;
-pub mod forget;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod limit;
-pub mod metrics;
-pub mod outbox;
-pub mod registry;
 pub mod tls;
 pub mod topic;
 pub mod update;
@@ -61,7 +54,7 @@ pub use config::AggregatorConfig;
 
 use crate::config::ms;
 use crate::ingest::{IngestService, IngestSettings};
-use crate::registry::Registry;
+use crate::ingest::registry::Registry;
 
 /// How long shutdown may take before remaining connections are dropped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -207,7 +200,7 @@ pub async fn run(
         None => None,
     };
 
-    tasks.spawn(forget::run(
+    tasks.spawn(ingest::forget::run(
         hub.clone(),
         registry.clone(),
         ms(config.hub.forget_after_ms),

@@ -40,7 +40,7 @@ mod routing;
 
 use crate::auth::Grant;
 use crate::history::{Histories, HistoryStats, TopicHistory};
-use crate::outbox::{Outbox, Pushed};
+use crate::ws::outbox::{Outbox, Pushed};
 use crate::topic;
 use crate::update::{Subscribed, SysMessage, SysPayload, TopicInfo, Unnumbered, Update};
 use routing::{GroupId, Routing};

@@ -2,7 +2,7 @@
 //! groups, forgetting and resume points.
 
 use super::*;
-use crate::outbox::{Item, OutboxStats};
+use crate::ws::outbox::{Item, OutboxStats};
 use crate::update::Payload;
 use std::time::SystemTime;
 

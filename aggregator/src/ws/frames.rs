@@ -21,8 +21,8 @@ use std::sync::Arc;
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 
-use crate::encoding::{Encoding, deflate};
-use crate::outbox::Item;
+use crate::ws::encoding::{Encoding, deflate};
+use crate::ws::outbox::Item;
 use crate::update::Update;
 
 /// Topic of a batch frame.

@@ -16,11 +16,13 @@
 //! 1011 and a log line naming the connection and the reason.
 //!
 //! Connect-time options, as query parameters: `encoding` (`json`, `msgpack`,
-//! `msgpack+deflate`; or the subprotocols in [`crate::encoding::SUBPROTOCOLS`])
+//! `msgpack+deflate`; or the subprotocols in [`crate::ws::encoding::SUBPROTOCOLS`])
 //! and `batch_ms` (0 = a frame per update; otherwise updates are gathered for
 //! up to that long and sent as one `batch.update` frame).
 
+pub mod encoding;
 pub mod frames;
+pub mod outbox;
 pub mod protocol;
 pub mod replay;
 
@@ -42,10 +44,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Grant, bearer};
 use crate::config::{WsConfig, ms};
-use crate::encoding::{Encoding, SUBPROTOCOLS};
+use crate::ws::encoding::{Encoding, SUBPROTOCOLS};
 use crate::hub::{Command, ConnId, HubClosed, HubHandle, SubscribeRequest};
 use crate::limit::TokenBucket;
-use crate::outbox::{Item, Outbox, OutboxStats};
+use crate::ws::outbox::{Item, Outbox, OutboxStats};
 use crate::update::SysMessage;
 use protocol::{Request, error_message, pong_message};
 use replay::Replaying;

@@ -8,6 +8,9 @@
 //! what was wrong; other agents are not touched. On shutdown every stream ends
 //! with `UNAVAILABLE`, which agents treat as "reconnect".
 
+pub mod forget;
+pub mod registry;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AgentGrant, Auth, bearer};
 use crate::hub::{Command, HubHandle};
-use crate::registry::{Registry, Verdict};
+use crate::ingest::registry::{Registry, Verdict};
 use crate::topic::host_topic;
 use crate::update::{Payload, Update, from_unix_ms};
 
@@ -226,9 +229,9 @@ fn refuse(peer: Option<SocketAddr>, status: Status) -> Status {
 }
 
 /// Hands a `hosts` event to the hub, which numbers it as it arrives.
-async fn publish_event(hub: &HubHandle, event: &crate::registry::HostEvent) {
+async fn publish_event(hub: &HubHandle, event: &crate::ingest::registry::HostEvent) {
     let _ = hub
-        .send(Command::PublishNext(vec![crate::registry::hosts_update(
+        .send(Command::PublishNext(vec![crate::ingest::registry::hosts_update(
             event,
         )]))
         .await;

@@ -1,6 +1,10 @@
 //! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
 //! (REST snapshot), `/metrics` and `/healthz`.
 
+pub mod api;
+pub mod dashboard;
+pub mod metrics;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -9,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::registry::Registry;
+use crate::ingest::registry::Registry;
 use crate::ws::{self, WsState};
 
 /// Everything the HTTP handlers read.
@@ -20,7 +24,7 @@ pub struct AppState {
     /// Attached agents.
     pub registry: Arc<Registry>,
     /// `[metrics]` settings.
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: crate::http::metrics::MetricsConfig,
     /// Serve the embedded dashboard (`http.dashboard`).
     pub dashboard: bool,
     /// The broker link's state, in cluster mode.
@@ -31,9 +35,9 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let router = if state.dashboard {
         Router::new()
-            .route("/", get(crate::dashboard::serve))
-            .route("/index.html", get(crate::dashboard::serve))
-            .route("/assets/{*file}", get(crate::dashboard::serve))
+            .route("/", get(crate::http::dashboard::serve))
+            .route("/index.html", get(crate::http::dashboard::serve))
+            .route("/assets/{*file}", get(crate::http::dashboard::serve))
     } else {
         Router::new()
     };
@@ -41,15 +45,15 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::handler).with_state(state.ws.clone()))
         .route(
             "/api/v1/hosts",
-            get(crate::api::hosts).with_state(state.clone()),
+            get(crate::http::api::hosts).with_state(state.clone()),
         )
         .route(
             "/api/v1/hosts/{host}",
-            get(crate::api::host).with_state(state.clone()),
+            get(crate::http::api::host).with_state(state.clone()),
         )
         .route(
             "/metrics",
-            get(crate::metrics::metrics).with_state(state.clone()),
+            get(crate::http::metrics::metrics).with_state(state.clone()),
         )
         .route("/healthz", get(healthz).with_state(state))
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Grant, bearer};
 use crate::http::AppState;
-use crate::registry::HostView;
+use crate::ingest::registry::HostView;
 
 /// `?token=` for clients that cannot set a header.
 #[derive(Debug, Default, Deserialize)]
