@@ -53,8 +53,8 @@ use tonic::service::interceptor::InterceptedService;
 pub use config::AggregatorConfig;
 
 use crate::config::ms;
-use crate::ingest::{IngestService, IngestSettings};
 use crate::ingest::registry::Registry;
+use crate::ingest::{IngestService, IngestSettings};
 
 /// How long shutdown may take before remaining connections are dropped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

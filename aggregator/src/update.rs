@@ -18,8 +18,8 @@ use hostpulse_proto::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::ws::encoding::{Encoding, deflate};
 use crate::ingest::registry::HostEvent;
+use crate::ws::encoding::{Encoding, deflate};
 
 /// What an update carries.
 #[derive(Debug, Serialize)]

@@ -5,16 +5,37 @@ pub mod api;
 pub mod dashboard;
 pub mod metrics;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::ingest::registry::Registry;
 use crate::ws::{self, WsState};
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP/WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// Serve the built-in web dashboard at `/`.
+    pub dashboard: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 7071).into(),
+            dashboard: true,
+        }
+    }
+}
 
 /// Everything the HTTP handlers read.
 #[derive(Clone)]

@@ -25,6 +25,8 @@
 //! touch only its groups. A push never waits: a connection whose outbox is
 //! full is marked overflowed and closed by its own task.
 
+pub use config::{HubConfig, RateLimitConfig};
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,13 +38,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+mod config;
 mod routing;
 
 use crate::auth::Grant;
 use crate::history::{Histories, HistoryStats, TopicHistory};
-use crate::ws::outbox::{Outbox, Pushed};
 use crate::topic;
 use crate::update::{Subscribed, SysMessage, SysPayload, TopicInfo, Unnumbered, Update};
+use crate::ws::outbox::{Outbox, Pushed};
 use routing::{GroupId, Routing};
 
 /// Identifies one WebSocket connection.
@@ -385,7 +388,6 @@ struct Hub {
     /// Topic not held yet → connections with a resume point for it.
     pending_since: HashMap<String, Vec<ConnId>>,
 }
-
 
 /// The topics a pattern can match, from the sorted names: those under its
 /// literal prefix (every name when it starts with a wildcard).

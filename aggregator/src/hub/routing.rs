@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Grant;
-use crate::ws::outbox::Outbox;
 use crate::topic;
+use crate::ws::outbox::Outbox;
 
 use super::ConnId;
 

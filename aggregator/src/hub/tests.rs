@@ -2,8 +2,8 @@
 //! groups, forgetting and resume points.
 
 use super::*;
-use crate::ws::outbox::{Item, OutboxStats};
 use crate::update::Payload;
+use crate::ws::outbox::{Item, OutboxStats};
 use std::time::SystemTime;
 
 fn update(topic: &str, seq: u64) -> Update {

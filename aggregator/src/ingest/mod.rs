@@ -8,8 +8,11 @@
 //! what was wrong; other agents are not touched. On shutdown every stream ends
 //! with `UNAVAILABLE`, which agents treat as "reconnect".
 
+mod config;
 pub mod forget;
 pub mod registry;
+
+pub use config::IngestConfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -231,9 +234,9 @@ fn refuse(peer: Option<SocketAddr>, status: Status) -> Status {
 /// Hands a `hosts` event to the hub, which numbers it as it arrives.
 async fn publish_event(hub: &HubHandle, event: &crate::ingest::registry::HostEvent) {
     let _ = hub
-        .send(Command::PublishNext(vec![crate::ingest::registry::hosts_update(
-            event,
-        )]))
+        .send(Command::PublishNext(vec![
+            crate::ingest::registry::hosts_update(event),
+        ]))
         .await;
 }
 

@@ -20,11 +20,14 @@
 //! and `batch_ms` (0 = a frame per update; otherwise updates are gathered for
 //! up to that long and sent as one `batch.update` frame).
 
+mod config;
 pub mod encoding;
 pub mod frames;
 pub mod outbox;
 pub mod protocol;
 pub mod replay;
+
+pub use config::{MAX_FRAME_BYTES, MIN_FRAME_BYTES, WsConfig};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -43,12 +46,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Grant, bearer};
-use crate::config::{WsConfig, ms};
-use crate::ws::encoding::{Encoding, SUBPROTOCOLS};
 use crate::hub::{Command, ConnId, HubClosed, HubHandle, SubscribeRequest};
 use crate::limit::TokenBucket;
-use crate::ws::outbox::{Item, Outbox, OutboxStats};
 use crate::update::SysMessage;
+use crate::ws::encoding::{Encoding, SUBPROTOCOLS};
+use crate::ws::outbox::{Item, Outbox, OutboxStats};
 use protocol::{Request, error_message, pong_message};
 use replay::Replaying;
 
@@ -406,7 +408,7 @@ impl Session {
     ) -> Self {
         let outbox = Outbox::new(
             state.config.queue_max_bytes,
-            ms(state.config.slow_grace_ms),
+            Duration::from_millis(state.config.slow_grace_ms),
             state.outbox_stats.clone(),
         );
         let rate = f64::from(state.config.control_per_sec);
@@ -501,11 +503,11 @@ impl Session {
         let state = self.state.clone();
         let config = &state.config;
         let mut heartbeat = tokio::time::interval_at(
-            Instant::now() + ms(config.ping_interval_ms),
-            ms(config.ping_interval_ms),
+            Instant::now() + Duration::from_millis(config.ping_interval_ms),
+            Duration::from_millis(config.ping_interval_ms),
         );
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let ping_timeout = ms(config.ping_timeout_ms);
+        let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
         let mut last_heard = Instant::now();
         let mut items: Vec<Item> = Vec::new();
         // When to drain next: the end of a batching window, or when a
@@ -555,7 +557,7 @@ impl Session {
                         return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
                     }
                     let ping = socket.send(Message::Ping(Default::default()));
-                    match tokio::time::timeout(ms(config.write_timeout_ms), ping).await {
+                    match tokio::time::timeout(Duration::from_millis(config.write_timeout_ms), ping).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return self.write_failed(e.into()),
                         Err(_) => {
@@ -575,7 +577,7 @@ impl Session {
                 tokio::select! {
                     biased;
                     _ = self.outbox.doomed() => return TOO_SLOW_END,
-                    r = tokio::time::timeout(ms(config.write_timeout_ms), write) => match r {
+                    r = tokio::time::timeout(Duration::from_millis(config.write_timeout_ms), write) => match r {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return self.write_failed(e),
                         Err(_) => {
