@@ -16,7 +16,8 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::registry::{HostEvent, HostView};
+use crate::ingest::registry::HostView;
+use crate::update::HostEvent;
 use crate::update::Update;
 
 /// Header naming the node that produced a message.

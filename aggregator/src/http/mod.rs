@@ -45,7 +45,7 @@ pub struct AppState {
     /// Attached agents.
     pub registry: Arc<Registry>,
     /// `[metrics]` settings.
-    pub metrics: crate::http::metrics::MetricsConfig,
+    pub metrics: metrics::MetricsConfig,
     /// Serve the embedded dashboard (`http.dashboard`).
     pub dashboard: bool,
     /// The broker link's state, in cluster mode.
@@ -56,26 +56,20 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let router = if state.dashboard {
         Router::new()
-            .route("/", get(crate::http::dashboard::serve))
-            .route("/index.html", get(crate::http::dashboard::serve))
-            .route("/assets/{*file}", get(crate::http::dashboard::serve))
+            .route("/", get(dashboard::serve))
+            .route("/index.html", get(dashboard::serve))
+            .route("/assets/{*file}", get(dashboard::serve))
     } else {
         Router::new()
     };
     router
         .route("/ws", get(ws::handler).with_state(state.ws.clone()))
-        .route(
-            "/api/v1/hosts",
-            get(crate::http::api::hosts).with_state(state.clone()),
-        )
+        .route("/api/v1/hosts", get(api::hosts).with_state(state.clone()))
         .route(
             "/api/v1/hosts/{host}",
-            get(crate::http::api::host).with_state(state.clone()),
+            get(api::host).with_state(state.clone()),
         )
-        .route(
-            "/metrics",
-            get(crate::http::metrics::metrics).with_state(state.clone()),
-        )
+        .route("/metrics", get(metrics::metrics).with_state(state.clone()))
         .route("/healthz", get(healthz).with_state(state))
 }
 

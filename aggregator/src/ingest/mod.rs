@@ -232,11 +232,11 @@ fn refuse(peer: Option<SocketAddr>, status: Status) -> Status {
 }
 
 /// Hands a `hosts` event to the hub, which numbers it as it arrives.
-async fn publish_event(hub: &HubHandle, event: &crate::ingest::registry::HostEvent) {
+async fn publish_event(hub: &HubHandle, event: &crate::update::HostEvent) {
     let _ = hub
-        .send(Command::PublishNext(vec![
-            crate::ingest::registry::hosts_update(event),
-        ]))
+        .send(Command::PublishNext(vec![crate::update::hosts_update(
+            event,
+        )]))
         .await;
 }
 

@@ -16,18 +16,17 @@
 //! the aggregator it is attached to; a host attached here wins over a peer's
 //! stale claim.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
 
 use hostpulse_proto::v1::Hello;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::topic::host_segment;
-use crate::update::{Payload, Unnumbered};
+use crate::update::HostEvent;
 
 /// A host name already published by another connected agent.
 #[derive(Debug, thiserror::Error)]
@@ -61,31 +60,6 @@ pub enum Verdict {
     Duplicate,
     /// A newer stream of the same agent took over: end this one.
     Superseded,
-}
-
-/// An event on the `hosts` topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostEvent {
-    /// `online`, `restarted` (a new run epoch), `offline` or `forgotten`
-    /// (departed for `hub.forget_after`: its topics and history are gone).
-    pub event: Cow<'static, str>,
-    /// Topic segment.
-    pub host: String,
-    /// Agent id.
-    pub agent_id: String,
-    /// Host name as reported.
-    pub hostname: String,
-    /// Agent run epoch (Unix ms at its start).
-    pub epoch: u64,
-    /// Agent version.
-    pub version: String,
-    /// Agent labels.
-    pub labels: BTreeMap<String, String>,
-    /// Sampling interval.
-    pub interval_ms: u32,
-    /// Cluster mode: the node name of the aggregator the agent is attached to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aggregator: Option<String>,
 }
 
 struct Record {
@@ -476,34 +450,6 @@ impl Registry {
     pub fn connected(&self) -> usize {
         let inner = self.inner.lock().expect("registry lock");
         inner.agents.values().filter(|r| r.connected).count()
-    }
-}
-
-impl HostEvent {
-    /// The `forgotten` event of a host known only by its topics (a peer's
-    /// host this aggregator never saw announced).
-    pub fn forgotten(host: &str) -> Self {
-        Self {
-            event: "forgotten".into(),
-            host: host.into(),
-            agent_id: String::new(),
-            hostname: host.into(),
-            epoch: 0,
-            version: String::new(),
-            labels: BTreeMap::new(),
-            interval_ms: 0,
-            aggregator: None,
-        }
-    }
-}
-
-/// Turns an event into an update of the `hosts` topic, for the hub to number
-/// ([`crate::hub::Command::PublishNext`]).
-pub fn hosts_update(event: &HostEvent) -> Unnumbered {
-    Unnumbered {
-        topic: "hosts".into(),
-        at: SystemTime::now(),
-        payload: Payload::Host(event.clone()),
     }
 }
 
