@@ -189,16 +189,6 @@ impl Update {
         }
     }
 
-    /// Serialises the JSON form again, as a server without shared encoding
-    /// would for every client (the benchmark's naive baseline).
-    pub fn encode_json_again(&self) -> String {
-        let mut out = Vec::with_capacity(self.json.len());
-        let mut from = serde_json::Deserializer::from_str(self.json.as_str());
-        let mut to = serde_json::Serializer::new(&mut out);
-        serde_transcode::transcode(&mut from, &mut to).expect("our own JSON transcodes");
-        String::from_utf8(out).expect("JSON is UTF-8")
-    }
-
     /// The MessagePack form (a map with the JSON form's fields), encoded once.
     pub fn msgpack(&self) -> &Bytes {
         self.msgpack.get_or_init(|| {

@@ -41,10 +41,6 @@ pub struct WsConfig {
     /// `msgpack+deflate` the bound holds for the compressed frame. A single
     /// update larger than this still goes out whole, alone in its frame.
     pub max_frame_bytes: usize,
-    /// For benchmarks only: encode every update again for every client and
-    /// flush after every frame, as a naive server would. Never enable in
-    /// production; `hostpulse-bench --baseline` uses it to measure the gain.
-    pub naive_baseline: bool,
 }
 
 impl Default for WsConfig {
@@ -63,7 +59,6 @@ impl Default for WsConfig {
             ping_timeout_ms: 45_000,
             write_timeout_ms: 10_000,
             max_frame_bytes: MAX_FRAME_BYTES,
-            naive_baseline: false,
         }
     }
 }

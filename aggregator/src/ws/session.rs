@@ -310,18 +310,6 @@ impl Session {
     /// Writes `items` (batch frames split at `ws.max_frame_bytes`, or a
     /// frame each) and flushes once.
     async fn write(&self, socket: &mut WebSocket, items: &mut Vec<Item>) -> Result<(), WriteError> {
-        if self.state.config.naive_baseline {
-            for item in items.drain(..) {
-                let message = match &item {
-                    Item::Update(u) if self.encoding == Encoding::Json => {
-                        Message::Text(u.encode_json_again().into())
-                    }
-                    other => frames::single(other, self.encoding).finish(),
-                };
-                socket.send(message).await?;
-            }
-            return Ok(());
-        }
         if self.batch.is_zero() {
             for item in items.drain(..) {
                 let message = finish(frames::single(&item, self.encoding)).await?;
