@@ -68,7 +68,7 @@ impl HostEvent {
 }
 
 /// Turns an event into an update of the `hosts` topic, for the hub to number
-/// ([`crate::hub::Command::PublishNext`]).
+/// (`Command::PublishNext`).
 pub fn hosts_update(event: &HostEvent) -> Unnumbered {
     Unnumbered {
         topic: "hosts".into(),

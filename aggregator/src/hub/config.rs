@@ -1,5 +1,5 @@
 //! `[hub]`: history, the hub queue, forgetting and rate limits, with
-//! defaults and validation. [`crate::config::AggregatorConfig`] composes it.
+//! defaults and validation. `AggregatorConfig` (`config.rs`) composes it.
 
 use serde::{Deserialize, Serialize};
 

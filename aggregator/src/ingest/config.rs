@@ -1,5 +1,5 @@
 //! `[ingest]`: the gRPC listener and what an agent stream may send, with
-//! defaults and validation. [`crate::config::AggregatorConfig`] composes it.
+//! defaults and validation. `AggregatorConfig` (`config.rs`) composes it.
 
 use std::net::SocketAddr;
 

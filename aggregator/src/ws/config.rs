@@ -1,5 +1,5 @@
 //! `[ws]`: limits and timers of WebSocket sessions, with defaults and
-//! validation. [`crate::config::AggregatorConfig`] composes it.
+//! validation. `AggregatorConfig` (`config.rs`) composes it.
 
 use serde::{Deserialize, Serialize};
 

@@ -20,9 +20,9 @@
 //! and `batch_ms` (0 = a frame per update; otherwise updates are gathered for
 //! up to that long and sent as one `batch.update` frame).
 //!
-//! Files: [`upgrade`] admits and upgrades a connection, [`session`] is its
+//! Files: `upgrade.rs` admits and upgrades a connection, `session.rs` is its
 //! task (the loop above), with the requests a client sends in
-//! `session/requests.rs`; [`write`] puts frames on the socket; [`outbox`] is
+//! `session/requests.rs`; `write.rs` puts frames on the socket; [`outbox`] is
 //! the connection's queue (the hub pushes into it), [`frames`] and
 //! [`encoding`] its wire forms, [`protocol`] the client messages, [`replay`]
 //! history served at the socket's pace, and `config.rs` the `[ws]` section.
