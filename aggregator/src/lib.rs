@@ -183,6 +183,7 @@ pub async fn run(
         history_len: config.hub.history_len,
         history_max_bytes: config.hub.history_max_bytes,
         queue: config.hub.queue,
+        queue_bytes: config.hub.queue_max_bytes,
         rate_limits: config
             .hub
             .rate_limit

@@ -17,6 +17,10 @@ pub struct HubConfig {
     pub history_max_bytes: usize,
     /// Commands queued to the hub before publishers wait.
     pub queue: usize,
+    /// Bytes of updates queued to the hub before publishers wait: one
+    /// command can carry a whole batch of samples, so commands alone do not
+    /// bound its memory.
+    pub queue_max_bytes: usize,
     /// A host departed this long (its agent detached, or no peer announces
     /// it) with no update meanwhile is forgotten: its topics and history go,
     /// and `hosts` announces it `forgotten`. In ms; seven days by default.
@@ -41,8 +45,9 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             history_len: 600,
-            history_max_bytes: 256 << 20,
+            history_max_bytes: 2 << 30,
             queue: 4096,
+            queue_max_bytes: 64 << 20,
             forget_after_ms: 7 * 24 * 3_600_000,
             rate_limit: Vec::new(),
         }
@@ -56,6 +61,7 @@ impl HubConfig {
             ("hub.history_max_bytes", self.history_max_bytes as u64),
             ("hub.history_len", self.history_len as u64),
             ("hub.queue", self.queue as u64),
+            ("hub.queue_max_bytes", self.queue_max_bytes as u64),
             ("hub.forget_after_ms", self.forget_after_ms),
         ]) {
             return Some(p);

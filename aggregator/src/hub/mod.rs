@@ -127,6 +127,9 @@ pub struct HubSettings {
     pub history_max_bytes: usize,
     /// Commands queued before publishers wait.
     pub queue: usize,
+    /// Bytes of updates queued before publishers wait (one command can
+    /// carry thousands of updates, so commands alone do not bound memory).
+    pub queue_bytes: usize,
     /// Per-topic rate limits, first match wins.
     pub rate_limits: Vec<RateLimit>,
     /// In cluster mode, where host updates produced here go to be published
@@ -275,18 +278,43 @@ pub struct Replay {
     pub topics: Vec<ReplayTopic>,
 }
 
+/// A queued command, and the share of the byte bound it holds until the
+/// hub has handled it.
+#[derive(Debug)]
+struct Queued {
+    command: Command,
+    _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Command {
+    /// Bytes it holds for the queue's byte bound: its updates' JSON forms
+    /// (an event not encoded yet counts as a small update).
+    fn queued_bytes(&self) -> usize {
+        match self {
+            Command::Publish(updates) => updates.iter().map(|u| u.size()).sum(),
+            Command::PublishNext(updates) => updates.len() * 512,
+            _ => 0,
+        }
+    }
+}
+
 /// Cheap handle to send commands to the hub.
 #[derive(Debug, Clone)]
 pub struct HubHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<tokio::sync::Semaphore>,
+    max_bytes: usize,
     /// Shared counters.
     pub stats: Arc<HubStats>,
 }
 
 impl HubHandle {
-    /// How full the command queue is, from 0 (empty) to 1 (publishers wait).
+    /// How full the queue is, in commands or in bytes whichever is fuller,
+    /// from 0 (empty) to 1 (publishers wait).
     pub fn queue_fill(&self) -> f64 {
-        1.0 - self.tx.capacity() as f64 / self.tx.max_capacity() as f64
+        let commands = 1.0 - self.tx.capacity() as f64 / self.tx.max_capacity() as f64;
+        let bytes = 1.0 - self.bytes.available_permits() as f64 / self.max_bytes as f64;
+        commands.max(bytes)
     }
 
     /// The latest update of every topic starting with `prefix` (empty if the
@@ -313,16 +341,48 @@ impl HubHandle {
         rx.await.ok()
     }
 
-    /// Sends a command, waiting for room (the channel is bounded).
+    /// Sends a command, waiting for room (the queue is bounded in commands
+    /// and in bytes; a command larger than the whole byte bound waits for
+    /// an empty queue).
     pub async fn send(&self, command: Command) -> Result<(), HubClosed> {
-        self.tx.send(command).await.map_err(|_| HubClosed)
+        let size = command.queued_bytes().min(self.max_bytes);
+        let bytes = match size {
+            0 => None,
+            n => Some(
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n as u32)
+                    .await
+                    .map_err(|_| HubClosed)?,
+            ),
+        };
+        self.tx
+            .send(Queued {
+                command,
+                _bytes: bytes,
+            })
+            .await
+            .map_err(|_| HubClosed)
     }
+}
+
+/// The hub's queue, without the hub (which [`spawn`] starts on it).
+fn queue(settings: &HubSettings) -> (HubHandle, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(settings.queue);
+    let max_bytes = settings.queue_bytes.clamp(1, u32::MAX as usize);
+    let handle = HubHandle {
+        tx,
+        bytes: Arc::new(tokio::sync::Semaphore::new(max_bytes)),
+        max_bytes,
+        stats: Arc::new(HubStats::default()),
+    };
+    (handle, rx)
 }
 
 /// Starts the hub task. It ends when every handle is dropped.
 pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(settings.queue);
-    let stats = Arc::new(HubStats::default());
+    let (handle, rx) = queue(&settings);
+    let stats = handle.stats.clone();
     // Derived from the start time, like agents' sample seqs, so a topic the
     // hub numbers starts each aggregator run above the previous run's.
     let numbered_from = SystemTime::now()
@@ -331,7 +391,7 @@ pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) 
         .unwrap_or(0);
     let hub = Hub::new(settings, numbered_from, stats.clone());
     let task = tokio::spawn(hub.run(rx));
-    (HubHandle { tx, stats }, task)
+    (handle, task)
 }
 
 struct Topic {

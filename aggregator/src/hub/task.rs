@@ -16,7 +16,7 @@ use crate::update::Update;
 use crate::ws::outbox::Pushed;
 
 use super::routing::Routing;
-use super::{Command, Hub, HubSettings, HubStats, ReplayTopic, Topic};
+use super::{Command, Hub, HubSettings, HubStats, Queued, ReplayTopic, Topic};
 
 impl Hub {
     pub(super) fn new(settings: HubSettings, numbered_from: u64, stats: Arc<HubStats>) -> Self {
@@ -39,9 +39,10 @@ impl Hub {
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(command) = rx.recv().await {
-            self.handle(command);
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
+        while let Some(queued) = rx.recv().await {
+            // Its bytes are freed once handled.
+            self.handle(queued.command);
         }
     }
 

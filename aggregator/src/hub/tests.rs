@@ -7,6 +7,8 @@ use crate::ws::outbox::{Item, OutboxStats};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+mod groups;
+
 fn update(topic: &str, seq: u64) -> Update {
     let now = SystemTime::now();
     Update::new(
@@ -25,6 +27,7 @@ async fn only_local_host_updates_are_exported_and_answered_for() {
         history_len: 100,
         history_max_bytes: 1 << 20,
         queue: 64,
+        queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: Some(export),
     });
@@ -94,6 +97,7 @@ async fn presence_events_are_numbered_in_the_order_they_reach_the_hub() {
         history_len: 100,
         history_max_bytes: 1 << 20,
         queue: 64,
+        queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: None,
     });
@@ -153,6 +157,7 @@ async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
         history_len: 1000,
         history_max_bytes: 20_000,
         queue: 64,
+        queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: None,
     });
@@ -198,6 +203,7 @@ fn settings() -> HubSettings {
         history_len: 100,
         history_max_bytes: 1 << 20,
         queue: 64,
+        queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: None,
     }
@@ -378,4 +384,43 @@ fn a_since_map_keeps_only_topics_not_held_yet_until_they_appear() {
     assert_eq!(subs[1].since, Some(Since::All(2)));
 }
 
-mod groups;
+#[tokio::test]
+async fn the_hub_queue_is_bounded_in_bytes_as_well_as_commands() {
+    let one = update("host.a.cpu", 1).size();
+    let (hub, mut rx) = queue(&HubSettings {
+        queue_bytes: 10 * one,
+        ..settings()
+    });
+    // Two commands of four updates fit; a third waits for room, although
+    // the queue has room for 61 more commands.
+    let batch = |from: u64| (from..from + 4).map(|s| update("host.a.cpu", s)).collect();
+    hub.send(Command::Publish(batch(1))).await.unwrap();
+    hub.send(Command::Publish(batch(5))).await.unwrap();
+    assert!(hub.queue_fill() >= 0.8, "{}", hub.queue_fill());
+    let third = hub.send(Command::Publish(batch(9)));
+    tokio::pin!(third);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut third)
+            .await
+            .is_err(),
+        "a third batch went past the byte bound"
+    );
+    // The hub takes and handles one: its bytes are freed, the third goes in.
+    drop(rx.recv().await.expect("queued"));
+    tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("room after the first was handled")
+        .unwrap();
+    // A command larger than the whole bound still goes, alone.
+    drop(rx.recv().await);
+    drop(rx.recv().await);
+    hub.send(Command::Publish(
+        batch(100)
+            .into_iter()
+            .chain(batch(200))
+            .chain(batch(300))
+            .collect(),
+    ))
+    .await
+    .unwrap();
+}

@@ -35,6 +35,9 @@ use tokio::time::Instant;
 
 use crate::update::{SysMessage, Update};
 
+/// Queue capacity (items) above which a drained queue gives memory back.
+const SHRINK_ABOVE: usize = 1024;
+
 /// One queued item.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -296,6 +299,10 @@ impl Outbox {
         let now = Instant::now();
         let mut s = self.state.lock().expect("outbox lock");
         out.extend(s.queue.drain(..));
+        // A burst (a replay, a lag's end) leaves no large queue behind.
+        if s.queue.capacity() > SHRINK_ABOVE {
+            s.queue.shrink_to(64);
+        }
         s.bytes = 0;
         s.idle = true;
         if let Some(lag) = s.lag.take() {
@@ -365,6 +372,8 @@ impl Outbox {
         let mut s = self.state.lock().expect("outbox lock");
         s.throttles.retain(|t, _| keep(t));
         s.sent.retain(|t, _| keep(t));
+        s.throttles.shrink_to_fit();
+        s.sent.shrink_to_fit();
     }
 
     /// Forgets the throttle and ordering state of a topic the hub forgot

@@ -288,6 +288,11 @@ impl Session {
                     },
                 }
             }
+            // Nothing kept of a burst: thousands of idle connections must
+            // not each hold the largest batch they ever wrote.
+            if items.capacity() > 1024 {
+                items = Vec::new();
+            }
             // The chunk written (or nothing was): another replay may go, and
             // this one queues behind whatever else is ready to run.
             if self.replay_permit.take().is_some() {
