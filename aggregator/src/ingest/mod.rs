@@ -7,25 +7,29 @@
 //! acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
 //! what was wrong; other agents are not touched. On shutdown every stream ends
 //! with `UNAVAILABLE`, which agents treat as "reconnect".
+//!
+//! Files: this one is the service (authentication, `Hello`, `Welcome`);
+//! `session.rs` is a stream's task after it; [`registry`] the attached agents
+//! and the `hosts` events; [`forget`] the departed hosts' end; `config.rs` the
+//! `[ingest]` section.
 
 mod config;
 pub mod forget;
 pub mod registry;
+mod session;
 
 pub use config::IngestConfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::time::Instant;
-
+use hostpulse_proto::SCHEMA_VERSION;
 use hostpulse_proto::v1::{
-    Ack, AgentMessage, AggregatorMessage, Hello, Welcome, agent_message, aggregator_message,
+    AgentMessage, AggregatorMessage, Hello, Welcome, agent_message, aggregator_message,
     ingest_server::Ingest,
 };
-use hostpulse_proto::{SCHEMA_VERSION, Sample, decode_batch};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -34,9 +38,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AgentGrant, Auth, bearer};
 use crate::hub::{Command, HubHandle};
-use crate::ingest::registry::{Registry, Verdict};
-use crate::topic::host_topic;
-use crate::update::{Payload, Update, from_unix_ms};
+use crate::ingest::registry::Registry;
+use session::{AgentSession, Topics};
 
 /// Replies queued towards one agent.
 const REPLY_QUEUE: usize = 64;
@@ -238,248 +241,4 @@ async fn publish_event(hub: &HubHandle, event: &crate::update::HostEvent) {
             event,
         )]))
         .await;
-}
-
-/// The topic names of one host, built once per stream.
-struct Topics {
-    cpu: Arc<str>,
-    memory: Arc<str>,
-    load: Arc<str>,
-    processes: Arc<str>,
-    network: Arc<str>,
-    disk: Arc<str>,
-    filesystems: Arc<str>,
-    system: Arc<str>,
-    temperatures: Arc<str>,
-}
-
-impl Topics {
-    fn new(host: &str) -> Self {
-        let topic = |metric| -> Arc<str> { host_topic(host, metric).into() };
-        Self {
-            cpu: topic("cpu"),
-            memory: topic("memory"),
-            load: topic("load"),
-            processes: topic("processes"),
-            network: topic("network"),
-            disk: topic("disk"),
-            filesystems: topic("filesystems"),
-            system: topic("system"),
-            temperatures: topic("temperatures"),
-        }
-    }
-
-    /// One update per metric family present in the sample.
-    fn updates(&self, sample: Sample, received: SystemTime, out: &mut Vec<Update>) {
-        let taken = from_unix_ms(sample.timestamp_ms);
-        let seq = sample.seq;
-        let mut add = |topic: &Arc<str>, payload| {
-            out.push(Update::new(topic.clone(), seq, taken, received, payload));
-        };
-        if let Some(cpu) = sample.cpu {
-            add(&self.cpu, Payload::Cpu(cpu));
-        }
-        if let Some(m) = sample.memory {
-            add(&self.memory, Payload::Memory(m));
-        }
-        if let Some(l) = sample.load {
-            add(&self.load, Payload::Load(l));
-        }
-        if let Some(p) = sample.processes {
-            add(&self.processes, Payload::Processes(p));
-        }
-        if let Some(n) = sample.network {
-            add(&self.network, Payload::Network(n));
-        }
-        if let Some(d) = sample.disk {
-            add(&self.disk, Payload::Disk(d));
-        }
-        if let Some(f) = sample.filesystems {
-            add(&self.filesystems, Payload::Filesystems(f));
-        }
-        if let Some(s) = sample.system {
-            add(&self.system, Payload::System(s));
-        }
-        if let Some(t) = sample.temperatures {
-            add(&self.temperatures, Payload::Temperatures(t));
-        }
-    }
-}
-
-struct AgentSession {
-    peer: Option<SocketAddr>,
-    /// Batches this stream may still send now; an empty bucket is waited
-    /// out (the agent is slowed through gRPC flow control, not refused).
-    budget: crate::limit::TokenBucket,
-    silence: Duration,
-    topics: Topics,
-    agent_id: String,
-    generation: u64,
-    hub: HubHandle,
-    registry: Arc<Registry>,
-    settings: IngestSettings,
-}
-
-impl AgentSession {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<AgentMessage>,
-        tx: mpsc::Sender<Result<AggregatorMessage, Status>>,
-        shutdown: CancellationToken,
-    ) {
-        let mut heard = Instant::now();
-        let mut silent = false;
-        let end = loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break Some(Status::unavailable("aggregator shutting down; reconnect")),
-                _ = tx.closed() => break None,
-                _ = tokio::time::sleep_until(heard + self.silence), if !silent => {
-                    silent = true;
-                    self.announce(false).await;
-                    continue;
-                }
-                m = inbound.message() => m,
-            };
-            heard = Instant::now();
-            if silent {
-                silent = false;
-                self.announce(true).await;
-            }
-            match message {
-                Ok(Some(AgentMessage {
-                    kind: Some(agent_message::Kind::Batch(batch)),
-                })) => match self.paced(batch).await {
-                    Ok(ack) => {
-                        if tx.send(Ok(ack)).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Err(status) => {
-                        self.registry.stats.refused.fetch_add(1, Ordering::Relaxed);
-                        break Some(refuse(self.peer, status));
-                    }
-                },
-                Ok(Some(_)) => {
-                    break Some(refuse(
-                        self.peer,
-                        Status::invalid_argument("only Batch may follow Hello on a stream"),
-                    ));
-                }
-                Ok(None) => break None,
-                Err(status) => {
-                    // A vanished agent shows as Cancelled/Unknown/Unavailable;
-                    // anything else (a message over the size limit, bad
-                    // compression) is the agent's error and is told to it.
-                    use tonic::Code::{Cancelled, Unavailable, Unknown};
-                    if matches!(status.code(), Cancelled | Unknown | Unavailable) {
-                        tracing::debug!(peer = ?self.peer, %status, "agent stream broke");
-                        break None;
-                    }
-                    break Some(refuse(self.peer, status));
-                }
-            }
-        };
-        if let Some(status) = end {
-            let _ = tx.send(Err(status)).await;
-        }
-        if let Some(event) = self.registry.detach(&self.agent_id, self.generation) {
-            tracing::info!(peer = ?self.peer, agent_id = %self.agent_id, host = %event.host, "agent detached");
-            publish_event(&self.hub, &event).await;
-        }
-    }
-
-    /// Waits for the rate budget, then handles the batch.
-    async fn paced(
-        &mut self,
-        batch: hostpulse_proto::v1::Batch,
-    ) -> Result<AggregatorMessage, Status> {
-        if let Some(wait) = self.budget.take(Instant::now()) {
-            tokio::time::sleep(wait).await;
-        }
-        self.handle_batch(batch).await
-    }
-
-    /// Publishes a presence change, if it is one.
-    async fn announce(&self, online: bool) {
-        if let Some(event) = self
-            .registry
-            .presence(&self.agent_id, self.generation, online)
-        {
-            tracing::info!(peer = ?self.peer, host = %event.host, event = %event.event, silence_ms = self.silence.as_millis() as u64, "agent presence");
-            publish_event(&self.hub, &event).await;
-        }
-    }
-
-    async fn handle_batch(
-        &self,
-        batch: hostpulse_proto::v1::Batch,
-    ) -> Result<AggregatorMessage, Status> {
-        // Ask agents to slow down while the hub falls behind.
-        let overloaded = self.hub.queue_fill() >= self.settings.overload_queue_fraction;
-        let min_interval_ms = if overloaded {
-            self.settings
-                .overload_interval
-                .as_millis()
-                .min(u32::MAX as u128) as u32
-        } else {
-            0
-        };
-        let ack = AggregatorMessage {
-            kind: Some(aggregator_message::Kind::Ack(Ack {
-                seq: batch.seq,
-                min_interval_ms,
-            })),
-        };
-        match self
-            .registry
-            .check(&self.agent_id, self.generation, batch.seq)
-        {
-            Verdict::Duplicate => {
-                self.registry
-                    .stats
-                    .duplicates
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok(ack);
-            }
-            Verdict::Superseded => {
-                return Err(Status::aborted(
-                    "superseded by a newer stream of this agent",
-                ));
-            }
-            Verdict::New => {}
-        }
-        let samples = decode_batch(
-            &batch.samples,
-            batch.sample_count,
-            self.settings.max_samples_per_batch,
-        )
-        .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
-        let latest = crate::update::unix_ms_now() + self.settings.max_future.as_millis() as i64;
-        if let Some(s) = samples.iter().find(|s| s.timestamp_ms > latest) {
-            return Err(Status::invalid_argument(format!(
-                "batch {}: sample seq {} is timestamped {} ms in the future, more than the {} ms allowed",
-                batch.seq,
-                s.seq,
-                s.timestamp_ms - crate::update::unix_ms_now(),
-                self.settings.max_future.as_millis()
-            )));
-        }
-        let received = SystemTime::now();
-        let mut updates = Vec::with_capacity(samples.len() * 9);
-        for sample in samples {
-            self.topics.updates(sample, received, &mut updates);
-        }
-        self.hub
-            .send(Command::Publish(updates))
-            .await
-            .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
-        self.registry
-            .commit(&self.agent_id, self.generation, batch.seq);
-        self.registry.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.registry
-            .stats
-            .samples
-            .fetch_add(u64::from(batch.sample_count), Ordering::Relaxed);
-        Ok(ack)
-    }
 }
