@@ -3,42 +3,59 @@
 //! subscribers.
 //!
 //! # Layout
-//! - [`config`]: `aggregator.toml` schema, defaults and validation.
-//! - [`auth`]: tokens for agents and clients, and what they grant.
-//! - [`ingest`]: the tonic `Ingest` service, one task per agent stream.
-//! - [`registry`]: attached agents, duplicate detection, the `hosts` topic.
-//! - [`tls`]: certificates, and TLS for both listeners.
-//! - [`topic`]: topic names, host sanitising, wildcard patterns.
-//! - [`update`]: an update and its wire forms, each encoded once.
-//! - [`encoding`]: the encodings a client may choose, and the deflater.
-//! - [`history`]: per-topic history, compact and read concurrently, for resume and replay.
-//! - [`hub`]: the single task owning topics and live routing.
-//! - [`forget`]: forgetting hosts departed for `hub.forget_after`.
-//! - [`outbox`]: a connection's bounded outgoing queue.
-//! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.
-//! - [`http`]: the router (`/ws`, `/api/v1/hosts`, `/healthz`).
-//! - [`api`]: the REST snapshot of hosts and their latest metrics.
-//! - [`metrics`]: Prometheus exposition at `/metrics`.
+//! The architecture, one directory per part:
+//! - [`ingest`]: agents in. The tonic `Ingest` service, one task per agent
+//!   stream ([`ingest::registry`]: attached agents, duplicates, presence;
+//!   [`ingest::forget`]: forgetting hosts departed for `hub.forget_after`).
+//! - [`hub`]: the single task owning topics and live routing by subscription
+//!   groups (`hub/routing.rs`), publishing into connections' outboxes.
+//! - [`history`]: per-topic history, compact and read concurrently, for
+//!   resume and replay.
+//! - [`ws`]: clients out. The `/ws` upgrade and admission, one session task
+//!   per connection, its [`ws::outbox`], frames, [`ws::encoding`]s, protocol
+//!   and replay.
+//! - [`http`]: the router and its state, the REST snapshot
+//!   ([`http::api`]), Prometheus `/metrics` ([`http::metrics`]) and the
+//!   embedded dashboard.
 //! - [`cluster`]: sharing updates and presence with other aggregators
 //!   through NATS (`[cluster]`, off by default).
 //!
+//! Small things several parts share stay at the top: [`update`] (an update,
+//! its wire forms encoded once, and the `hosts` payload), [`topic`] (names,
+//! host sanitising, patterns), [`auth`] (tokens and grants, for agents and
+//! clients alike), [`tls`] (both listeners), [`limit`] (the token bucket of
+//! ingest and ws). [`config`] composes the sections each module owns
+//! (`ingest::IngestConfig`, `hub::HubConfig`, `ws::WsConfig`,
+//! `http::HttpConfig`, `cluster::ClusterConfig`, ...), loads the TOML and
+//! validates.
+//!
+//! # Dependency order
+//! Each uses only what is listed before it (no circles):
+//! 1. `topic`, `limit`, `tls`, `ws::encoding`: nothing of the crate.
+//! 2. `auth`: topic. `update`: `ws::encoding`.
+//! 3. `history`, `ws::outbox`: update. (`ws::encoding` and `ws::outbox` are
+//!    leaves the lower layers use: the encodings of an update, and the queue
+//!    the hub pushes into and the session drains.)
+//! 4. `hub`: auth, topic, update, history, `ws::outbox`.
+//! 5. `ingest`: hub, auth, topic, update, limit.
+//! 6. `ws` (upgrade, session, frames, protocol, replay): hub, auth, topic,
+//!    update, limit.
+//! 7. `cluster`: hub, `ingest::registry`, update.
+//! 8. `http`: ws, hub, `ingest::registry`, cluster, auth, topic, update; its
+//!    children (`api`, `metrics`, `dashboard`) reach its state through `super`.
+//! 9. `config`: every section's config type, auth and tls (to check them).
+//! 10. [`run`] (this file): everything.
+//!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
-pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
-pub mod dashboard;
-pub mod encoding;
-pub mod forget;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod limit;
-pub mod metrics;
-pub mod outbox;
-pub mod registry;
 pub mod tls;
 pub mod topic;
 pub mod update;
@@ -60,8 +77,8 @@ use tonic::service::interceptor::InterceptedService;
 pub use config::AggregatorConfig;
 
 use crate::config::ms;
+use crate::ingest::registry::Registry;
 use crate::ingest::{IngestService, IngestSettings};
-use crate::registry::Registry;
 
 /// How long shutdown may take before remaining connections are dropped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -208,7 +225,7 @@ pub async fn run(
         None => None,
     };
 
-    tasks.spawn(forget::run(
+    tasks.spawn(ingest::forget::run(
         hub.clone(),
         registry.clone(),
         ms(config.hub.forget_after_ms),

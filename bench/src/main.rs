@@ -3,12 +3,14 @@
 //! deliveries/s, latency percentiles from sample creation to receipt, the
 //! aggregator's CPU and memory, and medians over several runs.
 //!
-//! `--baseline` also runs each fan-out scenario against the aggregator in its
-//! naive mode (one encode and one flush per client per update), so the gain
-//! is a ratio measured in the same run on the same machine.
+//! `--baseline` also runs each unbatched fan-out scenario against a naive
+//! server of the benchmark's own ([`naive`]: one encode and one flush per
+//! client per update, fed by the same agent streams), so the gain is a ratio
+//! measured in the same run on the same machine.
 
 mod cluster;
 mod load;
+mod naive;
 mod rawws;
 mod server;
 
@@ -44,6 +46,9 @@ struct Args {
     /// Also run fan-out scenarios against the naive baseline.
     #[arg(long)]
     baseline: bool,
+    /// Be the naive baseline server (started by `--baseline` runs).
+    #[arg(long, hide = true)]
+    naive_server: bool,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
@@ -162,6 +167,9 @@ pub(crate) type Figures = Vec<(&'static str, f64)>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.naive_server {
+        return naive::run();
+    }
     if args.list {
         for (name, kind) in SCENARIOS {
             println!("{name:28} {kind:?}");
@@ -275,11 +283,6 @@ async fn run_once(
     secs: u64,
     core: Option<usize>,
 ) -> anyhow::Result<Figures> {
-    let extra = if naive {
-        "[ws]\nnaive_baseline = true\n"
-    } else {
-        ""
-    };
     if let Kind::Cluster {
         agents,
         clients,
@@ -288,7 +291,11 @@ async fn run_once(
     {
         return cluster::run_once(binary, agents, clients, nodes, secs, core).await;
     }
-    let server = Server::start(binary, extra, core)?;
+    let server = if naive {
+        Server::start_naive(core)?
+    } else {
+        Server::start(binary, "", core)?
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Received::default());
     let published = Arc::new(PublishStats::default());

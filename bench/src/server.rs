@@ -1,5 +1,6 @@
-//! The aggregator under test: the real binary, pinned to one core, with its
-//! CPU time and resident memory read from /proc.
+//! The server under test: the real aggregator binary (or, for `--baseline`,
+//! the benchmark's own naive server, [`crate::naive`]), pinned to one core,
+//! with its CPU time and resident memory read from /proc.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ pub(crate) struct Server {
     pub(crate) ingest: SocketAddr,
     /// HTTP/WebSocket address.
     pub(crate) http: SocketAddr,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 struct TempDir(PathBuf);
@@ -56,6 +57,28 @@ impl Server {
                  [http]\nlisten = \"127.0.0.1:0\"\n[hub]\nhistory_len = 16\nqueue = 16384\n{extra}"
             ),
         )?;
+        Self::launch(
+            binary,
+            &["--config".as_ref(), config.as_os_str()],
+            core,
+            Some(TempDir(dir)),
+        )
+    }
+
+    /// Starts the naive baseline server (this binary, `--naive-server`),
+    /// pinned to `core` when given.
+    pub(crate) fn start_naive(core: Option<usize>) -> anyhow::Result<Self> {
+        let binary = std::env::current_exe()?;
+        Self::launch(&binary, &["--naive-server".as_ref()], core, None)
+    }
+
+    /// Runs `binary args` and waits for its "aggregator listening" line.
+    fn launch(
+        binary: &PathBuf,
+        args: &[&std::ffi::OsStr],
+        core: Option<usize>,
+        dir: Option<TempDir>,
+    ) -> anyhow::Result<Self> {
         let mut command = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
@@ -67,8 +90,7 @@ impl Server {
             None => Command::new(binary),
         };
         let mut child = command
-            .arg("--config")
-            .arg(&config)
+            .args(args)
             .env(
                 "RUST_LOG",
                 "hostpulse_aggregator=warn,hostpulse_aggregator=info",
@@ -105,7 +127,7 @@ impl Server {
             ingest: addr("ingest_addr")?,
             http: addr("http_addr")?,
             child,
-            _dir: TempDir(dir),
+            _dir: dir,
         })
     }
 

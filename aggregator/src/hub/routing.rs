@@ -9,7 +9,7 @@
 //! the group's last member leaves.
 //!
 //! A connection in several groups matching one topic gets each update once:
-//! its outbox refuses a seq it has already queued ([`crate::outbox`]), so
+//! its outbox refuses a seq it has already queued ([`crate::ws::outbox`]), so
 //! the first group's push delivers and the others' are stale (the least
 //! throttled subscription wins, as a throttled update still pending is
 //! dropped once a newer one has gone out).
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Grant;
-use crate::outbox::Outbox;
 use crate::topic;
+use crate::ws::outbox::Outbox;
 
 use super::ConnId;
 

@@ -14,7 +14,7 @@
 //! published since and delivers live from there: no gap, no duplicate.
 
 use crate::hub::{Command, ConnId, Replay, ReplayTopic};
-use crate::outbox::{Outbox, Pushed};
+use crate::ws::outbox::{Outbox, Pushed};
 
 /// Passes over a replay's topics before it joins whatever is left.
 pub const MAX_PASSES: u32 = 4;

@@ -226,7 +226,8 @@ async fn batching_with_lag_keeps_each_topic_rising_within_the_batch_frame() {
     tokio::time::advance(batch - Duration::from_millis(60)).await;
     let mut items = Vec::new();
     o.drain_into(&mut items);
-    let mut frames = crate::ws::frames::batches(&items, crate::encoding::Encoding::Json, 1 << 20);
+    let mut frames =
+        crate::ws::frames::batches(&items, crate::ws::encoding::Encoding::Json, 1 << 20);
     assert_eq!(frames.len(), 1, "one frame holds the whole batch");
     let axum::extract::ws::Message::Text(text) = frames.pop().unwrap().finish() else {
         panic!("a JSON batch is a text frame")
