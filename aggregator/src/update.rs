@@ -236,6 +236,21 @@ impl Update {
     }
 }
 
+#[cfg(test)]
+impl Update {
+    /// An update of `topic` taken and received now, for tests.
+    pub(crate) fn test(topic: &str, seq: u64, payload: Value) -> Arc<Self> {
+        let now = SystemTime::now();
+        Arc::new(Self::new(
+            topic.into(),
+            seq,
+            now,
+            now,
+            Payload::Other(payload),
+        ))
+    }
+}
+
 /// An update whose seq the hub assigns: the next of its topic, taken in the
 /// hub task in the order such updates arrive there. Events that no sample
 /// numbers (the `hosts` topic) are published this way, so two produced at

@@ -384,8 +384,19 @@ fn water_level(mut held: Vec<usize>, budget: usize) -> usize {
 /// is gone.
 fn sealer(queue: Receiver<Arc<TopicHistory>>, stats: Arc<HistoryStats>) {
     while let Ok(h) = queue.recv() {
-        while seal_one(&h, &stats) {}
-        h.sealing.store(false, Ordering::Release);
+        loop {
+            while seal_one(&h, &stats) {}
+            h.sealing.store(false, Ordering::Release);
+            // A push between the last look and clearing the flag saw it
+            // still set and asked for nothing: look once more.
+            let due = {
+                let log = h.log();
+                !log.dead && log.tail.len() >= BLOCK + KEEP
+            };
+            if !due || h.sealing.swap(true, Ordering::AcqRel) {
+                break;
+            }
+        }
     }
 }
 

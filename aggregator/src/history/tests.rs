@@ -2,18 +2,10 @@
 //! of sealed blocks, the byte bound and its fair trimming, forgetting.
 
 use super::*;
-use crate::update::Payload;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 fn up(topic: &str, seq: u64, body_len: usize) -> Arc<Update> {
-    let now = SystemTime::now();
-    Arc::new(Update::new(
-        topic.into(),
-        seq,
-        now,
-        now,
-        Payload::Other(format!("{seq}:{}", "x".repeat(body_len)).into()),
-    ))
+    Update::test(topic, seq, format!("{seq}:{}", "x".repeat(body_len)).into())
 }
 
 /// Like [`up`], with a body that does not compress (so only the byte
@@ -28,14 +20,7 @@ fn noisy(topic: &str, seq: u64, body_len: usize) -> Arc<Update> {
             char::from(b"0123456789abcdef"[(x & 15) as usize])
         })
         .collect();
-    let now = SystemTime::now();
-    Arc::new(Update::new(
-        topic.into(),
-        seq,
-        now,
-        now,
-        Payload::Other(body.into()),
-    ))
+    Update::test(topic, seq, body.into())
 }
 
 fn seqs(updates: &[Arc<Update>]) -> Vec<u64> {

@@ -1,6 +1,7 @@
 //! `[hub]`: history, the hub queue, forgetting and rate limits, with
 //! defaults and validation. `AggregatorConfig` (`config.rs`) composes it.
 
+use hostpulse_common::config::first_zero;
 use serde::{Deserialize, Serialize};
 
 /// `[hub]`
@@ -57,7 +58,7 @@ impl Default for HubConfig {
 impl HubConfig {
     /// The first value that parses but cannot work, as (key, reason).
     pub fn problem(&self) -> Option<(&'static str, String)> {
-        if let Some(p) = zero(&[
+        if let Some(p) = first_zero(&[
             ("hub.history_max_bytes", self.history_max_bytes as u64),
             ("hub.history_len", self.history_len as u64),
             ("hub.queue", self.queue as u64),
@@ -76,12 +77,4 @@ impl HubConfig {
         }
         None
     }
-}
-
-/// The first of `values` that is zero, as a problem.
-fn zero(values: &[(&'static str, u64)]) -> Option<(&'static str, String)> {
-    values
-        .iter()
-        .find(|(_, v)| *v == 0)
-        .map(|(key, _)| (*key, "must be positive".to_string()))
 }

@@ -1,6 +1,7 @@
 //! `[ingest]`: the gRPC listener and what an agent stream may send, with
 //! defaults and validation. `AggregatorConfig` (`config.rs`) composes it.
 
+use hostpulse_common::config::first_zero;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -60,7 +61,7 @@ impl Default for IngestConfig {
 impl IngestConfig {
     /// The first value that parses but cannot work, as (key, reason).
     pub fn problem(&self) -> Option<(&'static str, String)> {
-        if let Some(p) = zero(&[
+        if let Some(p) = first_zero(&[
             ("ingest.offline_after_ms", self.offline_after_ms),
             ("ingest.max_message_bytes", self.max_message_bytes as u64),
             (
@@ -83,12 +84,4 @@ impl IngestConfig {
         }
         None
     }
-}
-
-/// The first of `values` that is zero, as a problem.
-fn zero(values: &[(&'static str, u64)]) -> Option<(&'static str, String)> {
-    values
-        .iter()
-        .find(|(_, v)| *v == 0)
-        .map(|(key, _)| (*key, "must be positive".to_string()))
 }

@@ -1,6 +1,7 @@
 //! `[ws]`: limits and timers of WebSocket sessions, with defaults and
 //! validation. `AggregatorConfig` (`config.rs`) composes it.
 
+use hostpulse_common::config::first_zero;
 use serde::{Deserialize, Serialize};
 
 /// `[ws]`
@@ -72,7 +73,7 @@ pub const MIN_FRAME_BYTES: usize = 1 << 10;
 impl WsConfig {
     /// The first value that parses but cannot work, as (key, reason).
     pub fn problem(&self) -> Option<(&'static str, String)> {
-        if let Some(p) = zero(&[
+        if let Some(p) = first_zero(&[
             ("ws.max_message_bytes", self.max_message_bytes as u64),
             ("ws.max_subscriptions", self.max_subscriptions as u64),
             ("ws.ping_interval_ms", self.ping_interval_ms),
@@ -104,12 +105,4 @@ impl WsConfig {
         }
         None
     }
-}
-
-/// The first of `values` that is zero, as a problem.
-fn zero(values: &[(&'static str, u64)]) -> Option<(&'static str, String)> {
-    values
-        .iter()
-        .find(|(_, v)| *v == 0)
-        .map(|(key, _)| (*key, "must be positive".to_string()))
 }

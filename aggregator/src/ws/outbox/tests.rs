@@ -3,20 +3,11 @@
 //! strictly rise, whatever mix of throttle, lag, batching and replay).
 
 use super::*;
-use crate::update::Payload;
-use std::time::SystemTime;
 
 /// An update of `topic` whose JSON form is about `pad` bytes longer than the
 /// smallest.
 pub(super) fn up(topic: &str, seq: u64, pad: usize) -> Arc<Update> {
-    let now = SystemTime::now();
-    Arc::new(Update::new(
-        topic.into(),
-        seq,
-        now,
-        now,
-        Payload::Other(serde_json::json!("x".repeat(pad))),
-    ))
+    Update::test(topic, seq, serde_json::json!("x".repeat(pad)))
 }
 
 /// The (topic, seq) of each update in `items`, in order.
