@@ -3,12 +3,13 @@
 #   make run-cluster  nats-server, two aggregators and two agents on 127.0.0.1
 #   make test   what the tests need, formatting, lints, and the whole test suite
 #   make deb    Debian packages of the agent and the aggregator (target/debian/)
-#   make static the agent as one static binary (x86_64-unknown-linux-musl)
+#   make static the agent as one static binary (x86_64-unknown-linux-musl;
+#               make static-aarch64 for aarch64-unknown-linux-musl)
 
 CARGO ?= cargo
 NPM ?= npm
 
-.PHONY: run run-cluster test build deb static lint fmt clean bench fuzz dashboard dashboard-test
+.PHONY: run run-cluster test build deb static static-aarch64 lint fmt clean bench bench-hub fuzz dashboard dashboard-test
 
 run: dashboard
 	@deploy/run-local.sh
@@ -54,6 +55,11 @@ bench:
 	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)
 	scripts/agent-cost.sh 60
 
+# The hub micro-benchmark: subscribe, publish and disconnect costs at 10,000
+# topics x 1,000 connections (prints medians of 3).
+bench-hub:
+	$(CARGO) test --release -p hostpulse-aggregator --lib hub_costs -- --ignored --nocapture
+
 # Coverage-guided fuzzing of the request parser, the batch decoder and the
 # config loaders, FUZZ_SECS seconds each (needs cargo-fuzz; CI runs 60 s each).
 FUZZ_SECS ?= 60
@@ -89,6 +95,23 @@ MUSL_TARGET = x86_64-unknown-linux-musl
 static:
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
 	$(CARGO) build --release --target $(MUSL_TARGET) -p hostpulse-agent
+
+# The same for 64-bit ARM nodes, cross-built on x86_64:
+# target/aarch64-unknown-linux-musl/release/hostpulse-agent. Debian's
+# gcc-aarch64-linux-gnu links it and compiles ring's C code; the C library,
+# start files and unwinder are the musl ones shipped with the rustup target
+# (self-contained), so no aarch64 sysroot is needed: ring's C is built
+# freestanding, in the no-libc mode ring provides for this target
+# (RING_CORE_NOSTDLIBINC). qemu-aarch64 (Debian: qemu-user) runs the result
+# here (scripts/static-agent-test.sh).
+AARCH64_TARGET = aarch64-unknown-linux-musl
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+static-aarch64:
+	@rustup target list --installed | grep -qx $(AARCH64_TARGET) || rustup target add $(AARCH64_TARGET)
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$(AARCH64_CC) \
+	CC_aarch64_unknown_linux_musl=$(AARCH64_CC) \
+	CFLAGS_aarch64_unknown_linux_musl="-ffreestanding -DRING_CORE_NOSTDLIBINC=1" \
+	$(CARGO) build --release --target $(AARCH64_TARGET) -p hostpulse-agent
 
 build: dashboard
 	$(CARGO) build --workspace --release --bins

@@ -18,7 +18,11 @@
 #                                    installed by `make deb`)
 #   x86_64-linux-musl-gcc          C compiler for ring's code in the static agent
 #     (musl-tools)                   (`make static`)
-#   readelf (binutils), file       check the static agent (scripts/static-agent-test.sh)
+#   aarch64-linux-gnu-gcc          linker and C compiler of the cross-built aarch64
+#     (gcc-aarch64-linux-gnu)        static agent (`make static-aarch64`)
+#   qemu-aarch64 (qemu-user)       runs that agent here (scripts/static-agent-test.sh)
+#   readelf (binutils), file,      check the static agents; openssl makes the
+#     openssl (openssl)              certificates of the TLS check
 set -euo pipefail
 
 check_only=false
@@ -41,6 +45,9 @@ missing_packages() {
     have readelf || m+=(binutils)
     have file || m+=(file)
     have x86_64-linux-musl-gcc || m+=(musl-tools)
+    have aarch64-linux-gnu-gcc || m+=(gcc-aarch64-linux-gnu)
+    have qemu-aarch64 || m+=(qemu-user)
+    have openssl || m+=(openssl)
     echo "${m[@]:-}"
 }
 

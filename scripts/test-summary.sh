@@ -17,7 +17,9 @@
 #         "musl: ..." from scripts/static-agent-test.sh (their own ok:/FAIL:
 #         lines above it). A failed run of one with no such line leaves the
 #         status non-zero with nothing counted: INCOMPLETE.
-# Errored counts join the failed ones in the closing line.
+# Errored counts join the failed ones in the closing line. Before the counts,
+# the name of every failed test (cargo "test x ... FAILED", vitest "FAIL  file >
+# test", the scripts' "FAIL:" lines), so the end of a long log says which.
 set -euo pipefail
 log=$1
 status=$2
@@ -58,6 +60,21 @@ errored=$((cargo_errored + vitest_errored))
 failed=$((cargo_failed + vitest_failed + deb_failed + errored))
 skipped=$((cargo_ignored + vitest_skipped + deb_skipped))
 
+# Which tests failed, by name, so that the last lines of a long log say it.
+failures=$(
+    {
+        grep -E '^test .* \.\.\. FAILED$' <<<"$plain" | sed -E 's/^test (.*) \.\.\. FAILED$/cargo: \1/' || true
+        grep -E '^error: test failed, to rerun pass' <<<"$plain" | sed -E 's/^error: test failed, to rerun pass /cargo binary: /' || true
+        grep -E '^ *FAIL +[^ ]' <<<"$plain" | sed -E 's/^ *FAIL +/vitest: /' || true
+        grep -E '^FAIL: ' <<<"$plain" | sed -E 's/^FAIL: /script: /' || true
+    } | awk '!seen[$0]++'
+)
+if [ -n "$failures" ]; then
+    echo "failed:"
+    head -n 40 <<<"$failures" | sed 's/^/  /'
+    n=$(wc -l <<<"$failures")
+    [ "$n" -le 40 ] || echo "  ... and $((n - 40)) more (see $log)"
+fi
 echo "cargo: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored, $cargo_errored binaries ended without a result line"
 echo "vitest: $vitest_passed passed, $vitest_failed failed, $vitest_skipped skipped, $vitest_errored errored (failed files or unhandled errors)"
 echo "deb and musl scripts: $deb_passed passed, $deb_failed failed, $deb_skipped skipped"

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Waits for one update on a hostpulse WebSocket topic (stdlib only: no
-websocat or websockets package on CI). Used by scripts/deb-test.sh.
+websocat or websockets package on CI). Used by scripts/deb-test.sh,
+scripts/static-agent-test.sh and scripts/measure-upgrade-gap.sh.
 
-    ws-wait-update.py HOST:PORT TOPIC TIMEOUT_SECS
+    ws-wait-update.py HOST:PORT TOPIC TIMEOUT_SECS [--follow]
 
 Connects to ws://HOST:PORT/ws (JSON encoding, no compression offered),
 subscribes to TOPIC, and exits 0 printing the first update whose `topic` is
 TOPIC and that carries a `payload`; exits 1 on timeout, close or error.
+
+With --follow it prints every such update, one JSON object per line as it
+arrives, until TIMEOUT_SECS have passed (or it is killed), and exits 0 if
+there was at least one.
 """
 import base64
 import json
@@ -50,7 +55,9 @@ def recv_frame(sock):
 
 
 def main():
+    follow = "--follow" in sys.argv[4:]
     addr, topic, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    seen = 0
     deadline = time.monotonic() + timeout
     host, port = addr.rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=timeout)
@@ -73,6 +80,8 @@ def main():
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
+            if follow and seen:
+                return 0
             print(f"no update on {topic} within {timeout} s", file=sys.stderr)
             return 1
         sock.settimeout(left)
@@ -92,8 +101,10 @@ def main():
             continue
         msg = json.loads(data)
         if msg.get("topic") == topic and "payload" in msg:
-            print(json.dumps(msg))
-            return 0
+            print(json.dumps(msg), flush=True)
+            if not follow:
+                return 0
+            seen += 1
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ async fn maybe<F: Future>(f: Option<F>) -> F::Output {
     }
 }
 
-/// Runs until `shutdown` fires and the drain ends (all acked or timed out),
-/// or the sample channel closes.
+/// Runs until `shutdown` fires (or the sample channel closes) and the drain
+/// ends: the sample channel closed and every batch acknowledged, or the
+/// drain timeout.
 pub async fn run(
     mut settings: PipelineSettings,
     mut samples: mpsc::Receiver<Sample>,
@@ -117,8 +118,15 @@ pub async fn run(
     let mut samples_open = true;
 
     loop {
-        if drain_deadline.is_some() && pending.is_empty() && spool.unacked() == 0 {
-            tracing::info!("every batch acknowledged; exiting");
+        // Shutting down ends once the sampler has stopped (its channel is
+        // closed, so a sample it was taking when the signal came is in) and
+        // the aggregator has acknowledged everything, or at the drain deadline.
+        if drain_deadline.is_some() && !samples_open && pending.is_empty() && spool.unacked() == 0 {
+            tracing::info!(
+                last_sample_seq = status.last_sample_seq.load(Ordering::Relaxed),
+                samples_taken = status.samples_taken.load(Ordering::Relaxed),
+                "every batch acknowledged; exiting"
+            );
             break;
         }
         let sending = link_tx.is_some() && spool.has_unsent();
@@ -130,7 +138,12 @@ pub async fn run(
                 tracing::info!(batches = spool.unacked(), "shutting down: sending what is pending");
             }
             _ = maybe(drain_deadline.map(sleep_until)) => {
-                tracing::warn!(unacknowledged = spool.unacked(), "drain timeout; exiting with batches unacknowledged");
+                tracing::warn!(
+                    unacknowledged = spool.unacked(),
+                    last_sample_seq = status.last_sample_seq.load(Ordering::Relaxed),
+                    samples_taken = status.samples_taken.load(Ordering::Relaxed),
+                    "drain timeout; exiting with batches unacknowledged"
+                );
                 break;
             }
             sample = samples.recv(), if samples_open => match sample {
@@ -293,4 +306,181 @@ fn cut_batch(
     status
         .spooled_batches
         .store(spool.unacked() as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use hostpulse_proto::v1::ingest_server::{Ingest, IngestServer};
+    use hostpulse_proto::v1::{Ack, AggregatorMessage, Welcome};
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tonic::codec::CompressionEncoding;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// An aggregator reduced to the protocol: welcomes every stream, acks
+    /// every batch, and keeps the seqs of the samples it was sent.
+    #[derive(Clone, Default)]
+    struct AckingIngest {
+        seqs: Arc<Mutex<Vec<u64>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Ingest for AckingIngest {
+        type StreamStream = ReceiverStream<Result<AggregatorMessage, Status>>;
+
+        async fn stream(
+            &self,
+            request: Request<Streaming<AgentMessage>>,
+        ) -> Result<Response<Self::StreamStream>, Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            let welcome = aggregator_message::Kind::Welcome(Welcome {
+                last_seq: 0,
+                host: "drainer".into(),
+                known: false,
+            });
+            tx.try_send(Ok(AggregatorMessage {
+                kind: Some(welcome),
+            }))
+            .expect("room");
+            let seqs = self.seqs.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    let Some(agent_message::Kind::Batch(b)) = m.kind else {
+                        continue;
+                    };
+                    let samples = hostpulse_proto::decode_batch(&b.samples, b.sample_count, 1000)
+                        .expect("a valid batch");
+                    seqs.lock()
+                        .expect("lock")
+                        .extend(samples.iter().map(|s| s.seq));
+                    let ack = aggregator_message::Kind::Ack(Ack {
+                        seq: b.seq,
+                        min_interval_ms: 0,
+                    });
+                    if tx
+                        .send(Ok(AggregatorMessage { kind: Some(ack) }))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    async fn start_ingest() -> (AckingIngest, SocketAddr) {
+        let ingest = AckingIngest::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = IngestServer::new(ingest.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (ingest, addr)
+    }
+
+    fn settings(address: String, drain_timeout: Duration) -> PipelineSettings {
+        PipelineSettings {
+            aggregators: vec![address],
+            hello: Hello {
+                agent_id: "drainer".into(),
+                hostname: "drainer".into(),
+                schema_version: hostpulse_proto::SCHEMA_VERSION,
+                interval_ms: 1000,
+                epoch: 1,
+                ..Hello::default()
+            },
+            batch_max_samples: 10,
+            flush_interval: Duration::ZERO,
+            spool_max_bytes: 1 << 20,
+            retain_acked_samples: 0,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(200)),
+            link: LinkSettings {
+                connect_timeout: Duration::from_secs(5),
+                keepalive_interval: Duration::from_secs(5),
+                keepalive_timeout: Duration::from_secs(5),
+                token: None,
+                ca_pem: None,
+                tls_domain: None,
+            },
+            drain_timeout,
+        }
+    }
+
+    fn sample(seq: u64) -> Sample {
+        Sample {
+            seq,
+            timestamp_ms: 1_700_000_000_000 + seq as i64,
+            ..Sample::default()
+        }
+    }
+
+    async fn wait_for(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGTERM can come while the sampler is taking a sample: with everything
+    /// before it acknowledged, the pipeline must still wait for that sample
+    /// (until the sampler closes its channel) and deliver it before exiting,
+    /// well before the drain timeout.
+    #[tokio::test]
+    async fn a_sample_taken_as_shutdown_begins_is_delivered_before_exiting() {
+        let (ingest, addr) = start_ingest().await;
+        let drain_timeout = Duration::from_secs(10);
+        let (tx, rx) = mpsc::channel(4);
+        let status = Arc::new(AgentStatus::default());
+        let shutdown = CancellationToken::new();
+        let pipeline = tokio::spawn(run(
+            settings(format!("http://{addr}"), drain_timeout),
+            rx,
+            status.clone(),
+            shutdown.clone(),
+        ));
+        wait_for("a connection", || status.connected.load(Ordering::Relaxed)).await;
+        tx.send(sample(101)).await.expect("pipeline running");
+        wait_for("the first batch acknowledged", || {
+            status.acked_batch_seq.load(Ordering::Relaxed) == 1
+        })
+        .await;
+
+        // The signal: nothing pending, nothing unacknowledged.
+        let started = Instant::now();
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The sampler finishes the sample it was taking, then stops.
+        let late = tx.send(sample(102)).await;
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), pipeline)
+            .await
+            .expect("the pipeline exits once the last sample is acknowledged")
+            .expect("pipeline task");
+
+        assert!(
+            late.is_ok(),
+            "the pipeline exited before the sampler stopped"
+        );
+        assert_eq!(*ingest.seqs.lock().expect("lock"), vec![101, 102]);
+        assert_eq!(status.samples_taken.load(Ordering::Relaxed), 2);
+        assert_eq!(status.spooled_batches.load(Ordering::Relaxed), 0);
+        assert!(
+            started.elapsed() < drain_timeout / 2,
+            "waited for the drain timeout"
+        );
+    }
 }

@@ -3,42 +3,59 @@
 //! subscribers.
 //!
 //! # Layout
-//! - [`config`]: `aggregator.toml` schema, defaults and validation.
-//! - [`auth`]: tokens for agents and clients, and what they grant.
-//! - [`ingest`]: the tonic `Ingest` service, one task per agent stream.
-//! - [`registry`]: attached agents, duplicate detection, the `hosts` topic.
-//! - [`tls`]: certificates, and TLS for both listeners.
-//! - [`topic`]: topic names, host sanitising, wildcard patterns.
-//! - [`update`]: an update and its wire forms, each encoded once.
-//! - [`encoding`]: the encodings a client may choose, and the deflater.
-//! - [`history`]: per-topic history, compact and read concurrently, for resume and replay.
-//! - [`hub`]: the single task owning topics and live routing.
-//! - [`forget`]: forgetting hosts departed for `hub.forget_after`.
-//! - [`outbox`]: a connection's bounded outgoing queue.
-//! - [`ws`]: the `/ws` endpoint, one task per connection, and its protocol.
-//! - [`http`]: the router (`/ws`, `/api/v1/hosts`, `/healthz`).
-//! - [`api`]: the REST snapshot of hosts and their latest metrics.
-//! - [`metrics`]: Prometheus exposition at `/metrics`.
+//! The architecture, one directory per part:
+//! - [`ingest`]: agents in. The tonic `Ingest` service, one task per agent
+//!   stream ([`ingest::registry`]: attached agents, duplicates, presence;
+//!   [`ingest::forget`]: forgetting hosts departed for `hub.forget_after`).
+//! - [`hub`]: the single task owning topics and live routing by subscription
+//!   groups (`hub/routing.rs`), publishing into connections' outboxes.
+//! - [`history`]: per-topic history, compact and read concurrently, for
+//!   resume and replay.
+//! - [`ws`]: clients out. The `/ws` upgrade and admission, one session task
+//!   per connection, its [`ws::outbox`], frames, [`ws::encoding`]s, protocol
+//!   and replay.
+//! - [`http`]: the router and its state, the REST snapshot
+//!   ([`http::api`]), Prometheus `/metrics` ([`http::metrics`]) and the
+//!   embedded dashboard.
 //! - [`cluster`]: sharing updates and presence with other aggregators
 //!   through NATS (`[cluster]`, off by default).
 //!
+//! Small things several parts share stay at the top: [`update`] (an update,
+//! its wire forms encoded once, and the `hosts` payload), [`topic`] (names,
+//! host sanitising, patterns), [`auth`] (tokens and grants, for agents and
+//! clients alike), [`tls`] (both listeners), [`limit`] (the token bucket of
+//! ingest and ws). [`config`] composes the sections each module owns
+//! (`ingest::IngestConfig`, `hub::HubConfig`, `ws::WsConfig`,
+//! `http::HttpConfig`, `cluster::ClusterConfig`, ...), loads the TOML and
+//! validates.
+//!
+//! # Dependency order
+//! Each uses only what is listed before it (no circles):
+//! 1. `topic`, `limit`, `tls`, `ws::encoding`: nothing of the crate.
+//! 2. `auth`: topic. `update`: `ws::encoding`.
+//! 3. `history`, `ws::outbox`: update. (`ws::encoding` and `ws::outbox` are
+//!    leaves the lower layers use: the encodings of an update, and the queue
+//!    the hub pushes into and the session drains.)
+//! 4. `hub`: auth, topic, update, history, `ws::outbox`.
+//! 5. `ingest`: hub, auth, topic, update, limit.
+//! 6. `ws` (upgrade, session, frames, protocol, replay): hub, auth, topic,
+//!    update, limit.
+//! 7. `cluster`: hub, `ingest::registry`, update.
+//! 8. `http`: ws, hub, `ingest::registry`, cluster, auth, topic, update; its
+//!    children (`api`, `metrics`, `dashboard`) reach its state through `super`.
+//! 9. `config`: every section's config type, auth and tls (to check them).
+//! 10. [`run`] (this file): everything.
+//!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
-pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
-pub mod dashboard;
-pub mod encoding;
-pub mod forget;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod limit;
-pub mod metrics;
-pub mod outbox;
-pub mod registry;
 pub mod tls;
 pub mod topic;
 pub mod update;
@@ -60,8 +77,8 @@ use tonic::service::interceptor::InterceptedService;
 pub use config::AggregatorConfig;
 
 use crate::config::ms;
+use crate::ingest::registry::Registry;
 use crate::ingest::{IngestService, IngestSettings};
-use crate::registry::Registry;
 
 /// How long shutdown may take before remaining connections are dropped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +119,34 @@ pub enum RunError {
     /// Cluster mode could not start.
     #[error("cluster: {0}")]
     Cluster(#[from] cluster::ClusterError),
+    /// The live path's threads could not start, or its server task failed.
+    #[error("ingest runtime: {0}")]
+    Live(String),
+}
+
+/// The live path's runtime, shut down without waiting when dropped (a
+/// runtime may not be dropped, waiting, on an async worker).
+struct LiveRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for LiveRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for LiveRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Worker threads of the live path (ingest and the hub): a quarter of the
+/// cores, at least one.
+fn live_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
 }
 
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
@@ -121,10 +166,24 @@ pub async fn run(
         }
         false => (None, None),
     };
+    // The live path (agents' streams and the hub) runs on threads of its
+    // own: however much WebSocket work there is (replays, handshakes, slow
+    // clients), it never waits behind it, and the operating system shares
+    // the cores between the two.
+    let live = LiveRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(live_threads())
+            .thread_name("hostpulse-live")
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::Live(e.to_string()))?,
+    ));
+    let live_enter = live.enter();
     let (hub, hub_task) = hub::spawn(hub::HubSettings {
         history_len: config.hub.history_len,
         history_max_bytes: config.hub.history_max_bytes,
         queue: config.hub.queue,
+        queue_bytes: config.hub.queue_max_bytes,
         rate_limits: config
             .hub
             .rate_limit
@@ -136,6 +195,11 @@ pub async fn run(
             .collect(),
         export: export_tx,
     });
+    let ingest_listener = listeners
+        .ingest
+        .into_std()
+        .and_then(TcpListener::from_std)?;
+    drop(live_enter);
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
     let auth = Arc::new(auth::Auth::from_config(&config.auth)?);
@@ -161,7 +225,7 @@ pub async fn run(
         None => None,
     };
 
-    tasks.spawn(forget::run(
+    tasks.spawn(ingest::forget::run(
         hub.clone(),
         registry.clone(),
         ms(config.hub.forget_after_ms),
@@ -187,21 +251,23 @@ pub async fn run(
     if let Some(tls) = &tls {
         grpc_server = grpc_server.tls_config(tls.grpc())?;
     }
-    let grpc = grpc_server
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
-        .add_service(InterceptedService::new(
-            IngestServer::new(service)
-                .max_decoding_message_size(config.ingest.max_message_bytes)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-            ingest::authenticate(auth.clone()),
-        ))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.ingest),
-            shutdown.clone().cancelled_owned(),
-        );
+    let grpc = live.spawn(
+        grpc_server
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(ms(config.ingest.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(ms(config.ingest.keepalive_timeout_ms)))
+            .add_service(InterceptedService::new(
+                IngestServer::new(service)
+                    .max_decoding_message_size(config.ingest.max_message_bytes)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+                ingest::authenticate(auth.clone()),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(ingest_listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
 
     let ws_state = ws::WsState::new(
         hub.clone(),
@@ -249,7 +315,7 @@ pub async fn run(
     drop(hub);
     let served = async {
         let (g, w) = tokio::join!(grpc, web);
-        g?;
+        g.map_err(|e| RunError::Live(e.to_string()))??;
         w?;
         Ok::<(), RunError>(())
     };
@@ -267,6 +333,7 @@ pub async fn run(
         }
     }
     hub_task.abort();
+    drop(live);
     tracing::info!("aggregator stopped");
     Ok(())
 }

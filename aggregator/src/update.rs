@@ -6,7 +6,11 @@
 //! compressed from that. Every subscriber and the history hold the same
 //! `Arc<Update>`, so each form is encoded once however many clients receive
 //! it, and sending it is a reference-count bump.
+//!
+//! [`HostEvent`] is the `hosts` topic's payload; the registry produces it.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,11 +19,63 @@ use bytes::Bytes;
 use hostpulse_proto::{
     Cpu, Disk, Filesystems, Load, Memory, Network, Processes, SystemInfo, Temperatures,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::encoding::{Encoding, deflate};
-use crate::registry::HostEvent;
+use crate::ws::encoding::{Encoding, deflate};
+
+/// An event on the `hosts` topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostEvent {
+    /// `online`, `restarted` (a new run epoch), `offline` or `forgotten`
+    /// (departed for `hub.forget_after`: its topics and history are gone).
+    pub event: Cow<'static, str>,
+    /// Topic segment.
+    pub host: String,
+    /// Agent id.
+    pub agent_id: String,
+    /// Host name as reported.
+    pub hostname: String,
+    /// Agent run epoch (Unix ms at its start).
+    pub epoch: u64,
+    /// Agent version.
+    pub version: String,
+    /// Agent labels.
+    pub labels: BTreeMap<String, String>,
+    /// Sampling interval.
+    pub interval_ms: u32,
+    /// Cluster mode: the node name of the aggregator the agent is attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<String>,
+}
+
+impl HostEvent {
+    /// The `forgotten` event of a host known only by its topics (a peer's
+    /// host this aggregator never saw announced).
+    pub fn forgotten(host: &str) -> Self {
+        Self {
+            event: "forgotten".into(),
+            host: host.into(),
+            agent_id: String::new(),
+            hostname: host.into(),
+            epoch: 0,
+            version: String::new(),
+            labels: BTreeMap::new(),
+            interval_ms: 0,
+            aggregator: None,
+        }
+    }
+}
+
+/// Turns an event into an update of the `hosts` topic, for the hub to number
+/// (`Command::PublishNext`).
+pub fn hosts_update(event: &HostEvent) -> Unnumbered {
+    Unnumbered {
+        topic: "hosts".into(),
+        at: SystemTime::now(),
+        payload: Payload::Host(event.clone()),
+    }
+}
 
 /// What an update carries.
 #[derive(Debug, Serialize)]
@@ -133,16 +189,6 @@ impl Update {
         }
     }
 
-    /// Serialises the JSON form again, as a server without shared encoding
-    /// would for every client (the benchmark's naive baseline).
-    pub fn encode_json_again(&self) -> String {
-        let mut out = Vec::with_capacity(self.json.len());
-        let mut from = serde_json::Deserializer::from_str(self.json.as_str());
-        let mut to = serde_json::Serializer::new(&mut out);
-        serde_transcode::transcode(&mut from, &mut to).expect("our own JSON transcodes");
-        String::from_utf8(out).expect("JSON is UTF-8")
-    }
-
     /// The MessagePack form (a map with the JSON form's fields), encoded once.
     pub fn msgpack(&self) -> &Bytes {
         self.msgpack.get_or_init(|| {
@@ -190,6 +236,21 @@ impl Update {
     }
 }
 
+#[cfg(test)]
+impl Update {
+    /// An update of `topic` taken and received now, for tests.
+    pub(crate) fn test(topic: &str, seq: u64, payload: Value) -> Arc<Self> {
+        let now = SystemTime::now();
+        Arc::new(Self::new(
+            topic.into(),
+            seq,
+            now,
+            now,
+            Payload::Other(payload),
+        ))
+    }
+}
+
 /// An update whose seq the hub assigns: the next of its topic, taken in the
 /// hub task in the order such updates arrive there. Events that no sample
 /// numbers (the `hosts` topic) are published this way, so two produced at
@@ -219,16 +280,78 @@ pub struct SysMessage {
     /// When it was made.
     pub timestamp: String,
     /// Its content.
-    pub payload: Value,
+    pub payload: SysPayload,
+}
+
+/// What a `$sys` message carries.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SysPayload {
+    /// Anything small, already a JSON value.
+    Value(Value),
+    /// A `$sys.subscribed` reply, which can list thousands of topics: kept
+    /// as made and serialised straight into the frame by the connection's
+    /// own task, not by the hub.
+    Subscribed(Arc<Subscribed>),
+}
+
+impl std::ops::Index<&str> for SysPayload {
+    type Output = Value;
+    fn index(&self, key: &str) -> &Value {
+        match self {
+            SysPayload::Value(v) => &v[key],
+            SysPayload::Subscribed(_) => &Value::Null,
+        }
+    }
+}
+
+/// The `$sys.subscribed` reply.
+#[derive(Debug, Serialize)]
+pub struct Subscribed {
+    /// The request's `id`, echoed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// The pattern subscribed to.
+    pub topic: String,
+    /// Each matching topic held.
+    pub topics: Vec<TopicInfo>,
+    /// False when a `since` reaches back further than history.
+    pub complete: bool,
+}
+
+/// One topic in a `$sys.subscribed` reply.
+#[derive(Debug, Serialize)]
+pub struct TopicInfo {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Its current seq.
+    pub seq: u64,
+    /// The oldest seq its history holds.
+    pub history_start: Option<u64>,
+    /// Non-zero when a configured rate limit thins this topic.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_interval_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl SysMessage {
     /// A message on `topic` made now.
     pub fn new<P: Serialize>(topic: &'static str, payload: &P) -> Self {
+        Self::with(
+            topic,
+            SysPayload::Value(serde_json::to_value(payload).expect("system payloads serialise")),
+        )
+    }
+
+    /// A message on `topic` made now, carrying `payload` as it is.
+    pub fn with(topic: &'static str, payload: SysPayload) -> Self {
         Self {
             topic,
             timestamp: rfc3339(SystemTime::now()),
-            payload: serde_json::to_value(payload).expect("system payloads serialise"),
+            payload,
         }
     }
 

@@ -3,9 +3,10 @@
 //! deliveries/s, latency percentiles from sample creation to receipt, the
 //! aggregator's CPU and memory, and medians over several runs.
 //!
-//! `--baseline` also runs each fan-out scenario against the aggregator in its
-//! naive mode (one encode and one flush per client per update), so the gain
-//! is a ratio measured in the same run on the same machine.
+//! `--baseline` also runs each unbatched fan-out scenario against a naive
+//! server of the benchmark's own ([`naive`]: one encode and one flush per
+//! client per update, fed by the same agent streams), so the gain is a ratio
+//! measured in the same run on the same machine.
 //!
 //! `--client raw,tungstenite` runs each scenario with subscribers once per
 //! client kind: the lean raw reader and a standard client library.
@@ -17,6 +18,7 @@ mod client;
 mod cluster;
 mod fleet;
 mod load;
+mod naive;
 mod rawws;
 mod server;
 
@@ -59,6 +61,9 @@ struct Args {
     /// Also run fan-out scenarios against the naive baseline.
     #[arg(long)]
     baseline: bool,
+    /// Be the naive baseline server (started by `--baseline` runs).
+    #[arg(long, hide = true)]
+    naive_server: bool,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
@@ -222,6 +227,9 @@ pub(crate) type Figures = Vec<(&'static str, f64)>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.naive_server {
+        return naive::run();
+    }
     started();
     if let Some(observe) = &args.observe {
         return fleet::observer_main(
@@ -401,11 +409,6 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
         client,
         fleet: fleet_args,
     } = run;
-    let extra = if naive {
-        "[ws]\nnaive_baseline = true\n"
-    } else {
-        ""
-    };
     if let Kind::Cluster {
         agents,
         clients,
@@ -417,7 +420,11 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
     if let Kind::Fleet { agents, load } = kind {
         return fleet::run_once(binary, agents, load, fleet_args, secs, core, client).await;
     }
-    let server = Server::start(binary, extra, core)?;
+    let server = if naive {
+        Server::start_naive(core)?
+    } else {
+        Server::start(binary, "", core)?
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Received::default());
     let published = Arc::new(PublishStats::default());

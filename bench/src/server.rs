@@ -1,5 +1,6 @@
-//! The aggregator under test: the real binary, pinned to one core, with its
-//! CPU time and resident memory read from /proc.
+//! The server under test: the real aggregator binary (or, for `--baseline`,
+//! the benchmark's own naive server, [`crate::naive`]), pinned to one core,
+//! with its CPU time and resident memory read from /proc.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ pub(crate) struct Server {
     pub(crate) ingest: SocketAddr,
     /// HTTP/WebSocket address.
     pub(crate) http: SocketAddr,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 struct TempDir(PathBuf);
@@ -45,12 +46,12 @@ impl Server {
             "[ingest]\nlisten = \"127.0.0.1:0\"\nmax_samples_per_batch = 10000\n\
              [http]\nlisten = \"127.0.0.1:0\"\n[hub]\nhistory_len = 16\nqueue = 16384\n{extra}"
         );
-        Self::launch(binary, &config, &[], core)
+        Self::with_config(binary, &config, &[], core)
     }
 
     /// Starts `binary` with the whole configuration file `config` and extra
     /// command-line `args`, pinned to `core` when given.
-    pub(crate) fn launch(
+    pub(crate) fn with_config(
         binary: &PathBuf,
         config: &str,
         args: &[&str],
@@ -65,6 +66,25 @@ impl Server {
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("aggregator.toml");
         std::fs::write(&config_path, config)?;
+        let mut all: Vec<&std::ffi::OsStr> = vec!["--config".as_ref(), config_path.as_os_str()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        Self::launch(binary, &all, core, Some(TempDir(dir)))
+    }
+
+    /// Starts the naive baseline server (this binary, `--naive-server`),
+    /// pinned to `core` when given.
+    pub(crate) fn start_naive(core: Option<usize>) -> anyhow::Result<Self> {
+        let binary = std::env::current_exe()?;
+        Self::launch(&binary, &["--naive-server".as_ref()], core, None)
+    }
+
+    /// Runs `binary args` and waits for its "aggregator listening" line.
+    fn launch(
+        binary: &PathBuf,
+        args: &[&std::ffi::OsStr],
+        core: Option<usize>,
+        dir: Option<TempDir>,
+    ) -> anyhow::Result<Self> {
         let mut command = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
@@ -76,8 +96,6 @@ impl Server {
             None => Command::new(binary),
         };
         let mut child = command
-            .arg("--config")
-            .arg(&config_path)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -115,7 +133,7 @@ impl Server {
             ingest: addr("ingest_addr")?,
             http: addr("http_addr")?,
             child,
-            _dir: TempDir(dir),
+            _dir: dir,
         })
     }
 

@@ -88,6 +88,15 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The first of `values` (a key and its value) that is zero, as a problem
+/// to report: the key, and "must be positive".
+pub fn first_zero(values: &[(&'static str, u64)]) -> Option<(&'static str, String)> {
+    values
+        .iter()
+        .find(|(_, v)| *v == 0)
+        .map(|(key, _)| (*key, "must be positive".to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::{Command, HubHandle};
-use crate::registry::Registry;
+use crate::ingest::registry::Registry;
 use crate::update::{SysMessage, Update};
 
 /// `[cluster]` in `aggregator.toml`.

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{Shared, wire};
 use crate::hub::Command;
-use crate::registry::HostView;
+use crate::ingest::registry::HostView;
 
 /// The other nodes heard from, and when.
 #[derive(Debug, Clone, Default)]
@@ -178,7 +178,7 @@ async fn apply(shared: &Shared, node: &str, hosts: Option<Vec<HostView>>) {
         };
         let mut event = view.agent.clone();
         event.event = if online { "online" } else { "offline" }.into();
-        updates.push(crate::registry::hosts_update(&event));
+        updates.push(crate::update::hosts_update(&event));
     }
     if !updates.is_empty() {
         let _ = shared.hub.send(Command::PublishNext(updates)).await;

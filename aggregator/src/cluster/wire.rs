@@ -16,7 +16,8 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{HostEvent, HostView};
+use crate::ingest::registry::HostView;
+use crate::update::HostEvent;
 use crate::update::Update;
 
 /// Header naming the node that produced a message.
@@ -314,7 +315,7 @@ mod tests {
 #[cfg(test)]
 mod presence_tests {
     use super::*;
-    use crate::registry::Registry;
+    use crate::ingest::registry::Registry;
     use hostpulse_proto::v1::Hello;
 
     #[test]

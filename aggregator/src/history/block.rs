@@ -175,18 +175,8 @@ fn read_leb128(b: &[u8]) -> (u64, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::Payload;
-    use std::time::SystemTime;
-
     fn up(seq: u64, body: &str) -> Arc<Update> {
-        let now = SystemTime::now();
-        Arc::new(Update::new(
-            "host.a.cpu".into(),
-            seq,
-            now,
-            now,
-            Payload::Other(body.into()),
-        ))
+        Update::test("host.a.cpu", seq, body.into())
     }
 
     #[test]

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 
-use crate::encoding::{Encoding, deflate};
-use crate::outbox::Item;
 use crate::update::Update;
+use crate::ws::encoding::{Encoding, deflate};
+use crate::ws::outbox::Item;
 
 /// Topic of a batch frame.
 pub const BATCH_TOPIC: &str = "batch.update";

@@ -14,7 +14,7 @@
 //! published since and delivers live from there: no gap, no duplicate.
 
 use crate::hub::{Command, ConnId, Replay, ReplayTopic};
-use crate::outbox::{Outbox, Pushed};
+use crate::ws::outbox::{Outbox, Pushed};
 
 /// Passes over a replay's topics before it joins whatever is left.
 pub const MAX_PASSES: u32 = 4;
@@ -66,7 +66,7 @@ impl Replaying {
             for u in &updates {
                 // Replay is exact: no throttle. Stale: already sent live by
                 // another subscription of this connection.
-                if outbox.push_update(u, std::time::Duration::ZERO) == Pushed::Refused {
+                if outbox.push_replay(u) == Pushed::Refused {
                     return None;
                 }
                 t.after = u.seq;

@@ -165,7 +165,7 @@ pub(crate) async fn run_once(
         "--http-listen",
         "127.0.0.1:0",
     ];
-    let server = Server::launch(binary, &config, &listen, core)?;
+    let server = Server::with_config(binary, &config, &listen, core)?;
     server
         .healthz()
         .context("the aggregator's /healthz did not answer")?;

@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 
-use crate::http::AppState;
+use super::AppState;
 
 /// `[metrics]` in `aggregator.toml`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

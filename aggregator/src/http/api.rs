@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::AppState;
 use crate::auth::{Grant, bearer};
-use crate::http::AppState;
-use crate::registry::HostView;
+use crate::ingest::registry::HostView;
 
 /// `?token=` for clients that cannot set a header.
 #[derive(Debug, Default, Deserialize)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::Family;
-use crate::registry::HostView;
+use crate::ingest::registry::HostView;
 use crate::update::Update;
 
 /// A value read from a metric's payload: one series per host.

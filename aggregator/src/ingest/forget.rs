@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Command, HubHandle};
-use crate::registry::{HostEvent, Registry, hosts_update};
+use crate::ingest::registry::Registry;
+use crate::update::{HostEvent, hosts_update};
 
 /// How often departed hosts are looked for: a quarter of `forget_after`,
 /// between 50 ms and a minute.

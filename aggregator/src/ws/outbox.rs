@@ -24,7 +24,7 @@
 //! replay). That state is forgotten with the throttles, when the connection
 //! no longer subscribes to the topic: a later subscription starts afresh.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +34,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::update::{SysMessage, Update};
+
+/// Queue capacity (items) above which a drained queue gives memory back.
+const SHRINK_ABOVE: usize = 1024;
 
 /// One queued item.
 #[derive(Debug, Clone)]
@@ -100,6 +103,9 @@ struct State {
     /// Per topic, the newest seq queued or sent: nothing at or below it is
     /// queued again.
     sent: HashMap<Arc<str>, u64>,
+    /// Topics being replayed: live updates of them are not queued until the
+    /// replay joins (the join sends what was published meanwhile).
+    blocked: HashSet<Arc<str>>,
     lag: Option<Lag>,
     overflowed: bool,
 }
@@ -148,6 +154,7 @@ impl Outbox {
                 idle: true,
                 throttles: HashMap::new(),
                 sent: HashMap::new(),
+                blocked: HashSet::new(),
                 lag: None,
                 overflowed: false,
             }),
@@ -160,12 +167,49 @@ impl Outbox {
     }
 
     /// Queues an update, applying `throttle` (zero for none) and conflation.
+    /// An update of a topic being replayed is not queued (`Stale`).
     pub fn push_update(&self, update: &Arc<Update>, throttle: Duration) -> Pushed {
+        self.push(update, throttle, false)
+    }
+
+    /// Queues an update read from history for a replay (never throttled;
+    /// queued even while its topic is blocked for the replay).
+    pub fn push_replay(&self, update: &Arc<Update>) -> Pushed {
+        self.push(update, Duration::ZERO, true)
+    }
+
+    /// Holds back live updates of `topic` while a replay of it runs.
+    pub fn block(&self, topic: &Arc<str>) {
+        let mut s = self.state.lock().expect("outbox lock");
+        s.blocked.insert(topic.clone());
+    }
+
+    /// Ends [`Outbox::block`].
+    pub fn unblock(&self, topic: &str) {
+        let mut s = self.state.lock().expect("outbox lock");
+        s.blocked.remove(topic);
+        if s.blocked.is_empty() {
+            s.blocked.shrink_to_fit();
+        }
+    }
+
+    /// Nothing of `topic` at or below `seq` is to be sent (the client's
+    /// resume point for a topic that appears after it subscribed).
+    pub fn prime(&self, topic: &Arc<str>, seq: u64) {
+        let mut s = self.state.lock().expect("outbox lock");
+        let n = s.sent.entry(topic.clone()).or_insert(0);
+        *n = (*n).max(seq);
+    }
+
+    fn push(&self, update: &Arc<Update>, throttle: Duration, replay: bool) -> Pushed {
         let now = Instant::now();
         let mut guard = self.state.lock().expect("outbox lock");
         let s = &mut *guard;
         if s.overflowed {
             return Pushed::Refused;
+        }
+        if !replay && !s.blocked.is_empty() && s.blocked.contains(&*update.topic) {
+            return Pushed::Stale;
         }
         // At or below what the connection has: sending it would go backwards.
         let stale = s.sent.get(&*update.topic).is_some_and(|&n| update.seq <= n);
@@ -255,6 +299,10 @@ impl Outbox {
         let now = Instant::now();
         let mut s = self.state.lock().expect("outbox lock");
         out.extend(s.queue.drain(..));
+        // A burst (a replay, a lag's end) leaves no large queue behind.
+        if s.queue.capacity() > SHRINK_ABOVE {
+            s.queue.shrink_to(64);
+        }
         s.bytes = 0;
         s.idle = true;
         if let Some(lag) = s.lag.take() {
@@ -324,6 +372,8 @@ impl Outbox {
         let mut s = self.state.lock().expect("outbox lock");
         s.throttles.retain(|t, _| keep(t));
         s.sent.retain(|t, _| keep(t));
+        s.throttles.shrink_to_fit();
+        s.sent.shrink_to_fit();
     }
 
     /// Forgets the throttle and ordering state of a topic the hub forgot

@@ -3,20 +3,11 @@
 //! strictly rise, whatever mix of throttle, lag, batching and replay).
 
 use super::*;
-use crate::update::Payload;
-use std::time::SystemTime;
 
 /// An update of `topic` whose JSON form is about `pad` bytes longer than the
 /// smallest.
 pub(super) fn up(topic: &str, seq: u64, pad: usize) -> Arc<Update> {
-    let now = SystemTime::now();
-    Arc::new(Update::new(
-        topic.into(),
-        seq,
-        now,
-        now,
-        Payload::Other(serde_json::json!("x".repeat(pad))),
-    ))
+    Update::test(topic, seq, serde_json::json!("x".repeat(pad)))
 }
 
 /// The (topic, seq) of each update in `items`, in order.
@@ -226,7 +217,8 @@ async fn batching_with_lag_keeps_each_topic_rising_within_the_batch_frame() {
     tokio::time::advance(batch - Duration::from_millis(60)).await;
     let mut items = Vec::new();
     o.drain_into(&mut items);
-    let mut frames = crate::ws::frames::batches(&items, crate::encoding::Encoding::Json, 1 << 20);
+    let mut frames =
+        crate::ws::frames::batches(&items, crate::ws::encoding::Encoding::Json, 1 << 20);
     assert_eq!(frames.len(), 1, "one frame holds the whole batch");
     let axum::extract::ws::Message::Text(text) = frames.pop().unwrap().finish() else {
         panic!("a JSON batch is a text frame")
@@ -295,4 +287,43 @@ async fn forgetting_a_topic_lets_a_new_subscription_replay_it_again() {
     );
     o.drain_into(&mut out);
     assert_eq!(of(&out, "a"), vec![5, 4]);
+}
+
+#[test]
+fn a_drained_burst_gives_its_memory_back_and_blocked_topics_wait_for_the_replay() {
+    let o = Outbox::new(1 << 30, Duration::from_secs(5), Arc::default());
+    for seq in 1..=5000 {
+        o.push_update(&up("a", seq, 10), Duration::ZERO);
+    }
+    let mut items = Vec::new();
+    o.drain_into(&mut items);
+    assert_eq!(items.len(), 5000);
+    assert!(o.state.lock().unwrap().queue.capacity() <= SHRINK_ABOVE);
+
+    // While `b` is replayed, its live updates are not queued; the replay's
+    // are, and a resume point (prime) holds back what is at or below it.
+    let topic: Arc<str> = "b".into();
+    o.block(&topic);
+    assert_eq!(
+        o.push_update(&up("b", 10, 0), Duration::ZERO),
+        Pushed::Stale
+    );
+    assert_eq!(o.push_replay(&up("b", 8, 0)), Pushed::Queued);
+    o.unblock("b");
+    assert_eq!(
+        o.push_update(&up("b", 11, 0), Duration::ZERO),
+        Pushed::Queued
+    );
+    o.prime(&"c".into(), 5);
+    assert_eq!(o.push_update(&up("c", 5, 0), Duration::ZERO), Pushed::Stale);
+    assert_eq!(
+        o.push_update(&up("c", 6, 0), Duration::ZERO),
+        Pushed::Queued
+    );
+    items.clear();
+    o.drain_into(&mut items);
+    assert_eq!(
+        seqs(&items),
+        vec![("b".into(), 8), ("b".into(), 11), ("c".into(), 6)]
+    );
 }

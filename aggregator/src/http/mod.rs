@@ -1,16 +1,41 @@
 //! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
 //! (REST snapshot), `/metrics` and `/healthz`.
 
+pub mod api;
+pub mod dashboard;
+pub mod metrics;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::registry::Registry;
+use crate::ingest::registry::Registry;
 use crate::ws::{self, WsState};
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP/WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// Serve the built-in web dashboard at `/`.
+    pub dashboard: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 7071).into(),
+            dashboard: true,
+        }
+    }
+}
 
 /// Everything the HTTP handlers read.
 #[derive(Clone)]
@@ -20,7 +45,7 @@ pub struct AppState {
     /// Attached agents.
     pub registry: Arc<Registry>,
     /// `[metrics]` settings.
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: metrics::MetricsConfig,
     /// Serve the embedded dashboard (`http.dashboard`).
     pub dashboard: bool,
     /// The broker link's state, in cluster mode.
@@ -31,26 +56,20 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let router = if state.dashboard {
         Router::new()
-            .route("/", get(crate::dashboard::serve))
-            .route("/index.html", get(crate::dashboard::serve))
-            .route("/assets/{*file}", get(crate::dashboard::serve))
+            .route("/", get(dashboard::serve))
+            .route("/index.html", get(dashboard::serve))
+            .route("/assets/{*file}", get(dashboard::serve))
     } else {
         Router::new()
     };
     router
         .route("/ws", get(ws::handler).with_state(state.ws.clone()))
-        .route(
-            "/api/v1/hosts",
-            get(crate::api::hosts).with_state(state.clone()),
-        )
+        .route("/api/v1/hosts", get(api::hosts).with_state(state.clone()))
         .route(
             "/api/v1/hosts/{host}",
-            get(crate::api::host).with_state(state.clone()),
+            get(api::host).with_state(state.clone()),
         )
-        .route(
-            "/metrics",
-            get(crate::metrics::metrics).with_state(state.clone()),
-        )
+        .route("/metrics", get(metrics::metrics).with_state(state.clone()))
         .route("/healthz", get(healthz).with_state(state))
 }
 

@@ -1,0 +1,484 @@
+//! The hub: one task owns every topic and its live subscribers, and appends
+//! to each topic's history.
+//!
+//! Ingest publishes updates and WebSocket sessions subscribe over one bounded
+//! command channel. The hub routes live updates only: a subscription that
+//! asks for history (`history`, `since`) gets a [`Replay`] back, which its
+//! session reads from the topics' [`TopicHistory`] on its own, paced by its
+//! own socket, while the hub goes on publishing. When the session has caught
+//! up it sends [`Command::Join`] with where it got to in each topic; the hub
+//! then sends the few updates published since and delivers live from there,
+//! so the seam has no gap and no duplicate, and no replay ever runs in the
+//! hub task.
+//!
+//! Updates that no sample numbers (the `hosts` topic's events) are numbered
+//! here, in the order they reach the hub: the hub is the one place that
+//! orders them, so none can be taken for a duplicate of a later one.
+//!
+//! Departed hosts are forgotten on request ([`Command::Forget`]): their
+//! topics, history and every connection's throttle state for them go, so
+//! memory follows the fleet as it is, not every host ever seen.
+//!
+//! Routing is kept per topic: each topic lists the subscription groups that
+//! match it ([`routing`]), so a publish costs one push per interested
+//! connection and nothing for the others, and a connection's own changes
+//! touch only its groups. A push never waits: a connection whose outbox is
+//! full is marked overflowed and closed by its own task.
+
+pub use config::{HubConfig, RateLimitConfig};
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+mod config;
+mod routing;
+mod subscribe;
+mod task;
+
+use crate::auth::Grant;
+use crate::history::{Histories, HistoryStats, TopicHistory};
+use crate::topic;
+use crate::update::{SysMessage, Unnumbered, Update};
+use crate::ws::outbox::Outbox;
+use routing::{GroupId, Routing};
+
+/// Identifies one WebSocket connection.
+pub type ConnId = u64;
+
+/// Where a resume starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Since {
+    /// One seq, for a subscription to one exact topic (a single number on a
+    /// wildcard pattern is refused by the protocol: see `since_needs_topics`).
+    All(u64),
+    /// A seq per topic; topics not named start live.
+    PerTopic(HashMap<String, u64>),
+}
+
+impl Since {
+    fn for_topic(&self, topic: &str) -> Option<u64> {
+        match self {
+            Since::All(s) => Some(*s),
+            Since::PerTopic(m) => m.get(topic).copied(),
+        }
+    }
+
+    /// Keeps only the resume points still needed: those of topics `wanted`
+    /// that the hub does not hold yet (`known`), whose updates have still to
+    /// be kept at or below the point when they appear. `None` when nothing
+    /// is left.
+    fn still_needed(
+        self,
+        pattern: &str,
+        wanted: impl Fn(&str) -> bool,
+        known: impl Fn(&str) -> bool,
+    ) -> Option<Since> {
+        match self {
+            Since::All(s) => (!known(pattern)).then_some(Since::All(s)),
+            Since::PerTopic(mut m) => {
+                m.retain(|t, _| wanted(t) && !known(t));
+                m.shrink_to_fit();
+                (!m.is_empty()).then_some(Since::PerTopic(m))
+            }
+        }
+    }
+}
+
+/// A validated subscribe request.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    /// Topic or pattern.
+    pub pattern: String,
+    /// Echoed in the reply.
+    pub id: Option<Value>,
+    /// Resume point.
+    pub since: Option<Since>,
+    /// Send the last N of each topic first (when not resuming).
+    pub history: Option<usize>,
+    /// At most one update per topic per this interval (zero: no throttle).
+    pub throttle: Duration,
+    /// What the connection's token may watch (`None`: everything).
+    pub grant: Option<Grant>,
+}
+
+/// A per-topic rate limit from the configuration.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Topics it applies to (wildcards allowed).
+    pub pattern: String,
+    /// Updates closer than this to the last accepted one are not published.
+    pub min_interval: Duration,
+}
+
+/// How the hub behaves.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Updates kept per topic.
+    pub history_len: usize,
+    /// Bytes of history kept over all topics; beyond it the topics holding
+    /// the most are trimmed, oldest first (see [`crate::history`]).
+    pub history_max_bytes: usize,
+    /// Commands queued before publishers wait.
+    pub queue: usize,
+    /// Bytes of updates queued before publishers wait (one command can
+    /// carry thousands of updates, so commands alone do not bound memory).
+    pub queue_bytes: usize,
+    /// Per-topic rate limits, first match wins.
+    pub rate_limits: Vec<RateLimit>,
+    /// In cluster mode, where host updates produced here go to be published
+    /// to the broker. Never waited on: when it is full the update is not
+    /// exported and `export_dropped` counts it.
+    pub export: Option<mpsc::Sender<Arc<Update>>>,
+}
+
+/// What the hub is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Publish updates, in order.
+    Publish(Vec<Update>),
+    /// Number updates (each its topic's next seq, in arrival order) and
+    /// publish them.
+    PublishNext(Vec<Unnumbered>),
+    /// Add a subscription; the `$sys.subscribed` reply goes to `outbox`,
+    /// and what the session has to replay from history to `replay`.
+    Subscribe {
+        /// The connection.
+        conn: ConnId,
+        /// Its outbox.
+        outbox: Arc<Outbox>,
+        /// What it asked for.
+        request: SubscribeRequest,
+        /// Where the replay to run goes (empty when there is none).
+        replay: tokio::sync::oneshot::Sender<Replay>,
+    },
+    /// A session has replayed a subscription's history up to `reached`:
+    /// send what followed and deliver live from there.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// The subscription ([`Replay::token`]).
+        token: u64,
+        /// Per topic, the history read and the last seq sent from it.
+        reached: Vec<ReplayTopic>,
+    },
+    /// Remove a subscription.
+    Unsubscribe {
+        /// The connection.
+        conn: ConnId,
+        /// Exactly the pattern given to subscribe.
+        pattern: String,
+        /// Echoed in the reply.
+        id: Option<Value>,
+    },
+    /// The connection is gone.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Sends a `$sys` notice to every connection (cluster state changes).
+    Broadcast(SysMessage),
+    /// The history of every host topic produced here, above `floors` (a
+    /// topic missing from `floors` is sent whole): a peer's catch-up. The
+    /// answer names what to read; the caller reads it, not the hub.
+    Export {
+        /// Topic → the last seq the peer holds.
+        floors: HashMap<String, u64>,
+        /// Where the answer goes: each topic's history and the seq to read after.
+        reply: tokio::sync::oneshot::Sender<Vec<ReplayTopic>>,
+    },
+    /// The current seq of every host topic, to ask peers for what is newer.
+    Floors {
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<HashMap<String, u64>>,
+    },
+    /// Forgets every host whose `host.<h>.*` topics have all been idle for
+    /// `idle` or longer, except the hosts in `keep`: their topics, history
+    /// and throttle state go. Replies with the hosts forgotten.
+    Forget {
+        /// Hosts (topic segments) still attached, or departed too recently.
+        keep: HashSet<String>,
+        /// How long every topic of a host must have gone without an update.
+        idle: Duration,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
+    /// The latest update of every topic starting with `prefix`.
+    Latest {
+        /// Topic prefix, e.g. `host.` or `host.web-01.`.
+        prefix: String,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Vec<Arc<Update>>>,
+    },
+}
+
+/// Counters of the hub, read by `/healthz` and tests.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Updates accepted into topics.
+    pub updates_published: AtomicU64,
+    /// Updates dropped because their topic already held that seq.
+    pub updates_duplicate: AtomicU64,
+    /// Update frames queued to connections.
+    pub deliveries: AtomicU64,
+    /// Updates held back (throttled or conflated) for a connection.
+    pub held: AtomicU64,
+    /// Updates refused by an outbox being closed.
+    pub overflow_drops: AtomicU64,
+    /// Updates not published because of a topic rate limit.
+    pub rate_limited: AtomicU64,
+    /// Topics known.
+    pub topics: AtomicU64,
+    /// Hosts forgotten (with their topics) since start.
+    pub hosts_forgotten: AtomicU64,
+    /// What history holds (bytes, updates, trimmed, sealed).
+    pub history: Arc<HistoryStats>,
+    /// Live subscriptions.
+    pub subscriptions: AtomicU64,
+    /// Routing groups (subscriptions that route alike share one).
+    pub groups: AtomicU64,
+    /// Updates handed to the broker publisher (cluster mode).
+    pub exported: AtomicU64,
+    /// Updates not handed to the broker publisher because its queue was full.
+    pub export_dropped: AtomicU64,
+    /// `updates_published` by topic kind (index in [`topic::KINDS`]).
+    pub published_by_kind: [AtomicU64; topic::KINDS.len()],
+    /// `deliveries` by topic kind (index in [`topic::KINDS`]).
+    pub deliveries_by_kind: [AtomicU64; topic::KINDS.len()],
+}
+
+/// The hub's closed: the aggregator is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("the hub has stopped")]
+pub struct HubClosed;
+
+/// One topic of a replay: its history, and the seq after which to read.
+#[derive(Debug, Clone)]
+pub struct ReplayTopic {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// Its history, read by the session with no help from the hub.
+    pub history: Arc<TopicHistory>,
+    /// Updates above this seq are to be sent (then: the last one sent).
+    pub after: u64,
+}
+
+/// What a subscription's session replays before it joins live delivery.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Names the subscription in [`Command::Join`].
+    pub token: u64,
+    /// Topics with history to send, by name.
+    pub topics: Vec<ReplayTopic>,
+}
+
+/// A queued command, and the share of the byte bound it holds until the
+/// hub has handled it.
+#[derive(Debug)]
+struct Queued {
+    command: Command,
+    _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Command {
+    /// Bytes it holds for the queue's byte bound: its updates' JSON forms
+    /// (an event not encoded yet counts as a small update).
+    fn queued_bytes(&self) -> usize {
+        match self {
+            Command::Publish(updates) => updates.iter().map(|u| u.size()).sum(),
+            Command::PublishNext(updates) => updates.len() * 512,
+            _ => 0,
+        }
+    }
+}
+
+/// Cheap handle to send commands to the hub.
+#[derive(Debug, Clone)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<tokio::sync::Semaphore>,
+    max_bytes: usize,
+    /// Shared counters.
+    pub stats: Arc<HubStats>,
+}
+
+impl HubHandle {
+    /// How full the queue is, in commands or in bytes whichever is fuller,
+    /// from 0 (empty) to 1 (publishers wait).
+    pub fn queue_fill(&self) -> f64 {
+        let commands = 1.0 - self.tx.capacity() as f64 / self.tx.max_capacity() as f64;
+        let bytes = 1.0 - self.bytes.available_permits() as f64 / self.max_bytes as f64;
+        commands.max(bytes)
+    }
+
+    /// The latest update of every topic starting with `prefix` (empty if the
+    /// hub has stopped).
+    pub async fn latest(&self, prefix: impl Into<String>) -> Vec<Arc<Update>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let asked = self.send(Command::Latest {
+            prefix: prefix.into(),
+            reply,
+        });
+        match asked.await {
+            Ok(()) => rx.await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Asks the hub; `None` if it has stopped.
+    pub async fn ask<T>(
+        &self,
+        command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
+    ) -> Option<T> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(command(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Sends a command, waiting for room (the queue is bounded in commands
+    /// and in bytes; a command larger than the whole byte bound waits for
+    /// an empty queue).
+    pub async fn send(&self, command: Command) -> Result<(), HubClosed> {
+        let size = command.queued_bytes().min(self.max_bytes);
+        let bytes = match size {
+            0 => None,
+            n => Some(
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n as u32)
+                    .await
+                    .map_err(|_| HubClosed)?,
+            ),
+        };
+        self.tx
+            .send(Queued {
+                command,
+                _bytes: bytes,
+            })
+            .await
+            .map_err(|_| HubClosed)
+    }
+}
+
+/// The hub's queue, without the hub (which [`spawn`] starts on it).
+fn queue(settings: &HubSettings) -> (HubHandle, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(settings.queue);
+    let max_bytes = settings.queue_bytes.clamp(1, u32::MAX as usize);
+    let handle = HubHandle {
+        tx,
+        bytes: Arc::new(tokio::sync::Semaphore::new(max_bytes)),
+        max_bytes,
+        stats: Arc::new(HubStats::default()),
+    };
+    (handle, rx)
+}
+
+/// Starts the hub task. It ends when every handle is dropped.
+pub fn spawn(settings: HubSettings) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    let (handle, rx) = queue(&settings);
+    let stats = handle.stats.clone();
+    // Derived from the start time, like agents' sample seqs, so a topic the
+    // hub numbers starts each aggregator run above the previous run's.
+    let numbered_from = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64 / 10)
+        .unwrap_or(0);
+    let hub = Hub::new(settings, numbered_from, stats.clone());
+    let task = tokio::spawn(hub.run(rx));
+    (handle, task)
+}
+
+struct Topic {
+    /// Index in [`topic::KINDS`], for the per-kind counters.
+    kind: usize,
+    seq: u64,
+    history: Arc<TopicHistory>,
+    /// Groups delivering it.
+    groups: Vec<GroupId>,
+    /// From the configured rate limits.
+    min_interval: Duration,
+    last_accepted: Option<Instant>,
+    /// When an update was last accepted (or the topic made), for forgetting.
+    last_published: Instant,
+    /// Its last update was produced here (not received from a peer), so
+    /// this aggregator answers peers' catch-up requests for it.
+    local: bool,
+}
+
+struct Subscription {
+    pattern: String,
+    /// Distinguishes it from an earlier subscription to the same pattern.
+    token: u64,
+    group: GroupId,
+    since: Option<Since>,
+    grant: Option<Grant>,
+}
+
+impl Subscription {
+    /// Whether this subscription delivers `topic`.
+    fn wants(&self, topic: &str) -> bool {
+        topic::matches(&self.pattern, topic) && self.grant.as_ref().is_none_or(|g| g.allows(topic))
+    }
+}
+
+struct Conn {
+    outbox: Arc<Outbox>,
+    subscriptions: Vec<Subscription>,
+}
+
+struct Hub {
+    /// The seq before the first of a topic the hub numbers.
+    numbered_from: u64,
+    topics: HashMap<Arc<str>, Topic>,
+    conns: HashMap<ConnId, Conn>,
+    settings: HubSettings,
+    stats: Arc<HubStats>,
+    histories: Histories,
+    /// The last subscription token given.
+    tokens: u64,
+    routing: Routing,
+    /// Topic names in order, to find a pattern's topics by its literal
+    /// prefix.
+    names: BTreeSet<Arc<str>>,
+    /// Topic not held yet → connections with a resume point for it.
+    pending_since: HashMap<String, Vec<ConnId>>,
+}
+
+/// The topics a pattern can match, from the sorted names: those under its
+/// literal prefix (every name when it starts with a wildcard).
+fn candidates<'a>(
+    names: &'a BTreeSet<Arc<str>>,
+    pattern: &str,
+) -> impl Iterator<Item = &'a Arc<str>> {
+    let literal: Vec<&str> = pattern
+        .split('.')
+        .take_while(|seg| *seg != "*" && *seg != ">")
+        .collect();
+    let exact = literal.len() == pattern.split('.').count();
+    let mut prefix = literal.join(".");
+    if !exact && !prefix.is_empty() {
+        prefix.push('.');
+    }
+    let start: Arc<str> = prefix.clone().into();
+    names
+        .range(start..)
+        .take_while(move |n| n.starts_with(&prefix))
+        .filter(move |n| topic::matches(pattern, n))
+}
+
+/// The keys of a resume point still waiting for its topic.
+fn since_keys<'a>(pattern: &'a str, since: &'a Since) -> Vec<&'a str> {
+    match since {
+        Since::All(_) => vec![pattern],
+        Since::PerTopic(m) => m.keys().map(String::as_str).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+//! Tests of the registry: peers' hosts listed offline once gone, and
+//! forgetting departed hosts (never an attached one).
+
+use super::*;
+
+fn remote_view(host: &str, node: &str) -> HostView {
+    HostView {
+        host: host.into(),
+        online: true,
+        last_seen: None,
+        agent: HostEvent {
+            event: "online".into(),
+            host: host.into(),
+            agent_id: host.into(),
+            hostname: host.into(),
+            epoch: 1,
+            version: "0".into(),
+            labels: BTreeMap::new(),
+            interval_ms: 1000,
+            aggregator: Some(node.into()),
+        },
+    }
+}
+
+#[test]
+fn a_gone_peers_hosts_stay_listed_offline_until_announced_again() {
+    let r = Registry::with_node(Some("agg-1".into()));
+    r.set_remote("agg-2", Some(vec![remote_view("web-01", "agg-2")]));
+    assert!(r.hosts()[0].online);
+
+    r.set_remote("agg-2", None);
+    let hosts = r.hosts();
+    assert_eq!(hosts.len(), 1, "still listed");
+    assert!(!hosts[0].online);
+    assert_eq!(hosts[0].agent.event, "offline");
+    assert_eq!(hosts[0].agent.aggregator.as_deref(), Some("agg-2"));
+
+    // Announced online by another node (its agent failed over): that wins.
+    r.set_remote("agg-3", Some(vec![remote_view("web-01", "agg-3")]));
+    let hosts = r.hosts();
+    assert_eq!(hosts.len(), 1);
+    assert!(hosts[0].online);
+    assert_eq!(hosts[0].agent.aggregator.as_deref(), Some("agg-3"));
+}
+
+fn hello(host: &str, epoch: u64) -> Hello {
+    Hello {
+        agent_id: format!("agent-{host}"),
+        hostname: host.into(),
+        epoch,
+        interval_ms: 1000,
+        ..Hello::default()
+    }
+}
+
+#[test]
+fn a_detached_agent_is_forgotten_after_its_departure_and_an_attached_one_never() {
+    let r = Registry::new();
+    let (gone, _) = r.attach(&hello("gone", 1)).unwrap();
+    r.attach(&hello("stays", 1)).unwrap();
+    r.commit("agent-gone", gone.generation, 7);
+    let before = Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    r.detach("agent-gone", gone.generation).unwrap();
+    // Departed after the cutoff: still remembered.
+    assert!(r.retained_hosts(before).contains("gone"));
+    assert!(r.forget(before).is_empty());
+
+    let now = Instant::now();
+    let keep = r.retained_hosts(now);
+    assert!(!keep.contains("gone") && keep.contains("stays"), "{keep:?}");
+    let events = r.forget(now);
+    assert_eq!(events.len(), 1);
+    assert_eq!((&*events[0].event, &*events[0].host), ("forgotten", "gone"));
+    assert_eq!(r.agents(), 1);
+    assert_eq!(
+        r.hosts()
+            .iter()
+            .map(|h| h.host.as_str())
+            .collect::<Vec<_>>(),
+        ["stays"]
+    );
+    assert!(r.forget(Instant::now()).is_empty(), "forgotten once");
+
+    // Back with the same run: a fresh start, announced online.
+    let (again, event) = r.attach(&hello("gone", 1)).unwrap();
+    assert_eq!(event.event, "online");
+    assert!(!again.known);
+    assert_eq!(again.last_seq, 0);
+}
+
+#[test]
+fn a_host_no_peer_announces_is_forgotten_after_its_departure() {
+    let r = Registry::with_node(Some("agg-1".into()));
+    r.set_remote("agg-2", Some(vec![remote_view("web-01", "agg-2")]));
+    r.set_remote("agg-3", Some(vec![remote_view("db-01", "agg-3")]));
+    assert!(r.retained_hosts(Instant::now()).contains("web-01"));
+    assert!(r.forget(Instant::now()).is_empty(), "announced online");
+
+    let before = Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    r.set_remote("agg-2", Some(Vec::new()));
+    r.set_remote("agg-3", None);
+    assert!(r.retained_hosts(before).contains("web-01"));
+    assert!(r.retained_hosts(before).contains("db-01"));
+    assert!(r.forget(before).is_empty());
+
+    let mut events = r.forget(Instant::now());
+    events.sort_by(|a, b| a.host.cmp(&b.host));
+    let got: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .map(|e| (&*e.event, e.host.as_str(), e.aggregator.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("forgotten", "db-01", Some("agg-3")),
+            ("forgotten", "web-01", Some("agg-2"))
+        ]
+    );
+    assert!(r.hosts().is_empty());
+    assert!(r.retained_hosts(Instant::now()).is_empty());
+}

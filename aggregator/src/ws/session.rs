@@ -1,0 +1,423 @@
+//! One connection's task: it `select!`s (biased) between shutdown, its
+//! outbox, the batching/throttle timer, the socket and the heartbeat, and at
+//! each wake-up drains what is due and writes it with one flush. The
+//! client's requests are handled in `session/requests.rs`.
+
+mod requests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::auth::Grant;
+use crate::hub::{Command, ConnId, SubscribeRequest};
+use crate::limit::TokenBucket;
+use crate::ws::encoding::Encoding;
+use crate::ws::outbox::{Item, Outbox};
+use crate::ws::protocol;
+use crate::ws::protocol::error_message;
+use crate::ws::replay::Replaying;
+use crate::ws::write::{CLOSE_WAIT, WriteError, close_politely, finish, is_too_big};
+use crate::ws::{FLOOD_CLOSE, WsState, write_buffer_limit};
+use crate::ws::{close, frames};
+
+/// Requests waiting behind a connection's replay before it refuses more.
+const MAX_DEFERRED: usize = 64;
+
+/// Most bytes of replay in a connection's outbox at once: the replay goes on
+/// when they have been written, at the pace of the socket. Small, as a chunk
+/// is read, framed and written under a server-wide permit.
+const REPLAY_CHUNK: usize = 64 << 10;
+
+/// A request for the hub, sent in the order the client made them.
+#[derive(Debug)]
+enum HubRequest {
+    Subscribe(SubscribeRequest),
+    Unsubscribe {
+        pattern: String,
+        id: Option<serde_json::Value>,
+    },
+}
+
+pub(super) struct Session {
+    id: ConnId,
+    peer: SocketAddr,
+    state: Arc<WsState>,
+    outbox: Arc<Outbox>,
+    subscriptions: Vec<String>,
+    encoding: Encoding,
+    batch: Duration,
+    /// What this connection may watch; `None` until it authenticates.
+    pub(super) grant: Option<Grant>,
+    /// Control messages it may still send now.
+    control: TokenBucket,
+    /// Control messages refused for rate, and when the last refusal was told.
+    refused_control: u64,
+    told_rate_limited: Option<Instant>,
+    /// Replays to run, the first one running.
+    replays: VecDeque<Replaying>,
+    /// Requests made during a replay, sent to the hub once it has joined, so
+    /// they take effect in the order the client made them.
+    deferred: VecDeque<HubRequest>,
+    /// Held from reading a replay chunk until it is written.
+    replay_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// How a session ends.
+pub(super) enum End {
+    /// The peer vanished.
+    Gone,
+    /// The peer sent a close frame: tungstenite has queued the reply, which
+    /// is written the next time the socket is polled.
+    PeerClosed,
+    /// The server closes with this code and reason and waits (bounded) for
+    /// the peer's close reply.
+    Close(u16, &'static str),
+    /// Like `Close`, but nothing queued is written first: a frame could not
+    /// be written, and what follows it would reach the client with a gap.
+    Fail(u16, &'static str),
+    /// The peer is not keeping up: try to send the close frame for at most
+    /// the given time (it may be stuck behind unread data), and go.
+    Abandon(u16, &'static str, Duration),
+}
+
+/// A client still lagging after the grace period: 1013 with a retry hint.
+/// The close frame waits behind what the client has not read yet, so it gets
+/// a while to go through.
+const TOO_SLOW_END: End = End::Abandon(
+    close::TRY_AGAIN_LATER,
+    "too slow: fell behind past the grace period; reconnect and resume with since",
+    CLOSE_WAIT,
+);
+
+/// The hub has stopped: the aggregator is shutting down.
+const SHUTTING_DOWN: End = End::Close(close::GOING_AWAY, "server shutting down");
+
+impl Session {
+    pub(super) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        state: Arc<WsState>,
+        encoding: Encoding,
+        batch: Duration,
+    ) -> Self {
+        let outbox = Outbox::new(
+            state.config.queue_max_bytes,
+            Duration::from_millis(state.config.slow_grace_ms),
+            state.outbox_stats.clone(),
+        );
+        let rate = f64::from(state.config.control_per_sec);
+        Self {
+            id,
+            peer,
+            state,
+            outbox,
+            subscriptions: Vec::new(),
+            encoding,
+            batch,
+            grant: None,
+            control: TokenBucket::new(rate, rate * 2.0),
+            refused_control: 0,
+            told_rate_limited: None,
+            replays: VecDeque::new(),
+            deferred: VecDeque::new(),
+            replay_permit: None,
+        }
+    }
+
+    #[tracing::instrument(name = "ws", skip_all, fields(conn = self.id, peer = %self.peer))]
+    pub(super) async fn run(self, socket: WebSocket) {
+        // The session's state lives on the heap once, not inline in the
+        // task next to the serve loop's futures.
+        Box::pin(self.run_inner(socket)).await
+    }
+
+    async fn run_inner(mut self, mut socket: WebSocket) {
+        self.state.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            encoding = self.encoding.name(),
+            batch_ms = self.batch.as_millis() as u64,
+            "connected"
+        );
+        let end = self.serve(&mut socket).await;
+        match end {
+            End::Gone => {}
+            End::PeerClosed => {
+                // Reading again writes the queued close reply (a socket
+                // dropped now would leave the client without one), then
+                // reports the end; bounded, as the peer may have stopped
+                // reading.
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+                .await;
+            }
+            End::Close(code, reason) => {
+                tracing::debug!(code, reason, "closing");
+                // What is queued (an error explaining the close, say) goes first.
+                let mut items = Vec::new();
+                self.outbox.drain_into(&mut items);
+                if !items.is_empty() {
+                    match tokio::time::timeout(CLOSE_WAIT, self.write(&mut socket, &mut items))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::info!(error = ?e, "last frames before the close not written")
+                        }
+                        Err(_) => {
+                            tracing::info!("last frames before the close not written in time")
+                        }
+                    }
+                }
+                close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
+            }
+            End::Fail(code, reason) => {
+                close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
+            }
+            End::Abandon(code, reason, send_wait) => {
+                tracing::info!(code, reason, "closing a client that does not keep up");
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ =
+                    tokio::time::timeout(send_wait, socket.send(Message::Close(Some(frame)))).await;
+            }
+        }
+        let _ = self
+            .state
+            .hub
+            .send(Command::Disconnect { conn: self.id })
+            .await;
+        self.state.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!("disconnected");
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> End {
+        let state = self.state.clone();
+        let config = &state.config;
+        let mut heartbeat = tokio::time::interval_at(
+            Instant::now() + Duration::from_millis(config.ping_interval_ms),
+            Duration::from_millis(config.ping_interval_ms),
+        );
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
+        let mut last_heard = Instant::now();
+        let mut items: Vec<Item> = Vec::new();
+        // When to drain next: the end of a batching window, or when a
+        // throttled update falls due.
+        let mut flush_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = state.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
+                _ = self.outbox.doomed() => return TOO_SLOW_END,
+                _ = self.outbox.notified() => {
+                    // A replay goes at the pace of the socket, not of the
+                    // batching window.
+                    let window = if self.replays.is_empty() { self.batch } else { Duration::ZERO };
+                    let window_end = Instant::now() + window;
+                    flush_at = Some(flush_at.map_or(window_end, |f| f.min(window_end)));
+                }
+                _ = sleep_until_opt(flush_at) => {}
+                message = socket.recv() => {
+                    last_heard = Instant::now();
+                    match message {
+                        None => return End::Gone,
+                        Some(Err(e)) => {
+                            if is_too_big(&e) {
+                                tracing::info!(cause = %e, "message over the size limit");
+                                return End::Close(close::TOO_BIG, "message too big");
+                            }
+                            return End::Gone;
+                        }
+                        Some(Ok(message)) => {
+                            // Boxed: requests are rare next to updates, and
+                            // their future would otherwise enlarge every
+                            // idle connection's task.
+                            if let Some(end) = Box::pin(self.on_message(message)).await {
+                                return end;
+                            }
+                            if self.advance_replay().await.is_err() {
+                                return SHUTTING_DOWN;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > ping_timeout {
+                        tracing::info!(timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
+                        return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
+                    }
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    match tokio::time::timeout(Duration::from_millis(config.write_timeout_ms), ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return self.write_failed(e.into()),
+                        Err(_) => {
+                            tracing::info!("client stopped reading (ping not written); disconnecting");
+                            return End::Gone;
+                        }
+                    }
+                    continue;
+                }
+            }
+            if flush_at.is_some_and(|f| f > Instant::now()) {
+                continue;
+            }
+            flush_at = self.outbox.drain_into(&mut items);
+            if !items.is_empty() {
+                let write = self.write(socket, &mut items);
+                tokio::select! {
+                    biased;
+                    _ = self.outbox.doomed() => return TOO_SLOW_END,
+                    r = tokio::time::timeout(Duration::from_millis(config.write_timeout_ms), write) => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return self.write_failed(e),
+                        Err(_) => {
+                            tracing::info!("client stopped reading; disconnecting");
+                            return End::Gone;
+                        }
+                    },
+                }
+            }
+            // Nothing kept of a burst: thousands of idle connections must
+            // not each hold the largest batch they ever wrote.
+            if items.capacity() > 1024 {
+                items = Vec::new();
+            }
+            // The chunk written (or nothing was): another replay may go, and
+            // this one queues behind whatever else is ready to run.
+            if self.replay_permit.take().is_some() {
+                tokio::task::yield_now().await;
+            }
+            if self.outbox.overflowed() {
+                return TOO_SLOW_END;
+            }
+            if self.advance_replay().await.is_err() {
+                return SHUTTING_DOWN;
+            }
+            if self.outbox.has_queued() {
+                // More arrived while writing: go round again at once.
+                flush_at =
+                    Some(flush_at.map_or(Instant::now(), |f| f.min(Instant::now() + self.batch)));
+            }
+        }
+    }
+
+    /// Writes `items` (batch frames split at `ws.max_frame_bytes`, or a
+    /// frame each) and flushes once.
+    async fn write(&self, socket: &mut WebSocket, items: &mut Vec<Item>) -> Result<(), WriteError> {
+        if self.batch.is_zero() {
+            for item in items.drain(..) {
+                let message = finish(frames::single(&item, self.encoding)).await?;
+                socket.feed(message).await?;
+            }
+        } else {
+            let batches = frames::batches(items, self.encoding, self.state.config.max_frame_bytes);
+            items.clear();
+            for frame in batches {
+                let message = finish(frame).await?;
+                socket.feed(message).await?;
+            }
+        }
+        Ok(socket.flush().await?)
+    }
+
+    /// How a failed write ends the session: logged (the session's span names
+    /// the connection and peer) and closed with 1011.
+    fn write_failed(&self, e: WriteError) -> End {
+        match e {
+            WriteError::TooBig { bytes } => {
+                let limit = write_buffer_limit(&self.state.config);
+                tracing::warn!(
+                    bytes,
+                    limit,
+                    "frame larger than the write buffer limit cannot be written; closing with 1011"
+                );
+                End::Fail(
+                    close::INTERNAL,
+                    "a frame larger than the write buffer limit could not be written",
+                )
+            }
+            WriteError::Socket(cause) => {
+                tracing::info!(%cause, "write failed; closing with 1011");
+                // Bounded like any close: a broken socket fails both the
+                // close frame and the wait for its reply at once.
+                End::Fail(close::INTERNAL, "write failed")
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Option<End> {
+        match message {
+            Message::Text(text) => {
+                let now = Instant::now();
+                if !self.control.try_take(now) {
+                    self.refused_control += 1;
+                    let limit = self.state.config.control_per_sec;
+                    // Refusals are told at most once a second: a flood must
+                    // not turn into a flood of errors.
+                    if self
+                        .told_rate_limited
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        self.told_rate_limited = Some(now);
+                        self.outbox.push_sys(error_message(
+                            "rate_limited",
+                            &format!("more than {limit} control messages per second; this one was dropped"),
+                            None,
+                        ));
+                    }
+                    if self.refused_control > FLOOD_CLOSE {
+                        tracing::info!(
+                            limit,
+                            refused = self.refused_control,
+                            "control message flood"
+                        );
+                        return Some(End::Close(close::POLICY, "too many requests"));
+                    }
+                    return None;
+                }
+                let limits = protocol::Limits {
+                    max_topic_bytes: self.state.config.max_topic_bytes,
+                    max_topic_segments: self.state.config.max_topic_segments,
+                };
+                match protocol::parse_with(&text, limits) {
+                    Ok(request) => return self.on_request(request).await,
+                    Err(e) => {
+                        tracing::debug!(code = e.code, message = %e.message, "request refused");
+                        self.outbox
+                            .push_sys(error_message(e.code, &e.message, e.id));
+                    }
+                }
+                None
+            }
+            Message::Binary(_) => {
+                self.outbox.push_sys(error_message(
+                    "binary_not_supported",
+                    "requests are JSON text frames; binary frames are not accepted",
+                    None,
+                ));
+                None
+            }
+            // tungstenite answers pings itself; a pong is just a sign of life.
+            Message::Ping(_) | Message::Pong(_) => None,
+            Message::Close(_) => Some(End::PeerClosed),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
