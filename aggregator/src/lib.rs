@@ -33,7 +33,7 @@
 //! Each uses only what is listed before it (no circles):
 //! 1. `topic`, `limit`, `tls`, `ws::encoding`: nothing of the crate.
 //! 2. `auth`: topic. `update`: `ws::encoding`.
-//! 3. `history`, `ws::outbox`: update. (`ws::encoding` and `ws::outbox` are
+//! 3. `history`, `ws::outbox`: update, `ws::encoding`. (`ws::encoding` and `ws::outbox` are
 //!    leaves the lower layers use: the encodings of an update, and the queue
 //!    the hub pushes into and the session drains.)
 //! 4. `hub`: auth, topic, update, history, `ws::outbox`.
@@ -259,8 +259,10 @@ pub async fn run(
             .add_service(InterceptedService::new(
                 IngestServer::new(service)
                     .max_decoding_message_size(config.ingest.max_message_bytes)
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .send_compressed(CompressionEncoding::Gzip),
+                    // Agents send gzip; the replies (Welcome, acks) are a
+                    // few bytes, which gzip would only make longer and cost
+                    // a compressor each.
+                    .accept_compressed(CompressionEncoding::Gzip),
                 ingest::authenticate(auth.clone()),
             ))
             .serve_with_incoming_shutdown(

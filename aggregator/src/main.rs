@@ -36,6 +36,9 @@ struct Args {
     log_format: hostpulse_common::logging::LogFormat,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

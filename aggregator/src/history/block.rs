@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::{DeflateDecoder, DeflateEncoder};
+use flate2::write::DeflateDecoder;
 
 use crate::update::Update;
+use crate::ws::encoding::deflate_at;
 
 /// Compression level for blocks: sealing runs for every update of the fleet,
 /// so a fast level; the long runs of repeated keys compress well anyway.
@@ -48,17 +48,14 @@ impl Block {
     /// `u32::MAX` of the first: see [`Block::fits`]).
     pub fn seal(updates: &[Arc<Update>]) -> Self {
         let first = updates.first().expect("a block holds updates").seq;
-        let raw_len: usize = updates.iter().map(|u| u.json.len() + 5).sum();
-        let mut enc = DeflateEncoder::new(Vec::with_capacity(raw_len / 4), Compression::new(LEVEL));
+        let mut raw = Vec::with_capacity(updates.iter().map(|u| u.json.len() + 3).sum());
         let mut varint = [0u8; 10];
-        let mut raw = 0;
         for u in updates {
             let n = leb128(u.json.len() as u64, &mut varint);
-            enc.write_all(&varint[..n]).expect("writes to a Vec");
-            enc.write_all(u.json.as_bytes()).expect("writes to a Vec");
-            raw += n + u.json.len();
+            raw.extend_from_slice(&varint[..n]);
+            raw.extend_from_slice(u.json.as_bytes());
         }
-        let data = enc.finish().expect("writes to a Vec").into_boxed_slice();
+        let data = deflate_at(&raw, LEVEL).into_boxed_slice();
         Block {
             topic: updates[0].topic.clone(),
             first,
@@ -67,7 +64,7 @@ impl Block {
                 .map(|u| u32::try_from(u.seq - first).expect("checked by fits"))
                 .collect(),
             data,
-            raw_len: raw as u32,
+            raw_len: raw.len() as u32,
             decoded: Mutex::new(Weak::new()),
         }
     }

@@ -66,16 +66,38 @@ impl Encoding {
     }
 }
 
+/// Level of `msgpack+deflate` frames. Not 1: with the zlib-rs backend, level
+/// 1 is zlib-ng's quick strategy, fixed Huffman codes only, which grows
+/// incompressible data by about 6 %, past a frame's budget
+/// ([`crate::ws::frames::deflate_budget`]); level 2 falls back to stored
+/// blocks as zlib does.
+const FRAME_LEVEL: u32 = 2;
+
 thread_local! {
-    /// One compressor per thread, reset between frames: creating one costs
-    /// about four times as much as compressing a typical update.
-    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+    /// One compressor per thread and level, reset between uses: creating one
+    /// allocates and zeroes its tables, which costs more than compressing a
+    /// typical update or history block.
+    static DEFLATE: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Compresses `data` as one self-contained raw deflate stream.
+/// Compresses `data` as one self-contained raw deflate stream, at the level
+/// of `msgpack+deflate` frames.
 pub fn deflate(data: &[u8]) -> Bytes {
-    DEFLATE.with(|c| {
-        let mut c = c.borrow_mut();
+    Bytes::from(deflate_at(data, FRAME_LEVEL))
+}
+
+/// Compresses `data` as one self-contained raw deflate stream at `level`
+/// (0..=9), with this thread's compressor for that level.
+pub fn deflate_at(data: &[u8], level: u32) -> Vec<u8> {
+    DEFLATE.with_borrow_mut(|all| {
+        let i = match all.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                all.push((level, Compress::new(Compression::new(level), false)));
+                all.len() - 1
+            }
+        };
+        let c = &mut all[i].1;
         c.reset();
         let mut out = Vec::with_capacity(data.len() / 2 + 64);
         loop {
@@ -88,7 +110,7 @@ pub fn deflate(data: &[u8]) -> Bytes {
                 Status::Ok | Status::BufError => out.reserve(out.capacity().max(64)),
             }
         }
-        Bytes::from(out)
+        out
     })
 }
 
