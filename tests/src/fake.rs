@@ -22,6 +22,7 @@ pub fn hello(host: &str, epoch: u64) -> AgentMessage {
             epoch,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: 50,
+            instance: 0,
         })),
     }
 }
