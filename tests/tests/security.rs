@@ -581,7 +581,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
             "name of 10000 bytes, more than 256",
         ),
         (
-            vec![fake::batch(1, &[fake::sample(1, 101)])],
+            vec![fake::batch(1, &[bounded(|s| top_list(s, 101))])],
             tonic::Code::InvalidArgument,
             "processes.top_cpu lists 101 entries, more than 100",
         ),
@@ -733,4 +733,9 @@ fn mount_name(s: &mut hostpulse_proto::Sample, bytes: usize) {
 
 fn sensor_label(s: &mut hostpulse_proto::Sample, bytes: usize) {
     s.temperatures.as_mut().unwrap().sensors[0].label = "t".repeat(bytes);
+}
+
+fn top_list(s: &mut hostpulse_proto::Sample, n: usize) {
+    let p = s.processes.as_mut().unwrap();
+    p.top_cpu = vec![p.top_cpu[0].clone(); n];
 }
