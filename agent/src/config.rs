@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hostpulse_proto::MAX_TOP_PROCESSES;
 use serde::Deserialize;
 
 pub use hostpulse_common::config::{ConfigError, read_bounded};
@@ -17,7 +18,9 @@ pub struct AgentConfig {
     /// Aggregator ingest address(es), `http://host:port`. With several, the
     /// agent tries them in order and moves to the next when one fails.
     pub aggregator: Aggregators,
-    /// Stable identity of this agent; empty means the host name.
+    /// Stable identity of this agent; empty means the host name. Agents
+    /// sharing one (clones of a machine image) are refused while another
+    /// streams with it: give each its own (or `HOSTPULSE_AGENT_ID`).
     pub agent_id: String,
     /// Host name to report; empty means the system's host name.
     pub hostname: String,
@@ -39,8 +42,13 @@ pub struct AgentConfig {
     /// Sampling interval in milliseconds (at least 10; CPU figures need 200+
     /// to be meaningful).
     pub interval_ms: u64,
-    /// Most samples in one batch.
+    /// Most samples in one batch (within the aggregator's
+    /// `max_samples_per_batch`, which it says on connect and which wins).
     pub batch_max_samples: usize,
+    /// Batches are cut at about this many encoded bytes (a larger sample
+    /// goes alone), within the aggregator's `max_message_bytes`, which it
+    /// says on connect and which wins.
+    pub batch_max_bytes: usize,
     /// Longest a sample waits to be batched with later ones, in milliseconds.
     /// 0 sends each sample as soon as it is taken (lowest latency); while the
     /// aggregator is unreachable samples are batched regardless.
@@ -171,6 +179,7 @@ impl Default for AgentConfig {
             labels: Default::default(),
             interval_ms: 1000,
             batch_max_samples: 10,
+            batch_max_bytes: 1 << 20,
             flush_interval_ms: 0,
             spool_max_bytes: 64 << 20,
             retain_acked_samples: 600,
@@ -190,6 +199,9 @@ pub const DEFAULT_PROC_ROOT: &str = "/proc";
 
 /// Where sysfs is mounted unless `collect.sys_root` says otherwise.
 pub const DEFAULT_SYS_ROOT: &str = "/sys";
+
+/// Accepted values of `batch_max_bytes`.
+pub const BATCH_MAX_BYTES_RANGE: std::ops::RangeInclusive<usize> = (4 << 10)..=(64 << 20);
 
 /// Shortest sampling interval accepted. Topic seqs are derived from the
 /// run epoch in units of this interval, so it is also what keeps seqs rising
@@ -272,6 +284,15 @@ impl AgentConfig {
         if self.batch_max_samples == 0 || self.batch_max_samples > 10_000 {
             return Err(invalid("batch_max_samples", "must be 1..=10000".into()));
         }
+        if !(BATCH_MAX_BYTES_RANGE).contains(&self.batch_max_bytes) {
+            return Err(invalid(
+                "batch_max_bytes",
+                format!(
+                    "{} is outside {BATCH_MAX_BYTES_RANGE:?}",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
         if self.spool_max_bytes < 64 << 10 {
             return Err(invalid("spool_max_bytes", "must be at least 65536".into()));
         }
@@ -288,10 +309,12 @@ impl AgentConfig {
                 "must be above 0 and at most 100".into(),
             ));
         }
-        if self.collect.top_processes > 1000 {
+        if self.collect.top_processes > MAX_TOP_PROCESSES {
             return Err(invalid(
                 "collect.top_processes",
-                "must be at most 1000".into(),
+                format!(
+                    "must be at most {MAX_TOP_PROCESSES} (the longest top list an aggregator accepts)"
+                ),
             ));
         }
         for (key, v) in [
@@ -385,96 +408,4 @@ impl AgentConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_file_gives_defaults() {
-        let c = AgentConfig::parse("", Path::new("a.toml")).unwrap();
-        assert_eq!(c.interval_ms, 1000);
-        assert_eq!(c.aggregator.list(), vec!["http://127.0.0.1:7070"]);
-    }
-
-    #[test]
-    fn unknown_key_names_file_and_key() {
-        let e = AgentConfig::parse("intervall_ms = 5", Path::new("a.toml")).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            msg.contains("a.toml") && msg.contains("intervall_ms"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn invalid_value_names_key_and_reason() {
-        let e = AgentConfig::parse("interval_ms = 1", Path::new("a.toml")).unwrap_err();
-        assert!(e.to_string().contains("`interval_ms`: 1 is below"), "{e}");
-        let e =
-            AgentConfig::parse("aggregator = \"127.0.0.1:1\"", Path::new("a.toml")).unwrap_err();
-        assert!(e.to_string().contains("http://"), "{e}");
-    }
-
-    #[test]
-    fn collectors_can_be_switched_off_and_intervals_are_checked() {
-        let c = AgentConfig::parse(
-            "[collect]\nnetwork = false\ntemperatures = false\nfilesystems_interval_secs = 5",
-            Path::new("a.toml"),
-        )
-        .unwrap();
-        assert!(!c.collect.network && !c.collect.temperatures);
-        assert!(c.collect.disk && c.collect.filesystems && c.collect.system);
-        assert_eq!(c.collect.filesystems_interval_secs, 5);
-        let e = AgentConfig::parse("[collect]\nsystem_interval_secs = 0", Path::new("a.toml"))
-            .unwrap_err();
-        assert!(e.to_string().contains("system_interval_secs"), "{e}");
-        let e = AgentConfig::parse("[collect]\nnetwrok = false", Path::new("a.toml")).unwrap_err();
-        assert!(e.to_string().contains("netwrok"), "{e}");
-    }
-
-    #[test]
-    fn proc_and_sys_roots_default_to_the_mounts_and_must_be_directories() {
-        let c = AgentConfig::parse("", Path::new("a.toml")).unwrap();
-        assert_eq!(c.collect.proc_root, Path::new("/proc"));
-        assert_eq!(c.collect.sys_root, Path::new("/sys"));
-        let dir = std::env::temp_dir();
-        let c = AgentConfig::parse(
-            &format!(
-                "[collect]\nproc_root = {:?}\nsys_root = {:?}",
-                dir.join("."),
-                dir
-            ),
-            Path::new("a.toml"),
-        )
-        .unwrap();
-        assert_eq!(c.collect.sys_root, dir);
-        let e = AgentConfig::parse("[collect]\nproc_root = \"host/proc\"", Path::new("a.toml"))
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("`collect.proc_root`: host/proc must be an absolute path"),
-            "{e}"
-        );
-        if cfg!(target_os = "linux") {
-            let e = AgentConfig::parse(
-                "[collect]\nsys_root = \"/nonexistent/sys\"",
-                Path::new("a.toml"),
-            )
-            .unwrap_err();
-            assert!(
-                e.to_string()
-                    .contains("`collect.sys_root`: /nonexistent/sys is not a readable directory"),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn several_aggregators_are_accepted() {
-        let c = AgentConfig::parse(
-            "aggregator = [\"http://a:1\", \"http://b:2\"]",
-            Path::new("a.toml"),
-        )
-        .unwrap();
-        assert_eq!(c.aggregator.list().len(), 2);
-    }
-}
+mod tests;

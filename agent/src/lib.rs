@@ -5,19 +5,26 @@
 //! - [`collect`]: the host collector (`sysinfo`, and `/proc/net/dev` for
 //!   network counters where it exists), one file per metric family.
 //! - [`spool`]: unacknowledged batches, bounded in bytes.
+//! - [`limits`]: batch limits (ours, the aggregator's) and cutting to them.
+//! - [`batcher`]: pending samples into batches within those limits, and
+//!   splitting batches that exceed them.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`link`]: one gRPC stream to an aggregator (`Hello` → `Welcome`).
 //! - [`pipeline`]: batching, sending, acks and reconnects in one task.
+//! - [`status`]: the live counters.
 //!
 //! [`Agent::run`] wires them: a sampler task takes a sample every interval on
 //! the blocking pool and hands it to the pipeline over a bounded channel.
 
 pub mod backoff;
+pub mod batcher;
 pub mod collect;
 pub mod config;
+pub mod limits;
 pub mod link;
 pub mod pipeline;
 pub mod spool;
+pub mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,7 +36,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
-pub use pipeline::AgentStatus;
+pub use status::AgentStatus;
 
 use crate::backoff::Backoff;
 use crate::collect::{Collector, now_ms, system_hostname};
@@ -85,6 +92,8 @@ impl Agent {
             epoch: self.epoch_ms,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: config.interval_ms.min(u32::MAX as u64) as u32,
+            // This process, among any others claiming the same agent id.
+            instance: fastrand::u64(1..),
         };
         tracing::info!(
             agent_id = %hello.agent_id,
@@ -98,6 +107,7 @@ impl Agent {
             aggregators: config.aggregator.list(),
             hello,
             batch_max_samples: config.batch_max_samples,
+            batch_max_bytes: config.batch_max_bytes,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             spool_max_bytes: config.spool_max_bytes,
             retain_acked_samples: config.retain_acked_samples,

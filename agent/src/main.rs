@@ -22,6 +22,10 @@ struct Args {
     /// Host name to report (overrides `hostname` in the file).
     #[arg(long, env = "HOSTPULSE_HOSTNAME")]
     hostname: Option<String>,
+    /// Agent id to announce (overrides `agent_id` in the file); each agent
+    /// needs its own, so clones of one machine image need it set.
+    #[arg(long, env = "HOSTPULSE_AGENT_ID")]
+    agent_id: Option<String>,
     /// File holding the token to present (overrides the token keys in the file).
     #[arg(long, env = "HOSTPULSE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -108,6 +112,9 @@ fn load_config(args: &Args) -> Result<AgentConfig, hostpulse_agent::config::Conf
     }
     if let Some(h) = &args.hostname {
         config.hostname = h.clone();
+    }
+    if let Some(id) = &args.agent_id {
+        config.agent_id = id.clone();
     }
     if let Some(f) = &args.token_file {
         config.token = None;

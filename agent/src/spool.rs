@@ -236,6 +236,79 @@ impl Spool {
         Some(seq)
     }
 
+    /// The batch the aggregator refused on the current stream, found as
+    /// [`Spool::discard_refused`] finds it, if it is still held.
+    pub fn refused(&self) -> Option<&SpooledBatch> {
+        let after = self.stream_acked;
+        self.batches
+            .iter()
+            .find(|e| e.sent == Sent::OnThisStream && e.batch.seq > after)
+            .map(|e| &e.batch)
+    }
+
+    /// Replaces batch `seq` by `parts` (its samples, in order, in smaller
+    /// batches, or fewer of them: those that can never be sent are gone),
+    /// numbered from `seq` on; every later batch moves up by
+    /// `parts.len() - 1`, as do the ack mark and the send cursor where they
+    /// lie beyond it. Returns that shift (the caller's next seq moves too).
+    ///
+    /// Seqs only ever move up, so an aggregator that holds batches under
+    /// their old numbers (a `Welcome.last_seq`, an ack) never acknowledges
+    /// more than it holds: at worst it is sent samples again, and drops
+    /// them as duplicates by topic seq. Batches evicted in flight keep
+    /// their old numbers: those are the aggregator's.
+    pub fn split(&mut self, seq: u64, parts: Vec<(u32, Bytes)>) -> u64 {
+        let Some(i) = self.batches.iter().position(|e| e.batch.seq == seq) else {
+            return 0;
+        };
+        let old = self.batches.remove(i).expect("index in range");
+        self.bytes -= old.batch.payload.len();
+        let acked = seq <= self.acked_through;
+        if acked {
+            self.retained_samples -= u64::from(old.batch.sample_count);
+        }
+        let shift = parts.len().saturating_sub(1) as u64;
+        for e in self.batches.iter_mut().skip(i) {
+            e.batch.seq += shift;
+        }
+        for mark in [&mut self.acked_through, &mut self.stream_acked] {
+            if *mark >= seq {
+                *mark += shift;
+            }
+        }
+        if self.next_to_send > seq {
+            self.next_to_send += shift;
+        }
+        for (k, (sample_count, payload)) in parts.into_iter().enumerate() {
+            self.bytes += payload.len();
+            if acked {
+                self.retained_samples += u64::from(sample_count);
+            }
+            let batch = SpooledBatch {
+                seq: seq + k as u64,
+                sample_count,
+                payload,
+            };
+            self.batches.insert(
+                i + k,
+                Entry {
+                    batch,
+                    sent: old.sent,
+                },
+            );
+        }
+        shift
+    }
+
+    /// The next batch to send on the current stream, without taking it.
+    pub fn peek_unsent(&self) -> Option<&SpooledBatch> {
+        let next_to_send = self.next_to_send;
+        self.batches
+            .iter()
+            .find(|e| e.batch.seq >= next_to_send)
+            .map(|e| &e.batch)
+    }
+
     /// Seq of the oldest unacknowledged batch.
     pub fn oldest_unacked(&self) -> Option<u64> {
         self.batches
@@ -356,212 +429,4 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batch(seq: u64, size: usize) -> SpooledBatch {
-        SpooledBatch {
-            seq,
-            sample_count: 2,
-            payload: Bytes::from(vec![0u8; size]),
-        }
-    }
-
-    fn seqs(s: &mut Spool) -> Vec<u64> {
-        std::iter::from_fn(|| s.next_unsent().map(|b| b.seq)).collect()
-    }
-
-    fn counts(s: &Spool) -> (u64, u64, u64, u64) {
-        (
-            s.dropped_batches,
-            s.dropped_samples,
-            s.unconfirmed_batches,
-            s.unconfirmed_samples,
-        )
-    }
-
-    #[test]
-    fn acked_batches_are_retained_within_budget_and_resent_on_request() {
-        let mut s = Spool::new(1000, 4);
-        for seq in 1..=5 {
-            s.push(batch(seq, 10));
-        }
-        assert_eq!(seqs(&mut s), vec![1, 2, 3, 4, 5]);
-        s.ack_through(3);
-        // 3 acked batches of 2 samples exceed the budget of 4: batch 1 goes.
-        assert_eq!(s.len(), 4);
-        assert_eq!(s.unacked(), 2);
-        s.end_stream();
-        s.start_stream(Some(3));
-        assert_eq!(seqs(&mut s), vec![4, 5]);
-        s.end_stream();
-        s.start_stream(None);
-        assert_eq!(seqs(&mut s), vec![2, 3, 4, 5]);
-        assert!(!s.has_unsent());
-        assert_eq!(counts(&s), (0, 0, 0, 0));
-    }
-
-    #[test]
-    fn full_spool_drops_oldest_and_counts_only_unacked_losses() {
-        let mut s = Spool::new(100, 100);
-        for seq in 1..=5 {
-            s.push(batch(seq, 10));
-        }
-        s.ack_through(5);
-        for seq in 6..=25 {
-            s.push(batch(seq, 10));
-        }
-        assert!(s.bytes() <= 100);
-        assert_eq!(s.len(), 10);
-        // 15 batches went: the 5 acknowledged ones are no loss.
-        assert_eq!(counts(&s), (10, 20, 0, 0));
-        s.start_stream(Some(5));
-        assert_eq!(s.next_unsent().unwrap().seq, 16);
-        assert_eq!(s.oldest_unacked(), Some(16));
-    }
-
-    #[test]
-    fn refused_batches_are_discarded_and_counted() {
-        let mut s = Spool::new(1000, 0);
-        for seq in 1..=3 {
-            s.push(batch(seq, 10));
-        }
-        s.start_stream(Some(0));
-        assert_eq!(seqs(&mut s), vec![1, 2, 3]);
-        assert_eq!(s.discard_refused(), Some(1));
-        assert_eq!(s.dropped_batches, 1);
-        s.end_stream();
-        s.start_stream(Some(1));
-        assert_eq!(seqs(&mut s), vec![2, 3]);
-    }
-
-    #[test]
-    fn a_refused_retained_batch_goes_without_counting_and_spares_the_unacknowledged() {
-        // Acknowledged 1..=3 by an aggregator that then went away; 4 and 5
-        // are unacknowledged. A fresh aggregator gets the retained ones
-        // again, acknowledges 1 and refuses 2.
-        let mut s = Spool::new(10_000, 1_000);
-        for seq in 1..=5 {
-            s.push(batch(seq, 10));
-        }
-        s.start_stream(Some(0));
-        assert_eq!(seqs(&mut s), vec![1, 2, 3, 4, 5]);
-        s.ack_through(3);
-        s.end_stream();
-        s.start_stream(None);
-        assert_eq!(seqs(&mut s), vec![1, 2, 3, 4, 5]);
-        s.ack_through(1);
-        assert_eq!(s.discard_refused(), Some(2));
-        assert_eq!(counts(&s), (0, 0, 0, 0), "an acknowledged batch is no loss");
-        assert_eq!(s.unacked(), 2, "4 and 5 are kept");
-        s.end_stream();
-        s.start_stream(Some(1));
-        assert_eq!(seqs(&mut s), vec![4, 5]);
-    }
-
-    #[test]
-    fn a_batch_evicted_while_in_flight_is_not_dropped_when_its_ack_arrives() {
-        // Reconnected with a full spool: everything is sent at once, then
-        // the next sample's batch pushes the oldest out before its ack.
-        let mut s = Spool::new(100, 0);
-        for seq in 1..=10 {
-            s.push(batch(seq, 10));
-        }
-        assert_eq!(seqs(&mut s), (1..=10).collect::<Vec<_>>());
-        s.push(batch(11, 10));
-        s.push(batch(12, 10));
-        assert!(s.bytes() <= 100);
-        assert_eq!(s.evicted_in_flight(), 2);
-        assert_eq!(counts(&s), (0, 0, 0, 0), "in flight is not dropped");
-        s.ack_through(1);
-        assert_eq!(s.evicted_in_flight(), 1);
-        s.ack_through(10);
-        assert_eq!(s.evicted_in_flight(), 0);
-        assert_eq!(counts(&s), (0, 0, 0, 0), "acknowledged: delivered");
-        assert_eq!(seqs(&mut s), vec![11, 12]);
-    }
-
-    #[test]
-    fn an_aggregator_that_knows_the_run_settles_batches_evicted_in_flight() {
-        let mut s = Spool::new(100, 0);
-        for seq in 1..=10 {
-            s.push(batch(seq, 10));
-        }
-        seqs(&mut s);
-        s.push(batch(11, 10));
-        s.push(batch(12, 10));
-        s.push(batch(13, 10));
-        // Batches 1..=3 were evicted in flight, then the stream broke.
-        s.end_stream();
-        assert_eq!(counts(&s), (0, 0, 0, 0));
-        // The aggregator held through batch 1: 2 and 3 never arrived.
-        s.start_stream(Some(1));
-        assert_eq!(s.evicted_in_flight(), 0);
-        assert_eq!(counts(&s), (2, 4, 0, 0));
-        // What it does not hold is sent again, and evictable as unsent.
-        s.push(batch(14, 10));
-        assert_eq!(counts(&s), (3, 6, 0, 0));
-        assert_eq!(seqs(&mut s), (5..=14).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn batches_evicted_in_flight_to_an_aggregator_that_is_gone_are_unconfirmed_not_dropped() {
-        let mut s = Spool::new(100, 0);
-        for seq in 1..=10 {
-            s.push(batch(seq, 10));
-        }
-        seqs(&mut s);
-        s.push(batch(11, 10));
-        s.push(batch(12, 10));
-        s.end_stream();
-        // A fresh aggregator (restarted, or another one): no one can tell.
-        s.start_stream(None);
-        assert_eq!(s.evicted_in_flight(), 0);
-        assert_eq!(counts(&s), (0, 0, 2, 4));
-        assert_eq!(seqs(&mut s), (3..=12).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn batches_sent_before_a_stream_broke_stay_while_newer_unsent_ones_go() {
-        // The aggregator went away with batches 1..=3 unacknowledged: it may
-        // have published them. While it is down, newer batches are evicted
-        // instead (a loss), and 1..=3 are sent again to the next aggregator.
-        let mut s = Spool::new(100, 0);
-        for seq in 1..=3 {
-            s.push(batch(seq, 10));
-        }
-        assert_eq!(seqs(&mut s), vec![1, 2, 3]);
-        s.end_stream();
-        for seq in 4..=12 {
-            s.push(batch(seq, 10));
-        }
-        assert!(s.bytes() <= 100);
-        assert_eq!(counts(&s), (2, 4, 0, 0), "batches 4 and 5 dropped");
-        assert_eq!(s.evicted_in_flight(), 0);
-        s.start_stream(None);
-        assert_eq!(
-            seqs(&mut s),
-            vec![1, 2, 3, 6, 7, 8, 9, 10, 11, 12],
-            "one hole, exactly the dropped batches"
-        );
-        assert_eq!(counts(&s), (2, 4, 0, 0));
-    }
-
-    #[test]
-    fn when_only_batches_of_a_broken_stream_are_left_the_oldest_goes_unsettled() {
-        let mut s = Spool::new(30, 0);
-        for seq in 1..=3 {
-            s.push(batch(seq, 10));
-        }
-        seqs(&mut s);
-        s.end_stream();
-        s.push(batch(4, 10));
-        assert_eq!(s.len(), 3);
-        assert_eq!(s.evicted_in_flight(), 1, "batch 1 awaits the next Welcome");
-        assert_eq!(counts(&s), (0, 0, 0, 0));
-        // The aggregator that took it is back and holds it: delivered.
-        s.start_stream(Some(1));
-        assert_eq!(counts(&s), (0, 0, 0, 0));
-        assert_eq!(seqs(&mut s), vec![2, 3, 4]);
-    }
-}
+mod tests;

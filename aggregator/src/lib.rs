@@ -236,6 +236,7 @@ pub async fn run(
         hub.clone(),
         registry.clone(),
         IngestSettings {
+            max_message_bytes: config.ingest.max_message_bytes,
             max_samples_per_batch: config.ingest.max_samples_per_batch,
             hello_timeout: ms(config.ingest.hello_timeout_ms),
             offline_after: ms(config.ingest.offline_after_ms),

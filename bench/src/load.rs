@@ -145,6 +145,7 @@ async fn agent(
             epoch: 1,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: 1000,
+            instance: 0,
         })),
     })
     .await?;

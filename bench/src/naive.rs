@@ -109,6 +109,7 @@ impl Ingest for Naive {
             last_seq: 0,
             host: host.clone(),
             known: true,
+            ..Welcome::default()
         };
         let _ = tx.try_send(Ok(AggregatorMessage {
             kind: Some(aggregator_message::Kind::Welcome(welcome)),

@@ -17,7 +17,13 @@ pub mod v1 {
 }
 
 pub use payload::{
-    Cpu, DecodeError, Disk, DiskDevice, Filesystem, Filesystems, Interface, Load, Memory, Network,
-    Process, ProcessRollup, Processes, SCHEMA_VERSION, Sample, Sensor, SystemInfo, Temperatures,
-    decode_batch, encode_batch,
+    Cpu, DecodeError, Disk, DiskDevice, Filesystem, Filesystems, Interface, Load, MAX_NAME_BYTES,
+    MAX_PER_CORE, MAX_TOP_PROCESSES, Memory, Network, Process, ProcessRollup, Processes,
+    SCHEMA_VERSION, Sample, Sensor, SystemInfo, Temperatures, decode_batch, encode_batch,
+    encode_sample, join_samples, read_batch,
 };
+
+/// Most bytes the `AgentMessage` carrying a `Batch` adds around its samples
+/// (field tags, the seq, the count and two lengths), so a sender can keep
+/// whole messages under the aggregator's `Welcome.max_message_bytes`.
+pub const BATCH_FRAMING_MAX: usize = 32;

@@ -14,8 +14,17 @@ use serde::{Deserialize, Serialize};
 pub mod signals;
 
 pub use signals::{
-    Disk, DiskDevice, Filesystem, Filesystems, Interface, Network, Sensor, SystemInfo, Temperatures,
+    Disk, DiskDevice, Filesystem, Filesystems, Interface, MAX_NAME_BYTES, Network, Sensor,
+    SystemInfo, Temperatures,
 };
+
+/// Most per-core entries in one list (`cpu.per_core_pct`,
+/// `system.per_core_frequency_mhz`); a larger machine's agent sends the first ones.
+pub const MAX_PER_CORE: usize = 1024;
+/// Most processes in one top list (`processes.top_cpu`, `processes.top_memory`).
+pub const MAX_TOP_PROCESSES: usize = 100;
+/// Most bytes a MessagePack array header takes in front of a batch's samples.
+pub const ARRAY_HEADER_MAX: usize = 5;
 
 /// Version of this payload schema, sent in `Hello.schema_version`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -176,6 +185,35 @@ pub fn encode_batch(samples: &[Sample]) -> Vec<u8> {
     rmp_serde::to_vec_named(samples).expect("encoding samples to MessagePack")
 }
 
+/// Encodes one sample as it appears inside a batch payload, so a sender can
+/// size batches sample by sample and [`join_samples`] them without encoding
+/// twice.
+pub fn encode_sample(sample: &Sample) -> Vec<u8> {
+    rmp_serde::to_vec_named(sample).expect("encoding a sample to MessagePack")
+}
+
+/// A batch payload made of samples each encoded by [`encode_sample`]: the
+/// same bytes [`encode_batch`] gives for those samples.
+pub fn join_samples<B: AsRef<[u8]>>(encoded: &[B]) -> Vec<u8> {
+    let body: usize = encoded.iter().map(|e| e.as_ref().len()).sum();
+    let mut out = Vec::with_capacity(ARRAY_HEADER_MAX + body);
+    let n = encoded.len();
+    // MessagePack fixarray, array 16 or array 32.
+    if n < 16 {
+        out.push(0x90 | n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(0xdc);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else {
+        out.push(0xdd);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    for e in encoded {
+        out.extend_from_slice(e.as_ref());
+    }
+    out
+}
+
 /// Decodes and validates a `Batch` payload.
 ///
 /// `declared` is the batch header's `sample_count`; it is checked against
@@ -205,6 +243,12 @@ pub fn decode_batch(
     Ok(samples)
 }
 
+/// Decodes a batch payload without checking it: for a sender re-reading
+/// batches it encoded itself (to split them), never for what arrives.
+pub fn read_batch(bytes: &[u8]) -> Result<Vec<Sample>, DecodeError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
 impl Sample {
     /// Refuses values no real host produces: NaN, infinities, negative
     /// percentages or loads, used memory above total.
@@ -224,6 +268,8 @@ impl Sample {
         }
         if let Some(cpu) = &self.cpu {
             check_pct("cpu.total_pct", cpu.total_pct, 100.0).map_err(bad)?;
+            signals::check_len("cpu.per_core_pct", cpu.per_core_pct.len(), MAX_PER_CORE)
+                .map_err(bad)?;
             for (i, v) in cpu.per_core_pct.iter().enumerate() {
                 check_pct(&format!("cpu.per_core_pct[{i}]"), *v, 100.0).map_err(bad)?;
             }
@@ -244,10 +290,25 @@ impl Sample {
             }
         }
         if let Some(p) = &self.processes {
+            for (list, entries) in [("top_cpu", &p.top_cpu), ("top_memory", &p.top_memory)] {
+                signals::check_len(
+                    &format!("processes.{list}"),
+                    entries.len(),
+                    MAX_TOP_PROCESSES,
+                )
+                .map_err(bad)?;
+            }
             for proc in p.top_cpu.iter().chain(&p.top_memory) {
                 // Per-process CPU is relative to one core, so a busy
                 // multi-threaded process exceeds 100.
                 check_pct("processes cpu_pct", proc.cpu_pct, f32::MAX).map_err(bad)?;
+                if proc.name.len() > MAX_NAME_BYTES {
+                    return Err(bad(format!(
+                        "process {} name of {} bytes, more than {MAX_NAME_BYTES}",
+                        proc.pid,
+                        proc.name.len()
+                    )));
+                }
             }
             check_pct("processes.others.cpu_pct", p.others.cpu_pct, f32::MAX).map_err(bad)?;
         }
@@ -280,211 +341,4 @@ fn check_pct(name: &str, v: f32, max: f32) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn sample(seq: u64) -> Sample {
-        Sample {
-            seq,
-            timestamp_ms: 1_795_000_000_000 + seq as i64,
-            cpu: Some(Cpu {
-                total_pct: 12.5,
-                per_core_pct: vec![10.0, 15.0],
-            }),
-            memory: Some(Memory {
-                total_bytes: 8 << 30,
-                used_bytes: 3 << 30,
-                available_bytes: 5 << 30,
-                swap_total_bytes: 1 << 30,
-                swap_used_bytes: 0,
-            }),
-            load: Some(Load {
-                one: 0.5,
-                five: 0.25,
-                fifteen: 0.125,
-            }),
-            processes: Some(Processes {
-                count: 3,
-                top_cpu: vec![Process {
-                    pid: 42,
-                    start_time: 1_795_000_000,
-                    name: "postgres".into(),
-                    cpu_pct: 150.0,
-                    memory_bytes: 1 << 20,
-                }],
-                top_memory: vec![],
-                others: ProcessRollup {
-                    count: 2,
-                    cpu_pct: 1.0,
-                    memory_bytes: 4096,
-                },
-            }),
-            network: Some(Network {
-                interfaces: vec![Interface {
-                    name: "lo".into(),
-                    rx_bytes_per_sec: 1024.5,
-                    tx_bytes_per_sec: 1024.5,
-                    rx_packets_per_sec: 3.0,
-                    tx_packets_per_sec: 3.0,
-                    rx_bytes_total: 1 << 20,
-                    tx_bytes_total: 1 << 20,
-                    ..Interface::default()
-                }],
-            }),
-            disk: Some(Disk {
-                devices: vec![DiskDevice {
-                    name: "vda".into(),
-                    read_bytes_per_sec: 4096.0,
-                    write_bytes_per_sec: 0.0,
-                    read_bytes_total: 1 << 30,
-                    written_bytes_total: 1 << 29,
-                }],
-            }),
-            filesystems: Some(Filesystems {
-                mounts: vec![Filesystem {
-                    mount: "/".into(),
-                    device: "/dev/vda".into(),
-                    fs_type: "ext4".into(),
-                    total_bytes: 100 << 30,
-                    used_bytes: 40 << 30,
-                    free_bytes: 60 << 30,
-                }],
-            }),
-            system: Some(SystemInfo {
-                uptime_secs: 3600,
-                boot_time: 1_794_996_400,
-                logical_cores: 2,
-                physical_cores: Some(1),
-                cpu_frequency_mhz: 2600,
-                per_core_frequency_mhz: vec![2600, 2600],
-            }),
-            temperatures: Some(Temperatures {
-                sensors: vec![Sensor {
-                    label: "acpitz temp1".into(),
-                    celsius: 41.5,
-                    max_celsius: Some(55.0),
-                    critical_celsius: None,
-                }],
-            }),
-        }
-    }
-
-    #[test]
-    fn round_trip_keeps_every_field() {
-        let samples = vec![sample(1), sample(2)];
-        let bytes = encode_batch(&samples);
-        let back = decode_batch(&bytes, 2, 100).unwrap();
-        assert_eq!(back, samples);
-    }
-
-    #[test]
-    fn absent_sections_round_trip_as_absent() {
-        let mut s = sample(1);
-        s.cpu = None;
-        s.processes = None;
-        let back = decode_batch(&encode_batch(std::slice::from_ref(&s)), 1, 10).unwrap();
-        assert_eq!(back[0], s);
-    }
-
-    #[test]
-    fn corrupt_bytes_are_refused() {
-        let err = decode_batch(&[0xc1, 0x00, 0xff], 1, 10).unwrap_err();
-        assert!(matches!(err, DecodeError::MessagePack(_)), "{err}");
-    }
-
-    #[test]
-    fn count_is_checked_before_and_after_decoding() {
-        let bytes = encode_batch(&[sample(1)]);
-        let err = decode_batch(&bytes, 1_000_000_000, 1000).unwrap_err();
-        assert!(err.to_string().contains("limit of 1000"), "{err}");
-        let err = decode_batch(&bytes, 2, 1000).unwrap_err();
-        assert!(
-            matches!(err, DecodeError::CountMismatch { actual: 1, .. }),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn impossible_values_are_refused() {
-        let mut s = sample(1);
-        s.cpu.as_mut().unwrap().total_pct = f32::NAN;
-        assert!(
-            s.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("cpu.total_pct")
-        );
-        let mut s = sample(1);
-        s.load.as_mut().unwrap().one = -1.0;
-        assert!(s.validate().unwrap_err().to_string().contains("load.one"));
-        let mut s = sample(1);
-        s.memory.as_mut().unwrap().used_bytes = u64::MAX;
-        assert!(s.validate().is_err());
-    }
-
-    #[test]
-    fn impossible_signal_values_are_refused() {
-        let refused = |f: &dyn Fn(&mut Sample), needle: &str| {
-            let mut s = sample(1);
-            f(&mut s);
-            let err = s.validate().unwrap_err().to_string();
-            assert!(err.contains(needle), "{needle}: {err}");
-        };
-        refused(
-            &|s| s.network.as_mut().unwrap().interfaces[0].rx_bytes_per_sec = f64::NAN,
-            "rx_bytes_per_sec",
-        );
-        refused(
-            &|s| s.disk.as_mut().unwrap().devices[0].write_bytes_per_sec = -1.0,
-            "write_bytes_per_sec",
-        );
-        refused(
-            &|s| s.filesystems.as_mut().unwrap().mounts[0].used_bytes = u64::MAX,
-            "exceeds total",
-        );
-        refused(
-            &|s| s.system.as_mut().unwrap().logical_cores = 0,
-            "logical_cores",
-        );
-        refused(
-            &|s| s.system.as_mut().unwrap().physical_cores = Some(3),
-            "physical_cores",
-        );
-        refused(
-            &|s| s.temperatures.as_mut().unwrap().sensors[0].celsius = f32::INFINITY,
-            "celsius",
-        );
-    }
-
-    #[test]
-    fn lists_and_names_are_bounded() {
-        let mut s = sample(1);
-        let lo = s.network.as_ref().unwrap().interfaces[0].clone();
-        s.network.as_mut().unwrap().interfaces = vec![lo; signals::MAX_ENTRIES + 1];
-        assert!(s.validate().unwrap_err().to_string().contains("more than"));
-        let mut s = sample(1);
-        s.filesystems.as_mut().unwrap().mounts[0].mount = "/x".repeat(signals::MAX_NAME_BYTES);
-        assert!(s.validate().unwrap_err().to_string().contains("bytes"));
-        let mut s = sample(1);
-        s.temperatures.as_mut().unwrap().sensors[0].label = String::new();
-        assert!(s.validate().is_err());
-    }
-
-    #[test]
-    fn unknown_fields_from_a_newer_agent_are_ignored() {
-        // A newer writer adds a field; this reader must still decode the rest.
-        #[derive(Serialize)]
-        struct Newer<'a> {
-            #[serde(flatten)]
-            base: &'a Sample,
-            gpu: Vec<u32>,
-        }
-        let s = sample(7);
-        let bytes = rmp_serde::to_vec_named(&[Newer {
-            base: &s,
-            gpu: vec![1, 2],
-        }])
-        .unwrap();
-        assert_eq!(decode_batch(&bytes, 1, 10).unwrap()[0], s);
-    }
-}
+mod tests;

@@ -5,7 +5,10 @@ use hostpulse_proto::v1::{
     AgentMessage, AggregatorMessage, Batch, Hello, agent_message, aggregator_message,
     ingest_client::IngestClient,
 };
-use hostpulse_proto::{Load, Process, ProcessRollup, Processes, Sample, encode_batch};
+use hostpulse_proto::{
+    Load, MAX_NAME_BYTES, MAX_TOP_PROCESSES, Process, ProcessRollup, Processes, Sample,
+    encode_batch,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -22,6 +25,7 @@ pub fn hello(host: &str, epoch: u64) -> AgentMessage {
             epoch,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: 50,
+            instance: 0,
         })),
     }
 }
@@ -43,13 +47,22 @@ pub fn batch(seq: u64, samples: &[Sample]) -> AgentMessage {
 }
 
 /// A valid sample with a load average and `processes` listed processes
-/// (about 100 bytes of JSON each, to make large updates).
+/// (about 100 bytes of JSON each, to make large updates). The payload
+/// bounds allow [`MAX_TOP_PROCESSES`] per list: past that, the lists hold
+/// that many with names longer by as much as the rest would have taken, up
+/// to [`MAX_NAME_BYTES`] (so the update keeps growing, to about 65 KB).
 pub fn sample(seq: u64, processes: usize) -> Sample {
-    let list: Vec<Process> = (0..processes as u32)
+    let listed = processes.min(MAX_TOP_PROCESSES);
+    let base = "process-000000".len();
+    let pad = match processes.checked_sub(listed) {
+        Some(rest) if rest > 0 => (rest * 95 / listed).min(MAX_NAME_BYTES - base),
+        _ => 0,
+    };
+    let list: Vec<Process> = (0..listed as u32)
         .map(|pid| Process {
             pid,
             start_time: 1_795_000_000,
-            name: format!("process-{pid:06}"),
+            name: format!("process-{pid:06}{}", "x".repeat(pad)),
             cpu_pct: 1.5,
             memory_bytes: 1 << 20,
         })

@@ -113,6 +113,31 @@ impl Proc {
         }
     }
 
+    /// Every stderr line read so far, taking in those waiting without blocking.
+    pub fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        &self.log
+    }
+
+    /// How many stderr lines so far contain `needle`.
+    pub fn count_lines(&mut self, needle: &str) -> usize {
+        self.lines_so_far()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Sends `signal` (a name `kill` takes: `STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Everything written to stderr until the process closed it (waits up to [`WAIT`]).
     pub fn stderr_to_end(&mut self) -> String {
         let deadline = std::time::Instant::now() + WAIT;

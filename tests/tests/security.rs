@@ -518,6 +518,7 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
             epoch: 1,
             schema_version: schema,
             interval_ms: 1000,
+            instance: 0,
         })),
     };
     let s = refusal_of(&url, Some(AGENT_ALPHA), vec![bad_hello("", 1)]).await;
@@ -568,6 +569,37 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
             tonic::Code::InvalidArgument,
             "only Batch may follow Hello",
         ),
+        // Sample bounds: each refusal names its limit.
+        (
+            vec![fake::batch(1, &[bounded(|s| per_core(s, 1025))])],
+            tonic::Code::InvalidArgument,
+            "cpu.per_core_pct lists 1025 entries, more than 1024",
+        ),
+        (
+            vec![fake::batch(1, &[bounded(|s| process_name(s, 10_000))])],
+            tonic::Code::InvalidArgument,
+            "name of 10000 bytes, more than 256",
+        ),
+        (
+            vec![fake::batch(1, &[bounded(|s| top_list(s, 101))])],
+            tonic::Code::InvalidArgument,
+            "processes.top_cpu lists 101 entries, more than 100",
+        ),
+        (
+            vec![fake::batch(1, &[bounded(|s| interface_name(s, 300))])],
+            tonic::Code::InvalidArgument,
+            "network interface name of 300 bytes, outside 1..=256",
+        ),
+        (
+            vec![fake::batch(1, &[bounded(|s| mount_name(s, 300))])],
+            tonic::Code::InvalidArgument,
+            "filesystem mount name of 300 bytes, outside 1..=256",
+        ),
+        (
+            vec![fake::batch(1, &[bounded(|s| sensor_label(s, 300))])],
+            tonic::Code::InvalidArgument,
+            "temperature sensor name of 300 bytes, outside 1..=256",
+        ),
     ];
     for (i, (messages, expected, phrase)) in batch_cases.into_iter().enumerate() {
         let host = format!("bad-{i}");
@@ -579,12 +611,33 @@ async fn every_hostile_input_gets_its_documented_answer_and_nothing_is_lost() {
         answered.case("agent", format!("batch: {phrase}"));
     }
 
+    // One stream per agent id: while one is live, another process's is
+    // refused, naming where the live one comes from.
+    let mut holder = fake::open_as(
+        &url,
+        Some(AGENT_ANY),
+        vec![hello("clone", 1), fake::batch(1, &[fake::sample(1, 0)])],
+    )
+    .await
+    .expect("the first stream is accepted");
+    holder.acked(1).await;
+    let s = refusal_of(&url, Some(AGENT_ANY), vec![hello("clone", 2)]).await;
+    assert_eq!(s.code(), tonic::Code::AlreadyExists, "{:?}", code(&s));
+    assert!(
+        s.message()
+            .contains("agent_id \"fake-clone\" is already streaming from 127.0.0.1:"),
+        "{:?}",
+        code(&s)
+    );
+    answered.case("agent", "a second process with a live agent id");
+    drop(holder);
+
     // Every case above got its documented answer, each counted once: a
     // table that lost a row or a loop that ran short shows here.
     assert_eq!(
         answered.counts(),
         BTreeMap::from([
-            ("agent", 13),
+            ("agent", 20),
             ("client token", 6),
             ("http", 4),
             ("websocket", 23),
@@ -626,4 +679,63 @@ fn future_sample() -> hostpulse_proto::Sample {
     let mut s = fake::sample(1, 0);
     s.timestamp_ms = 4_000_000_000_000; // the year 2096
     s
+}
+
+/// A valid sample with every section the bounds apply to, changed by `f`.
+fn bounded(f: impl FnOnce(&mut hostpulse_proto::Sample)) -> hostpulse_proto::Sample {
+    use hostpulse_proto::{Filesystem, Filesystems, Interface, Network, Sensor, Temperatures};
+    let mut s = fake::sample(1, 1);
+    s.network = Some(Network {
+        interfaces: vec![Interface {
+            name: "eth0".into(),
+            ..Interface::default()
+        }],
+    });
+    s.filesystems = Some(Filesystems {
+        mounts: vec![Filesystem {
+            mount: "/".into(),
+            device: "/dev/vda".into(),
+            fs_type: "ext4".into(),
+            total_bytes: 10,
+            used_bytes: 5,
+            free_bytes: 5,
+        }],
+    });
+    s.temperatures = Some(Temperatures {
+        sensors: vec![Sensor {
+            label: "cpu".into(),
+            celsius: 40.0,
+            ..Sensor::default()
+        }],
+    });
+    f(&mut s);
+    s
+}
+
+fn per_core(s: &mut hostpulse_proto::Sample, n: usize) {
+    s.cpu = Some(hostpulse_proto::Cpu {
+        total_pct: 1.0,
+        per_core_pct: vec![1.0; n],
+    });
+}
+
+fn process_name(s: &mut hostpulse_proto::Sample, bytes: usize) {
+    s.processes.as_mut().unwrap().top_cpu[0].name = "p".repeat(bytes);
+}
+
+fn interface_name(s: &mut hostpulse_proto::Sample, bytes: usize) {
+    s.network.as_mut().unwrap().interfaces[0].name = "i".repeat(bytes);
+}
+
+fn mount_name(s: &mut hostpulse_proto::Sample, bytes: usize) {
+    s.filesystems.as_mut().unwrap().mounts[0].mount = "/".repeat(bytes);
+}
+
+fn sensor_label(s: &mut hostpulse_proto::Sample, bytes: usize) {
+    s.temperatures.as_mut().unwrap().sensors[0].label = "t".repeat(bytes);
+}
+
+fn top_list(s: &mut hostpulse_proto::Sample, n: usize) {
+    let p = s.processes.as_mut().unwrap();
+    p.top_cpu = vec![p.top_cpu[0].clone(); n];
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use hostpulse_proto::payload::signals::{MAX_ENTRIES, MAX_NAME_BYTES};
+use hostpulse_proto::payload::signals::MAX_ENTRIES;
 use hostpulse_proto::{Filesystem, Filesystems};
 use sysinfo::Disks;
 
@@ -25,11 +25,8 @@ pub(super) fn collect(disks: &Disks) -> Filesystems {
         ) else {
             continue;
         };
-        if mount.is_empty()
-            || [mount, device, fs_type]
-                .iter()
-                .any(|s| s.len() > MAX_NAME_BYTES)
-        {
+        // Names over MAX_NAME_BYTES are truncated with the whole sample.
+        if mount.is_empty() {
             continue;
         }
         let total = d.total_space();

@@ -329,7 +329,7 @@ mod presence_tests {
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             ..Default::default()
         };
-        r.attach(&hello).unwrap();
+        r.attach(&hello, None).unwrap();
         let p = Presence {
             node: "n1".into(),
             hosts: r.local_hosts().into_iter().map(Into::into).collect(),

@@ -1,7 +1,8 @@
 //! The gRPC ingest service: one task per agent stream.
 //!
 //! A stream must open with `Hello` (within `hello_timeout_ms`); the agent is
-//! registered and answered with `Welcome`. Each `Batch` is checked against
+//! registered and answered with `Welcome`, which also tells it the message
+//! and batch limits so it never sends what would be refused. Each `Batch` is checked against
 //! what is already held (duplicates are acknowledged, not republished),
 //! decoded and validated, turned into topic updates, published to the hub and
 //! acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
@@ -50,6 +51,8 @@ const MAX_NAME_LEN: usize = 253;
 /// Ingest limits.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
+    /// Largest message accepted (the gRPC decoder's limit), told to agents.
+    pub max_message_bytes: usize,
     /// Most samples per batch.
     pub max_samples_per_batch: usize,
     /// Deadline for `Hello`.
@@ -168,7 +171,7 @@ impl Ingest for IngestService {
         }
         let (attached, event) = self
             .registry
-            .attach(&hello)
+            .attach(&hello, peer)
             .map_err(|e| refused(Status::already_exists(e.to_string())))?;
         tracing::info!(?peer, agent_id = %hello.agent_id, host = %attached.host, epoch = hello.epoch, last_seq = attached.last_seq, "agent attached");
         publish_event(&self.hub, &event).await;
@@ -179,6 +182,12 @@ impl Ingest for IngestService {
                 last_seq: attached.last_seq,
                 host: attached.host.clone(),
                 known: attached.known,
+                max_message_bytes: self.settings.max_message_bytes as u64,
+                max_samples_per_batch: self
+                    .settings
+                    .max_samples_per_batch
+                    .try_into()
+                    .unwrap_or(u32::MAX),
             })),
         }))
         .expect("a new channel has room");

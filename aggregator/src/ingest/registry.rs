@@ -2,10 +2,14 @@
 //!
 //! Keyed by agent id. It remembers, per agent, the run epoch and the highest
 //! batch seq published, so a reconnecting agent is told in `Welcome` what not
-//! to resend and duplicates are dropped by (agent, epoch, seq). A newer stream
-//! of the same agent supersedes an older one (a half-open connection the
-//! aggregator has not noticed yet). Host join, restart and leave become
-//! events on the `hosts` topic; the hub numbers them as they reach it.
+//! to resend and duplicates are dropped by (agent, epoch, seq). One process
+//! per agent id: a new stream of the same agent process (same epoch and
+//! instance) supersedes its older one (a half-open connection the aggregator
+//! has not noticed yet), and so does any stream once the older one has gone
+//! silent; while the older stream is live, another process's is refused
+//! ([`AttachError::AgentLive`]), so clones sharing an id cannot take turns.
+//! Host join, restart and leave become events on the `hosts` topic; the hub
+//! numbers them as they reach it.
 //!
 //! A departed host (its agent detached here, or gone from every peer's
 //! announcements) is remembered for `hub.forget_after`; then [`Registry::forget`]
@@ -17,6 +21,7 @@
 //! stale claim.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime};
@@ -28,14 +33,28 @@ use tokio::sync::Notify;
 use crate::topic::host_segment;
 use crate::update::HostEvent;
 
-/// A host name already published by another connected agent.
+/// Why a stream may not attach (answered with `ALREADY_EXISTS`).
 #[derive(Debug, thiserror::Error)]
-#[error("host {host:?} is already published by agent {agent_id:?}")]
-pub struct HostTaken {
-    /// The topic segment.
-    pub host: String,
-    /// The agent holding it.
-    pub agent_id: String,
+pub enum AttachError {
+    /// A host name already published by another connected agent.
+    #[error("host {host:?} is already published by agent {agent_id:?}")]
+    HostTaken {
+        /// The topic segment.
+        host: String,
+        /// The agent holding it.
+        agent_id: String,
+    },
+    /// Another process of this agent id holds a live stream.
+    #[error(
+        "agent_id {agent_id:?} is already streaming from {peer} (another agent process); \
+         give each agent its own agent_id"
+    )]
+    AgentLive {
+        /// The contested id.
+        agent_id: String,
+        /// Address of the stream holding it.
+        peer: String,
+    },
 }
 
 /// What a new stream learns when it attaches.
@@ -65,6 +84,10 @@ pub enum Verdict {
 struct Record {
     host: String,
     epoch: u64,
+    /// `Hello.instance` of the current stream's process.
+    instance: u64,
+    /// Address of the current stream.
+    peer: Option<SocketAddr>,
     last_batch_seq: u64,
     generation: u64,
     /// A stream is attached.
@@ -153,16 +176,35 @@ impl Registry {
         }
     }
 
-    /// Registers a stream. Returns the `Welcome` facts and the `hosts` event to publish.
-    pub fn attach(&self, hello: &Hello) -> Result<(Attached, HostEvent), HostTaken> {
+    /// Registers a stream from `peer`. Returns the `Welcome` facts and the
+    /// `hosts` event to publish.
+    pub fn attach(
+        &self,
+        hello: &Hello,
+        peer: Option<SocketAddr>,
+    ) -> Result<(Attached, HostEvent), AttachError> {
         let host = host_segment(&hello.hostname);
         let mut inner = self.inner.lock().expect("registry lock");
+        // Live: attached and not silent. Its own process may take over (its
+        // old stream may be half-open); another only once it falls silent.
+        if let Some(r) = inner.agents.get(&hello.agent_id)
+            && r.connected
+            && r.online
+            && (r.epoch, r.instance) != (hello.epoch, hello.instance)
+        {
+            return Err(AttachError::AgentLive {
+                agent_id: hello.agent_id.clone(),
+                peer: r
+                    .peer
+                    .map_or_else(|| "an unknown address".into(), |p| p.to_string()),
+            });
+        }
         if let Some((other, _)) = inner
             .agents
             .iter()
             .find(|(id, r)| r.connected && r.host == host && **id != hello.agent_id)
         {
-            return Err(HostTaken {
+            return Err(AttachError::HostTaken {
                 host,
                 agent_id: other.clone(),
             });
@@ -187,6 +229,8 @@ impl Registry {
             .or_insert_with(|| Record {
                 host: host.clone(),
                 epoch: hello.epoch,
+                instance: hello.instance,
+                peer,
                 last_batch_seq: 0,
                 generation,
                 connected: false,
@@ -203,6 +247,8 @@ impl Registry {
             record.last_batch_seq = 0;
         }
         record.host = host.clone();
+        record.instance = hello.instance;
+        record.peer = peer;
         record.generation = generation;
         record.connected = true;
         record.departed = None;

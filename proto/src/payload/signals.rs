@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 /// Most entries in one list (interfaces, devices, mounts, sensors).
 pub const MAX_ENTRIES: usize = 1024;
-/// Most bytes in one name (interface, device, mount point, sensor label).
-pub const MAX_NAME_BYTES: usize = 1024;
-/// Most logical cores listed with a frequency.
+/// Most bytes in one name (process, interface, device, mount point, sensor
+/// label, filesystem device and type); the agent truncates longer ones.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most logical cores a host may report.
 pub const MAX_CORES: usize = 8192;
 /// Temperatures accepted, in degrees Celsius; sensors reading outside this
 /// range are broken (or unplugged) and are left out by the agent.
@@ -154,7 +155,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_len(what: &str, len: usize, max: usize) -> Result<(), String> {
+pub(crate) fn check_len(what: &str, len: usize, max: usize) -> Result<(), String> {
     if len > max {
         return Err(format!("{what} lists {len} entries, more than {max}"));
     }
@@ -251,7 +252,7 @@ impl SystemInfo {
         check_len(
             "system.per_core_frequency_mhz",
             self.per_core_frequency_mhz.len(),
-            MAX_CORES,
+            super::MAX_PER_CORE,
         )
     }
 }

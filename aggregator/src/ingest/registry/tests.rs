@@ -1,5 +1,6 @@
-//! Tests of the registry: peers' hosts listed offline once gone, and
-//! forgetting departed hosts (never an attached one).
+//! Tests of the registry: peers' hosts listed offline once gone,
+//! forgetting departed hosts (never an attached one), and one process per
+//! agent id.
 
 use super::*;
 
@@ -56,8 +57,8 @@ fn hello(host: &str, epoch: u64) -> Hello {
 #[test]
 fn a_detached_agent_is_forgotten_after_its_departure_and_an_attached_one_never() {
     let r = Registry::new();
-    let (gone, _) = r.attach(&hello("gone", 1)).unwrap();
-    r.attach(&hello("stays", 1)).unwrap();
+    let (gone, _) = r.attach(&hello("gone", 1), None).unwrap();
+    r.attach(&hello("stays", 1), None).unwrap();
     r.commit("agent-gone", gone.generation, 7);
     let before = Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(2));
@@ -83,7 +84,7 @@ fn a_detached_agent_is_forgotten_after_its_departure_and_an_attached_one_never()
     assert!(r.forget(Instant::now()).is_empty(), "forgotten once");
 
     // Back with the same run: a fresh start, announced online.
-    let (again, event) = r.attach(&hello("gone", 1)).unwrap();
+    let (again, event) = r.attach(&hello("gone", 1), None).unwrap();
     assert_eq!(event.event, "online");
     assert!(!again.known);
     assert_eq!(again.last_seq, 0);
@@ -120,4 +121,48 @@ fn a_host_no_peer_announces_is_forgotten_after_its_departure() {
     );
     assert!(r.hosts().is_empty());
     assert!(r.retained_hosts(Instant::now()).is_empty());
+}
+
+#[test]
+fn a_live_agent_id_is_refused_to_another_process_and_taken_over_by_its_own() {
+    let r = Registry::new();
+    let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+    let mut first = hello("web", 1);
+    first.instance = 7;
+    let (a, _) = r.attach(&first, Some(peer)).unwrap();
+
+    // A clone (another process: other epoch or instance) is refused,
+    // naming where the live stream comes from; nothing changes.
+    for (epoch, instance) in [(2, 7), (1, 8), (2, 0)] {
+        let mut clone = hello("web", epoch);
+        clone.instance = instance;
+        let e = r.attach(&clone, Some("10.0.0.2:5000".parse().unwrap()));
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("agent_id \"agent-web\" is already streaming from 10.0.0.1:4000"),
+            "{e}"
+        );
+    }
+    assert_eq!(r.check("agent-web", a.generation, 1), Verdict::New);
+
+    // The same process reconnecting takes over its old stream.
+    let (b, event) = r
+        .attach(&first, Some("10.0.0.1:4001".parse().unwrap()))
+        .unwrap();
+    assert_eq!(event.event, "online");
+    assert!(b.known);
+    assert_eq!(r.check("agent-web", a.generation, 1), Verdict::Superseded);
+
+    // Once the live stream falls silent, another process may take over
+    // (a host that rebooted while its old connection still looks open).
+    r.presence("agent-web", b.generation, false).unwrap();
+    let mut restarted = hello("web", 2);
+    restarted.instance = 9;
+    let (c, event) = r.attach(&restarted, None).unwrap();
+    assert_eq!(event.event, "restarted");
+    assert_eq!(r.check("agent-web", b.generation, 1), Verdict::Superseded);
+
+    // And after a stream ends, anyone may attach.
+    r.detach("agent-web", c.generation).unwrap();
+    r.attach(&first, None).unwrap();
 }
