@@ -143,6 +143,7 @@ async fn agent(
             epoch: now_ms() as u64,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: 1000,
+            instance: 0,
         })),
     })
     .await?;

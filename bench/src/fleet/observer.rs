@@ -86,6 +86,7 @@ async fn publish(
             epoch: crate::load::now_ms() as u64,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: 1000 / hz,
+            instance: 0,
         })),
     })
     .await?;
