@@ -149,6 +149,25 @@ fn live_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
 }
 
+/// How much lower than the live path the threads serving clients run, in
+/// nice steps: under CPU contention Linux then gives the live path (ingest
+/// and the hub) about three times their share, so a storm of replays and
+/// reconnects slows clients' reads, not the updates every client waits for.
+/// Without contention it changes nothing.
+pub const CLIENT_NICE: i32 = 5;
+
+/// Lowers the calling thread's priority by [`CLIENT_NICE`] (Linux: nice is
+/// per thread). For the `on_thread_start` of the runtime that runs [`run`]:
+/// its workers and blocking threads serve WebSocket and HTTP clients, while
+/// the live path has a runtime of its own. Best effort: on failure the
+/// thread keeps its priority.
+pub fn lower_priority() {
+    let tid = Some(rustix::thread::gettid());
+    if let Ok(current) = rustix::process::getpriority_process(tid) {
+        let _ = rustix::process::setpriority_process(tid, (current + CLIENT_NICE).min(19));
+    }
+}
+
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
 /// 1001, agent streams end with `UNAVAILABLE` (agents reconnect), and the
 /// call returns within [`DRAIN_TIMEOUT`].
@@ -169,7 +188,8 @@ pub async fn run(
     // The live path (agents' streams and the hub) runs on threads of its
     // own: however much WebSocket work there is (replays, handshakes, slow
     // clients), it never waits behind it, and the operating system shares
-    // the cores between the two.
+    // the cores between the two (favouring the live path when the binary's
+    // client threads call `lower_priority`).
     let live = LiveRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(live_threads())

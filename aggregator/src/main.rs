@@ -72,8 +72,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // This runtime serves clients (WebSocket, HTTP); the live path starts
+    // its own threads, at normal priority.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_name("hostpulse-ws")
+        .on_thread_start(hostpulse_aggregator::lower_priority)
         .build()
         .expect("building the tokio runtime");
     runtime.block_on(async move {

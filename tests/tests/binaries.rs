@@ -501,3 +501,52 @@ fn systemd_units_verify_cleanly() {
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Each thread of `pid`: (name, nice), from /proc/PID/task/TID/stat.
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc") {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // "tid (name) state ..." : the name may hold spaces; fields after
+        // the last ')' start at state (field 3); nice is field 19.
+        let (head, tail) = stat.rsplit_once(')').expect("stat format");
+        let name = head.split_once('(').expect("stat format").1.to_string();
+        let nice = tail.split_whitespace().nth(16).expect("nice field");
+        out.push((name, nice.parse().expect("a number")));
+    }
+    out
+}
+
+#[tokio::test]
+async fn client_threads_run_below_the_live_path() {
+    let (agg, _, http) = start_aggregator();
+    // A client request, so the client runtime's threads have all started.
+    let (status, _) = hostpulse_tests::http_get(http, "/healthz").await;
+    assert_eq!(status, 200);
+    let threads = thread_nices(agg.child.id());
+    let base = threads
+        .iter()
+        .find(|(n, _)| n == "hostpulse-aggre")
+        .map(|t| t.1)
+        .expect("the main thread");
+    let live: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n == "hostpulse-live")
+        .collect();
+    let clients: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n == "hostpulse-ws")
+        .collect();
+    assert!(!live.is_empty() && !clients.is_empty(), "{threads:?}");
+    assert!(
+        live.iter().all(|t| t.1 == base),
+        "live path at the process's own priority: {threads:?}"
+    );
+    let expected = (base + i64::from(hostpulse_aggregator::CLIENT_NICE)).min(19);
+    assert!(
+        clients.iter().all(|t| t.1 == expected),
+        "client threads at nice {expected}: {threads:?}"
+    );
+}
