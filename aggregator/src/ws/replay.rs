@@ -97,10 +97,7 @@ impl Replaying {
                 self.pass_bytes = 0;
             }
             if self.every_ms > 0 {
-                let (read, more) = match self.fill_thinned(outbox, budget - pushed) {
-                    Some(r) => r,
-                    None => return None,
-                };
+                let (read, more) = self.fill_thinned(outbox, budget - pushed)?;
                 pushed += read;
                 self.pass_bytes += read;
                 if !more {
