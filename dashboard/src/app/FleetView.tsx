@@ -4,7 +4,7 @@
 // canvas sparkline of its CPU; a host name opens its page. Records when the
 // first row with data was drawn (window.__hostpulse.firstRow).
 
-import { useEffect, useLayoutEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
+import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
 import {
   DEFAULT_QUERY,
   type FleetItem,
@@ -62,7 +62,7 @@ export function FleetView({ store }: { store: FleetStore }) {
 
   // Recomputed per store notice (at most a few a second) or query change,
   // never per scroll frame.
-  const all = useMemo(() => store.list(), [store, version]);
+  const all = useMemo(() => store.all(), [store, version]);
   const { pairs, keys } = useMemo(() => labelsOf(all), [all]);
   const selected = useMemo(() => selectRows(all, query), [all, query]);
   const items = useMemo(() => fleetItems(selected, query, collapsed), [selected, query, collapsed]);
@@ -147,6 +147,7 @@ export function FleetView({ store }: { store: FleetStore }) {
       </div>
       <VirtualList
         items={items}
+        version={version}
         grid={grid}
         cluster={cluster}
         now={now}
@@ -164,13 +165,15 @@ export function FleetView({ store }: { store: FleetStore }) {
 
 interface ListProps {
   items: FleetItem[];
+  /** The store's version: rows redraw when it changes, not on every scroll frame. */
+  version: number;
   grid: string;
   cluster: boolean;
   now: number;
   onToggle: (value: string) => void;
 }
 
-function VirtualList({ items, grid, cluster, now, onToggle }: ListProps) {
+function VirtualList({ items, version, grid, cluster, now, onToggle }: ListProps) {
   const box = useRef<HTMLDivElement>(null);
   const [view, setView] = useState({ top: 0, height: 600 });
 
@@ -237,7 +240,7 @@ function VirtualList({ items, grid, cluster, now, onToggle }: ListProps) {
               </span>
             </div>
           ) : (
-            <Row key={item.row.host} row={item.row} top={top} grid={grid} cluster={cluster} now={now} />
+            <Row key={item.row.host} row={item.row} version={version} top={top} grid={grid} cluster={cluster} now={now} />
           );
         })}
       </div>
@@ -245,7 +248,18 @@ function VirtualList({ items, grid, cluster, now, onToggle }: ListProps) {
   );
 }
 
-function Row({ row: r, top, grid, cluster, now }: { row: HostRow; top: number; grid: string; cluster: boolean; now: number }) {
+interface RowProps {
+  row: HostRow;
+  /** Rows are mutated in place: the store's version says when one may have changed. */
+  version: number;
+  top: number;
+  grid: string;
+  cluster: boolean;
+  now: number;
+}
+
+/** Re-rendered only when the store, its position or the clock moved. */
+const Row = memo(function Row({ row: r, top, grid, cluster, now }: RowProps) {
   const labels = Object.entries(r.labels).sort(([a], [b]) => a.localeCompare(b));
   return (
     <div
@@ -291,4 +305,4 @@ function Row({ row: r, top, grid, cluster, now }: { row: HostRow; top: number; g
       <div className="cell">{ago(r.lastSeen, now)}</div>
     </div>
   );
-}
+});

@@ -79,8 +79,14 @@ export class FleetStore {
     return this.rows.size;
   }
 
+  /** Every row, sorted by host name. */
   list(): HostRow[] {
     return [...this.rows.values()].sort((a, b) => a.host.localeCompare(b.host));
+  }
+
+  /** Every row, in no particular order (the view sorts what it selects). */
+  all(): HostRow[] {
+    return [...this.rows.values()];
   }
 
   /**
