@@ -100,6 +100,7 @@ describe("fleet query", () => {
     expect(hosts(selectRows(rows(), q({ sort: "cpu", descending: true })))).toEqual(["db-01", "web-01", "web-02", "cache-02"]);
     expect(hosts(selectRows(rows(), q({ sort: "cpu" })))).toEqual(["web-02", "web-01", "db-01", "cache-02"]);
     expect(hosts(selectRows(rows(), q({ sort: "state" })))).toEqual(["web-02", "cache-02", "db-01", "web-01"]);
+    expect(hosts(selectRows(rows(), q({ sort: "labels" })))).toEqual(["cache-02", "db-01", "web-01", "web-02"]);
     expect(labelsOf(rows())).toEqual({ pairs: ["rack=r1", "rack=r2", "role=db", "role=web"], keys: ["rack", "role"] });
   });
 

@@ -230,8 +230,20 @@ export type FleetItem =
   | { kind: "group"; key: string; value: string; hosts: number; online: number; collapsed: boolean }
   | { kind: "host"; row: HostRow };
 
+/** Each label set's sort text, made once (a row's labels object is replaced, never changed). */
+const labelTexts = new WeakMap<Record<string, string>, string>();
+
 function labelText(r: HostRow): string {
-  return Object.entries(r.labels)
+  let text = labelTexts.get(r.labels);
+  if (text === undefined) {
+    text = joinLabels(r.labels);
+    labelTexts.set(r.labels, text);
+  }
+  return text;
+}
+
+function joinLabels(labels: Record<string, string>): string {
+  return Object.entries(labels)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([k, v]) => `${k}=${v}`)
     .join(" ");
