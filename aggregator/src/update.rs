@@ -211,6 +211,19 @@ impl Update {
         self.deflated.get()
     }
 
+    /// When the sample was taken (Unix ms), read back from the JSON form's
+    /// `timestamp` (the envelope's third field, before any payload, so the
+    /// first match is it: a quote inside the topic is escaped). `None` for a
+    /// form without one.
+    pub fn taken_ms(&self) -> Option<i64> {
+        const KEY: &str = "\"timestamp\":\"";
+        let text = self.json.as_str();
+        let at = text.find(KEY)? + KEY.len();
+        let end = at + text[at..].find('"')?;
+        let t = humantime::parse_rfc3339(&text[at..end]).ok()?;
+        Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+    }
+
     /// Bytes of the form `encoding` sends.
     pub fn bytes(&self, encoding: Encoding) -> &[u8] {
         match encoding {
@@ -411,6 +424,13 @@ mod tests {
         assert_eq!(v["timestamp"], "2026-11-18T11:06:40.123Z");
         assert_eq!(v["received"], "2026-11-18T11:06:40.200Z");
         assert_eq!(v["payload"]["total_pct"], 1.5);
+    }
+
+    #[test]
+    fn the_sample_time_reads_back_from_the_json_form() {
+        assert_eq!(update().taken_ms(), Some(1_795_000_000_123));
+        let odd = Update::stored("a".into(), 1, "{\"topic\":\"a\",\"seq\":1}".into());
+        assert_eq!(odd.taken_ms(), None);
     }
 
     #[test]

@@ -204,3 +204,42 @@ export async function sha256Hex(token: string): Promise<string> {
   const { createHash } = await import("node:crypto");
   return createHash("sha256").update(token).digest("hex");
 }
+
+export interface FleetSim {
+  proc: Proc;
+  hosts: number;
+}
+
+/**
+ * Starts `hostpulse-fleet-sim`: `hosts` simulated hosts, each its own real
+ * gRPC stream to `ingest` (`host:port`), with `role` and `rack` labels, a
+ * backlog of `backlog` samples one second apart, then one sample per
+ * `intervalMs`; every `offlineEvery`th host goes offline after its backlog.
+ * Resolves once every backlog is acknowledged. The simulator stops by itself
+ * after `durationSecs`, or when this process goes (its stdin closes).
+ */
+export async function startFleetSim(
+  ingest: string,
+  opts: { hosts: number; backlog?: number; intervalMs?: number; offlineEvery?: number; durationSecs?: number },
+  timeoutMs = 180_000,
+): Promise<FleetSim> {
+  const args = [
+    "--ingest",
+    ingest,
+    "--hosts",
+    String(opts.hosts),
+    "--backlog",
+    String(opts.backlog ?? 60),
+    "--interval-ms",
+    String(opts.intervalMs ?? 5000),
+    "--offline-every",
+    String(opts.offlineEvery ?? 10),
+    "--duration-secs",
+    String(opts.durationSecs ?? 600),
+    "--stop-on-stdin-eof",
+  ];
+  const child = spawn(binary("hostpulse-fleet-sim"), args, { stdio: ["pipe", "pipe", "pipe"] });
+  const proc = new Proc("fleet-sim", child);
+  await proc.waitFor(/fleet-sim ready hosts=\d+/, timeoutMs);
+  return { proc, hosts: opts.hosts };
+}

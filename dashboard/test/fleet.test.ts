@@ -1,10 +1,23 @@
 // The fleet overview's store: a host announced `forgotten` on `hosts`
-// leaves the list (its topics are gone), and one announced again comes back.
+// leaves the list (its topics are gone), and one announced again comes back;
+// what a large fleet subscribes to; and the view's search, filters, grouping
+// and sorting.
 
 import { describe, expect, it } from "vitest";
 import type { HostpulseClient } from "../src/client";
 import type { HostEvent, Update } from "../src/client/types";
-import { FleetStore } from "../src/app/fleet";
+import {
+  DEFAULT_QUERY,
+  type FleetQuery,
+  FleetStore,
+  fleetItems,
+  type HostRow,
+  LARGE_FLEET,
+  labelsOf,
+  selectRows,
+  UNLABELLED,
+} from "../src/app/fleet";
+import { Series } from "../src/app/series";
 
 /** A client that only records what the store subscribes to. */
 function recordingClient(): { client: HostpulseClient; deliver: (topic: string, u: Update) => void } {
@@ -56,5 +69,76 @@ describe("FleetStore", () => {
       ["db-01", true],
       ["web-01", true],
     ]);
+  });
+});
+
+describe("fleet query", () => {
+  function rows(): HostRow[] {
+    const mk = (host: string, online: boolean, role: string | undefined, cpu?: number): HostRow => ({
+      host,
+      online,
+      labels: role ? { role, rack: host.endsWith("1") ? "r1" : "r2" } : {},
+      cpu,
+      spark: new Series(1, 10),
+    });
+    return [
+      mk("web-01", true, "web", 50),
+      mk("web-02", false, "web", 10),
+      mk("db-01", true, "db", 90),
+      mk("cache-02", true, undefined),
+    ];
+  }
+  const q = (patch: Partial<FleetQuery>): FleetQuery => ({ ...DEFAULT_QUERY, ...patch });
+  const hosts = (rs: HostRow[]) => rs.map((r) => r.host);
+
+  it("searches host names, filters by state and label, sorts by any column", () => {
+    expect(hosts(selectRows(rows(), q({})))).toEqual(["cache-02", "db-01", "web-01", "web-02"]);
+    expect(hosts(selectRows(rows(), q({ search: "WEB" })))).toEqual(["web-01", "web-02"]);
+    expect(hosts(selectRows(rows(), q({ state: "offline" })))).toEqual(["web-02"]);
+    expect(hosts(selectRows(rows(), q({ state: "online", label: "role=web" })))).toEqual(["web-01"]);
+    // Numbers: hosts without a value go last in both directions.
+    expect(hosts(selectRows(rows(), q({ sort: "cpu", descending: true })))).toEqual(["db-01", "web-01", "web-02", "cache-02"]);
+    expect(hosts(selectRows(rows(), q({ sort: "cpu" })))).toEqual(["web-02", "web-01", "db-01", "cache-02"]);
+    expect(hosts(selectRows(rows(), q({ sort: "state" })))).toEqual(["web-02", "cache-02", "db-01", "web-01"]);
+    expect(hosts(selectRows(rows(), q({ sort: "labels" })))).toEqual(["cache-02", "db-01", "web-01", "web-02"]);
+    expect(labelsOf(rows())).toEqual({ pairs: ["rack=r1", "rack=r2", "role=db", "role=web"], keys: ["rack", "role"] });
+  });
+
+  it("groups by a label, unlabelled hosts last, and collapses a group", () => {
+    const query = q({ groupBy: "role", sort: "cpu", descending: true });
+    const items = fleetItems(selectRows(rows(), query), query);
+    expect(items.map((i) => (i.kind === "group" ? `[${i.value} ${i.hosts}/${i.online}]` : i.row.host))).toEqual([
+      "[db 1/1]",
+      "db-01",
+      "[web 2/1]",
+      "web-01",
+      "web-02",
+      `[${UNLABELLED} 1/1]`,
+      "cache-02",
+    ]);
+    const folded = fleetItems(selectRows(rows(), query), query, new Set(["web"]));
+    expect(folded.filter((i) => i.kind === "host").map((i) => (i.kind === "host" ? i.row.host : ""))).toEqual(["db-01", "cache-02"]);
+  });
+
+  it("asks a large fleet for thinned history and throttled live metrics", () => {
+    const asked = new Map<string, unknown>();
+    const client = {
+      subscribe(topic: string, _h: unknown, options: unknown) {
+        asked.set(topic, options);
+        return () => asked.delete(topic);
+      },
+    } as unknown as HostpulseClient;
+    const store = new FleetStore();
+    store.attach(client);
+    expect([...asked.keys()]).toEqual(["hosts"]);
+    store.applySnapshot(Array.from({ length: LARGE_FLEET + 1 }, (_, i) => ({ host: `h-${i}`, online: true })));
+    expect(asked.get("host.*.cpu")).toEqual({ history: 60, historyEveryMs: 5000, throttleMs: 5000 });
+    expect(asked.get("host.*.memory")).toEqual({ history: 1, throttleMs: 5000 });
+
+    const small = new FleetStore();
+    asked.clear();
+    small.attach(client);
+    small.applySnapshot([{ host: "a", online: true }]);
+    expect(asked.get("host.*.cpu")).toEqual({ history: 120 });
   });
 });

@@ -87,6 +87,16 @@ async fn hosts_and_their_latest_metrics_in_the_documented_shape() {
     let top_level = raw.split("\"latest\"").next().unwrap_or_default();
     assert_eq!(top_level.matches("\"host\":").count(), 1, "{raw}");
     assert!(one["latest"]["cpu"]["payload"]["per_core_pct"].is_array());
+    // `?metrics=` keeps only the metrics named (what the fleet view asks for).
+    let (status, few) = get(&agg, "/api/v1/hosts?metrics=cpu,load").await;
+    assert_eq!(status, 200);
+    for h in few.as_array().unwrap() {
+        let keys: Vec<&String> = h["latest"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["cpu", "load"], "{h}");
+        assert!(h["latest"]["cpu"]["payload"]["total_pct"].is_number());
+    }
+    let (_, none) = get(&agg, "/api/v1/hosts/beta?metrics=none").await;
+    assert_eq!(none["latest"], serde_json::json!({}), "{none}");
     let (status, missing) = get(&agg, "/api/v1/hosts/gamma").await;
     assert_eq!(status, 404);
     assert!(

@@ -4,7 +4,10 @@
 //! agent, and the latest update of each of its metrics, as JSON. The same
 //! tokens as for WebSocket apply (`Authorization: Bearer` or `?token=`): host
 //! details need a grant covering `hosts`, each metric a grant covering its
-//! topic.
+//! topic. `?metrics=cpu,memory` keeps only those metrics in `latest` (a fleet
+//! view of thousands of hosts needs a few numbers each, not their process
+//! lists). Each update goes out as the JSON it was published as, never
+//! parsed into a tree and written again.
 
 use std::collections::BTreeMap;
 
@@ -13,17 +16,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::AppState;
 use crate::auth::{Grant, bearer};
 use crate::ingest::registry::HostView;
 
-/// `?token=` for clients that cannot set a header.
+/// `?token=` for clients that cannot set a header, and `?metrics=`.
 #[derive(Debug, Default, Deserialize)]
 pub struct TokenQuery {
     /// Access token.
     pub token: Option<String>,
+    /// Comma-separated metrics to keep in `latest` (default: all).
+    pub metrics: Option<String>,
 }
 
 /// One host in the snapshot.
@@ -32,7 +38,7 @@ struct HostSnapshot {
     #[serde(flatten)]
     view: HostView,
     /// Metric name → the latest update of `host.<host>.<metric>`.
-    latest: BTreeMap<String, Value>,
+    latest: BTreeMap<String, Box<RawValue>>,
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {
@@ -69,19 +75,28 @@ fn authorize(
     Ok(grant)
 }
 
-async fn snapshot(state: &AppState, grant: &Grant, only: Option<&str>) -> Vec<HostSnapshot> {
+async fn snapshot(
+    state: &AppState,
+    grant: &Grant,
+    only: Option<&str>,
+    metrics: Option<&str>,
+) -> Vec<HostSnapshot> {
+    let wanted: Option<Vec<&str>> = metrics.map(|m| m.split(',').map(str::trim).collect());
     let prefix = match only {
         Some(h) => format!("host.{h}."),
         None => "host.".into(),
     };
     let latest = state.ws.hub.latest(prefix).await;
-    let mut by_host: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut by_host: BTreeMap<String, BTreeMap<String, Box<RawValue>>> = BTreeMap::new();
     for u in latest.iter().filter(|u| grant.allows(&u.topic)) {
         let mut parts = u.topic.splitn(3, '.');
         let (_, Some(host), Some(metric)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if let Ok(v) = serde_json::from_str::<Value>(u.json.as_str()) {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&metric)) {
+            continue;
+        }
+        if let Ok(v) = RawValue::from_string(u.json.to_string()) {
             by_host
                 .entry(host.into())
                 .or_default()
@@ -107,7 +122,9 @@ pub async fn hosts(
     Query(query): Query<TokenQuery>,
 ) -> Response {
     match authorize(&state, &headers, &query) {
-        Ok(grant) => Json(snapshot(&state, &grant, None).await).into_response(),
+        Ok(grant) => {
+            Json(snapshot(&state, &grant, None, query.metrics.as_deref()).await).into_response()
+        }
         Err((status, message)) => refuse(status, message),
     }
 }
@@ -123,7 +140,7 @@ pub async fn host(
         Ok(g) => g,
         Err((status, message)) => return refuse(status, message),
     };
-    match snapshot(&state, &grant, Some(&host))
+    match snapshot(&state, &grant, Some(&host), query.metrics.as_deref())
         .await
         .into_iter()
         .next()

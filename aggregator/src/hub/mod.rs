@@ -104,6 +104,10 @@ pub struct SubscribeRequest {
     pub history: Option<usize>,
     /// At most one update per topic per this interval (zero: no throttle).
     pub throttle: Duration,
+    /// Thins the replay (`history`, `since`) to at most one update per topic
+    /// per this interval of sample time, the newest of each (zero: exact).
+    /// With `history: N`, N counts intervals rather than updates.
+    pub history_every: Duration,
     /// What the connection's token may watch (`None`: everything).
     pub grant: Option<Grant>,
 }
@@ -267,6 +271,9 @@ pub struct ReplayTopic {
     pub history: Arc<TopicHistory>,
     /// Updates above this seq are to be sent (then: the last one sent).
     pub after: u64,
+    /// A thinned `history: N` replay: only the last N intervals (counted
+    /// back from the topic's newest update) are sent.
+    pub intervals: Option<usize>,
 }
 
 /// What a subscription's session replays before it joins live delivery.
@@ -276,6 +283,8 @@ pub struct Replay {
     pub token: u64,
     /// Topics with history to send, by name.
     pub topics: Vec<ReplayTopic>,
+    /// Thinning interval in ms (`history_every_ms`; zero: every update).
+    pub every_ms: u64,
 }
 
 /// A queued command, and the share of the byte bound it holds until the

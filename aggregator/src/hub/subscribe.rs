@@ -100,15 +100,22 @@ impl Hub {
             .cloned()
             .collect();
         let mut infos = Vec::with_capacity(names.len());
+        let every_ms = request.history_every.as_millis() as u64;
         let mut replay = Replay {
             token,
             topics: Vec::new(),
+            every_ms,
         };
         let mut complete = true;
         for name in &names {
             let t = &self.topics[name];
             let first_seq = t.history.first_seq();
             let since = request.since.as_ref().and_then(|s| s.for_topic(name));
+            // Thinned, `history: N` counts intervals: the session reads the
+            // whole history and keeps the last N of them.
+            let intervals = request
+                .history
+                .filter(|n| since.is_none() && every_ms > 0 && *n > 0);
             let after = match since {
                 Some(since) => {
                     complete &= since >= t.seq || first_seq.is_some_and(|f| f <= since + 1);
@@ -117,10 +124,10 @@ impl Hub {
                     outbox.prime(name, since);
                     Some(since)
                 }
-                None => request
-                    .history
-                    .filter(|n| *n > 0)
-                    .map(|n| t.history.before_last(n)),
+                None => request.history.filter(|n| *n > 0).map(|n| {
+                    t.history
+                        .before_last(if intervals.is_some() { usize::MAX } else { n })
+                }),
             };
             if let Some(after) = after.filter(|a| *a < t.seq) {
                 // The session reads it from history, then joins; until then
@@ -130,6 +137,7 @@ impl Hub {
                     topic: name.clone(),
                     history: t.history.clone(),
                     after,
+                    intervals,
                 });
             }
             infos.push(TopicInfo {

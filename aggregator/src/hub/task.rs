@@ -89,6 +89,7 @@ impl Hub {
                         topic: name.clone(),
                         history: t.history.clone(),
                         after: floors.get(&**name).copied().unwrap_or(0),
+                        intervals: None,
                     })
                     .collect();
                 let _ = reply.send(out);

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 mod groups;
+mod thinning;
 
 fn update(topic: &str, seq: u64) -> Update {
     let now = SystemTime::now();
@@ -248,6 +249,7 @@ fn subscribe_to(pattern: &str, since: Option<Since>, throttle: Duration) -> Subs
         since,
         history: None,
         throttle,
+        history_every: Duration::ZERO,
         grant: None,
     }
 }

@@ -80,6 +80,8 @@ struct SubscribeFields {
     history: Option<usize>,
     #[serde(default)]
     throttle_ms: Option<u64>,
+    #[serde(default)]
+    history_every_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +129,9 @@ pub const MAX_SINCE_TOPICS: usize = 10_000;
 
 /// Longest throttle interval a subscription may ask for (one hour).
 pub const MAX_THROTTLE_MS: u64 = 3_600_000;
+
+/// Longest interval a replay may be thinned to (`history_every_ms`, one hour).
+pub const MAX_HISTORY_EVERY_MS: u64 = 3_600_000;
 
 /// Limits a request is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -258,12 +263,20 @@ pub fn parse_with(text: &str, limits: Limits) -> Result<Request, ProtocolError> 
                     id,
                 });
             }
+            if f.history_every_ms.is_some_and(|e| e > MAX_HISTORY_EVERY_MS) {
+                return Err(ProtocolError {
+                    code: "bad_request",
+                    message: format!("\"history_every_ms\" may be at most {MAX_HISTORY_EVERY_MS}"),
+                    id,
+                });
+            }
             Ok(Request::Subscribe(SubscribeRequest {
                 pattern: f.topic,
                 id: f.id,
                 since,
                 history: f.history,
                 throttle: Duration::from_millis(f.throttle_ms.unwrap_or(0)),
+                history_every: Duration::from_millis(f.history_every_ms.unwrap_or(0)),
                 grant: None,
             }))
         }
@@ -370,6 +383,25 @@ mod tests {
                 "{request}"
             );
         }
+    }
+
+    #[test]
+    fn history_every_ms_parses_and_is_bounded() {
+        match parse("{\"action\":\"subscribe\",\"topic\":\"host.*.cpu\",\"history\":60,\"history_every_ms\":5000}")
+            .unwrap()
+        {
+            Request::Subscribe(r) => assert_eq!(r.history_every, Duration::from_secs(5)),
+            other => panic!("{other:?}"),
+        }
+        let too_long = format!(
+            "{{\"action\":\"subscribe\",\"topic\":\"a\",\"history_every_ms\":{}}}",
+            MAX_HISTORY_EVERY_MS + 1
+        );
+        assert_eq!(code(&too_long), "bad_request");
+        assert_eq!(
+            code("{\"action\":\"subscribe\",\"topic\":\"a\",\"history_every_ms\":-5}"),
+            "bad_request"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ import { useEffect, useMemo, useState } from "react";
 import type { ConnectionState, HostpulseClient, Incomplete } from "../client";
 import { ConnectionBadge } from "./ConnectionBadge";
 import { getJson, storeToken, Unauthorized } from "./connection";
-import { FleetStore, type RestHost } from "./fleet";
+import { FleetStore, type RestHost, SNAPSHOT_PATH } from "./fleet";
 import { FleetView } from "./FleetView";
 import { HostView } from "./HostView";
 import { TokenPrompt } from "./TokenPrompt";
@@ -56,7 +56,7 @@ export function App({ client }: { client: HostpulseClient }) {
     client.connect();
 
     function loadSnapshot() {
-      getJson<RestHost[]>("/api/v1/hosts")
+      getJson<RestHost[]>(SNAPSHOT_PATH)
         .then((hosts) => fleet.applySnapshot(hosts))
         .catch((e: Error) => {
           if (e instanceof Unauthorized) setNeedToken("A token is required to read the fleet.");

@@ -28,7 +28,8 @@ interface Props {
 
 declare global {
   interface Window {
-    __hostpulse?: { firstPoint: Record<string, number> };
+    /** Page-open-to-first-point times per chart, and to the fleet view's first row with data (ms). */
+    __hostpulse?: { firstPoint: Record<string, number>; firstRow?: number };
   }
 }
 

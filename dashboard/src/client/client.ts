@@ -65,6 +65,12 @@ export interface SubscribeOptions {
   history?: number;
   /** At most one update per topic per interval, the newest. */
   throttleMs?: number;
+  /**
+   * Thins what history sends (for `history` and for a resume alike): at most
+   * one update per topic per this many ms of sample time, the newest of
+   * each; `history` then counts intervals, not updates.
+   */
+  historyEveryMs?: number;
 }
 
 export type UpdateHandler = (update: Update) => void;
@@ -277,6 +283,7 @@ export class HostpulseClient {
     // History fills topics without a resume point (new ones, or a first subscribe).
     if (options.history) msg.history = options.history;
     if (options.throttleMs) msg.throttle_ms = options.throttleMs;
+    if (options.historyEveryMs) msg.history_every_ms = options.historyEveryMs;
     this.send(msg);
   }
 

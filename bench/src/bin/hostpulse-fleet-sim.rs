@@ -1,0 +1,257 @@
+//! `hostpulse-fleet-sim`: a simulated fleet for the dashboard's browser test
+//! (and for trying the fleet view by hand): N hosts, each its own real gRPC
+//! ingest stream to a real aggregator on loopback, with labels (`role`,
+//! `rack`) and a backlog of history, then one sample per interval.
+//!
+//! It stays small and stops by itself: at most [`MAX_HOSTS`] hosts, over a
+//! few HTTP/2 connections, on one thread; every `--offline-every`th host
+//! closes its stream once its backlog is acknowledged (announced offline);
+//! everything ends after `--duration-secs` (or, with `--stop-on-stdin-eof`,
+//! when its standard input closes, so a test that dies takes it along). It prints `fleet-sim ready hosts=N` once
+//! every host's backlog is acknowledged.
+//!
+//! ```sh
+//! hostpulse-fleet-sim --ingest 127.0.0.1:7070 --hosts 5000
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hostpulse_proto::v1::{
+    AgentMessage, Batch, Hello, agent_message, aggregator_message, ingest_client::IngestClient,
+};
+use hostpulse_proto::{Cpu, Load, Memory, Sample, encode_batch};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Most hosts one simulator runs.
+const MAX_HOSTS: usize = 10_000;
+/// Streams per HTTP/2 connection (servers allow 200 by default).
+const STREAMS_PER_CONNECTION: usize = 100;
+/// Roles handed out in turn.
+const ROLES: &[&str] = &["web", "db", "cache", "queue", "batch"];
+/// Hosts per rack.
+const RACK_SIZE: usize = 250;
+
+/// Simulates a fleet of hosts over real gRPC streams.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The aggregator's gRPC ingest address (loopback only).
+    #[arg(long)]
+    ingest: SocketAddr,
+    /// Hosts to simulate (at most 10,000).
+    #[arg(long, default_value_t = 5000)]
+    hosts: usize,
+    /// Milliseconds between one host's samples.
+    #[arg(long, default_value_t = 5000)]
+    interval_ms: u64,
+    /// Samples each host sends first, one second apart and ending now (its
+    /// history), at most 600.
+    #[arg(long, default_value_t = 60)]
+    backlog: u64,
+    /// Every Nth host (N > 0) goes offline once its backlog is acknowledged.
+    #[arg(long, default_value_t = 10)]
+    offline_every: usize,
+    /// Seconds after which the simulator stops by itself (at most 3,600).
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
+    /// Stop when standard input closes (for a parent holding a pipe).
+    #[arg(long)]
+    stop_on_stdin_eof: bool,
+    /// Host names are `<prefix>-<n>` (n zero-padded to five digits).
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Host `i`'s sample `seq` at `at` (Unix ms): values differ per host (so
+/// sorting means something) and drift a little over time.
+fn sample(i: usize, seq: u64, at: i64) -> Sample {
+    let base = ((i * 37) % 97) as f64;
+    let wave = ((at / 1000) as f64 / 20.0 + i as f64).sin() * 3.0;
+    let cpu = (base + wave).clamp(0.0, 100.0) as f32;
+    let total: u64 = 8 << 30;
+    Sample {
+        seq,
+        timestamp_ms: at,
+        cpu: Some(Cpu {
+            total_pct: cpu,
+            per_core_pct: vec![cpu; 4],
+        }),
+        memory: Some(Memory {
+            total_bytes: total,
+            used_bytes: total / 100 * ((i * 53) % 90 + 5) as u64,
+            available_bytes: total / 2,
+            swap_total_bytes: 0,
+            swap_used_bytes: 0,
+        }),
+        load: Some(Load {
+            one: ((i * 13) % 400) as f64 / 100.0,
+            five: 1.0,
+            fifteen: 1.0,
+        }),
+        ..Sample::default()
+    }
+}
+
+fn batch(seq: u64, samples: &[Sample]) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Batch(Batch {
+            seq,
+            sample_count: samples.len() as u32,
+            samples: encode_batch(samples).into(),
+        })),
+    }
+}
+
+/// One host: Hello, the backlog, then a sample per interval until stopped.
+async fn host(
+    channel: tonic::transport::Channel,
+    i: usize,
+    args: Arc<Args>,
+    epoch: u64,
+    ready: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
+    let mut client = IngestClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let labels = [
+        ("role".to_string(), ROLES[i % ROLES.len()].to_string()),
+        ("rack".to_string(), format!("r{:02}", i / RACK_SIZE + 1)),
+    ]
+    .into_iter()
+    .collect();
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Hello(Hello {
+            agent_id: format!("{}-{i}", args.prefix),
+            hostname: format!("{}-{:05}", args.prefix, i + 1),
+            version: "fleet-sim".into(),
+            labels,
+            epoch,
+            schema_version: hostpulse_proto::SCHEMA_VERSION,
+            interval_ms: args.interval_ms as u32,
+        })),
+    })
+    .await?;
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    inbound.message().await?.context("no Welcome")?;
+    let now = now_ms();
+    let backlog: Vec<Sample> = (1..=args.backlog)
+        .map(|s| sample(i, s, now - (args.backlog - s) as i64 * 1000))
+        .collect();
+    let mut seq = args.backlog;
+    let mut batch_seq = 1;
+    if !backlog.is_empty() {
+        tx.send(batch(batch_seq, &backlog)).await?;
+        loop {
+            let m = inbound.message().await?.context("stream ended")?;
+            if let Some(aggregator_message::Kind::Ack(a)) = m.kind
+                && a.seq >= batch_seq
+            {
+                break;
+            }
+        }
+    }
+    ready.fetch_add(1, Ordering::Relaxed);
+    if args.offline_every > 0 && i % args.offline_every == args.offline_every - 1 {
+        return Ok(());
+    }
+    // Acks are not waited for from here on; read them so the stream flows.
+    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        seq += 1;
+        batch_seq += 1;
+        if tx
+            .send(batch(batch_seq, &[sample(i, seq, now_ms())]))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    if !args.ingest.ip().is_loopback() {
+        bail!("--ingest must be a loopback address: this is a test tool");
+    }
+    if args.hosts == 0 || args.hosts > MAX_HOSTS {
+        bail!("--hosts must be 1 to {MAX_HOSTS}");
+    }
+    if args.backlog > 600 || args.duration_secs > 3600 || args.interval_ms < 100 {
+        bail!("--backlog at most 600, --duration-secs at most 3600, --interval-ms at least 100");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Arc<Args>) -> anyhow::Result<()> {
+    let epoch = now_ms() as u64;
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut channels = Vec::new();
+    for _ in 0..args.hosts.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", args.ingest))?
+                .connect()
+                .await
+                .context("connecting to the aggregator")?,
+        );
+    }
+    for i in 0..args.hosts {
+        let channel = channels[i / STREAMS_PER_CONNECTION].clone();
+        let (args, ready) = (args.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = host(channel, i, args, epoch, ready).await {
+                eprintln!("fleet-sim: host {i}: {e:#}");
+            }
+        });
+        if i % 100 == 99 {
+            // Ramp up without a thundering herd of stream set-ups.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(args.duration_secs));
+    tokio::pin!(deadline);
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    let mut announced = false;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                println!("fleet-sim stopping: --duration-secs reached");
+                return Ok(());
+            }
+            n = stdin.read(&mut buf), if args.stop_on_stdin_eof => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    println!("fleet-sim stopping: stdin closed");
+                    return Ok(());
+                }
+            }
+            _ = poll.tick(), if !announced => {
+                let n = ready.load(Ordering::Relaxed);
+                if n == args.hosts {
+                    println!("fleet-sim ready hosts={n}");
+                    announced = true;
+                }
+            }
+        }
+    }
+}
