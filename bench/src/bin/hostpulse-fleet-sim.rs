@@ -140,6 +140,7 @@ async fn host(
             epoch,
             schema_version: hostpulse_proto::SCHEMA_VERSION,
             interval_ms: args.interval_ms as u32,
+            instance: 0,
         })),
     })
     .await?;
