@@ -3,7 +3,8 @@
 //! the limit, in order and with every update exactly once, in every encoding;
 //! and a frame the server cannot write (larger than the connection's write
 //! buffer limit) closes that connection with 1011 and a log line naming it,
-//! while other connections carry on.
+//! while other connections carry on; and a connection waiting for its turn
+//! to replay (behind a replay whose write is stuck) still reads its client.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -214,5 +215,79 @@ async fn a_frame_larger_than_the_write_buffer_limit_closes_with_1011_and_a_log_l
     bystander.send(json!({"action": "ping", "id": 7})).await;
     let pong = bystander.next_on("$sys.pong").await;
     assert_eq!(pong["payload"]["id"], 7, "{pong}");
+    agg.stop().await;
+}
+
+/// The send queue (bytes written but not yet acknowledged by the peer) of
+/// the loopback TCP socket from local port `local` to remote port `remote`,
+/// from /proc/net/tcp.
+fn tcp_send_queue(local: u16, remote: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit_once(':')?.1, 16).ok();
+        if port(f[1])? != local || port(f[2])? != remote {
+            return None;
+        }
+        u64::from_str_radix(f[4].split_once(':')?.0, 16).ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_waiting_its_turn_to_replay_still_answers_its_client() {
+    // One replay at a time, and a stuck write that keeps its turn for the
+    // whole test.
+    let agg = TestAggregator::start(|c| {
+        c.ws.replay_concurrency = 1;
+        c.ws.write_timeout_ms = 120_000;
+    })
+    .await;
+    let mut agent = FakeAgent::connect(&agg.ingest_url(), "big").await;
+    for seq in 1..=120 {
+        agent
+            .send(fake::batch(seq, &[fake::sample(seq, 400)]))
+            .await;
+    }
+    agent.acked(120).await;
+    let subscribe = json!({"action": "subscribe", "topic": "host.big.processes", "history": 120});
+
+    // A asks for 120 updates of about 60 KB each through a tiny receive
+    // buffer and never reads: its replay's write blocks, holding the turn.
+    let mut stuck = WsClient::connect_with_recv_buffer(&agg.ws_url(), 4096).await;
+    stuck.send(subscribe.clone()).await;
+    let port = stuck.local_addr().port();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = 0;
+    loop {
+        // Blocked: the server's send queue to A is full and stays so.
+        let now = tcp_send_queue(agg.http.port(), port).unwrap_or(0);
+        if now > 64 << 10 && now == last {
+            break;
+        }
+        last = now;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's replay never blocked (send queue {now} bytes)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // B asks for a replay too, so it waits for A's turn to end; meanwhile
+    // its session still reads it: a Close is answered at once.
+    let mut waiting = WsClient::connect(&agg.ws_url()).await;
+    waiting.send(subscribe).await;
+    let reply = waiting.next_within(WAIT).await.expect("$sys.subscribed");
+    assert_eq!(reply["topic"], "$sys.subscribed", "{reply}");
+    waiting
+        .send_message(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    assert_eq!(
+        waiting.closed(Duration::from_secs(5)).await,
+        Closed::Code(1005),
+        "a Close answered while waiting for a replay turn"
+    );
+    // A still holds the turn: B's reply did not come from A letting go.
+    assert!(tcp_send_queue(agg.http.port(), port).unwrap_or(0) > 64 << 10);
+    drop(stuck);
     agg.stop().await;
 }

@@ -42,6 +42,10 @@ pub struct WsConfig {
     /// `msgpack+deflate` the bound holds for the compressed frame. A single
     /// update larger than this still goes out whole, alone in its frame.
     pub max_frame_bytes: usize,
+    /// Replays reading history at once, server-wide (each a 64 KiB chunk at
+    /// a time, in turn); 0: half the cores, at least one. Connections waiting
+    /// for their turn still read their clients.
+    pub replay_concurrency: usize,
 }
 
 impl Default for WsConfig {
@@ -60,6 +64,7 @@ impl Default for WsConfig {
             ping_timeout_ms: 45_000,
             write_timeout_ms: 10_000,
             max_frame_bytes: MAX_FRAME_BYTES,
+            replay_concurrency: 0,
         }
     }
 }
@@ -71,6 +76,14 @@ pub const MAX_FRAME_BYTES: usize = 256 << 10;
 pub const MIN_FRAME_BYTES: usize = 1 << 10;
 
 impl WsConfig {
+    /// `replay_concurrency`, with 0 resolved to half the cores.
+    pub fn replays_at_once(&self) -> usize {
+        match self.replay_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        }
+    }
+
     /// The first value that parses but cannot work, as (key, reason).
     pub fn problem(&self) -> Option<(&'static str, String)> {
         if let Some(p) = first_zero(&[

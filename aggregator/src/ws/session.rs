@@ -67,6 +67,12 @@ pub(super) struct Session {
     deferred: VecDeque<HubRequest>,
     /// Held from reading a replay chunk until it is written.
     replay_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Waiting for a replay permit: polled by the session loop beside the
+    /// socket, so a connection queued behind other replays still reads its
+    /// client (pongs, requests, Close) meanwhile.
+    /// (A task of its own waits in the semaphore's queue, first come first
+    /// served, and hands the permit over.)
+    permit_wait: Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// How a session ends.
@@ -128,6 +134,7 @@ impl Session {
             replays: VecDeque::new(),
             deferred: VecDeque::new(),
             replay_permit: None,
+            permit_wait: None,
         }
     }
 
@@ -251,6 +258,14 @@ impl Session {
                         }
                     }
                     continue;
+                }
+                permit = recv_opt(&mut self.permit_wait) => {
+                    self.permit_wait = None;
+                    let Ok(permit) = permit else { return SHUTTING_DOWN };
+                    self.replay_permit = Some(permit);
+                    if self.advance_replay().await.is_err() {
+                        return SHUTTING_DOWN;
+                    }
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > ping_timeout {
@@ -412,6 +427,16 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(_) => Some(End::PeerClosed),
         }
+    }
+}
+
+/// What `rx` receives, or never when there is nothing to wait for.
+async fn recv_opt<T>(
+    rx: &mut Option<tokio::sync::oneshot::Receiver<T>>,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
     }
 }
 

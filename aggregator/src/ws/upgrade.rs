@@ -62,6 +62,7 @@ impl WsState {
         tasks: TaskTracker,
         auth: Arc<Auth>,
     ) -> Arc<Self> {
+        let replays = config.replays_at_once();
         Arc::new(Self {
             hub,
             config,
@@ -73,10 +74,8 @@ impl WsState {
             connections: AtomicU64::new(0),
             per_ip: Mutex::default(),
             refused: AtomicU64::new(0),
-            // Half the cores at most: the rest stay for live updates.
-            replay_permits: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
-            )),
+            // Half the cores by default: the rest stay for live updates.
+            replay_permits: Arc::new(tokio::sync::Semaphore::new(replays)),
         })
     }
 

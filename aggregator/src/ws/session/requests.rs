@@ -167,11 +167,29 @@ impl Session {
                 return Ok(());
             }
             if self.replay_permit.is_none() {
+                if self.permit_wait.is_some() {
+                    return Ok(()); // the session loop waits for it
+                }
                 let permits = self.state.replay_permits.clone();
-                self.replay_permit = tokio::select! {
-                    _ = self.state.shutdown.cancelled() => return Err(HubClosed),
-                    p = permits.acquire_owned() => Some(p.map_err(|_| HubClosed)?),
-                };
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => self.replay_permit = Some(p),
+                    Err(tokio::sync::TryAcquireError::Closed) => return Err(HubClosed),
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        // Queued behind other connections' replays: the
+                        // session loop waits for the permit beside the
+                        // socket and comes back here when it has it.
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        tokio::spawn(async move {
+                            // Should the session be gone by then, the
+                            // permit comes straight back.
+                            if let Ok(p) = permits.acquire_owned().await {
+                                let _ = tx.send(p);
+                            }
+                        });
+                        self.permit_wait = Some(rx);
+                        return Ok(());
+                    }
+                }
             }
             let r = self.replays.front_mut().expect("not empty");
             let Some(join) = r.fill(self.id, &self.outbox, chunk) else {
