@@ -190,6 +190,37 @@ impl Drop for Proc {
     }
 }
 
+/// The whole number after ` key=` (or `key=` at the start) in a log line.
+pub fn number_in(line: &str, key: &str) -> u64 {
+    let pattern = format!("{key}=");
+    let start = line
+        .match_indices(&pattern)
+        .find(|(i, _)| *i == 0 || line[..*i].ends_with(char::is_whitespace))
+        .map(|(i, _)| i + pattern.len())
+        .unwrap_or_else(|| panic!("{key} in {line:?}"));
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line:?}"))
+}
+
+/// Starts the aggregator binary with the config file `toml` (whose listen
+/// addresses should be port 0); returns it and its (ingest, http) addresses.
+pub fn start_aggregator_binary(toml: &str) -> (Proc, SocketAddr, SocketAddr) {
+    let config = temp_file("aggregator.toml", toml);
+    let mut agg = Proc::spawn(
+        "hostpulse-aggregator",
+        &["--config", config.to_str().expect("a UTF-8 path")],
+    );
+    let line = agg.wait_for_line("aggregator listening");
+    (
+        agg,
+        addr_in(&line, "ingest_addr"),
+        addr_in(&line, "http_addr"),
+    )
+}
+
 /// Reads `key=ADDR` from an aggregator's "aggregator listening" log line.
 pub fn addr_in(line: &str, key: &str) -> SocketAddr {
     let start = line

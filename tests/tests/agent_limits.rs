@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use hostpulse_tests::process::{Proc, addr_in, temp_file};
+use hostpulse_tests::process::{Proc, number_in, start_aggregator_binary, temp_file};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{WAIT, metric};
@@ -21,20 +21,9 @@ use serde_json::Value;
 /// Starts the aggregator binary on port 0 with `extra` TOML; returns it and
 /// its (ingest, http) addresses.
 fn start_aggregator(extra: &str) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
-    let config = temp_file(
-        "aggregator.toml",
-        &format!("[ingest]\nlisten = \"127.0.0.1:0\"\n{extra}\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    );
-    let mut agg = Proc::spawn(
-        "hostpulse-aggregator",
-        &["--config", config.to_str().unwrap()],
-    );
-    let line = agg.wait_for_line("aggregator listening");
-    (
-        agg,
-        addr_in(&line, "ingest_addr"),
-        addr_in(&line, "http_addr"),
-    )
+    start_aggregator_binary(&format!(
+        "[ingest]\nlisten = \"127.0.0.1:0\"\n{extra}\n[http]\nlisten = \"127.0.0.1:0\"\n"
+    ))
 }
 
 /// Starts the agent binary with `toml`, and `env`.
@@ -51,16 +40,6 @@ fn start_agent(toml: &str, env: &[(&str, &str)]) -> Proc {
 /// `proc` logs a line containing `needle`.
 fn line(proc: &mut Proc, needle: &str) -> String {
     tokio::task::block_in_place(|| proc.wait_for_line(needle))
-}
-
-/// The value of `key=` in a log line.
-fn field(line: &str, key: &str) -> u64 {
-    let start = line.find(&format!("{key}=")).expect("the field") + key.len() + 1;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{key} in {line:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +90,7 @@ async fn a_backlog_over_the_aggregators_message_limit_is_delivered_exactly_once(
     );
     let starting = line(&mut agent, "agent starting");
     // Its samples are numbered from just above the run's first seq.
-    let first_seq = hostpulse_agent::collect::first_seq(field(&starting, "epoch")) + 1;
+    let first_seq = hostpulse_agent::collect::first_seq(number_in(&starting, "epoch")) + 1;
     line(&mut agent, "aggregator unreachable");
     tokio::time::sleep(Duration::from_secs(12)).await;
     agg.signal("CONT");
@@ -119,12 +98,12 @@ async fn a_backlog_over_the_aggregators_message_limit_is_delivered_exactly_once(
 
     // Back: the backlog goes out in pieces the aggregator takes.
     let split = line(&mut agent, "split before sending");
-    assert!(field(&split, "bytes") > 20_000, "{split}");
+    assert!(number_in(&split, "bytes") > 20_000, "{split}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The agent stops: it sends what is left and waits for the acks.
     agent.terminate();
     let exit = line(&mut agent, "every batch acknowledged; exiting");
-    let last = field(&exit, "last_sample_seq");
+    let last = number_in(&exit, "last_sample_seq");
     let _ = last_tx.send(last);
     let tracker = tokio::time::timeout(WAIT, subscriber)
         .await

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use hostpulse_aggregator::DRAIN_TIMEOUT;
-use hostpulse_tests::process::{Proc, addr_in, binary, run, run_ok, temp_file};
+use hostpulse_tests::process::{
+    Proc, addr_in, binary, run, run_ok, start_aggregator_binary, temp_file,
+};
 use hostpulse_tests::ws::{Closed, WsClient};
 use hostpulse_tests::{WAIT, fake, free_port};
 
@@ -15,20 +17,7 @@ fn aggregator_toml(ingest: &str, http: &str) -> String {
 
 /// Starts the aggregator binary on port 0; returns it and its (ingest, http) addresses.
 fn start_aggregator() -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
-    let config = temp_file(
-        "aggregator.toml",
-        &aggregator_toml("127.0.0.1:0", "127.0.0.1:0"),
-    );
-    let mut agg = Proc::spawn(
-        "hostpulse-aggregator",
-        &["--config", config.to_str().unwrap()],
-    );
-    let line = agg.wait_for_line("aggregator listening");
-    (
-        agg,
-        addr_in(&line, "ingest_addr"),
-        addr_in(&line, "http_addr"),
-    )
+    start_aggregator_binary(&aggregator_toml("127.0.0.1:0", "127.0.0.1:0"))
 }
 
 #[tokio::test]

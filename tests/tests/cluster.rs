@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hostpulse_agent::config::Aggregators;
 use hostpulse_tests::fake::{self, FakeAgent};
 use hostpulse_tests::nats::{NatsServer, Spy};
-use hostpulse_tests::process::{Proc, addr_in, temp_file};
+use hostpulse_tests::process::{Proc, addr_in, number_in, temp_file};
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{TestAgent, WAIT, agent_config, http_get, wait_until};
@@ -773,20 +773,6 @@ async fn the_publish_queue_stays_bounded_without_a_broker_and_counts_what_it_dro
     assert_eq!(n1.metric("hostpulse_cluster_dropped_total").await, 0);
 }
 
-/// `key=N` in a log line.
-fn field(line: &str, key: &str) -> u64 {
-    let start = line
-        .find(&format!(" {key}="))
-        .unwrap_or_else(|| panic!("{key} in {line:?}"))
-        + key.len()
-        + 2;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{key} in {line:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_the_oldest() {
     const BUFFER: u64 = 8;
@@ -816,7 +802,7 @@ async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_th
     // connection: once aggregator 1 answers, that subscription is in force.
     let answered = n1.line("answering a catch-up");
     assert!(answered.contains("to=agg-2"), "{answered}");
-    assert_eq!(field(&answered, "updates"), 20, "{answered}");
+    assert_eq!(number_in(&answered, "updates"), 20, "{answered}");
     // Live updates while aggregator 2 holds back.
     burst.send_taken(&n1, BURST).await;
     eventually(
@@ -826,9 +812,9 @@ async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_th
     )
     .await;
     let applied = n2.line("catch-up applied");
-    assert_eq!(field(&applied, "expected"), 0, "{applied}");
-    assert_eq!(field(&applied, "updates"), 20, "{applied}");
-    assert_eq!(field(&applied, "held"), BUFFER, "{applied}");
+    assert_eq!(number_in(&applied, "expected"), 0, "{applied}");
+    assert_eq!(number_in(&applied, "updates"), 20, "{applied}");
+    assert_eq!(number_in(&applied, "held"), BUFFER, "{applied}");
     assert_eq!(
         n2.metric("hostpulse_cluster_dropped_total").await,
         BURST - BUFFER,
