@@ -58,7 +58,7 @@ bench:
 # The hub micro-benchmark: subscribe, publish and disconnect costs at 10,000
 # topics x 1,000 connections (prints medians of 3).
 bench-hub:
-	$(CARGO) test --release -p hostpulse-aggregator --lib hub_costs -- --ignored --nocapture
+	$(CARGO) test --release --no-fail-fast -p hostpulse-aggregator --lib hub_costs -- --ignored --nocapture
 
 # Coverage-guided fuzzing of the request parser, the batch decoder and the
 # config loaders, FUZZ_SECS seconds each (needs cargo-fuzz; CI runs 60 s each).

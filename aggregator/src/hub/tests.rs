@@ -227,6 +227,19 @@ async fn subscribe_replayed(
     outbox: &Arc<Outbox>,
     request: SubscribeRequest,
 ) {
+    if let Some(mut r) = subscribe_for_replay(hub, conn, outbox, request).await {
+        let join = r.fill(conn, outbox, usize::MAX).expect("all read at once");
+        hub.send(join).await.unwrap();
+    }
+}
+
+/// Sends the subscribe as a session does; the replay to read, if any.
+async fn subscribe_for_replay(
+    hub: &HubHandle,
+    conn: ConnId,
+    outbox: &Arc<Outbox>,
+    request: SubscribeRequest,
+) -> Option<crate::ws::replay::Replaying> {
     let (replay, rx) = tokio::sync::oneshot::channel();
     hub.send(Command::Subscribe {
         conn,
@@ -236,10 +249,7 @@ async fn subscribe_replayed(
     })
     .await
     .unwrap();
-    if let Some(mut r) = crate::ws::replay::Replaying::new(rx.await.unwrap()) {
-        let join = r.fill(conn, outbox, usize::MAX).expect("all read at once");
-        hub.send(join).await.unwrap();
-    }
+    crate::ws::replay::Replaying::new(rx.await.unwrap())
 }
 
 fn subscribe_to(pattern: &str, since: Option<Since>, throttle: Duration) -> SubscribeRequest {

@@ -5,7 +5,6 @@
 
 use super::*;
 use crate::update::from_unix_ms;
-use crate::ws::replay::Replaying;
 
 /// A multiple of 5 s, so that intervals of 5 s start at seqs 1, 6, 11…
 const BASE_MS: i64 = 1_795_000_000_000;
@@ -31,16 +30,7 @@ async fn subscribe_in_pieces(
     request: SubscribeRequest,
     budget: usize,
 ) {
-    let (replay, rx) = tokio::sync::oneshot::channel();
-    hub.send(Command::Subscribe {
-        conn,
-        outbox: outbox.clone(),
-        request,
-        replay,
-    })
-    .await
-    .unwrap();
-    let Some(mut r) = Replaying::new(rx.await.unwrap()) else {
+    let Some(mut r) = subscribe_for_replay(hub, conn, outbox, request).await else {
         return;
     };
     loop {
