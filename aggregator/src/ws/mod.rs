@@ -1,10 +1,12 @@
 //! `/ws`: the WebSocket upgrade and one task per connection.
 //!
 //! Each connection is one task that `select!`s (biased) between shutdown, its
-//! outbox, a batching/throttle timer, the socket and a heartbeat tick. At each
-//! wake-up it drains everything due and writes it with one flush (or one
-//! `batch.update` frame when the client asked for a batching window), so many
-//! updates share one system call. Buffers are sized for thousands of mostly
+//! outbox, the socket and its heartbeat. At each wake-up of its outbox it
+//! drains everything due and writes it with one flush (or one `batch.update`
+//! frame when the client asked for a batching window), so many updates share
+//! one system call. Connections own no timers: batching windows, throttles,
+//! write deadlines and heartbeats run from a few server-wide tasks
+//! ([`ticks`]). Buffers are sized for thousands of mostly
 //! idle connections (tungstenite's 128 KiB defaults would cost that much per
 //! connection).
 //!
@@ -23,7 +25,8 @@
 //! Files: `upgrade.rs` admits and upgrades a connection, `session.rs` is its
 //! task (the loop above), with the requests a client sends in
 //! `session/requests.rs`; `write.rs` puts frames on the socket; [`outbox`] is
-//! the connection's queue (the hub pushes into it), [`frames`] and
+//! the connection's queue (the hub pushes into it), [`ticks`] the shared
+//! clocks that wake it, [`frames`] and
 //! [`encoding`] its wire forms, [`protocol`] the client messages, [`replay`]
 //! history served at the socket's pace, and `config.rs` the `[ws]` section.
 
@@ -34,6 +37,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod replay;
 mod session;
+pub mod ticks;
 mod upgrade;
 mod write;
 

@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::update::{SysMessage, Update};
+use crate::ws::ticks::Wheel;
 
 /// Queue capacity (items) above which a drained queue gives memory back.
 const SHRINK_ABOVE: usize = 1024;
@@ -96,9 +97,13 @@ struct State {
     queue: VecDeque<Item>,
     bytes: usize,
     /// The session has drained everything and waits for a wake-up. Only the
-    /// first push after that wakes it: the rest of a burst (or of a batching
-    /// window) is picked up by the drain it is already going to do.
+    /// first push after that wakes it (at once, or at the end of the
+    /// batching window): the rest of a burst (or of the window) is picked up
+    /// by the drain it is already going to do.
     idle: bool,
+    /// Wake the session at once, whatever the batching window (while it
+    /// replays history, which goes at the pace of the socket).
+    immediate: bool,
     throttles: HashMap<Arc<str>, Throttle>,
     /// Per topic, the newest seq queued or sent: nothing at or below it is
     /// queued again.
@@ -127,7 +132,15 @@ pub struct OutboxStats {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Wakes the session: it drains at once when woken.
     notify: Notify,
+    /// Itself, for the wheel.
+    me: Weak<Outbox>,
+    /// Batching window, and the server's wheel that ends it (and wakes the
+    /// session when a throttled update falls due). Without a wheel every
+    /// wake-up is at once.
+    window: Duration,
+    wheel: Option<Arc<Wheel>>,
     /// Fired once when the outbox overflows, to interrupt a blocked write.
     doomed: Notify,
     max_bytes: usize,
@@ -146,12 +159,27 @@ struct Skipped<'a> {
 impl Outbox {
     /// An outbox that starts conflating beyond `max_bytes` queued and gives up
     /// on a client still lagging after `grace`.
+    /// The session is woken at once by every push after a drain.
     pub fn new(max_bytes: usize, grace: Duration, stats: Arc<OutboxStats>) -> Arc<Self> {
-        Arc::new(Self {
+        Self::with_window(max_bytes, grace, stats, Duration::ZERO, None)
+    }
+
+    /// Like [`Outbox::new`], but the session is woken by `wheel`: `window`
+    /// after the first push following a drain (at once if zero), and when a
+    /// throttled update falls due.
+    pub fn with_window(
+        max_bytes: usize,
+        grace: Duration,
+        stats: Arc<OutboxStats>,
+        window: Duration,
+        wheel: Option<Arc<Wheel>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 bytes: 0,
                 idle: true,
+                immediate: false,
                 throttles: HashMap::new(),
                 sent: HashMap::new(),
                 blocked: HashSet::new(),
@@ -159,11 +187,57 @@ impl Outbox {
                 overflowed: false,
             }),
             notify: Notify::new(),
+            me: me.clone(),
+            window,
+            wheel,
             doomed: Notify::new(),
             max_bytes,
             grace,
             stats,
         })
+    }
+
+    /// Wakes the session now: it drains what is queued.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Wakes the session at `at` (through the wheel), or now without one.
+    fn wake_at(&self, at: Instant) {
+        match &self.wheel {
+            Some(wheel) => wheel.wake_at(at, self.me.clone()),
+            None => self.wake(),
+        }
+    }
+
+    /// When the session is to drain what was just queued in an idle outbox.
+    fn due(&self, s: &State, now: Instant) -> Option<Instant> {
+        (!s.immediate && !self.window.is_zero()).then(|| now + self.window)
+    }
+
+    /// Wakes the session for a push that ended its idleness: at once, or
+    /// when the window closes.
+    fn woken(&self, due: Option<Instant>) {
+        match due {
+            Some(at) => self.wake_at(at),
+            None => self.wake(),
+        }
+    }
+
+    /// While on, pushes wake the session at once whatever the window (a
+    /// replay runs at the pace of the socket); turning it on wakes a session
+    /// that has something queued.
+    pub fn set_immediate(&self, on: bool) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.immediate == on {
+            return;
+        }
+        s.immediate = on;
+        let queued = !s.idle;
+        drop(s);
+        if on && queued {
+            self.wake();
+        }
     }
 
     /// Queues an update, applying `throttle` (zero for none) and conflation.
@@ -242,13 +316,17 @@ impl Outbox {
                 });
             t.interval = throttle;
             if t.pending.is_some() || now < t.next_at {
+                // The first held update asks for a wake-up when it falls
+                // due; the ones replacing it ride on that.
+                let first = t.pending.is_none().then_some(t.next_at);
                 // Newest wins (an older one never replaces it).
                 if t.pending.as_ref().is_none_or(|p| p.seq < update.seq) {
                     t.pending = Some(update.clone());
                 }
                 drop(guard);
-                // The session re-computes its wake-up time.
-                self.notify.notify_one();
+                if let Some(at) = first {
+                    self.wake_at(at);
+                }
                 return Pushed::Held;
             }
             t.next_at = now + throttle;
@@ -256,9 +334,10 @@ impl Outbox {
         mark_sent(s, update);
         self.enqueue(s, Item::Update(update.clone()), now);
         let wake = std::mem::replace(&mut s.idle, false);
+        let due = self.due(s, now);
         drop(guard);
         if wake {
-            self.notify.notify_one();
+            self.woken(due);
         }
         Pushed::Queued
     }
@@ -269,11 +348,13 @@ impl Outbox {
         if s.overflowed {
             return;
         }
-        self.enqueue(&mut s, Item::Sys(message), Instant::now());
+        let now = Instant::now();
+        self.enqueue(&mut s, Item::Sys(message), now);
         let wake = std::mem::replace(&mut s.idle, false);
+        let due = self.due(&s, now);
         drop(s);
         if wake {
-            self.notify.notify_one();
+            self.woken(due);
         }
     }
 
@@ -294,7 +375,8 @@ impl Outbox {
     }
 
     /// Moves everything due into `out`; returns when throttled updates are
-    /// next due, if any are waiting.
+    /// next due, if any are waiting (with a wheel, it wakes the session
+    /// then by itself).
     pub fn drain_into(&self, out: &mut Vec<Item>) -> Option<Instant> {
         let now = Instant::now();
         let mut s = self.state.lock().expect("outbox lock");

@@ -1,6 +1,9 @@
 //! One connection's task: it `select!`s (biased) between shutdown, its
-//! outbox, the batching/throttle timer, the socket and the heartbeat, and at
-//! each wake-up drains what is due and writes it with one flush. The
+//! outbox, the socket and its heartbeat, and when its outbox wakes it (at
+//! once, or through the server's wheel when a batching window closes)
+//! drains what is due and writes it with one flush. It owns no timers: the
+//! heartbeat and write deadlines are the server's shared clocks
+//! ([`crate::ws::ticks`]). The
 //! client's requests are handled in `session/requests.rs`.
 
 mod requests;
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::auth::Grant;
 use crate::hub::{Command, ConnId, SubscribeRequest};
@@ -113,10 +116,12 @@ impl Session {
         encoding: Encoding,
         batch: Duration,
     ) -> Self {
-        let outbox = Outbox::new(
+        let outbox = Outbox::with_window(
             state.config.queue_max_bytes,
             Duration::from_millis(state.config.slow_grace_ms),
             state.outbox_stats.clone(),
+            batch,
+            Some(state.ticks.wheel.clone()),
         );
         let rate = f64::from(state.config.control_per_sec);
         Self {
@@ -210,30 +215,20 @@ impl Session {
     async fn serve(&mut self, socket: &mut WebSocket) -> End {
         let state = self.state.clone();
         let config = &state.config;
-        let mut heartbeat = tokio::time::interval_at(
-            Instant::now() + Duration::from_millis(config.ping_interval_ms),
-            Duration::from_millis(config.ping_interval_ms),
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = state.ticks.heartbeat(self.id);
         let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
+        let write_timeout = Duration::from_millis(config.write_timeout_ms);
         let mut last_heard = Instant::now();
         let mut items: Vec<Item> = Vec::new();
-        // When to drain next: the end of a batching window, or when a
-        // throttled update falls due.
-        let mut flush_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = state.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
                 _ = self.outbox.doomed() => return TOO_SLOW_END,
-                _ = self.outbox.notified() => {
-                    // A replay goes at the pace of the socket, not of the
-                    // batching window.
-                    let window = if self.replays.is_empty() { self.batch } else { Duration::ZERO };
-                    let window_end = Instant::now() + window;
-                    flush_at = Some(flush_at.map_or(window_end, |f| f.min(window_end)));
-                }
-                _ = sleep_until_opt(flush_at) => {}
+                // Woken when something is due: at once, or by the server's
+                // wheel when the batching window closes or a throttled
+                // update falls due.
+                _ = self.outbox.notified() => {}
                 message = socket.recv() => {
                     last_heard = Instant::now();
                     match message {
@@ -266,17 +261,23 @@ impl Session {
                     if self.advance_replay().await.is_err() {
                         return SHUTTING_DOWN;
                     }
+                    continue;
                 }
-                _ = heartbeat.tick() => {
+                beat = heartbeat.changed() => {
+                    if beat.is_err() {
+                        return SHUTTING_DOWN;
+                    }
                     if last_heard.elapsed() > ping_timeout {
                         tracing::info!(timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
                         return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
                     }
                     let ping = socket.send(Message::Ping(Default::default()));
-                    match tokio::time::timeout(Duration::from_millis(config.write_timeout_ms), ping).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return self.write_failed(e.into()),
-                        Err(_) => {
+                    tokio::select! {
+                        biased;
+                        r = ping => if let Err(e) = r {
+                            return self.write_failed(e.into());
+                        },
+                        _ = state.ticks.after(write_timeout) => {
                             tracing::info!("client stopped reading (ping not written); disconnecting");
                             return End::Gone;
                         }
@@ -284,23 +285,19 @@ impl Session {
                     continue;
                 }
             }
-            if flush_at.is_some_and(|f| f > Instant::now()) {
-                continue;
-            }
-            flush_at = self.outbox.drain_into(&mut items);
+            self.outbox.drain_into(&mut items);
             if !items.is_empty() {
                 let write = self.write(socket, &mut items);
                 tokio::select! {
                     biased;
-                    _ = self.outbox.doomed() => return TOO_SLOW_END,
-                    r = tokio::time::timeout(Duration::from_millis(config.write_timeout_ms), write) => match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return self.write_failed(e),
-                        Err(_) => {
-                            tracing::info!("client stopped reading; disconnecting");
-                            return End::Gone;
-                        }
+                    r = write => if let Err(e) = r {
+                        return self.write_failed(e);
                     },
+                    _ = self.outbox.doomed() => return TOO_SLOW_END,
+                    _ = state.ticks.after(write_timeout) => {
+                        tracing::info!("client stopped reading; disconnecting");
+                        return End::Gone;
+                    }
                 }
             }
             // Nothing kept of a burst: thousands of idle connections must
@@ -319,10 +316,10 @@ impl Session {
             if self.advance_replay().await.is_err() {
                 return SHUTTING_DOWN;
             }
-            if self.outbox.has_queued() {
-                // More arrived while writing: go round again at once.
-                flush_at =
-                    Some(flush_at.map_or(Instant::now(), |f| f.min(Instant::now() + self.batch)));
+            if self.outbox.lagging() {
+                // Conflated while writing: the newest of each topic goes
+                // out at once, window or not.
+                self.outbox.wake();
             }
         }
     }
@@ -436,13 +433,6 @@ async fn recv_opt<T>(
 ) -> Result<T, tokio::sync::oneshot::error::RecvError> {
     match rx {
         Some(rx) => rx.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

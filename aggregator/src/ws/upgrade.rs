@@ -23,6 +23,7 @@ use crate::ws::WsConfig;
 use crate::ws::encoding::{Encoding, SUBPROTOCOLS};
 use crate::ws::outbox::OutboxStats;
 use crate::ws::session::Session;
+use crate::ws::ticks::Ticks;
 use crate::ws::write::{READ_BUFFER, WRITE_BUFFER, write_buffer_limit};
 
 /// Shared state of the WebSocket endpoint.
@@ -51,10 +52,14 @@ pub struct WsState {
     /// with a permit, so however many clients replay at once, live updates
     /// (and ingest, on the same workers) wait behind a few chunks at most.
     pub(super) replay_permits: Arc<tokio::sync::Semaphore>,
+    /// Batching windows, throttles, write deadlines and heartbeats of every
+    /// connection.
+    pub(super) ticks: Ticks,
 }
 
 impl WsState {
-    /// State for the `/ws` route.
+    /// State for the `/ws` route; starts the shared clocks' tasks on the
+    /// current runtime (they stop on `shutdown`).
     pub fn new(
         hub: HubHandle,
         config: WsConfig,
@@ -63,6 +68,7 @@ impl WsState {
         auth: Arc<Auth>,
     ) -> Arc<Self> {
         let replays = config.replays_at_once();
+        let ticks = Ticks::start(Duration::from_millis(config.ping_interval_ms), &shutdown);
         Arc::new(Self {
             hub,
             config,
@@ -76,6 +82,7 @@ impl WsState {
             refused: AtomicU64::new(0),
             // Half the cores by default: the rest stay for live updates.
             replay_permits: Arc::new(tokio::sync::Semaphore::new(replays)),
+            ticks,
         })
     }
 

@@ -327,3 +327,110 @@ fn a_drained_burst_gives_its_memory_back_and_blocked_topics_wait_for_the_replay(
         vec![("b".into(), 8), ("b".into(), 11), ("c".into(), 6)]
     );
 }
+
+/// Waits for the outbox's wake-up, and says how long after `from` it came.
+async fn woken_after(o: &Outbox, from: Instant) -> Duration {
+    tokio::time::timeout(Duration::from_secs(60), o.notified())
+        .await
+        .expect("woken");
+    from.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batching_window_wakes_the_session_once_when_it_closes() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wheel = Wheel::new();
+    tokio::spawn(wheel.clone().drive(shutdown.clone()));
+    let window = Duration::from_millis(50);
+    let o = Outbox::with_window(
+        1 << 20,
+        Duration::from_secs(5),
+        Arc::default(),
+        window,
+        Some(wheel.clone()),
+    );
+    let start = Instant::now();
+    for seq in 1..=3 {
+        o.push_update(&up("a", seq, 10), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    o.push_sys(SysMessage::new("$sys.x", &serde_json::json!(1)));
+    // One wake-up for the window, at its end, not one per push.
+    assert_eq!(wheel.pending(), 1);
+    let woke = woken_after(&o, start).await;
+    assert!(
+        woke >= window && woke <= window + Duration::from_millis(1),
+        "{woke:?}"
+    );
+    let mut out = Vec::new();
+    o.drain_into(&mut out);
+    assert_eq!(out.len(), 4);
+    // Drained: the next push opens a new window.
+    let again = Instant::now();
+    o.push_update(&up("a", 4, 10), Duration::ZERO);
+    let woke = woken_after(&o, again).await;
+    assert!(woke >= window, "{woke:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_update_wakes_the_session_when_it_falls_due() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wheel = Wheel::new();
+    tokio::spawn(wheel.clone().drive(shutdown.clone()));
+    let o = Outbox::with_window(
+        1 << 20,
+        Duration::from_secs(5),
+        Arc::default(),
+        Duration::ZERO,
+        Some(wheel.clone()),
+    );
+    let throttle = Duration::from_millis(200);
+    assert_eq!(o.push_update(&up("a", 1, 10), throttle), Pushed::Queued);
+    woken_after(&o, Instant::now()).await;
+    let mut out = Vec::new();
+    o.drain_into(&mut out);
+    let start = Instant::now();
+    tokio::time::advance(Duration::from_millis(20)).await;
+    // Held: the first asks for a wake-up when due, the next ride on it.
+    for seq in 2..=5 {
+        assert_eq!(o.push_update(&up("a", seq, 10), throttle), Pushed::Held);
+    }
+    assert_eq!(wheel.pending(), 1);
+    let woke = woken_after(&o, start).await;
+    assert!(woke >= Duration::from_millis(180), "{woke:?}");
+    out.clear();
+    o.drain_into(&mut out);
+    assert_eq!(seqs(&out), vec![("a".into(), 5)]);
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_replaying_a_batched_outbox_wakes_at_once() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wheel = Wheel::new();
+    tokio::spawn(wheel.clone().drive(shutdown.clone()));
+    let o = Outbox::with_window(
+        1 << 20,
+        Duration::from_secs(5),
+        Arc::default(),
+        Duration::from_secs(1),
+        Some(wheel.clone()),
+    );
+    // Queued in a window, then a replay starts: the session is woken now.
+    o.push_update(&up("a", 1, 10), Duration::ZERO);
+    let start = Instant::now();
+    o.set_immediate(true);
+    assert_eq!(woken_after(&o, start).await, Duration::ZERO);
+    let mut out = Vec::new();
+    o.drain_into(&mut out);
+    o.push_replay(&up("b", 1, 10));
+    assert_eq!(woken_after(&o, start).await, Duration::ZERO);
+    o.drain_into(&mut out);
+    // Replay over: back to the window.
+    o.set_immediate(false);
+    let again = Instant::now();
+    o.push_update(&up("a", 2, 10), Duration::ZERO);
+    assert!(woken_after(&o, again).await >= Duration::from_secs(1));
+    shutdown.cancel();
+}

@@ -158,7 +158,17 @@ impl Session {
     /// Moves the running replay on while the outbox has room for it; when
     /// it has caught up, joins it to live delivery and sends the requests
     /// that waited for it.
+    ///
+    /// While a replay runs, the outbox wakes the session at once whatever
+    /// the batching window: the replay goes at the pace of the socket.
     pub(super) async fn advance_replay(&mut self) -> Result<(), HubClosed> {
+        self.outbox.set_immediate(!self.replays.is_empty());
+        let advanced = self.advance_replay_inner().await;
+        self.outbox.set_immediate(!self.replays.is_empty());
+        advanced
+    }
+
+    async fn advance_replay_inner(&mut self) -> Result<(), HubClosed> {
         let chunk = REPLAY_CHUNK
             .min(self.state.config.queue_max_bytes / 4)
             .max(1);

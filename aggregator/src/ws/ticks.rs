@@ -1,0 +1,314 @@
+//! Shared clocks for every WebSocket connection of a server, so that
+//! thousands of connections cost a few timers, not three each:
+//!
+//! * [`Wheel`]: batching windows and throttled updates falling due. An
+//!   outbox asks to be woken at a time (rounded up to the millisecond); one
+//!   task sleeps until the earliest such time and wakes every outbox due then,
+//!   so connections whose windows close together are woken in one sweep.
+//! * the coarse clock ([`Ticks::after`]): write deadlines. One tick every
+//!   [`COARSE`]; a write that is still blocked after enough ticks has timed
+//!   out. A write that completes at once (the usual case) never waits on it.
+//! * heartbeats ([`Ticks::heartbeat`]): connections are spread over
+//!   [`HEARTBEAT_SLOTS`] slots, and one task signals a slot every
+//!   `ping_interval / HEARTBEAT_SLOTS`, so each connection hears its slot once
+//!   per ping interval and the pings of a server are spread over it.
+//!
+//! The tasks stop on the server's shutdown signal.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::ws::outbox::Outbox;
+
+/// Granularity of write deadlines.
+pub const COARSE: Duration = Duration::from_millis(100);
+
+/// Heartbeat slots: a server's pings go out in this many groups, spread over
+/// the ping interval.
+pub const HEARTBEAT_SLOTS: usize = 16;
+
+/// Outboxes to wake, by the millisecond they are due.
+#[derive(Debug)]
+pub struct Wheel {
+    origin: Instant,
+    slots: Mutex<BTreeMap<u64, Vec<Weak<Outbox>>>>,
+    /// Wakes the driver when a time earlier than the one it sleeps for is
+    /// asked.
+    earlier: Notify,
+}
+
+impl Wheel {
+    /// A wheel with no driver yet (see [`Wheel::drive`]).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Instant::now(),
+            slots: Mutex::new(BTreeMap::new()),
+            earlier: Notify::new(),
+        })
+    }
+
+    /// Wakes `outbox` at `at` or within the millisecond after it.
+    pub fn wake_at(&self, at: Instant, outbox: Weak<Outbox>) {
+        let slot = at
+            .saturating_duration_since(self.origin)
+            .as_micros()
+            .div_ceil(1000) as u64;
+        let mut slots = self.slots.lock().expect("wheel lock");
+        let earliest = slots.first_key_value().is_none_or(|(&s, _)| slot < s);
+        slots.entry(slot).or_default().push(outbox);
+        drop(slots);
+        if earliest {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Outboxes waiting for a wake-up.
+    pub fn pending(&self) -> usize {
+        let slots = self.slots.lock().expect("wheel lock");
+        slots.values().map(Vec::len).sum()
+    }
+
+    /// Sleeps until the earliest time asked and wakes every outbox due by
+    /// then, until `shutdown`.
+    pub async fn drive(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut due: Vec<Weak<Outbox>> = Vec::new();
+        loop {
+            let next = {
+                let slots = self.slots.lock().expect("wheel lock");
+                slots
+                    .first_key_value()
+                    .map(|(&s, _)| self.origin + Duration::from_millis(s))
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = self.earlier.notified() => continue,
+                _ = sleep_until_opt(next) => {}
+            }
+            let now = Instant::now()
+                .saturating_duration_since(self.origin)
+                .as_millis() as u64;
+            {
+                let mut slots = self.slots.lock().expect("wheel lock");
+                while let Some(entry) = slots.first_entry() {
+                    if *entry.key() > now {
+                        break;
+                    }
+                    let mut outboxes = entry.remove();
+                    if due.is_empty() {
+                        due = std::mem::take(&mut outboxes);
+                    } else {
+                        due.append(&mut outboxes);
+                    }
+                }
+            }
+            for outbox in due.drain(..) {
+                if let Some(outbox) = outbox.upgrade() {
+                    outbox.wake();
+                }
+            }
+            // A sweep over thousands of connections leaves no large buffer.
+            if due.capacity() > 4096 {
+                due = Vec::new();
+            }
+        }
+    }
+}
+
+/// The server's shared clocks: the wheel, the coarse clock and the
+/// heartbeat slots.
+#[derive(Debug)]
+pub struct Ticks {
+    /// Batching windows and throttles.
+    pub wheel: Arc<Wheel>,
+    coarse: watch::Receiver<u64>,
+    heartbeats: Vec<watch::Receiver<()>>,
+}
+
+impl Ticks {
+    /// Starts the clocks' tasks on the current runtime; they stop on
+    /// `shutdown`.
+    pub fn start(ping_interval: Duration, shutdown: &CancellationToken) -> Self {
+        let wheel = Wheel::new();
+        tokio::spawn(wheel.clone().drive(shutdown.clone()));
+
+        let (coarse_tx, coarse) = watch::channel(0u64);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COARSE);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => coarse_tx.send_modify(|n| *n += 1),
+                }
+            }
+        });
+
+        let (senders, heartbeats): (Vec<_>, Vec<_>) =
+            (0..HEARTBEAT_SLOTS).map(|_| watch::channel(())).unzip();
+        let stop = shutdown.clone();
+        let step = (ping_interval / HEARTBEAT_SLOTS as u32).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + step, step);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            for slot in (0..HEARTBEAT_SLOTS).cycle() {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => senders[slot].send_replace(()),
+                }
+            }
+        });
+        Self {
+            wheel,
+            coarse,
+            heartbeats,
+        }
+    }
+
+    /// The heartbeat of connection `conn`: changes once per ping interval.
+    /// An error from it means the server is shutting down.
+    pub fn heartbeat(&self, conn: u64) -> watch::Receiver<()> {
+        let mut rx = self.heartbeats[conn as usize % HEARTBEAT_SLOTS].clone();
+        rx.mark_unchanged();
+        rx
+    }
+
+    /// Completes `d` (at most one [`COARSE`] tick more) after it is called;
+    /// never, if the server is shutting down.
+    pub fn after(&self, d: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let mut clock = self.coarse.clone();
+        let start = *clock.borrow_and_update();
+        // One tick more: the first may come at once.
+        let ticks = (d.as_millis().div_ceil(COARSE.as_millis()) as u64) + 1;
+        async move {
+            loop {
+                if clock.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if clock.borrow().wrapping_sub(start) >= ticks {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox() -> Arc<Outbox> {
+        Outbox::new(1 << 20, Duration::from_secs(5), Arc::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wheel_wakes_each_outbox_at_its_time_not_before() {
+        let shutdown = CancellationToken::new();
+        let wheel = Wheel::new();
+        tokio::spawn(wheel.clone().drive(shutdown.clone()));
+        let (early, late) = (outbox(), outbox());
+        let start = Instant::now();
+        wheel.wake_at(start + Duration::from_millis(50), Arc::downgrade(&late));
+        wheel.wake_at(start + Duration::from_millis(20), Arc::downgrade(&early));
+        early.notified().await;
+        let woke = start.elapsed();
+        assert!(
+            woke >= Duration::from_millis(20) && woke < Duration::from_millis(22),
+            "{woke:?}"
+        );
+        assert_eq!(wheel.pending(), 1);
+        late.notified().await;
+        let woke = start.elapsed();
+        assert!(
+            woke >= Duration::from_millis(50) && woke < Duration::from_millis(52),
+            "{woke:?}"
+        );
+        assert_eq!(wheel.pending(), 0);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_sweep_wakes_every_outbox_due_together() {
+        let shutdown = CancellationToken::new();
+        let wheel = Wheel::new();
+        tokio::spawn(wheel.clone().drive(shutdown.clone()));
+        let outboxes: Vec<_> = (0..1000).map(|_| outbox()).collect();
+        let at = Instant::now() + Duration::from_millis(50);
+        for o in &outboxes {
+            wheel.wake_at(at, Arc::downgrade(o));
+        }
+        for o in &outboxes {
+            tokio::time::timeout(Duration::from_millis(51), o.notified())
+                .await
+                .expect("woken by the sweep");
+        }
+        // A dropped outbox is skipped.
+        let gone = outbox();
+        wheel.wake_at(
+            Instant::now() + Duration::from_millis(5),
+            Arc::downgrade(&gone),
+        );
+        drop(gone);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(wheel.pending(), 0);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_never_early_and_at_most_a_tick_late() {
+        let shutdown = CancellationToken::new();
+        let ticks = Ticks::start(Duration::from_secs(15), &shutdown);
+        tokio::time::sleep(Duration::from_millis(37)).await;
+        let start = Instant::now();
+        ticks.after(Duration::from_millis(250)).await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(
+            waited <= Duration::from_millis(250) + 2 * COARSE,
+            "{waited:?}"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_connection_hears_its_heartbeat_once_per_interval() {
+        let shutdown = CancellationToken::new();
+        let interval = Duration::from_millis(1600);
+        let ticks = Ticks::start(interval, &shutdown);
+        let mut beats: Vec<_> = (0..HEARTBEAT_SLOTS as u64 * 2)
+            .map(|c| ticks.heartbeat(c))
+            .collect();
+        let start = Instant::now();
+        for round in 1..=3u32 {
+            for b in &mut beats {
+                b.changed().await.expect("running");
+            }
+            // Every slot has been signalled once more by the end of the round.
+            assert!(start.elapsed() <= interval * round, "{:?}", start.elapsed());
+        }
+        // The last slot's third signal.
+        let step = interval / HEARTBEAT_SLOTS as u32;
+        assert!(
+            start.elapsed() >= interval * 3 - step,
+            "{:?}",
+            start.elapsed()
+        );
+        shutdown.cancel();
+    }
+}
