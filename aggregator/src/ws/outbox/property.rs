@@ -1,8 +1,10 @@
 //! The ordering invariant of the outbox, as a property over random
 //! interleavings of live pushes (throttled or not), replays of history
-//! (overlapping what went out live), the queue's byte bound being exceeded
-//! (conflation), time passing (throttle intervals ending) and drains (the
-//! socket taking frames out; batching only spaces the drains).
+//! (overlapping what went out live, or run as the session does: the topic
+//! blocked, history read in chunks while live updates go on, then joined to
+//! live at the seq where the replay ended), the queue's byte bound being
+//! exceeded (conflation), time passing (throttle intervals ending) and
+//! drains (the socket taking frames out; batching only spaces the drains).
 //!
 //! For each topic the client must see:
 //! * seqs strictly rising;
@@ -40,6 +42,14 @@ enum Op {
     /// Up to `len` updates of the topic's history, from `back` before its
     /// newest (a `history` or `since` subscribe): never throttled.
     Replay { topic: usize, back: u64, len: u64 },
+    /// A session's replay of the topic starts `back` before its newest: live
+    /// updates of it are held back (blocked) until the join.
+    ReplayStart { topic: usize, back: u64 },
+    /// The next `len` updates of a running replay are read from history.
+    ReplayChunk { topic: usize, len: u64 },
+    /// The replay joins live: what was published since its last chunk goes
+    /// out, then live updates flow again.
+    Join { topic: usize },
     /// Time passes.
     Advance { ms: u64 },
     /// The session drains what is due.
@@ -52,6 +62,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(topic, pad, thin)| Op::Push { topic, pad, thin }),
         1 => (0..3usize, 0..10u64, 1..12u64)
             .prop_map(|(topic, back, len)| Op::Replay { topic, back, len }),
+        1 => (0..3usize, 0..10u64).prop_map(|(topic, back)| Op::ReplayStart { topic, back }),
+        2 => (0..3usize, 1..6u64).prop_map(|(topic, len)| Op::ReplayChunk { topic, len }),
+        1 => (0..3usize).prop_map(|topic| Op::Join { topic }),
         2 => (1..150u64).prop_map(|ms| Op::Advance { ms }),
         2 => Just(Op::Drain),
     ]
@@ -81,6 +94,8 @@ fn run(ops: &[Op]) -> (Vec<Item>, Vec<Sent>) {
         let o = Outbox::new(BOUND, Duration::from_secs(3_600), Arc::default());
         let mut published = [0u64; 3];
         let mut newest = [0u64; 3];
+        // Per topic, the next seq a running replay reads.
+        let mut replaying: [Option<u64>; 3] = [None; 3];
         let mut pushed = Vec::new();
         let mut out = Vec::new();
         let mut push = |o: &Outbox, topic: usize, seq: u64, pad: usize, throttle: u64| {
@@ -96,6 +111,20 @@ fn run(ops: &[Op]) -> (Vec<Item>, Vec<Sent>) {
                 Duration::from_millis(throttle),
             );
             assert_ne!(r, Pushed::Refused);
+        };
+        // History read by a session's replay: never throttled, queued even
+        // while its topic is blocked.
+        let replay = |o: &Outbox, topic: usize, seqs: std::ops::RangeInclusive<u64>| {
+            for seq in seqs {
+                assert_ne!(
+                    o.push_replay(&up(TOPICS[topic].0, seq, 60)),
+                    Pushed::Refused
+                );
+            }
+        };
+        let join = |o: &Outbox, topic: usize, next: u64, published: u64| {
+            replay(o, topic, next..=published);
+            o.unblock(TOPICS[topic].0);
         };
         for op in ops {
             match *op {
@@ -114,10 +143,36 @@ fn run(ops: &[Op]) -> (Vec<Item>, Vec<Sent>) {
                         push(&o, topic, seq, 60, 0);
                     }
                 }
+                Op::ReplayStart { topic, back } => {
+                    if published[topic] == 0 || replaying[topic].is_some() {
+                        continue;
+                    }
+                    o.block(&Arc::from(TOPICS[topic].0));
+                    replaying[topic] = Some(published[topic].saturating_sub(back).max(1));
+                }
+                Op::ReplayChunk { topic, len } => {
+                    let Some(next) = replaying[topic] else {
+                        continue;
+                    };
+                    let to = (next + len - 1).min(published[topic]);
+                    replay(&o, topic, next..=to);
+                    replaying[topic] = Some(to + 1);
+                }
+                Op::Join { topic } => {
+                    if let Some(next) = replaying[topic].take() {
+                        join(&o, topic, next, published[topic]);
+                    }
+                }
                 Op::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
                 Op::Drain => {
                     o.drain_into(&mut out);
                 }
+            }
+        }
+        // Replays still running join.
+        for topic in 0..3 {
+            if let Some(next) = replaying[topic].take() {
+                join(&o, topic, next, published[topic]);
             }
         }
         // The client keeps reading: whatever is held falls due and goes out.
