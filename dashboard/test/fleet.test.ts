@@ -50,7 +50,52 @@ function hostEvent(seq: number, host: string, event: HostEvent["event"]): Update
   };
 }
 
+function cpuUpdate(seq: number, host: string, pct: number): Update {
+  return {
+    topic: `host.${host}.cpu`,
+    seq,
+    timestamp: new Date().toISOString(),
+    received: new Date().toISOString(),
+    payload: { total_pct: pct, per_core_pct: [pct] },
+  } as Update;
+}
+
 describe("FleetStore", () => {
+  it("moves a row's revision on each of its updates, and the shape only when hosts, labels or states change", () => {
+    const store = new FleetStore();
+    const { client, deliver } = recordingClient();
+    store.attach(client, false);
+    deliver("hosts", hostEvent(1, "web-01", "online"));
+    deliver("hosts", hostEvent(2, "db-01", "online"));
+    const shape = store.getShape();
+    const [db, web] = store.list();
+    const [dbRev, webRev] = [db.rev, web.rev];
+    // Metrics: the updated row's revision moves; the shape does not.
+    deliver("host.*.cpu", cpuUpdate(1, "web-01", 40));
+    deliver("host.*.cpu", cpuUpdate(2, "web-01", 45));
+    expect(web.rev).toBe(webRev + 2);
+    expect(db.rev).toBe(dbRev);
+    expect(store.getShape()).toBe(shape);
+    // The same event again (a reconnect's `online`): same shape.
+    deliver("hosts", hostEvent(3, "web-01", "online"));
+    expect(store.getShape()).toBe(shape);
+    // A state change, a new host, a departed one, new labels: the shape
+    // moves each time.
+    const relabelled = hostEvent(7, "db-01", "online");
+    relabelled.payload.labels = { role: "db" };
+    const changes: Array<[string, Update<HostEvent>]> = [
+      ["hosts", hostEvent(4, "web-01", "offline")],
+      ["hosts", hostEvent(5, "cache-01", "online")],
+      ["hosts", hostEvent(6, "cache-01", "forgotten")],
+      ["hosts", relabelled],
+    ];
+    for (const [topic, u] of changes) {
+      const before = store.getShape();
+      deliver(topic, u);
+      expect(store.getShape(), `${u.payload.host} ${u.payload.event}`).toBeGreaterThan(before);
+    }
+  });
+
   it("drops a forgotten host's row and shows it again when it comes back", () => {
     const store = new FleetStore();
     const { client, deliver } = recordingClient();
@@ -80,6 +125,7 @@ describe("fleet query", () => {
       labels: role ? { role, rack: host.endsWith("1") ? "r1" : "r2" } : {},
       cpu,
       spark: new Series(1, 10),
+      rev: 0,
     });
     return [
       mk("web-01", true, "web", 50),

@@ -13,6 +13,7 @@ import {
   fleetItems,
   type HostRow,
   labelsOf,
+  SHAPE_SORTS,
   selectRows,
   type SortKey,
 } from "./fleet";
@@ -60,11 +61,16 @@ export function FleetView({ store }: { store: FleetStore }) {
     return () => clearInterval(t);
   }, []);
 
-  // Recomputed per store notice (at most a few a second) or query change,
-  // never per scroll frame.
-  const all = useMemo(() => store.all(), [store, version]);
+  // Never per scroll frame. What depends only on which hosts there are and
+  // their labels, state and aggregator is redone when that shape changes;
+  // a sort by a metric is redone per store notice (at most a few a second).
+  const shape = store.getShape();
+  const all = useMemo(() => store.all(), [store, shape]);
   const { pairs, keys } = useMemo(() => labelsOf(all), [all]);
-  const selected = useMemo(() => selectRows(all, query), [all, query]);
+  const resort = SHAPE_SORTS.has(query.sort) ? 0 : version;
+  // `resort` is not read inside: rows are mutated in place, so it is what
+  // says a metric sort must be redone.
+  const selected = useMemo(() => selectRows(all, query), [all, query, resort]);
   const items = useMemo(() => fleetItems(selected, query, collapsed), [selected, query, collapsed]);
   const cluster = useMemo(() => all.some((r) => r.aggregator !== undefined), [all]);
   const cols = columns(cluster);
@@ -147,7 +153,6 @@ export function FleetView({ store }: { store: FleetStore }) {
       </div>
       <VirtualList
         items={items}
-        version={version}
         grid={grid}
         cluster={cluster}
         now={now}
@@ -165,15 +170,13 @@ export function FleetView({ store }: { store: FleetStore }) {
 
 interface ListProps {
   items: FleetItem[];
-  /** The store's version: rows redraw when it changes, not on every scroll frame. */
-  version: number;
   grid: string;
   cluster: boolean;
   now: number;
   onToggle: (value: string) => void;
 }
 
-function VirtualList({ items, version, grid, cluster, now, onToggle }: ListProps) {
+function VirtualList({ items, grid, cluster, now, onToggle }: ListProps) {
   const box = useRef<HTMLDivElement>(null);
   const [view, setView] = useState({ top: 0, height: 600 });
 
@@ -240,7 +243,7 @@ function VirtualList({ items, version, grid, cluster, now, onToggle }: ListProps
               </span>
             </div>
           ) : (
-            <Row key={item.row.host} row={item.row} version={version} top={top} grid={grid} cluster={cluster} now={now} />
+            <Row key={item.row.host} row={item.row} rev={item.row.rev} top={top} grid={grid} cluster={cluster} now={now} />
           );
         })}
       </div>
@@ -250,15 +253,15 @@ function VirtualList({ items, version, grid, cluster, now, onToggle }: ListProps
 
 interface RowProps {
   row: HostRow;
-  /** Rows are mutated in place: the store's version says when one may have changed. */
-  version: number;
+  /** Rows are mutated in place: their revision says when one changed. */
+  rev: number;
   top: number;
   grid: string;
   cluster: boolean;
   now: number;
 }
 
-/** Re-rendered only when the store, its position or the clock moved. */
+/** Re-rendered only when the row, its position or the clock moved. */
 const Row = memo(function Row({ row: r, top, grid, cluster, now }: RowProps) {
   const labels = Object.entries(r.labels).sort(([a], [b]) => a.localeCompare(b));
   return (

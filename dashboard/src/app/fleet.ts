@@ -3,6 +3,10 @@
 // Filled from the REST snapshot on open and kept live from the `hosts` and
 // `host.*.<metric>` topics. Listeners are told at most once per `notifyMs`
 // (the view re-sorts thousands of rows on each notice, so not per update).
+// Each row carries its own revision, so a notice redraws only the rows that
+// changed; the store's `shape` revision moves only when hosts come or go or
+// their labels, state or aggregator change, so sorting by name or label and
+// listing the labels are not redone for a wave of metric updates.
 //
 // How much it asks for depends on the fleet's size, known from the first
 // snapshot: a small fleet gets every CPU point (history and live, as the
@@ -30,6 +34,8 @@ export interface HostRow {
   memTotal?: number;
   load1?: number;
   spark: Series;
+  /** Bumped on every change to the row. */
+  rev: number;
 }
 
 /** One host of `GET /api/v1/hosts`. */
@@ -59,6 +65,8 @@ export class FleetStore {
   private readonly rows = new Map<string, HostRow>();
   private readonly listeners = new Set<() => void>();
   private version = 0;
+  /** Bumped when a host comes or goes, or its labels, state or aggregator change. */
+  private shape = 0;
   private scheduled = false;
   private lastNotice = 0;
   private client?: HostpulseClient;
@@ -74,6 +82,9 @@ export class FleetStore {
   };
 
   getVersion = (): number => this.version;
+
+  /** Moves when hosts come or go, or a host's labels, state or aggregator change. */
+  getShape = (): number => this.shape;
 
   get size(): number {
     return this.rows.size;
@@ -125,10 +136,9 @@ export class FleetStore {
   applySnapshot(hosts: RestHost[]): void {
     for (const h of hosts) {
       const row = this.row(h.host);
-      row.online = h.online;
+      this.reshape(row, h.online, h.labels ?? row.labels, h.aggregator ?? row.aggregator);
       row.hostname = h.hostname ?? row.hostname;
-      row.labels = h.labels ?? row.labels;
-      row.aggregator = h.aggregator ?? row.aggregator;
+      row.rev++;
       const seen = h.last_seen ? Date.parse(h.last_seen) : undefined;
       if (seen !== undefined && (row.lastSeen === undefined || seen > row.lastSeen)) row.lastSeen = seen;
       for (const u of Object.values(h.latest ?? {})) this.onMetric(u, false);
@@ -140,23 +150,34 @@ export class FleetStore {
   private row(host: string): HostRow {
     let row = this.rows.get(host);
     if (!row) {
-      row = { host, labels: {}, spark: new Series(1, SPARK_POINTS) };
+      row = { host, labels: {}, spark: new Series(1, SPARK_POINTS), rev: 0 };
       this.rows.set(host, row);
+      this.shape++;
     }
     return row;
+  }
+
+  /** Sets what the view filters, groups and sorts by without a metric; moves `shape` if any changed. */
+  private reshape(row: HostRow, online: boolean, labels: Record<string, string>, aggregator?: string): void {
+    if (row.online !== online || row.aggregator !== aggregator || !sameLabels(row.labels, labels)) this.shape++;
+    row.online = online;
+    row.labels = labels;
+    row.aggregator = aggregator;
   }
 
   private onHost(u: Update<HostEvent>): void {
     // Departed for `hub.forget_after`: its topics are gone, and so is its row.
     if (u.payload.event === "forgotten") {
-      if (this.rows.delete(u.payload.host)) this.changed();
+      if (this.rows.delete(u.payload.host)) {
+        this.shape++;
+        this.changed();
+      }
       return;
     }
     const row = this.row(u.payload.host);
-    row.online = u.payload.event !== "offline";
+    this.reshape(row, u.payload.event !== "offline", u.payload.labels ?? row.labels, u.payload.aggregator ?? row.aggregator);
     row.hostname = u.payload.hostname;
-    row.labels = u.payload.labels ?? row.labels;
-    row.aggregator = u.payload.aggregator ?? row.aggregator;
+    row.rev++;
     this.changed();
   }
 
@@ -164,6 +185,7 @@ export class FleetStore {
     const [, host, kind] = u.topic.split(".");
     if (!host || !kind) return;
     const row = this.row(host);
+    row.rev++;
     const t = Date.parse(u.timestamp);
     if (row.lastSeen === undefined || t > row.lastSeen) row.lastSeen = t;
     if (kind === "cpu") {
@@ -269,6 +291,16 @@ function sortValue(r: HostRow, key: SortKey): number | string | undefined {
       return r.lastSeen;
   }
 }
+
+function sameLabels(a: Record<string, string>, b: Record<string, string>): boolean {
+  if (a === b) return true;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  return ka.every((k) => a[k] === b[k]);
+}
+
+/** Sort keys whose order only a change of `FleetStore.getShape` can move. */
+export const SHAPE_SORTS: ReadonlySet<SortKey> = new Set(["host", "state", "labels", "aggregator"]);
 
 /** Orders rows by `key`; rows without a value go last either way; ties by host name. */
 export function compareRows(key: SortKey, descending: boolean): (a: HostRow, b: HostRow) => number {
