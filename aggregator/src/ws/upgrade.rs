@@ -224,8 +224,10 @@ pub async fn handler(
             let tasks = state.tasks.clone();
             let mut session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
             session.grant = grant;
+            // Only the boxed session goes into the task.
+            let run = session.run(socket);
             tasks.track_future(async move {
-                session.run(socket).await;
+                run.await;
                 drop(slot);
             })
         })

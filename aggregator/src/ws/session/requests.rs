@@ -161,11 +161,21 @@ impl Session {
     ///
     /// While a replay runs, the outbox wakes the session at once whatever
     /// the batching window: the replay goes at the pace of the socket.
+    ///
+    /// Without a replay it returns at once, and its future (which can wait
+    /// on the hub) is only made, on the heap, when there is one: it would
+    /// otherwise enlarge every idle connection's task.
     pub(super) async fn advance_replay(&mut self) -> Result<(), HubClosed> {
-        self.outbox.set_immediate(!self.replays.is_empty());
-        let advanced = self.advance_replay_inner().await;
-        self.outbox.set_immediate(!self.replays.is_empty());
-        advanced
+        if self.replays.is_empty() {
+            return Ok(());
+        }
+        Box::pin(async {
+            self.outbox.set_immediate(true);
+            let advanced = self.advance_replay_inner().await;
+            self.outbox.set_immediate(!self.replays.is_empty());
+            advanced
+        })
+        .await
     }
 
     async fn advance_replay_inner(&mut self) -> Result<(), HubClosed> {
