@@ -271,7 +271,9 @@ impl Sample {
             signals::check_len("cpu.per_core_pct", cpu.per_core_pct.len(), MAX_PER_CORE)
                 .map_err(bad)?;
             for (i, v) in cpu.per_core_pct.iter().enumerate() {
-                check_pct(&format!("cpu.per_core_pct[{i}]"), *v, 100.0).map_err(bad)?;
+                // The name is formatted only for a refusal: this runs for
+                // every core of every sample.
+                check_pct(format_args!("cpu.per_core_pct[{i}]"), *v, 100.0).map_err(bad)?;
             }
         }
         if let Some(m) = &self.memory {
@@ -292,7 +294,7 @@ impl Sample {
         if let Some(p) = &self.processes {
             for (list, entries) in [("top_cpu", &p.top_cpu), ("top_memory", &p.top_memory)] {
                 signals::check_len(
-                    &format!("processes.{list}"),
+                    format_args!("processes.{list}"),
                     entries.len(),
                     MAX_TOP_PROCESSES,
                 )
@@ -331,7 +333,7 @@ impl Sample {
     }
 }
 
-fn check_pct(name: &str, v: f32, max: f32) -> Result<(), String> {
+fn check_pct(name: impl std::fmt::Display, v: f32, max: f32) -> Result<(), String> {
     // A little slack above 100: kernels report rounding overshoot.
     if !v.is_finite() || v < 0.0 || v > max * 1.01 {
         Err(format!("{name} is {v}, outside 0..={max}"))

@@ -155,7 +155,11 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn check_len(what: &str, len: usize, max: usize) -> Result<(), String> {
+pub(crate) fn check_len(
+    what: impl std::fmt::Display,
+    len: usize,
+    max: usize,
+) -> Result<(), String> {
     if len > max {
         return Err(format!("{what} lists {len} entries, more than {max}"));
     }
