@@ -800,7 +800,7 @@ async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_th
     .await;
     // Aggregator 2's request follows its live subscription on the same
     // connection: once aggregator 1 answers, that subscription is in force.
-    let answered = n1.line("answering a catch-up");
+    let answered = n1.line("catch-up answered");
     assert!(answered.contains("to=agg-2"), "{answered}");
     assert_eq!(number_in(&answered, "updates"), 20, "{answered}");
     // Live updates while aggregator 2 holds back.

@@ -35,9 +35,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::topic::host_segment;
+use crate::update::HostEvent;
 use remote::Remote;
 pub use remote::RemoteChange;
-use crate::update::HostEvent;
 
 /// Why a stream may not attach (answered with `ALREADY_EXISTS`).
 #[derive(Debug, thiserror::Error)]

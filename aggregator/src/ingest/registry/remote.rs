@@ -200,8 +200,11 @@ impl Remote {
             self.departed.entry(host).or_insert((now, event));
         }
         let nodes = &self.nodes;
-        self.departed
-            .retain(|host, _| !nodes.values().any(|h| h.get(host).is_some_and(|v| v.online)));
+        self.departed.retain(|host, _| {
+            !nodes
+                .values()
+                .any(|h| h.get(host).is_some_and(|v| v.online))
+        });
         change.events.sort_by(|a, b| a.host.cmp(&b.host));
         change
     }
