@@ -5,13 +5,15 @@
 //! streamed: one chunk of history is read, published and let go before the
 //! next is read, so memory holds one chunk per answer, never the whole
 //! history. Each answer is paced by its own token bucket
-//! (`catchup_answer_bytes_per_sec`, [`Pace`]); up to `catchup_answers` run
+//! (`catchup_answer_bytes_per_sec`, [`Pace`]), its chunks no larger than an
+//! eighth of a second's worth (at least 16 KiB), so a slow pace still shows
+//! the asker steady progress; up to `catchup_answers` run
 //! at once, the rest wait for a slot. A node that asks again while its
 //! answer runs (it reconnected meanwhile) replaces that answer: the old one
-//! stops at its next chunk. At most [`MAX_ASKERS`] askers are tracked.
+//! stops at its next chunk; the same request asked again leaves it running. At most [`MAX_ASKERS`] askers are tracked.
 //!
-//! On the wire, to the asker's inbox: a [`chunk::BEGIN`] marker when the
-//! answer starts, the chunks (header [`chunk::CHUNK`]: index from 0), then a
+//! On the wire, to the asker's inbox: a [`chunk::BEGIN`] marker as soon as
+//! the request is complete (before waiting for a slot), the chunks (header [`chunk::CHUNK`]: index from 0), then a
 //! last message with [`chunk::DONE`]: `<chunks> <updates>` sent, so the
 //! asker knows it has everything, or what it missed.
 
@@ -43,8 +45,9 @@ pub const MAX_ASKERS: usize = 64;
 struct Asker {
     /// Its latest request, as its chunks arrive.
     request: Option<Assembly<HashMap<String, u64>>>,
-    /// The answer running for it, if any: its number, and what stops it.
-    running: Option<(u64, CancellationToken)>,
+    /// The answer running for it, if any: its number, the request it
+    /// answers, and what stops it.
+    running: Option<(u64, u64, CancellationToken)>,
 }
 
 /// Takes requests and runs answers until shutdown.
@@ -59,7 +62,7 @@ pub(crate) async fn run(shared: Shared, mut requests: Subscriber) {
             Some(done) = answers.join_next(), if !answers.is_empty() => {
                 if let Ok((asker, id)) = done
                     && let Some(a) = askers.get_mut(&asker)
-                    && a.running.as_ref().is_some_and(|(running, _)| *running == id)
+                    && a.running.as_ref().is_some_and(|(running, _, _)| *running == id)
                 {
                     a.running = None;
                 }
@@ -69,6 +72,12 @@ pub(crate) async fn run(shared: Shared, mut requests: Subscriber) {
             m = requests.next() => match m { Some(m) => m, None => break },
         };
         let Some(reply) = m.reply else { continue };
+        // Asked again of some peers only.
+        if let Some(to) = m.headers.as_ref().and_then(|h| h.get(chunk::TO))
+            && !to.as_str().split(',').any(|n| n == &*shared.node)
+        {
+            continue;
+        }
         let Ok(r) = serde_json::from_slice::<RequestChunk>(&m.payload) else {
             tracing::debug!("malformed catch-up request");
             continue;
@@ -90,7 +99,16 @@ pub(crate) async fn run(shared: Shared, mut requests: Subscriber) {
                 continue;
             }
         };
-        if let Some((_, old)) = asker.running.take() {
+        // The same request asked again (its answer's start was slow to
+        // reach the asker): the answer running goes on.
+        if asker
+            .running
+            .as_ref()
+            .is_some_and(|(_, req, _)| *req == r.request)
+        {
+            continue;
+        }
+        if let Some((_, _, old)) = asker.running.take() {
             old.cancel();
             shared
                 .stats
@@ -100,14 +118,14 @@ pub(crate) async fn run(shared: Shared, mut requests: Subscriber) {
         }
         let token = shared.shutdown.child_token();
         next_id += 1;
-        asker.running = Some((next_id, token.clone()));
+        asker.running = Some((next_id, r.request, token.clone()));
         let (shared, slots, id) = (shared.clone(), slots.clone(), next_id);
         answers.spawn(async move {
-            answer(&shared, &r.node, reply, floors, slots, token).await;
+            answer(&shared, &r.node, reply, (floors, r.count), slots, token).await;
             (r.node, id)
         });
     }
-    for (_, t) in askers.values().filter_map(|a| a.running.as_ref()) {
+    for (_, _, t) in askers.values().filter_map(|a| a.running.as_ref()) {
         t.cancel();
     }
 }
@@ -178,16 +196,28 @@ async fn answer(
     shared: &Shared,
     asker: &str,
     reply: Subject,
-    floors: HashMap<String, u64>,
+    (floors, chunks): (HashMap<String, u64>, u32),
     slots: Arc<Semaphore>,
     cancel: CancellationToken,
 ) {
+    // Say at once who answers, even before a slot is free.
+    let mut h = HeaderMap::new();
+    h.insert(wire::NODE, &*shared.node);
+    h.insert(chunk::BEGIN, "1");
+    let r = shared
+        .client
+        .publish_with_headers(reply.clone(), h, Bytes::new())
+        .await;
+    shared
+        .stats
+        .publish_errors
+        .record(PublishKind::CatchupAnswer, &shared.node, &r);
     let _slot = tokio::select! {
         _ = cancel.cancelled() => return,
         s = slots.acquire_owned() => match s { Ok(s) => s, Err(_) => return },
     };
     let started = Instant::now();
-    tracing::info!(to = %asker, "answering a catch-up");
+    tracing::info!(to = %asker, request_chunks = chunks, floors = floors.len(), "answering a catch-up");
     let outcome = stream(shared, &reply, floors, &cancel).await;
     match outcome {
         Ok(s) => {
@@ -227,24 +257,24 @@ async fn stream(
         .ask(|reply| Command::Export { floors, reply })
         .await
         .unwrap_or_default();
-    let budget = chunk::budget(shared.client.max_payload());
+    let rate = shared.config.catchup_answer_bytes_per_sec;
+    // Under a slow pace, smaller chunks: one leaves at least every eighth
+    // of a second, so the asker sees progress well within its idle timeout.
+    let budget = chunk::budget(shared.client.max_payload()).min(
+        usize::try_from(rate / 8)
+            .unwrap_or(usize::MAX)
+            .max(16 << 10),
+    );
     let mut s = Sender {
         shared,
         reply: reply.clone(),
         cancel,
-        pace: Pace::new(
-            shared.config.catchup_answer_bytes_per_sec,
-            budget,
-            Instant::now(),
-        ),
+        pace: Pace::new(rate, budget, Instant::now()),
         chunks: 0,
         updates: 0,
         bytes: 0,
         failed: 0,
     };
-    let mut h = s.headers();
-    h.insert(chunk::BEGIN, topics.len().to_string());
-    s.publish(h, Bytes::new()).await?;
     let mut buf: Vec<u8> = Vec::with_capacity(budget.min(1 << 20));
     let mut in_buf = 0u64;
     for t in topics {

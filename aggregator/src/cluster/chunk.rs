@@ -27,9 +27,13 @@ use crate::update::HostEvent;
 pub const CHUNK: &str = "Hostpulse-Chunk";
 /// Header on the last message of an answer: `<chunks> <updates>` sent.
 pub const DONE: &str = "Hostpulse-Done";
-/// Header on the first message of an answer (sent when it starts, so the
-/// asker knows who is answering before any history arrives).
+/// Header on the first message of an answer (sent as soon as the request is
+/// in, so the asker knows who is answering before any history arrives).
 pub const BEGIN: &str = "Hostpulse-Begin";
+
+/// Header on a catch-up request asked again of some peers only: their
+/// names, comma-separated; the others ignore it.
+pub const TO: &str = "Hostpulse-To";
 
 /// Most chunks one announcement or request may have (a receiver refuses
 /// more rather than hold them).

@@ -98,7 +98,7 @@ impl Default for ClusterConfig {
             publish_queue: 8192,
             presence_interval_ms: 1_000,
             peer_timeout_ms: 5_000,
-            catchup_wait_ms: 1_000,
+            catchup_wait_ms: 3_000,
             catchup_max_ms: 120_000,
             catchup_answer_bytes_per_sec: 16 << 20,
             catchup_answers: 4,
@@ -216,10 +216,12 @@ pub struct ClusterStats {
     pub peers: AtomicU64,
     /// Publishes to NATS that failed, by kind.
     pub publish_errors: failures::PublishErrors,
-    /// Presence announcements made (each one or more chunks).
+    /// Presence announcements published whole (each one or more chunks).
     pub presence_announcements: AtomicU64,
     /// Presence chunks published.
     pub presence_chunks: AtomicU64,
+    /// Bytes of this node's last presence announcement, all chunks.
+    pub presence_bytes: AtomicU64,
     /// Peers' presence announcements dropped unfinished (a chunk missing).
     pub presence_incomplete: AtomicU64,
     /// Host names found held here and, by an agent with another id, on a peer.

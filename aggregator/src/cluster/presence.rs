@@ -73,7 +73,9 @@ pub(crate) async fn run(shared: Shared, mut announcements: Subscriber, peers: Pe
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = 0u64;
-    let mut last = Instant::now();
+    // The last announcement made for a change (the first change after a
+    // quiet spell is announced within 20 ms).
+    let mut last = Instant::now() - MIN_GAP;
     let mut gathering = Gathering::new();
     loop {
         tokio::select! {
@@ -86,7 +88,6 @@ pub(crate) async fn run(shared: Shared, mut announcements: Subscriber, peers: Pe
             _ = tick.tick() => {
                 generation += 1;
                 announce(&shared, generation, false).await;
-                last = Instant::now();
                 sweep(&shared, &peers, timeout).await;
                 gathering.retain(|node, _| peers.0.lock().expect("peers lock").contains_key(node));
             }
@@ -176,10 +177,10 @@ async fn announce(shared: &Shared, generation: u64, leaving: bool) {
             ),
         );
     }
-    shared
-        .stats
-        .presence_announcements
-        .fetch_add(1, Ordering::Relaxed);
+    shared.stats.presence_bytes.store(
+        chunks.iter().map(|c| c.len() as u64).sum(),
+        Ordering::Relaxed,
+    );
     let subject = shared.subjects.presence(&shared.node);
     for payload in chunks {
         // Never stall on a broker that just went away.
@@ -202,6 +203,12 @@ async fn announce(shared: &Shared, generation: u64, leaving: bool) {
         }
         shared.stats.presence_chunks.fetch_add(1, Ordering::Relaxed);
     }
+    // Counted once every chunk is out, so chunks per announcement can be
+    // read from the two counters.
+    shared
+        .stats
+        .presence_announcements
+        .fetch_add(1, Ordering::Relaxed);
     if skipped == 0 {
         shared
             .stats

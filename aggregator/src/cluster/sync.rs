@@ -14,12 +14,19 @@
 //! are held back from the moment the connection drops until the answers are
 //! in, so the hub takes each topic in seq order. The catch-up ends:
 //! - once every peer known from presence, and every peer that began an
-//!   answer, has sent its end marker (at least one peer must be known: a
-//!   node that just started knows none, and waits as below); or
+//!   answer, has sent its end marker (at least one peer must be known; a
+//!   node that knew none when it asked, having just started, first listens
+//!   to presence for one and a half `presence_interval_ms`, so that a peer
+//!   whose answer has not reached it yet is known to be missing); or
 //! - once nothing of any answer has arrived for `catchup_wait_ms` (an idle
 //!   timeout: a long answer that keeps arriving is waited for); or
-//! - after `catchup_max_ms` in all, whatever is still arriving.
+//! - after `catchup_max_ms` in all, whatever is still arriving; or
+//! - at once when the broker says no other node takes requests at all
+//!   ("no responders": a node alone goes live without waiting).
 //!
+//! A peer known from presence that has not begun answering a second after
+//! the request (it reconnected to the broker after the request went by, as
+//! after a broker restart) is asked again by name, up to three times.
 //! An end marker counting more chunks than arrived means chunks were lost
 //! on the way (a slow consumer): logged, and the updates counted dropped.
 //! If the link drops again before a catch-up ends, what arrived is applied
@@ -46,10 +53,25 @@ use crate::update::Update;
 /// Updates handed to the hub in one command, at most.
 const HUB_BATCH: usize = 512;
 
+/// How often a catch-up checks whether it is complete while nothing arrives.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// A peer known from presence that has not begun answering this long after
+/// the request is asked again, by name (it may have reconnected to the
+/// broker after the request went by, as after a broker restart)...
+const REASK_AFTER: Duration = Duration::from_secs(1);
+/// ...at most this many times.
+const MAX_REASKS: u32 = 3;
+
 struct Catchup {
     /// `link_epoch` when it was asked for.
     epoch: u64,
     inbox: Subscriber,
+    /// Its subject, and the request's chunks (to ask again).
+    reply_to: String,
+    request: Vec<bytes::Bytes>,
+    /// Times asked again, of [`MAX_REASKS`].
+    reasked: u32,
     started: Instant,
     /// When the last message of any answer arrived (or it began).
     progress: Instant,
@@ -57,6 +79,10 @@ struct Catchup {
     answers: BTreeMap<String, Answer>,
     /// Updates recovered so far.
     recovered: usize,
+    /// The broker said no other node is there to answer.
+    nobody: bool,
+    /// Peers were known from presence when it was asked for.
+    knew_peers: bool,
 }
 
 /// One peer's answer so far.
@@ -77,6 +103,8 @@ enum Ended {
     Idle,
     /// `catchup_max_ms` passed.
     Cap,
+    /// No other node is there (the broker said "no responders").
+    Alone,
 }
 
 impl Catchup {
@@ -91,8 +119,14 @@ impl Catchup {
     }
 
     /// Every peer known from presence, and every one answering, is done
-    /// (and at least one is known).
-    fn complete(&self, peers: &Peers) -> bool {
+    /// (and at least one is known). A node that knew no peer when it asked
+    /// (it just started) first listens to presence for one and a half
+    /// intervals, so every live peer has announced itself.
+    fn complete(&self, shared: &Shared, peers: &Peers) -> bool {
+        let listened = Duration::from_millis(shared.config.presence_interval_ms * 3 / 2);
+        if !self.knew_peers && self.started.elapsed() < listened {
+            return false;
+        }
         let known = peers.names();
         !known.is_empty()
             && known
@@ -103,8 +137,15 @@ impl Catchup {
 
     /// Takes one message of an answer; returns its updates.
     fn take(&mut self, shared: &Shared, m: &Message) -> Vec<Update> {
+        // The broker's own notices carry a status and no node. "No
+        // responders": no other node is subscribed to requests at all.
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            self.nobody = true;
+        }
+        let Some(from) = wire::node_of(m.headers.as_ref()).filter(|_| m.status.is_none()) else {
+            return Vec::new();
+        };
         self.progress = Instant::now();
-        let from = wire::node_of(m.headers.as_ref()).unwrap_or("?");
         let header = |name: &str| m.headers.as_ref().and_then(|h| h.get(name));
         let answer = self.answers.entry(from.to_string()).or_default();
         if let Some(done) = header(chunk::DONE) {
@@ -149,7 +190,7 @@ pub(crate) async fn consume(
                 if catchup.is_some() {
                     wanted = true;
                 } else {
-                    catchup = begin(&shared).await;
+                    catchup = begin(&shared, &peers).await;
                 }
             }
             chunk = live.next() => {
@@ -178,18 +219,28 @@ pub(crate) async fn consume(
                         let _ = shared.hub.send(Command::Publish(updates)).await;
                     }
                 }
-                if c.complete(&peers) {
+                if c.complete(&shared, &peers) {
                     finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete).await;
+                } else if c.nobody && c.answers.is_empty() {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Alone).await;
                 }
             }
-            _ = async { sleep_until(deadline.expect("guarded").0).await }, if deadline.is_some() => {
-                let ended = deadline.expect("guarded").1;
-                finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, ended).await;
+            // Also wakes now and then: peers learnt from presence meanwhile
+            // may have finished already.
+            _ = async { sleep_until(deadline.expect("guarded").0.min(Instant::now() + RECHECK)).await }, if deadline.is_some() => {
+                let c = catchup.as_mut().expect("guarded");
+                let (at, ended) = deadline.expect("guarded");
+                reask(&shared, c, &peers).await;
+                if c.complete(&shared, &peers) {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete).await;
+                } else if Instant::now() >= at {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, ended).await;
+                }
             }
         }
         if catchup.is_none() && wanted {
             wanted = false;
-            catchup = begin(&shared).await;
+            catchup = begin(&shared, &peers).await;
         }
         // A catch-up that could not even be asked for goes live at once.
         if catchup.is_none() && !held.is_empty() && !shared.holding.load(Ordering::SeqCst) {
@@ -240,7 +291,8 @@ async fn publish(shared: &Shared, updates: Vec<Update>) {
 }
 
 /// Asks every other node for what this one lacks.
-async fn begin(shared: &Shared) -> Option<Catchup> {
+async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
+    let knew_peers = peers.live() > 0;
     shared.holding.store(true, Ordering::SeqCst);
     let epoch = shared.link_epoch.load(Ordering::SeqCst);
     let floors = shared
@@ -262,34 +314,22 @@ async fn begin(shared: &Shared) -> Option<Catchup> {
     );
     let inbox = shared.client.new_inbox();
     let sent = match shared.client.subscribe(inbox.clone()).await {
-        Ok(sub) => {
-            let mut result = Ok(sub);
-            for payload in chunks {
-                let r = shared
-                    .client
-                    .publish_with_reply(shared.subjects.catchup(), inbox.clone(), payload)
-                    .await;
-                shared
-                    .stats
-                    .publish_errors
-                    .record(PublishKind::CatchupRequest, &shared.node, &r);
-                if let Err(e) = r {
-                    result = Err(e.to_string());
-                    break;
-                }
-            }
-            result
-        }
+        Ok(sub) => ask(shared, &inbox, &chunks, None).await.map(|()| sub),
         Err(e) => Err(e.to_string()),
     };
     match sent {
-        Ok(inbox) => Some(Catchup {
+        Ok(sub) => Some(Catchup {
             epoch,
-            inbox,
+            inbox: sub,
+            reply_to: inbox,
+            request: chunks,
+            reasked: 0,
             started: Instant::now(),
             progress: Instant::now(),
             answers: BTreeMap::new(),
             recovered: 0,
+            nobody: false,
+            knew_peers,
         }),
         Err(cause) if link_unchanged(shared, epoch) => {
             tracing::warn!(%cause, "cannot ask peers to catch up; going live without");
@@ -302,6 +342,54 @@ async fn begin(shared: &Shared) -> Option<Catchup> {
             None
         }
     }
+}
+
+/// Publishes a request's chunks (to the peers named in `to` only, if any).
+async fn ask(
+    shared: &Shared,
+    inbox: &str,
+    chunks: &[bytes::Bytes],
+    to: Option<&str>,
+) -> Result<(), String> {
+    for payload in chunks {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(to) = to {
+            headers.insert(chunk::TO, to);
+        }
+        let r = shared
+            .client
+            .publish_with_reply_and_headers(
+                shared.subjects.catchup(),
+                inbox.to_string(),
+                headers,
+                payload.clone(),
+            )
+            .await;
+        shared
+            .stats
+            .publish_errors
+            .record(PublishKind::CatchupRequest, &shared.node, &r);
+        r.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Asks again the peers known from presence that have not begun answering.
+async fn reask(shared: &Shared, c: &mut Catchup, peers: &Peers) {
+    if c.reasked >= MAX_REASKS || c.started.elapsed() < REASK_AFTER * (c.reasked + 1) {
+        return;
+    }
+    let silent: Vec<String> = peers
+        .names()
+        .into_iter()
+        .filter(|n| !c.answers.contains_key(n))
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    c.reasked += 1;
+    tracing::info!(node = %shared.node, peers = ?silent, "asking again for a catch-up: no answer begun");
+    let _ = ask(shared, &c.reply_to, &c.request, Some(&silent.join(","))).await;
 }
 
 /// Ends a catch-up (its answers are applied as they arrive): applies what

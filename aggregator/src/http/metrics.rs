@@ -345,6 +345,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 None,
                 load(&c.peers) as f64,
             ),
+            (
+                "hostpulse_cluster_presence",
+                "Size of this node's last presence announcement, all chunks together.",
+                Some(Unit::Bytes),
+                load(&c.presence_bytes) as f64,
+            ),
         ]);
     }
     if state.metrics.host_gauges {
