@@ -26,6 +26,8 @@ pub struct NatsServer {
     /// Its client port on 127.0.0.1.
     pub port: u16,
     child: Option<Child>,
+    /// Its configuration file, if started with one.
+    config: Option<std::path::PathBuf>,
 }
 
 fn binary() -> &'static str {
@@ -59,8 +61,12 @@ enum NotReady {
 /// Starts nats-server on `port` and waits for its own "Server is ready"
 /// line (after "Listening for client connections on 127.0.0.1:<port>"),
 /// checking all along that the child is still alive.
-fn spawn(port: u16) -> Result<Child, NotReady> {
-    let mut child = Command::new(binary())
+fn spawn(port: u16, config: Option<&std::path::Path>) -> Result<Child, NotReady> {
+    let mut command = Command::new(binary());
+    if let Some(path) = config {
+        command.arg("-c").arg(path);
+    }
+    let mut child = command
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -127,14 +133,26 @@ impl NatsServer {
     /// taken by another process between choosing and binding it is
     /// replaced by a fresh one (a few times).
     pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// Like [`NatsServer::start`], with the server's `max_payload` (the
+    /// largest message it takes, which it announces to clients) set.
+    pub fn start_with_max_payload(bytes: usize) -> Self {
+        let config = crate::process::temp_file("nats.conf", &format!("max_payload: {bytes}\n"));
+        Self::start_with_config(Some(config))
+    }
+
+    fn start_with_config(config: Option<std::path::PathBuf>) -> Self {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match spawn(port) {
+            match spawn(port, config.as_deref()) {
                 Ok(child) => {
                     return Self {
                         port,
                         child: Some(child),
+                        config,
                     };
                 }
                 Err(NotReady::Exited(log)) if log.contains("address already in use") => {
@@ -162,7 +180,7 @@ impl NatsServer {
     /// Starts it again on the same port and waits until it is ready.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        match spawn(self.port) {
+        match spawn(self.port, self.config.as_deref()) {
             Ok(child) => self.child = Some(child),
             Err(NotReady::Exited(log)) => {
                 panic!("nats-server did not restart on port {}:\n{log}", self.port)

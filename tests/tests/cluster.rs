@@ -12,185 +12,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hostpulse_agent::config::Aggregators;
-use hostpulse_tests::fake::{self, FakeAgent};
+use hostpulse_tests::cluster::{Burst, Node, eventually};
 use hostpulse_tests::nats::{NatsServer, Spy};
-use hostpulse_tests::process::{Proc, addr_in, number_in, temp_file};
+use hostpulse_tests::process::number_in;
 use hostpulse_tests::track::Tracker;
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{TestAgent, WAIT, agent_config, http_get, wait_until};
 use serde_json::Value;
-
-/// The `[cluster]` settings every node gets unless a test overrides them.
-const CLUSTER_DEFAULTS: [(&str, &str); 4] = [
-    ("presence_interval_ms", "200"),
-    ("peer_timeout_ms", "1500"),
-    ("catchup_wait_ms", "500"),
-    ("reconnect_max_ms", "500"),
-];
-
-/// One aggregator binary in cluster mode.
-struct Node {
-    proc: Proc,
-    ingest: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-}
-
-impl Node {
-    async fn start(nats: &NatsServer, name: &str) -> Self {
-        Self::start_with(nats, name, &[]).await
-    }
-
-    /// Starts a node with `[cluster]` keys in `tune` replacing the defaults;
-    /// returns once it has connected to NATS.
-    async fn start_with(nats: &NatsServer, name: &str, tune: &[(&str, &str)]) -> Self {
-        Self::start_with_hub(nats, name, tune, "").await
-    }
-
-    /// Like [`Node::start_with`], with `hub` as the `[hub]` section's keys.
-    async fn start_with_hub(
-        nats: &NatsServer,
-        name: &str,
-        tune: &[(&str, &str)],
-        hub: &str,
-    ) -> Self {
-        let mut keys: BTreeMap<&str, &str> = CLUSTER_DEFAULTS.into_iter().collect();
-        keys.extend(tune.iter().copied());
-        let cluster: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        let config = temp_file(
-            "aggregator.toml",
-            &format!(
-                "[ingest]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-                 [hub]\n{hub}\n[cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{cluster}",
-                nats.url()
-            ),
-        );
-        tokio::task::spawn_blocking(move || {
-            let mut proc = Proc::spawn(
-                "hostpulse-aggregator",
-                &["--config", config.to_str().unwrap()],
-            );
-            let line = proc.wait_for_line("aggregator listening");
-            proc.wait_for_line("connected to NATS");
-            Node {
-                ingest: addr_in(&line, "ingest_addr"),
-                http: addr_in(&line, "http_addr"),
-                proc,
-            }
-        })
-        .await
-        .unwrap()
-    }
-
-    fn ingest_url(&self) -> String {
-        format!("http://{}", self.ingest)
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.http)
-    }
-
-    /// Waits (up to [`WAIT`]) for a log line containing `needle`, without
-    /// stalling the runtime's other tasks.
-    fn line(&mut self, needle: &str) -> String {
-        tokio::task::block_in_place(|| self.proc.wait_for_line(needle))
-    }
-
-    /// `(aggregator, online)` of each host in `/api/v1/hosts`.
-    async fn hosts(&self) -> BTreeMap<String, (String, bool)> {
-        let (status, body) = http_get(self.http, "/api/v1/hosts").await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v.as_array()
-            .unwrap_or_else(|| panic!("a host list: {body}"))
-            .iter()
-            .map(|h| {
-                (
-                    h["host"].as_str().unwrap().to_string(),
-                    (
-                        h["aggregator"].as_str().unwrap_or("").to_string(),
-                        h["online"].as_bool().unwrap(),
-                    ),
-                )
-            })
-            .collect()
-    }
-
-    /// The value of one sample in `/metrics` (`name` with any labels, as
-    /// written there).
-    async fn metric(&self, name: &str) -> u64 {
-        hostpulse_tests::metric(self.http, name).await as u64
-    }
-
-    /// `load` updates the hub has taken (a fake agent's sample makes one).
-    async fn load_updates(&self) -> u64 {
-        self.metric("hostpulse_topic_updates_published_total{kind=\"load\"}")
-            .await
-    }
-}
-
-/// Polls `probe` every 50 ms until `done` holds for its value; returns it.
-/// Panics after [`WAIT`] with `what` and the last value.
-async fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    mut probe: impl AsyncFnMut() -> T,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = probe().await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last {v:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A hand-driven agent whose samples each make exactly one update
-/// (`host.<host>.load`), numbered 1, 2, 3…
-struct Burst {
-    agent: FakeAgent,
-    batches: u64,
-    /// The last sample seq sent.
-    seq: u64,
-}
-
-impl Burst {
-    async fn connect(node: &Node, host: &str) -> Self {
-        Self {
-            agent: FakeAgent::connect(&node.ingest_url(), host).await,
-            batches: 0,
-            seq: 0,
-        }
-    }
-
-    /// Sends the next `n` samples in one batch and waits for its ack.
-    async fn send(&mut self, n: u64) {
-        let samples: Vec<_> = (self.seq + 1..=self.seq + n)
-            .map(|s| fake::sample(s, 0))
-            .collect();
-        self.batches += 1;
-        self.agent.send(fake::batch(self.batches, &samples)).await;
-        self.agent.acked(self.batches).await;
-        self.seq += n;
-    }
-
-    /// Like [`Burst::send`], then waits until `node`'s hub has taken every
-    /// sample sent so far (an ack only means the batch was queued to it).
-    async fn send_taken(&mut self, node: &Node, n: u64) {
-        self.send(n).await;
-        let want = self.seq;
-        eventually(
-            "the hub to take every sample sent",
-            async || node.load_updates().await,
-            |&taken| taken == want,
-        )
-        .await;
-    }
-}
 
 /// Every update received, by (topic, seq), as JSON text.
 type Seen = BTreeMap<(String, u64), String>;
@@ -800,7 +628,7 @@ async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_th
     .await;
     // Aggregator 2's request follows its live subscription on the same
     // connection: once aggregator 1 answers, that subscription is in force.
-    let answered = n1.line("answering a catch-up");
+    let answered = n1.line("catch-up answered");
     assert!(answered.contains("to=agg-2"), "{answered}");
     assert_eq!(number_in(&answered, "updates"), 20, "{answered}");
     // Live updates while aggregator 2 holds back.

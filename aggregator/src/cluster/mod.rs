@@ -11,12 +11,22 @@
 //! - announces the hosts attached to it and learns the others' ([`presence`]);
 //! - after (re)connecting, asks the other nodes for what it missed while
 //!   away ([`sync`]), holding live updates back meanwhile so subscribers see
-//!   them in order.
+//!   them in order; answers the others' requests, streamed and paced
+//!   ([`answer`]).
+//!
+//! Every message stays under the `max_payload` the broker announces:
+//! presence and catch-up requests and answers are cut into numbered chunks
+//! ([`chunk`]). A publish that fails anyway is counted by kind and logged
+//! once per episode ([`failures`]).
 //!
 //! NATS connection changes are logged, counted for `/metrics` and sent to
 //! every WebSocket client as `$sys.cluster`. The client reconnects by itself
 //! with the backoff set here; local agents and clients are served throughout.
 
+pub mod answer;
+pub mod chunk;
+pub mod failures;
+pub mod pace;
 pub mod presence;
 pub mod publish;
 pub mod sync;
@@ -56,9 +66,21 @@ pub struct ClusterConfig {
     /// A node not heard from for this long has its hosts shown offline, in
     /// milliseconds.
     pub peer_timeout_ms: u64,
-    /// After (re)connecting, how long to wait for the other nodes' catch-up
-    /// answers before going live again, in milliseconds.
+    /// After (re)connecting, a catch-up ends once every peer known has said
+    /// its answer is complete; failing that, once nothing of any answer has
+    /// arrived for this long, in milliseconds (an idle timeout: an answer
+    /// that keeps arriving is waited for, up to `catchup_max_ms`).
     pub catchup_wait_ms: u64,
+    /// The longest a catch-up holds live updates back, however much is
+    /// still arriving, in milliseconds.
+    pub catchup_max_ms: u64,
+    /// Pace of the answer to one asking node, in bytes of history per
+    /// second (a token bucket one chunk deep), so a catch-up cannot take
+    /// the broker or this node's link from live traffic.
+    pub catchup_answer_bytes_per_sec: u64,
+    /// Catch-up answers sent at once (each to a different node); more wait
+    /// their turn. A node asking again while its answer runs replaces it.
+    pub catchup_answers: usize,
     /// Live updates held back during a catch-up, at most; beyond it the
     /// oldest are dropped (and counted).
     pub catchup_buffer: usize,
@@ -76,7 +98,10 @@ impl Default for ClusterConfig {
             publish_queue: 8192,
             presence_interval_ms: 1_000,
             peer_timeout_ms: 5_000,
-            catchup_wait_ms: 1_000,
+            catchup_wait_ms: 3_000,
+            catchup_max_ms: 120_000,
+            catchup_answer_bytes_per_sec: 16 << 20,
+            catchup_answers: 4,
             catchup_buffer: 65_536,
             reconnect_max_ms: 5_000,
         }
@@ -118,11 +143,23 @@ impl ClusterConfig {
             ("cluster.publish_queue", self.publish_queue as u64),
             ("cluster.presence_interval_ms", self.presence_interval_ms),
             ("cluster.catchup_buffer", self.catchup_buffer as u64),
+            ("cluster.catchup_wait_ms", self.catchup_wait_ms),
+            (
+                "cluster.catchup_answer_bytes_per_sec",
+                self.catchup_answer_bytes_per_sec,
+            ),
+            ("cluster.catchup_answers", self.catchup_answers as u64),
             ("cluster.reconnect_max_ms", self.reconnect_max_ms),
         ] {
             if v == 0 {
                 return Some((key, "must be positive".into()));
             }
+        }
+        if self.catchup_max_ms < self.catchup_wait_ms {
+            return Some((
+                "cluster.catchup_max_ms",
+                "must be at least cluster.catchup_wait_ms".into(),
+            ));
         }
         if self.peer_timeout_ms <= self.presence_interval_ms {
             return Some((
@@ -177,6 +214,22 @@ pub struct ClusterStats {
     pub caught_up: AtomicU64,
     /// Other nodes heard from within the peer timeout.
     pub peers: AtomicU64,
+    /// Publishes to NATS that failed, by kind.
+    pub publish_errors: failures::PublishErrors,
+    /// Presence announcements published whole (each one or more chunks).
+    pub presence_announcements: AtomicU64,
+    /// Presence chunks published.
+    pub presence_chunks: AtomicU64,
+    /// Bytes of this node's last presence announcement, all chunks.
+    pub presence_bytes: AtomicU64,
+    /// Peers' presence announcements dropped unfinished (a chunk missing).
+    pub presence_incomplete: AtomicU64,
+    /// Host names found held here and, by an agent with another id, on a peer.
+    pub host_conflicts: AtomicU64,
+    /// Catch-up answers sent to peers, in full.
+    pub answers_sent: AtomicU64,
+    /// Catch-up answers stopped because the asker asked again.
+    pub answers_replaced: AtomicU64,
 }
 
 /// Why cluster mode could not start.
@@ -303,7 +356,7 @@ pub async fn start(
         catchup_rx,
         peer_table.clone(),
     ));
-    tasks.spawn(sync::answer(shared.clone(), requests));
+    tasks.spawn(answer::run(shared.clone(), requests));
     tasks.spawn(presence::run(shared, peers, peer_table));
     Ok(stats)
 }

@@ -6,25 +6,45 @@
 //! over and resends what a peer already published.
 //!
 //! Catch-up: on every connect, the node sends the seq it holds for every host
-//! topic to `<prefix>._cluster.catchup`; every other node answers with its
-//! own hosts' history above those seqs (topics the asker lacks: all of it),
-//! in chunks (applied as they arrive), the last one marked done. Live
-//! updates are held back from the moment the connection drops until the
-//! answers are in (all known peers done, or `catchup_wait_ms`), so the hub
-//! takes each topic in seq order.
+//! topic to `<prefix>._cluster.catchup`, in as many chunks as that list
+//! needs ([`chunk::request`]); every other node answers with its own hosts'
+//! history above those seqs (topics the asker lacks: all of it), streamed in
+//! chunks ([`super::answer`]) that are applied as they arrive, and ends
+//! with a marker saying how many chunks and updates it sent. Live updates
+//! are held back from the moment the connection drops until the answers are
+//! in, so the hub takes each topic in seq order. The catch-up ends:
+//! - once every peer known from presence, and every peer that began an
+//!   answer, has sent its end marker (at least one peer must be known; a
+//!   node that knew none when it asked, having just started, first listens
+//!   to presence for one and a half `presence_interval_ms`, so that a peer
+//!   whose answer has not reached it yet is known to be missing); or
+//! - once nothing of any answer has arrived for `catchup_wait_ms` (an idle
+//!   timeout: a long answer that keeps arriving is waited for); or
+//! - after `catchup_max_ms` in all, whatever is still arriving; or
+//! - at once when the broker says no other node takes requests at all
+//!   ("no responders": a node alone goes live without waiting).
+//!
+//! A peer known from presence that has not begun answering a second after
+//! the request (it reconnected to the broker after the request went by, as
+//! after a broker restart) is asked again by name, up to three times.
+//! An end marker counting more chunks than arrived means chunks were lost
+//! on the way (a slow consumer): logged, and the updates counted dropped.
 //! If the link drops again before a catch-up ends, what arrived is applied
 //! but live updates stay held until the catch-up after the next connect.
 //! What no peer holds any more (beyond its history) stays missing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_nats::{Message, Subscriber};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use super::chunk;
+use super::failures::PublishKind;
 use super::presence::Peers;
 use super::{Shared, wire};
 use crate::hub::Command;
@@ -33,15 +53,122 @@ use crate::update::Update;
 /// Updates handed to the hub in one command, at most.
 const HUB_BATCH: usize = 512;
 
+/// How often a catch-up checks whether it is complete while nothing arrives.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// A peer known from presence that has not begun answering this long after
+/// the request is asked again, by name (it may have reconnected to the
+/// broker after the request went by, as after a broker restart)...
+const REASK_AFTER: Duration = Duration::from_secs(1);
+/// ...at most this many times.
+const MAX_REASKS: u32 = 3;
+
 struct Catchup {
     /// `link_epoch` when it was asked for.
     epoch: u64,
     inbox: Subscriber,
-    deadline: Instant,
-    expected: usize,
-    done: usize,
+    /// Its subject, and the request's chunks (to ask again).
+    reply_to: String,
+    request: Vec<bytes::Bytes>,
+    /// Times asked again, of [`MAX_REASKS`].
+    reasked: u32,
+    started: Instant,
+    /// When the last message of any answer arrived (or it began).
+    progress: Instant,
+    /// Answers by the peer sending them.
+    answers: BTreeMap<String, Answer>,
     /// Updates recovered so far.
     recovered: usize,
+    /// The broker said no other node is there to answer.
+    nobody: bool,
+    /// Peers were known from presence when it was asked for.
+    knew_peers: bool,
+}
+
+/// One peer's answer so far.
+#[derive(Debug, Default)]
+struct Answer {
+    chunks: u64,
+    updates: u64,
+    /// `(chunks, updates)` it says it sent, once it is done.
+    done: Option<(u64, u64)>,
+}
+
+/// How a catch-up ended.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// Every peer known and answering said it was done.
+    Complete,
+    /// Nothing arrived for `catchup_wait_ms`.
+    Idle,
+    /// `catchup_max_ms` passed.
+    Cap,
+    /// No other node is there (the broker said "no responders").
+    Alone,
+}
+
+impl Catchup {
+    fn deadline(&self, shared: &Shared) -> (Instant, Ended) {
+        let idle = self.progress + Duration::from_millis(shared.config.catchup_wait_ms);
+        let cap = self.started + Duration::from_millis(shared.config.catchup_max_ms);
+        if idle < cap {
+            (idle, Ended::Idle)
+        } else {
+            (cap, Ended::Cap)
+        }
+    }
+
+    /// Every peer known from presence, and every one answering, is done
+    /// (and at least one is known). A node that knew no peer when it asked
+    /// (it just started) first listens to presence for one and a half
+    /// intervals, so every live peer has announced itself.
+    fn complete(&self, shared: &Shared, peers: &Peers) -> bool {
+        let listened = Duration::from_millis(shared.config.presence_interval_ms * 3 / 2);
+        if !self.knew_peers && self.started.elapsed() < listened {
+            return false;
+        }
+        let known = peers.names();
+        !known.is_empty()
+            && known
+                .iter()
+                .all(|n| self.answers.get(n).is_some_and(|a| a.done.is_some()))
+            && self.answers.values().all(|a| a.done.is_some())
+    }
+
+    /// Takes one message of an answer; returns its updates.
+    fn take(&mut self, shared: &Shared, m: &Message) -> Vec<Update> {
+        // The broker's own notices carry a status and no node. "No
+        // responders": no other node is subscribed to requests at all.
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            self.nobody = true;
+        }
+        let Some(from) = wire::node_of(m.headers.as_ref()).filter(|_| m.status.is_none()) else {
+            return Vec::new();
+        };
+        self.progress = Instant::now();
+        let header = |name: &str| m.headers.as_ref().and_then(|h| h.get(name));
+        let answer = self.answers.entry(from.to_string()).or_default();
+        if let Some(done) = header(chunk::DONE) {
+            let mut counts = done.as_str().split(' ').map(|n| n.parse().unwrap_or(0));
+            let sent = (counts.next().unwrap_or(0), counts.next().unwrap_or(0));
+            answer.done = Some(sent);
+            if sent.0 > answer.chunks {
+                let lost = sent.1.saturating_sub(answer.updates);
+                shared.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(peer = %from, sent_chunks = sent.0, got_chunks = answer.chunks, lost_updates = lost, "catch-up answer arrived with chunks missing");
+            }
+            return Vec::new();
+        }
+        if header(chunk::BEGIN).is_some() {
+            return Vec::new();
+        }
+        let origin: Arc<str> = from.into();
+        let updates = wire::unchunk(&m.payload, &origin);
+        answer.chunks += 1;
+        answer.updates += updates.len() as u64;
+        self.recovered += updates.len();
+        updates
+    }
 }
 
 /// Consumes live updates and runs catch-ups until shutdown.
@@ -56,7 +183,7 @@ pub(crate) async fn consume(
     let mut catchup: Option<Catchup> = None;
     let mut wanted = false;
     loop {
-        let deadline = catchup.as_ref().map(|c| c.deadline);
+        let deadline = catchup.as_ref().map(|c| c.deadline(&shared));
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             Some(()) = catchup_rx.recv() => {
@@ -84,23 +211,31 @@ pub(crate) async fn consume(
             answer = async { catchup.as_mut().expect("guarded").inbox.next().await }, if catchup.is_some() => {
                 let c = catchup.as_mut().expect("guarded");
                 if let Some(m) = answer {
-                    let from: Arc<str> = wire::node_of(m.headers.as_ref()).unwrap_or("?").into();
                     // Applied chunk by chunk, so memory holds one chunk, not
                     // every peer's history: a peer sends each topic's history
                     // in seq order, and live updates are held meanwhile.
-                    let updates = wire::unchunk(&m.payload, &from);
-                    c.recovered += updates.len();
-                    let _ = shared.hub.send(Command::Publish(updates)).await;
-                    if m.headers.as_ref().and_then(|h| h.get(wire::DONE)).is_some() {
-                        c.done += 1;
+                    let updates = c.take(&shared, &m);
+                    if !updates.is_empty() {
+                        let _ = shared.hub.send(Command::Publish(updates)).await;
                     }
                 }
-                if c.expected > 0 && c.done >= c.expected {
-                    finish(&shared, catchup.take().expect("guarded"), &mut held).await;
+                if c.complete(&shared, &peers) {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete).await;
+                } else if c.nobody && c.answers.is_empty() {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Alone).await;
                 }
             }
-            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                finish(&shared, catchup.take().expect("guarded"), &mut held).await;
+            // Also wakes now and then: peers learnt from presence meanwhile
+            // may have finished already.
+            _ = async { sleep_until(deadline.expect("guarded").0.min(Instant::now() + RECHECK)).await }, if deadline.is_some() => {
+                let c = catchup.as_mut().expect("guarded");
+                let (at, ended) = deadline.expect("guarded");
+                reask(&shared, c, &peers).await;
+                if c.complete(&shared, &peers) {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete).await;
+                } else if Instant::now() >= at {
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, ended).await;
+                }
             }
         }
         if catchup.is_none() && wanted {
@@ -157,6 +292,7 @@ async fn publish(shared: &Shared, updates: Vec<Update>) {
 
 /// Asks every other node for what this one lacks.
 async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
+    let knew_peers = peers.live() > 0;
     shared.holding.store(true, Ordering::SeqCst);
     let epoch = shared.link_epoch.load(Ordering::SeqCst);
     let floors = shared
@@ -164,39 +300,36 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
         .ask(|reply| Command::Floors { reply })
         .await
         .unwrap_or_default();
-    let mut request = serde_json::to_vec(&wire::CatchupRequest {
-        node: shared.node.to_string(),
-        floors,
-    })
-    .expect("a catch-up request serialises");
-    if request.len() > shared.client.max_payload().max(64 << 10) {
-        // Too many topics to list: ask for everything (answers are chunked).
-        request = serde_json::to_vec(&wire::CatchupRequest {
-            node: shared.node.to_string(),
-            floors: HashMap::new(),
-        })
-        .expect("a catch-up request serialises");
-    }
+    // Every floor is listed, in as many chunks as it takes: a topic left
+    // out would be sent whole.
+    // Tells this request's chunks from an earlier one's (a restart included).
+    let id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let chunks = chunk::request(
+        &shared.node,
+        id,
+        &floors,
+        chunk::budget(shared.client.max_payload()),
+    );
     let inbox = shared.client.new_inbox();
-    let subscribed = shared.client.subscribe(inbox.clone()).await;
-    let sent = match subscribed {
-        Ok(sub) => shared
-            .client
-            .publish_with_reply(shared.subjects.catchup(), inbox, request.into())
-            .await
-            .map(|()| sub)
-            .map_err(|e| e.to_string()),
+    let sent = match shared.client.subscribe(inbox.clone()).await {
+        Ok(sub) => ask(shared, &inbox, &chunks, None).await.map(|()| sub),
         Err(e) => Err(e.to_string()),
     };
     match sent {
-        Ok(inbox) => Some(Catchup {
+        Ok(sub) => Some(Catchup {
             epoch,
-            inbox,
-            deadline: Instant::now()
-                + std::time::Duration::from_millis(shared.config.catchup_wait_ms),
-            expected: peers.live(),
-            done: 0,
+            inbox: sub,
+            reply_to: inbox,
+            request: chunks,
+            reasked: 0,
+            started: Instant::now(),
+            progress: Instant::now(),
+            answers: BTreeMap::new(),
             recovered: 0,
+            nobody: false,
+            knew_peers,
         }),
         Err(cause) if link_unchanged(shared, epoch) => {
             tracing::warn!(%cause, "cannot ask peers to catch up; going live without");
@@ -211,21 +344,87 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
     }
 }
 
+/// Publishes a request's chunks (to the peers named in `to` only, if any).
+async fn ask(
+    shared: &Shared,
+    inbox: &str,
+    chunks: &[bytes::Bytes],
+    to: Option<&str>,
+) -> Result<(), String> {
+    for payload in chunks {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(to) = to {
+            headers.insert(chunk::TO, to);
+        }
+        let r = shared
+            .client
+            .publish_with_reply_and_headers(
+                shared.subjects.catchup(),
+                inbox.to_string(),
+                headers,
+                payload.clone(),
+            )
+            .await;
+        shared
+            .stats
+            .publish_errors
+            .record(PublishKind::CatchupRequest, &shared.node, &r);
+        r.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Asks again the peers known from presence that have not begun answering.
+async fn reask(shared: &Shared, c: &mut Catchup, peers: &Peers) {
+    if c.reasked >= MAX_REASKS || c.started.elapsed() < REASK_AFTER * (c.reasked + 1) {
+        return;
+    }
+    let silent: Vec<String> = peers
+        .names()
+        .into_iter()
+        .filter(|n| !c.answers.contains_key(n))
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    c.reasked += 1;
+    tracing::info!(node = %shared.node, peers = ?silent, "asking again for a catch-up: no answer begun");
+    let _ = ask(shared, &c.reply_to, &c.request, Some(&silent.join(","))).await;
+}
+
 /// Ends a catch-up (its answers are applied as they arrive): applies what
 /// was held back and goes live.
-async fn finish(shared: &Shared, mut c: Catchup, held: &mut VecDeque<Update>) {
+async fn finish(
+    shared: &Shared,
+    mut c: Catchup,
+    held: &mut VecDeque<Update>,
+    peers: &Peers,
+    ended: Ended,
+) {
     let _ = c.inbox.unsubscribe().await;
     let recovered = c.recovered;
     shared
         .stats
         .caught_up
         .fetch_add(recovered as u64, Ordering::Relaxed);
+    let unfinished: Vec<&str> = c
+        .answers
+        .iter()
+        .filter(|(_, a)| a.done.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !unfinished.is_empty() {
+        tracing::warn!(node = %shared.node, ?ended, peers = ?unfinished, "catch-up ended before these peers finished answering");
+    }
     tracing::info!(
         node = %shared.node,
-        answers = c.done,
-        expected = c.expected,
+        answers = c.answers.values().filter(|a| a.done.is_some()).count(),
+        expected = peers.names().len(),
         updates = recovered,
+        chunks = c.answers.values().map(|a| a.chunks).sum::<u64>(),
         held = held.len(),
+        took_ms = c.started.elapsed().as_millis() as u64,
+        ended = ?ended,
         "catch-up applied"
     );
     if !link_unchanged(shared, c.epoch) {
@@ -245,66 +444,4 @@ async fn finish(shared: &Shared, mut c: Catchup, held: &mut VecDeque<Update>) {
 fn link_unchanged(shared: &Shared, epoch: u64) -> bool {
     shared.stats.connected.load(Ordering::SeqCst)
         && shared.link_epoch.load(Ordering::SeqCst) == epoch
-}
-
-/// Answers other nodes' catch-up requests with this node's own hosts.
-pub(crate) async fn answer(shared: Shared, mut requests: Subscriber) {
-    loop {
-        let m = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            m = requests.next() => match m { Some(m) => m, None => break },
-        };
-        let Some(reply) = m.reply else { continue };
-        let Ok(request) = serde_json::from_slice::<wire::CatchupRequest>(&m.payload) else {
-            tracing::debug!("malformed catch-up request");
-            continue;
-        };
-        if request.node == *shared.node {
-            continue;
-        }
-        let floors = request.floors;
-        let topics = shared
-            .hub
-            .ask(|reply| Command::Export { floors, reply })
-            .await
-            .unwrap_or_default();
-        // Read here, not in the hub: a large answer delays no live update.
-        let updates: Vec<_> = topics
-            .iter()
-            .flat_map(|t| t.history.all_after(t.after))
-            .collect();
-        let max = (shared.client.max_payload() / 2).clamp(16 << 10, 512 << 10);
-        let chunks = wire::chunk(&updates, max);
-        tracing::info!(to = %request.node, updates = updates.len(), chunks = chunks.len(), "answering a catch-up");
-        // The chunks, then an empty message marked done.
-        let n = chunks.len();
-        let mut failed = false;
-        for (i, payload) in chunks
-            .into_iter()
-            .chain(std::iter::once(bytes::Bytes::new()))
-            .enumerate()
-        {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(wire::NODE, &*shared.node);
-            if i == n {
-                headers.insert(wire::DONE, "1");
-            }
-            // Shutdown is not held up by a broker that stopped taking data.
-            let sent = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                r = shared.client.publish_with_headers(reply.clone(), headers, payload) => r,
-            };
-            if let Err(e) = sent {
-                failed = true;
-                tracing::warn!(cause = %e, "catch-up answer not sent");
-                break;
-            }
-        }
-        if !failed {
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                _ = shared.client.flush() => {}
-            }
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! What aggregators say to each other through NATS: subject names, headers,
-//! and the forms of an update, a presence announcement and a catch-up.
+//! and the forms of an update, a host in a presence announcement and a
+//! catch-up answer's chunk (the chunked envelopes are in [`super::chunk`]).
 //!
 //! An update travels on `<prefix>.<topic>` (topics follow NATS subject rules,
 //! so the mapping is one to one) with its already encoded JSON form as the
@@ -8,7 +9,6 @@
 //! seq the subject and headers claim, and shares it as is.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
@@ -24,8 +24,6 @@ use crate::update::Update;
 pub const NODE: &str = "Hostpulse-Node";
 /// Header carrying an update's seq.
 pub const SEQ: &str = "Hostpulse-Seq";
-/// Header marking the last chunk of a catch-up answer.
-pub const DONE: &str = "Hostpulse-Done";
 
 /// Subject names under one prefix.
 #[derive(Debug, Clone)]
@@ -169,27 +167,6 @@ impl From<PresenceHost> for HostView {
     }
 }
 
-/// A node's announcement of the hosts attached to it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Presence {
-    /// Node name.
-    pub node: String,
-    /// Hosts whose agents are attached to it now.
-    pub hosts: Vec<PresenceHost>,
-    /// The node is shutting down: forget its hosts at once.
-    #[serde(default)]
-    pub leaving: bool,
-}
-
-/// A request for what a node missed.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CatchupRequest {
-    /// Who asks (it does not answer itself).
-    pub node: String,
-    /// Topic → the last seq the asker holds; topics not named are sent whole.
-    pub floors: HashMap<String, u64>,
-}
-
 /// Splits updates into payloads of newline-separated JSON updates, each at
 /// most `max_bytes` (an update larger than that gets a payload of its own).
 pub fn chunk(updates: &[std::sync::Arc<Update>], max_bytes: usize) -> Vec<Bytes> {
@@ -309,36 +286,5 @@ mod tests {
             .map(|u| u.seq)
             .collect();
         assert_eq!(back, (1..=50).collect::<Vec<_>>());
-    }
-}
-
-#[cfg(test)]
-mod presence_tests {
-    use super::*;
-    use crate::ingest::registry::Registry;
-    use hostpulse_proto::v1::Hello;
-
-    #[test]
-    fn presence_round_trips() {
-        let r = Registry::with_node(Some("n1".into()));
-        let hello = Hello {
-            agent_id: "a".into(),
-            hostname: "host-a".into(),
-            epoch: 5,
-            interval_ms: 100,
-            schema_version: hostpulse_proto::SCHEMA_VERSION,
-            ..Default::default()
-        };
-        r.attach(&hello, None).unwrap();
-        let p = Presence {
-            node: "n1".into(),
-            hosts: r.local_hosts().into_iter().map(Into::into).collect(),
-            leaving: false,
-        };
-        let text = serde_json::to_vec(&p).unwrap();
-        let back: Presence = serde_json::from_slice(&text)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&text)));
-        assert_eq!(back.hosts.len(), 1);
-        assert_eq!(back.hosts[0].agent.aggregator.as_deref(), Some("n1"));
     }
 }

@@ -282,7 +282,52 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 "Updates recovered from other aggregators after (re)connecting.",
                 load(&c.caught_up),
             ),
+            (
+                "hostpulse_cluster_presence_announcements",
+                "Presence announcements made (each one or more chunks).",
+                load(&c.presence_announcements),
+            ),
+            (
+                "hostpulse_cluster_presence_chunks",
+                "Presence chunks published (an announcement larger than the broker's max_payload takes several).",
+                load(&c.presence_chunks),
+            ),
+            (
+                "hostpulse_cluster_presence_incomplete",
+                "Peers' presence announcements dropped with a chunk missing (their last complete one stays in force).",
+                load(&c.presence_incomplete),
+            ),
+            (
+                "hostpulse_cluster_host_conflicts",
+                "Host names found attached here and, by an agent with another id, on a peer.",
+                load(&c.host_conflicts),
+            ),
+            (
+                "hostpulse_cluster_catchup_answers",
+                "Catch-up answers sent to peers in full.",
+                load(&c.answers_sent),
+            ),
+            (
+                "hostpulse_cluster_catchup_answers_replaced",
+                "Catch-up answers stopped because the peer asked again.",
+                load(&c.answers_replaced),
+            ),
         ]);
+        scrape.families.push(Family {
+            name: "hostpulse_cluster_publish_errors",
+            help: "Publishes to NATS that failed, by kind (update, presence, catchup_request, catchup_answer).",
+            unit: None,
+            counter: true,
+            series: crate::cluster::failures::PublishKind::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        vec![("kind", k.label().to_string())],
+                        c.publish_errors.count(*k) as f64,
+                    )
+                })
+                .collect(),
+        });
         scrape.gauges.extend([
             (
                 "hostpulse_cluster_nats_connected",
@@ -299,6 +344,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 "Other aggregators heard from within the peer timeout.",
                 None,
                 load(&c.peers) as f64,
+            ),
+            (
+                "hostpulse_cluster_presence",
+                "Size of this node's last presence announcement, all chunks together.",
+                Some(Unit::Bytes),
+                load(&c.presence_bytes) as f64,
             ),
         ]);
     }

@@ -18,7 +18,11 @@
 //! In cluster mode it also holds the hosts other aggregators announce
 //! (their presence), so `hosts()` shows the whole cluster, each host with
 //! the aggregator it is attached to; a host attached here wins over a peer's
-//! stale claim.
+//! stale claim. A host name a peer announces online, held there by an agent
+//! with another id, is refused here ([`AttachError::HostOnPeer`], answered
+//! `ALREADY_EXISTS` naming that node); the same agent id is an agent failing
+//! over and is let in. Applying a peer's announcement copies no host list
+//! (`registry/remote.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -32,6 +36,8 @@ use tokio::sync::Notify;
 
 use crate::topic::host_segment;
 use crate::update::HostEvent;
+use remote::Remote;
+pub use remote::RemoteChange;
 
 /// Why a stream may not attach (answered with `ALREADY_EXISTS`).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,18 @@ pub enum AttachError {
         host: String,
         /// The agent holding it.
         agent_id: String,
+    },
+    /// Another aggregator of the cluster announces the host name online,
+    /// held by an agent with another id.
+    #[error(
+        "host {host:?} is already attached to aggregator {node:?} (by another agent); \
+         give each host its own name"
+    )]
+    HostOnPeer {
+        /// The topic segment.
+        host: String,
+        /// The cluster node holding it.
+        node: String,
     },
     /// Another process of this agent id holds a live stream.
     #[error(
@@ -99,16 +117,6 @@ struct Record {
     /// When its last stream ended (`None` while one is attached).
     departed: Option<Instant>,
     event: HostEvent,
-}
-
-/// What the other aggregators announced.
-#[derive(Default)]
-struct Remote {
-    /// Hosts by the node announcing them.
-    nodes: HashMap<String, Vec<HostView>>,
-    /// Hosts no node announces online any more: since when, and what was
-    /// last announced of them.
-    departed: HashMap<String, (Instant, HostEvent)>,
 }
 
 /// One host as the REST snapshot shows it.
@@ -209,6 +217,18 @@ impl Registry {
                 agent_id: other.clone(),
             });
         }
+        // The same agent announced by a peer is one failing over: welcome.
+        if let Some(node) = self
+            .remote
+            .lock()
+            .expect("registry lock")
+            .claimant(&host, &hello.agent_id)
+        {
+            return Err(AttachError::HostOnPeer {
+                host,
+                node: node.to_string(),
+            });
+        }
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let event = HostEvent {
@@ -304,7 +324,7 @@ impl Registry {
             }
         }
         let remote = self.remote.lock().expect("registry lock");
-        for view in remote.nodes.values().flatten() {
+        for view in remote.nodes.values().flat_map(|h| h.values()) {
             offer(if view.online { 2 } else { 0 }, view.clone());
         }
         by_host.into_values().map(|(_, v)| v).collect()
@@ -333,34 +353,13 @@ impl Registry {
     }
 
     /// Replaces what `node` announced (`None`: the node is gone, and its
-    /// hosts stay listed as offline until an aggregator announces them).
-    pub fn set_remote(&self, node: &str, hosts: Option<Vec<HostView>>) {
+    /// hosts stay listed as offline until an aggregator announces them);
+    /// returns the `hosts` events it makes and the host names it finds
+    /// held here by another agent.
+    pub fn set_remote(&self, node: &str, hosts: Option<Vec<HostView>>) -> RemoteChange {
+        let inner = self.inner.lock().expect("registry lock");
         let mut remote = self.remote.lock().expect("registry lock");
-        let now = Instant::now();
-        let before: Vec<HostView> = remote.nodes.get(node).cloned().unwrap_or_default();
-        match hosts {
-            Some(h) => {
-                remote.nodes.insert(node.to_string(), h);
-            }
-            None => {
-                if let Some(views) = remote.nodes.get_mut(node) {
-                    for v in views {
-                        v.online = false;
-                        v.agent.event = "offline".into();
-                    }
-                }
-            }
-        }
-        let Remote { nodes, departed } = &mut *remote;
-        let online = |host: &str| nodes.values().flatten().any(|v| v.online && v.host == host);
-        for view in before {
-            if !online(&view.host) {
-                departed
-                    .entry(view.host)
-                    .or_insert_with(|| (now, view.agent));
-            }
-        }
-        departed.retain(|host, _| !online(host));
+        remote.replace(&inner, node, hosts)
     }
 
     /// Hosts not to forget yet: attached here, online on a peer, or
@@ -376,7 +375,12 @@ impl Registry {
             }
         }
         let remote = self.remote.lock().expect("registry lock");
-        for v in remote.nodes.values().flatten().filter(|v| v.online) {
+        for v in remote
+            .nodes
+            .values()
+            .flat_map(|h| h.values())
+            .filter(|v| v.online)
+        {
             keep.insert(v.host.clone());
         }
         for (host, (at, _)) in &remote.departed {
@@ -418,15 +422,11 @@ impl Registry {
                     dropped.entry(host.clone()).or_insert(last);
                 }
                 for views in remote.nodes.values_mut() {
-                    views.retain(|v| {
-                        let gone = !v.online && v.host == *host;
-                        if gone {
-                            dropped
-                                .entry(host.clone())
-                                .or_insert_with(|| v.agent.clone());
-                        }
-                        !gone
-                    });
+                    if views.get(host).is_some_and(|v| !v.online)
+                        && let Some(v) = views.remove(host)
+                    {
+                        dropped.entry(host.clone()).or_insert(v.agent);
+                    }
                 }
                 dropped
                     .entry(host.clone())
@@ -505,5 +505,6 @@ impl Default for Registry {
     }
 }
 
+mod remote;
 #[cfg(test)]
 mod tests;

@@ -166,3 +166,68 @@ fn a_live_agent_id_is_refused_to_another_process_and_taken_over_by_its_own() {
     r.detach("agent-web", c.generation).unwrap();
     r.attach(&first, None).unwrap();
 }
+
+#[test]
+fn a_host_name_a_peer_announces_is_refused_to_another_agent_and_open_to_the_same_one() {
+    let r = Registry::with_node(Some("agg-1".into()));
+    let mut theirs = remote_view("web-01", "agg-2");
+    theirs.agent.agent_id = "agent-web-01".into();
+    r.set_remote("agg-2", Some(vec![theirs]));
+    let mut other = hello("web-01", 1);
+    other.agent_id = "someone-else".into();
+    match r.attach(&other, None) {
+        Err(AttachError::HostOnPeer { host, node }) => {
+            assert_eq!((host.as_str(), node.as_str()), ("web-01", "agg-2"))
+        }
+        other => panic!("expected HostOnPeer, got {other:?}"),
+    }
+    // The same agent moving here (failing over) is welcome.
+    r.attach(&hello("web-01", 1), None).unwrap();
+    let hosts = r.hosts();
+    assert_eq!(hosts[0].agent.aggregator.as_deref(), Some("agg-1"));
+}
+
+#[test]
+fn a_new_announcement_yields_only_the_changes_and_names_conflicts() {
+    let r = Registry::with_node(Some("agg-1".into()));
+    r.attach(&hello("mine", 1), None).unwrap();
+    let first = r.set_remote(
+        "agg-2",
+        Some(vec![remote_view("a", "agg-2"), remote_view("b", "agg-2")]),
+    );
+    let got: Vec<(&str, &str)> = first
+        .events
+        .iter()
+        .map(|e| (e.host.as_str(), &*e.event))
+        .collect();
+    assert_eq!(got, [("a", "online"), ("b", "online")]);
+    assert!(first.conflicts.is_empty());
+    // Same again: nothing changed.
+    let again = r.set_remote(
+        "agg-2",
+        Some(vec![remote_view("a", "agg-2"), remote_view("b", "agg-2")]),
+    );
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    // `b` gone, `mine` claimed by another agent there: one offline event,
+    // one conflict, and the local agent still wins.
+    let mut clash = remote_view("mine", "agg-2");
+    clash.agent.agent_id = "other".into();
+    let change = r.set_remote("agg-2", Some(vec![remote_view("a", "agg-2"), clash]));
+    let got: Vec<(&str, &str)> = change
+        .events
+        .iter()
+        .map(|e| (e.host.as_str(), &*e.event))
+        .collect();
+    assert_eq!(got, [("b", "offline")]);
+    assert_eq!(change.conflicts, ["mine"]);
+    let mine = r.hosts().into_iter().find(|h| h.host == "mine").unwrap();
+    assert_eq!(mine.agent.aggregator.as_deref(), Some("agg-1"));
+    // The node goes: its online host goes offline.
+    let gone = r.set_remote("agg-2", None);
+    let got: Vec<(&str, &str)> = gone
+        .events
+        .iter()
+        .map(|e| (e.host.as_str(), &*e.event))
+        .collect();
+    assert_eq!(got, [("a", "offline")]);
+}
