@@ -40,6 +40,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{AgentGrant, Auth, bearer};
 use crate::hub::{Command, HubHandle};
 use crate::ingest::registry::Registry;
+use crate::store::StoreHandle;
 use session::{AgentSession, Topics};
 
 /// Replies queued towards one agent.
@@ -96,6 +97,7 @@ pub fn authenticate(
 /// The `hostpulse.v1.Ingest` implementation.
 pub struct IngestService {
     hub: HubHandle,
+    store: Option<StoreHandle>,
     registry: Arc<Registry>,
     settings: IngestSettings,
     shutdown: CancellationToken,
@@ -103,16 +105,19 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    /// A service publishing into `hub`.
+    /// A service publishing into `hub`, and handing samples to `store`
+    /// (when `[storage]` is on).
     pub fn new(
         hub: HubHandle,
         registry: Arc<Registry>,
         settings: IngestSettings,
+        store: Option<StoreHandle>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
         Self {
             hub,
+            store,
             registry,
             settings,
             shutdown,
@@ -205,6 +210,10 @@ impl Ingest for IngestService {
             ),
             silence,
             topics: Topics::new(&attached.host),
+            store: self
+                .store
+                .clone()
+                .map(|s| (s, Arc::from(attached.host.as_str()))),
             agent_id: hello.agent_id,
             generation: attached.generation,
             hub: self.hub.clone(),
