@@ -302,6 +302,9 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
         let now = Instant::now();
         if now >= next_flush {
             flush(&mut writer);
+            stats
+                .file_bytes
+                .store(writer.engine().file_bytes(), Ordering::Relaxed);
             next_flush = now + flush_every;
         }
         if now >= next_maintain {
