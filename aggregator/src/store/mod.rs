@@ -262,6 +262,17 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// Dropped without [`Store::close`] (the aggregator failed to start):
+    /// the writer is asked to flush and stop, not waited for, and the
+    /// shutdown is not marked clean.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop.try_send(Msg::Stop);
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
