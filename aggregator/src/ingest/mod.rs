@@ -4,8 +4,9 @@
 //! registered and answered with `Welcome`, which also tells it the message
 //! and batch limits so it never sends what would be refused. Each `Batch` is checked against
 //! what is already held (duplicates are acknowledged, not republished),
-//! decoded and validated, turned into topic updates, published to the hub and
-//! acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
+//! decoded and validated, handed to the store (when `[storage]` is on; a
+//! bounded queue that never waits), turned into topic updates, published to
+//! the hub and acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
 //! what was wrong; other agents are not touched. On shutdown every stream ends
 //! with `UNAVAILABLE`, which agents treat as "reconnect".
 //!

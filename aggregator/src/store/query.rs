@@ -91,6 +91,8 @@ pub fn series(
     let Some(id) = series_id(engine, &series_name(host, field))? else {
         return Ok(Vec::new());
     };
+    // Whole buckets: a `from` inside a minute still gets that minute's row.
+    let from = from.div_euclid(step_ms) * step_ms;
     let mut rows = Vec::new();
     gather(engine, id, tier_for(step_ms), from, to, &mut rows)?;
     let mut points: Vec<(i64, Agg)> = Vec::new();

@@ -131,6 +131,19 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
             &agg_of((h as i64 * 3600..end).map(|i| f64::from(cpu_at(i)))),
         );
     }
+    // A `from` inside a bucket gets the whole bucket.
+    let inside = series(
+        e,
+        "web-01",
+        "cpu.total_pct",
+        T0 + 90_000,
+        T0 + 180_000,
+        60_000,
+    )
+    .unwrap();
+    assert_eq!(inside.len(), 2);
+    assert_eq!(inside[0].ts, T0 + 60_000);
+    assert_eq!(inside[0].count, 60);
     // On-the-fly rollup of raw at 10 s.
     let tens = series(
         e,
