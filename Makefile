@@ -50,6 +50,7 @@ lint:
 
 # Fan-out, idle-connection, ingest and cluster benchmarks (see BENCHMARKS.md;
 # the cluster ones start nats-server); about 20 minutes. Pass SCENARIOS="fanout-100x10000 ..." or BENCH_ARGS="--runs 1".
+# The embedded store's engines: SCENARIOS=store-engines (no aggregator process).
 bench:
 	$(CARGO) build --release -p hostpulse-aggregator -p hostpulse-bench
 	target/release/hostpulse-bench --baseline $(BENCH_ARGS) $(SCENARIOS)

@@ -20,7 +20,9 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$bin/hostpulse-aggregator" --config deploy/aggregator.toml &
+# History on disk goes to target/hostpulse-data (git-ignored) rather than
+# the packaged /var/lib/hostpulse of deploy/aggregator.toml.
+"$bin/hostpulse-aggregator" --config deploy/aggregator.toml --storage-dir target/hostpulse-data &
 agg_pid=$!
 
 # Wait (bounded) for the HTTP port to answer before starting the agent.
@@ -40,6 +42,7 @@ hostpulse is running (Ctrl-C stops both).
   WebSocket:  ws://127.0.0.1:7071/ws
   Health:     http://127.0.0.1:7071/healthz
   gRPC:       127.0.0.1:7070 (agents)
+  History:    target/hostpulse-data (e.g. curl 'http://127.0.0.1:7071/api/v1/hosts/<host>/series?fields=cpu.total_pct&step=1m')
 
 Watch every host's CPU with websocat:
   echo '{"action":"subscribe","topic":"host.*.cpu"}' | websocat --no-close ws://127.0.0.1:7071/ws

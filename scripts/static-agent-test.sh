@@ -59,8 +59,9 @@ wait_for() {
 ingest=127.0.0.1:$(free_port)
 http=127.0.0.1:$(free_port)
 host=musl-test-$$
+# The store in the work directory, not the packaged /var/lib/hostpulse.
 "$target/release/hostpulse-aggregator" --config deploy/aggregator.toml \
-    --ingest-listen "$ingest" --http-listen "$http" >"$work/aggregator.log" 2>&1 &
+    --ingest-listen "$ingest" --http-listen "$http" --storage-dir "$work/store" >"$work/aggregator.log" 2>&1 &
 pids+=($!)
 check "an aggregator answers /healthz within 30 s" wait_for 30 curl -fsS "http://$http/healthz"
 "$musl" --config deploy/agent.toml --aggregator "http://$ingest" --hostname "$host" >"$work/agent.log" 2>&1 &

@@ -20,6 +20,7 @@ pub use crate::http::HttpConfig;
 pub use crate::http::metrics::MetricsConfig;
 pub use crate::hub::{HubConfig, RateLimitConfig};
 pub use crate::ingest::IngestConfig;
+pub use crate::store::StorageConfig;
 pub use crate::tls::TlsConfig;
 pub use crate::ws::{MAX_FRAME_BYTES, MIN_FRAME_BYTES, WsConfig};
 pub use hostpulse_common::config::{ConfigError, read_bounded};
@@ -44,6 +45,8 @@ pub struct AggregatorConfig {
     pub metrics: MetricsConfig,
     /// Several aggregators sharing updates through NATS (off by default).
     pub cluster: ClusterConfig,
+    /// The embedded store of history on disk (off without `dir`).
+    pub storage: StorageConfig,
 }
 
 impl AggregatorConfig {
@@ -82,7 +85,12 @@ impl AggregatorConfig {
     /// checks, then what spans sections.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::invalid(path, key, reason);
-        let sections = [self.hub.problem(), self.ingest.problem(), self.ws.problem()];
+        let sections = [
+            self.hub.problem(),
+            self.ingest.problem(),
+            self.ws.problem(),
+            self.storage.problem(),
+        ];
         if let Some((key, reason)) = sections.into_iter().flatten().next() {
             return Err(invalid(key, &reason));
         }
@@ -158,6 +166,27 @@ mod tests {
         let e = AggregatorConfig::parse("[http]\nlisten = \"nope\"\n", Path::new("x.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn storage_is_off_without_a_dir_and_its_values_are_checked() {
+        let c = AggregatorConfig::parse("", Path::new("x.toml")).unwrap();
+        assert!(!c.storage.enabled());
+        assert_eq!(c.storage.flush_interval_ms, 2000);
+        let c =
+            AggregatorConfig::parse("[storage]\ndir = \"/tmp/x\"\n", Path::new("x.toml")).unwrap();
+        assert!(c.storage.enabled());
+        assert_eq!(c.storage.raw_retention_hours, 48);
+        for (bad, key) in [
+            ("flush_interval_ms = 0", "`storage.flush_interval_ms`"),
+            ("max_disk_bytes = 10", "`storage.max_disk_bytes`"),
+            ("dir = \"\"", "`storage.dir`"),
+            ("retention = 1", "retention"),
+        ] {
+            let e = AggregatorConfig::parse(&format!("[storage]\n{bad}\n"), Path::new("x.toml"))
+                .unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!   embedded dashboard.
 //! - [`cluster`]: sharing updates and presence with other aggregators
 //!   through NATS (`[cluster]`, off by default).
+//! - [`store`]: the embedded store under history: every numeric field on
+//!   disk in per-second, 1-minute and 1-hour tiers (`[storage]`, on in the
+//!   shipped config), fed by ingest through a bounded queue, read by
+//!   `/api/v1/hosts/{host}/series`.
 //!
 //! Small things several parts share stay at the top: [`update`] (an update,
 //! its wire forms encoded once, and the `hosts` payload), [`topic`] (names,
@@ -33,15 +37,16 @@
 //! Each uses only what is listed before it (no circles):
 //! 1. `topic`, `limit`, `tls`, `ws::encoding`: nothing of the crate.
 //! 2. `auth`: topic. `update`: `ws::encoding`.
-//! 3. `history`, `ws::outbox`: update, `ws::encoding`. (`ws::encoding` and `ws::outbox` are
+//! 3. `history`, `ws::outbox`: update, `ws::encoding`. `store`: update
+//!    (its clock) and the proto types only. (`ws::encoding` and `ws::outbox` are
 //!    leaves the lower layers use: the encodings of an update, and the queue
 //!    the hub pushes into and the session drains.)
 //! 4. `hub`: auth, topic, update, history, `ws::outbox`.
-//! 5. `ingest`: hub, auth, topic, update, limit.
+//! 5. `ingest`: hub, auth, topic, update, limit, store.
 //! 6. `ws` (upgrade, session, frames, protocol, replay): hub, auth, topic,
 //!    update, limit.
 //! 7. `cluster`: hub, `ingest::registry`, update.
-//! 8. `http`: ws, hub, `ingest::registry`, cluster, auth, topic, update; its
+//! 8. `http`: ws, hub, `ingest::registry`, cluster, store, auth, topic, update; its
 //!    children (`api`, `metrics`, `dashboard`) reach its state through `super`.
 //! 9. `config`: every section's config type, auth and tls (to check them).
 //! 10. [`run`] (this file): everything.
@@ -56,6 +61,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod limit;
+pub mod store;
 pub mod tls;
 pub mod topic;
 pub mod update;
@@ -119,6 +125,9 @@ pub enum RunError {
     /// Cluster mode could not start.
     #[error("cluster: {0}")]
     Cluster(#[from] cluster::ClusterError),
+    /// The store could not be opened.
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
     /// The live path's threads could not start, or its server task failed.
     #[error("ingest runtime: {0}")]
     Live(String),
@@ -177,6 +186,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let ingest_addr = listeners.ingest.local_addr()?;
+    let store = match config.storage.enabled() {
+        true => {
+            let storage = config.storage.clone();
+            Some(
+                tokio::task::spawn_blocking(move || store::Store::open(&storage))
+                    .await
+                    .map_err(|e| RunError::Live(e.to_string()))??,
+            )
+        }
+        false => None,
+    };
     let http_addr = listeners.http.local_addr()?;
     let (export_tx, export_rx) = match config.cluster.enabled() {
         true => {
@@ -265,6 +285,7 @@ pub async fn run(
             max_batches_per_sec: config.ingest.max_batches_per_sec,
             max_future: ms(config.ingest.max_future_ms),
         },
+        store.as_ref().map(store::Store::handle),
         shutdown.clone(),
         tasks.clone(),
     );
@@ -305,6 +326,7 @@ pub async fn run(
         metrics: config.metrics.clone(),
         dashboard: config.http.dashboard,
         cluster,
+        store: store.as_ref().map(store::Store::view),
     });
     let web = async {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -357,6 +379,10 @@ pub async fn run(
     }
     hub_task.abort();
     drop(live);
+    if let Some(store) = store {
+        // The last flush, then the clean-shutdown marker.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
     tracing::info!("aggregator stopped");
     Ok(())
 }

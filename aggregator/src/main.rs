@@ -23,6 +23,10 @@ struct Args {
     /// HTTP/WebSocket address (overrides `http.listen`).
     #[arg(long, env = "HOSTPULSE_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Data directory of the store of history on disk (overrides
+    /// `storage.dir`, and turns the store on).
+    #[arg(long, env = "HOSTPULSE_STORAGE_DIR")]
+    storage_dir: Option<PathBuf>,
     /// Read a token from standard input, print its SHA-256 for a `sha256 =`
     /// entry in `[auth]`, and exit.
     #[arg(long)]
@@ -113,6 +117,9 @@ fn load_config(args: &Args) -> Result<AggregatorConfig, hostpulse_aggregator::co
     }
     if let Some(a) = args.http_listen {
         config.http.listen = a;
+    }
+    if let Some(d) = &args.storage_dir {
+        config.storage.dir = Some(d.clone());
     }
     let origin = args
         .config

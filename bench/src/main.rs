@@ -13,6 +13,10 @@
 //!
 //! The fleet scenarios (`fleet-5000`, `fleet-5000-heavy`; see [`fleet`]) take
 //! minutes and run only when named.
+//!
+//! `store-engines` (see [`store`]) needs no aggregator process: it drives the
+//! aggregator's embedded store over each candidate engine and runs only when
+//! named.
 
 mod client;
 mod cluster;
@@ -21,6 +25,7 @@ mod load;
 mod naive;
 mod rawws;
 mod server;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,6 +79,8 @@ struct Args {
     client: Vec<ClientKind>,
     #[command(flatten)]
     fleet: fleet::FleetArgs,
+    #[command(flatten)]
+    store: store::StoreArgs,
     /// Internal: run as the fleet scenarios' observer process (gRPC ingest
     /// address, HTTP address).
     #[arg(long, hide = true, num_args = 2, value_names = ["INGEST", "HTTP"])]
@@ -243,7 +250,18 @@ fn main() -> anyhow::Result<()> {
         for (name, kind) in SCENARIOS {
             println!("{name:28} {kind:?}");
         }
+        println!(
+            "{:28} the embedded store on redb and on fjall",
+            "store-engines"
+        );
         return Ok(());
+    }
+    if args.scenarios.iter().any(|s| s == "store-engines") {
+        anyhow::ensure!(
+            args.scenarios.len() == 1,
+            "store-engines runs on its own (no aggregator process)"
+        );
+        return store::run(&args.store, args.runs);
     }
     let binary = match &args.aggregator {
         Some(p) => p.clone(),

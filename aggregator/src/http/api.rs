@@ -41,12 +41,13 @@ struct HostSnapshot {
     latest: BTreeMap<String, Box<RawValue>>,
 }
 
-fn refuse(status: StatusCode, message: String) -> Response {
+/// A JSON error answer.
+pub(super) fn refuse(status: StatusCode, message: String) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
 /// The caller's grant, which must cover the `hosts` topic.
-fn authorize(
+pub(super) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     query: &TokenQuery,

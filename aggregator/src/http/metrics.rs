@@ -5,9 +5,11 @@
 //! latest value of every host metric labelled by host ([`host`]), so an
 //! existing Prometheus can scrape the whole fleet through one target.
 //! Values are read at scrape time from the counters the aggregator keeps
-//! anyway; nothing is counted twice.
+//! anyway; nothing is counted twice. With `[storage]` on, the store's own
+//! families are added ([`store`]).
 
 mod host;
+mod store;
 
 use std::sync::atomic::Ordering;
 
@@ -352,6 +354,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 load(&c.presence_bytes) as f64,
             ),
         ]);
+    }
+    if let Some(store) = &state.store {
+        store::extend(&mut scrape, store);
     }
     if state.metrics.host_gauges {
         scrape

@@ -1,9 +1,11 @@
 //! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
-//! (REST snapshot), `/metrics` and `/healthz`.
+//! (REST snapshot), `/api/v1/hosts/{host}/series` (history from the store),
+//! `/metrics` and `/healthz`.
 
 pub mod api;
 pub mod dashboard;
 pub mod metrics;
+pub mod series;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub dashboard: bool,
     /// The broker link's state, in cluster mode.
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
+    /// The embedded store, when `[storage]` is on.
+    pub store: Option<crate::store::StoreView>,
 }
 
 /// Builds the router.
@@ -68,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/hosts/{host}",
             get(api::host).with_state(state.clone()),
+        )
+        .route(
+            "/api/v1/hosts/{host}/series",
+            get(series::series).with_state(state.clone()),
         )
         .route("/metrics", get(metrics::metrics).with_state(state.clone()))
         .route("/healthz", get(healthz).with_state(state))

@@ -4,8 +4,9 @@
 //! registered and answered with `Welcome`, which also tells it the message
 //! and batch limits so it never sends what would be refused. Each `Batch` is checked against
 //! what is already held (duplicates are acknowledged, not republished),
-//! decoded and validated, turned into topic updates, published to the hub and
-//! acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
+//! decoded and validated, handed to the store (when `[storage]` is on; a
+//! bounded queue that never waits), turned into topic updates, published to
+//! the hub and acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
 //! what was wrong; other agents are not touched. On shutdown every stream ends
 //! with `UNAVAILABLE`, which agents treat as "reconnect".
 //!
@@ -40,6 +41,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{AgentGrant, Auth, bearer};
 use crate::hub::{Command, HubHandle};
 use crate::ingest::registry::Registry;
+use crate::store::StoreHandle;
 use session::{AgentSession, Topics};
 
 /// Replies queued towards one agent.
@@ -96,6 +98,7 @@ pub fn authenticate(
 /// The `hostpulse.v1.Ingest` implementation.
 pub struct IngestService {
     hub: HubHandle,
+    store: Option<StoreHandle>,
     registry: Arc<Registry>,
     settings: IngestSettings,
     shutdown: CancellationToken,
@@ -103,16 +106,19 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    /// A service publishing into `hub`.
+    /// A service publishing into `hub`, and handing samples to `store`
+    /// (when `[storage]` is on).
     pub fn new(
         hub: HubHandle,
         registry: Arc<Registry>,
         settings: IngestSettings,
+        store: Option<StoreHandle>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
         Self {
             hub,
+            store,
             registry,
             settings,
             shutdown,
@@ -205,6 +211,10 @@ impl Ingest for IngestService {
             ),
             silence,
             topics: Topics::new(&attached.host),
+            store: self
+                .store
+                .clone()
+                .map(|s| (s, Arc::from(attached.host.as_str()))),
             agent_id: hello.agent_id,
             generation: attached.generation,
             hub: self.hub.clone(),

@@ -97,6 +97,8 @@ pub(super) struct AgentSession {
     pub(super) budget: crate::limit::TokenBucket,
     pub(super) silence: Duration,
     pub(super) topics: Topics,
+    /// The store and this host's name in it, when `[storage]` is on.
+    pub(super) store: Option<(crate::store::StoreHandle, Arc<str>)>,
     pub(super) agent_id: String,
     pub(super) generation: u64,
     pub(super) hub: HubHandle,
@@ -247,6 +249,10 @@ impl AgentSession {
                 s.timestamp_ms - crate::update::unix_ms_now(),
                 self.settings.max_future.as_millis()
             )));
+        }
+        if let Some((store, host)) = &self.store {
+            // Never waits: a full store queue drops (and counts) the samples.
+            store.offer(host, &samples);
         }
         let received = SystemTime::now();
         let mut updates = Vec::with_capacity(samples.len() * 9);

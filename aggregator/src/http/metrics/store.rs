@@ -1,0 +1,80 @@
+//! The embedded store's families for `/metrics` (when `[storage]` is on):
+//! bytes on disk, values written, flush duration, samples dropped at the
+//! queue, blocks expired by retention and evicted by `max_disk_bytes`.
+//! Read from the counters the store's writer keeps; nothing is computed at
+//! scrape time (bytes in use are measured at each maintenance pass).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::registry::Unit;
+
+use super::Scrape;
+use crate::store::StoreView;
+
+/// Adds the store's counters and gauges to `scrape`.
+pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
+    let s = &store.stats;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    scrape.counters.extend([
+        (
+            "hostpulse_store_values_written",
+            "Raw values written to the store (each also rolled up into the 1-minute and 1-hour tiers).",
+            load(&s.values_written),
+        ),
+        (
+            "hostpulse_store_flushes",
+            "Flush transactions written.",
+            load(&s.flushes),
+        ),
+        (
+            "hostpulse_store_flush_errors",
+            "Flushes that failed; their rows are lost.",
+            load(&s.flush_errors),
+        ),
+        (
+            "hostpulse_store_dropped_samples",
+            "Samples not stored because the queue to the store's writer was full (storage.queue).",
+            load(&s.dropped_samples),
+        ),
+        (
+            "hostpulse_store_late_values",
+            "Values not stored because their series already held a newer one.",
+            load(&s.late),
+        ),
+        (
+            "hostpulse_store_expired_blocks",
+            "Sealed blocks deleted by retention.",
+            load(&s.expired_blocks),
+        ),
+        (
+            "hostpulse_store_evicted_blocks",
+            "Sealed blocks deleted, oldest first, to keep the store within storage.max_disk_bytes.",
+            load(&s.evicted_blocks),
+        ),
+        (
+            "hostpulse_store_evicted_bytes",
+            "Bytes of the blocks evicted by storage.max_disk_bytes.",
+            load(&s.evicted_bytes),
+        ),
+    ]);
+    scrape.gauges.extend([
+        (
+            "hostpulse_store_used",
+            "Bytes in use in the store's file (what storage.max_disk_bytes bounds), as of the last maintenance pass.",
+            Some(Unit::Bytes),
+            load(&s.used_bytes) as f64,
+        ),
+        (
+            "hostpulse_store_file",
+            "Size of the store's file on disk.",
+            Some(Unit::Bytes),
+            load(&s.file_bytes) as f64,
+        ),
+        (
+            "hostpulse_store_last_flush_duration",
+            "Duration of the latest flush.",
+            Some(Unit::Seconds),
+            load(&s.last_flush_micros) as f64 / 1e6,
+        ),
+    ]);
+}

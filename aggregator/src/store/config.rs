@@ -1,0 +1,101 @@
+//! `[storage]`: where the embedded store lives, how long each tier keeps its
+//! data, the disk bound and the write cadence, with defaults and validation.
+//! `AggregatorConfig` (`config.rs`) composes it. Without a `dir` the store is
+//! off and the aggregator keeps history in memory only, as before.
+
+use std::path::PathBuf;
+
+use hostpulse_common::config::first_zero;
+use serde::{Deserialize, Serialize};
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Data directory of the store (created if missing). Unset: no store,
+    /// history lives in memory only and is gone on restart.
+    pub dir: Option<PathBuf>,
+    /// How long per-second (raw) values are kept, in hours.
+    pub raw_retention_hours: u64,
+    /// How long 1-minute rollups are kept, in days.
+    pub minute_retention_days: u64,
+    /// How long 1-hour rollups are kept, in days.
+    pub hour_retention_days: u64,
+    /// Most bytes the store may use on disk (pages in use in its file);
+    /// beyond it the oldest data goes first, finest tier first. 0: no
+    /// bound but retention.
+    pub max_disk_bytes: u64,
+    /// Samples are buffered in memory and written in one transaction this
+    /// often, in ms: a crash loses at most this much.
+    pub flush_interval_ms: u64,
+    /// Samples queued from ingest towards the store's writer thread; when it
+    /// is full new samples are dropped (and counted), never waited for.
+    pub queue: usize,
+    /// Retention, eviction and sealing of idle series run this often, in ms.
+    pub maintenance_interval_ms: u64,
+    /// Most points per field in one `/series` answer; more is refused with
+    /// 400 suggesting a larger step.
+    pub max_points: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            raw_retention_hours: 48,
+            minute_retention_days: 90,
+            hour_retention_days: 730,
+            max_disk_bytes: 0,
+            flush_interval_ms: 2_000,
+            queue: 8_192,
+            maintenance_interval_ms: 60_000,
+            max_points: 20_000,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Whether the store is on.
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// The first value that parses but cannot work, as (key, reason).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if let Some(p) = first_zero(&[
+            ("storage.raw_retention_hours", self.raw_retention_hours),
+            ("storage.minute_retention_days", self.minute_retention_days),
+            ("storage.hour_retention_days", self.hour_retention_days),
+            ("storage.flush_interval_ms", self.flush_interval_ms),
+            ("storage.queue", self.queue as u64),
+            (
+                "storage.maintenance_interval_ms",
+                self.maintenance_interval_ms,
+            ),
+            ("storage.max_points", self.max_points as u64),
+        ]) {
+            return Some(p);
+        }
+        if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Some(("storage.dir", "must not be empty".into()));
+        }
+        if self.max_disk_bytes != 0 && self.max_disk_bytes < 1 << 20 {
+            return Some((
+                "storage.max_disk_bytes",
+                "must be 0 (no bound) or at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        None
+    }
+
+    /// Retention of `tier` in ms.
+    pub fn retention_ms(&self, tier: super::Tier) -> i64 {
+        const HOUR: u64 = 3_600_000;
+        let ms = match tier {
+            super::Tier::Raw => self.raw_retention_hours * HOUR,
+            super::Tier::Minute => self.minute_retention_days * 24 * HOUR,
+            super::Tier::Hour => self.hour_retention_days * 24 * HOUR,
+        };
+        ms.min(i64::MAX as u64) as i64
+    }
+}

@@ -1,0 +1,232 @@
+//! The key-value engine under the store: the [`Engine`] trait the writer and
+//! queries use, the key layout, and its implementation on redb ([`Redb`]),
+//! chosen by measurement (BENCHMARKS.md, "Embedded store"; the benchmark
+//! implements the same trait on fjall).
+//!
+//! Tables (all keys big endian, so byte order is time order):
+//! - `series`: `host \0 field` → series id (u32); `\xff next` → next id.
+//! - `blocks`: series (u32) · tier (u8) · window start (i64) → sealed block.
+//! - `open`: series · tier · first row's time → open chunk (one flush).
+//! - `by_time`: tier · window start · series → block bytes (u32): retention
+//!   and eviction walk the oldest windows without touching the blocks.
+//!
+//! redb is copy-on-write with checksummed commits: a transaction is on disk
+//! whole or not at all, so a crash at any moment leaves the last committed
+//! flush (it repairs its free-page bookkeeping on the next open).
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use super::StoreError;
+
+/// A table of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Series names to ids.
+    Series,
+    /// Sealed blocks.
+    Blocks,
+    /// Open chunks.
+    Open,
+    /// Sealed blocks by tier and time.
+    ByTime,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 4] = [Table::Series, Table::Blocks, Table::Open, Table::ByTime];
+
+    /// Its name in the engine.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Series => "series",
+            Table::Blocks => "blocks",
+            Table::Open => "open",
+            Table::ByTime => "by_time",
+        }
+    }
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One change in a transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Insert or replace.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove (absent keys are fine).
+    Delete(Table, Vec<u8>),
+}
+
+/// What the store needs of an embedded key-value engine. Keys are ordered
+/// bytewise; [`apply`](Engine::apply) is atomic and durable when it returns.
+pub trait Engine: Send + Sync + 'static {
+    /// Applies `ops` in one durable transaction.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Visits `[from, to)` in key order until `visit` returns false.
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    /// The last entry in `[from, to)`.
+    fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// Bytes of storage in use (what `max_disk_bytes` bounds).
+    fn used_bytes(&self) -> Result<u64, StoreError>;
+    /// Bytes the engine's files take on disk.
+    fn file_bytes(&self) -> u64;
+}
+
+/// Key of a block or an open chunk.
+pub fn block_key(series: u32, tier: u8, ts: i64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(&series.to_be_bytes());
+    k[4] = tier;
+    k[5..].copy_from_slice(&ts.max(0).to_be_bytes());
+    k
+}
+
+/// (series, tier, time) of a block or chunk key.
+pub fn parse_block_key(k: &[u8]) -> Option<(u32, u8, i64)> {
+    (k.len() == 13).then(|| {
+        (
+            u32::from_be_bytes(k[..4].try_into().expect("4")),
+            k[4],
+            i64::from_be_bytes(k[5..].try_into().expect("8")),
+        )
+    })
+}
+
+/// Key of a `by_time` entry.
+pub fn time_key(tier: u8, window: i64, series: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = tier;
+    k[1..9].copy_from_slice(&window.max(0).to_be_bytes());
+    k[9..].copy_from_slice(&series.to_be_bytes());
+    k
+}
+
+/// (tier, window, series) of a `by_time` key.
+pub fn parse_time_key(k: &[u8]) -> Option<(u8, i64, u32)> {
+    (k.len() == 13).then(|| {
+        (
+            k[0],
+            i64::from_be_bytes(k[1..9].try_into().expect("8")),
+            u32::from_be_bytes(k[9..].try_into().expect("4")),
+        )
+    })
+}
+
+/// The redb file in the data directory.
+pub const REDB_FILE: &str = "store.redb";
+
+/// Pages redb caches in memory.
+const CACHE_BYTES: usize = 64 << 20;
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn def(t: Table) -> Def {
+    TableDefinition::new(t.name())
+}
+
+fn err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Engine(e.into().to_string())
+}
+
+/// The store on redb: one file, one writer, readers never blocked.
+pub struct Redb {
+    db: Database,
+    path: std::path::PathBuf,
+}
+
+impl Redb {
+    /// Opens (or creates) `dir/store.redb`; a file left by a crash is
+    /// repaired first.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(REDB_FILE);
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(err)?;
+        let tx = db.begin_write().map_err(err)?;
+        for t in Table::ALL {
+            tx.open_table(def(t)).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(Self { db, path })
+    }
+}
+
+impl Engine for Redb {
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(err)?;
+        tx.set_durability(Durability::Immediate).map_err(err)?;
+        {
+            let mut tables: Vec<_> = Table::ALL
+                .iter()
+                .map(|t| tx.open_table(def(*t)).map_err(err))
+                .collect::<Result<_, _>>()?;
+            let index = |t: Table| Table::ALL.iter().position(|x| *x == t).expect("listed");
+            for op in ops {
+                match op {
+                    Op::Put(t, k, v) => {
+                        tables[index(*t)]
+                            .insert(k.as_slice(), v.as_slice())
+                            .map_err(err)?;
+                    }
+                    Op::Delete(t, k) => {
+                        tables[index(*t)].remove(k.as_slice()).map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(def(table)).map_err(err)?;
+        for entry in t.range(from..to).map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            if !visit(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(def(table)).map_err(err)?;
+        let last = t.range(from..to).map_err(err)?.next_back();
+        match last {
+            Some(entry) => {
+                let (k, v) = entry.map_err(err)?;
+                Ok(Some((k.value().to_vec(), v.value().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn used_bytes(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let stats = tx.stats().map_err(err)?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        tx.abort().map_err(err)?;
+        Ok(used)
+    }
+
+    fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+}

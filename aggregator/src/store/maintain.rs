@@ -1,0 +1,181 @@
+//! Keeping the store within its bounds: retention per tier, the disk bound
+//! (`max_disk_bytes`), and sealing windows left open (by a restart, or by
+//! hosts gone quiet). Runs on the writer's thread between flushes.
+//!
+//! Retention deletes whole sealed blocks once their window has ended more
+//! than the tier's retention ago (so data lives up to one window longer:
+//! 15 min raw, 1 day of minutes, 30 days of hours). Over `max_disk_bytes`,
+//! the oldest window of the finest tier that still has sealed blocks goes
+//! first, until the store is back under the bound: raw values are the bulk
+//! and the rollups keep their shape, so long history survives a tight disk.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use super::config::StorageConfig;
+use super::engine::{Engine, Op, Table, block_key, parse_block_key, parse_time_key, time_key};
+use super::tier::Tier;
+use super::writer::{Writer, seal};
+use super::{StoreError, StoreStats};
+
+/// Deletes per transaction while trimming.
+const DELETE_BATCH: usize = 20_000;
+
+/// Seals every window in `open` that ended before `before`: chunks left by
+/// a previous run, of series this run has not resumed. Returns how many.
+pub fn seal_leftovers(engine: &dyn Engine, before: i64) -> Result<usize, StoreError> {
+    let mut windows = BTreeSet::new();
+    engine.scan(Table::Open, &[], &[0xff; 14], &mut |k, _| {
+        if let Some((id, t, ts)) = parse_block_key(k)
+            && let Some(tier) = Tier::from_u8(t)
+        {
+            let w = tier.window_of(ts);
+            if w + tier.window_ms() < before {
+                windows.insert((id, t, w));
+            }
+        }
+        true
+    })?;
+    let mut ops = Vec::new();
+    for (id, t, w) in &windows {
+        let tier = Tier::from_u8(*t).expect("checked");
+        seal(
+            engine,
+            *id,
+            tier,
+            *w,
+            super::tier::Rows::new(tier.cols()),
+            &mut ops,
+        )?;
+        if ops.len() >= DELETE_BATCH {
+            engine.apply(&std::mem::take(&mut ops))?;
+        }
+    }
+    if !ops.is_empty() {
+        engine.apply(&ops)?;
+    }
+    Ok(windows.len())
+}
+
+/// Deletes the sealed blocks of `tier` whose window started before `cutoff`
+/// (at most `limit` windows when given); returns (blocks, bytes) deleted.
+fn delete_before(
+    engine: &dyn Engine,
+    tier: Tier,
+    cutoff: i64,
+    limit: Option<usize>,
+) -> Result<(u64, u64), StoreError> {
+    let t = tier as u8;
+    let mut victims = Vec::new();
+    let mut windows = 0usize;
+    let mut current = None;
+    engine.scan(
+        Table::ByTime,
+        &time_key(t, 0, 0),
+        &time_key(t, cutoff, 0),
+        &mut |k, v| {
+            let Some((_, w, id)) = parse_time_key(k) else {
+                return true;
+            };
+            if current != Some(w) {
+                if limit.is_some_and(|l| windows == l) {
+                    return false;
+                }
+                windows += 1;
+                current = Some(w);
+            }
+            let bytes = v.try_into().map_or(0, u32::from_be_bytes) as u64;
+            victims.push((w, id, bytes));
+            true
+        },
+    )?;
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    for chunk in victims.chunks(DELETE_BATCH / 2) {
+        let mut ops = Vec::with_capacity(chunk.len() * 2);
+        for (w, id, b) in chunk {
+            ops.push(Op::Delete(Table::Blocks, block_key(*id, t, *w).to_vec()));
+            ops.push(Op::Delete(Table::ByTime, time_key(t, *w, *id).to_vec()));
+            blocks += 1;
+            bytes += b;
+        }
+        engine.apply(&ops)?;
+    }
+    Ok((blocks, bytes))
+}
+
+/// One maintenance pass at wall-clock time `now` (Unix ms).
+pub fn run(
+    writer: &mut Writer,
+    config: &StorageConfig,
+    stats: &StoreStats,
+    now: i64,
+) -> Result<(), StoreError> {
+    // Windows of quiet series close once they end (with a minute of slack
+    // for late samples); their in-memory state goes after a day of silence.
+    writer.seal_idle(now - 60_000)?;
+    writer.forget_idle(now - 86_400_000);
+    let engine = writer.engine().clone();
+    for tier in Tier::ALL {
+        let cutoff = now.saturating_sub(config.retention_ms(tier)) - tier.window_ms();
+        let (blocks, bytes) = delete_before(engine.as_ref(), tier, cutoff.max(0), None)?;
+        if blocks > 0 {
+            stats.expired_blocks.fetch_add(blocks, Ordering::Relaxed);
+            tracing::info!(
+                tier = tier.name(),
+                blocks,
+                bytes,
+                "store: retention deleted old blocks"
+            );
+        }
+    }
+    if config.max_disk_bytes > 0 {
+        evict(engine.as_ref(), config.max_disk_bytes, stats)?;
+    }
+    stats
+        .used_bytes
+        .store(engine.used_bytes()?, Ordering::Relaxed);
+    stats
+        .file_bytes
+        .store(engine.file_bytes(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Deletes the oldest windows, finest tier first, until the store uses at
+/// most `max` bytes.
+fn evict(engine: &dyn Engine, max: u64, stats: &StoreStats) -> Result<(), StoreError> {
+    let mut used = engine.used_bytes()?;
+    let mut rounds = 0;
+    while used > max && rounds < 10_000 {
+        rounds += 1;
+        let mut evicted = false;
+        for tier in Tier::ALL {
+            let (blocks, bytes) = delete_before(engine, tier, i64::MAX, Some(1))?;
+            if blocks > 0 {
+                stats.evicted_blocks.fetch_add(blocks, Ordering::Relaxed);
+                stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+                tracing::warn!(
+                    tier = tier.name(),
+                    blocks,
+                    bytes,
+                    used,
+                    max_disk_bytes = max,
+                    "store: over max_disk_bytes, evicted the oldest window"
+                );
+                evicted = true;
+                break;
+            }
+        }
+        if !evicted {
+            tracing::warn!(
+                used,
+                max_disk_bytes = max,
+                "store: over max_disk_bytes with nothing sealed left to evict"
+            );
+            return Ok(());
+        }
+        // Pages freed by a commit are reusable (and uncounted) after the next one.
+        engine.apply(&[])?;
+        used = engine.used_bytes()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The embedded store: every numeric field of every host, kept on disk in
+//! three tiers (per-second raw values, 1-minute and 1-hour rollups), so
+//! history outlives a restart. Configured by `[storage]` ([`StorageConfig`]);
+//! off without a `dir`.
+//!
+//! Ingest hands each batch's samples to [`StoreHandle::offer`], which never
+//! waits: a bounded queue feeds the store's own thread, and what does not
+//! fit is dropped and counted. That thread ([`writer`]) buffers rows in
+//! memory and writes them every `flush_interval_ms` in one transaction
+//! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
+//! interval and never leaves a half-written flush. A marker file says
+//! whether the last run shut down cleanly; an unclean start is logged, and
+//! windows it left open are sealed. Retention and `max_disk_bytes` are kept
+//! by [`maintain`].
+//!
+//! Reading: [`query::series`] returns the points of one host's field in a
+//! range at a step, from the tier the step calls for. It reads committed
+//! data only (MVCC: never blocked by the writer). It is also the seam for
+//! the in-memory history (`crate::history`), which could fall back to it
+//! for ranges older than it holds; WebSocket `history`/`since` do not use
+//! it yet.
+//!
+//! Files: [`config`] `[storage]`; [`tier`] the tiers and rows; [`series`]
+//! field names; [`codec`] block and chunk bytes; [`rollup`] min/max/sum/
+//! count/last; [`engine`] the key-value engine; [`read`] reading a series
+//! back; [`writer`] the write path; [`maintain`] retention and the disk
+//! bound; [`query`] range queries.
+
+pub mod codec;
+pub mod config;
+pub mod engine;
+pub mod maintain;
+pub mod query;
+pub mod read;
+pub mod rollup;
+pub mod series;
+pub mod tier;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hostpulse_proto::{Processes, Sample};
+
+pub use config::StorageConfig;
+pub use tier::Tier;
+
+use engine::Engine;
+use writer::Writer;
+
+/// File present while the store is closed cleanly (removed while running).
+pub const CLEAN_MARKER: &str = "clean-shutdown";
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed (I/O, a full disk, a corrupt file).
+    #[error("store engine: {0}")]
+    Engine(String),
+    /// Stored bytes did not decode.
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    /// The data directory could not be used.
+    #[error("store directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters of the store, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Raw values written to disk.
+    pub values_written: AtomicU64,
+    /// Flush transactions.
+    pub flushes: AtomicU64,
+    /// Time spent in flushes, µs.
+    pub flush_micros: AtomicU64,
+    /// Duration of the latest flush, µs.
+    pub last_flush_micros: AtomicU64,
+    /// Flushes that failed (their rows are lost).
+    pub flush_errors: AtomicU64,
+    /// Samples dropped because the queue to the writer was full.
+    pub dropped_samples: AtomicU64,
+    /// Values older than their series' newest, dropped.
+    pub late: AtomicU64,
+    /// Blocks deleted by retention.
+    pub expired_blocks: AtomicU64,
+    /// Blocks deleted to stay under `max_disk_bytes`.
+    pub evicted_blocks: AtomicU64,
+    /// Bytes of those blocks.
+    pub evicted_bytes: AtomicU64,
+    /// Bytes in use in the store's file.
+    pub used_bytes: AtomicU64,
+    /// Size of the store's file.
+    pub file_bytes: AtomicU64,
+}
+
+enum Msg {
+    Samples(Arc<str>, Vec<Sample>),
+    /// Flush and end the thread.
+    Stop,
+}
+
+/// The ingest side: hands samples to the writer thread without waiting.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: SyncSender<Msg>,
+    stats: Arc<StoreStats>,
+}
+
+impl StoreHandle {
+    /// Queues `samples` of `host` for the store; drops them (counted) when
+    /// the queue is full. Process lists are not stored and not copied.
+    pub fn offer(&self, host: &Arc<str>, samples: &[Sample]) {
+        let copy: Vec<Sample> = samples.iter().map(without_process_lists).collect();
+        let n = copy.len() as u64;
+        match self.tx.try_send(Msg::Samples(host.clone(), copy)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.dropped_samples.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn without_process_lists(s: &Sample) -> Sample {
+    Sample {
+        seq: s.seq,
+        timestamp_ms: s.timestamp_ms,
+        cpu: s.cpu.clone(),
+        memory: s.memory.clone(),
+        load: s.load.clone(),
+        processes: s.processes.as_ref().map(|p| Processes {
+            count: p.count,
+            top_cpu: Vec::new(),
+            top_memory: Vec::new(),
+            others: p.others.clone(),
+        }),
+        network: s.network.clone(),
+        disk: s.disk.clone(),
+        filesystems: s.filesystems.clone(),
+        system: s.system.clone(),
+        temperatures: s.temperatures.clone(),
+    }
+}
+
+/// What readers of the store need: the engine, the counters, the limits.
+#[derive(Clone)]
+pub struct StoreView {
+    /// For queries (reads committed data only).
+    pub engine: Arc<dyn Engine>,
+    /// Counters.
+    pub stats: Arc<StoreStats>,
+    /// `[storage]`.
+    pub config: Arc<StorageConfig>,
+}
+
+/// The store: its writer thread, and what readers need.
+pub struct Store {
+    handle: StoreHandle,
+    view: StoreView,
+    thread: Option<JoinHandle<()>>,
+    stop: SyncSender<Msg>,
+}
+
+/// Unix ms now.
+fn now_ms() -> i64 {
+    crate::update::unix_ms_now()
+}
+
+impl Store {
+    /// Opens the store in `config.dir` and starts its writer thread.
+    pub fn open(config: &StorageConfig) -> Result<Store, StoreError> {
+        let dir = config.dir.as_deref().expect("open only with a dir");
+        std::fs::create_dir_all(dir)?;
+        let existed = dir.join(engine::REDB_FILE).exists();
+        let marker = dir.join(CLEAN_MARKER);
+        let clean = marker.exists();
+        let opened = Instant::now();
+        let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open(dir)?);
+        let sealed = maintain::seal_leftovers(engine.as_ref(), now_ms())?;
+        if existed && !clean {
+            tracing::warn!(dir = %dir.display(), sealed_windows = sealed, recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
+        } else {
+            tracing::info!(dir = %dir.display(), new = !existed, sealed_windows = sealed, "store opened");
+        }
+        if clean {
+            std::fs::remove_file(&marker)?;
+        }
+        sync_dir(dir);
+        Self::start(engine, config.clone())
+    }
+
+    /// Starts the writer thread over an open engine (tests, benchmarks).
+    pub fn start(engine: Arc<dyn Engine>, config: StorageConfig) -> Result<Store, StoreError> {
+        let stats = Arc::new(StoreStats::default());
+        stats
+            .used_bytes
+            .store(engine.used_bytes()?, Ordering::Relaxed);
+        stats
+            .file_bytes
+            .store(engine.file_bytes(), Ordering::Relaxed);
+        let writer = Writer::new(engine.clone(), stats.clone())?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
+        let thread = {
+            let (stats, config) = (stats.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("hostpulse-store".into())
+                .spawn(move || write_loop(writer, rx, &config, &stats))?
+        };
+        Ok(Store {
+            handle: StoreHandle {
+                tx: tx.clone(),
+                stats: stats.clone(),
+            },
+            view: StoreView {
+                engine,
+                stats,
+                config: Arc::new(config),
+            },
+            thread: Some(thread),
+            stop: tx,
+        })
+    }
+
+    /// The ingest side.
+    pub fn handle(&self) -> StoreHandle {
+        self.handle.clone()
+    }
+
+    /// The read side.
+    pub fn view(&self) -> StoreView {
+        self.view.clone()
+    }
+
+    /// Flushes what is buffered, stops the writer and marks the shutdown
+    /// clean. Blocks: call it off the async workers.
+    pub fn close(mut self) {
+        // Waits for room: the writer drains the queue before it stops.
+        let _ = self.stop.send(Msg::Stop);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("store: writer thread panicked; shutdown not marked clean");
+            return;
+        }
+        if let Some(dir) = &self.view.config.dir {
+            let marker = dir.join(CLEAN_MARKER);
+            match std::fs::write(&marker, b"hostpulse store closed cleanly\n") {
+                Ok(()) => {
+                    sync_dir(dir);
+                    tracing::info!(dir = %dir.display(), "store closed cleanly");
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "store: cannot write the clean-shutdown marker")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    /// Dropped without [`Store::close`] (the aggregator failed to start):
+    /// the writer is asked to flush and stop, not waited for, and the
+    /// shutdown is not marked clean.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop.try_send(Msg::Stop);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The writer thread: takes samples until every sender is gone, flushing
+/// every interval and maintaining between flushes; flushes once more at
+/// the end.
+fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, stats: &StoreStats) {
+    let flush_every = Duration::from_millis(config.flush_interval_ms);
+    let maintain_every = Duration::from_millis(config.maintenance_interval_ms);
+    let mut next_flush = Instant::now() + flush_every;
+    let mut next_maintain = Instant::now() + maintain_every.min(Duration::from_secs(5));
+    let flush = |writer: &mut Writer| {
+        let started = Instant::now();
+        if let Err(e) = writer.flush() {
+            stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(cause = %e, "store: flush failed; its rows are lost");
+        }
+        stats
+            .last_flush_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    };
+    loop {
+        let wait = next_flush.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Samples(host, samples)) => {
+                for s in &samples {
+                    if let Err(e) = writer.ingest(&host, s) {
+                        tracing::error!(cause = %e, %host, "store: sample not stored");
+                    }
+                }
+            }
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        if now >= next_flush {
+            flush(&mut writer);
+            stats
+                .file_bytes
+                .store(writer.engine().file_bytes(), Ordering::Relaxed);
+            next_flush = now + flush_every;
+        }
+        if now >= next_maintain {
+            if let Err(e) = maintain::run(&mut writer, config, stats, now_ms()) {
+                tracing::error!(cause = %e, "store: maintenance failed");
+            }
+            next_maintain = Instant::now() + maintain_every;
+        }
+    }
+    flush(&mut writer);
+}
+
+#[cfg(test)]
+mod tests;

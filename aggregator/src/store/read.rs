@@ -1,0 +1,109 @@
+//! Reading one series back: its id, its rows of one tier in a time range
+//! (sealed blocks and open chunks merged), and its latest row. Used by
+//! queries, and by the writer when it resumes a series after a restart or
+//! seals a window.
+
+use super::StoreError;
+use super::codec::{decode_block, decode_chunk};
+use super::engine::{Engine, Table, block_key, parse_block_key};
+use super::tier::{Rows, Tier};
+
+/// Key of a series in the `series` table: `host \0 field`.
+pub fn series_name(host: &str, field: &str) -> String {
+    let mut s = String::with_capacity(host.len() + field.len() + 1);
+    s.push_str(host);
+    s.push('\0');
+    s.push_str(field);
+    s
+}
+
+/// The id of series `name`, if it was ever written.
+pub fn series_id(engine: &dyn Engine, name: &str) -> Result<Option<u32>, StoreError> {
+    let mut end = name.as_bytes().to_vec();
+    end.push(0);
+    let mut id = None;
+    engine.scan(Table::Series, name.as_bytes(), &end, &mut |k, v| {
+        if k == name.as_bytes() && v.len() == 4 {
+            id = Some(u32::from_be_bytes(v.try_into().expect("4 bytes")));
+        }
+        false
+    })?;
+    Ok(id)
+}
+
+/// Rows of `series` in `tier` with `from <= ts < to`, in time order.
+pub fn read_rows(
+    engine: &dyn Engine,
+    series: u32,
+    tier: Tier,
+    from: i64,
+    to: i64,
+) -> Result<Rows, StoreError> {
+    let mut rows = Rows::new(tier.cols());
+    if to <= from {
+        return Ok(rows);
+    }
+    let t = tier as u8;
+    let start = block_key(series, t, tier.window_of(from));
+    let end = block_key(series, t, to);
+    let mut failure = None;
+    for table in [Table::Blocks, Table::Open] {
+        engine.scan(table, &start, &end, &mut |_, v| {
+            let r = match table {
+                Table::Blocks => decode_block(v).map(|b| rows.extend(&b)),
+                _ => decode_chunk(v, &mut rows),
+            };
+            if let Err(e) = r {
+                failure = Some(e);
+                return false;
+            }
+            true
+        })?;
+        if let Some(e) = failure.take() {
+            return Err(e.into());
+        }
+    }
+    rows.sort_dedup();
+    let lo = rows.ts.partition_point(|t| *t < from);
+    let hi = rows.ts.partition_point(|t| *t < to);
+    if lo > 0 || hi < rows.len() {
+        rows.ts = rows.ts[lo..hi].to_vec();
+        for col in &mut rows.cols {
+            *col = col[lo..hi].to_vec();
+        }
+    }
+    Ok(rows)
+}
+
+/// Time of the latest row of `series` in `tier`, if any.
+pub fn last_ts(engine: &dyn Engine, series: u32, tier: Tier) -> Result<Option<i64>, StoreError> {
+    let t = tier as u8;
+    let (start, end) = (block_key(series, t, 0), block_key(series, t, i64::MAX));
+    let mut latest: Option<i64> = None;
+    for table in [Table::Blocks, Table::Open] {
+        if let Some((k, v)) = engine.last(table, &start, &end)? {
+            let mut rows = Rows::new(tier.cols());
+            match table {
+                Table::Blocks => rows = decode_block(&v)?,
+                _ => decode_chunk(&v, &mut rows)?,
+            }
+            let ts = rows.ts.last().copied().or(parse_block_key(&k).map(|p| p.2));
+            latest = latest.max(ts);
+        }
+    }
+    Ok(latest)
+}
+
+/// Start of the window of the newest open chunk of `series` in `tier`.
+pub fn open_window(
+    engine: &dyn Engine,
+    series: u32,
+    tier: Tier,
+) -> Result<Option<i64>, StoreError> {
+    let t = tier as u8;
+    let (start, end) = (block_key(series, t, 0), block_key(series, t, i64::MAX));
+    Ok(engine
+        .last(Table::Open, &start, &end)?
+        .and_then(|(k, _)| parse_block_key(&k))
+        .map(|(_, _, ts)| tier.window_of(ts)))
+}

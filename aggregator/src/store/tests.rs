@@ -1,0 +1,267 @@
+//! The store on a real redb file: what is written reads back exactly, the
+//! rollups equal those computed here from the values sent, windows seal,
+//! a reopened store resumes its series, retention and the disk bound trim.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hostpulse_proto::{Cpu, Load, Sample};
+
+use super::engine::{Engine, Redb, Table};
+use super::query::{Point, series};
+use super::rollup::Agg;
+use super::writer::Writer;
+use super::{StorageConfig, StoreStats, maintain};
+
+/// 2026-11-20T00:00:00Z, a whole day.
+const T0: i64 = 1_795_132_800_000;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "hostpulse-store-{name}-{}-{}",
+        std::process::id(),
+        fastrand_u64()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fastrand_u64() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+fn sample(seq: u64, ts: i64, cpu: f32, load: f64) -> Sample {
+    Sample {
+        seq,
+        timestamp_ms: ts,
+        cpu: Some(Cpu {
+            total_pct: cpu,
+            per_core_pct: vec![cpu, cpu / 2.0],
+        }),
+        load: Some(Load {
+            one: load,
+            five: load / 2.0,
+            fifteen: 0.25,
+        }),
+        ..Default::default()
+    }
+}
+
+fn cpu_at(i: i64) -> f32 {
+    ((i * 7919) % 1000) as f32 / 10.0
+}
+
+fn open(dir: &std::path::Path) -> (Arc<dyn Engine>, Writer) {
+    let engine: Arc<dyn Engine> = Arc::new(Redb::open(dir).unwrap());
+    let writer = Writer::new(engine.clone(), Arc::new(StoreStats::default())).unwrap();
+    (engine, writer)
+}
+
+fn agg_of(values: impl Iterator<Item = f64>) -> Agg {
+    let mut it = values;
+    let mut a = Agg::of(it.next().unwrap());
+    it.for_each(|v| a.add(v));
+    a
+}
+
+fn assert_point(p: &Point, a: &Agg) {
+    assert_eq!(
+        (p.min, p.max, p.last, p.count),
+        (a.min, a.max, a.last, a.count as u64)
+    );
+    assert!((p.avg - a.avg()).abs() < 1e-9, "{} vs {}", p.avg, a.avg());
+}
+
+#[test]
+fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
+    let dir = temp_dir("roundtrip");
+    // 2 h 10 min of one-second samples, flushed every 2 s: many sealed raw
+    // windows, two closed hours.
+    let n = 2 * 3600 + 600;
+    {
+        let (engine, mut w) = open(&dir);
+        for i in 0..n {
+            w.ingest(
+                "web-01",
+                &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 1.5),
+            )
+            .unwrap();
+            if i % 2 == 1 {
+                w.flush().unwrap();
+            }
+        }
+        w.flush().unwrap();
+        let mut blocks = 0;
+        engine
+            .scan(Table::Blocks, &[], &[0xff; 14], &mut |_, _| {
+                blocks += 1;
+                true
+            })
+            .unwrap();
+        assert!(blocks >= 8, "{blocks} sealed blocks");
+    }
+    let (engine, mut w) = open(&dir);
+    let e = engine.as_ref();
+    // Raw: exact.
+    let raw = series(e, "web-01", "cpu.total_pct", T0, T0 + n * 1000, 1000).unwrap();
+    assert_eq!(raw.len(), n as usize);
+    for (i, p) in raw.iter().enumerate() {
+        assert_eq!(p.ts, T0 + i as i64 * 1000);
+        assert_eq!(p.last, f64::from(cpu_at(i as i64)));
+    }
+    // Minutes: from the minute tier (and raw for the open minute).
+    let minutes = series(e, "web-01", "cpu.total_pct", T0, T0 + n * 1000, 60_000).unwrap();
+    assert_eq!(minutes.len(), (n / 60) as usize);
+    for (m, p) in minutes.iter().enumerate() {
+        let a = agg_of((m as i64 * 60..(m as i64 + 1) * 60).map(|i| f64::from(cpu_at(i))));
+        assert_point(p, &a);
+    }
+    // Hours: two closed hours, the third filled in from minutes and raw.
+    let hours = series(e, "web-01", "cpu.total_pct", T0, T0 + n * 1000, 3_600_000).unwrap();
+    assert_eq!(hours.len(), 3);
+    for (h, p) in hours.iter().enumerate() {
+        let end = ((h as i64 + 1) * 3600).min(n);
+        assert_point(
+            p,
+            &agg_of((h as i64 * 3600..end).map(|i| f64::from(cpu_at(i)))),
+        );
+    }
+    // A `from` inside a bucket gets the whole bucket.
+    let inside = series(
+        e,
+        "web-01",
+        "cpu.total_pct",
+        T0 + 90_000,
+        T0 + 180_000,
+        60_000,
+    )
+    .unwrap();
+    assert_eq!(inside.len(), 2);
+    assert_eq!(inside[0].ts, T0 + 60_000);
+    assert_eq!(inside[0].count, 60);
+    // On-the-fly rollup of raw at 10 s.
+    let tens = series(
+        e,
+        "web-01",
+        "cpu.per_core_pct{core=\"1\"}",
+        T0,
+        T0 + 60_000,
+        10_000,
+    )
+    .unwrap();
+    assert_eq!(tens.len(), 6);
+    assert_point(
+        &tens[1],
+        &agg_of((10..20).map(|i| f64::from(cpu_at(i) / 2.0))),
+    );
+    // The reopened writer resumes: the open minute and hour continue.
+    for i in n..n + 120 {
+        w.ingest(
+            "web-01",
+            &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 1.5),
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+    let hours = series(
+        e,
+        "web-01",
+        "cpu.total_pct",
+        T0,
+        T0 + 4 * 3_600_000,
+        3_600_000,
+    )
+    .unwrap();
+    assert_point(
+        &hours[2],
+        &agg_of((7200..n + 120).map(|i| f64::from(cpu_at(i)))),
+    );
+    let minutes = series(
+        e,
+        "web-01",
+        "load.one",
+        T0 + 7_200_000,
+        T0 + 3 * 3_600_000,
+        60_000,
+    )
+    .unwrap();
+    assert_eq!(minutes.len(), 12);
+    assert!(minutes.iter().all(|p| p.count == 60 && p.avg == 1.5));
+    // Late values are dropped; unknown series are empty.
+    w.ingest("web-01", &sample(1, T0, 99.0, 9.0)).unwrap();
+    w.flush().unwrap();
+    let first = series(e, "web-01", "cpu.total_pct", T0, T0 + 1000, 1000).unwrap();
+    assert_eq!(first[0].last, f64::from(cpu_at(0)));
+    assert!(
+        series(e, "nope", "cpu.total_pct", T0, T0 + 1000, 1000)
+            .unwrap()
+            .is_empty()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn retention_and_the_disk_bound_delete_the_oldest_first() {
+    let dir = temp_dir("retention");
+    let (engine, mut w) = open(&dir);
+    let stats = StoreStats::default();
+    let now = T0 + 5 * 3_600_000;
+    // Three hours of samples ending two hours before `now`.
+    for i in 0..3 * 3600 {
+        w.ingest(
+            "db-01",
+            &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 2.0),
+        )
+        .unwrap();
+        if i % 600 == 599 {
+            w.flush().unwrap();
+        }
+    }
+    w.flush().unwrap();
+    let config = StorageConfig {
+        raw_retention_hours: 3,
+        ..StorageConfig::default()
+    };
+    maintain::run(&mut w, &config, &stats, now).unwrap();
+    let e = engine.as_ref();
+    let raw = series(e, "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
+    // Windows ending more than 3 h before `now` are gone, later ones stay.
+    assert!(
+        raw.first().unwrap().ts >= now - 4 * 3_600_000,
+        "{:?}",
+        raw.first()
+    );
+    assert!(raw.first().unwrap().ts < now - 3 * 3_600_000);
+    assert!(
+        stats
+            .expired_blocks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // The minute tier keeps the whole three hours.
+    let minutes = series(e, "db-01", "cpu.total_pct", T0, now, 60_000).unwrap();
+    assert_eq!(minutes.first().unwrap().ts, T0);
+    // A disk bound below what is held evicts raw windows, oldest first.
+    let used = engine.used_bytes().unwrap();
+    let config = StorageConfig {
+        max_disk_bytes: used - 1,
+        raw_retention_hours: 1000,
+        ..StorageConfig::default()
+    };
+    maintain::run(&mut w, &config, &stats, now).unwrap();
+    assert!(
+        stats
+            .evicted_blocks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    assert!(engine.used_bytes().unwrap() < used);
+    let after = series(e, "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
+    assert!(after.first().is_none_or(|p| p.ts > raw.first().unwrap().ts));
+    let _ = std::fs::remove_dir_all(&dir);
+}
