@@ -131,12 +131,7 @@ pub fn run(
     if config.max_disk_bytes > 0 {
         evict(engine.as_ref(), config.max_disk_bytes, stats)?;
     }
-    stats
-        .used_bytes
-        .store(engine.used_bytes()?, Ordering::Relaxed);
-    stats
-        .file_bytes
-        .store(engine.file_bytes(), Ordering::Relaxed);
+    stats.measure(engine.as_ref())?;
     Ok(())
 }
 

@@ -98,6 +98,17 @@ pub struct StoreStats {
     pub file_bytes: AtomicU64,
 }
 
+impl StoreStats {
+    /// Reads the engine's bytes in use and file size into the gauges.
+    pub(crate) fn measure(&self, engine: &dyn Engine) -> Result<(), StoreError> {
+        self.used_bytes
+            .store(engine.used_bytes()?, Ordering::Relaxed);
+        self.file_bytes
+            .store(engine.file_bytes(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 enum Msg {
     Samples(Arc<str>, Vec<Sample>),
     /// Flush and end the thread.
@@ -197,12 +208,7 @@ impl Store {
     /// Starts the writer thread over an open engine (tests, benchmarks).
     pub fn start(engine: Arc<dyn Engine>, config: StorageConfig) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
-        stats
-            .used_bytes
-            .store(engine.used_bytes()?, Ordering::Relaxed);
-        stats
-            .file_bytes
-            .store(engine.file_bytes(), Ordering::Relaxed);
+        stats.measure(engine.as_ref())?;
         let writer = Writer::new(engine.clone(), stats.clone())?;
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
         let thread = {

@@ -80,10 +80,9 @@ impl Remote {
         this: Option<&'a NodeHosts>,
     ) -> Option<Claim<'a>> {
         let mut best = local;
-        for (name, hosts) in &self.nodes {
-            let hosts = if name == node { this } else { Some(hosts) };
+        let mut consider = |hosts: Option<&'a NodeHosts>| {
             let Some(v) = hosts.and_then(|h| h.get(host)) else {
-                continue;
+                return;
             };
             let claim = Claim {
                 rank: if v.online { 2 } else { 0 },
@@ -93,19 +92,13 @@ impl Remote {
             if best.is_none_or(|b| claim.rank > b.rank) {
                 best = Some(claim);
             }
+        };
+        for (name, hosts) in &self.nodes {
+            consider(if name == node { this } else { Some(hosts) });
         }
         // `node` new to the table: its hosts only when asked for.
-        if !self.nodes.contains_key(node)
-            && let Some(v) = this.and_then(|h| h.get(host))
-        {
-            let claim = Claim {
-                rank: if v.online { 2 } else { 0 },
-                online: v.online,
-                event: &v.agent,
-            };
-            if best.is_none_or(|b| claim.rank > b.rank) {
-                best = Some(claim);
-            }
+        if !self.nodes.contains_key(node) {
+            consider(this);
         }
         best
     }

@@ -328,6 +328,22 @@ fn a_drained_burst_gives_its_memory_back_and_blocked_topics_wait_for_the_replay(
     );
 }
 
+/// An outbox with batching window `window`, woken by a running wheel;
+/// cancel the token to stop the wheel.
+fn on_wheel(window: Duration) -> (Arc<Outbox>, Arc<Wheel>, tokio_util::sync::CancellationToken) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wheel = Wheel::new();
+    tokio::spawn(wheel.clone().drive(shutdown.clone()));
+    let o = Outbox::with_window(
+        1 << 20,
+        Duration::from_secs(5),
+        Arc::default(),
+        window,
+        Some(wheel.clone()),
+    );
+    (o, wheel, shutdown)
+}
+
 /// Waits for the outbox's wake-up, and says how long after `from` it came.
 async fn woken_after(o: &Outbox, from: Instant) -> Duration {
     tokio::time::timeout(Duration::from_secs(60), o.notified())
@@ -338,17 +354,8 @@ async fn woken_after(o: &Outbox, from: Instant) -> Duration {
 
 #[tokio::test(start_paused = true)]
 async fn a_batching_window_wakes_the_session_once_when_it_closes() {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let wheel = Wheel::new();
-    tokio::spawn(wheel.clone().drive(shutdown.clone()));
     let window = Duration::from_millis(50);
-    let o = Outbox::with_window(
-        1 << 20,
-        Duration::from_secs(5),
-        Arc::default(),
-        window,
-        Some(wheel.clone()),
-    );
+    let (o, wheel, shutdown) = on_wheel(window);
     let start = Instant::now();
     for seq in 1..=3 {
         o.push_update(&up("a", seq, 10), Duration::ZERO);
@@ -375,16 +382,7 @@ async fn a_batching_window_wakes_the_session_once_when_it_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_throttled_update_wakes_the_session_when_it_falls_due() {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let wheel = Wheel::new();
-    tokio::spawn(wheel.clone().drive(shutdown.clone()));
-    let o = Outbox::with_window(
-        1 << 20,
-        Duration::from_secs(5),
-        Arc::default(),
-        Duration::ZERO,
-        Some(wheel.clone()),
-    );
+    let (o, wheel, shutdown) = on_wheel(Duration::ZERO);
     let throttle = Duration::from_millis(200);
     assert_eq!(o.push_update(&up("a", 1, 10), throttle), Pushed::Queued);
     woken_after(&o, Instant::now()).await;
@@ -407,16 +405,7 @@ async fn a_throttled_update_wakes_the_session_when_it_falls_due() {
 
 #[tokio::test(start_paused = true)]
 async fn while_replaying_a_batched_outbox_wakes_at_once() {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let wheel = Wheel::new();
-    tokio::spawn(wheel.clone().drive(shutdown.clone()));
-    let o = Outbox::with_window(
-        1 << 20,
-        Duration::from_secs(5),
-        Arc::default(),
-        Duration::from_secs(1),
-        Some(wheel.clone()),
-    );
+    let (o, _wheel, shutdown) = on_wheel(Duration::from_secs(1));
     // Queued in a window, then a replay starts: the session is woken now.
     o.push_update(&up("a", 1, 10), Duration::ZERO);
     let start = Instant::now();
