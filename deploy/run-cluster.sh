@@ -13,7 +13,7 @@ if [ -z "$nats_bin" ]; then
     exit 1
 fi
 
-cargo build --release --bins
+cargo build --release -p hostpulse-aggregator -p hostpulse-agent
 bin=target/release
 
 pids=()

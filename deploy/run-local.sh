@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --bins
+cargo build --release -p hostpulse-aggregator -p hostpulse-agent
 bin=target/release
 
 agg_pid=""
