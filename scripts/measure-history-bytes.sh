@@ -16,7 +16,8 @@ sed 's|^aggregator = .*|aggregator = "http://127.0.0.1:17070"|;
      s|^temperatures_interval_secs.*|temperatures_interval_secs = 1|;
      s|^processes_budget_pct.*|processes_budget_pct = 50.0|' deploy/agent.toml > "$tmp/agent.toml"
 target/release/hostpulse-aggregator --config deploy/aggregator.toml \
-    --ingest-listen 127.0.0.1:17070 --http-listen 127.0.0.1:17071 > "$tmp/aggregator.log" 2>&1 &
+    --ingest-listen 127.0.0.1:17070 --http-listen 127.0.0.1:17071 \
+    --storage-dir "$tmp/store" > "$tmp/aggregator.log" 2>&1 &
 agg=$!
 agent=""
 trap 'kill -TERM $agent $agg 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT

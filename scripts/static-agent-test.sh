@@ -117,7 +117,8 @@ else
     tls_ingest=127.0.0.1:$(free_port)
     tls_http=127.0.0.1:$(free_port)
     "$target/release/hostpulse-aggregator" --config "$work/aggregator-tls.toml" \
-        --ingest-listen "$tls_ingest" --http-listen "$tls_http" >"$work/aggregator-tls.log" 2>&1 &
+        --ingest-listen "$tls_ingest" --http-listen "$tls_http" \
+        --storage-dir "$work/store-tls" >"$work/aggregator-tls.log" 2>&1 &
     pids+=($!)
     check "a TLS aggregator answers https://$tls_http/healthz within 30 s" \
         wait_for 30 curl -fsS --cacert "$work/ca.crt" "https://$tls_http/healthz"

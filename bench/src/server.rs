@@ -68,6 +68,12 @@ impl Server {
         std::fs::write(&config_path, config)?;
         let mut all: Vec<&std::ffi::OsStr> = vec!["--config".as_ref(), config_path.as_os_str()];
         all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        // A configuration with a store (the shipped one) keeps it in the
+        // run's own directory, removed with it, not in its configured dir.
+        let store = dir.join("store");
+        if config.contains("[storage]") {
+            all.extend(["--storage-dir".as_ref(), store.as_os_str()]);
+        }
         Self::launch(binary, &all, core, Some(TempDir(dir)))
     }
 
