@@ -1,5 +1,5 @@
 //! Token buckets for rate limits (control messages per connection, batches
-//! per agent stream).
+//! per agent stream, bytes of a cluster catch-up answer).
 
 use std::time::Duration;
 
@@ -47,9 +47,22 @@ impl TokenBucket {
     /// Takes a token, going into debt if need be; returns how long to wait
     /// until the debt is paid (`None`: no wait).
     pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        self.take_n(1.0, now)
+    }
+
+    /// Takes `n` tokens, going into debt if need be; returns how long to
+    /// wait until the debt is paid (`None`: no wait).
+    pub fn take_n(&mut self, n: f64, now: Instant) -> Option<Duration> {
         self.refill(now);
-        self.tokens -= 1.0;
+        self.tokens -= n;
         (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+
+    /// Takes `n` tokens and waits until the debt they leave is paid.
+    pub async fn wait_for(&mut self, n: f64) {
+        if let Some(wait) = self.take_n(n, Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -67,5 +80,30 @@ mod tests {
         let mut b = TokenBucket::new(10.0, 1.0);
         assert_eq!(b.take(now), None);
         assert_eq!(b.take(now), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn bytes_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut p = TokenBucket::new(1000.0, 500.0);
+        assert_eq!(p.take_n(500.0, t0), None, "one chunk at once");
+        assert_eq!(p.take_n(500.0, t0), Some(Duration::from_millis(500)));
+        // Half a second later the debt is paid; another 250 bytes wait 250 ms.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(p.take_n(250.0, t1), Some(Duration::from_millis(250)));
+        // A long pause refills one burst only.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(p.take_n(500.0, t2), None);
+        assert_eq!(p.take_n(1000.0, t2), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_chunks_at_a_thousand_bytes_a_second_take_nine_seconds() {
+        let start = Instant::now();
+        let mut p = TokenBucket::new(1000.0, 1000.0);
+        for _ in 0..10 {
+            p.wait_for(1000.0).await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
     }
 }

@@ -5,7 +5,7 @@
 //! streamed: one chunk of history is read, published and let go before the
 //! next is read, so memory holds one chunk per answer, never the whole
 //! history. Each answer is paced by its own token bucket
-//! (`catchup_answer_bytes_per_sec`, [`Pace`]), its chunks no larger than an
+//! (`catchup_answer_bytes_per_sec`, a [`TokenBucket`] in bytes), its chunks no larger than an
 //! eighth of a second's worth (at least 16 KiB), so a slow pace still shows
 //! the asker steady progress; up to `catchup_answers` run
 //! at once, the rest wait for a slot. A node that asks again while its
@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunk::{self, Assembly, RequestChunk};
 use super::failures::PublishKind;
-use super::pace::Pace;
 use super::{Shared, wire};
 use crate::hub::Command;
+use crate::limit::TokenBucket;
 
 /// Askers tracked at once (requests being assembled or answered); a
 /// request from one more is dropped (the asker's catch-up then ends on its
@@ -143,7 +143,7 @@ struct Sender<'a> {
     shared: &'a Shared,
     reply: Subject,
     cancel: &'a CancellationToken,
-    pace: Pace,
+    pace: TokenBucket,
     chunks: u64,
     updates: u64,
     bytes: u64,
@@ -175,7 +175,7 @@ impl Sender<'_> {
     async fn chunk(&mut self, payload: Vec<u8>, n: u64) -> Result<(), Stopped> {
         tokio::select! {
             _ = self.cancel.cancelled() => return Err(Stopped::Cancelled),
-            _ = self.pace.wait(payload.len()) => {}
+            _ = self.pace.wait_for(payload.len() as f64) => {}
         }
         let mut h = self.headers();
         h.insert(chunk::CHUNK, self.chunks.to_string());
@@ -269,7 +269,7 @@ async fn stream(
         shared,
         reply: reply.clone(),
         cancel,
-        pace: Pace::new(rate, budget, Instant::now()),
+        pace: TokenBucket::new(rate.max(1) as f64, budget as f64),
         chunks: 0,
         updates: 0,
         bytes: 0,

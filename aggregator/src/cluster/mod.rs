@@ -26,7 +26,6 @@
 pub mod answer;
 pub mod chunk;
 pub mod failures;
-pub mod pace;
 pub mod presence;
 pub mod publish;
 pub mod sync;

@@ -182,14 +182,15 @@ impl Ticks {
         rx
     }
 
-    /// Completes `d` (at most one [`COARSE`] tick more) after it is called;
-    /// never, if the server is shutting down.
-    pub fn after(&self, d: Duration) -> impl Future<Output = ()> + Send + 'static {
-        let mut clock = self.coarse.clone();
-        let start = *clock.borrow_and_update();
+    /// Completes `d` (at most one [`COARSE`] tick more) after it is first
+    /// polled; never, if the server is shutting down. Nothing is done until
+    /// then: a write that completes at once never pays for its deadline.
+    pub fn after(&self, d: Duration) -> impl Future<Output = ()> + Send + '_ {
         // One tick more: the first may come at once.
         let ticks = (d.as_millis().div_ceil(COARSE.as_millis()) as u64) + 1;
         async move {
+            let mut clock = self.coarse.clone();
+            let start = *clock.borrow_and_update();
             loop {
                 if clock.changed().await.is_err() {
                     return std::future::pending().await;
