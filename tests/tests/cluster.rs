@@ -601,6 +601,165 @@ async fn the_publish_queue_stays_bounded_without_a_broker_and_counts_what_it_dro
     assert_eq!(n1.metric("hostpulse_cluster_dropped_total").await, 0);
 }
 
+/// After a broker restart the nodes come back in any order. Aggregator 1
+/// dropped updates it could not publish during the outage (its queue
+/// overflowed) and comes back last, after aggregator 2 has already asked for
+/// a catch-up that nobody could answer for it. Its own request says it is
+/// back, so aggregator 2 catches up from it in turn: every seq arrives,
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_its_peers_is_caught_up_from_and_loses_nothing() {
+    const QUEUE: u64 = 100;
+    let tune = [
+        ("publish_queue", "100"),
+        ("presence_interval_ms", "500"),
+        ("peer_timeout_ms", "60000"),
+        ("catchup_wait_ms", "1000"),
+    ];
+    let hub = "history_len = 4000";
+    let mut nats = NatsServer::start();
+    let mut n1 = Node::start_with_hub(&nats, "agg-1", &tune, hub).await;
+    let mut n2 = Node::start_with_hub(&nats, "agg-2", &tune, hub).await;
+    let mut burst = Burst::connect(&n1, "late").await;
+    burst.send_taken(&n1, 20).await;
+    eventually(
+        "aggregator 2 to take the first 20 updates",
+        async || {
+            n2.metric("hostpulse_cluster_received_total").await
+                + n2.metric("hostpulse_cluster_caught_up_total").await
+        },
+        |&n| n == 20,
+    )
+    .await;
+
+    nats.stop();
+    for node in [&n1, &n2] {
+        eventually(
+            "both aggregators to notice the broker is gone",
+            async || node.metric("hostpulse_cluster_nats_connected").await,
+            |&c| c == 0,
+        )
+        .await;
+    }
+    // More than the NATS client's buffer and the publish queue hold: the
+    // rest is dropped from the export, and kept only in aggregator 1's
+    // history.
+    let outage = NATS_CLIENT_BUFFER + QUEUE + 400;
+    for _ in 0..outage / 100 {
+        burst.send_taken(&n1, 100).await;
+    }
+    let (_, dropped) = export(&n1).await;
+    assert!(dropped >= 300, "only {dropped} export updates dropped");
+
+    // Aggregator 2 reconnects first and asks while aggregator 1 is away.
+    n1.proc.signal("STOP");
+    let applied_before = n2.proc.count_lines("catch-up applied");
+    nats.restart();
+    eventually(
+        "aggregator 2 to reconnect",
+        async || n2.metric("hostpulse_cluster_nats_connected").await,
+        |&c| c == 1,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while n2.proc.count_lines("catch-up applied") == applied_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator 2 never ended its catch-up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Aggregator 1 comes back; aggregator 2 hears its request and catches
+    // up from it.
+    n1.proc.signal("CONT");
+    n2.line("a peer is back from losing the broker");
+    n1.line("answering a catch-up to=agg-2");
+    burst.send_taken(&n1, 10).await;
+    let last = burst.seq;
+    let mut c2 = WsClient::connect(&n2.ws_url()).await;
+    c2.send(serde_json::json!({"action": "subscribe", "topic": "host.late.load", "history": 4000}))
+        .await;
+    c2.next_on("$sys.subscribed").await;
+    let mut tracker = Tracker::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tracker.last("host.late.load") != Some(last) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator 2 lacks updates of aggregator 1: {:?} gaps {:?}",
+            tracker.range,
+            tracker.gaps
+        );
+        if let Ok(Some(m)) = c2.recv(Duration::from_millis(200)).await {
+            tracker.record(&m);
+        }
+    }
+    tracker.assert_exactly_once();
+    assert_eq!(tracker.range["host.late.load"], (1, last));
+    assert_eq!(tracker.count["host.late.load"], last);
+}
+
+/// With the broker up all along, updates a peer never published (its
+/// export queue of one overflowed in a burst) leave a gap in its numbering:
+/// aggregator 2 sees it, holds what came after it, fills it from
+/// aggregator 1's history and only then goes on. Every seq, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_a_peers_numbering_is_filled_from_its_history() {
+    let hub = "history_len = 4000";
+    let nats = NatsServer::start();
+    let n1 = Node::start_with_hub(&nats, "agg-1", &[("publish_queue", "1")], hub).await;
+    let n2 = Node::start_with_hub(&nats, "agg-2", &[], hub).await;
+    let mut burst = Burst::connect(&n1, "gappy").await;
+    burst.send_taken(&n1, 1).await;
+    eventually(
+        "aggregator 2 to take the first update",
+        async || {
+            n2.metric("hostpulse_cluster_received_total").await
+                + n2.metric("hostpulse_cluster_caught_up_total").await
+        },
+        |&n| n == 1,
+    )
+    .await;
+    // Batches of 1,000: the hub offers them to a queue of one far faster
+    // than the publisher empties it.
+    burst.send_taken(&n1, 1_000).await;
+    burst.send_taken(&n1, 1_000).await;
+    let (_, dropped) = export(&n1).await;
+    assert!(
+        dropped > 0,
+        "the burst fitted the export queue: no gap made"
+    );
+    for _ in 0..5 {
+        burst.send_taken(&n1, 1).await;
+    }
+    let last = burst.seq;
+    let mut c2 = WsClient::connect(&n2.ws_url()).await;
+    c2.send(
+        serde_json::json!({"action": "subscribe", "topic": "host.gappy.load", "history": 4000}),
+    )
+    .await;
+    c2.next_on("$sys.subscribed").await;
+    let mut tracker = Tracker::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tracker.last("host.gappy.load") != Some(last) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator 2 lacks updates of aggregator 1: {:?}",
+            tracker.range
+        );
+        if let Ok(Some(m)) = c2.recv(Duration::from_millis(200)).await {
+            tracker.record(&m);
+        }
+    }
+    tracker.assert_exactly_once();
+    assert_eq!(tracker.count["host.gappy.load"], last);
+    let gaps = n2.metric("hostpulse_cluster_gaps_total").await;
+    assert!(
+        gaps >= dropped,
+        "{gaps} found missing, {dropped} never published"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_the_oldest() {
     const BUFFER: u64 = 8;

@@ -99,6 +99,18 @@ pub(crate) async fn run(shared: Shared, mut requests: Subscriber) {
                 continue;
             }
         };
+        // The asker is back from losing the broker: what it could not
+        // publish meanwhile is in its history only, so this node catches up
+        // too (from everyone, merged with any catch-up pending).
+        if r.reconnect
+            && asker
+                .running
+                .as_ref()
+                .is_none_or(|(_, req, _)| *req != r.request)
+        {
+            tracing::info!(peer = %r.node, "a peer is back from losing the broker; catching up from it");
+            let _ = shared.peer_back.try_send(());
+        }
         // The same request asked again (its answer's start was slow to
         // reach the asker): the answer running goes on.
         if asker

@@ -155,6 +155,12 @@ pub struct RequestChunk {
     /// Topic → the last seq the asker holds; topics named in no chunk are
     /// sent whole.
     pub floors: HashMap<String, u64>,
+    /// The asker is back after losing the broker: what it could not publish
+    /// meanwhile is only in its history, so every node that hears this
+    /// catches up once in turn (a request made for that reason says
+    /// `false`, so it never starts another round).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconnect: bool,
 }
 
 /// A catch-up request listing every floor, chunked to `budget` bytes each.
@@ -163,6 +169,7 @@ pub fn request(
     request: u64,
     floors: &HashMap<String, u64>,
     budget: usize,
+    reconnect: bool,
 ) -> Vec<Bytes> {
     let entries: Vec<(&String, &u64)> = floors.iter().collect();
     // `"topic":seq,` with room for escapes.
@@ -177,6 +184,7 @@ pub fn request(
                 request,
                 index: index as u32,
                 count,
+                reconnect,
                 floors: run
                     .iter()
                     .map(|&i| (entries[i].0.clone(), *entries[i].1))

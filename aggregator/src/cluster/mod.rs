@@ -26,6 +26,7 @@
 pub mod answer;
 pub mod chunk;
 pub mod failures;
+mod gaps;
 pub mod presence;
 pub mod publish;
 pub mod sync;
@@ -211,6 +212,9 @@ pub struct ClusterStats {
     pub dropped: AtomicU64,
     /// Updates recovered from other nodes after (re)connecting.
     pub caught_up: AtomicU64,
+    /// Peers' updates found missing from the live stream by their
+    /// numbering (each gap then filled by a catch-up).
+    pub gaps: AtomicU64,
     /// Other nodes heard from within the peer timeout.
     pub peers: AtomicU64,
     /// Publishes to NATS that failed, by kind.
@@ -258,17 +262,25 @@ pub(crate) struct Shared {
     /// Counts connection losses: a catch-up begun before a loss must not
     /// release what was held after it.
     pub(crate) link_epoch: Arc<AtomicU64>,
+    /// This node's run in the numbering of its updates ([`wire::LINK`]).
+    pub(crate) run: u64,
+    /// Connected again after losing the broker, and not yet said so in a
+    /// catch-up request (peers then catch up from this node in turn).
+    pub(crate) reconnected: Arc<AtomicBool>,
+    /// Asks the catch-up task for a catch-up (merged with one pending):
+    /// a peer is back from losing the broker.
+    pub(crate) peer_back: mpsc::Sender<()>,
     pub(crate) shutdown: CancellationToken,
 }
 
 /// The queue between the hub and the publisher.
-pub fn export_queue(config: &ClusterConfig) -> (mpsc::Sender<Arc<Update>>, ExportQueue) {
+pub fn export_queue(config: &ClusterConfig) -> (mpsc::Sender<(u64, Arc<Update>)>, ExportQueue) {
     let (tx, rx) = mpsc::channel(config.publish_queue);
     (tx, ExportQueue(rx))
 }
 
 /// Receiving end of [`export_queue`].
-pub struct ExportQueue(mpsc::Receiver<Arc<Update>>);
+pub struct ExportQueue(mpsc::Receiver<(u64, Arc<Update>)>);
 
 /// Connects (in the background: an absent broker does not stop the
 /// aggregator from serving its own agents) and starts every cluster task.
@@ -292,6 +304,9 @@ pub async fn start(
     let cb_holding = holding.clone();
     let cb_epoch = link_epoch.clone();
     let cb_stats = stats.clone();
+    let reconnected = Arc::new(AtomicBool::new(false));
+    let cb_reconnected = reconnected.clone();
+    let peer_back = catchup_tx.clone();
     let client = async_nats::ConnectOptions::new()
         .name(format!("hostpulse-aggregator {}", config.node))
         .retry_on_initial_connect()
@@ -313,6 +328,9 @@ pub async fn start(
                 }
                 async_nats::Event::Connected => {
                     cb_stats.connected.store(true, Ordering::SeqCst);
+                    if cb_epoch.load(Ordering::SeqCst) > 0 {
+                        cb_reconnected.store(true, Ordering::SeqCst);
+                    }
                     // Straight from here, not through the event queue, so a
                     // full queue or a busy hub cannot lose or delay it.
                     let _ = catchup_tx.try_send(());
@@ -337,6 +355,11 @@ pub async fn start(
         stats: stats.clone(),
         holding,
         link_epoch,
+        run: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        reconnected,
+        peer_back,
         shutdown,
     };
     let live = shared.client.subscribe(shared.subjects.all_hosts()).await?;

@@ -21,9 +21,9 @@ use super::{Shared, wire};
 use crate::update::Update;
 
 /// Publishes until shutdown (presence says goodbye separately).
-pub(crate) async fn run(shared: Shared, mut queue: mpsc::Receiver<Arc<Update>>) {
+pub(crate) async fn run(shared: Shared, mut queue: mpsc::Receiver<(u64, Arc<Update>)>) {
     loop {
-        let update = tokio::select! {
+        let (n, update) = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             u = queue.recv() => match u { Some(u) => u, None => break },
         };
@@ -31,7 +31,7 @@ pub(crate) async fn run(shared: Shared, mut queue: mpsc::Receiver<Arc<Update>>) 
             _ = shared.shutdown.cancelled() => break,
             r = shared.client.publish_with_headers(
                 shared.subjects.topic(&update.topic),
-                wire::update_headers(&shared.node, update.seq),
+                wire::update_headers(&shared.node, update.seq, wire::Link { run: shared.run, n }),
                 wire::payload(&update),
             ) => r,
         };

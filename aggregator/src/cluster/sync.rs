@@ -27,6 +27,16 @@
 //! A peer known from presence that has not begun answering a second after
 //! the request (it reconnected to the broker after the request went by, as
 //! after a broker restart) is asked again by name, up to three times.
+//! A node back from losing the broker says so in its request: what it could
+//! not publish meanwhile (its export queue overflowed) is only in its
+//! history, and a peer that reconnected before it asked while it was still
+//! away. So each node hearing such a request catches up once in turn
+//! ([`super::answer`]); that request does not say so, so no round starts
+//! another.
+//! A gap in a peer's numbering of its live updates (see [`super::gaps`])
+//! holds live updates from that message on and starts a catch-up (or, if one
+//! runs, another after it, still holding), so the hole is filled from the
+//! peer's history before anything newer is taken.
 //! An end marker counting more chunks than arrived means chunks were lost
 //! on the way (a slow consumer): logged, and the updates counted dropped.
 //! If the link drops again before a catch-up ends, what arrived is applied
@@ -45,6 +55,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::chunk;
 use super::failures::PublishKind;
+use super::gaps::Gaps;
 use super::presence::Peers;
 use super::{Shared, wire};
 use crate::hub::Command;
@@ -182,6 +193,9 @@ pub(crate) async fn consume(
     let mut held: VecDeque<Update> = VecDeque::new();
     let mut catchup: Option<Catchup> = None;
     let mut wanted = false;
+    let mut gaps = Gaps::default();
+    // A gap was found during a catch-up: what is held waits for the next.
+    let mut refill = false;
     loop {
         let deadline = catchup.as_ref().map(|c| c.deadline(&shared));
         tokio::select! {
@@ -195,7 +209,21 @@ pub(crate) async fn consume(
             }
             chunk = live.next() => {
                 let Some(messages) = chunk else { break };
-                let updates = take(&shared, messages);
+                let (mut updates, gap) = take(&shared, messages, &mut gaps);
+                if let Some(at) = gap {
+                    // What came before the gap goes in; from it on, held
+                    // until a catch-up has filled it.
+                    if !shared.holding.load(Ordering::SeqCst) {
+                        let rest = updates.split_off(at);
+                        publish(&shared, std::mem::replace(&mut updates, rest)).await;
+                        shared.holding.store(true, Ordering::SeqCst);
+                    }
+                    if catchup.is_some() {
+                        refill = true;
+                    } else {
+                        wanted = true;
+                    }
+                }
                 if shared.holding.load(Ordering::SeqCst) {
                     for u in updates {
                         if held.len() >= shared.config.catchup_buffer {
@@ -220,9 +248,9 @@ pub(crate) async fn consume(
                     }
                 }
                 if c.complete(&shared, &peers) {
-                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete).await;
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete, !refill).await;
                 } else if c.nobody && c.answers.is_empty() {
-                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Alone).await;
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Alone, !refill).await;
                 }
             }
             // Also wakes now and then: peers learnt from presence meanwhile
@@ -232,14 +260,14 @@ pub(crate) async fn consume(
                 let (at, ended) = deadline.expect("guarded");
                 reask(&shared, c, &peers).await;
                 if c.complete(&shared, &peers) {
-                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete).await;
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, Ended::Complete, !refill).await;
                 } else if Instant::now() >= at {
-                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, ended).await;
+                    finish(&shared, catchup.take().expect("guarded"), &mut held, &peers, ended, !refill).await;
                 }
             }
         }
-        if catchup.is_none() && wanted {
-            wanted = false;
+        if catchup.is_none() && (wanted || refill) {
+            (wanted, refill) = (false, false);
             catchup = begin(&shared, &peers).await;
         }
         // A catch-up that could not even be asked for goes live at once.
@@ -252,9 +280,12 @@ pub(crate) async fn consume(
     }
 }
 
-/// Decodes live messages, skipping this node's own.
-fn take(shared: &Shared, messages: Vec<Message>) -> Vec<Update> {
+/// Decodes live messages, skipping this node's own; with the index of the
+/// first that comes after a gap in its origin's numbering, if any.
+fn take(shared: &Shared, messages: Vec<Message>, gaps: &mut Gaps) -> (Vec<Update>, Option<usize>) {
     let mut out = Vec::with_capacity(messages.len());
+    let mut gap = None;
+    let epoch = shared.link_epoch.load(Ordering::SeqCst);
     for m in messages {
         let origin = wire::node_of(m.headers.as_ref());
         if origin == Some(&*shared.node) {
@@ -268,6 +299,14 @@ fn take(shared: &Shared, messages: Vec<Message>) -> Vec<Update> {
             shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        if let Some(link) = wire::link_of(m.headers.as_ref()) {
+            let lost = gaps.check(epoch, &origin, link);
+            if lost > 0 {
+                shared.stats.gaps.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(node = %shared.node, peer = %origin, lost, "updates of a peer were lost on the way; catching up from its history");
+                gap.get_or_insert(out.len());
+            }
+        }
         match wire::decode_update(topic, m.headers.as_ref(), m.payload, &origin) {
             Ok(u) => out.push(u),
             Err(e) => {
@@ -276,7 +315,7 @@ fn take(shared: &Shared, messages: Vec<Message>) -> Vec<Update> {
             }
         }
     }
-    out
+    (out, gap)
 }
 
 async fn publish(shared: &Shared, updates: Vec<Update>) {
@@ -311,6 +350,7 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
         id,
         &floors,
         chunk::budget(shared.client.max_payload()),
+        shared.reconnected.swap(false, Ordering::SeqCst),
     );
     let inbox = shared.client.new_inbox();
     let sent = match shared.client.subscribe(inbox.clone()).await {
@@ -400,6 +440,7 @@ async fn finish(
     held: &mut VecDeque<Update>,
     peers: &Peers,
     ended: Ended,
+    release: bool,
 ) {
     let _ = c.inbox.unsubscribe().await;
     let recovered = c.recovered;
@@ -427,6 +468,11 @@ async fn finish(
         ended = ?ended,
         "catch-up applied"
     );
+    if !release {
+        // A gap found meanwhile: the next catch-up fills it first.
+        tracing::info!(node = %shared.node, held = held.len(), "a gap was found during the catch-up; catching up again before going live");
+        return;
+    }
     if !link_unchanged(shared, c.epoch) {
         // Lost the link meanwhile: what peers sent after that is unknown, so
         // going live now could put newer seqs before older ones for good.

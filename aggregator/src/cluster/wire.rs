@@ -24,6 +24,29 @@ use crate::update::Update;
 pub const NODE: &str = "Hostpulse-Node";
 /// Header carrying an update's seq.
 pub const SEQ: &str = "Hostpulse-Seq";
+/// Header numbering a node's host updates: `<run> <n>`, its run (chosen at
+/// start) and a count that rises by one per update it offers to the broker
+/// (see [`super::gaps`]).
+pub const LINK: &str = "Hostpulse-Link";
+
+/// Where an update stands in its node's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// The node's run: a new one each time it starts.
+    pub run: u64,
+    /// Updates the node offered to the broker in this run, this one included.
+    pub n: u64,
+}
+
+/// The [`LINK`] an update carries (none from a node that does not number).
+pub fn link_of(headers: Option<&HeaderMap>) -> Option<Link> {
+    let v = headers?.get(LINK)?;
+    let (run, n) = v.as_str().split_once(' ')?;
+    Some(Link {
+        run: run.parse().ok()?,
+        n: n.parse().ok()?,
+    })
+}
 
 /// Subject names under one prefix.
 #[derive(Debug, Clone)]
@@ -92,10 +115,11 @@ pub enum WireError {
 }
 
 /// Headers for an update produced by `node`.
-pub fn update_headers(node: &str, seq: u64) -> HeaderMap {
+pub fn update_headers(node: &str, seq: u64, link: Link) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(NODE, node);
     h.insert(SEQ, seq.to_string());
+    h.insert(LINK, format!("{} {}", link.run, link.n));
     h
 }
 
@@ -223,6 +247,8 @@ mod tests {
     use super::*;
     use crate::update::{Payload, from_unix_ms};
 
+    const LINK_1: Link = Link { run: 17, n: 3 };
+
     fn update(topic: &str, seq: u64) -> Arc<Update> {
         Arc::new(Update::new(
             topic.into(),
@@ -241,8 +267,9 @@ mod tests {
         assert_eq!(subject, "hp.test.host.a.cpu");
         let topic = s.topic_of(&subject).unwrap();
         let origin: Arc<str> = "n1".into();
-        let headers = update_headers("n1", u.seq);
+        let headers = update_headers("n1", u.seq, LINK_1);
         assert_eq!(node_of(Some(&headers)), Some("n1"));
+        assert_eq!(link_of(Some(&headers)), Some(LINK_1));
         let back = decode_update(topic, Some(&headers), payload(&u), &origin).unwrap();
         assert_eq!(back.json, u.json);
         assert_eq!((back.seq, &*back.topic), (42, "host.a.cpu"));
@@ -255,7 +282,7 @@ mod tests {
         let origin: Arc<str> = "n1".into();
         let e = decode_update(
             "host.b.cpu",
-            Some(&update_headers("n1", 42)),
+            Some(&update_headers("n1", 42, LINK_1)),
             payload(&u),
             &origin,
         )
@@ -263,7 +290,7 @@ mod tests {
         assert!(matches!(e, WireError::Payload { .. }));
         let e = decode_update(
             "host.a.cpu",
-            Some(&update_headers("n1", 41)),
+            Some(&update_headers("n1", 41, LINK_1)),
             payload(&u),
             &origin,
         )

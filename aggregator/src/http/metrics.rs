@@ -280,6 +280,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 load(&hub.export_dropped),
             ),
             (
+                "hostpulse_cluster_gaps",
+                "Updates of other aggregators found missing from the live stream by their numbering (each gap is then filled by a catch-up).",
+                load(&c.gaps),
+            ),
+            (
                 "hostpulse_cluster_caught_up",
                 "Updates recovered from other aggregators after (re)connecting.",
                 load(&c.caught_up),

@@ -139,7 +139,9 @@ pub struct HubSettings {
     /// In cluster mode, where host updates produced here go to be published
     /// to the broker. Never waited on: when it is full the update is not
     /// exported and `export_dropped` counts it.
-    pub export: Option<mpsc::Sender<Arc<Update>>>,
+    /// Each goes with its number: how many host updates were offered to
+    /// the queue so far, this one included (peers see a gap in it).
+    pub export: Option<mpsc::Sender<(u64, Arc<Update>)>>,
 }
 
 /// What the hub is asked to do.
@@ -457,6 +459,8 @@ struct Hub {
     names: BTreeSet<Arc<str>>,
     /// Topic not held yet → connections with a resume point for it.
     pending_since: HashMap<String, Vec<ConnId>>,
+    /// Host updates offered to the export queue so far.
+    exports: u64,
 }
 
 /// The topics a pattern can match, from the sorted names: those under its

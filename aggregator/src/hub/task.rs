@@ -36,6 +36,7 @@ impl Hub {
             routing: Routing::default(),
             names: BTreeSet::new(),
             pending_since: HashMap::new(),
+            exports: 0,
         }
     }
 
@@ -168,7 +169,8 @@ impl Hub {
             && let Some(export) = &self.settings.export
             && update.topic.starts_with("host.")
         {
-            match export.try_send(update.clone()) {
+            self.exports += 1;
+            match export.try_send((self.exports, update.clone())) {
                 Ok(()) => self.stats.exported.fetch_add(1, Ordering::Relaxed),
                 Err(_) => self.stats.export_dropped.fetch_add(1, Ordering::Relaxed),
             };

@@ -52,11 +52,11 @@ async fn only_local_host_updates_are_exported_and_answered_for() {
     assert_eq!(floors.get("host.a.cpu"), Some(&3));
     assert_eq!(floors.get("host.b.cpu"), Some(&7));
     assert!(!floors.contains_key("hosts"));
-    let sent: Vec<u64> = [exported.recv().await, exported.recv().await]
+    let sent: Vec<(u64, u64)> = [exported.recv().await, exported.recv().await]
         .into_iter()
-        .map(|u| u.unwrap().seq)
+        .map(|u| u.map(|(n, u)| (n, u.seq)).unwrap())
         .collect();
-    assert_eq!(sent, vec![1, 2]);
+    assert_eq!(sent, vec![(1, 1), (2, 2)], "(number, seq)");
     assert_eq!(hub.stats.export_dropped.load(Ordering::Relaxed), 1);
     assert_eq!(hub.stats.updates_duplicate.load(Ordering::Relaxed), 1);
     // A peer holding host.a.cpu up to 1 gets 2 and 3; nothing of host.b.
@@ -75,7 +75,12 @@ async fn only_local_host_updates_are_exported_and_answered_for() {
     assert_eq!(
         got,
         vec![("host.a.cpu".to_string(), 2), ("host.a.cpu".to_string(), 3)]
-    );
+    ); // The one dropped still took its number: peers see the gap.
+    hub.send(Command::Publish(vec![update("host.a.cpu", 4)]))
+        .await
+        .unwrap();
+    let (n, u) = exported.recv().await.unwrap();
+    assert_eq!((n, u.seq), (4, 4));
 }
 
 /// A presence event as ingest makes it: no seq until the hub gives one.

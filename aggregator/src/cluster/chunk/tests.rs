@@ -82,7 +82,7 @@ fn a_request_lists_every_floor_across_its_chunks() {
     let floors: HashMap<String, u64> = (0..20_000)
         .map(|i| (format!("host.h-{i:05}.cpu"), i as u64))
         .collect();
-    let chunks = request("agg-3", 4, &floors, budget(32 << 10));
+    let chunks = request("agg-3", 4, &floors, budget(32 << 10), false);
     assert!(chunks.len() > 5);
     assert!(chunks.iter().all(|c| c.len() <= budget(32 << 10)));
     let mut slot = None;
