@@ -165,15 +165,19 @@ fn live_threads() -> usize {
 /// Without contention it changes nothing.
 pub const CLIENT_NICE: i32 = 5;
 
-/// Lowers the calling thread's priority by [`CLIENT_NICE`] (Linux: nice is
-/// per thread). For the `on_thread_start` of the runtime that runs [`run`]:
-/// its workers and blocking threads serve WebSocket and HTTP clients, while
-/// the live path has a runtime of its own. Best effort: on failure the
-/// thread keeps its priority.
+/// Sets the calling thread's priority [`CLIENT_NICE`] below the main
+/// thread's (Linux: nice is per thread, and a new thread inherits its
+/// creator's, so the level is set from the main thread's, never lowered
+/// again from an already lowered one). For the `on_thread_start` of the
+/// runtime that runs [`run`]: its workers and blocking threads serve
+/// WebSocket and HTTP clients, while the live path has a runtime of its
+/// own. Best effort: on failure the thread keeps its priority.
 pub fn lower_priority() {
-    let tid = Some(rustix::thread::gettid());
-    if let Ok(current) = rustix::process::getpriority_process(tid) {
-        let _ = rustix::process::setpriority_process(tid, (current + CLIENT_NICE).min(19));
+    // The main thread's id is the process id.
+    let main = Some(rustix::process::getpid());
+    if let Ok(base) = rustix::process::getpriority_process(main) {
+        let tid = Some(rustix::thread::gettid());
+        let _ = rustix::process::setpriority_process(tid, (base + CLIENT_NICE).min(19));
     }
 }
 
@@ -234,6 +238,7 @@ pub async fn run(
             })
             .collect(),
         export: export_tx,
+        store: store.as_ref().map(store::Store::handle),
     });
     let ingest_listener = listeners
         .ingest

@@ -43,8 +43,14 @@ async function newPage(): Promise<Page> {
   page.on("console", (msg) => {
     if (msg.type() !== "error") return;
     const text = `${msg.text()} (${msg.location().url})`;
-    const refused = /WebSocket connection to 'wss?:\/\/([^/']+)\/.*ERR_CONNECTION_REFUSED/.exec(msg.text());
-    if (refused && plannedOutages.has(refused[1])) {
+    // A WebSocket refused while the aggregator is down, or a request that
+    // was in flight when it was killed (reset) or sent while it was down.
+    const socket = /WebSocket connection to 'wss?:\/\/([^/']+)\/.*ERR_CONNECTION_REFUSED/.exec(msg.text());
+    const fetched = /^Failed to load resource: net::ERR_CONNECTION_(REFUSED|RESET)$/.test(msg.text())
+      ? /^https?:\/\/([^/]+)\//.exec(msg.location().url ?? "")
+      : null;
+    const host = socket?.[1] ?? fetched?.[1];
+    if (host !== undefined && plannedOutages.has(host)) {
       expectedRefusals.push(text);
     } else {
       consoleErrors.push(text);

@@ -51,6 +51,18 @@ impl Node {
         tune: &[(&str, &str)],
         hub: &str,
     ) -> Self {
+        Self::start_with_sections(nats, name, tune, hub, "").await
+    }
+
+    /// Like [`Node::start_with_hub`], with `sections` (whole TOML sections,
+    /// such as `[storage]`) added to the configuration.
+    pub async fn start_with_sections(
+        nats: &NatsServer,
+        name: &str,
+        tune: &[(&str, &str)],
+        hub: &str,
+        sections: &str,
+    ) -> Self {
         let mut keys: BTreeMap<&str, &str> = CLUSTER_DEFAULTS.into_iter().collect();
         keys.extend(tune.iter().copied());
         let cluster: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
@@ -58,7 +70,7 @@ impl Node {
             "aggregator.toml",
             &format!(
                 "[ingest]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-                 [hub]\n{hub}\n[cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{cluster}",
+                 [hub]\n{hub}\n[cluster]\nnats_url = \"{}\"\nnode = \"{name}\"\n{cluster}\n{sections}",
                 nats.url()
             ),
         );

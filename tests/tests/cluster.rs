@@ -760,6 +760,114 @@ async fn a_gap_in_a_peers_numbering_is_filled_from_its_history() {
     );
 }
 
+/// Each aggregator stores what it takes from its peers as well as from its
+/// own agents: aggregator 2 answers range queries for a host attached to
+/// aggregator 1, with the exact values sent and rollups of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_aggregator_stores_its_peers_hosts_and_answers_range_queries_for_them() {
+    const N: u64 = 180;
+    let dirs: Vec<std::path::PathBuf> = (1..=2)
+        .map(|i| {
+            let d = std::env::temp_dir().join(format!(
+                "hostpulse-cluster-store-{i}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&d);
+            d
+        })
+        .collect();
+    let storage = |d: &std::path::Path| {
+        format!(
+            "[storage]\ndir = \"{}\"\nflush_interval_ms = 200\n",
+            d.display()
+        )
+    };
+    let nats = NatsServer::start();
+    let n1 = Node::start_with_sections(&nats, "agg-1", &[], "", &storage(&dirs[0])).await;
+    let n2 = Node::start_with_sections(&nats, "agg-2", &[], "", &storage(&dirs[1])).await;
+    // Three minutes of one-second samples, an hour ago, starting on a minute.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let base = (now - 3_600_000) / 60_000 * 60_000;
+    let value = |i: u64| ((i * 37) % 1000) as f32 / 10.0;
+    let mut agent =
+        hostpulse_tests::fake::FakeAgent::connect(&n1.ingest_url(), "stored-remote").await;
+    let samples: Vec<hostpulse_proto::Sample> = (0..N)
+        .map(|i| hostpulse_proto::Sample {
+            seq: i + 1,
+            timestamp_ms: base + i as i64 * 1000,
+            cpu: Some(hostpulse_proto::Cpu {
+                total_pct: value(i),
+                per_core_pct: vec![value(i)],
+            }),
+            ..Default::default()
+        })
+        .collect();
+    agent.send(hostpulse_tests::fake::batch(1, &samples)).await;
+    agent.acked(1).await;
+
+    let query = format!(
+        "/api/v1/hosts/stored-remote/series?fields=cpu.total_pct&from={base}&to={}&step=1s",
+        base + N as i64 * 1000
+    );
+    let raw = eventually(
+        "aggregator 2 to store the peer's samples",
+        async || {
+            let (status, body) = http_get(n2.http, &query).await;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            (status, v)
+        },
+        |(status, v)| {
+            *status == 200 && v["series"][0]["last"].as_array().map(Vec::len) == Some(N as usize)
+        },
+    )
+    .await
+    .1;
+    let last: Vec<f64> = raw["series"][0]["last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for (i, v) in last.iter().enumerate() {
+        assert_eq!(*v, f64::from(value(i as u64)), "value {i}: {raw}");
+    }
+    // A one-minute step: min, max and last of each minute, as sent.
+    let query = format!(
+        "/api/v1/hosts/stored-remote/series?fields=cpu.total_pct&from={base}&to={}&step=1m",
+        base + N as i64 * 1000
+    );
+    let (status, body) = http_get(n2.http, &query).await;
+    assert_eq!(status, 200, "{body}");
+    let minutes: Value = serde_json::from_str(&body).unwrap();
+    for (k, name) in ["min", "max", "last"].iter().enumerate() {
+        let got: Vec<f64> = minutes["series"][0][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} in {minutes}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = (0..N / 60)
+            .map(|m| {
+                let v = (m * 60..(m + 1) * 60).map(|i| f64::from(value(i)));
+                match k {
+                    0 => v.fold(f64::INFINITY, f64::min),
+                    1 => v.fold(f64::NEG_INFINITY, f64::max),
+                    _ => v.last().unwrap(),
+                }
+            })
+            .collect();
+        assert_eq!(got, want, "{name} per minute: {minutes}");
+    }
+    drop(n1);
+    drop(n2);
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_aggregator_holds_at_most_catchup_buffer_live_updates_dropping_the_oldest() {
     const BUFFER: u64 = 8;

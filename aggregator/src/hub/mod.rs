@@ -142,6 +142,9 @@ pub struct HubSettings {
     /// Each goes with its number: how many host updates were offered to
     /// the queue so far, this one included (peers see a gap in it).
     pub export: Option<mpsc::Sender<(u64, Arc<Update>)>>,
+    /// Where host updates taken from cluster peers are stored (local ones
+    /// are stored by ingest, from their samples).
+    pub store: Option<crate::store::StoreHandle>,
 }
 
 /// What the hub is asked to do.

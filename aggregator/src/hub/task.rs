@@ -175,6 +175,12 @@ impl Hub {
                 Err(_) => self.stats.export_dropped.fetch_add(1, Ordering::Relaxed),
             };
         }
+        if !t.local
+            && let Some(store) = &self.settings.store
+            && update.topic.starts_with("host.")
+        {
+            store.offer_peer(&update);
+        }
         let over = self.histories.push(&t.history, update.clone());
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
         self.stats.published_by_kind[t.kind].fetch_add(1, Ordering::Relaxed);

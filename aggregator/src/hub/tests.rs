@@ -31,6 +31,7 @@ async fn only_local_host_updates_are_exported_and_answered_for() {
         queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: Some(export),
+        store: None,
     });
     let remote = |topic: &str, seq| {
         let u = update(topic, seq);
@@ -106,6 +107,7 @@ async fn presence_events_are_numbered_in_the_order_they_reach_the_hub() {
         queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: None,
+        store: None,
     });
     // Each pair is made first-to-last and submitted in both orders, as
     // two ingest tasks racing to the hub would.
@@ -166,6 +168,7 @@ async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
         queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: None,
+        store: None,
     });
     for seq in 1..=200 {
         let updates = ["a", "b", "c"].iter().map(|t| update(t, seq)).collect();
@@ -212,6 +215,7 @@ fn settings() -> HubSettings {
         queue_bytes: 1 << 20,
         rate_limits: Vec::new(),
         export: None,
+        store: None,
     }
 }
 

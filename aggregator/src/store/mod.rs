@@ -3,8 +3,10 @@
 //! history outlives a restart. Configured by `[storage]` ([`StorageConfig`]);
 //! off without a `dir`.
 //!
-//! Ingest hands each batch's samples to [`StoreHandle::offer`], which never
-//! waits: a bounded queue feeds the store's own thread, and what does not
+//! Ingest hands each batch's samples to [`StoreHandle::offer`]; in a
+//! cluster the hub hands every host update it takes from a peer to
+//! [`StoreHandle::offer_peer`], so any node answers range queries for any
+//! host. Neither ever waits: a bounded queue feeds the store's own thread, and what does not
 //! fit is dropped and counted. That thread ([`writer`]) buffers rows in
 //! memory and writes them every `flush_interval_ms` in one transaction
 //! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
@@ -45,6 +47,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hostpulse_proto::{Processes, Sample};
+
+use crate::update::Update;
 
 pub use config::StorageConfig;
 pub use tier::Tier;
@@ -111,6 +115,8 @@ impl StoreStats {
 
 enum Msg {
     Samples(Arc<str>, Vec<Sample>),
+    /// A host update another aggregator produced (cluster mode).
+    Peer(Arc<Update>),
     /// Flush and end the thread.
     Stop,
 }
@@ -135,6 +141,59 @@ impl StoreHandle {
             }
         }
     }
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle").finish_non_exhaustive()
+    }
+}
+
+impl StoreHandle {
+    /// Queues a host update of another aggregator, as the hub took it, so
+    /// every node of a cluster stores every host; dropped (counted) when the
+    /// queue is full. Decoded on the store's thread, not the caller's.
+    pub fn offer_peer(&self, update: &Arc<Update>) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Peer(update.clone()))
+        {
+            self.stats.dropped_samples.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A peer's `host.<h>.<metric>` update as a sample of that one family (its
+/// process lists left out, as for local samples).
+fn sample_of(update: &Update) -> Option<(Arc<str>, Sample)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<T> {
+        payload: T,
+    }
+    fn payload<T: serde::de::DeserializeOwned>(json: &str) -> Option<T> {
+        serde_json::from_str::<Envelope<T>>(json)
+            .ok()
+            .map(|e| e.payload)
+    }
+    let (host, metric) = update.topic.strip_prefix("host.")?.rsplit_once('.')?;
+    let json = update.json.as_str();
+    let mut s = Sample {
+        seq: update.seq,
+        timestamp_ms: update.taken_ms()?,
+        ..Sample::default()
+    };
+    match metric {
+        "cpu" => s.cpu = Some(payload(json)?),
+        "memory" => s.memory = Some(payload(json)?),
+        "load" => s.load = Some(payload(json)?),
+        "processes" => s.processes = Some(payload(json)?),
+        "network" => s.network = Some(payload(json)?),
+        "disk" => s.disk = Some(payload(json)?),
+        "filesystems" => s.filesystems = Some(payload(json)?),
+        "system" => s.system = Some(payload(json)?),
+        "temperatures" => s.temperatures = Some(payload(json)?),
+        _ => return None,
+    }
+    Some((host.into(), without_process_lists(&s)))
 }
 
 fn without_process_lists(s: &Sample) -> Sample {
@@ -313,6 +372,16 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
                     }
                 }
             }
+            Ok(Msg::Peer(update)) => match sample_of(&update) {
+                Some((host, s)) => {
+                    if let Err(e) = writer.ingest(&host, &s) {
+                        tracing::error!(cause = %e, %host, "store: sample not stored");
+                    }
+                }
+                None => {
+                    tracing::debug!(topic = %update.topic, "store: a peer's update did not decode");
+                }
+            },
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
