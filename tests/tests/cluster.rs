@@ -851,11 +851,11 @@ async fn every_aggregator_stores_its_peers_hosts_and_answers_range_queries_for_t
             .collect();
         let want: Vec<f64> = (0..N / 60)
             .map(|m| {
-                let v = (m * 60..(m + 1) * 60).map(|i| f64::from(value(i)));
+                let mut v = (m * 60..(m + 1) * 60).map(|i| f64::from(value(i)));
                 match k {
                     0 => v.fold(f64::INFINITY, f64::min),
                     1 => v.fold(f64::NEG_INFINITY, f64::max),
-                    _ => v.last().unwrap(),
+                    _ => v.next_back().unwrap(),
                 }
             })
             .collect();
