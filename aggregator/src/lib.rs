@@ -245,6 +245,11 @@ pub async fn run(
         .into_std()
         .and_then(TcpListener::from_std)?;
     drop(live_enter);
+    if let Some(store) = &store {
+        restore_history(store, &hub).await?;
+    }
+    // Asked for its history at shutdown, for the store to keep.
+    let hub_at_shutdown = store.as_ref().map(|_| hub.clone());
     // Connection tasks that outlive their server's own graceful shutdown.
     let tasks = TaskTracker::new();
     let auth = Arc::new(auth::Auth::from_config(&config.auth)?);
@@ -382,6 +387,9 @@ pub async fn run(
             tracing::warn!("drain timeout; dropping remaining connections");
         }
     }
+    if let (Some(store), Some(hub)) = (&store, hub_at_shutdown) {
+        save_history(store, &hub).await;
+    }
     hub_task.abort();
     drop(live);
     if let Some(store) = store {
@@ -390,6 +398,76 @@ pub async fn run(
     }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// Topics read back or written per store transaction.
+const HISTORY_BATCH: usize = 256;
+
+/// Takes the history kept at the last clean shutdown back into the hub,
+/// topic by topic (memory holds one batch of topics at a time).
+async fn restore_history(store: &store::Store, hub: &hub::HubHandle) -> Result<(), RunError> {
+    let started = std::time::Instant::now();
+    let (mut topics, mut updates) = (0usize, 0usize);
+    let mut after: Vec<u8> = Vec::new();
+    loop {
+        let view = store.view();
+        let from = after.clone();
+        let (batch, last) = tokio::task::spawn_blocking(move || {
+            store::history::take(view.engine.as_ref(), &from, HISTORY_BATCH)
+        })
+        .await
+        .map_err(|e| RunError::Live(e.to_string()))??;
+        for (_, restored) in batch {
+            topics += 1;
+            updates += restored.updates.len();
+            let _ = hub
+                .send(hub::Command::Restore {
+                    updates: restored.updates,
+                    local: restored.local,
+                })
+                .await;
+        }
+        match last {
+            Some(k) => after = k,
+            None => break,
+        }
+    }
+    if topics > 0 {
+        tracing::info!(
+            topics,
+            updates,
+            took_ms = started.elapsed().as_millis() as u64,
+            "history restored from the store"
+        );
+    }
+    Ok(())
+}
+
+/// Writes every host topic's history to the store (after the last client
+/// and agent are gone, before the store closes), so the next start can
+/// serve resumes across the restart.
+async fn save_history(store: &store::Store, hub: &hub::HubHandle) {
+    let Some(topics) = hub.ask(|reply| hub::Command::Snapshot { reply }).await else {
+        return;
+    };
+    let view = store.view();
+    let started = std::time::Instant::now();
+    let saved = tokio::task::spawn_blocking(move || {
+        let rows = topics
+            .into_iter()
+            .map(|(t, local)| (t.topic.clone(), local, t.history.all_after(0)));
+        store::history::save(view.engine.as_ref(), rows, HISTORY_BATCH)
+    })
+    .await;
+    match saved {
+        Ok(Ok(topics)) => tracing::info!(
+            topics,
+            took_ms = started.elapsed().as_millis() as u64,
+            "history kept in the store for the next start"
+        ),
+        Ok(Err(e)) => tracing::error!(cause = %e, "store: history not kept"),
+        Err(e) => tracing::error!(cause = %e, "store: history not kept"),
+    }
 }
 
 pub use hostpulse_common::signal::shutdown_on_signal;

@@ -492,3 +492,99 @@ async fn series_needs_the_same_grants_and_refuses_bad_parameters_clearly() {
     );
     agg.stop().await;
 }
+
+/// The updates of `topic` a client gets until it has `last` (seq, payload).
+async fn updates_until(
+    client: &mut hostpulse_tests::ws::WsClient,
+    topic: &str,
+    last: u64,
+) -> Vec<(u64, Value)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.last().map(|(s, _)| *s) != Some(last) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} up to {last}: got {:?}",
+            got.iter().map(|(s, _)| s).collect::<Vec<_>>()
+        );
+        if let Ok(Some(m)) = client.recv(Duration::from_millis(200)).await
+            && m["topic"] == topic
+        {
+            got.push((m["seq"].as_u64().unwrap(), m["payload"].clone()));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_resume_across_a_restart_is_served_from_the_store() {
+    let dir = data_dir("resume");
+    let config = toml(&dir, "flush_interval_ms = 200\n[hub]\nhistory_len = 100\n");
+    let base = now_ms() - 60_000;
+    let (mut agg, ingest, _) = start_aggregator_binary(&config);
+    agg.wait_for_line("store opened");
+    let mut agent = FakeAgent::connect(&format!("http://{ingest}"), "resume-a").await;
+    send(&mut agent, base, 0..40, 1).await;
+    drop(agent);
+    stop(&mut agg);
+    agg.stderr_to_end();
+    assert_eq!(
+        agg.count_lines("history kept in the store for the next start"),
+        1,
+        "{:?}",
+        agg.log
+    );
+
+    // A new process: its memory starts empty, the store brings the history
+    // back before it serves anyone.
+    let (mut agg, ingest, http) = start_aggregator_binary(&config);
+    let restored = agg.wait_for_line("history restored from the store");
+    assert!(restored.contains("updates="), "{restored}");
+    let ws = format!("ws://{http}/ws");
+    let mut client = hostpulse_tests::ws::WsClient::connect(&ws).await;
+    // A dashboard that had seq 15 before the restart resumes from it.
+    client
+        .send(serde_json::json!({"action": "subscribe", "topic": "host.resume-a.cpu", "since": 15}))
+        .await;
+    let subscribed = client.next_on("$sys.subscribed").await;
+    assert_eq!(subscribed["payload"]["complete"], true, "{subscribed}");
+    let got = updates_until(&mut client, "host.resume-a.cpu", 40).await;
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (16..=40).collect::<Vec<_>>());
+    for (seq, payload) in &got {
+        let i = *seq as i64 - 1;
+        // JSON carries the f32 as its shortest form.
+        assert_eq!(
+            payload["total_pct"].as_f64().unwrap() as f32,
+            cpu_at(i),
+            "seq {seq}: {payload}"
+        );
+    }
+    // `history` reaches back just the same.
+    let mut other = hostpulse_tests::ws::WsClient::connect(&ws).await;
+    other
+        .send(
+            serde_json::json!({"action": "subscribe", "topic": "host.resume-a.load", "history": 5}),
+        )
+        .await;
+    other.next_on("$sys.subscribed").await;
+    let seqs: Vec<u64> = updates_until(&mut other, "host.resume-a.load", 40)
+        .await
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(seqs, (36..=40).collect::<Vec<_>>());
+    // The agent comes back and goes on from 41: live, with no gap after the
+    // history.
+    let mut agent = FakeAgent::connect(&format!("http://{ingest}"), "resume-a").await;
+    send(&mut agent, base, 40..42, 1).await;
+    let live: Vec<u64> = updates_until(&mut client, "host.resume-a.cpu", 42)
+        .await
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(live, vec![41, 42]);
+    drop(agent);
+    stop(&mut agg);
+    let _ = std::fs::remove_dir_all(dir);
+}

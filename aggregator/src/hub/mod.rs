@@ -202,6 +202,21 @@ pub enum Command {
         /// Where the answer goes: each topic's history and the seq to read after.
         reply: tokio::sync::oneshot::Sender<Vec<ReplayTopic>>,
     },
+    /// Every host topic's history, and whether the topic is produced here,
+    /// for the store to keep across a restart (the caller reads it).
+    Snapshot {
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Vec<(ReplayTopic, bool)>>,
+    },
+    /// One topic's history read back from the store at start, oldest
+    /// first: taken into history as it was sent (not exported, not
+    /// rate-limited, not stored again).
+    Restore {
+        /// The updates, of one topic.
+        updates: Vec<Update>,
+        /// Whether the topic was produced here.
+        local: bool,
+    },
     /// The current seq of every host topic, to ask peers for what is newer.
     Floors {
         /// Where the answer goes.
@@ -464,6 +479,8 @@ struct Hub {
     pending_since: HashMap<String, Vec<ConnId>>,
     /// Host updates offered to the export queue so far.
     exports: u64,
+    /// Taking history back from the store ([`Command::Restore`]).
+    restoring: bool,
 }
 
 /// The topics a pattern can match, from the sorted names: those under its

@@ -37,6 +37,7 @@ impl Hub {
             names: BTreeSet::new(),
             pending_since: HashMap::new(),
             exports: 0,
+            restoring: false,
         }
     }
 
@@ -94,6 +95,34 @@ impl Hub {
                     })
                     .collect();
                 let _ = reply.send(out);
+            }
+            Command::Snapshot { reply } => {
+                let out = self
+                    .topics
+                    .iter()
+                    .filter(|(name, _)| name.starts_with("host."))
+                    .map(|(name, t)| {
+                        let topic = ReplayTopic {
+                            topic: name.clone(),
+                            history: t.history.clone(),
+                            after: 0,
+                            intervals: None,
+                        };
+                        (topic, t.local)
+                    })
+                    .collect();
+                let _ = reply.send(out);
+            }
+            Command::Restore { updates, local } => {
+                let topic = updates.first().map(|u| u.topic.clone());
+                self.restoring = true;
+                for u in updates {
+                    self.publish(u);
+                }
+                self.restoring = false;
+                if let Some(t) = topic.and_then(|name| self.topics.get_mut(&name)) {
+                    t.local = local;
+                }
             }
             Command::Floors { reply } => {
                 let floors = self
@@ -154,7 +183,7 @@ impl Hub {
         // A peer's update was already thinned by its origin's limit; thinning
         // it again by arrival time here would make seqs differ between
         // aggregators.
-        if !t.min_interval.is_zero() && update.origin.is_none() {
+        if !t.min_interval.is_zero() && update.origin.is_none() && !self.restoring {
             let now = Instant::now();
             if t.last_accepted.is_some_and(|at| now < at + t.min_interval) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +195,7 @@ impl Hub {
         t.last_published = Instant::now();
         t.local = update.origin.is_none();
         if t.local
+            && !self.restoring
             && let Some(export) = &self.settings.export
             && update.topic.starts_with("host.")
         {
@@ -176,6 +206,7 @@ impl Hub {
             };
         }
         if !t.local
+            && !self.restoring
             && let Some(store) = &self.settings.store
             && update.topic.starts_with("host.")
         {

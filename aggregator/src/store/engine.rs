@@ -9,6 +9,8 @@
 //! - `open`: series · tier · first row's time → open chunk (one flush).
 //! - `by_time`: tier · window start · series → block bytes (u32): retention
 //!   and eviction walk the oldest windows without touching the blocks.
+//! - `history`: topic → the hub's history of it at the last clean shutdown
+//!   ([`super::history`]).
 //!
 //! redb is copy-on-write with checksummed commits: a transaction is on disk
 //! whole or not at all, so a crash at any moment leaves the last committed
@@ -31,11 +33,19 @@ pub enum Table {
     Open,
     /// Sealed blocks by tier and time.
     ByTime,
+    /// The hub's history, per topic, from the last clean shutdown.
+    History,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 4] = [Table::Series, Table::Blocks, Table::Open, Table::ByTime];
+    pub const ALL: [Table; 5] = [
+        Table::Series,
+        Table::Blocks,
+        Table::Open,
+        Table::ByTime,
+        Table::History,
+    ];
 
     /// Its name in the engine.
     pub fn name(self) -> &'static str {
@@ -44,6 +54,7 @@ impl Table {
             Table::Blocks => "blocks",
             Table::Open => "open",
             Table::ByTime => "by_time",
+            Table::History => "history",
         }
     }
 }

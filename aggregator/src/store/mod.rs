@@ -19,8 +19,8 @@
 //! range at a step, from the tier the step calls for. It reads committed
 //! data only (MVCC: never blocked by the writer). It is also the seam for
 //! the in-memory history (`crate::history`), which could fall back to it
-//! for ranges older than it holds; WebSocket `history`/`since` do not use
-//! it yet.
+//! for ranges older than it holds. [`history`] keeps the hub's in-memory
+//! history across a clean restart, for WebSocket `history`/`since`.
 //!
 //! Files: [`config`] `[storage]`; [`tier`] the tiers and rows; [`series`]
 //! field names; [`codec`] block and chunk bytes; [`rollup`] min/max/sum/
@@ -31,6 +31,7 @@
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod history;
 pub mod maintain;
 pub mod query;
 pub mod read;
