@@ -86,14 +86,13 @@ pub fn save(
     Ok(written)
 }
 
+/// Topics read back, and the last key read (`None`: nothing was left).
+pub type Taken = (Vec<(String, Restored)>, Option<Vec<u8>>);
+
 /// Reads up to `max` topics after `after` (a topic name; empty: from the
 /// start), deleting them from the table; returns them and the last name
 /// read (`None` once there is nothing left).
-pub fn take(
-    engine: &dyn Engine,
-    after: &[u8],
-    max: usize,
-) -> Result<(Vec<(String, Restored)>, Option<Vec<u8>>), StoreError> {
+pub fn take(engine: &dyn Engine, after: &[u8], max: usize) -> Result<Taken, StoreError> {
     let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     engine.scan(Table::History, after, &[0xff; 1], &mut |k, v| {
         if k != after {
