@@ -36,6 +36,8 @@ interface Props {
   band?: boolean;
   /** The x span to show (seconds), e.g. a whole time range with data in part of it. */
   xRange?: [number, number];
+  /** Without `xRange`: show at most the newest this many seconds (live). */
+  xLast?: number;
   /** What is drawn (the time range), recorded with each draw. */
   tag?: string;
   /** A drag across the chart selected `[fromMs, toMs]`. */
@@ -84,8 +86,8 @@ export function Chart(props: Props) {
   const plot = useRef<uPlot | null>(null);
   const ticks = useRef<ByteTicks | null>(null);
   // Read by the chart's callbacks, so changing them does not rebuild it.
-  const live = useRef({ xRange, tag, onZoom: props.onZoom, columns });
-  live.current = { xRange, tag, onZoom: props.onZoom, columns };
+  const live = useRef({ xRange, xLast: props.xLast, tag, onZoom: props.onZoom, columns });
+  live.current = { xRange, xLast: props.xLast, tag, onZoom: props.onZoom, columns };
   const key = `${lines.map((l) => l.label).join("|")}/${band ? "band" : "line"}/${bytes ?? "-"}`;
 
   useEffect(() => {
@@ -135,7 +137,13 @@ export function Chart(props: Props) {
       legend: { show: !sparkline },
       cursor: { show: !sparkline, drag: { x: true, y: false, setScale: false } },
       scales: {
-        x: { time: true, range: (_u, min, max) => live.current.xRange ?? [min, max] },
+        x: {
+          time: true,
+          range: (_u, min, max) => {
+            const { xRange: r, xLast: last } = live.current;
+            return r ?? (last && max - min > last ? [max - last, max] : [min, max]);
+          },
+        },
         y: yScale,
       },
       axes: sparkline
@@ -159,12 +167,10 @@ export function Chart(props: Props) {
       bands,
       hooks: {
         draw: [
-          (u: uPlot) => {
-            const n = count(live.current.columns);
-            recordDraw(id, live.current.tag, n);
+          () => {
+            recordDraw(id, live.current.tag, count(live.current.columns));
             el.dataset.drawn = live.current.tag;
             if (ticks.current && bytes !== undefined) el.dataset.yticks = ticks.current.labels.join("|");
-            void u;
           },
         ],
         setSelect: [

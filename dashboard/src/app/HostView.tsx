@@ -94,6 +94,8 @@ function fresh(): Model {
 
 /** Presets other than live are refetched this often, so "the last 24 h" moves on. */
 const REFRESH_MS = 60_000;
+/** The live charts show the newest 5 minutes (they keep up to POINTS samples). */
+const LIVE_SECS = 300;
 
 function same(a: string[], b: string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -280,7 +282,7 @@ export function HostView({ client, host, range = LIVE }: { client: HostpulseClie
    */
   const view = (id: string, live: Series, lines: number) => {
     if (isLive) {
-      return { columns: live.columns, version: live.version, band: false, tag: "live", onZoom: zoom };
+      return { columns: live.columns, version: live.version, band: false, tag: "live", xLast: LIVE_SECS, onZoom: zoom };
     }
     const c = fetched?.charts[id];
     if (!fetched || !c) {
@@ -319,7 +321,7 @@ export function HostView({ client, host, range = LIVE }: { client: HostpulseClie
       <h2>
         <a href="#/">fleet</a> / {host}
       </h2>
-      <RangeBar range={range} onPick={pick} status={status} />
+      <RangeBar key={rk} range={range} onPick={pick} status={status} />
       <div className="stats">
         <Stat label="CPU" value={pct(d.latestCpu?.total_pct)} />
         <Stat label="cores" value={d.cores ? String(d.cores) : "–"} />
