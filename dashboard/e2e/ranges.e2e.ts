@@ -4,8 +4,9 @@
 // apart, through the real gRPC ingest; the page opened at `?range=24h` draws
 // the CPU chart from the store's 1-minute tier as an average line with a
 // min–max band (asserted on the chart's canvas pixels); switching ranges
-// updates the URL, a fresh page loads the range from the URL, a drag zooms
-// into a custom range; the byte axis ticks on binary steps. The time from a
+// updates the URL, a fresh page loads the range from the URL, the picker's
+// custom range and a drag zoom land in the URL as from/to; the byte axis
+// ticks on binary steps. The time from a
 // range click to the chart drawn with that range is measured, printed and
 // written to test-output/range-timings.json, never asserted.
 
@@ -187,6 +188,25 @@ describe("host page time ranges", () => {
     expect(new URL(page.url()).hash).toBe(`#/host/${HOST}`);
     await expect.poll(() => page.getByTestId("chart-cpu").getAttribute("data-range")).toBe("live");
     await waitUntil("live points", async () => Number(await page.getByTestId("chart-cpu").getAttribute("data-points")) > 0);
+
+    // A custom range from the picker's two local date-times (the last 3 h).
+    await page.getByTestId("range-custom").click();
+    const [fromLocal, toLocal, fromIso, toIso] = await page.evaluate(() => {
+      const local = (ms: number) => new Date(ms - new Date(ms).getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+      const to = Math.floor(Date.now() / 60_000) * 60_000;
+      const from = to - 3 * 3_600_000;
+      const iso = (ms: number) => new Date(ms).toISOString().replace(".000Z", "Z");
+      return [local(from), local(to), iso(from), iso(to)];
+    });
+    await page.getByTestId("custom-from").fill(fromLocal);
+    await page.getByTestId("custom-to").fill(toLocal);
+    await page.getByTestId("custom-apply").click();
+    await waitUntil("custom range in the URL", () => new URL(page.url()).hash === `#/host/${HOST}?from=${fromIso}&to=${toIso}`);
+    await expect
+      .poll(() => page.getByTestId("chart-cpu").getAttribute("data-drawn"), { timeout: 15_000 })
+      .toBe(`${Date.parse(fromIso)}-${Date.parse(toIso)}`);
+    // 3 h at 15 s steps from the raw tier: 30 s samples, one a bucket.
+    expect(Number(await page.getByTestId("chart-cpu").getAttribute("data-points"))).toBeGreaterThanOrEqual(350);
 
     // A fresh page opens at the range its URL names.
     const fresh = await newPage();

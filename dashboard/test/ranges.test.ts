@@ -4,7 +4,7 @@
 // (sums, gaps, the min–max band only for rollups).
 
 import { describe, expect, it } from "vitest";
-import { type SeriesAnswer, toColumns } from "../src/app/history";
+import { failure, type SeriesAnswer, toColumns } from "../src/app/history";
 import {
   formatRange,
   hostHash,
@@ -167,5 +167,14 @@ describe("toColumns", () => {
       [5, 6, null, 7],
     ]);
     expect(c.points).toBe(3);
+  });
+});
+
+describe("failure", () => {
+  it("says why a range has no history", () => {
+    expect(failure(new Error("/api/v1/hosts/h/series?fields=…: HTTP 404"))).toMatch(/no history on disk/);
+    expect(failure(new Error("/api/v1/hosts/h/series?fields=…: HTTP 403"))).toMatch(/token/);
+    expect(failure(new Error("/api/v1/hosts/h/series?fields=…: HTTP 500"))).toBe("the aggregator answered HTTP 500");
+    expect(failure(new Error("Failed to fetch"))).toBe("Failed to fetch");
   });
 });

@@ -23,7 +23,7 @@ import type {
 } from "../client/types";
 import { Chart, type Line } from "./Chart";
 import { bytes, duration, num, pct, rate } from "./format";
-import { fetchSeries, type RangeColumns, toColumns } from "./history";
+import { failure, fetchSeries, type RangeColumns, toColumns } from "./history";
 import { hostHash, LIVE, type Range, rangeKey, stepParam, windowOf } from "./range";
 import { RangeBar } from "./RangeBar";
 import { Series } from "./series";
@@ -251,7 +251,7 @@ export function HostView({ client, host, range = LIVE }: { client: HostpulseClie
           setFetched({ key: rk, from: w.from, to: w.to, step, charts: out, version: ++version });
         })
         .catch((e: Error) => {
-          if (e.name !== "AbortError") setProblem(e.message);
+          if (e.name !== "AbortError") setProblem(failure(e));
         });
     };
     load();
@@ -263,9 +263,12 @@ export function HostView({ client, host, range = LIVE }: { client: HostpulseClie
     // `range` is fully described by `rk`.
   }, [host, rk, isLive, ifKey, devKey]);
 
-  const pick = useCallback((r: Range) => {
-    location.hash = hostHash(host, r);
-  }, [host]);
+  const pick = useCallback(
+    (r: Range) => {
+      location.hash = hostHash(host, r);
+    },
+    [host],
+  );
   const zoom = useCallback(
     (from: number, to: number) => {
       // Whole seconds: a short URL, and the store's finest step.

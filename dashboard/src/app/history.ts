@@ -45,6 +45,15 @@ export async function fetchSeries(
   return getJson<SeriesAnswer>(`/api/v1/hosts/${encodeURIComponent(host)}/series?${q}`, signal);
 }
 
+/** Why a series request failed, in a few words for the page. */
+export function failure(e: Error): string {
+  const status = /HTTP (\d+)$/.exec(e.message)?.[1];
+  if (status === "404") return "this aggregator keeps no history on disk ([storage] dir)";
+  if (status === "401" || status === "403") return "the token does not grant this host's history";
+  if (status) return `the aggregator answered HTTP ${status}`;
+  return e.message;
+}
+
 /**
  * Columns for `lines` (each a list of fields summed) from `answer`: every
  * bucket any field has, in order, with a null after a missing bucket so the
