@@ -213,14 +213,23 @@ export interface FleetSim {
 /**
  * Starts `hostpulse-fleet-sim`: `hosts` simulated hosts, each its own real
  * gRPC stream to `ingest` (`host:port`), with `role` and `rack` labels, a
- * backlog of `backlog` samples one second apart, then one sample per
- * `intervalMs`; every `offlineEvery`th host goes offline after its backlog.
+ * backlog of `backlog` samples `backlogStepMs` (1 s) apart and ending now
+ * (past timestamps, so an aggregator with `[storage]` stores and rolls up
+ * that history), then one sample per `intervalMs`; every `offlineEvery`th
+ * host (0: none) goes offline after its backlog.
  * Resolves once every backlog is acknowledged. The simulator stops by itself
  * after `durationSecs`, or when this process goes (its stdin closes).
  */
 export async function startFleetSim(
   ingest: string,
-  opts: { hosts: number; backlog?: number; intervalMs?: number; offlineEvery?: number; durationSecs?: number },
+  opts: {
+    hosts: number;
+    backlog?: number;
+    backlogStepMs?: number;
+    intervalMs?: number;
+    offlineEvery?: number;
+    durationSecs?: number;
+  },
   timeoutMs = 180_000,
 ): Promise<FleetSim> {
   const args = [
@@ -230,6 +239,8 @@ export async function startFleetSim(
     String(opts.hosts),
     "--backlog",
     String(opts.backlog ?? 60),
+    "--backlog-step-ms",
+    String(opts.backlogStepMs ?? 1000),
     "--interval-ms",
     String(opts.intervalMs ?? 5000),
     "--offline-every",

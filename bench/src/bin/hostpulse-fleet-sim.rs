@@ -2,6 +2,11 @@
 //! (and for trying the fleet view by hand): N hosts, each its own real gRPC
 //! ingest stream to a real aggregator on loopback, with labels (`role`,
 //! `rack`) and a backlog of history, then one sample per interval.
+//! `--backlog-step-ms` spaces the backlog out (a host with a day of history,
+//! one sample a minute: `--hosts 1 --backlog 1440 --backlog-step-ms 60000`;
+//! up to 10 hosts may have such long backlogs), so an aggregator with
+//! `[storage]` gets past data with real rollups, as the host page's time
+//! ranges test needs.
 //!
 //! It stays small and stops by itself: at most [`MAX_HOSTS`] hosts, over a
 //! few HTTP/2 connections, on one thread; every `--offline-every`th host
@@ -37,6 +42,11 @@ const STREAMS_PER_CONNECTION: usize = 100;
 const ROLES: &[&str] = &["web", "db", "cache", "queue", "batch"];
 /// Hosts per rack.
 const RACK_SIZE: usize = 250;
+/// Most backlog samples in one batch (the aggregator's default
+/// `ingest.max_samples_per_batch` is 1,000).
+const BACKLOG_BATCH: usize = 500;
+/// Most backlog samples over all hosts (5,000 hosts with 600 each).
+const MAX_BACKLOG_TOTAL: u64 = 3_000_000;
 
 /// Simulates a fleet of hosts over real gRPC streams.
 #[derive(Debug, Parser)]
@@ -51,10 +61,13 @@ struct Args {
     /// Milliseconds between one host's samples.
     #[arg(long, default_value_t = 5000)]
     interval_ms: u64,
-    /// Samples each host sends first, one second apart and ending now (its
-    /// history), at most 600.
+    /// Samples each host sends first, `--backlog-step-ms` apart and ending
+    /// now (its history): at most 600, or 100,000 for up to 10 hosts.
     #[arg(long, default_value_t = 60)]
     backlog: u64,
+    /// Milliseconds between backlog samples (1,000 to 3,600,000).
+    #[arg(long, default_value_t = 1000)]
+    backlog_step_ms: u64,
     /// Every Nth host (N > 0) goes offline once its backlog is acknowledged.
     #[arg(long, default_value_t = 10)]
     offline_every: usize,
@@ -147,13 +160,17 @@ async fn host(
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     inbound.message().await?.context("no Welcome")?;
     let now = now_ms();
+    let step = args.backlog_step_ms as i64;
     let backlog: Vec<Sample> = (1..=args.backlog)
-        .map(|s| sample(i, s, now - (args.backlog - s) as i64 * 1000))
+        .map(|s| sample(i, s, now - (args.backlog - s) as i64 * step))
         .collect();
     let mut seq = args.backlog;
-    let mut batch_seq = 1;
-    if !backlog.is_empty() {
-        tx.send(batch(batch_seq, &backlog)).await?;
+    let mut batch_seq = 0;
+    for chunk in backlog.chunks(BACKLOG_BATCH) {
+        batch_seq += 1;
+        tx.send(batch(batch_seq, chunk)).await?;
+    }
+    if batch_seq > 0 {
         loop {
             let m = inbound.message().await?.context("stream ended")?;
             if let Some(aggregator_message::Kind::Ack(a)) = m.kind
@@ -194,8 +211,18 @@ fn main() -> anyhow::Result<()> {
     if args.hosts == 0 || args.hosts > MAX_HOSTS {
         bail!("--hosts must be 1 to {MAX_HOSTS}");
     }
-    if args.backlog > 600 || args.duration_secs > 3600 || args.interval_ms < 100 {
-        bail!("--backlog at most 600, --duration-secs at most 3600, --interval-ms at least 100");
+    let max_backlog = if args.hosts <= 10 { 100_000 } else { 600 };
+    if args.backlog > max_backlog
+        || args.backlog * args.hosts as u64 > MAX_BACKLOG_TOTAL
+        || args.duration_secs > 3600
+        || args.interval_ms < 100
+    {
+        bail!(
+            "--backlog at most 600 (100,000 for up to 10 hosts), --duration-secs at most 3600, --interval-ms at least 100"
+        );
+    }
+    if !(1000..=3_600_000).contains(&args.backlog_step_ms) {
+        bail!("--backlog-step-ms must be 1,000 to 3,600,000");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

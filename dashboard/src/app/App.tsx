@@ -1,6 +1,7 @@
 // The dashboard shell: header with the connection indicator, the incomplete-
 // resume note, the token prompt when the aggregator requires one, and the
-// two views (`#/` fleet, `#/host/<name>` one host).
+// two views (`#/` fleet, `#/host/<name>` one host, with its time range in
+// the hash's query: `?range=24h`, `?from=…&to=…`; range.ts).
 
 import { useEffect, useMemo, useState } from "react";
 import type { ConnectionState, HostpulseClient, Incomplete } from "../client";
@@ -9,11 +10,11 @@ import { getJson, storeToken, Unauthorized } from "./connection";
 import { FleetStore, type RestHost, SNAPSHOT_PATH } from "./fleet";
 import { FleetView } from "./FleetView";
 import { HostView } from "./HostView";
+import { parseHostHash, type Range } from "./range";
 import { TokenPrompt } from "./TokenPrompt";
 
-function route(): { host?: string } {
-  const m = /^#\/host\/(.+)$/.exec(location.hash);
-  return m ? { host: decodeURIComponent(m[1]) } : {};
+function route(): { host?: string; range?: Range } {
+  return parseHostHash(location.hash) ?? {};
 }
 
 export function App({ client }: { client: HostpulseClient }) {
@@ -100,7 +101,7 @@ export function App({ client }: { client: HostpulseClient }) {
       {needToken !== null ? (
         <TokenPrompt message={needToken} onToken={onToken} />
       ) : view.host ? (
-        <HostView client={client} host={view.host} />
+        <HostView key={view.host} client={client} host={view.host} range={view.range} />
       ) : (
         <FleetView store={fleet} />
       )}

@@ -46,9 +46,9 @@ export function createClient(): HostpulseClient {
 /** `GET path` with the session's token; throws `Unauthorized` on 401/403. */
 export class Unauthorized extends Error {}
 
-export async function getJson<T>(path: string): Promise<T> {
+export async function getJson<T>(path: string, signal?: AbortSignal): Promise<T> {
   const token = storedToken();
-  const res = await fetch(path, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  const res = await fetch(path, { headers: token ? { Authorization: `Bearer ${token}` } : {}, signal });
   if (res.status === 401 || res.status === 403) throw new Unauthorized(`${path}: HTTP ${res.status}`);
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
   return (await res.json()) as T;
