@@ -28,14 +28,15 @@
 //! its wire forms encoded once, and the `hosts` payload), [`topic`] (names,
 //! host sanitising, patterns), [`auth`] (tokens and grants, for agents and
 //! clients alike), [`tls`] (both listeners), [`limit`] (the token bucket of
-//! ingest and ws). [`config`] composes the sections each module owns
+//! ingest and ws), [`host_series`] (the table turning host updates into
+//! Prometheus series, for `/metrics` and remote-write alike). [`config`] composes the sections each module owns
 //! (`ingest::IngestConfig`, `hub::HubConfig`, `ws::WsConfig`,
 //! `http::HttpConfig`, `cluster::ClusterConfig`, ...), loads the TOML and
 //! validates.
 //!
 //! # Dependency order
 //! Each uses only what is listed before it (no circles):
-//! 1. `topic`, `limit`, `tls`, `ws::encoding`: nothing of the crate.
+//! 1. `topic`, `limit`, `tls`, `ws::encoding`, `host_series`: nothing of the crate.
 //! 2. `auth`: topic. `update`: `ws::encoding`.
 //! 3. `history`, `ws::outbox`: update, `ws::encoding`. `store`: update
 //!    (its clock) and the proto types only. (`ws::encoding` and `ws::outbox` are
@@ -57,6 +58,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod history;
+pub mod host_series;
 pub mod http;
 pub mod hub;
 pub mod ingest;
