@@ -236,6 +236,7 @@ pub async fn run(
             })
             .collect(),
         export: export_tx,
+        remote_write: None,
     });
     let ingest_listener = listeners
         .ingest

@@ -142,6 +142,11 @@ pub struct HubSettings {
     /// Each goes with its number: how many host updates were offered to
     /// the queue so far, this one included (peers see a gap in it).
     pub export: Option<mpsc::Sender<(u64, Arc<Update>)>>,
+    /// With remote-write export on, where every host update the hub
+    /// accepts goes (from this aggregator's agents and from peers alike):
+    /// the export's bounded queue. Never waited on: when it is full the
+    /// update is not exported and `remote_write_dropped` counts it.
+    pub remote_write: Option<mpsc::Sender<Arc<Update>>>,
 }
 
 /// What the hub is asked to do.
@@ -253,6 +258,9 @@ pub struct HubStats {
     pub exported: AtomicU64,
     /// Updates not handed to the broker publisher because its queue was full.
     pub export_dropped: AtomicU64,
+    /// Host updates not queued for remote-write export because its queue
+    /// was full.
+    pub remote_write_dropped: AtomicU64,
     /// `updates_published` by topic kind (index in [`topic::KINDS`]).
     pub published_by_kind: [AtomicU64; topic::KINDS.len()],
     /// `deliveries` by topic kind (index in [`topic::KINDS`]).
