@@ -166,6 +166,34 @@ async fn values_sent_by_an_agent_come_back_from_prometheus_exactly() {
         )
         .await;
     assert_eq!(series[0]["value"][1], PER_SAMPLE.to_string());
+
+    // A sample older than what Prometheus holds is refused (400, out of
+    // order): counted as failed, not retried; the next batch goes through.
+    let mut late = sample(3, start - 5_000);
+    late.seq = 11;
+    agent.send(batch(2, &[late])).await;
+    agent.acked(2).await;
+    wait_metric(&agg, FAILED, 1.0).await;
+    wait_metric(
+        &agg,
+        "hostpulse_remote_write_requests_total{result=\"refused\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(agg.http, RETRIED).await,
+        0.0,
+        "a refusal is not retried"
+    );
+    let mut next = sample(10, start);
+    next.seq = 12;
+    agent.send(batch(3, std::slice::from_ref(&next))).await;
+    agent.acked(3).await;
+    wait_metric(&agg, SENT, (total + PER_SAMPLE) as f64).await;
+    assert_eq!(
+        metric(agg.http, "hostpulse_remote_write_failing").await,
+        0.0
+    );
     agg.stop().await;
 }
 
