@@ -219,6 +219,18 @@ mod tests {
             e.to_string().contains("x.toml") && e.to_string().contains("`export.remote_write.url`"),
             "{e}"
         );
+        // The shipped config's commented-out section, uncommented, is valid.
+        let shipped = include_str!("../../deploy/aggregator.toml");
+        let block: String = shipped
+            .lines()
+            .skip_while(|l| *l != "# [export.remote_write]")
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(block.contains("batch_size = 2000"), "{block}");
+        let c = AggregatorConfig::parse(&block, Path::new("aggregator.toml")).unwrap();
+        assert_eq!(c.export.remote_write.queue, 10_000);
         let e = AggregatorConfig::parse("[export.remote_write]\nbatch = 5\n", Path::new("x.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("batch"), "{e}");
