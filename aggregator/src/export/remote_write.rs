@@ -332,3 +332,6 @@ impl Exporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

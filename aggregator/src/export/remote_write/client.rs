@@ -18,8 +18,12 @@ use tokio_rustls::TlsConnector;
 
 use super::config::{Endpoint, Settings};
 
-/// Most of an error answer kept for the log.
-const ERROR_BODY_BYTES: usize = 512;
+/// Most of an answer read (a longer one is not read, and its connection
+/// not reused).
+const ERROR_BODY_READ: usize = 64 << 10;
+
+/// Most characters of an error answer kept for the log.
+const ERROR_BODY_SHOWN: usize = 512;
 
 /// Why a request was not delivered.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,52 @@ impl Client {
     }
 
     async fn try_send(&mut self, body: Bytes) -> Result<(), SendError> {
+        let request = self.request(body.clone())?;
+        let (conn, fresh) = self.connection().await?;
+        let response = match conn.send_request(request).await {
+            Ok(r) => r,
+            // A kept connection the endpoint closed while idle: once more
+            // on a new one before it counts as a failure.
+            Err(_) if !fresh => {
+                self.conn = None;
+                let request = self.request(body)?;
+                let (conn, _) = self.connection().await?;
+                conn.send_request(request)
+                    .await
+                    .map_err(|e| SendError::Retry(format!("request failed: {e}")))?
+            }
+            Err(e) => return Err(SendError::Retry(format!("request failed: {e}"))),
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), ERROR_BODY_READ)
+            .collect()
+            .await
+            .map(|b| {
+                let text = String::from_utf8_lossy(&b.to_bytes()).trim().to_string();
+                match text.char_indices().nth(ERROR_BODY_SHOWN) {
+                    Some((cut, _)) => format!("{}...", &text[..cut]),
+                    None => text,
+                }
+            });
+        let body = match body {
+            Ok(text) => text,
+            Err(_) => {
+                // Unread or too long: this connection cannot carry the next one.
+                self.conn = None;
+                String::new()
+            }
+        };
+        match status {
+            s if s.is_success() => Ok(()),
+            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+                Err(SendError::Retry(format!("{s}: {body}")))
+            }
+            s => Err(SendError::Refused(format!("{s}: {body}"))),
+        }
+    }
+
+    /// A `WriteRequest` post of `body` with the remote-write headers.
+    fn request(&self, body: Bytes) -> Result<Request<Full<Bytes>>, SendError> {
         let e = &self.endpoint;
         let mut request = Request::post(e.path.as_str())
             .header(header::HOST, e.authority.as_str())
@@ -94,38 +144,14 @@ impl Client {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
-        let conn = self.connection().await?;
-        let response = conn
-            .send_request(request)
-            .await
-            .map_err(|e| SendError::Retry(format!("request failed: {e}")))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), ERROR_BODY_BYTES)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string());
-        let body = match body {
-            Ok(text) => text,
-            Err(_) => {
-                // Unread or too long: this connection cannot carry the next one.
-                self.conn = None;
-                String::new()
-            }
-        };
-        match status {
-            s if s.is_success() => Ok(()),
-            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
-                Err(SendError::Retry(format!("{s}: {body}")))
-            }
-            s => Err(SendError::Refused(format!("{s}: {body}"))),
-        }
+        Ok(request)
     }
 
-    /// The open connection, or a new one.
-    async fn connection(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, SendError> {
+    /// The open connection, or a new one (then `true`).
+    async fn connection(&mut self) -> Result<(&mut SendRequest<Full<Bytes>>, bool), SendError> {
         if let Some(c) = &mut self.conn {
             if c.ready().await.is_ok() {
-                return Ok(self.conn.as_mut().expect("checked above"));
+                return Ok((self.conn.as_mut().expect("checked above"), false));
             }
             self.conn = None;
         }
@@ -159,7 +185,7 @@ impl Client {
                 sender
             }
         };
-        Ok(self.conn.insert(sender))
+        Ok((self.conn.insert(sender), true))
     }
 }
 
