@@ -67,9 +67,12 @@ fn sample(i: u64, start: i64) -> Sample {
 /// Samples per [`sample`]: cpu 1, memory 4, load 3, network 6, filesystem 3.
 const PER_SAMPLE: u64 = 17;
 
+/// The value a series should hold for a sample.
+type ValueOf = fn(&Sample) -> f64;
+
 /// (selector, the values expected in Prometheus per sample) for the series
 /// the test checks, scaled as `/metrics` shows them.
-fn expected(host: &str) -> Vec<(String, fn(&Sample) -> f64)> {
+fn expected(host: &str) -> Vec<(String, ValueOf)> {
     let s = |name: &str, extra: &str| format!("{name}{{host=\"{host}\"{extra}}}");
     vec![
         (s("hostpulse_host_cpu_usage_ratios", ""), |x| {
