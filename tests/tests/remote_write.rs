@@ -161,6 +161,10 @@ async fn values_sent_by_an_agent_come_back_from_prometheus_exactly() {
     assert_eq!(metric(agg.http, FAILED).await, 0.0);
     assert_eq!(metric(agg.http, DROPPED).await, 0.0);
     assert_stored(&prom, "rw-exact", &samples, "region=\"test-1\"").await;
+    // The exporter's own families are valid Prometheus text.
+    hostpulse_tests::process::promtool_check(
+        &hostpulse_tests::http_get(agg.http, "/metrics").await.1,
+    );
     // Counters keep the `_total` name and type of `/metrics`.
     let series = prom
         .query(

@@ -182,3 +182,32 @@ async fn shutdown_sends_what_waits_and_batches_hold_at_most_batch_size() {
     assert_eq!(n(&rw.stats.samples_sent), 9);
     assert_eq!(r.got.lock().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn local_only_leaves_peers_hosts_out() {
+    let (r, url) = receiver(&[]).await;
+    let rw = start_with(url, |c| c.local_only = true);
+    let peer = load("peer-host", 1);
+    let peer = Update::remote(peer.topic.clone(), 1, peer.json.clone(), "agg-2".into());
+    rw.tx.send(Arc::new(peer)).await.unwrap();
+    rw.tx.send(load("own-host", 1)).await.unwrap();
+    until("sent", || n(&rw.stats.samples_sent) == 3).await;
+    rw.shutdown.cancel();
+    rw.tasks.close();
+    rw.tasks.wait().await;
+    let got = r.got.lock().unwrap().clone();
+    let hosts: Vec<String> = got
+        .iter()
+        .flat_map(|(_, body)| {
+            let raw = snap::raw::Decoder::new().decompress_vec(body).unwrap();
+            let req: wire::WriteRequest = prost::Message::decode(raw.as_slice()).unwrap();
+            req.timeseries
+                .into_iter()
+                .flat_map(|t| t.labels)
+                .filter(|l| l.name == "host")
+                .map(|l| l.value)
+        })
+        .collect();
+    assert_eq!(hosts, ["own-host"; 3]);
+    assert_eq!(n(&rw.stats.samples_sent), 3);
+}
