@@ -1,6 +1,7 @@
 //! The exporter against a stand-in receiver (axum on a loopback port):
 //! the headers and body remote-write needs, a 5xx retried until taken, a
-//! 4xx counted and not retried, and shutdown flushing what waits.
+//! 4xx counted and not retried, shutdown flushing what waits, `local_only`,
+//! and https verified against `ca_file` with basic auth.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -210,4 +211,75 @@ async fn local_only_leaves_peers_hosts_out() {
         .collect();
     assert_eq!(hosts, ["own-host"; 3]);
     assert_eq!(n(&rw.stats.samples_sent), 3);
+}
+
+#[tokio::test]
+async fn https_is_verified_against_ca_file_and_basic_auth_is_sent() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("hostpulse-rw-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let tls = crate::tls::Tls::load(&crate::tls::TlsConfig {
+        cert_file: Some(file("cert.pem", &leaf.pem())),
+        key_file: Some(file("key.pem", &key.serialize_pem())),
+    })
+    .unwrap()
+    .unwrap();
+    let ca_file = file("ca.pem", &ca.pem());
+
+    let r = Arc::new(Receiver::default());
+    let app = Router::new()
+        .route("/api/v1/write", post(write))
+        .with_state(r.clone());
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/api/v1/write", tcp.local_addr().unwrap());
+    let server_stop = CancellationToken::new();
+    let listener = tls.listener(tcp, server_stop.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // Against another CA, the endpoint is not trusted: nothing is sent.
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
+    let other_file = file("other-ca.pem", &other.pem());
+    let untrusting = start_with(url.clone(), |c| c.ca_file = Some(other_file));
+    untrusting.tx.send(load("a", 1)).await.unwrap();
+    until("a failed handshake", || {
+        n(&untrusting.stats.requests_retried) >= 1
+    })
+    .await;
+    assert_eq!(n(&untrusting.stats.samples_sent), 0);
+    untrusting.shutdown.cancel();
+    untrusting.tasks.close();
+    untrusting.tasks.wait().await;
+    assert!(r.got.lock().unwrap().is_empty());
+
+    let rw = start_with(url, |c| {
+        c.bearer_token = None;
+        c.username = Some("hostpulse".into());
+        c.password = Some("pw".into());
+        c.ca_file = Some(ca_file);
+    });
+    rw.tx.send(load("a", 1)).await.unwrap();
+    until("sent over https", || n(&rw.stats.samples_sent) == 3).await;
+    let got = r.got.lock().unwrap().clone();
+    // base64("hostpulse:pw")
+    assert_eq!(got[0].0["authorization"], "Basic aG9zdHB1bHNlOnB3");
+    rw.shutdown.cancel();
+    rw.tasks.close();
+    rw.tasks.wait().await;
+    server_stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
 }
