@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::AuthConfig;
 pub use crate::cluster::ClusterConfig;
+pub use crate::export::{ExportConfig, RemoteWriteConfig};
 pub use crate::http::HttpConfig;
 pub use crate::http::metrics::MetricsConfig;
 pub use crate::hub::{HubConfig, RateLimitConfig};
@@ -47,6 +48,9 @@ pub struct AggregatorConfig {
     pub cluster: ClusterConfig,
     /// The embedded store of history on disk (off without `dir`).
     pub storage: StorageConfig,
+    /// Sending host series elsewhere: Prometheus remote-write (off
+    /// without `[export.remote_write] url`).
+    pub export: ExportConfig,
 }
 
 impl AggregatorConfig {
@@ -78,6 +82,7 @@ impl AggregatorConfig {
             }
         }
         c.cluster.nats_url = c.cluster.redacted_url();
+        c.export.remote_write = c.export.remote_write.redacted();
         c
     }
 
@@ -98,6 +103,11 @@ impl AggregatorConfig {
         crate::auth::Auth::from_config(&self.auth)
             .map_err(|e| ConfigError::invalid(path, e.key, e.reason))?;
         if let Some((key, reason)) = self.cluster.problem() {
+            return Err(invalid(key, &reason));
+        }
+        if self.export.remote_write.enabled()
+            && let Some((key, reason)) = self.export.remote_write.problem()
+        {
             return Err(invalid(key, &reason));
         }
         if self.ingest.listen == self.http.listen && self.ingest.listen.port() != 0 {
@@ -187,6 +197,43 @@ mod tests {
                 .unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn remote_write_is_off_without_a_url_and_checked_with_one() {
+        let c = AggregatorConfig::parse("", Path::new("x.toml")).unwrap();
+        assert!(!c.export.remote_write.enabled());
+        let c = AggregatorConfig::parse(
+            "[export.remote_write]\nurl = \"http://127.0.0.1:9090/api/v1/write\"\nbearer_token = \"secret\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.export.remote_write.enabled());
+        assert!(!toml::to_string(&c.redacted()).unwrap().contains("secret"));
+        let e = AggregatorConfig::parse(
+            "[export.remote_write]\nurl = \"127.0.0.1:9090\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("x.toml") && e.to_string().contains("`export.remote_write.url`"),
+            "{e}"
+        );
+        // The shipped config's commented-out section, uncommented, is valid.
+        let shipped = include_str!("../../deploy/aggregator.toml");
+        let block: String = shipped
+            .lines()
+            .skip_while(|l| *l != "# [export.remote_write]")
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(block.contains("batch_size = 2000"), "{block}");
+        let c = AggregatorConfig::parse(&block, Path::new("aggregator.toml")).unwrap();
+        assert_eq!(c.export.remote_write.queue, 10_000);
+        let e = AggregatorConfig::parse("[export.remote_write]\nbatch = 5\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("batch"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //!   embedded dashboard.
 //! - [`cluster`]: sharing updates and presence with other aggregators
 //!   through NATS (`[cluster]`, off by default).
+//! - [`export`]: the fleet's host series sent out: Prometheus remote-write
+//!   (`[export.remote_write]`, off by default), fed by the hub through a
+//!   bounded queue it never waits on.
 //! - [`store`]: the embedded store under history: every numeric field on
 //!   disk in per-second, 1-minute and 1-hour tiers (`[storage]`, on in the
 //!   shipped config), fed by ingest through a bounded queue, read by
@@ -28,14 +31,15 @@
 //! its wire forms encoded once, and the `hosts` payload), [`topic`] (names,
 //! host sanitising, patterns), [`auth`] (tokens and grants, for agents and
 //! clients alike), [`tls`] (both listeners), [`limit`] (the token bucket of
-//! ingest and ws). [`config`] composes the sections each module owns
+//! ingest and ws), [`host_series`] (the table turning host updates into
+//! Prometheus series, for `/metrics` and remote-write alike). [`config`] composes the sections each module owns
 //! (`ingest::IngestConfig`, `hub::HubConfig`, `ws::WsConfig`,
 //! `http::HttpConfig`, `cluster::ClusterConfig`, ...), loads the TOML and
 //! validates.
 //!
 //! # Dependency order
 //! Each uses only what is listed before it (no circles):
-//! 1. `topic`, `limit`, `tls`, `ws::encoding`: nothing of the crate.
+//! 1. `topic`, `limit`, `tls`, `ws::encoding`, `host_series`: nothing of the crate.
 //! 2. `auth`: topic. `update`: `ws::encoding`.
 //! 3. `history`, `ws::outbox`: update, `ws::encoding`. `store`: update
 //!    (its clock) and the proto types only. (`ws::encoding` and `ws::outbox` are
@@ -45,8 +49,9 @@
 //! 5. `ingest`: hub, auth, topic, update, limit, store.
 //! 6. `ws` (upgrade, session, frames, protocol, replay): hub, auth, topic,
 //!    update, limit.
-//! 7. `cluster`: hub, `ingest::registry`, update.
-//! 8. `http`: ws, hub, `ingest::registry`, cluster, store, auth, topic, update; its
+//! 7. `cluster`: hub, `ingest::registry`, update. `export`: update,
+//!    `host_series`.
+//! 8. `http`: ws, hub, `ingest::registry`, cluster, store, export, auth, topic, update; its
 //!    children (`api`, `metrics`, `dashboard`) reach its state through `super`.
 //! 9. `config`: every section's config type, auth and tls (to check them).
 //! 10. [`run`] (this file): everything.
@@ -56,7 +61,9 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod export;
 pub mod history;
+pub mod host_series;
 pub mod http;
 pub mod hub;
 pub mod ingest;
@@ -128,6 +135,9 @@ pub enum RunError {
     /// The store could not be opened.
     #[error("storage: {0}")]
     Store(#[from] store::StoreError),
+    /// Remote-write export could not start.
+    #[error("export.remote_write: {0}")]
+    Export(String),
     /// The live path's threads could not start, or its server task failed.
     #[error("ingest runtime: {0}")]
     Live(String),
@@ -209,6 +219,18 @@ pub async fn run(
         }
         false => (None, None),
     };
+    let remote_write = match config.export.remote_write.enabled() {
+        true => {
+            let settings = config
+                .export
+                .remote_write
+                .settings()
+                .map_err(|(key, reason)| RunError::Export(format!("{key}: {reason}")))?;
+            let (tx, queue, stats) = export::remote_write::queue(&settings);
+            Some((settings, tx, queue, stats))
+        }
+        false => None,
+    };
     // The live path (agents' streams and the hub) runs on threads of its
     // own: however much WebSocket work there is (replays, handshakes, slow
     // clients), it never waits behind it, and the operating system shares
@@ -239,6 +261,7 @@ pub async fn run(
             .collect(),
         export: export_tx,
         store: store.as_ref().map(store::Store::handle),
+        remote_write: remote_write.as_ref().map(|(_, tx, _, _)| tx.clone()),
     });
     let ingest_listener = listeners
         .ingest
@@ -272,6 +295,15 @@ pub async fn run(
             )
             .await?,
         ),
+        None => None,
+    };
+
+    let remote_write = match remote_write {
+        Some((settings, _, queue, stats)) => {
+            export::remote_write::start(settings, queue, stats.clone(), shutdown.clone(), &tasks)
+                .map_err(RunError::Export)?;
+            Some(stats)
+        }
         None => None,
     };
 
@@ -337,6 +369,7 @@ pub async fn run(
         dashboard: config.http.dashboard,
         cluster,
         store: store.as_ref().map(store::Store::view),
+        remote_write,
     });
     let web = async {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod fake;
 pub mod nats;
 pub mod process;
+pub mod prometheus;
 pub mod track;
 pub mod ws;
 

@@ -6,7 +6,8 @@
 //! existing Prometheus can scrape the whole fleet through one target.
 //! Values are read at scrape time from the counters the aggregator keeps
 //! anyway; nothing is counted twice. With `[storage]` on, the store's own
-//! families are added ([`store`]).
+//! families are added ([`store`]); with `[export.remote_write]` on, the
+//! exporter's (`hostpulse_remote_write_*`).
 
 mod host;
 mod store;
@@ -363,6 +364,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(store) = &state.store {
         store::extend(&mut scrape, store);
     }
+    if let Some(rw) = &state.remote_write {
+        remote_write(&mut scrape, rw, hub);
+    }
     if state.metrics.host_gauges {
         scrape
             .families
@@ -382,6 +386,73 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         classic_text(&body),
     )
         .into_response()
+}
+
+/// The remote-write exporter's families (`[export.remote_write]`).
+fn remote_write(
+    scrape: &mut Scrape,
+    rw: &crate::export::remote_write::RemoteWriteStats,
+    hub: &crate::hub::HubStats,
+) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let by_result = |counts: &[(&str, u64)]| {
+        counts
+            .iter()
+            .map(|(result, n)| (vec![("result", (*result).to_string())], *n as f64))
+            .collect()
+    };
+    scrape.families.extend([
+        Family {
+            name: "hostpulse_remote_write_samples",
+            help: "Samples sent by remote-write (sent), or refused by the endpoint or left unsent at shutdown (failed).",
+            unit: None,
+            counter: true,
+            series: by_result(&[
+                ("sent", load(&rw.samples_sent)),
+                ("failed", load(&rw.samples_failed)),
+            ]),
+        },
+        Family {
+            name: "hostpulse_remote_write_requests",
+            help: "Remote-write requests: taken (sent), refused by the endpoint and not sent again (refused), failed and tried again (retried).",
+            unit: None,
+            counter: true,
+            series: by_result(&[
+                ("sent", load(&rw.requests_sent)),
+                ("refused", load(&rw.requests_refused)),
+                ("retried", load(&rw.requests_retried)),
+            ]),
+        },
+    ]);
+    scrape.counters.push((
+        "hostpulse_remote_write_updates_dropped",
+        "Host updates not exported because the remote-write queue was full.",
+        load(&hub.remote_write_dropped),
+    ));
+    scrape.gauges.extend([
+        (
+            "hostpulse_remote_write_queue",
+            "Host updates waiting in the remote-write queue.",
+            None,
+            rw.queued() as f64,
+        ),
+        (
+            "hostpulse_remote_write_pending_samples",
+            "Samples taken from the queue and not yet delivered (the batch being sent or retried, and the next one).",
+            None,
+            load(&rw.pending_samples) as f64,
+        ),
+        (
+            "hostpulse_remote_write_failing",
+            "1 from a failed remote-write request to the next delivered one.",
+            None,
+            if rw.failing.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+    ]);
 }
 
 /// Updates published into the hub and delivered to connections, by topic

@@ -54,6 +54,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// The embedded store, when `[storage]` is on.
     pub store: Option<crate::store::StoreView>,
+    /// The remote-write exporter's counters, when `[export.remote_write]` is on.
+    pub remote_write: Option<Arc<crate::export::remote_write::RemoteWriteStats>>,
 }
 
 /// Builds the router.

@@ -145,6 +145,11 @@ pub struct HubSettings {
     /// Where host updates taken from cluster peers are stored (local ones
     /// are stored by ingest, from their samples).
     pub store: Option<crate::store::StoreHandle>,
+    /// With remote-write export on, where every host update the hub
+    /// accepts goes (from this aggregator's agents and from peers alike):
+    /// the export's bounded queue. Never waited on: when it is full the
+    /// update is not exported and `remote_write_dropped` counts it.
+    pub remote_write: Option<mpsc::Sender<Arc<Update>>>,
 }
 
 /// What the hub is asked to do.
@@ -271,6 +276,9 @@ pub struct HubStats {
     pub exported: AtomicU64,
     /// Updates not handed to the broker publisher because its queue was full.
     pub export_dropped: AtomicU64,
+    /// Host updates not queued for remote-write export because its queue
+    /// was full.
+    pub remote_write_dropped: AtomicU64,
     /// `updates_published` by topic kind (index in [`topic::KINDS`]).
     pub published_by_kind: [AtomicU64; topic::KINDS.len()],
     /// `deliveries` by topic kind (index in [`topic::KINDS`]).

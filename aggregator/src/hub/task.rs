@@ -212,6 +212,15 @@ impl Hub {
         {
             store.offer_peer(&update);
         }
+        if !self.restoring
+            && let Some(tap) = &self.settings.remote_write
+            && update.topic.starts_with("host.")
+            && tap.try_send(update.clone()).is_err()
+        {
+            self.stats
+                .remote_write_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let over = self.histories.push(&t.history, update.clone());
         self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
         self.stats.published_by_kind[t.kind].fetch_add(1, Ordering::Relaxed);

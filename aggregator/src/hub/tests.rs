@@ -32,6 +32,7 @@ async fn only_local_host_updates_are_exported_and_answered_for() {
         rate_limits: Vec::new(),
         export: Some(export),
         store: None,
+        remote_write: None,
     });
     let remote = |topic: &str, seq| {
         let u = update(topic, seq);
@@ -84,6 +85,44 @@ async fn only_local_host_updates_are_exported_and_answered_for() {
     assert_eq!((n, u.seq), (4, 4));
 }
 
+#[tokio::test]
+async fn remote_write_takes_every_accepted_host_update_and_counts_what_the_full_queue_drops() {
+    let (tap, mut tapped) = mpsc::channel(2);
+    let (hub, _task) = spawn(HubSettings {
+        remote_write: Some(tap),
+        ..settings()
+    });
+    let remote = |topic: &str, seq| {
+        let u = update(topic, seq);
+        Update::remote(u.topic.clone(), seq, u.json.clone(), "peer".into())
+    };
+    hub.send(Command::Publish(vec![
+        update("host.a.cpu", 1),
+        // A peer's host updates are exported too: the fleet's data.
+        remote("host.b.cpu", 7),
+        // Not a host metric.
+        update("hosts", 1),
+        // Already held: not exported again.
+        update("host.a.cpu", 1),
+        // Beyond the queue: counted, not waited for.
+        update("host.a.cpu", 2),
+    ]))
+    .await
+    .unwrap();
+    let got: Vec<(String, u64)> = [tapped.recv().await, tapped.recv().await]
+        .into_iter()
+        .map(|u| u.map(|u| (u.topic.to_string(), u.seq)).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        vec![("host.a.cpu".to_string(), 1), ("host.b.cpu".to_string(), 7)]
+    );
+    let floors = hub.ask(|reply| Command::Floors { reply }).await.unwrap();
+    assert_eq!(floors.get("host.a.cpu"), Some(&2), "published all the same");
+    assert_eq!(hub.stats.remote_write_dropped.load(Ordering::Relaxed), 1);
+    assert!(tapped.try_recv().is_err());
+}
+
 /// A presence event as ingest makes it: no seq until the hub gives one.
 fn presence(host: &str) -> Unnumbered {
     Unnumbered {
@@ -108,6 +147,7 @@ async fn presence_events_are_numbered_in_the_order_they_reach_the_hub() {
         rate_limits: Vec::new(),
         export: None,
         store: None,
+        remote_write: None,
     });
     // Each pair is made first-to-last and submitted in both orders, as
     // two ingest tasks racing to the hub would.
@@ -169,6 +209,7 @@ async fn history_stays_within_its_byte_bound_dropping_the_oldest_first() {
         rate_limits: Vec::new(),
         export: None,
         store: None,
+        remote_write: None,
     });
     for seq in 1..=200 {
         let updates = ["a", "b", "c"].iter().map(|t| update(t, seq)).collect();
@@ -216,6 +257,7 @@ fn settings() -> HubSettings {
         rate_limits: Vec::new(),
         export: None,
         store: None,
+        remote_write: None,
     }
 }
 
