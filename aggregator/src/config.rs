@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::alert::AlertsConfig;
 pub use crate::auth::AuthConfig;
 pub use crate::cluster::ClusterConfig;
 pub use crate::http::HttpConfig;
@@ -47,12 +48,20 @@ pub struct AggregatorConfig {
     pub cluster: ClusterConfig,
     /// The embedded store of history on disk (off without `dir`).
     pub storage: StorageConfig,
+    /// Alert rules and where alerts go (off without `rules`).
+    pub alerts: AlertsConfig,
 }
 
 impl AggregatorConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = hostpulse_common::config::load(path)?;
+        let mut config: Self = hostpulse_common::config::load(path)?;
+        // The rules file is named relative to this file.
+        if let (Some(rules), Some(dir)) = (&config.alerts.rules, path.parent())
+            && rules.is_relative()
+        {
+            config.alerts.rules = Some(dir.join(rules));
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -90,6 +99,7 @@ impl AggregatorConfig {
             self.ingest.problem(),
             self.ws.problem(),
             self.storage.problem(),
+            self.alerts.problem(),
         ];
         if let Some((key, reason)) = sections.into_iter().flatten().next() {
             return Err(invalid(key, &reason));
@@ -99,6 +109,9 @@ impl AggregatorConfig {
             .map_err(|e| ConfigError::invalid(path, e.key, e.reason))?;
         if let Some((key, reason)) = self.cluster.problem() {
             return Err(invalid(key, &reason));
+        }
+        if let Some(rules) = &self.alerts.rules {
+            crate::alert::rules::load(rules)?;
         }
         if self.ingest.listen == self.http.listen && self.ingest.listen.port() != 0 {
             return Err(invalid(

@@ -1,7 +1,9 @@
 //! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
 //! (REST snapshot), `/api/v1/hosts/{host}/series` (history from the store),
+//! `/api/v1/alerts` (what fires and recent transitions),
 //! `/metrics` and `/healthz`.
 
+pub mod alerts;
 pub mod api;
 pub mod dashboard;
 pub mod metrics;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// The embedded store, when `[storage]` is on.
     pub store: Option<crate::store::StoreView>,
+    /// Alert rules, what fires, and the receivers' counters.
+    pub alerts: crate::alert::Alerting,
 }
 
 /// Builds the router.
@@ -76,6 +80,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/hosts/{host}/series",
             get(series::series).with_state(state.clone()),
+        )
+        .route(
+            "/api/v1/alerts",
+            get(alerts::alerts).with_state(state.clone()),
         )
         .route("/metrics", get(metrics::metrics).with_state(state.clone()))
         .route("/healthz", get(healthz).with_state(state))
