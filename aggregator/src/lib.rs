@@ -281,6 +281,10 @@ pub async fn run(
         &config.alerts,
         rules,
         hub.clone(),
+        {
+            let registry = registry.clone();
+            Box::new(move || registry.online_elsewhere())
+        },
         http_addr,
         shutdown.clone(),
         &tasks,
@@ -289,6 +293,7 @@ pub async fn run(
     tasks.spawn(ingest::forget::run(
         hub.clone(),
         registry.clone(),
+        alerting.engine.clone(),
         ms(config.hub.forget_after_ms),
         shutdown.clone(),
     ));

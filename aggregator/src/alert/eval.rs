@@ -109,6 +109,9 @@ struct Series {
 
 #[derive(Debug)]
 struct HostState {
+    /// Streams of the host attached here now (a new stream attaches
+    /// before the one it supersedes ends).
+    streams: u32,
     labels: BTreeMap<String, String>,
     rules: Vec<usize>,
     last_seen: Instant,
@@ -129,8 +132,10 @@ pub struct Engine {
     pub dropped: AtomicU64,
 }
 
-/// One host's handle on the engine, held by its ingest stream.
-#[derive(Debug, Clone)]
+/// One host's handle on the engine, held by its ingest stream; dropping it
+/// marks the stream gone (its state stays: `absent` rules watch for the
+/// host's return).
+#[derive(Debug)]
 pub struct HostAlerts {
     engine: Arc<Engine>,
     host: Arc<str>,
@@ -170,6 +175,7 @@ impl Engine {
         }
         let host: Arc<str> = host.into();
         let state = hosts.entry(host.clone()).or_insert_with(|| HostState {
+            streams: 0,
             labels: BTreeMap::new(),
             rules: Vec::new(),
             last_seen: Instant::now(),
@@ -178,6 +184,7 @@ impl Engine {
             top_cpu: Vec::new(),
             top_memory: Vec::new(),
         });
+        state.streams += 1;
         state.labels = labels.clone();
         state.series.retain(|(r, _), _| rules.contains(r));
         state.rules = rules;
@@ -198,11 +205,22 @@ impl Engine {
     }
 
     /// Fires `absent` rules of hosts silent for their `after`: called by
-    /// the one timer over all hosts.
-    pub fn tick(&self, now: Instant) {
+    /// the one timer over all hosts. A host in `elsewhere` (online on
+    /// another aggregator of the cluster) and attached here no more is
+    /// that aggregator's to watch: dropped here, with what fired resolved.
+    pub fn tick(&self, now: Instant, elsewhere: &std::collections::HashSet<String>) {
         let mut out = Vec::new();
         {
             let mut hosts = self.hosts.lock().expect("alert state lock");
+            let moved: Vec<Arc<str>> = hosts
+                .iter()
+                .filter(|(h, s)| s.streams == 0 && elsewhere.contains(&***h))
+                .map(|(h, _)| h.clone())
+                .collect();
+            for h in moved {
+                tracing::debug!(host = %h, "alert state dropped: the host streams to another aggregator");
+                out.extend(drop_host(&mut hosts, &h));
+            }
             for (host, state) in hosts.iter_mut() {
                 let silent = now.saturating_duration_since(state.last_seen);
                 for &i in &state.rules {
@@ -227,6 +245,18 @@ impl Engine {
                 }
             }
         }
+        for a in out {
+            self.emit(a);
+        }
+    }
+
+    /// A host forgotten (departed for `hub.forget_after`): its state goes,
+    /// and whatever fires for it is resolved.
+    pub fn forget(&self, host: &str) {
+        let out = {
+            let mut hosts = self.hosts.lock().expect("alert state lock");
+            drop_host(&mut hosts, host)
+        };
         for a in out {
             self.emit(a);
         }
@@ -257,6 +287,26 @@ impl HostState {
             top_memory: &self.top_memory,
         }
     }
+}
+
+/// Removes a host's state; returns its firing alerts, resolved now.
+fn drop_host(hosts: &mut HashMap<Arc<str>, HostState>, host: &str) -> Vec<Alert> {
+    let Some(state) = hosts.remove(host) else {
+        return Vec::new();
+    };
+    let now = SystemTime::now();
+    let absent = state.absent.into_values();
+    let series = state.series.into_values().filter_map(|s| match s.phase {
+        Phase::Firing { alert } => Some(alert),
+        _ => None,
+    });
+    absent
+        .chain(series)
+        .map(|a| {
+            let v = a.value;
+            resolve(*a, v, now)
+        })
+        .collect()
 }
 
 fn build(
@@ -345,6 +395,15 @@ fn fit(points: &VecDeque<(i64, f64)>, at_ms: i64) -> Option<f64> {
     let intercept = (sy - slope * sx) / n;
     let v = intercept + slope * (at_ms - t0) as f64 / 1000.0;
     v.is_finite().then_some(v)
+}
+
+impl Drop for HostAlerts {
+    fn drop(&mut self) {
+        let mut hosts = self.engine.hosts.lock().expect("alert state lock");
+        if let Some(state) = hosts.get_mut(&self.host) {
+            state.streams = state.streams.saturating_sub(1);
+        }
+    }
 }
 
 impl HostAlerts {
@@ -639,17 +698,41 @@ mod tests {
         let (e, mut rx) = engine(
             "[[rule]]\nname = \"gone\"\nkind = \"absent\"\nafter = \"5s\"\nhosts = [\"web-*\"]\n",
         );
+        let none = std::collections::HashSet::new();
         assert!(e.attach("db-1", &BTreeMap::new()).is_none());
         let h = e.attach("web-1", &BTreeMap::new()).unwrap();
-        e.tick(Instant::now() + Duration::from_secs(1));
+        e.tick(Instant::now() + Duration::from_secs(1), &none);
         assert!(drain(&mut rx).is_empty());
-        e.tick(Instant::now() + Duration::from_secs(6));
-        e.tick(Instant::now() + Duration::from_secs(7));
+        e.tick(Instant::now() + Duration::from_secs(6), &none);
+        e.tick(Instant::now() + Duration::from_secs(7), &none);
         let got = drain(&mut rx);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, Status::Firing);
         h.observe(&[cpu(0, 1.0)]);
         assert_eq!(drain(&mut rx).len(), 1);
         assert_eq!(e.shortest_after(), Some(Duration::from_secs(5)));
+
+        // Gone again and firing; then its agent streams to another
+        // aggregator: resolved here and no longer watched here.
+        drop(h);
+        e.tick(Instant::now() + Duration::from_secs(6), &none);
+        assert_eq!(drain(&mut rx), vec![(Status::Firing, 6.0)]);
+        let elsewhere = std::collections::HashSet::from(["web-1".to_string()]);
+        e.tick(Instant::now() + Duration::from_secs(60), &elsewhere);
+        assert_eq!(drain(&mut rx).len(), 1, "resolved");
+        e.tick(Instant::now() + Duration::from_secs(120), &none);
+        assert!(drain(&mut rx).is_empty(), "not watched here any more");
+
+        // Attached here (online elsewhere is stale news): still watched.
+        let h = e.attach("web-2", &BTreeMap::new()).unwrap();
+        let elsewhere = std::collections::HashSet::from(["web-2".to_string()]);
+        e.tick(Instant::now() + Duration::from_secs(6), &elsewhere);
+        assert_eq!(drain(&mut rx).len(), 1);
+        // Forgotten: what fires resolves.
+        e.forget("web-2");
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, Status::Resolved);
+        drop(h);
     }
 }

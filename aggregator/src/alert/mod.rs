@@ -12,7 +12,10 @@
 //! - [`deliver`]: Alertmanager and webhook senders, bounded and retried.
 //!
 //! Only agents attached to this aggregator are evaluated here: in a cluster
-//! each host's rules run on the aggregator its agent streams to.
+//! each host's rules run on the aggregator its agent streams to, and a host
+//! that moved to another aggregator is dropped here (its firing alerts
+//! resolved) rather than reported absent. A host forgotten after
+//! `hub.forget_after` has its state dropped and its alerts resolved.
 
 pub mod deliver;
 pub mod eval;
@@ -154,6 +157,7 @@ pub fn start(
     config: &AlertsConfig,
     rules: Vec<rules::Rule>,
     hub: HubHandle,
+    elsewhere: task::Elsewhere,
     http_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
@@ -212,6 +216,7 @@ pub fn start(
     tasks.spawn(task::run(
         task::Settings {
             engine: engine.clone(),
+            elsewhere,
             board: board.clone(),
             hub,
             alertmanagers,

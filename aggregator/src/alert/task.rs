@@ -112,10 +112,16 @@ impl<T> Outlet<T> {
     }
 }
 
+/// The hosts other aggregators of the cluster announce online (ingest's
+/// registry knows; handed in so this module does not reach into ingest).
+pub type Elsewhere = Box<dyn Fn() -> std::collections::HashSet<String> + Send + Sync>;
+
 /// What the task needs.
 pub struct Settings {
     /// The evaluator (for the absent tick).
     pub engine: Arc<Engine>,
+    /// Which hosts stream to other aggregators now (for the absent tick).
+    pub elsewhere: Elsewhere,
     /// The board.
     pub board: Arc<Board>,
     /// The hub, for the `alerts` topic.
@@ -185,7 +191,9 @@ pub async fn run(s: Settings, mut events: mpsc::Receiver<Alert>, shutdown: Cance
                     }
                 }
             }
-            _ = absent.tick(), if tick_every.is_some() => s.engine.tick(Instant::now()),
+            _ = absent.tick(), if tick_every.is_some() => {
+                s.engine.tick(Instant::now(), &(s.elsewhere)());
+            }
         }
     }
 }
