@@ -64,6 +64,18 @@ impl Aggregator {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Waits until the `/metrics` line starting with `series` reads `want`.
+    async fn wait_metric(&self, series: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.metric(series).await != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} never reached {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The value of the `/metrics` line starting with `series`.
     async fn metric(&self, series: &str) -> f64 {
         let (_, body) = http_get(self.http, "/metrics").await;
@@ -440,7 +452,7 @@ async fn alerts_reach_an_alertmanager_that_comes_up_late() {
             .any(|x| x["labels"]["host"] == "web-2" && x["status"]["state"] == "active")
     })
     .await;
-    assert!(agg.metric(&sent).await >= 1.0);
+    agg.wait_metric(&sent, 1.0).await;
 }
 
 fn check_config(rules: &str) -> (Option<i32>, String) {
@@ -546,4 +558,56 @@ fn the_shipped_rules_file_loads_and_is_printed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_webhook_is_retried_with_backoff_and_counted() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Answers 500 twice, then takes the call.
+    let calls = Arc::new(AtomicU32::new(0));
+    let (tx, mut got) = mpsc::channel::<Value>(10);
+    let app = axum::Router::new()
+        .route(
+            "/flaky",
+            post(
+                |State((calls, tx)): State<(Arc<AtomicU32>, mpsc::Sender<Value>)>,
+                 Json(v): Json<Value>| async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let _ = tx.send(v).await;
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state((calls.clone(), tx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/flaky", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let rule = CPU_RULE.replace("for = \"3s\"", "for = \"0s\"");
+    let agg = Aggregator::start(
+        &rule,
+        &format!("webhook_urls = [\"{url}\"]\nretry_min_ms = 100\nretry_max_ms = 200\n"),
+    );
+    let mut agent = FakeAgent::connect(&agg.ingest_url(), "web-3").await;
+    let mut seq = 0;
+    send_cpu(&mut agent, &mut seq, now_ms() - 10_000, 0, &[99.0]).await;
+    let v = tokio::time::timeout(WAIT, got.recv())
+        .await
+        .expect("delivered after the retries")
+        .unwrap();
+    assert_eq!(v["status"], "firing");
+    assert_eq!(v["alert"]["host"], "web-3");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let series = |result: &str| {
+        format!(
+            "hostpulse_alert_notifications_total{{receiver=\"webhook {url}\",result=\"{result}\"}}"
+        )
+    };
+    // Counted once the answer is back, just after the handler ran.
+    agg.wait_metric(&series("sent"), 1.0).await;
+    assert_eq!(agg.metric(&series("failed")).await, 2.0);
+    assert_eq!(agg.metric(&series("dropped")).await, 0.0);
 }
