@@ -171,9 +171,9 @@ impl Http {
         let answer = async {
             let response = self.0.request(request).await?;
             let status = response.status();
-            // Read the answer (bounded): the connection goes back to the pool.
-            let body = response
-                .into_body()
+            // Read the answer, at most 64 KiB: the connection goes back to
+            // the pool, and a receiver cannot make us buffer without end.
+            let body = http_body_util::Limited::new(response.into_body(), 64 << 10)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
