@@ -126,6 +126,8 @@ struct HostState {
 #[derive(Debug)]
 pub struct Engine {
     rules: Arc<[Rule]>,
+    /// Every field some rule reads.
+    fields: std::collections::HashSet<&'static str>,
     hosts: Mutex<HashMap<Arc<str>, HostState>>,
     events: mpsc::Sender<Alert>,
     /// Transitions that did not fit the queue to the alert task.
@@ -144,8 +146,13 @@ pub struct HostAlerts {
 impl Engine {
     /// An engine for `rules`, sending transitions to `events`.
     pub fn new(rules: Arc<[Rule]>, events: mpsc::Sender<Alert>) -> Self {
+        let mut fields = std::collections::HashSet::new();
+        for c in rules.iter().filter_map(|r| r.condition.as_ref()) {
+            c.expr.fields(&mut fields);
+        }
         Self {
             rules,
+            fields,
             hosts: Mutex::new(HashMap::new()),
             events,
             dropped: AtomicU64::new(0),
@@ -170,7 +177,12 @@ impl Engine {
             .collect();
         let mut hosts = self.hosts.lock().expect("alert state lock");
         if rules.is_empty() {
-            hosts.remove(host);
+            // No rule selects it (any more: its labels changed).
+            let resolved = drop_host(&mut hosts, host);
+            drop(hosts);
+            for a in resolved {
+                self.emit(a);
+            }
             return None;
         }
         let host: Arc<str> = host.into();
@@ -186,9 +198,29 @@ impl Engine {
         });
         state.streams += 1;
         state.labels = labels.clone();
-        state.series.retain(|(r, _), _| rules.contains(r));
+        // Rules that no longer select it: what fired for them resolves.
+        let now = SystemTime::now();
+        let mut resolved = Vec::new();
+        state.series.retain(|(r, _), s| {
+            let keep = rules.contains(r);
+            if let (false, Phase::Firing { alert }) = (keep, &s.phase) {
+                resolved.push(resolve((**alert).clone(), alert.value, now));
+            }
+            keep
+        });
+        state.absent.retain(|r, alert| {
+            let keep = rules.contains(r);
+            if !keep {
+                resolved.push(resolve((**alert).clone(), alert.value, now));
+            }
+            keep
+        });
         state.rules = rules;
         state.last_seen = Instant::now();
+        drop(hosts);
+        for a in resolved {
+            self.emit(a);
+        }
         Some(HostAlerts {
             engine: self.clone(),
             host,
@@ -453,7 +485,7 @@ impl HostAlerts {
         }
         let t = sample.timestamp_ms;
         let at = from_unix_ms(t);
-        let values = Values::of(sample);
+        let values = Values::of(sample, &engine.fields);
         let HostState {
             labels,
             rules,

@@ -28,7 +28,7 @@
 //! while bringing a language (strings, functions, assignment) a rule does
 //! not need.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::store::series::FIELDS;
 
@@ -134,18 +134,24 @@ pub struct Values {
 }
 
 impl Values {
-    /// Every numeric field of `sample`.
-    pub fn of(sample: &hostpulse_proto::Sample) -> Self {
+    /// The fields of `sample` in `wanted` (the fields some rule reads:
+    /// nothing else is copied).
+    pub fn of(sample: &hostpulse_proto::Sample, wanted: &HashSet<&'static str>) -> Self {
         let mut v = Values::default();
-        crate::store::series::for_each_field(sample, |name, label, value| match label {
-            None => {
-                v.plain.insert(name, value);
+        crate::store::series::for_each_field(sample, |name, label, value| {
+            if !wanted.contains(name) {
+                return;
             }
-            Some((_, entry)) => v
-                .listed
-                .entry(name)
-                .or_default()
-                .push((entry.to_string(), value)),
+            match label {
+                None => {
+                    v.plain.insert(name, value);
+                }
+                Some((_, entry)) => v
+                    .listed
+                    .entry(name)
+                    .or_default()
+                    .push((entry.to_string(), value)),
+            }
         });
         v
     }
@@ -198,6 +204,21 @@ impl Expr {
                 .get(name)
                 .map(|l| l.iter().map(|(e, _)| Some(e.clone())).collect())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Adds the name of every field it reads to `out`.
+    pub fn fields(&self, out: &mut HashSet<&'static str>) {
+        match self {
+            Expr::Num(_) => {}
+            Expr::Field(f) => {
+                out.insert(f.name);
+            }
+            Expr::Neg(e) => e.fields(out),
+            Expr::Bin(_, a, b) => {
+                a.fields(out);
+                b.fields(out);
+            }
         }
     }
 

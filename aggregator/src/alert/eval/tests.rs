@@ -203,3 +203,18 @@ fn an_entry_gone_from_its_list_resolves_and_is_forgotten() {
     let state = e.hosts.lock().unwrap();
     assert_eq!(state["h"].series.len(), 1);
 }
+
+#[test]
+fn a_host_no_longer_selected_has_its_alerts_resolved() {
+    let (e, mut rx) = engine(
+        "[[rule]]\nname = \"cpu\"\nexpr = \"cpu.total_pct > 90\"\nmatch_labels = { role = \"web\" }\n",
+    );
+    let web = BTreeMap::from([("role".to_string(), "web".to_string())]);
+    let h = e.attach("h", &web).unwrap();
+    h.observe(&[cpu(0, 95.0)]);
+    assert_eq!(drain(&mut rx), vec![(Status::Firing, 95.0)]);
+    drop(h);
+    // The agent comes back with other labels.
+    assert!(e.attach("h", &BTreeMap::new()).is_none());
+    assert_eq!(drain(&mut rx), vec![(Status::Resolved, 95.0)]);
+}

@@ -47,9 +47,13 @@ fn sample() -> Sample {
     }
 }
 
+fn all() -> HashSet<&'static str> {
+    FIELDS.iter().map(|(f, _)| *f).collect()
+}
+
 #[test]
 fn the_documented_examples_parse_and_evaluate() {
-    let v = Values::of(&sample());
+    let v = Values::of(&sample(), &all());
     let c = parse_condition("cpu.total_pct > 90").unwrap();
     assert_eq!(c.expr.eval(&v, None), Some(95.0));
     assert!(c.cmp.holds(95.0, c.threshold));
