@@ -611,3 +611,29 @@ async fn a_failing_webhook_is_retried_with_backoff_and_counted() {
     assert_eq!(agg.metric(&series("failed")).await, 2.0);
     assert_eq!(agg.metric(&series("dropped")).await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_api_takes_the_same_tokens_and_needs_the_alerts_topic() {
+    let agg = Aggregator::start(
+        CPU_RULE,
+        "[auth]\nanonymous_clients = false\n[[auth.client_tokens]]\nname = \"ops\"\ntoken = \"ops-secret-0123456789\"\ntopics = [\"alerts\"]\n\
+         [[auth.client_tokens]]\nname = \"cpu\"\ntoken = \"cpu-secret-0123456789\"\ntopics = [\"host.*.cpu\"]\n",
+    );
+    let get = |token: Option<&'static str>| async move {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        hostpulse_tests::http_request(agg.http, "/api/v1/alerts", &headers)
+            .await
+            .status
+    };
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some("cpu-secret-0123456789")).await, 403);
+    assert_eq!(get(Some("ops-secret-0123456789")).await, 200);
+    let (status, body) = http_get(agg.http, "/api/v1/alerts?token=ops-secret-0123456789").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rules"], 1, "{v}");
+}
