@@ -365,9 +365,10 @@ fn compile(file: RulesFile, path: &Path) -> Result<Vec<Rule>, ConfigError> {
                 ));
             }
         }
-        let summary = Template::parse(&config.summary).map_err(|e| bad("summary", e))?;
+        let summary =
+            Template::parse(&config.summary).map_err(|e| bad("summary", e.to_string()))?;
         let description =
-            Template::parse(&config.description).map_err(|e| bad("description", e))?;
+            Template::parse(&config.description).map_err(|e| bad("description", e.to_string()))?;
         let clear = match (&condition, config.clear) {
             (Some(_), Some(c)) => c,
             (Some(c), None) => c.threshold,

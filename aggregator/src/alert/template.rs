@@ -9,6 +9,19 @@
 
 use std::collections::BTreeMap;
 
+/// Why a template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `{{` with no `}}` after it.
+    #[error("`{{{{` without `}}}}` in {0:?}")]
+    Unclosed(String),
+    /// A placeholder that is not one of the known ones.
+    #[error(
+        "unknown placeholder `{{{{{0}}}}}` (known: host, value, rule, severity, entry, threshold, window, labels.NAME)"
+    )]
+    Unknown(String),
+}
+
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template(Vec<Part>);
@@ -64,7 +77,7 @@ pub fn number(v: f64) -> String {
 
 impl Template {
     /// Parses `text`; the error names the bad placeholder.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
@@ -73,7 +86,7 @@ impl Template {
             }
             let after = &rest[start + 2..];
             let Some(end) = after.find("}}") else {
-                return Err(format!("`{{{{` without `}}}}` in {text:?}"));
+                return Err(TemplateError::Unclosed(text.into()));
             };
             let name = after[..end].trim();
             let var = match name {
@@ -85,11 +98,7 @@ impl Template {
                 "threshold" => Var::Threshold,
                 "window" => Var::Window,
                 n if n.starts_with("labels.") && n.len() > 7 => Var::Label(n[7..].into()),
-                n => {
-                    return Err(format!(
-                        "unknown placeholder `{{{{{n}}}}}` (known: host, value, rule, severity, entry, threshold, window, labels.NAME)"
-                    ));
-                }
+                n => return Err(TemplateError::Unknown(n.into())),
             };
             parts.push(Part::Var(var));
             rest = &after[end + 2..];
@@ -146,7 +155,12 @@ mod tests {
             labels: &labels,
         };
         assert_eq!(t.render(&c), "web-1 at 93.457% (> 90) on web");
-        assert!(Template::parse("{{hots}}").unwrap_err().contains("hots"));
+        let e = Template::parse("{{hots}}").unwrap_err();
+        assert_eq!(e, TemplateError::Unknown("hots".into()));
+        assert!(
+            e.to_string().contains("unknown placeholder `{{hots}}`"),
+            "{e}"
+        );
         assert!(Template::parse("{{host").is_err());
         assert_eq!(number(0.5), "0.5");
     }
