@@ -41,6 +41,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Its name with its article, for messages.
+    pub fn article(self) -> &'static str {
+        match self {
+            Kind::Threshold => "a threshold",
+            Kind::Absent => "an absent",
+            Kind::Predict => "a predict",
+        }
+    }
+
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
@@ -279,7 +288,7 @@ fn compile(file: RulesFile, path: &Path) -> Result<Vec<Rule>, ConfigError> {
             match set {
                 true => Err(bad(
                     key,
-                    format!("is not used by a {} rule", config.kind.name()),
+                    format!("is not used by {} rule", config.kind.article()),
                 )),
                 false => Ok(()),
             }
@@ -303,7 +312,7 @@ fn compile(file: RulesFile, path: &Path) -> Result<Vec<Rule>, ConfigError> {
                 let Some(expr) = &config.expr else {
                     return Err(bad(
                         "expr",
-                        format!("a {} rule needs it", config.kind.name()),
+                        format!("{} rule needs it", config.kind.article()),
                     ));
                 };
                 let c = parse_condition(expr).map_err(|e| bad("expr", format!("{expr:?} {e}")))?;
@@ -470,7 +479,7 @@ horizon = "4h"
             ("name = \"a\"\nkind = \"absent\"", "needs it"),
             (
                 "name = \"a\"\nkind = \"absent\"\nafter = \"1m\"\nexpr = \"cpu.total_pct > 1\"",
-                "not used by a absent rule",
+                "not used by an absent rule",
             ),
             (
                 "name = \"a\"\nkind = \"predict\"\nexpr = \"cpu.total_pct > 1\"",
