@@ -11,6 +11,8 @@
 #   systemd-analyze (systemd)      checks the shipped unit files (tests/tests/binaries.rs)
 #   promtool (prometheus)          checks a /metrics scrape (tests/tests/metrics.rs)
 #   nats-server (nats-server)      the broker of the cluster tests (tests/tests/cluster.rs)
+#   prometheus-alertmanager        receives the alerts of tests/tests/alerts.rs
+#     (prometheus-alertmanager)
 #   chromium (chromium)            the dashboard's browser tests (dashboard/e2e)
 #   node >= 20, npm (nodejs, npm)  build and test the dashboard
 #   dpkg-deb, deb-systemd-helper,  build, install and check the Debian packages
@@ -35,6 +37,7 @@ missing_packages() {
     have systemd-analyze || m+=(systemd)
     have promtool || m+=(prometheus)
     have nats-server || m+=(nats-server)
+    have prometheus-alertmanager || m+=(prometheus-alertmanager)
     have chromium || m+=(chromium)
     have node || m+=(nodejs)
     have npm || m+=(npm)

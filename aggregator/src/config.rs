@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::alert::AlertsConfig;
 pub use crate::auth::AuthConfig;
 pub use crate::cluster::ClusterConfig;
 pub use crate::export::{ExportConfig, RemoteWriteConfig};
@@ -51,12 +52,20 @@ pub struct AggregatorConfig {
     /// Sending host series elsewhere: Prometheus remote-write (off
     /// without `[export.remote_write] url`).
     pub export: ExportConfig,
+    /// Alert rules and where alerts go (off without `rules`).
+    pub alerts: AlertsConfig,
 }
 
 impl AggregatorConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = hostpulse_common::config::load(path)?;
+        let mut config: Self = hostpulse_common::config::load(path)?;
+        // The rules file is named relative to this file.
+        if let (Some(rules), Some(dir)) = (&config.alerts.rules, path.parent())
+            && rules.is_relative()
+        {
+            config.alerts.rules = Some(dir.join(rules));
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -95,6 +104,7 @@ impl AggregatorConfig {
             self.ingest.problem(),
             self.ws.problem(),
             self.storage.problem(),
+            self.alerts.problem(),
         ];
         if let Some((key, reason)) = sections.into_iter().flatten().next() {
             return Err(invalid(key, &reason));
@@ -109,6 +119,9 @@ impl AggregatorConfig {
             && let Some((key, reason)) = self.export.remote_write.problem()
         {
             return Err(invalid(key, &reason));
+        }
+        if let Some(rules) = &self.alerts.rules {
+            crate::alert::rules::load(rules)?;
         }
         if self.ingest.listen == self.http.listen && self.ingest.listen.port() != 0 {
             return Err(invalid(

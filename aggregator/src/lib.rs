@@ -22,6 +22,9 @@
 //! - [`export`]: the fleet's host series sent out: Prometheus remote-write
 //!   (`[export.remote_write]`, off by default), fed by the hub through a
 //!   bounded queue it never waits on.
+//! - [`alert`]: alert rules evaluated on each sample as ingest accepts it,
+//!   delivered to Alertmanager and webhooks, shown on the `alerts` topic
+//!   and `/api/v1/alerts` (`[alerts]`, off without a rules file).
 //! - [`store`]: the embedded store under history: every numeric field on
 //!   disk in per-second, 1-minute and 1-hour tiers (`[storage]`, on in the
 //!   shipped config), fed by ingest through a bounded queue, read by
@@ -46,18 +49,20 @@
 //!    leaves the lower layers use: the encodings of an update, and the queue
 //!    the hub pushes into and the session drains.)
 //! 4. `hub`: auth, topic, update, history, `ws::outbox`.
-//! 5. `ingest`: hub, auth, topic, update, limit, store.
+//! 5. `alert`: hub, update, store (field names). `ingest`: hub, auth,
+//!    topic, update, limit, store, alert.
 //! 6. `ws` (upgrade, session, frames, protocol, replay): hub, auth, topic,
 //!    update, limit.
 //! 7. `cluster`: hub, `ingest::registry`, update. `export`: update,
 //!    `host_series`.
-//! 8. `http`: ws, hub, `ingest::registry`, cluster, store, export, auth, topic, update; its
+//! 8. `http`: ws, hub, `ingest::registry`, cluster, store, export, alert, auth, topic, update; its
 //!    children (`api`, `metrics`, `dashboard`) reach its state through `super`.
 //! 9. `config`: every section's config type, auth and tls (to check them).
 //! 10. [`run`] (this file): everything.
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
+pub mod alert;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -138,6 +143,9 @@ pub enum RunError {
     /// Remote-write export could not start.
     #[error("export.remote_write: {0}")]
     Export(String),
+    /// The alert rules could not be read.
+    #[error("alerts: {0}")]
+    Alerts(#[from] config::ConfigError),
     /// The live path's threads could not start, or its server task failed.
     #[error("ingest runtime: {0}")]
     Live(String),
@@ -306,10 +314,27 @@ pub async fn run(
         }
         None => None,
     };
+    let rules = match &config.alerts.rules {
+        Some(path) => alert::rules::load(path)?,
+        None => Vec::new(),
+    };
+    let alerting = alert::start(
+        &config.alerts,
+        rules,
+        hub.clone(),
+        {
+            let registry = registry.clone();
+            Box::new(move || registry.online_elsewhere())
+        },
+        http_addr,
+        shutdown.clone(),
+        &tasks,
+    );
 
     tasks.spawn(ingest::forget::run(
         hub.clone(),
         registry.clone(),
+        alerting.engine.clone(),
         ms(config.hub.forget_after_ms),
         shutdown.clone(),
     ));
@@ -328,6 +353,7 @@ pub async fn run(
             max_future: ms(config.ingest.max_future_ms),
         },
         store.as_ref().map(store::Store::handle),
+        alerting.engine.clone(),
         shutdown.clone(),
         tasks.clone(),
     );
@@ -370,6 +396,7 @@ pub async fn run(
         cluster,
         store: store.as_ref().map(store::Store::view),
         remote_write,
+        alerts: alerting,
     });
     let web = async {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -32,7 +32,8 @@ struct Args {
     #[arg(long)]
     hash_token: bool,
     /// Validate the configuration (reading every token and certificate file
-    /// it names), print the effective settings as TOML and exit.
+    /// it names, and the alert rules), print the effective settings and the
+    /// rules as TOML and exit.
     #[arg(long)]
     check_config: bool,
     /// Log lines as `text` or `json` (one object per line, for log shippers).
@@ -74,6 +75,28 @@ fn main() -> ExitCode {
             "# effective configuration\n{}",
             toml::to_string_pretty(&config.redacted()).expect("a config serialises")
         );
+        if let Some(path) = &config.alerts.rules {
+            // Validation has just loaded them; print them as understood.
+            match hostpulse_aggregator::alert::rules::load(path) {
+                Ok(rules) => {
+                    println!("# alert rules from {} ({})", path.display(), rules.len());
+                    for r in &rules {
+                        println!("#   {}", r.describe());
+                    }
+                    let file = hostpulse_aggregator::alert::rules::RulesFile {
+                        rule: rules.into_iter().map(|r| r.config).collect(),
+                    };
+                    println!(
+                        "{}",
+                        toml::to_string_pretty(&file).expect("rules serialise")
+                    );
+                }
+                Err(e) => {
+                    eprintln!("hostpulse-aggregator: configuration refused: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
         return ExitCode::SUCCESS;
     }
     // This runtime serves clients (WebSocket, HTTP); the live path starts

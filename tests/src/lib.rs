@@ -3,6 +3,7 @@
 //! libraries, or as the real binaries with TOML files), and talk to them with
 //! real WebSocket and gRPC clients. Every wait has a timeout.
 
+pub mod alertmanager;
 pub mod cluster;
 pub mod fake;
 pub mod nats;

@@ -181,6 +181,8 @@ fn every_shipped_config_file_is_valid() {
             hostpulse_agent::AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         } else if name.starts_with("aggregator") {
             hostpulse_aggregator::AggregatorConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        } else if name == "alerts.toml" {
+            hostpulse_aggregator::alert::rules::load(&path).unwrap_or_else(|e| panic!("{e}"));
         } else {
             panic!("{name}: unknown config file; teach this test about it");
         }

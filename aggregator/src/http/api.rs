@@ -52,6 +52,16 @@ pub(super) fn authorize(
     headers: &HeaderMap,
     query: &TokenQuery,
 ) -> Result<Grant, (StatusCode, String)> {
+    authorize_for(state, headers, query, "hosts")
+}
+
+/// The caller's grant, which must cover `topic`.
+pub(super) fn authorize_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+    topic: &str,
+) -> Result<Grant, (StatusCode, String)> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -67,10 +77,10 @@ pub(super) fn authorize(
             ));
         }
     };
-    if !grant.allows("hosts") {
+    if !grant.allows(topic) {
         return Err((
             StatusCode::FORBIDDEN,
-            format!("token {:?} does not grant the hosts topic", grant.name),
+            format!("token {:?} does not grant the {topic} topic", grant.name),
         ));
     }
     Ok(grant)

@@ -111,6 +111,55 @@ impl Collector for Scrape {
     }
 }
 
+/// `hostpulse_alerts_firing{rule,severity}` (every rule, 0 when quiet),
+/// `hostpulse_alert_notifications_total{receiver,result}` (delivery
+/// attempts: `sent`, `failed`; notifications given up: `dropped`) and
+/// `hostpulse_alert_events_dropped_total`.
+fn alert_families(state: &AppState, scrape: &mut Scrape) {
+    let alerts = &state.alerts;
+    scrape.families.push(Family {
+        name: "hostpulse_alerts_firing",
+        help: "Alerts firing now, by rule and severity.",
+        unit: None,
+        counter: false,
+        series: alerts
+            .board
+            .firing_counts()
+            .into_iter()
+            .map(|(rule, severity, n)| (vec![("rule", rule), ("severity", severity)], n as f64))
+            .collect(),
+    });
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    scrape.families.push(Family {
+        name: "hostpulse_alert_notifications",
+        help: "Alert deliveries by receiver: attempts sent and failed, notifications dropped.",
+        unit: None,
+        counter: true,
+        series: alerts
+            .receivers
+            .iter()
+            .flat_map(|r| {
+                [
+                    ("sent", load(&r.sent)),
+                    ("failed", load(&r.failed)),
+                    ("dropped", load(&r.dropped)),
+                ]
+                .map(|(result, v)| {
+                    (
+                        vec![("receiver", r.name.clone()), ("result", result.to_string())],
+                        v,
+                    )
+                })
+            })
+            .collect(),
+    });
+    scrape.counters.push((
+        "hostpulse_alert_events_dropped",
+        "Alert transitions dropped because the alert task's queue was full.",
+        alerts.engine.dropped.load(Ordering::Relaxed),
+    ));
+}
+
 /// The handler.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let hub = &state.ws.hub.stats;
@@ -253,6 +302,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ],
         families: per_kind(hub),
     };
+    alert_families(&state, &mut scrape);
     if let Some(c) = &state.cluster {
         scrape.counters.extend([
             (

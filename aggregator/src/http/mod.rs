@@ -1,7 +1,9 @@
 //! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
 //! (REST snapshot), `/api/v1/hosts/{host}/series` (history from the store),
+//! `/api/v1/alerts` (what fires and recent transitions),
 //! `/metrics` and `/healthz`.
 
+pub mod alerts;
 pub mod api;
 pub mod dashboard;
 pub mod metrics;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub store: Option<crate::store::StoreView>,
     /// The remote-write exporter's counters, when `[export.remote_write]` is on.
     pub remote_write: Option<Arc<crate::export::remote_write::RemoteWriteStats>>,
+    /// Alert rules, what fires, and the receivers' counters.
+    pub alerts: crate::alert::Alerting,
 }
 
 /// Builds the router.
@@ -78,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/hosts/{host}/series",
             get(series::series).with_state(state.clone()),
+        )
+        .route(
+            "/api/v1/alerts",
+            get(alerts::alerts).with_state(state.clone()),
         )
         .route("/metrics", get(metrics::metrics).with_state(state.clone()))
         .route("/healthz", get(healthz).with_state(state))

@@ -5,7 +5,8 @@
 //! `forget_after`, and none of its `host.<h>.*` topics has had an update for
 //! as long, the hub drops those topics with their history and every
 //! connection's throttle state for them, the registry drops its record, and
-//! `hosts` announces it `forgotten`. A host that comes back later starts
+//! `hosts` announces it `forgotten`, and its alert state goes (what fires
+//! for it resolves). A host that comes back later starts
 //! fresh and is announced `online`. A host whose agent stays attached is
 //! never forgotten, however quiet it is.
 //!
@@ -32,6 +33,7 @@ pub fn sweep_interval(forget_after: Duration) -> Duration {
 pub async fn run(
     hub: HubHandle,
     registry: Arc<Registry>,
+    alerts: Arc<crate::alert::eval::Engine>,
     forget_after: Duration,
     shutdown: CancellationToken,
 ) {
@@ -41,8 +43,13 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                if sweep(&hub, &registry, forget_after).await.is_none() {
-                    break;
+                match sweep(&hub, &registry, forget_after).await {
+                    None => break,
+                    Some(events) => {
+                        for e in &events {
+                            alerts.forget(&e.host);
+                        }
+                    }
                 }
             }
         }

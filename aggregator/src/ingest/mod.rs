@@ -98,6 +98,7 @@ pub fn authenticate(
 /// The `hostpulse.v1.Ingest` implementation.
 pub struct IngestService {
     hub: HubHandle,
+    alerts: Arc<crate::alert::eval::Engine>,
     store: Option<StoreHandle>,
     registry: Arc<Registry>,
     settings: IngestSettings,
@@ -113,11 +114,13 @@ impl IngestService {
         registry: Arc<Registry>,
         settings: IngestSettings,
         store: Option<StoreHandle>,
+        alerts: Arc<crate::alert::eval::Engine>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
         Self {
             hub,
+            alerts,
             store,
             registry,
             settings,
@@ -215,6 +218,14 @@ impl Ingest for IngestService {
                 .store
                 .clone()
                 .map(|s| (s, Arc::from(attached.host.as_str()))),
+            alerts: self.alerts.attach(
+                &attached.host,
+                &hello
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
             agent_id: hello.agent_id,
             generation: attached.generation,
             hub: self.hub.clone(),

@@ -339,6 +339,19 @@ impl Registry {
         }
     }
 
+    /// Hosts another aggregator announces online now (cluster mode; empty
+    /// otherwise).
+    pub fn online_elsewhere(&self) -> HashSet<String> {
+        let remote = self.remote.lock().expect("registry lock");
+        remote
+            .nodes
+            .values()
+            .flat_map(|h| h.values())
+            .filter(|v| v.online)
+            .map(|v| v.host.clone())
+            .collect()
+    }
+
     /// Hosts whose agents are attached here now, for this node's presence.
     pub fn local_hosts(&self) -> Vec<HostView> {
         let inner = self.inner.lock().expect("registry lock");

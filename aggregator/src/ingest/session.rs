@@ -1,5 +1,6 @@
 //! One agent stream after `Welcome`: each batch checked against what is
-//! held, rate-limited, decoded and validated, turned into topic updates,
+//! held, rate-limited, decoded and validated, checked against the alert
+//! rules selecting the host, turned into topic updates,
 //! published to the hub and acknowledged; silence announced offline; the
 //! stream ended on shutdown or when a newer stream of the agent supersedes it.
 
@@ -99,6 +100,8 @@ pub(super) struct AgentSession {
     pub(super) topics: Topics,
     /// The store and this host's name in it, when `[storage]` is on.
     pub(super) store: Option<(crate::store::StoreHandle, Arc<str>)>,
+    /// The alert rules selecting this host, when any do.
+    pub(super) alerts: Option<crate::alert::eval::HostAlerts>,
     pub(super) agent_id: String,
     pub(super) generation: u64,
     pub(super) hub: HubHandle,
@@ -253,6 +256,11 @@ impl AgentSession {
         if let Some((store, host)) = &self.store {
             // Never waits: a full store queue drops (and counts) the samples.
             store.offer(host, &samples);
+        }
+        if let Some(alerts) = &self.alerts {
+            // Synchronous and short: transitions go to the alert task
+            // through a bounded queue, never waited on.
+            alerts.observe(&samples);
         }
         let received = SystemTime::now();
         let mut updates = Vec::with_capacity(samples.len() * 9);

@@ -139,39 +139,52 @@ pub fn parse_field(field: &str) -> Result<String, FieldError> {
 
 /// Calls `out(series name, value)` for every numeric field of `sample`.
 pub fn for_each_value(sample: &Sample, mut out: impl FnMut(&str, f64)) {
-    fn list(name: &str, key: &str, label: &str, v: f64, out: &mut dyn FnMut(&str, f64)) {
-        out(&labelled(name, key, label), v);
-    }
+    for_each_field(sample, |name, label, v| match label {
+        Some((key, value)) => out(&labelled(name, key, value), v),
+        None => out(name, v),
+    });
+}
+
+/// Calls `out(field name, label, value)` for every numeric field of
+/// `sample`: the label (key, entry) of a list entry's field kept apart, not
+/// formatted into the series name (alert rules select entries by it).
+pub fn for_each_field(
+    sample: &Sample,
+    mut out: impl FnMut(&'static str, Option<(&'static str, &str)>, f64),
+) {
     if let Some(c) = &sample.cpu {
-        out("cpu.total_pct", f64::from(c.total_pct));
+        out("cpu.total_pct", None, f64::from(c.total_pct));
         for (i, v) in c.per_core_pct.iter().enumerate() {
-            list(
+            out(
                 "cpu.per_core_pct",
-                "core",
-                &i.to_string(),
+                Some(("core", &i.to_string())),
                 f64::from(*v),
-                &mut out,
             );
         }
     }
     if let Some(m) = &sample.memory {
-        out("memory.total_bytes", m.total_bytes as f64);
-        out("memory.used_bytes", m.used_bytes as f64);
-        out("memory.available_bytes", m.available_bytes as f64);
-        out("memory.swap_total_bytes", m.swap_total_bytes as f64);
-        out("memory.swap_used_bytes", m.swap_used_bytes as f64);
+        out("memory.total_bytes", None, m.total_bytes as f64);
+        out("memory.used_bytes", None, m.used_bytes as f64);
+        out("memory.available_bytes", None, m.available_bytes as f64);
+        out("memory.swap_total_bytes", None, m.swap_total_bytes as f64);
+        out("memory.swap_used_bytes", None, m.swap_used_bytes as f64);
     }
     if let Some(l) = &sample.load {
-        out("load.one", l.one);
-        out("load.five", l.five);
-        out("load.fifteen", l.fifteen);
+        out("load.one", None, l.one);
+        out("load.five", None, l.five);
+        out("load.fifteen", None, l.fifteen);
     }
     if let Some(p) = &sample.processes {
-        out("processes.count", f64::from(p.count));
-        out("processes.others.count", f64::from(p.others.count));
-        out("processes.others.cpu_pct", f64::from(p.others.cpu_pct));
+        out("processes.count", None, f64::from(p.count));
+        out("processes.others.count", None, f64::from(p.others.count));
+        out(
+            "processes.others.cpu_pct",
+            None,
+            f64::from(p.others.cpu_pct),
+        );
         out(
             "processes.others.memory_bytes",
+            None,
             p.others.memory_bytes as f64,
         );
     }
@@ -193,7 +206,7 @@ pub fn for_each_value(sample: &Sample, mut out: impl FnMut(&str, f64)) {
                 ("network.rx_errors_total", i.rx_errors_total as f64),
                 ("network.tx_errors_total", i.tx_errors_total as f64),
             ] {
-                list(f, k, name, v, &mut out);
+                out(f, Some((k, name)), v);
             }
         }
     }
@@ -205,7 +218,7 @@ pub fn for_each_value(sample: &Sample, mut out: impl FnMut(&str, f64)) {
                 ("disk.read_bytes_total", dev.read_bytes_total as f64),
                 ("disk.written_bytes_total", dev.written_bytes_total as f64),
             ] {
-                list(f, "device", &dev.name, v, &mut out);
+                out(f, Some(("device", &dev.name)), v);
             }
         }
     }
@@ -216,53 +229,45 @@ pub fn for_each_value(sample: &Sample, mut out: impl FnMut(&str, f64)) {
                 ("filesystems.used_bytes", m.used_bytes),
                 ("filesystems.free_bytes", m.free_bytes),
             ] {
-                list(f, "mount", &m.mount, v as f64, &mut out);
+                out(f, Some(("mount", &m.mount)), v as f64);
             }
         }
     }
     if let Some(s) = &sample.system {
-        out("system.uptime_secs", s.uptime_secs as f64);
-        out("system.boot_time", s.boot_time as f64);
-        out("system.logical_cores", f64::from(s.logical_cores));
+        out("system.uptime_secs", None, s.uptime_secs as f64);
+        out("system.boot_time", None, s.boot_time as f64);
+        out("system.logical_cores", None, f64::from(s.logical_cores));
         if let Some(p) = s.physical_cores {
-            out("system.physical_cores", f64::from(p));
+            out("system.physical_cores", None, f64::from(p));
         }
-        out("system.cpu_frequency_mhz", s.cpu_frequency_mhz as f64);
+        out("system.cpu_frequency_mhz", None, s.cpu_frequency_mhz as f64);
         for (i, v) in s.per_core_frequency_mhz.iter().enumerate() {
-            list(
+            out(
                 "system.per_core_frequency_mhz",
-                "core",
-                &i.to_string(),
+                Some(("core", &i.to_string())),
                 *v as f64,
-                &mut out,
             );
         }
     }
     if let Some(t) = &sample.temperatures {
         for s in &t.sensors {
-            list(
+            out(
                 "temperatures.celsius",
-                "sensor",
-                &s.label,
+                Some(("sensor", &s.label)),
                 f64::from(s.celsius),
-                &mut out,
             );
             if let Some(v) = s.max_celsius {
-                list(
+                out(
                     "temperatures.max_celsius",
-                    "sensor",
-                    &s.label,
+                    Some(("sensor", &s.label)),
                     f64::from(v),
-                    &mut out,
                 );
             }
             if let Some(v) = s.critical_celsius {
-                list(
+                out(
                     "temperatures.critical_celsius",
-                    "sensor",
-                    &s.label,
+                    Some(("sensor", &s.label)),
                     f64::from(v),
-                    &mut out,
                 );
             }
         }
