@@ -237,6 +237,7 @@ mod tests {
         let block: String = shipped
             .lines()
             .skip_while(|l| *l != "# [export.remote_write]")
+            .take_while(|l| l.starts_with('#'))
             .map(|l| l.strip_prefix("# ").unwrap_or(l))
             .filter(|l| !l.starts_with('#'))
             .map(|l| format!("{l}\n"))
