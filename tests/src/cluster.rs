@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::fake::{self, FakeAgent};
 use crate::nats::NatsServer;
 use crate::process::{Proc, addr_in, temp_file};
+use crate::track::Tracker;
+use crate::ws::WsClient;
 use crate::{WAIT, http_get};
 
 /// The `[cluster]` settings every node gets unless a test overrides them.
@@ -133,6 +135,12 @@ impl Node {
         crate::metric(self.http, name).await as u64
     }
 
+    /// Host updates taken from peers, live or by catch-up.
+    pub async fn from_peers(&self) -> u64 {
+        self.metric("hostpulse_cluster_received_total").await
+            + self.metric("hostpulse_cluster_caught_up_total").await
+    }
+
     /// `load` updates the hub has taken (a fake agent's sample makes one).
     pub async fn load_updates(&self) -> u64 {
         self.metric("hostpulse_topic_updates_published_total{kind=\"load\"}")
@@ -159,6 +167,36 @@ pub async fn eventually<T: std::fmt::Debug>(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Subscribes to `pattern` on `node`, asking for `history` updates first,
+/// and records what arrives until `done` holds of it (within [`WAIT`]).
+pub async fn track_until(
+    node: &Node,
+    pattern: &str,
+    history: u64,
+    done: impl Fn(&Tracker) -> bool,
+) -> Tracker {
+    let mut client = WsClient::connect(&node.ws_url()).await;
+    client
+        .send(serde_json::json!({"action": "subscribe", "topic": pattern, "history": history}))
+        .await;
+    client.next_on("$sys.subscribed").await;
+    let mut tracker = Tracker::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(&tracker) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pattern} on {}: not all there; got {:?}, gaps {:?}",
+            node.http,
+            tracker.range,
+            tracker.gaps
+        );
+        if let Ok(Some(m)) = client.recv(Duration::from_millis(200)).await {
+            tracker.record(&m);
+        }
+    }
+    tracker
 }
 
 /// A hand-driven agent whose samples each make exactly one update

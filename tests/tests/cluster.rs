@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hostpulse_agent::config::Aggregators;
-use hostpulse_tests::cluster::{Burst, Node, eventually};
+use hostpulse_tests::cluster::{Burst, Node, eventually, track_until};
 use hostpulse_tests::nats::{NatsServer, Spy};
 use hostpulse_tests::process::number_in;
 use hostpulse_tests::track::Tracker;
@@ -624,10 +624,7 @@ async fn a_node_back_after_its_peers_is_caught_up_from_and_loses_nothing() {
     burst.send_taken(&n1, 20).await;
     eventually(
         "aggregator 2 to take the first 20 updates",
-        async || {
-            n2.metric("hostpulse_cluster_received_total").await
-                + n2.metric("hostpulse_cluster_caught_up_total").await
-        },
+        async || n2.from_peers().await,
         |&n| n == 20,
     )
     .await;
@@ -677,23 +674,10 @@ async fn a_node_back_after_its_peers_is_caught_up_from_and_loses_nothing() {
     n1.line("answering a catch-up to=agg-2");
     burst.send_taken(&n1, 10).await;
     let last = burst.seq;
-    let mut c2 = WsClient::connect(&n2.ws_url()).await;
-    c2.send(serde_json::json!({"action": "subscribe", "topic": "host.late.load", "history": 4000}))
-        .await;
-    c2.next_on("$sys.subscribed").await;
-    let mut tracker = Tracker::default();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tracker.last("host.late.load") != Some(last) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "aggregator 2 lacks updates of aggregator 1: {:?} gaps {:?}",
-            tracker.range,
-            tracker.gaps
-        );
-        if let Ok(Some(m)) = c2.recv(Duration::from_millis(200)).await {
-            tracker.record(&m);
-        }
-    }
+    let tracker = track_until(&n2, "host.late.load", 4000, |t| {
+        t.last("host.late.load") == Some(last)
+    })
+    .await;
     tracker.assert_exactly_once();
     assert_eq!(tracker.range["host.late.load"], (1, last));
     assert_eq!(tracker.count["host.late.load"], last);
@@ -713,10 +697,7 @@ async fn a_gap_in_a_peers_numbering_is_filled_from_its_history() {
     burst.send_taken(&n1, 1).await;
     eventually(
         "aggregator 2 to take the first update",
-        async || {
-            n2.metric("hostpulse_cluster_received_total").await
-                + n2.metric("hostpulse_cluster_caught_up_total").await
-        },
+        async || n2.from_peers().await,
         |&n| n == 1,
     )
     .await;

@@ -18,12 +18,10 @@
 use std::time::Duration;
 
 use hostpulse_tests::WAIT;
-use hostpulse_tests::cluster::{Burst, FleetSim, Node, eventually, hosts_online};
+use hostpulse_tests::cluster::{Burst, FleetSim, Node, eventually, hosts_online, track_until};
 use hostpulse_tests::fake;
 use hostpulse_tests::nats::NatsServer;
 use hostpulse_tests::process::number_in;
-use hostpulse_tests::track::Tracker;
-use hostpulse_tests::ws::WsClient;
 
 /// Presence every second (as by default): a 5,000-host announcement is
 /// about 1.4 MB, built and parsed by debug builds sharing two cores with
@@ -212,22 +210,10 @@ async fn a_catch_up_longer_than_its_idle_timeout_arrives_whole_and_in_order() {
         b.send(5).await;
     }
     let last = HISTORY + 10;
-    let mut c2 = WsClient::connect(&n2.ws_url()).await;
-    c2.send(serde_json::json!({"action": "subscribe", "topic": "host.*.load", "history": 2000}))
-        .await;
-    c2.next_on("$sys.subscribed").await;
-    let mut tracker = Tracker::default();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while (0..HOSTS).any(|i| tracker.last(&format!("host.slow-{i}.load")) != Some(last)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every update reached aggregator 2: {:?}",
-            tracker.range
-        );
-        if let Ok(Some(m)) = c2.recv(Duration::from_millis(200)).await {
-            tracker.record(&m);
-        }
-    }
+    let tracker = track_until(&n2, "host.*.load", 2000, |t| {
+        (0..HOSTS).all(|i| t.last(&format!("host.slow-{i}.load")) == Some(last))
+    })
+    .await;
     tracker.assert_exactly_once();
     for i in 0..HOSTS {
         assert_eq!(tracker.range[&format!("host.slow-{i}.load")], (1, last));
