@@ -54,7 +54,7 @@ start_agg() {
     "$bin/hostpulse-aggregator" --config "$dir/agg.toml" 2>"$dir/agg-$1.log" &
     agg=$!
     for _ in $(seq 1 200); do
-        if grep -q "aggregator listening" "$dir/agg-$1.log"; then return 0; fi
+        if grep -qs "aggregator listening" "$dir/agg-$1.log"; then return 0; fi
         if ! kill -0 "$agg" 2>/dev/null; then break; fi
         sleep 0.05
     done
