@@ -588,3 +588,104 @@ async fn a_resume_across_a_restart_is_served_from_the_store() {
     stop(&mut agg);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn process(pid: u32, name: &str, cpu: f32, mem: u64) -> hostpulse_proto::Process {
+    hostpulse_proto::Process {
+        pid,
+        start_time: 1_000 + u64::from(pid),
+        name: name.into(),
+        cpu_pct: cpu,
+        memory_bytes: mem,
+    }
+}
+
+#[tokio::test]
+async fn process_tables_keep_each_minutes_top_processes_with_their_max_across_a_restart() {
+    let dir = data_dir("procs");
+    let config = toml(&dir, "flush_interval_ms = 200\n");
+    // Three minutes of samples, two hours ago, starting on a minute; a
+    // process that spikes for one second in the second minute.
+    let base = (now_ms() - 2 * HOUR) / 60_000 * 60_000;
+    let (mut agg, ingest, _) = start_aggregator_binary(&config);
+    agg.wait_for_line("store opened");
+    let mut agent = FakeAgent::connect(&format!("http://{ingest}"), "procs-a").await;
+    let samples: Vec<Sample> = (0..180i64)
+        .map(|i| {
+            let spike = if i == 75 { 95.0 } else { 1.0 };
+            let mut top_cpu = vec![process(10, "web", 20.0 + (i % 60) as f32 / 10.0, 1 << 20)];
+            if i == 75 {
+                top_cpu.insert(0, process(99, "backup", spike, 5 << 20));
+            }
+            Sample {
+                seq: i as u64 + 1,
+                timestamp_ms: base + i * 1000,
+                processes: Some(hostpulse_proto::Processes {
+                    count: 50,
+                    top_cpu,
+                    top_memory: vec![process(20, "db", 2.0, (100 + i as u64) << 20)],
+                    others: Default::default(),
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    for (n, chunk) in samples.chunks(60).enumerate() {
+        agent.send(batch(n as u64 + 1, chunk)).await;
+        agent.acked(n as u64 + 1).await;
+    }
+    drop(agent);
+    // Closing writes the open (third) minute too.
+    stop(&mut agg);
+
+    let (mut agg, _, http) = start_aggregator_binary(&config);
+    agg.wait_for_line("store opened");
+    let (status, body) = http_get(
+        http,
+        &format!(
+            "/api/v1/hosts/procs-a/processes?from={base}&to={}",
+            base + 3 * 60_000
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let minutes = v["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 3, "{v}");
+    for (m, minute) in minutes.iter().enumerate() {
+        assert_eq!(minute["ts"], base + m as i64 * 60_000);
+        // JSON carries each f32 in its shortest form.
+        let procs: Vec<(u64, f32, u64)> = minute["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["pid"].as_u64().unwrap(),
+                    p["max_cpu_pct"].as_f64().unwrap() as f32,
+                    p["max_memory_bytes"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        // web's highest CPU in the minute is at its last second; db's
+        // memory grows a MiB a second.
+        let last = (m as u64 + 1) * 60 - 1;
+        let mut want = vec![
+            (10, 20.0 + 59.0 / 10.0f32, 1 << 20),
+            (20, 2.0, (100 + last) << 20),
+        ];
+        if m == 1 {
+            want.insert(0, (99, 95.0, 5 << 20));
+        }
+        assert_eq!(procs, want, "minute {m}: {minute}");
+    }
+    // Beyond max_points minutes: refused, naming the limit.
+    let (status, body) = http_get(
+        http,
+        &format!("/api/v1/hosts/procs-a/processes?from=0&to={base}"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("storage.max_points"), "{body}");
+    stop(&mut agg);
+    let _ = std::fs::remove_dir_all(dir);
+}

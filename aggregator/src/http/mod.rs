@@ -1,5 +1,6 @@
 //! The HTTP router: `/` (the dashboard), `/ws` (WebSocket), `/api/v1/hosts`
-//! (REST snapshot), `/api/v1/hosts/{host}/series` (history from the store),
+//! (REST snapshot), `/api/v1/hosts/{host}/series` and `…/processes`
+//! (history and process tables from the store),
 //! `/api/v1/alerts` (what fires and recent transitions),
 //! `/metrics` and `/healthz`.
 
@@ -7,6 +8,7 @@ pub mod alerts;
 pub mod api;
 pub mod dashboard;
 pub mod metrics;
+pub mod processes;
 pub mod series;
 
 use std::net::SocketAddr;
@@ -82,6 +84,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/hosts/{host}/series",
             get(series::series).with_state(state.clone()),
+        )
+        .route(
+            "/api/v1/hosts/{host}/processes",
+            get(processes::processes).with_state(state.clone()),
         )
         .route(
             "/api/v1/alerts",

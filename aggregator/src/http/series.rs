@@ -66,7 +66,7 @@ fn bad(message: String) -> Response {
 }
 
 /// A time given as Unix ms or RFC 3339.
-fn parse_time(name: &str, v: &str) -> Result<i64, String> {
+pub(super) fn parse_time(name: &str, v: &str) -> Result<i64, String> {
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(ms);
     }

@@ -11,6 +11,8 @@
 //!   and eviction walk the oldest windows without touching the blocks.
 //! - `history`: topic → the hub's history of it at the last clean shutdown
 //!   ([`super::history`]).
+//! - `procs`, `procs_by_time`: process tables per host and minute
+//!   ([`super::processes`]).
 //!
 //! redb is copy-on-write with checksummed commits: a transaction is on disk
 //! whole or not at all, so a crash at any moment leaves the last committed
@@ -35,16 +37,22 @@ pub enum Table {
     ByTime,
     /// The hub's history, per topic, from the last clean shutdown.
     History,
+    /// Process tables per host and minute.
+    Procs,
+    /// Process table minutes by time.
+    ProcsByTime,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Table::Series,
         Table::Blocks,
         Table::Open,
         Table::ByTime,
         Table::History,
+        Table::Procs,
+        Table::ProcsByTime,
     ];
 
     /// Its name in the engine.
@@ -55,6 +63,8 @@ impl Table {
             Table::Open => "open",
             Table::ByTime => "by_time",
             Table::History => "history",
+            Table::Procs => "procs",
+            Table::ProcsByTime => "procs_by_time",
         }
     }
 }

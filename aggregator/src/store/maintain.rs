@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 
 use super::config::StorageConfig;
 use super::engine::{Engine, Op, Table, block_key, parse_block_key, parse_time_key, time_key};
+use super::processes;
 use super::tier::Tier;
 use super::writer::{Writer, seal};
 use super::{StoreError, StoreStats};
@@ -128,11 +129,39 @@ pub fn run(
             );
         }
     }
+    // Process tables are kept as long as minute rows.
+    let cutoff = now.saturating_sub(config.retention_ms(Tier::Minute));
+    let (minutes, bytes) = processes::delete_before(engine.as_ref(), cutoff.max(0), None)?;
+    if minutes > 0 {
+        tracing::info!(
+            minutes,
+            bytes,
+            "store: retention deleted old process tables"
+        );
+    }
     if config.max_disk_bytes > 0 {
         evict(engine.as_ref(), config.max_disk_bytes, stats)?;
     }
     stats.measure(engine.as_ref())?;
     Ok(())
+}
+
+/// Deletes the process tables of the oldest day that has any.
+fn oldest_process_day(engine: &dyn Engine) -> Result<(u64, u64), StoreError> {
+    let mut first = None;
+    engine.scan(Table::ProcsByTime, &[], &[0xff; 9], &mut |k, _| {
+        if k.len() >= 8 {
+            first = Some(i64::from_be_bytes(k[..8].try_into().expect("8 bytes")));
+        }
+        false
+    })?;
+    match first {
+        Some(minute) => {
+            let day_end = (minute.div_euclid(86_400_000) + 1) * 86_400_000;
+            processes::delete_before(engine, day_end, None)
+        }
+        None => Ok((0, 0)),
+    }
 }
 
 /// Deletes the oldest windows, finest tier first, until the store uses at
@@ -144,6 +173,23 @@ fn evict(engine: &dyn Engine, max: u64, stats: &StoreStats) -> Result<(), StoreE
         rounds += 1;
         let mut evicted = false;
         for tier in Tier::ALL {
+            // Process tables go after raw values and before minute rows: a
+            // day of the oldest minutes (every host) at a time.
+            if tier == Tier::Minute {
+                let (minutes, bytes) = oldest_process_day(engine)?;
+                if minutes > 0 {
+                    stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    tracing::warn!(
+                        minutes,
+                        bytes,
+                        used,
+                        max_disk_bytes = max,
+                        "store: over max_disk_bytes, evicted the oldest day of process tables"
+                    );
+                    evicted = true;
+                    break;
+                }
+            }
             let (blocks, bytes) = delete_before(engine, tier, i64::MAX, Some(1))?;
             if blocks > 0 {
                 stats.evicted_blocks.fetch_add(blocks, Ordering::Relaxed);

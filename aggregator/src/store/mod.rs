@@ -33,6 +33,7 @@ pub mod config;
 pub mod engine;
 pub mod history;
 pub mod maintain;
+pub mod processes;
 pub mod query;
 pub mod read;
 pub mod rollup;
@@ -47,7 +48,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hostpulse_proto::{Processes, Sample};
+use hostpulse_proto::Sample;
 
 use crate::update::Update;
 
@@ -131,9 +132,9 @@ pub struct StoreHandle {
 
 impl StoreHandle {
     /// Queues `samples` of `host` for the store; drops them (counted) when
-    /// the queue is full. Process lists are not stored and not copied.
+    /// the queue is full.
     pub fn offer(&self, host: &Arc<str>, samples: &[Sample]) {
-        let copy: Vec<Sample> = samples.iter().map(without_process_lists).collect();
+        let copy: Vec<Sample> = samples.to_vec();
         let n = copy.len() as u64;
         match self.tx.try_send(Msg::Samples(host.clone(), copy)) {
             Ok(()) => {}
@@ -163,8 +164,7 @@ impl StoreHandle {
     }
 }
 
-/// A peer's `host.<h>.<metric>` update as a sample of that one family (its
-/// process lists left out, as for local samples).
+/// A peer's `host.<h>.<metric>` update as a sample of that one family.
 fn sample_of(update: &Update) -> Option<(Arc<str>, Sample)> {
     #[derive(serde::Deserialize)]
     struct Envelope<T> {
@@ -194,28 +194,7 @@ fn sample_of(update: &Update) -> Option<(Arc<str>, Sample)> {
         "temperatures" => s.temperatures = Some(payload(json)?),
         _ => return None,
     }
-    Some((host.into(), without_process_lists(&s)))
-}
-
-fn without_process_lists(s: &Sample) -> Sample {
-    Sample {
-        seq: s.seq,
-        timestamp_ms: s.timestamp_ms,
-        cpu: s.cpu.clone(),
-        memory: s.memory.clone(),
-        load: s.load.clone(),
-        processes: s.processes.as_ref().map(|p| Processes {
-            count: p.count,
-            top_cpu: Vec::new(),
-            top_memory: Vec::new(),
-            others: p.others.clone(),
-        }),
-        network: s.network.clone(),
-        disk: s.disk.clone(),
-        filesystems: s.filesystems.clone(),
-        system: s.system.clone(),
-        temperatures: s.temperatures.clone(),
-    }
+    Some((host.into(), s))
 }
 
 /// What readers of the store need: the engine, the counters, the limits.
@@ -400,6 +379,9 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
             }
             next_maintain = Instant::now() + maintain_every;
         }
+    }
+    if let Err(e) = writer.close_minutes() {
+        tracing::error!(cause = %e, "store: open minutes of process tables not written");
     }
     flush(&mut writer);
 }

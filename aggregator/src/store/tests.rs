@@ -265,3 +265,46 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
     assert!(after.first().is_none_or(|p| p.ts > raw.first().unwrap().ts));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn process_tables_are_read_per_host_and_deleted_past_retention() {
+    use super::processes::{OpenMinute, delete_before, read, write};
+    use hostpulse_proto::{Process, Processes};
+    let dir = temp_dir("procs");
+    let engine = Redb::open(&dir).unwrap();
+    let mut ops = Vec::new();
+    for host in ["a", "b"] {
+        for m in 0..5i64 {
+            let mut open = OpenMinute::new(m * 60_000);
+            open.fold(&Processes {
+                count: 1,
+                top_cpu: vec![Process {
+                    pid: m as u32 + 1,
+                    start_time: 7,
+                    name: format!("{host}{m}"),
+                    cpu_pct: 1.0,
+                    memory_bytes: 2,
+                }],
+                top_memory: Vec::new(),
+                others: Default::default(),
+            });
+            write(&engine, host, open, false, &mut ops).unwrap();
+        }
+    }
+    engine.apply(&ops).unwrap();
+    let names = |host: &str| -> Vec<String> {
+        read(&engine, host, 0, 10 * 60_000, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, t)| t[0].name.clone())
+            .collect()
+    };
+    assert_eq!(names("a"), ["a0", "a1", "a2", "a3", "a4"]);
+    assert_eq!(read(&engine, "b", 60_000, 180_000, 100).unwrap().len(), 2);
+    let (gone, bytes) = delete_before(&engine, 3 * 60_000, None).unwrap();
+    assert_eq!(gone, 6, "three minutes of two hosts");
+    assert!(bytes > 0);
+    assert_eq!(names("a"), ["a3", "a4"]);
+    assert_eq!(names("b"), ["b3", "b4"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

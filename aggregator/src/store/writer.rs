@@ -13,8 +13,8 @@
 //!
 //! Runs on the store's own thread (see `mod.rs`); nothing here is async.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,6 +23,7 @@ use hostpulse_proto::Sample;
 
 use super::codec::{decode_block, decode_chunk, encode_block, encode_chunk};
 use super::engine::{Engine, Op, Table, block_key, time_key};
+use super::processes::{self, OpenMinute};
 use super::read::{last_ts, open_window, read_rows, series_id, series_name};
 use super::rollup::{Agg, Open, fold, fold_agg};
 use super::series::for_each_value;
@@ -56,6 +57,13 @@ pub struct Writer {
     series: HashMap<u32, SeriesState>,
     /// Series with rows pending.
     dirty: Vec<u32>,
+    /// Each host's open minute of process tables.
+    procs: HashMap<String, OpenMinute>,
+    /// Hosts whose process tables were written since start (a first write
+    /// merges with what is on disk).
+    procs_written: HashSet<String>,
+    /// Finished minutes' process tables, written at the next flush.
+    proc_ops: Vec<Op>,
 }
 
 impl Writer {
@@ -76,6 +84,9 @@ impl Writer {
             new_names: Vec::new(),
             series: HashMap::new(),
             dirty: Vec::new(),
+            procs: HashMap::new(),
+            procs_written: HashSet::new(),
+            proc_ops: Vec::new(),
         })
     }
 
@@ -94,6 +105,51 @@ impl Writer {
         for (name, v) in values {
             let id = self.id_of(name)?;
             self.add(id, ts, v)?;
+        }
+        if let Some(p) = &sample.processes
+            && !(p.top_cpu.is_empty() && p.top_memory.is_empty())
+        {
+            self.fold_processes(host, ts, p)?;
+        }
+        Ok(())
+    }
+
+    /// Folds a sample's top processes into its host's open minute; a
+    /// sample of a later minute writes the open one first.
+    fn fold_processes(
+        &mut self,
+        host: &str,
+        ts: i64,
+        p: &hostpulse_proto::Processes,
+    ) -> Result<(), StoreError> {
+        let minute = ts.div_euclid(60_000) * 60_000;
+        let open = match self.procs.get_mut(host) {
+            Some(open) => open,
+            None => self
+                .procs
+                .entry(host.to_string())
+                .or_insert(OpenMinute::new(minute)),
+        };
+        if minute < open.minute {
+            return Ok(()); // late: its minute is written already
+        }
+        if minute > open.minute {
+            let done = std::mem::replace(open, OpenMinute::new(minute));
+            let merge = self.procs_written.insert(host.to_string());
+            processes::write(self.engine.as_ref(), host, done, merge, &mut self.proc_ops)?;
+        }
+        if let Some(open) = self.procs.get_mut(host) {
+            open.fold(p);
+        }
+        Ok(())
+    }
+
+    /// Writes every host's open minute of process tables at the next flush
+    /// (the store is closing).
+    pub fn close_minutes(&mut self) -> Result<(), StoreError> {
+        for (host, open) in std::mem::take(&mut self.procs) {
+            let merge = self.procs_written.insert(host.clone());
+            processes::write(self.engine.as_ref(), &host, open, merge, &mut self.proc_ops)?;
         }
         Ok(())
     }
@@ -183,11 +239,12 @@ impl Writer {
     /// Writes everything pending in one transaction; returns the raw values
     /// written.
     pub fn flush(&mut self) -> Result<u64, StoreError> {
-        if self.dirty.is_empty() && self.new_names.is_empty() {
+        if self.dirty.is_empty() && self.new_names.is_empty() && self.proc_ops.is_empty() {
             return Ok(0);
         }
         let started = Instant::now();
         let mut ops = Vec::with_capacity(self.dirty.len() * 2 + self.new_names.len() + 1);
+        ops.append(&mut self.proc_ops);
         for (name, id) in self.new_names.drain(..) {
             ops.push(Op::Put(
                 Table::Series,
