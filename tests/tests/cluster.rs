@@ -686,13 +686,15 @@ async fn a_node_back_after_its_peers_is_caught_up_from_and_loses_nothing() {
 /// With the broker up all along, updates a peer never published (its
 /// export queue of one overflowed in a burst) leave a gap in its numbering:
 /// aggregator 2 sees it, holds what came after it, fills it from
-/// aggregator 1's history and only then goes on. Every seq, exactly once.
+/// aggregator 1's history (asking aggregator 1 only: aggregator 3 is not
+/// troubled) and only then goes on. Every seq, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_a_peers_numbering_is_filled_from_its_history() {
     let hub = "history_len = 4000";
     let nats = NatsServer::start();
     let n1 = Node::start_with_hub(&nats, "agg-1", &[("publish_queue", "1")], hub).await;
     let n2 = Node::start_with_hub(&nats, "agg-2", &[], hub).await;
+    let mut n3 = Node::start_with_hub(&nats, "agg-3", &[], hub).await;
     let mut burst = Burst::connect(&n1, "gappy").await;
     burst.send_taken(&n1, 1).await;
     eventually(
@@ -701,6 +703,7 @@ async fn a_gap_in_a_peers_numbering_is_filled_from_its_history() {
         |&n| n == 1,
     )
     .await;
+    let n3_asked = n3.proc.count_lines("answering a catch-up to=agg-2");
     // Batches of 1,000: the hub offers them to a queue of one far faster
     // than the publisher empties it.
     burst.send_taken(&n1, 1_000).await;
@@ -738,6 +741,11 @@ async fn a_gap_in_a_peers_numbering_is_filled_from_its_history() {
     assert!(
         gaps >= dropped,
         "{gaps} found missing, {dropped} never published"
+    );
+    assert_eq!(
+        n3.proc.count_lines("answering a catch-up to=agg-2"),
+        n3_asked,
+        "a gap of aggregator 1's is asked of aggregator 1 only"
     );
 }
 

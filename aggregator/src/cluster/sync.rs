@@ -34,16 +34,17 @@
 //! ([`super::answer`]); that request does not say so, so no round starts
 //! another.
 //! A gap in a peer's numbering of its live updates (see [`super::gaps`])
-//! holds live updates from that message on and starts a catch-up (or, if one
-//! runs, another after it, still holding), so the hole is filled from the
-//! peer's history before anything newer is taken.
+//! holds live updates from that message on and starts a catch-up asked of
+//! that peer only (or, if one runs, another after it, still holding), so the
+//! hole is filled from the peer's history before anything newer is taken,
+//! and no other node spends time answering it.
 //! An end marker counting more chunks than arrived means chunks were lost
 //! on the way (a slow consumer): logged, and the updates counted dropped.
 //! If the link drops again before a catch-up ends, what arrived is applied
 //! but live updates stay held until the catch-up after the next connect.
 //! What no peer holds any more (beyond its history) stays missing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -94,6 +95,41 @@ struct Catchup {
     nobody: bool,
     /// Peers were known from presence when it was asked for.
     knew_peers: bool,
+    /// Asked of these peers only (a gap in their numbering), not of all.
+    only: Option<BTreeSet<String>>,
+}
+
+/// What the next catch-up is to ask, and of whom.
+#[derive(Debug, Default)]
+enum Want {
+    /// No catch-up wanted.
+    #[default]
+    Nothing,
+    /// Of every peer (a (re)connect here, or a peer back from losing the
+    /// broker).
+    All,
+    /// Of the peers whose numbering showed a gap: only they answer.
+    Peers(BTreeSet<String>),
+}
+
+impl Want {
+    fn all(&mut self) {
+        *self = Want::All;
+    }
+
+    fn peer(&mut self, peer: &str) {
+        match self {
+            Want::All => {}
+            Want::Peers(s) => {
+                s.insert(peer.to_string());
+            }
+            Want::Nothing => *self = Want::Peers(BTreeSet::from([peer.to_string()])),
+        }
+    }
+
+    fn is_nothing(&self) -> bool {
+        matches!(self, Want::Nothing)
+    }
 }
 
 /// One peer's answer so far.
@@ -138,12 +174,15 @@ impl Catchup {
         if !self.knew_peers && self.started.elapsed() < listened {
             return false;
         }
-        let known = peers.names();
-        !known.is_empty()
-            && known
-                .iter()
-                .all(|n| self.answers.get(n).is_some_and(|a| a.done.is_some()))
-            && self.answers.values().all(|a| a.done.is_some())
+        let done = |n: &String| self.answers.get(n).is_some_and(|a| a.done.is_some());
+        let asked = match &self.only {
+            Some(only) => only.iter().all(done),
+            None => {
+                let known = peers.names();
+                !known.is_empty() && known.iter().all(done)
+            }
+        };
+        asked && self.answers.values().all(|a| a.done.is_some())
     }
 
     /// Takes one message of an answer; returns its updates.
@@ -192,7 +231,7 @@ pub(crate) async fn consume(
     let mut live = live.ready_chunks(HUB_BATCH);
     let mut held: VecDeque<Update> = VecDeque::new();
     let mut catchup: Option<Catchup> = None;
-    let mut wanted = false;
+    let mut wanted = Want::Nothing;
     let mut gaps = Gaps::default();
     // A gap was found during a catch-up: what is held waits for the next.
     let mut refill = false;
@@ -202,14 +241,17 @@ pub(crate) async fn consume(
             _ = shared.shutdown.cancelled() => break,
             Some(()) = catchup_rx.recv() => {
                 if catchup.is_some() {
-                    wanted = true;
+                    wanted.all();
                 } else {
-                    catchup = begin(&shared, &peers).await;
+                    catchup = begin(&shared, &peers, Want::All).await;
                 }
             }
             chunk = live.next() => {
                 let Some(messages) = chunk else { break };
-                let (mut updates, gap) = take(&shared, messages, &mut gaps);
+                let (mut updates, gap, from) = take(&shared, messages, &mut gaps);
+                for peer in &from {
+                    wanted.peer(peer);
+                }
                 if let Some(at) = gap {
                     // What came before the gap goes in; from it on, held
                     // until a catch-up has filled it.
@@ -220,8 +262,6 @@ pub(crate) async fn consume(
                     }
                     if catchup.is_some() {
                         refill = true;
-                    } else {
-                        wanted = true;
                     }
                 }
                 if shared.holding.load(Ordering::SeqCst) {
@@ -266,9 +306,9 @@ pub(crate) async fn consume(
                 }
             }
         }
-        if catchup.is_none() && (wanted || refill) {
-            (wanted, refill) = (false, false);
-            catchup = begin(&shared, &peers).await;
+        if catchup.is_none() && !wanted.is_nothing() {
+            refill = false;
+            catchup = begin(&shared, &peers, std::mem::take(&mut wanted)).await;
         }
         // A catch-up that could not even be asked for goes live at once.
         if catchup.is_none() && !held.is_empty() && !shared.holding.load(Ordering::SeqCst) {
@@ -281,10 +321,16 @@ pub(crate) async fn consume(
 }
 
 /// Decodes live messages, skipping this node's own; with the index of the
-/// first that comes after a gap in its origin's numbering, if any.
-fn take(shared: &Shared, messages: Vec<Message>, gaps: &mut Gaps) -> (Vec<Update>, Option<usize>) {
+/// first that comes after a gap in its origin's numbering, if any, and the
+/// origins whose numbering showed one.
+fn take(
+    shared: &Shared,
+    messages: Vec<Message>,
+    gaps: &mut Gaps,
+) -> (Vec<Update>, Option<usize>, Vec<Arc<str>>) {
     let mut out = Vec::with_capacity(messages.len());
     let mut gap = None;
+    let mut from: Vec<Arc<str>> = Vec::new();
     let epoch = shared.link_epoch.load(Ordering::SeqCst);
     for m in messages {
         let origin = wire::node_of(m.headers.as_ref());
@@ -305,6 +351,9 @@ fn take(shared: &Shared, messages: Vec<Message>, gaps: &mut Gaps) -> (Vec<Update
                 shared.stats.gaps.fetch_add(lost, Ordering::Relaxed);
                 tracing::warn!(node = %shared.node, peer = %origin, lost, "updates of a peer were lost on the way; catching up from its history");
                 gap.get_or_insert(out.len());
+                if !from.contains(&origin) {
+                    from.push(origin.clone());
+                }
             }
         }
         match wire::decode_update(topic, m.headers.as_ref(), m.payload, &origin) {
@@ -315,7 +364,7 @@ fn take(shared: &Shared, messages: Vec<Message>, gaps: &mut Gaps) -> (Vec<Update
             }
         }
     }
-    (out, gap)
+    (out, gap, from)
 }
 
 async fn publish(shared: &Shared, updates: Vec<Update>) {
@@ -329,9 +378,14 @@ async fn publish(shared: &Shared, updates: Vec<Update>) {
     let _ = shared.hub.send(Command::Publish(updates)).await;
 }
 
-/// Asks every other node for what this one lacks.
-async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
-    let knew_peers = peers.live() > 0;
+/// Asks every other node (or, for a gap, only the peers that showed one)
+/// for what this one lacks.
+async fn begin(shared: &Shared, peers: &Peers, want: Want) -> Option<Catchup> {
+    let only = match want {
+        Want::Peers(p) => Some(p),
+        Want::All | Want::Nothing => None,
+    };
+    let knew_peers = only.is_some() || peers.live() > 0;
     shared.holding.store(true, Ordering::SeqCst);
     let epoch = shared.link_epoch.load(Ordering::SeqCst);
     let floors = shared
@@ -350,11 +404,17 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
         id,
         &floors,
         chunk::budget(shared.client.max_payload()),
-        shared.reconnected.swap(false, Ordering::SeqCst),
+        // Only a catch-up of everyone says this node is back.
+        only.is_none() && shared.reconnected.swap(false, Ordering::SeqCst),
     );
+    let to = only
+        .as_ref()
+        .map(|o| o.iter().cloned().collect::<Vec<_>>().join(","));
     let inbox = shared.client.new_inbox();
     let sent = match shared.client.subscribe(inbox.clone()).await {
-        Ok(sub) => ask(shared, &inbox, &chunks, None).await.map(|()| sub),
+        Ok(sub) => ask(shared, &inbox, &chunks, to.as_deref())
+            .await
+            .map(|()| sub),
         Err(e) => Err(e.to_string()),
     };
     match sent {
@@ -370,6 +430,7 @@ async fn begin(shared: &Shared, peers: &Peers) -> Option<Catchup> {
             recovered: 0,
             nobody: false,
             knew_peers,
+            only,
         }),
         Err(cause) if link_unchanged(shared, epoch) => {
             tracing::warn!(%cause, "cannot ask peers to catch up; going live without");
@@ -423,6 +484,7 @@ async fn reask(shared: &Shared, c: &mut Catchup, peers: &Peers) {
         .names()
         .into_iter()
         .filter(|n| !c.answers.contains_key(n))
+        .filter(|n| c.only.as_ref().is_none_or(|o| o.contains(n)))
         .collect();
     if silent.is_empty() {
         return;
