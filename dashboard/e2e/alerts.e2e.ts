@@ -13,9 +13,14 @@
 // aggregator without rules, or a token whose grant leaves out `alerts`, gets
 // one clear line instead of a panel, with no error from the dashboard.
 
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Aggregator, type FleetSim, startAggregator, startFleetSim } from "./harness";
+import { type Aggregator, type FleetSim, repoRoot, startAggregator, startFleetSim } from "./harness";
+
+const out = join(repoRoot, "dashboard/test-output");
+mkdirSync(out, { recursive: true });
 
 const RULES = `
 [[rule]]
@@ -97,6 +102,7 @@ describe("alerts on the dashboard", () => {
     expect(await page.getByTestId("nav-alerts").getAttribute("data-firing")).toBe("1");
     // The aggregator agrees: the panel shows its evaluation, nothing made up.
     expect(await firingOnServer()).toEqual([expect.objectContaining({ host: HOT_HOST, rule: "HostCpuHigh" })]);
+    await page.screenshot({ path: join(out, "alerts-firing.png") });
 
     // The host is a link to its page.
     const link = row.getByTestId("alert-host");
@@ -112,6 +118,7 @@ describe("alerts on the dashboard", () => {
     expect(await badge.getAttribute("data-severity")).toBe("critical");
     expect(await badge.getAttribute("href")).toBe("#/alerts");
     expect(await page.getByTestId("host-alerts").count()).toBe(1);
+    await page.screenshot({ path: join(out, "alerts-fleet-badge.png") });
 
     // The value drops: the alert resolves; the badge goes while the fleet is open.
     await sim.setCpu(HOT, undefined);
@@ -132,7 +139,7 @@ describe("alerts on the dashboard", () => {
     const fresh = await newPage();
     await fresh.goto(`${agg.httpUrl}/#/alerts`);
     await expect.poll(() => fresh.locator("[data-testid='alert-resolved']").count(), { timeout: 15_000 }).toBe(1);
-    await page.screenshot({ path: "test-output/alerts.png" }).catch(() => undefined);
+    await page.screenshot({ path: join(out, "alerts-resolved.png") });
     await fresh.close();
     await page.close();
     expect(consoleErrors, consoleErrors.join("\n")).toEqual([]);

@@ -71,7 +71,7 @@ export function AlertsView({ store }: { store: AlertStore }) {
     <div className="alerts" data-testid="alerts" data-status="on" data-version={version}>
       <section>
         <h3>
-          Firing <span className="sub">{firing.length === 0 ? "nothing" : firing.length}</span>
+          Firing {firing.length > 0 && <span className="sub">{firing.length}</span>}
         </h3>
         {firing.length === 0 ? (
           <p className="empty" data-testid="alerts-quiet">
@@ -114,9 +114,11 @@ export function AlertsView({ store }: { store: AlertStore }) {
       </section>
       <section>
         <h3>
-          Recently resolved <span className="sub">{recent.length === 0 ? "none" : recent.length}</span>
+          Recently resolved {recent.length > 0 && <span className="sub">{recent.length}</span>}
         </h3>
-        {recent.length > 0 && (
+        {recent.length === 0 ? (
+          <p className="empty">None lately.</p>
+        ) : (
           <table data-testid="alerts-recent">
             <thead>
               <tr>
