@@ -1,7 +1,8 @@
 // The alerts model (src/app/alerts.ts): firing → resolved transitions,
 // ordering of the panel, per-host counts and worst severity, merging the
 // REST snapshot with topic events that arrive twice or out of order, and
-// the fleet store's badge touching only the row of the host concerned.
+// a storm of alerts over a large fleet, and the fleet store's badge
+// touching only the row of the host concerned.
 
 import { describe, expect, it } from "vitest";
 import {
@@ -96,6 +97,24 @@ describe("alert state", () => {
     applyAlert(s, alert({ rule: "HostCpu", host: "a", value: 1 }, 0));
     applyAlert(s, alert({ rule: "HostCpu", host: "a" }, 0, 30));
     expect(s.firing.values().next().value?.starts_at).toBe(at(60));
+  });
+
+  it("counts a storm over 5,000 hosts per host, and empties when it passes", () => {
+    const s = emptyState();
+    for (let i = 0; i < 5000; i++) {
+      applyAlert(s, alert({ rule: "HostCpu", host: `h${i}` }, 0));
+      applyAlert(s, alert({ rule: "Mem", host: `h${i}`, severity: i % 2 ? "critical" : "info" }, 1));
+    }
+    expect(s.firing.size).toBe(10_000);
+    expect(s.hosts.get("h7")).toEqual({ count: 2, worst: "critical" });
+    expect(s.hosts.get("h8")).toEqual({ count: 2, worst: "warning" });
+    for (let i = 0; i < 5000; i++) {
+      applyAlert(s, alert({ rule: "HostCpu", host: `h${i}` }, 0, 10));
+      applyAlert(s, alert({ rule: "Mem", host: `h${i}` }, 1, 10));
+    }
+    expect(s.firing.size).toBe(0);
+    expect(s.hosts.size).toBe(0);
+    expect(s.byHost.size).toBe(0);
   });
 
   it("keeps at most RECENT_MAX resolved alerts", () => {

@@ -66,10 +66,14 @@ export interface AlertState {
   recent: Alert[];
   /** Per host with something firing. */
   hosts: Map<string, HostAlerts>;
+  /** The keys firing per host, so a transition recounts one host, not every alert. */
+  byHost: Map<string, Set<string>>;
+  /** The incidents in `recent`. */
+  resolved: Set<string>;
 }
 
 export function emptyState(): AlertState {
-  return { firing: new Map(), recent: [], hosts: new Map() };
+  return { firing: new Map(), recent: [], hosts: new Map(), byHost: new Map(), resolved: new Set() };
 }
 
 /** Identifies an alert across its transitions. */
@@ -111,12 +115,26 @@ function endTime(a: Alert): number {
 function countHost(s: AlertState, host: string): HostAlerts | undefined {
   let count = 0;
   let worst: Severity = "";
-  for (const a of s.firing.values()) {
-    if (a.host !== host) continue;
+  for (const key of s.byHost.get(host) ?? []) {
+    const a = s.firing.get(key);
+    if (!a) continue;
     count++;
     if (count === 1 || severityRank(a.severity) > severityRank(worst)) worst = a.severity;
   }
   return count > 0 ? { count, worst } : undefined;
+}
+
+function setFiring(s: AlertState, key: string, a: Alert): void {
+  s.firing.set(key, a);
+  let keys = s.byHost.get(a.host);
+  if (!keys) s.byHost.set(a.host, (keys = new Set()));
+  keys.add(key);
+}
+
+function deleteFiring(s: AlertState, key: string, host: string): void {
+  s.firing.delete(key);
+  const keys = s.byHost.get(host);
+  if (keys?.delete(key) && keys.size === 0) s.byHost.delete(host);
 }
 
 /**
@@ -127,21 +145,28 @@ export function applyAlert(s: AlertState, a: Alert): string | undefined {
   const key = alertKey(a);
   const current = s.firing.get(key);
   if (a.status === "resolved") {
-    if (!s.recent.some((r) => incident(r) === incident(a))) {
-      s.recent.push(a);
-      s.recent.sort((x, y) => endTime(y) - endTime(x));
-      if (s.recent.length > RECENT_MAX) s.recent.length = RECENT_MAX;
+    const id = incident(a);
+    if (!s.resolved.has(id)) {
+      // Newest first; a resolution usually is the newest, so this stops at once.
+      const t = endTime(a);
+      let i = 0;
+      while (i < s.recent.length && endTime(s.recent[i]) > t) i++;
+      if (i < RECENT_MAX) {
+        s.recent.splice(i, 0, a);
+        s.resolved.add(id);
+      }
+      for (const dropped of s.recent.splice(RECENT_MAX)) s.resolved.delete(incident(dropped));
     }
     // It ends the incident firing now, or an older one (never a newer one).
     if (current && Date.parse(current.starts_at) <= Date.parse(a.starts_at)) {
-      s.firing.delete(key);
+      deleteFiring(s, key, a.host);
       return rehost(s, a.host);
     }
     return undefined;
   }
-  if (s.recent.some((r) => incident(r) === incident(a))) return undefined; // already resolved
+  if (s.resolved.has(incident(a))) return undefined; // already resolved
   if (current && Date.parse(current.starts_at) > Date.parse(a.starts_at)) return undefined; // older
-  s.firing.set(key, a);
+  setFiring(s, key, a);
   return rehost(s, a.host);
 }
 
@@ -162,17 +187,14 @@ export function applySnapshot(s: AlertState, snap: AlertsSnapshot): Set<string> 
   const before = new Map(s.hosts);
   // Oldest first, so a later transition of the same alert wins.
   for (const a of [...snap.history].reverse()) if (a.status === "resolved") applyAlert(s, a);
-  const resolved = new Set(s.recent.map(incident));
+  const resolved = s.resolved;
   s.firing.clear();
-  for (const a of snap.firing) if (!resolved.has(incident(a))) s.firing.set(alertKey(a), a);
+  s.byHost.clear();
+  for (const a of snap.firing) if (!resolved.has(incident(a))) setFiring(s, alertKey(a), a);
   s.hosts.clear();
-  for (const a of s.firing.values()) {
-    const h = s.hosts.get(a.host);
-    if (!h) s.hosts.set(a.host, { count: 1, worst: a.severity });
-    else {
-      h.count++;
-      if (severityRank(a.severity) > severityRank(h.worst)) h.worst = a.severity;
-    }
+  for (const host of s.byHost.keys()) {
+    const h = countHost(s, host);
+    if (h) s.hosts.set(host, h);
   }
   const changed = new Set<string>();
   for (const host of new Set([...before.keys(), ...s.hosts.keys()])) {
