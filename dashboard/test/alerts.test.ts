@@ -2,10 +2,13 @@
 // ordering of the panel, per-host counts and worst severity, merging the
 // REST snapshot with topic events that arrive twice or out of order, and
 // a storm of alerts over a large fleet, and the fleet store's badge
-// touching only the row of the host concerned.
+// touching only the row of the host concerned; and how the store loads:
+// the snapshot, then the topic, or one line when alerting is off or refused.
 
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import type { HostpulseClient, SubscribeOptions, Update } from "../src/client";
 import {
+  AlertStore,
   type Alert,
   type AlertsSnapshot,
   applyAlert,
@@ -169,5 +172,71 @@ describe("fleet badges", () => {
     fleet.setAlerts("late", { count: 1, worst: "warning" });
     fleet.applySnapshot([{ host: "late", online: true }]);
     expect(fleet.all().find((r) => r.host === "late")?.alerts).toEqual({ count: 1, worst: "warning" });
+  });
+});
+
+describe("alert store", () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  /** A client recording subscriptions; `deliver` plays a topic update. */
+  function fakeClient() {
+    const subs = new Map<string, { handler: (u: Update) => void; opts?: SubscribeOptions }>();
+    const client = {
+      subscribe(topic: string, handler: (u: Update) => void, opts?: SubscribeOptions) {
+        subs.set(topic, { handler, opts });
+        return () => subs.delete(topic);
+      },
+      on: () => () => undefined,
+    } as unknown as HostpulseClient;
+    const deliver = (a: Alert, seq: number) =>
+      subs.get("alerts")?.handler({ topic: "alerts", seq, timestamp: a.starts_at, received: a.starts_at, payload: a });
+    return { client, subs, deliver };
+  }
+
+  function serve(status: number, body: unknown) {
+    vi.stubGlobal("fetch", async () => new Response(JSON.stringify(body), { status }));
+  }
+
+  const settle = () => new Promise((r) => setTimeout(r, 10));
+
+  it("loads the snapshot, then follows the topic and feeds the badges", async () => {
+    const firing = alert({ rule: "HostCpu", host: "a", severity: "critical" });
+    serve(200, { rules: 2, firing: [firing], history: [firing] });
+    const badges = new Map<string, unknown>();
+    const store = new AlertStore((host, h) => badges.set(host, h));
+    const { client, subs, deliver } = fakeClient();
+    const stop = store.attach(client);
+    await settle();
+    expect(store.status).toEqual({ kind: "on", rules: 2 });
+    expect(badges.get("a")).toEqual({ count: 1, worst: "critical" });
+    expect(subs.get("alerts")?.opts?.history).toBeGreaterThan(0);
+
+    // Topic history replays the firing event: nothing changes; then it resolves.
+    deliver(firing, 1);
+    expect(store.state.firing.size).toBe(1);
+    deliver(alert({ rule: "HostCpu", host: "a", severity: "critical" }, 0, 20), 2);
+    expect(store.state.firing.size).toBe(0);
+    expect(badges.get("a")).toBeUndefined();
+    expect(badges.has("a")).toBe(true);
+    stop();
+    expect(subs.size).toBe(0);
+  });
+
+  it("is off without rules, and refused without the grant, subscribing nothing", async () => {
+    serve(200, { rules: 0, firing: [], history: [] });
+    const off = new AlertStore();
+    const a = fakeClient();
+    off.attach(a.client);
+    await settle();
+    expect(off.status).toEqual({ kind: "off" });
+    expect(a.subs.size).toBe(0);
+
+    serve(403, { error: "forbidden" });
+    const refused = new AlertStore();
+    const b = fakeClient();
+    refused.attach(b.client);
+    await settle();
+    expect(refused.status).toEqual({ kind: "forbidden" });
+    expect(b.subs.size).toBe(0);
   });
 });

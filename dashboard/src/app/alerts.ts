@@ -240,29 +240,37 @@ export class AlertStore {
   /**
    * Loads the snapshot, then follows the `alerts` topic (only when the
    * aggregator has rules and the token may read them: a refused or absent
-   * alerting is a line in the panel, not an error). Call again after a new
+   * alerting is a line in the panel, not an error; an unreachable aggregator
+   * is asked again when the connection is back). Call again after a new
    * token. Returns the function that stops.
    */
   attach(client: HostpulseClient): () => void {
     let off: (() => void) | undefined;
     let stopped = false;
-    getJson<AlertsSnapshot>(ALERTS_PATH)
-      .then((snap) => {
-        if (stopped) return;
-        this.applySnapshot(snap);
-        this.setStatus(snap.rules > 0 ? { kind: "on", rules: snap.rules } : { kind: "off" });
-        if (snap.rules > 0) {
-          off = client.subscribe("alerts", (u) => this.apply((u as Update<Alert>).payload), { history: TOPIC_HISTORY });
-        }
-      })
-      .catch((e: Error) => {
-        if (stopped) return;
-        if (e instanceof Unauthorized) this.setStatus({ kind: "forbidden" });
-        else if (/HTTP 404/.test(e.message)) this.setStatus({ kind: "off" });
-        else this.setStatus({ kind: "unavailable", message: e.message });
-      });
+    const load = () =>
+      getJson<AlertsSnapshot>(ALERTS_PATH)
+        .then((snap) => {
+          if (stopped) return;
+          this.applySnapshot(snap);
+          this.setStatus(snap.rules > 0 ? { kind: "on", rules: snap.rules } : { kind: "off" });
+          if (snap.rules > 0 && !off) {
+            off = client.subscribe("alerts", (u) => this.apply((u as Update<Alert>).payload), { history: TOPIC_HISTORY });
+          }
+        })
+        .catch((e: Error) => {
+          if (stopped) return;
+          if (e instanceof Unauthorized) this.setStatus({ kind: "forbidden" });
+          else if (/HTTP 404/.test(e.message)) this.setStatus({ kind: "off" });
+          else this.setStatus({ kind: "unavailable", message: e.message });
+        });
+    // The aggregator was unreachable when the page opened: ask again once it is back.
+    const offState = client.on("state", (st) => {
+      if (st.kind === "live" && this.status.kind === "unavailable") void load();
+    });
+    void load();
     return () => {
       stopped = true;
+      offState();
       off?.();
     };
   }
