@@ -131,9 +131,15 @@ export interface Aggregator {
 
 /**
  * Starts an aggregator. `http`/`ingest` default to port 0 (pass the previous
- * run's addresses to restart in place); `extra` is appended to the TOML.
+ * run's addresses to restart in place); `extra` is appended to the TOML (in
+ * place of the anonymous `[auth]`); `alertRules`, a rules file's text, is
+ * written next to it and named in an `[alerts]` section.
  */
-export async function startAggregator(opts: { http?: string; ingest?: string; extra?: string } = {}): Promise<Aggregator> {
+export async function startAggregator(
+  opts: { http?: string; ingest?: string; extra?: string; alertRules?: string } = {},
+): Promise<Aggregator> {
+  const alerts =
+    opts.alertRules === undefined ? "" : `\n[alerts]\nrules = "${writeConfig("alerts.toml", opts.alertRules)}"\n`;
   const config = writeConfig(
     "aggregator.toml",
     `[ingest]
@@ -147,7 +153,7 @@ ${opts.extra ?? `[auth]
 anonymous_agents = true
 anonymous_clients = true
 anonymous_topics = [">"]
-`}`,
+`}${alerts}`,
   );
   const child = spawn(binary("hostpulse-aggregator"), ["--config", config, "--log-format", "json"], {
     stdio: ["ignore", "pipe", "pipe"],
@@ -208,6 +214,12 @@ export async function sha256Hex(token: string): Promise<string> {
 export interface FleetSim {
   proc: Proc;
   hosts: number;
+  /**
+   * With `control`: sets host `n`'s (1-based) CPU in its live samples to
+   * `pct`, or back to its simulated value (`undefined`); resolves once the
+   * simulator has taken it.
+   */
+  setCpu(n: number, pct: number | undefined): Promise<void>;
 }
 
 /**
@@ -216,8 +228,9 @@ export interface FleetSim {
  * backlog of `backlog` samples `backlogStepMs` (1 s) apart and ending now
  * (past timestamps, so an aggregator with `[storage]` stores and rolls up
  * that history), then one sample per `intervalMs`; every `offlineEvery`th
- * host (0: none) goes offline after its backlog.
- * Resolves once every backlog is acknowledged. The simulator stops by itself
+ * host (0: none) goes offline after its backlog; host names are
+ * `<prefix>-<n>` (`sim` by default). With `control`, `setCpu` steers one
+ * host's CPU (`--stdin-control`). Resolves once every backlog is acknowledged. The simulator stops by itself
  * after `durationSecs`, or when this process goes (its stdin closes).
  */
 export async function startFleetSim(
@@ -229,6 +242,8 @@ export async function startFleetSim(
     intervalMs?: number;
     offlineEvery?: number;
     durationSecs?: number;
+    prefix?: string;
+    control?: boolean;
   },
   timeoutMs = 180_000,
 ): Promise<FleetSim> {
@@ -248,9 +263,21 @@ export async function startFleetSim(
     "--duration-secs",
     String(opts.durationSecs ?? 600),
     "--stop-on-stdin-eof",
+    ...(opts.prefix ? ["--prefix", opts.prefix] : []),
+    ...(opts.control ? ["--stdin-control"] : []),
   ];
   const child = spawn(binary("hostpulse-fleet-sim"), args, { stdio: ["pipe", "pipe", "pipe"] });
   const proc = new Proc("fleet-sim", child);
   await proc.waitFor(/fleet-sim ready hosts=\d+/, timeoutMs);
-  return { proc, hosts: opts.hosts };
+  let controls = 0;
+  const setCpu = async (n: number, pct: number | undefined) => {
+    if (!opts.control) throw new Error("startFleetSim: setCpu needs `control: true`");
+    const done = `fleet-sim control: ${pct === undefined ? `host ${n} cpu simulated` : `host ${n} cpu ${pct}`}`;
+    // Each acknowledgement line is awaited past those already seen.
+    const seen = proc.lines.filter((l) => l === done).length;
+    controls++;
+    child.stdin!.write(`cpu ${n} ${pct ?? "-"}\n`);
+    await waitUntil(`fleet-sim took control ${controls}`, () => proc.lines.filter((l) => l === done).length > seen, 10_000);
+  };
+  return { proc, hosts: opts.hosts, setCpu };
 }

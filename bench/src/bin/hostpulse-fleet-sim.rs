@@ -15,13 +15,20 @@
 //! when its standard input closes, so a test that dies takes it along). It prints `fleet-sim ready hosts=N` once
 //! every host's backlog is acknowledged.
 //!
+//! With `--stdin-control`, lines on its standard input steer one host's CPU
+//! (for the dashboard's alerts test: a real aggregator evaluates its rules
+//! on these real samples): `cpu <n> <pct>` makes host n (1-based, as in its
+//! name) report `pct` in its live samples from the next one on, and
+//! `cpu <n> -` gives it back its simulated value.
+//!
 //! ```sh
 //! hostpulse-fleet-sim --ingest 127.0.0.1:7070 --hosts 5000
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -30,7 +37,7 @@ use hostpulse_proto::v1::{
     AgentMessage, Batch, Hello, agent_message, aggregator_message, ingest_client::IngestClient,
 };
 use hostpulse_proto::{Cpu, Load, Memory, Sample, encode_batch};
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -80,6 +87,39 @@ struct Args {
     /// Host names are `<prefix>-<n>` (n zero-padded to five digits).
     #[arg(long, default_value = "sim")]
     prefix: String,
+    /// Read `cpu <n> <pct>` / `cpu <n> -` lines on standard input (host n's
+    /// CPU in its live samples); the simulator stops when it closes.
+    #[arg(long)]
+    stdin_control: bool,
+}
+
+/// CPU values set by `--stdin-control`, by host index (0-based).
+type Overrides = Arc<Mutex<HashMap<usize, f32>>>;
+
+/// Applies one control line; says what it did, or why not.
+fn control(line: &str, hosts: usize, overrides: &Overrides) -> Result<String, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let ["cpu", n, value] = words[..] else {
+        return Err(format!("{line:?}: expected `cpu <n> <pct>` or `cpu <n> -`"));
+    };
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a host number"))?;
+    if n == 0 || n > hosts {
+        return Err(format!("host {n} is not 1 to {hosts}"));
+    }
+    let mut o = overrides.lock().expect("overrides lock");
+    if value == "-" {
+        o.remove(&(n - 1));
+        return Ok(format!("host {n} cpu simulated"));
+    }
+    let pct: f32 = value
+        .parse()
+        .ok()
+        .filter(|p: &f32| (0.0..=100.0).contains(p))
+        .ok_or_else(|| format!("{value:?} is not a percentage"))?;
+    o.insert(n - 1, pct);
+    Ok(format!("host {n} cpu {pct}"))
 }
 
 fn now_ms() -> i64 {
@@ -135,6 +175,7 @@ async fn host(
     args: Arc<Args>,
     epoch: u64,
     ready: Arc<AtomicUsize>,
+    overrides: Overrides,
 ) -> anyhow::Result<()> {
     let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
@@ -193,11 +234,14 @@ async fn host(
         tick.tick().await;
         seq += 1;
         batch_seq += 1;
-        if tx
-            .send(batch(batch_seq, &[sample(i, seq, now_ms())]))
-            .await
-            .is_err()
-        {
+        let mut s = sample(i, seq, now_ms());
+        if let Some(&pct) = overrides.lock().expect("overrides lock").get(&i) {
+            s.cpu = Some(Cpu {
+                total_pct: pct,
+                per_core_pct: vec![pct; 4],
+            });
+        }
+        if tx.send(batch(batch_seq, &[s])).await.is_err() {
             return Ok(());
         }
     }
@@ -233,6 +277,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     let epoch = now_ms() as u64;
     let ready = Arc::new(AtomicUsize::new(0));
+    let overrides: Overrides = Arc::default();
     let mut channels = Vec::new();
     for _ in 0..args.hosts.div_ceil(STREAMS_PER_CONNECTION) {
         channels.push(
@@ -244,9 +289,9 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     }
     for i in 0..args.hosts {
         let channel = channels[i / STREAMS_PER_CONNECTION].clone();
-        let (args, ready) = (args.clone(), ready.clone());
+        let (args, ready, overrides) = (args.clone(), ready.clone(), overrides.clone());
         tokio::spawn(async move {
-            if let Err(e) = host(channel, i, args, epoch, ready).await {
+            if let Err(e) = host(channel, i, args, epoch, ready, overrides).await {
                 eprintln!("fleet-sim: host {i}: {e:#}");
             }
         });
@@ -257,8 +302,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
     }
     let deadline = tokio::time::sleep(Duration::from_secs(args.duration_secs));
     tokio::pin!(deadline);
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut announced = false;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -267,10 +311,17 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
                 println!("fleet-sim stopping: --duration-secs reached");
                 return Ok(());
             }
-            n = stdin.read(&mut buf), if args.stop_on_stdin_eof => {
-                if matches!(n, Ok(0) | Err(_)) {
-                    println!("fleet-sim stopping: stdin closed");
-                    return Ok(());
+            line = lines.next_line(), if args.stop_on_stdin_eof || args.stdin_control => {
+                match line {
+                    Ok(Some(line)) if args.stdin_control => match control(&line, args.hosts, &overrides) {
+                        Ok(done) => println!("fleet-sim control: {done}"),
+                        Err(why) => eprintln!("fleet-sim control: {why}"),
+                    },
+                    Ok(Some(_)) => {}
+                    _ => {
+                        println!("fleet-sim stopping: stdin closed");
+                        return Ok(());
+                    }
                 }
             }
             _ = poll.tick(), if !announced => {

@@ -1,10 +1,15 @@
-// The dashboard shell: header with the connection indicator, the incomplete-
-// resume note, the token prompt when the aggregator requires one, and the
-// two views (`#/` fleet, `#/host/<name>` one host, with its time range in
-// the hash's query: `?range=24h`, `?from=…&to=…`; range.ts).
+// The dashboard shell: header with the navigation (fleet, alerts with how
+// many fire) and the connection indicator, the incomplete-resume note, the
+// token prompt when the aggregator requires one, and the three views (`#/`
+// fleet, `#/alerts` the alerts panel, `#/host/<name>` one host, with its time
+// range in the hash's query: `?range=24h`, `?from=…&to=…`; range.ts). The
+// alert store lives here, so the fleet's badges and the header's count stay
+// live whichever view is open.
 
 import { useEffect, useMemo, useState } from "react";
 import type { ConnectionState, HostpulseClient, Incomplete } from "../client";
+import { AlertStore } from "./alerts";
+import { AlertsNav, AlertsView } from "./AlertsView";
 import { ConnectionBadge } from "./ConnectionBadge";
 import { getJson, storeToken, Unauthorized } from "./connection";
 import { FleetStore, type RestHost, SNAPSHOT_PATH } from "./fleet";
@@ -13,7 +18,8 @@ import { HostView } from "./HostView";
 import { parseHostHash, type Range } from "./range";
 import { TokenPrompt } from "./TokenPrompt";
 
-function route(): { host?: string; range?: Range } {
+function route(): { host?: string; range?: Range; alerts?: boolean } {
+  if (/^#\/alerts\/?$/.test(location.hash)) return { alerts: true };
   return parseHostHash(location.hash) ?? {};
 }
 
@@ -25,6 +31,9 @@ export function App({ client }: { client: HostpulseClient }) {
   const [brokerDown, setBrokerDown] = useState<string | null>(null);
   const [view, setView] = useState(route);
   const fleet = useMemo(() => new FleetStore(), []);
+  const alerts = useMemo(() => new AlertStore((host, a) => fleet.setAlerts(host, a)), [fleet]);
+  /** Moves when a token is entered: alerts are read again with it. */
+  const [tokenRev, setTokenRev] = useState(0);
 
   useEffect(() => {
     const onHash = () => setView(route());
@@ -71,10 +80,13 @@ export function App({ client }: { client: HostpulseClient }) {
     };
   }, [client, fleet]);
 
+  useEffect(() => alerts.attach(client), [alerts, client, tokenRev]);
+
   const onToken = (token: string) => {
     storeToken(token);
     setNeedToken(null);
     client.setToken(token);
+    setTokenRev((r) => r + 1);
   };
 
   return (
@@ -83,6 +95,12 @@ export function App({ client }: { client: HostpulseClient }) {
         <h1>
           <a href="#/">hostpulse</a>
         </h1>
+        <nav>
+          <a href="#/" className={`nav${!view.host && !view.alerts ? " on" : ""}`} data-testid="nav-fleet">
+            fleet
+          </a>
+          <AlertsNav store={alerts} active={view.alerts === true} />
+        </nav>
         <ConnectionBadge state={state} />
       </header>
       {brokerDown !== null && (
@@ -100,6 +118,8 @@ export function App({ client }: { client: HostpulseClient }) {
       )}
       {needToken !== null ? (
         <TokenPrompt message={needToken} onToken={onToken} />
+      ) : view.alerts ? (
+        <AlertsView store={alerts} />
       ) : view.host ? (
         <HostView key={view.host} client={client} host={view.host} range={view.range} />
       ) : (

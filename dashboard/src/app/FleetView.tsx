@@ -1,7 +1,9 @@
 // Fleet overview, built for thousands of hosts: search by name, filter by
 // state and label, group by a label, sort by any column. Rows are
 // virtualised (only those in view, plus a few, are in the page), each with a
-// canvas sparkline of its CPU; a host name opens its page. Records when the
+// canvas sparkline of its CPU; a host name opens its page; a badge next to it
+// counts the alerts firing on the host, coloured by the worst severity, and
+// opens the alerts panel (it changes only that row). Records when the
 // first row with data was drawn (window.__hostpulse.firstRow).
 
 import { memo, useEffect, useLayoutEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
@@ -274,6 +276,18 @@ const Row = memo(function Row({ row: r, top, grid, cluster, now }: RowProps) {
     >
       <div className="cell name">
         <a href={`#/host/${encodeURIComponent(r.host)}`}>{r.host}</a>
+        {r.alerts && (
+          <a
+            className={`alert-badge sev-${r.alerts.worst}`}
+            href="#/alerts"
+            data-testid="host-alerts"
+            data-count={r.alerts.count}
+            data-severity={r.alerts.worst}
+            title={`${r.alerts.count} alert${r.alerts.count === 1 ? "" : "s"} firing, worst ${r.alerts.worst}`}
+          >
+            {r.alerts.count}
+          </a>
+        )}
         {r.hostname && r.hostname !== r.host && <span className="sub">{r.hostname}</span>}
       </div>
       <div className="cell">

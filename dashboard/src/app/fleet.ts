@@ -14,9 +14,13 @@
 // `SPARK_EVERY_MS` (`history_every_ms`) and throttles the live metrics to
 // the same pace, so 5,000 hosts cost about 5,000 × `SPARK_INTERVALS` points
 // on open and a few thousand updates per 5 s after.
+//
+// Alert badges (`setAlerts`, fed by the alert store) bump only the row of the
+// host whose alerts changed, never the shape.
 
 import type { HostpulseClient, SubscribeOptions } from "../client";
 import type { CpuPayload, HostEvent, LoadPayload, MemoryPayload, Update } from "../client/types";
+import type { HostAlerts } from "./alerts";
 import { Series } from "./series";
 
 export interface HostRow {
@@ -34,6 +38,8 @@ export interface HostRow {
   memTotal?: number;
   load1?: number;
   spark: Series;
+  /** Alerts firing on the host (the badge), if any. */
+  alerts?: HostAlerts;
   /** Bumped on every change to the row. */
   rev: number;
 }
@@ -63,6 +69,8 @@ export const SPARK_INTERVALS = 60;
 
 export class FleetStore {
   private readonly rows = new Map<string, HostRow>();
+  /** Firing alerts per host, kept for hosts without a row yet too. */
+  private readonly alerts = new Map<string, HostAlerts>();
   private readonly listeners = new Set<() => void>();
   private version = 0;
   /** Bumped when a host comes or goes, or its labels, state or aggregator change. */
@@ -150,7 +158,7 @@ export class FleetStore {
   private row(host: string): HostRow {
     let row = this.rows.get(host);
     if (!row) {
-      row = { host, labels: {}, spark: new Series(1, SPARK_POINTS), rev: 0 };
+      row = { host, labels: {}, spark: new Series(1, SPARK_POINTS), alerts: this.alerts.get(host), rev: 0 };
       this.rows.set(host, row);
       this.shape++;
     }
@@ -163,6 +171,17 @@ export class FleetStore {
     row.online = online;
     row.labels = labels;
     row.aggregator = aggregator;
+  }
+
+  /** Sets a host's alert badge (undefined: nothing fires); redraws that row only. */
+  setAlerts(host: string, alerts: HostAlerts | undefined): void {
+    if (alerts) this.alerts.set(host, alerts);
+    else this.alerts.delete(host);
+    const row = this.rows.get(host);
+    if (!row) return;
+    row.alerts = alerts;
+    row.rev++;
+    this.changed();
   }
 
   private onHost(u: Update<HostEvent>): void {
