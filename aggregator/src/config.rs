@@ -120,8 +120,11 @@ impl AggregatorConfig {
         {
             return Err(invalid(key, &reason));
         }
+        // Named from here: an error says which config referred to the rules
+        // file, then what is wrong in it.
         if let Some(rules) = &self.alerts.rules {
-            crate::alert::rules::load(rules)?;
+            crate::alert::rules::load(rules)
+                .map_err(|e| invalid("alerts.rules", &e.to_string()))?;
         }
         if self.ingest.listen == self.http.listen && self.ingest.listen.port() != 0 {
             return Err(invalid(
