@@ -229,10 +229,23 @@ async fn an_agent_moving_between_live_aggregators_keeps_one_alert_and_resolves_o
     assert_eq!(first.len(), 1, "{first:?}");
 
     // The agent leaves aggregator 1, which stays up, for aggregator 2.
+    // Aggregator 1 lets go of it, and Alertmanager still holds it active:
+    // it is not resolved there while aggregator 2 has yet to fire it.
     drop(agent);
     let mut agent = FakeAgent::connect(&n2.ingest_url(), "web-2").await;
-    send_cpu(&mut agent, &mut seq, base, 4, &[95.0, 96.0, 97.0, 98.0]).await;
     let deadline = tokio::time::Instant::now() + WAIT;
+    while n1.metric(FIRING).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aggregator 1 never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    notified.silent_for(Duration::from_millis(1500)).await;
+    let between = held(&am).await;
+    assert_eq!(between.len(), 1, "{between:?}");
+    assert_eq!(between[0]["status"]["state"], "active", "{between:?}");
+    send_cpu(&mut agent, &mut seq, base, 4, &[95.0, 96.0, 97.0, 98.0]).await;
     while n2.metric(FIRING).await != 1 || n1.metric(FIRING).await != 0 {
         let now = held(&am).await;
         assert_eq!(now.len(), 1, "one alert during the move: {now:?}");
