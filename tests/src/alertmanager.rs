@@ -1,6 +1,6 @@
 //! A real Alertmanager (Debian `prometheus-alertmanager`) on a loopback
 //! port, with gossip off, a temporary store and a route to a null
-//! receiver; killed on drop.
+//! receiver (or to a test webhook, to see what it notifies); killed on drop.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -30,7 +30,23 @@ impl Alertmanager {
 
     /// Starts one on `port` and waits until it is ready.
     pub async fn start_on(port: u16) -> Self {
-        let config = crate::process::temp_file("alertmanager.yml", CONFIG);
+        Self::start_with_config(port, CONFIG).await
+    }
+
+    /// Starts one on a free port whose route notifies `url` (a webhook
+    /// receiver, resolved alerts included) of each change of its group,
+    /// at most once a second.
+    pub async fn start_notifying(url: &str) -> Self {
+        let config = format!(
+            "route:\n  receiver: 'hook'\n  group_by: ['alertname', 'host']\n  group_wait: 0s\n  \
+             group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: 'hook'\n    \
+             webhook_configs:\n      - url: '{url}'\n        send_resolved: true\n"
+        );
+        Self::start_with_config(free_port(), &config).await
+    }
+
+    async fn start_with_config(port: u16, config: &str) -> Self {
+        let config = crate::process::temp_file("alertmanager.yml", config);
         let storage = config.parent().expect("temp dir").join("data");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let child = Command::new(BINARY)

@@ -1,6 +1,7 @@
 //! Alerting end to end: the real aggregator binary with a rules file, a
 //! hand-driven agent sending exact values, a real Alertmanager and a test
-//! webhook receiver. Rules fire and resolve as documented, exactly once,
+//! webhook receiver (and the real agent binary, SIGKILLed, for `absent`).
+//! Rules fire and resolve as documented, exactly once,
 //! and reach Alertmanager even when it comes up late; bad rules are refused
 //! saying where and why; the shipped rules file loads.
 
@@ -358,6 +359,98 @@ summary = "{{host}} silent"
     assert_eq!(status, "resolved", "{alert}");
     assert_eq!(alert["host"], "lost-1");
     drop(agent);
+}
+
+/// Whether `/api/v1/hosts` of the aggregator lists `host` online.
+async fn online(agg: &Aggregator, host: &str) -> bool {
+    let (status, body) = http_get(agg.http, "/api/v1/hosts").await;
+    assert_eq!(status, 200, "{body}");
+    let hosts: Value = serde_json::from_str(&body).unwrap();
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["host"] == host && h["online"] == true)
+}
+
+/// Starts the real agent binary as `host`, sampling every 100 ms.
+fn real_agent(agg: &Aggregator, host: &str) -> Proc {
+    let config = temp_file(
+        "agent.toml",
+        &format!(
+            "aggregator = \"{}\"\nhostname = \"{host}\"\ninterval_ms = 100\n\
+             reconnect_min_ms = 50\nreconnect_max_ms = 400\n",
+            agg.ingest_url()
+        ),
+    );
+    Proc::spawn("hostpulse-agent", &["--config", config.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_fires_when_a_real_agent_is_sigkilled_and_resolves_when_it_returns() {
+    let mut hook = Webhook::start().await;
+    let am = Alertmanager::start().await;
+    let rules = r#"
+[[rule]]
+name = "Silent"
+kind = "absent"
+after = "1s"
+hosts = ["node-*"]
+summary = "{{host}} silent for {{value}} s"
+"#;
+    let agg = Aggregator::start(
+        rules,
+        &format!(
+            "webhook_urls = [\"{}\"]\nalertmanager_urls = [\"{}\"]\n",
+            hook.url,
+            am.url()
+        ),
+    );
+    let mut agent = real_agent(&agg, "node-1");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !online(&agg, "node-1").await {
+        assert!(tokio::time::Instant::now() < deadline, "node-1 never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Streaming every 100 ms: nothing fires.
+    hook.silent_for(Duration::from_millis(1500)).await;
+
+    // SIGKILL: no goodbye, the stream just breaks.
+    agent.kill();
+    let (status, alert) = hook.next().await;
+    assert_eq!(status, "firing", "{alert}");
+    assert_eq!(alert["host"], "node-1");
+    assert_eq!(alert["kind"], "absent");
+    assert!(alert["value"].as_f64().unwrap() >= 1.0, "{alert}");
+    am.wait_for("Silent active", |a| {
+        a.iter().any(|x| {
+            x["labels"]["alertname"] == "Silent"
+                && x["labels"]["host"] == "node-1"
+                && x["status"]["state"] == "active"
+        })
+    })
+    .await;
+    assert_eq!(
+        agg.metric("hostpulse_alerts_firing{rule=\"Silent\",severity=\"warning\"}")
+            .await,
+        1.0
+    );
+
+    // The agent comes back (a new process, a new run): resolved, once.
+    let _agent = real_agent(&agg, "node-1");
+    let (status, alert) = hook.next().await;
+    assert_eq!(status, "resolved", "{alert}");
+    assert_eq!(alert["host"], "node-1");
+    am.wait_for("Silent resolved", |a| {
+        !a.iter().any(|x| x["labels"]["alertname"] == "Silent")
+    })
+    .await;
+    agg.wait_metric(
+        "hostpulse_alerts_firing{rule=\"Silent\",severity=\"warning\"}",
+        0.0,
+    )
+    .await;
+    hook.silent_for(Duration::from_millis(1500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

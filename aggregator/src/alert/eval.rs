@@ -83,6 +83,12 @@ pub struct Alert {
     pub top_cpu: Vec<Process>,
     /// The host's top processes by memory when it fired.
     pub top_memory: Vec<Process>,
+    /// Resolved here only because its host now streams to another
+    /// aggregator of the cluster, which evaluates it from now on: not sent
+    /// to Alertmanager, where the alert stays (same labels) for that
+    /// aggregator to carry on or to let lapse at its `endsAt`.
+    #[serde(skip)]
+    pub moved: bool,
 }
 
 impl Alert {
@@ -251,7 +257,10 @@ impl Engine {
                 .collect();
             for h in moved {
                 tracing::debug!(host = %h, "alert state dropped: the host streams to another aggregator");
-                out.extend(drop_host(&mut hosts, &h));
+                out.extend(drop_host(&mut hosts, &h).into_iter().map(|mut a| {
+                    a.moved = true;
+                    a
+                }));
             }
             for (host, state) in hosts.iter_mut() {
                 let silent = now.saturating_duration_since(state.last_seen);
@@ -397,6 +406,7 @@ fn build(
         annotations,
         top_cpu: state.top_cpu.to_vec(),
         top_memory: state.top_memory.to_vec(),
+        moved: false,
     }
 }
 

@@ -14,7 +14,8 @@
 //! Only agents attached to this aggregator are evaluated here: in a cluster
 //! each host's rules run on the aggregator its agent streams to, and a host
 //! that moved to another aggregator is dropped here (its firing alerts
-//! resolved) rather than reported absent. A host forgotten after
+//! resolved on this node, but left active in Alertmanager for the new one)
+//! rather than reported absent. A host forgotten after
 //! `hub.forget_after` has its state dropped and its alerts resolved.
 
 pub mod deliver;

@@ -144,12 +144,16 @@ pub async fn run(s: Settings, mut events: mpsc::Receiver<Alert>, shutdown: Cance
     let mut resend = tokio::time::interval_at(Instant::now() + s.resend, s.resend);
     resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The absent rules' one timer: a quarter of the shortest `after`, at
-    // most a second, so silence is noticed within that much of it.
+    // most a second, so silence is noticed within that much of it. It
+    // also lets go of hosts that moved to another node of the cluster, so
+    // it runs (every second) without absent rules too.
     let tick_every = s
         .engine
         .shortest_after()
-        .map(|a| (a / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
-    let mut absent = tokio::time::interval(tick_every.unwrap_or(Duration::from_secs(3600)));
+        .map_or(Duration::from_secs(1), |a| {
+            (a / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        });
+    let mut absent = tokio::time::interval(tick_every);
     absent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -163,9 +167,13 @@ pub async fn run(s: Settings, mut events: mpsc::Receiver<Alert>, shutdown: Cance
                     at: SystemTime::now(),
                     payload: Payload::Other(serde_json::to_value(&alert).expect("alerts serialise")),
                 };
-                let am = AmAlert::from_alert(&alert, valid, &s.generator_url);
-                for o in &s.alertmanagers {
-                    o.offer(vec![am.clone()]);
+                // Resolved here because its host moved to another node:
+                // Alertmanager keeps it for that node to carry on.
+                if !alert.moved {
+                    let am = AmAlert::from_alert(&alert, valid, &s.generator_url);
+                    for o in &s.alertmanagers {
+                        o.offer(vec![am.clone()]);
+                    }
                 }
                 for o in &s.webhooks {
                     o.offer(alert.clone());
@@ -191,7 +199,7 @@ pub async fn run(s: Settings, mut events: mpsc::Receiver<Alert>, shutdown: Cance
                     }
                 }
             }
-            _ = absent.tick(), if tick_every.is_some() => {
+            _ = absent.tick() => {
                 s.engine.tick(Instant::now(), &(s.elsewhere)());
             }
         }

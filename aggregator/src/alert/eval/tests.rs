@@ -152,13 +152,20 @@ fn absent_fires_on_the_tick_and_resolves_on_the_next_sample() {
     assert_eq!(e.shortest_after(), Some(Duration::from_secs(5)));
 
     // Gone again and firing; then its agent streams to another
-    // aggregator: resolved here and no longer watched here.
+    // aggregator: resolved here (marked moved, so Alertmanager is left
+    // to the new node) and no longer watched here.
     drop(h);
     e.tick(Instant::now() + Duration::from_secs(6), &none);
-    assert_eq!(drain(&mut rx), vec![(Status::Firing, 6.0)]);
+    let fired = rx.try_recv().expect("fired");
+    assert_eq!(
+        (fired.status, fired.value, fired.moved),
+        (Status::Firing, 6.0, false)
+    );
     let elsewhere = std::collections::HashSet::from(["web-1".to_string()]);
     e.tick(Instant::now() + Duration::from_secs(60), &elsewhere);
-    assert_eq!(drain(&mut rx).len(), 1, "resolved");
+    let left = rx.try_recv().expect("resolved");
+    assert_eq!((left.status, left.moved), (Status::Resolved, true));
+    assert!(drain(&mut rx).is_empty());
     e.tick(Instant::now() + Duration::from_secs(120), &none);
     assert!(drain(&mut rx).is_empty(), "not watched here any more");
 
