@@ -178,19 +178,27 @@ describe("fleet badges", () => {
 describe("alert store", () => {
   afterEach(() => vi.unstubAllGlobals());
 
-  /** A client recording subscriptions; `deliver` plays a topic update. */
+  /**
+   * A client recording subscriptions; `deliver` plays a topic update,
+   * `confirm` the aggregator confirming the `hosts` subscription.
+   */
   function fakeClient() {
     const subs = new Map<string, { handler: (u: Update) => void; opts?: SubscribeOptions }>();
+    const listeners: Array<(s: { topic: string }) => void> = [];
     const client = {
       subscribe(topic: string, handler: (u: Update) => void, opts?: SubscribeOptions) {
         subs.set(topic, { handler, opts });
         return () => subs.delete(topic);
       },
-      on: () => () => undefined,
+      on: (event: string, cb: (s: { topic: string }) => void) => {
+        if (event === "subscribed") listeners.push(cb);
+        return () => undefined;
+      },
     } as unknown as HostpulseClient;
     const deliver = (a: Alert, seq: number) =>
       subs.get("alerts")?.handler({ topic: "alerts", seq, timestamp: a.starts_at, received: a.starts_at, payload: a });
-    return { client, subs, deliver };
+    const confirm = () => listeners.forEach((cb) => cb({ topic: "hosts" }));
+    return { client, subs, deliver, confirm };
   }
 
   function serve(status: number, body: unknown) {
@@ -204,8 +212,12 @@ describe("alert store", () => {
     serve(200, { rules: 2, firing: [firing], history: [firing] });
     const badges = new Map<string, unknown>();
     const store = new AlertStore((host, h) => badges.set(host, h));
-    const { client, subs, deliver } = fakeClient();
+    const { client, subs, deliver, confirm } = fakeClient();
     const stop = store.attach(client);
+    await settle();
+    // Nothing is asked before the aggregator has taken the token.
+    expect(store.status).toEqual({ kind: "loading" });
+    confirm();
     await settle();
     expect(store.status).toEqual({ kind: "on", rules: 2 });
     expect(badges.get("a")).toEqual({ count: 1, worst: "critical" });
@@ -227,6 +239,7 @@ describe("alert store", () => {
     const off = new AlertStore();
     const a = fakeClient();
     off.attach(a.client);
+    a.confirm();
     await settle();
     expect(off.status).toEqual({ kind: "off" });
     expect(a.subs.size).toBe(0);
@@ -235,6 +248,7 @@ describe("alert store", () => {
     const refused = new AlertStore();
     const b = fakeClient();
     refused.attach(b.client);
+    b.confirm();
     await settle();
     expect(refused.status).toEqual({ kind: "forbidden" });
     expect(b.subs.size).toBe(0);

@@ -241,8 +241,10 @@ export class AlertStore {
    * Loads the snapshot, then follows the `alerts` topic (only when the
    * aggregator has rules and the token may read them: a refused or absent
    * alerting is a line in the panel, not an error; an unreachable aggregator
-   * is asked again when the connection is back). Call again after a new
-   * token. Returns the function that stops.
+   * is asked again when the connection is back). The snapshot is asked for
+   * once the aggregator has confirmed the `hosts` subscription, as the
+   * fleet's is: an aggregator that wants a token is not asked without one.
+   * Call again after a new token. Returns the function that stops.
    */
   attach(client: HostpulseClient): () => void {
     let off: (() => void) | undefined;
@@ -267,10 +269,16 @@ export class AlertStore {
     const offState = client.on("state", (st) => {
       if (st.kind === "live" && this.status.kind === "unavailable") void load();
     });
-    void load();
+    let asked = false;
+    const offSubscribed = client.on("subscribed", (s) => {
+      if (s.topic !== "hosts" || asked) return;
+      asked = true;
+      void load();
+    });
     return () => {
       stopped = true;
       offState();
+      offSubscribed();
       off?.();
     };
   }
