@@ -6,6 +6,7 @@
 pub mod alertmanager;
 pub mod cluster;
 pub mod fake;
+pub mod hook;
 pub mod nats;
 pub mod process;
 pub mod prometheus;
@@ -260,4 +261,12 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -7,14 +7,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
+
 use hostpulse_proto::{Cpu, Filesystem, Filesystems, Process, ProcessRollup, Processes, Sample};
 use hostpulse_tests::alertmanager::Alertmanager;
 use hostpulse_tests::fake::{FakeAgent, batch};
+use hostpulse_tests::hook::JsonHook;
+use hostpulse_tests::now_ms;
 use hostpulse_tests::process::{Proc, addr_in, run, temp_file};
 use hostpulse_tests::ws::WsClient;
 use hostpulse_tests::{WAIT, free_port, http_get};
@@ -87,55 +90,33 @@ impl Aggregator {
 }
 
 /// A webhook receiver: every JSON body POSTed to it, in order.
-struct Webhook {
-    url: String,
-    bodies: mpsc::Receiver<Value>,
+struct Webhook(JsonHook);
+
+impl std::ops::Deref for Webhook {
+    type Target = JsonHook;
+    fn deref(&self) -> &JsonHook {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Webhook {
+    fn deref_mut(&mut self) -> &mut JsonHook {
+        &mut self.0
+    }
 }
 
 impl Webhook {
     async fn start() -> Self {
-        let (tx, bodies) = mpsc::channel(1000);
-        let app = axum::Router::new()
-            .route(
-                "/hook",
-                post(
-                    |State(tx): State<mpsc::Sender<Value>>, Json(v): Json<Value>| async move {
-                        let _ = tx.send(v).await;
-                    },
-                ),
-            )
-            .with_state(tx);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, bodies }
+        Self(JsonHook::start().await)
     }
 
-    /// The next transition: (status, alert).
     async fn next(&mut self) -> (String, Value) {
-        let v = tokio::time::timeout(WAIT, self.bodies.recv())
-            .await
-            .expect("a webhook call in time")
-            .expect("receiver open");
+        let v = self.0.next_body("a webhook call").await;
         (
             v["status"].as_str().unwrap().to_string(),
             v["alert"].clone(),
         )
     }
-
-    /// Nothing more arrives within `quiet`.
-    async fn silent_for(&mut self, quiet: Duration) {
-        if let Ok(Some(v)) = tokio::time::timeout(quiet, self.bodies.recv()).await {
-            panic!("unexpected webhook call: {v}");
-        }
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// A sample taken `t` seconds after `base` ms, with CPU at `pct` and one

@@ -5,20 +5,18 @@
 //! to fires it again with the same labels, Alertmanager holds and notifies
 //! it once, and resolves it once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
 use hostpulse_proto::{Cpu, Sample};
 use hostpulse_tests::alertmanager::Alertmanager;
 use hostpulse_tests::cluster::Node;
 use hostpulse_tests::fake::{FakeAgent, batch};
+use hostpulse_tests::hook::JsonHook;
 use hostpulse_tests::nats::NatsServer;
+use hostpulse_tests::now_ms;
 use hostpulse_tests::process::temp_file;
 use hostpulse_tests::{WAIT, http_get};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 const RULE: &str = r#"
 [[rule]]
@@ -33,55 +31,33 @@ summary = "CPU on {{host}} at {{value}} %"
 const FIRING: &str = "hostpulse_alerts_firing{rule=\"HostCpu\",severity=\"critical\"}";
 
 /// What Alertmanager notifies: every JSON body POSTed to the hook.
-struct Notifications {
-    url: String,
-    bodies: mpsc::Receiver<Value>,
+struct Notifications(JsonHook);
+
+impl std::ops::Deref for Notifications {
+    type Target = JsonHook;
+    fn deref(&self) -> &JsonHook {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Notifications {
+    fn deref_mut(&mut self) -> &mut JsonHook {
+        &mut self.0
+    }
 }
 
 impl Notifications {
     async fn start() -> Self {
-        let (tx, bodies) = mpsc::channel(1000);
-        let app = axum::Router::new()
-            .route(
-                "/hook",
-                post(
-                    |State(tx): State<mpsc::Sender<Value>>, Json(v): Json<Value>| async move {
-                        let _ = tx.send(v).await;
-                    },
-                ),
-            )
-            .with_state(tx);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, bodies }
+        Self(JsonHook::start().await)
     }
 
-    /// The next notification: its status and its alerts.
     async fn next(&mut self) -> (String, Vec<Value>) {
-        let v = tokio::time::timeout(WAIT, self.bodies.recv())
-            .await
-            .expect("a notification in time")
-            .expect("receiver open");
+        let v = self.0.next_body("a notification").await;
         (
             v["status"].as_str().unwrap().to_string(),
             v["alerts"].as_array().unwrap().clone(),
         )
     }
-
-    /// Nothing more is notified within `quiet`.
-    async fn silent_for(&mut self, quiet: Duration) {
-        if let Ok(Some(v)) = tokio::time::timeout(quiet, self.bodies.recv()).await {
-            panic!("unexpected notification: {v}");
-        }
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Sends `values` as one batch, one a second of sample time from `t0`.

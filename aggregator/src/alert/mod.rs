@@ -182,33 +182,31 @@ pub fn start(
     let mut receivers = Vec::new();
     let mut alertmanagers = Vec::new();
     for url in &config.alertmanager_urls {
-        let stats = Arc::new(ReceiverStats::new("alertmanager", url));
-        let (tx, rx) = mpsc::channel(config.queue);
+        let (out, rx) = outlet("alertmanager", url, config.queue, &mut receivers);
+        let stats = out.stats.clone();
         tasks.spawn(deliver::alertmanager(
             url.clone(),
             rx,
-            stats.clone(),
+            stats,
             http.clone(),
             retry.clone(),
             shutdown.clone(),
         ));
-        receivers.push(stats.clone());
-        alertmanagers.push(Outlet { queue: tx, stats });
+        alertmanagers.push(out);
     }
     let mut webhooks = Vec::new();
     for url in &config.webhook_urls {
-        let stats = Arc::new(ReceiverStats::new("webhook", url));
-        let (tx, rx) = mpsc::channel(config.queue);
+        let (out, rx) = outlet("webhook", url, config.queue, &mut receivers);
+        let stats = out.stats.clone();
         tasks.spawn(deliver::webhook(
             url.clone(),
             rx,
-            stats.clone(),
+            stats,
             http.clone(),
             retry.clone(),
             shutdown.clone(),
         ));
-        receivers.push(stats.clone());
-        webhooks.push(Outlet { queue: tx, stats });
+        webhooks.push(out);
     }
     let external = config
         .external_url
@@ -233,4 +231,18 @@ pub fn start(
         board,
         receivers,
     }
+}
+
+/// A receiver's bounded queue and counters (listed in `receivers` for
+/// `/metrics`); its sender task takes the other end.
+fn outlet<T>(
+    kind: &'static str,
+    url: &str,
+    queue: usize,
+    receivers: &mut Vec<Arc<ReceiverStats>>,
+) -> (Outlet<T>, mpsc::Receiver<T>) {
+    let stats = Arc::new(ReceiverStats::new(kind, url));
+    let (tx, rx) = mpsc::channel(queue);
+    receivers.push(stats.clone());
+    (Outlet { queue: tx, stats }, rx)
 }

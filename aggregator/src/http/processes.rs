@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::api::{TokenQuery, authorize, refuse};
-use super::series::parse_time;
+use super::series::{store_off, time_range};
 use crate::store::processes::{self, MinuteProcess};
 use crate::topic::host_topic;
 
@@ -61,10 +61,7 @@ pub async fn processes(
         Err((status, message)) => return refuse(status, message),
     };
     let Some(store) = state.store.clone() else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "history on disk is off: set [storage] dir in the aggregator's config".into(),
-        );
+        return store_off();
     };
     let topic = host_topic(&host, "processes");
     if !grant.allows(&topic) {
@@ -73,21 +70,10 @@ pub async fn processes(
             format!("token {:?} does not grant {topic}", grant.name),
         );
     }
-    let now = crate::update::unix_ms_now();
-    let to = match q.to.as_deref().map(|v| parse_time("to", v)).transpose() {
-        Ok(t) => t.unwrap_or(now),
+    let (from, to) = match time_range(q.from.as_deref(), q.to.as_deref()) {
+        Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
-    let from = match q.from.as_deref().map(|v| parse_time("from", v)).transpose() {
-        Ok(f) => f.unwrap_or(to - 3_600_000),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-    };
-    if from >= to {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("from ({from}) must be before to ({to})"),
-        );
-    }
     let max = store.config.max_points;
     let minutes = ((to - from + 59_999) / 60_000) as usize;
     if minutes > max {

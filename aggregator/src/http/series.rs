@@ -65,8 +65,33 @@ fn bad(message: String) -> Response {
     refuse(StatusCode::BAD_REQUEST, message)
 }
 
+/// The answer when the store is off.
+pub(super) fn store_off() -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "history on disk is off: set [storage] dir in the aggregator's config".into(),
+    )
+}
+
+/// `[from, to)` from the query (RFC 3339 or Unix ms; default the last hour
+/// up to now); refused when empty.
+pub(super) fn time_range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), String> {
+    let to = match to {
+        Some(v) => parse_time("to", v)?,
+        None => crate::update::unix_ms_now(),
+    };
+    let from = match from {
+        Some(v) => parse_time("from", v)?,
+        None => to - 3_600_000,
+    };
+    if from >= to {
+        return Err(format!("from ({from}) must be before to ({to})"));
+    }
+    Ok((from, to))
+}
+
 /// A time given as Unix ms or RFC 3339.
-pub(super) fn parse_time(name: &str, v: &str) -> Result<i64, String> {
+fn parse_time(name: &str, v: &str) -> Result<i64, String> {
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(ms);
     }
@@ -125,10 +150,7 @@ pub async fn series(
         Err((status, message)) => return refuse(status, message),
     };
     let Some(store) = state.store.clone() else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "history on disk is off: set [storage] dir in the aggregator's config".into(),
-        );
+        return store_off();
     };
     let Some(fields) = q.fields.as_deref().filter(|f| !f.trim().is_empty()) else {
         return bad("fields= is required, e.g. fields=cpu.total_pct,memory.used_bytes".into());
@@ -150,18 +172,10 @@ pub async fn series(
             );
         }
     }
-    let now = crate::update::unix_ms_now();
-    let to = match q.to.as_deref().map(|v| parse_time("to", v)).transpose() {
-        Ok(t) => t.unwrap_or(now),
+    let (from, to) = match time_range(q.from.as_deref(), q.to.as_deref()) {
+        Ok(r) => r,
         Err(e) => return bad(e),
     };
-    let from = match q.from.as_deref().map(|v| parse_time("from", v)).transpose() {
-        Ok(f) => f.unwrap_or(to - 3_600_000),
-        Err(e) => return bad(e),
-    };
-    if from >= to {
-        return bad(format!("from ({from}) must be before to ({to})"));
-    }
     let step = match parse_step(q.step.as_deref().unwrap_or("1m")) {
         Ok(s) => s,
         Err(e) => return bad(e),
