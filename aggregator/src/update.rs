@@ -129,6 +129,8 @@ pub struct Update {
     pub origin: Option<Arc<str>>,
     msgpack: OnceLock<Bytes>,
     deflated: OnceLock<Bytes>,
+    /// Whole WebSocket frames (header and payload) per encoding, made once.
+    framed: [OnceLock<Bytes>; 3],
 }
 
 impl Update {
@@ -161,6 +163,7 @@ impl Update {
             origin: None,
             msgpack: OnceLock::new(),
             deflated: OnceLock::new(),
+            framed: Default::default(),
         }
     }
 
@@ -174,6 +177,7 @@ impl Update {
             origin: Some(origin),
             msgpack: OnceLock::new(),
             deflated: OnceLock::new(),
+            framed: Default::default(),
         }
     }
 
@@ -186,6 +190,7 @@ impl Update {
             origin: None,
             msgpack: OnceLock::new(),
             deflated: OnceLock::new(),
+            framed: Default::default(),
         }
     }
 
@@ -209,6 +214,20 @@ impl Update {
     /// an async worker can tell whether asking for it would compress now).
     pub fn deflated_if_ready(&self) -> Option<&Bytes> {
         self.deflated.get()
+    }
+
+    /// The update as one whole WebSocket frame in `encoding`, header and
+    /// payload, made once and written as it is to every subscriber.
+    pub fn framed(&self, encoding: Encoding) -> &Bytes {
+        self.framed[encoding as usize].get_or_init(|| {
+            crate::ws::frames::frame(crate::ws::frames::opcode(encoding), self.bytes(encoding))
+        })
+    }
+
+    /// The frame in `encoding` if it was already made (see
+    /// [`Update::deflated_if_ready`]).
+    pub fn framed_if_ready(&self, encoding: Encoding) -> Option<&Bytes> {
+        self.framed[encoding as usize].get()
     }
 
     /// When the sample was taken (Unix ms), read back from the JSON form's
@@ -246,6 +265,11 @@ impl Update {
         self.size()
             + self.msgpack.get().map_or(0, |b| b.len())
             + self.deflated.get().map_or(0, |b| b.len())
+            + self
+                .framed
+                .iter()
+                .map(|f| f.get().map_or(0, |b| b.len()))
+                .sum::<usize>()
     }
 }
 

@@ -321,8 +321,8 @@ pub enum RawFrame {
     Binary(Vec<u8>),
     /// A ping, with its payload.
     Ping(Vec<u8>),
-    /// A pong.
-    Pong,
+    /// A pong, with its payload.
+    Pong(Vec<u8>),
     /// A close frame: its code (`None` when it carried none) and reason.
     Close(Option<u16>, String),
     /// The connection ended without a close frame.
@@ -378,24 +378,36 @@ impl SilentClient {
 
     /// Sends one masked text frame (as every client frame must be).
     pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(0x80 | 0x1, text.as_bytes(), true).await;
+    }
+
+    /// Sends one frame exactly as given: `first` is its first byte (FIN,
+    /// reserved bits and opcode), masked or not; nothing is checked, so a
+    /// test can send what a client must not.
+    pub async fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
         use tokio::io::AsyncWriteExt;
-        let payload = text.as_bytes();
         let mask = [0x5a, 0x3c, 0x96, 0x0f];
-        let mut frame = vec![0x81];
+        let bit = if masked { 0x80 } else { 0 };
+        let mut frame = vec![first];
         match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 126 => frame.push(bit | n as u8),
             n if n <= 0xffff => {
-                frame.push(0x80 | 126);
+                frame.push(bit | 126);
                 frame.extend_from_slice(&(n as u16).to_be_bytes());
             }
             n => {
-                frame.push(0x80 | 127);
+                frame.push(bit | 127);
                 frame.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await.expect("send frame");
+        if masked {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        // The server may close before reading all of it.
+        let _ = self.stream.write_all(&frame).await;
     }
 
     /// Sends a JSON request.
@@ -435,7 +447,7 @@ impl SilentClient {
                         String::from_utf8_lossy(data.get(2..).unwrap_or_default()).into_owned(),
                     ),
                     (0x9, data) => RawFrame::Ping(data),
-                    (0xa, _) => RawFrame::Pong,
+                    (0xa, data) => RawFrame::Pong(data),
                     (opcode, _) => panic!("unknown opcode {opcode:#x}"),
                 });
             }
@@ -486,7 +498,7 @@ impl SilentClient {
                         return m;
                     }
                 }
-                Some(RawFrame::Ping(_) | RawFrame::Pong) => {}
+                Some(RawFrame::Ping(_) | RawFrame::Pong(_)) => {}
                 other => panic!("expected $sys.subscribed, got {other:?}"),
             }
         }

@@ -2,11 +2,15 @@
 //! splits batches at the frame size limit, and says which frames still need
 //! compressing and whether that belongs off the async workers.
 //!
-//! A single update reuses the bytes encoded once for all subscribers. A batch
+//! Frames are made once and written many times: a single update is framed
+//! once per encoding, header and payload, and every subscriber writes those
+//! same bytes ([`Update::framed`]; server frames are unmasked, so they are
+//! identical for every connection). A batch
 //! (`{"topic":"batch.update","updates":[...]}`, or the same as a MessagePack
-//! map) is assembled per connection by splicing those pre-encoded bytes, so
-//! nothing is re-serialised; only `msgpack+deflate` batches are compressed per
-//! connection, with the thread's reused compressor.
+//! map) is spliced from the updates' shared encoded bytes: the connection
+//! makes only its few header bytes, and the socket writes the pieces with one
+//! vectored write. Only `msgpack+deflate` batches are assembled and
+//! compressed per connection, with the thread's reused compressor.
 //!
 //! A batch whose frame would exceed `ws.max_frame_bytes` is cut into several
 //! `batch.update` frames, in order, each as large as fits; an item larger than
@@ -14,12 +18,10 @@
 //! uncompressed MessagePack is cut at [`deflate_budget`], so the compressed
 //! frame fits even when nothing compresses.
 
-use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, Utf8Bytes};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::update::Update;
 use crate::ws::encoding::{Encoding, deflate};
@@ -36,15 +38,57 @@ pub const DEFLATE_INLINE_MAX: usize = 64 << 10;
 
 const JSON_HEAD: &str = "{\"topic\":\"batch.update\",\"updates\":[";
 const JSON_TAIL: &str = "]}";
+const COMMA: Bytes = Bytes::from_static(b",");
 
-/// A frame ready to send, or one still to be compressed.
+/// A text frame's opcode.
+pub const TEXT: u8 = 0x1;
+/// A binary frame's opcode.
+pub const BINARY: u8 = 0x2;
+
+/// The opcode of data frames in `encoding`.
+pub fn opcode(encoding: Encoding) -> u8 {
+    match encoding {
+        Encoding::Json => TEXT,
+        Encoding::MsgPack | Encoding::MsgPackDeflate => BINARY,
+    }
+}
+
+/// Appends the header of a final, unmasked server frame (RFC 6455 §5.2).
+pub fn put_header(out: &mut impl BufMut, opcode: u8, len: usize) {
+    out.put_u8(0x80 | opcode);
+    match len {
+        0..126 => out.put_u8(len as u8),
+        126..=0xffff => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        _ => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+}
+
+/// `payload` as one whole frame.
+pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    put_header(&mut out, opcode, payload.len());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A frame ready to write, or one still to be compressed.
 #[derive(Debug)]
 pub enum Frame {
-    /// Ready.
-    Ready(Message),
+    /// A whole frame: shared (an update framed once) or made for this
+    /// connection (a `$sys` message).
+    Ready(Bytes),
+    /// A batch spliced from shared pieces, in order; the first segment holds
+    /// the header.
+    Spliced(Vec<Bytes>),
     /// MessagePack to deflate into a binary frame (a batch or a `$sys` message).
     Deflate(Bytes),
-    /// An update whose shared deflated form is not made yet.
+    /// An update whose shared deflated frame is not made yet.
     DeflateUpdate(Arc<Update>),
 }
 
@@ -53,35 +97,56 @@ impl Frame {
     /// bytes, and so belongs off the async workers.
     pub fn heavy(&self) -> bool {
         match self {
-            Frame::Ready(_) => false,
+            Frame::Ready(_) | Frame::Spliced(_) => false,
             Frame::Deflate(b) => b.len() > DEFLATE_INLINE_MAX,
             Frame::DeflateUpdate(u) => u.msgpack().len() > DEFLATE_INLINE_MAX,
         }
     }
 
-    /// The message, compressing it now if it still needs it.
-    pub fn finish(self) -> Message {
+    /// Appends the frame's segments to `out`, compressing it now if it still
+    /// needs it; returns its length on the wire.
+    pub fn finish(self, out: &mut Vec<Bytes>) -> usize {
         match self {
-            Frame::Ready(m) => m,
-            Frame::Deflate(b) => Message::Binary(deflate(&b)),
-            Frame::DeflateUpdate(u) => Message::Binary(u.deflated().clone()),
+            Frame::Ready(b) => {
+                let len = b.len();
+                out.push(b);
+                len
+            }
+            Frame::Spliced(segments) => {
+                let len = segments.iter().map(Bytes::len).sum();
+                out.extend(segments);
+                len
+            }
+            Frame::Deflate(b) => {
+                let framed = frame(BINARY, &deflate(&b));
+                let len = framed.len();
+                out.push(framed);
+                len
+            }
+            Frame::DeflateUpdate(u) => {
+                let framed = u.framed(Encoding::MsgPackDeflate).clone();
+                let len = framed.len();
+                out.push(framed);
+                len
+            }
         }
     }
 }
 
 /// One item as one frame.
 pub fn single(item: &Item, encoding: Encoding) -> Frame {
-    Frame::Ready(match (item, encoding) {
-        (Item::Update(u), Encoding::Json) => Message::Text(u.json.clone()),
-        (Item::Update(u), Encoding::MsgPack) => Message::Binary(u.msgpack().clone()),
-        (Item::Update(u), Encoding::MsgPackDeflate) => match u.deflated_if_ready() {
-            Some(d) => Message::Binary(d.clone()),
-            None => return Frame::DeflateUpdate(u.clone()),
-        },
-        (Item::Sys(m), Encoding::Json) => Message::Text(m.json().into()),
-        (Item::Sys(m), Encoding::MsgPack) => Message::Binary(m.msgpack().into()),
-        (Item::Sys(m), Encoding::MsgPackDeflate) => return Frame::Deflate(m.msgpack().into()),
-    })
+    match (item, encoding) {
+        (Item::Update(u), Encoding::MsgPackDeflate) => {
+            match u.framed_if_ready(Encoding::MsgPackDeflate) {
+                Some(f) => Frame::Ready(f.clone()),
+                None => Frame::DeflateUpdate(u.clone()),
+            }
+        }
+        (Item::Update(u), encoding) => Frame::Ready(u.framed(encoding).clone()),
+        (Item::Sys(m), Encoding::Json) => Frame::Ready(frame(TEXT, m.json().as_bytes())),
+        (Item::Sys(m), Encoding::MsgPack) => Frame::Ready(frame(BINARY, &m.msgpack())),
+        (Item::Sys(m), Encoding::MsgPackDeflate) => Frame::Deflate(m.msgpack().into()),
+    }
 }
 
 /// Uncompressed MessagePack allowed in a `msgpack+deflate` frame of at most
@@ -94,48 +159,36 @@ pub fn deflate_budget(max_bytes: usize) -> usize {
 /// `items` as `batch.update` frames of at most `max_bytes` each (an item
 /// larger than that alone in its frame), in order.
 pub fn batches(items: &[Item], encoding: Encoding, max_bytes: usize) -> Vec<Frame> {
+    let pieces: Vec<Bytes> = items
+        .iter()
+        .map(|i| match (i, encoding) {
+            (Item::Update(u), Encoding::Json) => u.json.clone().into(),
+            (Item::Update(u), _) => u.msgpack().clone(),
+            (Item::Sys(m), Encoding::Json) => m.json().into(),
+            (Item::Sys(m), _) => m.msgpack().into(),
+        })
+        .collect();
+    let sizes: Vec<usize> = pieces.iter().map(Bytes::len).collect();
     match encoding {
-        Encoding::Json => {
-            let pieces: Vec<Cow<'_, str>> = items
-                .iter()
-                .map(|i| match i {
-                    Item::Update(u) => Cow::Borrowed(u.json.as_str()),
-                    Item::Sys(m) => Cow::Owned(m.json()),
-                })
-                .collect();
-            let sizes: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
-            split(&sizes, json_len, max_bytes)
-                .into_iter()
-                .map(|run| Frame::Ready(Message::Text(json_batch(&pieces[run]))))
-                .collect()
-        }
-        Encoding::MsgPack | Encoding::MsgPackDeflate => {
-            let deflated = encoding == Encoding::MsgPackDeflate;
-            let pieces: Vec<Cow<'_, [u8]>> = items
-                .iter()
-                .map(|i| match i {
-                    Item::Update(u) => Cow::Borrowed(&u.msgpack()[..]),
-                    Item::Sys(m) => Cow::Owned(m.msgpack()),
-                })
-                .collect();
-            let sizes: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
-            let budget = if deflated {
-                deflate_budget(max_bytes)
-            } else {
-                max_bytes
-            };
-            split(&sizes, msgpack_len, budget)
-                .into_iter()
-                .map(|run| {
-                    let raw = msgpack_batch(&pieces[run]);
-                    if deflated {
-                        Frame::Deflate(raw)
-                    } else {
-                        Frame::Ready(Message::Binary(raw))
-                    }
-                })
-                .collect()
-        }
+        Encoding::Json => split(&sizes, json_len, max_bytes)
+            .into_iter()
+            .map(|run| Frame::Spliced(json_batch(&pieces[run])))
+            .collect(),
+        Encoding::MsgPack => split(&sizes, msgpack_len, max_bytes)
+            .into_iter()
+            .map(|run| Frame::Spliced(msgpack_batch(&pieces[run])))
+            .collect(),
+        Encoding::MsgPackDeflate => split(&sizes, msgpack_len, deflate_budget(max_bytes))
+            .into_iter()
+            .map(|run| {
+                let mut raw =
+                    Vec::with_capacity(msgpack_len(run.len(), sizes[run.clone()].iter().sum()));
+                for segment in msgpack_batch_raw(&pieces[run]) {
+                    raw.extend_from_slice(&segment);
+                }
+                Frame::Deflate(raw.into())
+            })
+            .collect(),
     }
 }
 
@@ -181,35 +234,90 @@ fn msgpack_len(n: usize, bytes: usize) -> usize {
     head + array + bytes
 }
 
-fn json_batch(pieces: &[Cow<'_, str>]) -> Utf8Bytes {
-    let mut text =
-        String::with_capacity(json_len(pieces.len(), pieces.iter().map(|p| p.len()).sum()));
-    text.push_str(JSON_HEAD);
+/// A JSON batch frame of `pieces`: its header and head, then each piece
+/// (shared), commas between, and the tail.
+fn json_batch(pieces: &[Bytes]) -> Vec<Bytes> {
+    let len = json_len(pieces.len(), pieces.iter().map(Bytes::len).sum());
+    let mut head = BytesMut::with_capacity(10 + JSON_HEAD.len());
+    put_header(&mut head, TEXT, len);
+    head.put_slice(JSON_HEAD.as_bytes());
+    let mut out = Vec::with_capacity(pieces.len() * 2 + 1);
+    out.push(head.freeze());
     for (n, piece) in pieces.iter().enumerate() {
         if n > 0 {
-            text.push(',');
+            out.push(COMMA);
         }
-        text.push_str(piece);
+        out.push(piece.clone());
     }
-    text.push_str(JSON_TAIL);
-    Utf8Bytes::from(text)
+    out.push(Bytes::from_static(JSON_TAIL.as_bytes()));
+    out
 }
 
-fn msgpack_batch(pieces: &[Cow<'_, [u8]>]) -> Bytes {
-    let mut out = Vec::with_capacity(msgpack_len(
-        pieces.len(),
-        pieces.iter().map(|p| p.len()).sum(),
-    ));
-    // Writing into a Vec cannot fail.
-    rmp::encode::write_map_len(&mut out, 2).expect("vec write");
-    rmp::encode::write_str(&mut out, "topic").expect("vec write");
-    rmp::encode::write_str(&mut out, BATCH_TOPIC).expect("vec write");
-    rmp::encode::write_str(&mut out, "updates").expect("vec write");
-    rmp::encode::write_array_len(&mut out, pieces.len() as u32).expect("vec write");
-    for piece in pieces {
-        out.extend_from_slice(piece);
+/// The MessagePack head of a batch of `n` items: the map, its topic, and
+/// the `updates` array's header.
+fn msgpack_head(out: &mut impl BufMut, n: usize) {
+    let mut w = out.writer();
+    // Writing into memory cannot fail.
+    rmp::encode::write_map_len(&mut w, 2).expect("memory write");
+    rmp::encode::write_str(&mut w, "topic").expect("memory write");
+    rmp::encode::write_str(&mut w, BATCH_TOPIC).expect("memory write");
+    rmp::encode::write_str(&mut w, "updates").expect("memory write");
+    rmp::encode::write_array_len(&mut w, n as u32).expect("memory write");
+}
+
+/// A MessagePack batch frame of `pieces`: header and head, then the pieces.
+fn msgpack_batch(pieces: &[Bytes]) -> Vec<Bytes> {
+    let len = msgpack_len(pieces.len(), pieces.iter().map(Bytes::len).sum());
+    let mut head = BytesMut::with_capacity(10 + 32);
+    put_header(&mut head, BINARY, len);
+    msgpack_head(&mut head, pieces.len());
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    out.push(head.freeze());
+    out.extend(pieces.iter().cloned());
+    out
+}
+
+/// The MessagePack of a batch of `pieces`, without a frame header (to be
+/// deflated).
+fn msgpack_batch_raw(pieces: &[Bytes]) -> impl Iterator<Item = Bytes> + '_ {
+    let mut head = BytesMut::with_capacity(32);
+    msgpack_head(&mut head, pieces.len());
+    std::iter::once(head.freeze()).chain(pieces.iter().cloned())
+}
+
+/// Frames read back from their bytes, for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Frame;
+
+    /// A finished frame: its opcode and payload, read back from its bytes
+    /// on the wire (checked to be one final, unmasked frame).
+    pub(crate) struct Wire {
+        pub(crate) opcode: u8,
+        pub(crate) payload: Vec<u8>,
     }
-    Bytes::from(out)
+
+    pub(crate) fn wire(frame: Frame) -> Wire {
+        let mut segments = Vec::new();
+        let len = frame.finish(&mut segments);
+        let all = crate::ws::socket::concat(&segments);
+        assert_eq!(all.len(), len, "reported length");
+        assert_eq!(all[0] & 0xf0, 0x80, "final, no reserved bits");
+        assert_eq!(all[1] & 0x80, 0, "server frames are unmasked");
+        let (n, at) = match all[1] & 0x7f {
+            126 => (u16::from_be_bytes([all[2], all[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(all[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        assert_eq!(all.len(), at + n, "header length matches the payload");
+        Wire {
+            opcode: all[0] & 0x0f,
+            payload: all[at..].to_vec(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -233,19 +341,21 @@ mod tests {
         ]
     }
 
-    fn decode(m: Message) -> Value {
-        match m {
-            Message::Text(t) => serde_json::from_str(&t).unwrap(),
-            Message::Binary(b) => rmp_serde::from_slice(&b).unwrap(),
-            other => panic!("{other:?}"),
+    use super::testing::{Wire, wire};
+
+    fn decode(w: Wire) -> Value {
+        match w.opcode {
+            TEXT => serde_json::from_slice(&w.payload).unwrap(),
+            BINARY => rmp_serde::from_slice(&w.payload).unwrap(),
+            other => panic!("opcode {other}"),
         }
     }
 
     /// The one frame of a batch that fits.
-    fn whole(items: &[Item], encoding: Encoding) -> Message {
+    fn whole(items: &[Item], encoding: Encoding) -> Wire {
         let mut frames = batches(items, encoding, 1 << 20);
         assert_eq!(frames.len(), 1);
-        frames.pop().unwrap().finish()
+        wire(frames.pop().unwrap())
     }
 
     #[test]
@@ -257,8 +367,16 @@ mod tests {
         assert_eq!(json["updates"][1]["topic"], "$sys.pong");
         assert_eq!(decode(whole(&items, Encoding::MsgPack)), json);
         assert_eq!(
-            decode(single(&items[0], Encoding::MsgPack).finish()),
+            decode(wire(single(&items[0], Encoding::MsgPack))),
             json["updates"][0]
+        );
+        assert_eq!(
+            decode(wire(single(&items[0], Encoding::Json))),
+            json["updates"][0]
+        );
+        assert_eq!(
+            inflate(wire(single(&items[1], Encoding::MsgPackDeflate))),
+            json["updates"][1]
         );
         assert_eq!(
             inflate(whole(&items, Encoding::MsgPackDeflate)),
@@ -293,21 +411,27 @@ mod tests {
             .collect()
     }
 
-    fn inflate(m: Message) -> Value {
-        let Message::Binary(b) = m else {
-            panic!("binary expected")
-        };
+    fn inflate(w: Wire) -> Value {
+        assert_eq!(w.opcode, BINARY, "binary expected");
         let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&b[..]), &mut raw)
-            .unwrap();
+        std::io::Read::read_to_end(
+            &mut flate2::read::DeflateDecoder::new(&w.payload[..]),
+            &mut raw,
+        )
+        .unwrap();
         rmp_serde::from_slice(&raw).unwrap()
     }
 
-    fn frame_len(m: &Message) -> usize {
-        match m {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
-            other => panic!("{other:?}"),
+    fn frame_len(w: &Wire) -> usize {
+        w.payload.len()
+    }
+
+    #[test]
+    fn headers_take_the_shortest_length_form() {
+        for (len, head) in [(0, 2), (125, 2), (126, 4), (0xffff, 4), (0x1_0000, 10)] {
+            let framed = frame(BINARY, &vec![7u8; len]);
+            assert_eq!(framed.len(), len + head, "{len}-byte payload");
+            assert_eq!(wire(Frame::Ready(framed)).payload.len(), len);
         }
     }
 
@@ -370,7 +494,7 @@ mod tests {
             assert!(frames.len() > 60, "{encoding:?}: {} frames", frames.len());
             let mut seen = Vec::new();
             for frame in frames {
-                let message = frame.finish();
+                let message = wire(frame);
                 let len = frame_len(&message);
                 let value = match encoding {
                     Encoding::MsgPackDeflate => inflate(message),
@@ -417,7 +541,7 @@ mod tests {
         let big = update(2, 80 << 10);
         let frame = single(&big, Encoding::MsgPackDeflate);
         assert!(frame.heavy());
-        frame.finish();
+        wire(frame);
         // Once made, the shared deflated form is reused, not compressed again.
         assert!(matches!(
             single(&big, Encoding::MsgPackDeflate),

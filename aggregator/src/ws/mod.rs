@@ -10,21 +10,33 @@
 //! idle connections (tungstenite's 128 KiB defaults would cost that much per
 //! connection).
 //!
-//! Writing: batch frames are split at `ws.max_frame_bytes` (see [`frames`]);
-//! frames needing more than [`frames::DEFLATE_INLINE_MAX`] bytes of deflate
-//! are compressed on tokio's blocking pool (`spawn_blocking`, awaited before
-//! the next frame, so order is kept). A frame that cannot be written (larger
-//! than the write buffer limit, or a socket error) closes the connection with
-//! 1011 and a log line naming the connection and the reason.
+//! Writing: frames are made once and written many times. An update is
+//! framed once per encoding (header and payload) and every subscriber writes
+//! those shared bytes; a batch frame is spliced from the updates' shared
+//! encoded bytes behind a few header bytes of its own; a connection hands
+//! them to the socket with vectored writes, copying nothing, and holds no
+//! write buffer while nothing is pending ([`socket`]). Reading (masking,
+//! fragments, control frames, UTF-8, size limits) and the answers to pings
+//! and to a client's Close are tungstenite's. Batch frames are split at
+//! `ws.max_frame_bytes` (see [`frames`]); frames needing more than
+//! [`frames::DEFLATE_INLINE_MAX`] bytes of deflate are compressed on tokio's
+//! blocking pool (`spawn_blocking`, awaited before the next frame, so order
+//! is kept). A frame that cannot be written (larger than the write limit, or
+//! a socket error) closes the connection with 1011 and a log line naming the
+//! connection and the reason; a client frame breaking RFC 6455 closes it
+//! with 1002, text that is not UTF-8 with 1007, a message over
+//! `ws.max_message_bytes` with 1009.
 //!
 //! Connect-time options, as query parameters: `encoding` (`json`, `msgpack`,
 //! `msgpack+deflate`; or the subprotocols in [`crate::ws::encoding::SUBPROTOCOLS`])
 //! and `batch_ms` (0 = a frame per update; otherwise updates are gathered for
 //! up to that long and sent as one `batch.update` frame).
 //!
-//! Files: `upgrade.rs` admits and upgrades a connection, `session.rs` is its
+//! Files: `upgrade.rs` admits and upgrades a connection (`handshake.rs`:
+//! the opening handshake), `session.rs` is its
 //! task (the loop above), with the requests a client sends in
-//! `session/requests.rs`; `write.rs` puts frames on the socket; [`outbox`] is
+//! `session/requests.rs`; `write.rs` finishes frames and closes politely, [`socket`] reads
+//! the client and writes frames; [`outbox`] is
 //! the connection's queue (the hub pushes into it), [`ticks`] the shared
 //! clocks that wake it, [`frames`] and
 //! [`encoding`] its wire forms, [`protocol`] the client messages, [`replay`]
@@ -33,10 +45,12 @@
 mod config;
 pub mod encoding;
 pub mod frames;
+mod handshake;
 pub mod outbox;
 pub mod protocol;
 pub mod replay;
 mod session;
+pub mod socket;
 pub mod ticks;
 mod upgrade;
 mod write;
@@ -49,6 +63,11 @@ pub use write::write_buffer_limit;
 pub mod close {
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke RFC 6455 (unmasked, a reserved bit or opcode, a bad
+    /// control frame).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Heartbeat lost.
     pub const POLICY: u16 = 1008;
     /// A message larger than allowed.

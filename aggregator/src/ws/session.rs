@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
 use crate::auth::Grant;
 use crate::hub::{Command, ConnId, SubscribeRequest};
@@ -29,7 +29,8 @@ use crate::ws::outbox::{Item, Outbox};
 use crate::ws::protocol;
 use crate::ws::protocol::error_message;
 use crate::ws::replay::Replaying;
-use crate::ws::write::{CLOSE_WAIT, WriteError, close_politely, finish, is_too_big};
+use crate::ws::socket::{ReadError, Socket};
+use crate::ws::write::{CLOSE_WAIT, WriteError, close_politely, finish};
 use crate::ws::{FLOOD_CLOSE, WsState, write_buffer_limit};
 use crate::ws::{close, frames};
 
@@ -150,12 +151,12 @@ impl Session {
     /// the heap once. (An `async` wrapper would hold them twice, as its
     /// captured arguments and again inside the future it awaits: 5.8 KB per
     /// idle connection instead of the session's own size.)
-    pub(super) fn run(self, socket: WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    pub(super) fn run(self, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let span = tracing::info_span!("ws", conn = self.id, peer = %self.peer);
         Box::pin(self.run_inner(socket).instrument(span))
     }
 
-    async fn run_inner(mut self, mut socket: WebSocket) {
+    async fn run_inner(mut self, mut socket: Socket) {
         self.state.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             encoding = self.encoding.name(),
@@ -168,18 +169,14 @@ impl Session {
     }
 
     /// Ends the connection the way `end` says, then leaves the hub.
-    async fn finish(self, end: End, mut socket: WebSocket) {
+    async fn finish(self, end: End, mut socket: Socket) {
         match end {
             End::Gone => {}
             End::PeerClosed => {
-                // Reading again writes the queued close reply (a socket
-                // dropped now would leave the client without one), then
-                // reports the end; bounded, as the peer may have stopped
-                // reading.
-                let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                    while let Some(Ok(_)) = socket.recv().await {}
-                })
-                .await;
+                // The close reply tungstenite made is written (a socket
+                // dropped now would leave the client without one); bounded,
+                // as the peer may have stopped reading.
+                let _ = tokio::time::timeout(CLOSE_WAIT, socket.answer()).await;
             }
             End::Close(code, reason) => {
                 tracing::debug!(code, reason, "closing");
@@ -207,11 +204,14 @@ impl Session {
             End::Abandon(code, reason, send_wait) => {
                 tracing::info!(code, reason, "closing a client that does not keep up");
                 let frame = CloseFrame {
-                    code,
+                    code: code.into(),
                     reason: reason.into(),
                 };
-                let _ =
-                    tokio::time::timeout(send_wait, socket.send(Message::Close(Some(frame)))).await;
+                let _ = tokio::time::timeout(
+                    send_wait,
+                    socket.send_control(Message::Close(Some(frame))),
+                )
+                .await;
             }
         }
         let _ = self
@@ -223,7 +223,7 @@ impl Session {
         tracing::debug!("disconnected");
     }
 
-    async fn serve(&mut self, socket: &mut WebSocket) -> End {
+    async fn serve(&mut self, socket: &mut Socket) -> End {
         let state = self.state.clone();
         let config = &state.config;
         let mut heartbeat = state.ticks.heartbeat(self.id);
@@ -244,14 +244,22 @@ impl Session {
                     last_heard = Instant::now();
                     match message {
                         None => return End::Gone,
-                        Some(Err(e)) => {
-                            if is_too_big(&e) {
-                                tracing::info!(cause = %e, "message over the size limit");
-                                return End::Close(close::TOO_BIG, "message too big");
-                            }
-                            return End::Gone;
-                        }
+                        Some(Err(e)) => return read_failed(e),
                         Some(Ok(message)) => {
+                            // The pong or close reply tungstenite made goes
+                            // out now, whatever else is pending.
+                            if matches!(message, Message::Ping(_) | Message::Close(_)) {
+                                tokio::select! {
+                                    biased;
+                                    r = socket.answer() => if let Err(e) = r {
+                                        return self.write_failed(e.into());
+                                    },
+                                    _ = state.ticks.after(write_timeout) => {
+                                        tracing::info!("client stopped reading (control frame not written); disconnecting");
+                                        return End::Gone;
+                                    }
+                                }
+                            }
                             // Boxed: requests are rare next to updates, and
                             // their future would otherwise enlarge every
                             // idle connection's task.
@@ -282,7 +290,7 @@ impl Session {
                         tracing::info!(timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
                         return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
                     }
-                    let ping = socket.send(Message::Ping(Default::default()));
+                    let ping = socket.send_control(Message::Ping(Default::default()));
                     tokio::select! {
                         biased;
                         r = ping => if let Err(e) = r {
@@ -336,22 +344,22 @@ impl Session {
     }
 
     /// Writes `items` (batch frames split at `ws.max_frame_bytes`, or a
-    /// frame each) and flushes once.
-    async fn write(&self, socket: &mut WebSocket, items: &mut Vec<Item>) -> Result<(), WriteError> {
+    /// frame each): shared frames and pieces, with vectored writes.
+    async fn write(&self, socket: &mut Socket, items: &mut Vec<Item>) -> Result<(), WriteError> {
+        let limit = write_buffer_limit(&self.state.config);
+        let mut out = Vec::with_capacity(items.len());
         if self.batch.is_zero() {
             for item in items.drain(..) {
-                let message = finish(frames::single(&item, self.encoding)).await?;
-                socket.feed(message).await?;
+                finish(frames::single(&item, self.encoding), &mut out, limit).await?;
             }
         } else {
             let batches = frames::batches(items, self.encoding, self.state.config.max_frame_bytes);
             items.clear();
             for frame in batches {
-                let message = finish(frame).await?;
-                socket.feed(message).await?;
+                finish(frame, &mut out, limit).await?;
             }
         }
-        Ok(socket.flush().await?)
+        Ok(socket.write_frames(out).await?)
     }
 
     /// How a failed write ends the session: logged (the session's span names
@@ -431,10 +439,32 @@ impl Session {
                 ));
                 None
             }
-            // tungstenite answers pings itself; a pong is just a sign of life.
-            Message::Ping(_) | Message::Pong(_) => None,
+            // tungstenite answers pings itself (see `Socket::answer`); a
+            // pong is just a sign of life.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(_) => Some(End::PeerClosed),
         }
+    }
+}
+
+/// How a failed read ends the session: a message over the limit with 1009,
+/// text that is not UTF-8 with 1007, a frame breaking the protocol with
+/// 1002 (each logged), a lost connection quietly.
+fn read_failed(e: ReadError) -> End {
+    match e {
+        ReadError::TooBig(cause) => {
+            tracing::info!(%cause, "message over the size limit");
+            End::Close(close::TOO_BIG, "message too big")
+        }
+        ReadError::NotUtf8(cause) => {
+            tracing::info!(%cause, "text message that is not UTF-8");
+            End::Fail(close::INVALID_DATA, "text message is not valid UTF-8")
+        }
+        ReadError::Protocol(cause) => {
+            tracing::info!(%cause, "WebSocket protocol error");
+            End::Fail(close::PROTOCOL, "protocol error")
+        }
+        ReadError::Gone => End::Gone,
     }
 }
 

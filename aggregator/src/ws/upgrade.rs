@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,10 +20,12 @@ use crate::hub::HubHandle;
 use crate::ws::MAX_BATCH_MS;
 use crate::ws::WsConfig;
 use crate::ws::encoding::{Encoding, SUBPROTOCOLS};
+use crate::ws::handshake::Handshake;
 use crate::ws::outbox::OutboxStats;
 use crate::ws::session::Session;
+use crate::ws::socket::Socket;
 use crate::ws::ticks::Ticks;
-use crate::ws::write::{READ_BUFFER, WRITE_BUFFER, write_buffer_limit};
+use crate::ws::write::READ_BUFFER;
 
 /// Shared state of the WebSocket endpoint.
 #[derive(Debug)]
@@ -155,7 +156,7 @@ pub struct ConnectOptions {
 
 /// The `/ws` handler.
 pub async fn handler(
-    ws: WebSocketUpgrade,
+    handshake: Handshake,
     State(state): State<Arc<WsState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -206,29 +207,30 @@ pub async fn handler(
         )
             .into_response();
     }
+    let protocol = handshake.choose(&SUBPROTOCOLS);
+    let encoding = protocol
+        .and_then(Encoding::from_subprotocol)
+        .or(query_encoding)
+        .unwrap_or_default();
+    let (response, on_upgrade) = handshake.accept(protocol);
     let max = state.config.max_message_bytes;
-    ws.protocols(SUBPROTOCOLS)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(write_buffer_limit(&state.config))
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let encoding = socket
-                .protocol()
-                .and_then(|p| p.to_str().ok())
-                .and_then(Encoding::from_subprotocol)
-                .or(query_encoding)
-                .unwrap_or_default();
-            let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-            let tasks = state.tasks.clone();
-            let mut session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
-            session.grant = grant;
-            // Only the boxed session goes into the task.
-            let run = session.run(socket);
-            tasks.track_future(async move {
-                run.await;
-                drop(slot);
-            })
-        })
+    let tasks = state.tasks.clone();
+    // The task holds the session (boxed, see `Session::run`) once it runs,
+    // and before that only what it takes to start it.
+    tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let socket = Socket::new(upgraded, READ_BUFFER, max).await;
+        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
+        session.grant = grant;
+        session.run(socket).await;
+        drop(slot);
+    });
+    response
 }

@@ -220,10 +220,13 @@ async fn batching_with_lag_keeps_each_topic_rising_within_the_batch_frame() {
     let mut frames =
         crate::ws::frames::batches(&items, crate::ws::encoding::Encoding::Json, 1 << 20);
     assert_eq!(frames.len(), 1, "one frame holds the whole batch");
-    let axum::extract::ws::Message::Text(text) = frames.pop().unwrap().finish() else {
-        panic!("a JSON batch is a text frame")
-    };
-    let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("batch JSON");
+    let text = crate::ws::frames::testing::wire(frames.pop().unwrap());
+    assert_eq!(
+        text.opcode,
+        crate::ws::frames::TEXT,
+        "a JSON batch is a text frame"
+    );
+    let frame: serde_json::Value = serde_json::from_slice(&text.payload).expect("batch JSON");
     let topics: Vec<(String, Option<u64>)> = frame["updates"]
         .as_array()
         .expect("updates")
