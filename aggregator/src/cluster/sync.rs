@@ -5,14 +5,16 @@
 //! anything at or below a topic's seq, which also covers an agent that failed
 //! over and resends what a peer already published.
 //!
-//! Catch-up: on every connect, the node sends the seq it holds for every host
-//! topic to `<prefix>._cluster.catchup`, in as many chunks as that list
-//! needs ([`super::chunk::request`]); every other node answers with its own hosts'
-//! history above those seqs (topics the asker lacks: all of it), streamed in
-//! chunks ([`super::answer`]) that are applied as they arrive, and ends
-//! with a marker saying how many chunks and updates it sent. Live updates
-//! are held back from the moment the connection drops until the answers are
-//! in, so the hub takes each topic in seq order. The catch-up ends:
+//! Catch-up (the asking side's state is in `sync/catchup.rs`): on every
+//! connect, the node sends the seq it holds for every host topic to
+//! `<prefix>._cluster.catchup`, in as many chunks as that list needs
+//! ([`super::chunk::request`]); every other node answers with its own
+//! hosts' history above those seqs (topics the asker lacks: all of it),
+//! streamed in chunks ([`super::answer`]) that are applied as they arrive,
+//! and ends with a marker saying how many chunks and updates it sent. Live
+//! updates are held back from the moment the connection drops until the
+//! answers are in, so the hub takes each topic in seq order. The catch-up
+//! ends:
 //! - once every peer known from presence, and every peer that began an
 //!   answer, has sent its end marker (at least one peer must be known; a
 //!   node that knew none when it asked, having just started, first listens
