@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use hostpulse_proto::Process;
 use serde::Serialize;
 
-use super::super::rules::{Kind, Rule};
-use super::super::template::Context;
+use crate::alert::rules::{Kind, Rule};
+use crate::alert::template::Context;
 use crate::update::rfc3339;
 
 /// Where an alert is.

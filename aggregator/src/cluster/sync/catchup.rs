@@ -11,11 +11,11 @@ use std::time::Duration;
 use async_nats::{Message, Subscriber};
 use tokio::time::Instant;
 
-use super::super::chunk;
-use super::super::failures::PublishKind;
-use super::super::presence::Peers;
-use super::super::{Shared, wire};
 use super::{HUB_BATCH, publish};
+use crate::cluster::chunk;
+use crate::cluster::failures::PublishKind;
+use crate::cluster::presence::Peers;
+use crate::cluster::{Shared, wire};
 use crate::hub::Command;
 use crate::update::Update;
 
