@@ -2,13 +2,14 @@
 //!
 //! The aggregator's own health always, including updates published and
 //! delivered per topic kind; with `[metrics] host_gauges = true`, also the
-//! latest value of every host metric labelled by host ([`host`]), so an
-//! existing Prometheus can scrape the whole fleet through one target.
+//! latest value of every host metric labelled by host (`metrics/host.rs`),
+//! so an existing Prometheus can scrape the whole fleet through one target.
 //! Values are read at scrape time from the counters the aggregator keeps
 //! anyway; nothing is counted twice. With `[storage]` on, the store's own
-//! families are added ([`store`]); with `[export.remote_write]` on, the
-//! exporter's ([`remote_write`]); in cluster mode, the broker link's
-//! ([`cluster`]); alerting's always ([`alerts`]).
+//! families are added (`metrics/store.rs`); with `[export.remote_write]`
+//! on, the exporter's (`metrics/remote_write.rs`); in cluster mode, the
+//! broker link's (`metrics/cluster.rs`); alerting's always
+//! (`metrics/alerts.rs`).
 
 mod alerts;
 mod cluster;
