@@ -58,7 +58,8 @@
 //! 8. `http`: ws, hub, `ingest::registry`, cluster, store, export, alert, auth, topic, update; its
 //!    children (`api`, `metrics`, `dashboard`) reach its state through `super`.
 //! 9. `config`: every section's config type, auth and tls (to check them).
-//! 10. [`run`] (this file): everything.
+//! 10. [`run`] (this file, with `threads.rs`, its runtimes, and
+//!     `restart.rs`, history kept in the store across a restart): everything.
 //!
 //! [`run`] takes bound listeners, so callers (and tests) choose the ports.
 
@@ -79,6 +80,9 @@ pub mod topic;
 pub mod update;
 pub mod ws;
 
+mod restart;
+mod threads;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +101,9 @@ pub use config::AggregatorConfig;
 use crate::config::ms;
 use crate::ingest::registry::Registry;
 use crate::ingest::{IngestService, IngestSettings};
+use restart::{restore_history, save_history};
+pub use threads::{CLIENT_NICE, lower_priority};
+use threads::{LiveRuntime, live_threads};
 
 /// How long shutdown may take before remaining connections are dropped.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,54 +156,6 @@ pub enum RunError {
     /// The live path's threads could not start, or its server task failed.
     #[error("ingest runtime: {0}")]
     Live(String),
-}
-
-/// The live path's runtime, shut down without waiting when dropped (a
-/// runtime may not be dropped, waiting, on an async worker).
-struct LiveRuntime(Option<tokio::runtime::Runtime>);
-
-impl std::ops::Deref for LiveRuntime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for LiveRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// Worker threads of the live path (ingest and the hub): a quarter of the
-/// cores, at least one.
-fn live_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).max(1))
-}
-
-/// How much lower than the live path the threads serving clients run, in
-/// nice steps: under CPU contention Linux then gives the live path (ingest
-/// and the hub) about three times their share, so a storm of replays and
-/// reconnects slows clients' reads, not the updates every client waits for.
-/// Without contention it changes nothing.
-pub const CLIENT_NICE: i32 = 5;
-
-/// Sets the calling thread's priority [`CLIENT_NICE`] below the main
-/// thread's (Linux: nice is per thread, and a new thread inherits its
-/// creator's, so the level is set from the main thread's, never lowered
-/// again from an already lowered one). For the `on_thread_start` of the
-/// runtime that runs [`run`]: its workers and blocking threads serve
-/// WebSocket and HTTP clients, while the live path has a runtime of its
-/// own. Best effort: on failure the thread keeps its priority.
-pub fn lower_priority() {
-    // The main thread's id is the process id.
-    let main = Some(rustix::process::getpid());
-    if let Ok(base) = rustix::process::getpriority_process(main) {
-        let tid = Some(rustix::thread::gettid());
-        let _ = rustix::process::setpriority_process(tid, (base + CLIENT_NICE).min(19));
-    }
 }
 
 /// Serves until `shutdown` fires, then drains: WebSocket clients get close
@@ -458,76 +417,6 @@ pub async fn run(
     }
     tracing::info!("aggregator stopped");
     Ok(())
-}
-
-/// Topics read back or written per store transaction.
-const HISTORY_BATCH: usize = 256;
-
-/// Takes the history kept at the last clean shutdown back into the hub,
-/// topic by topic (memory holds one batch of topics at a time).
-async fn restore_history(store: &store::Store, hub: &hub::HubHandle) -> Result<(), RunError> {
-    let started = std::time::Instant::now();
-    let (mut topics, mut updates) = (0usize, 0usize);
-    let mut after: Vec<u8> = Vec::new();
-    loop {
-        let view = store.view();
-        let from = after.clone();
-        let (batch, last) = tokio::task::spawn_blocking(move || {
-            store::history::take(view.engine.as_ref(), &from, HISTORY_BATCH)
-        })
-        .await
-        .map_err(|e| RunError::Live(e.to_string()))??;
-        for (_, restored) in batch {
-            topics += 1;
-            updates += restored.updates.len();
-            let _ = hub
-                .send(hub::Command::Restore {
-                    updates: restored.updates,
-                    local: restored.local,
-                })
-                .await;
-        }
-        match last {
-            Some(k) => after = k,
-            None => break,
-        }
-    }
-    if topics > 0 {
-        tracing::info!(
-            topics,
-            updates,
-            took_ms = started.elapsed().as_millis() as u64,
-            "history restored from the store"
-        );
-    }
-    Ok(())
-}
-
-/// Writes every host topic's history to the store (after the last client
-/// and agent are gone, before the store closes), so the next start can
-/// serve resumes across the restart.
-async fn save_history(store: &store::Store, hub: &hub::HubHandle) {
-    let Some(topics) = hub.ask(|reply| hub::Command::Snapshot { reply }).await else {
-        return;
-    };
-    let view = store.view();
-    let started = std::time::Instant::now();
-    let saved = tokio::task::spawn_blocking(move || {
-        let rows = topics
-            .into_iter()
-            .map(|(t, local)| (t.topic.clone(), local, t.history.all_after(0)));
-        store::history::save(view.engine.as_ref(), rows, HISTORY_BATCH)
-    })
-    .await;
-    match saved {
-        Ok(Ok(topics)) => tracing::info!(
-            topics,
-            took_ms = started.elapsed().as_millis() as u64,
-            "history kept in the store for the next start"
-        ),
-        Ok(Err(e)) => tracing::error!(cause = %e, "store: history not kept"),
-        Err(e) => tracing::error!(cause = %e, "store: history not kept"),
-    }
 }
 
 pub use hostpulse_common::signal::shutdown_on_signal;

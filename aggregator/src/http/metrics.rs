@@ -2,14 +2,19 @@
 //!
 //! The aggregator's own health always, including updates published and
 //! delivered per topic kind; with `[metrics] host_gauges = true`, also the
-//! latest value of every host metric labelled by host ([`host`]), so an
-//! existing Prometheus can scrape the whole fleet through one target.
+//! latest value of every host metric labelled by host (`metrics/host.rs`),
+//! so an existing Prometheus can scrape the whole fleet through one target.
 //! Values are read at scrape time from the counters the aggregator keeps
 //! anyway; nothing is counted twice. With `[storage]` on, the store's own
-//! families are added ([`store`]); with `[export.remote_write]` on, the
-//! exporter's (`hostpulse_remote_write_*`).
+//! families are added (`metrics/store.rs`); with `[export.remote_write]`
+//! on, the exporter's (`metrics/remote_write.rs`); in cluster mode, the
+//! broker link's (`metrics/cluster.rs`); alerting's always
+//! (`metrics/alerts.rs`).
 
+mod alerts;
+mod cluster;
 mod host;
+mod remote_write;
 mod store;
 
 use std::sync::atomic::Ordering;
@@ -109,55 +114,6 @@ impl Collector for Scrape {
         }
         Ok(())
     }
-}
-
-/// `hostpulse_alerts_firing{rule,severity}` (every rule, 0 when quiet),
-/// `hostpulse_alert_notifications_total{receiver,result}` (delivery
-/// attempts: `sent`, `failed`; notifications given up: `dropped`) and
-/// `hostpulse_alert_events_dropped_total`.
-fn alert_families(state: &AppState, scrape: &mut Scrape) {
-    let alerts = &state.alerts;
-    scrape.families.push(Family {
-        name: "hostpulse_alerts_firing",
-        help: "Alerts firing now, by rule and severity.",
-        unit: None,
-        counter: false,
-        series: alerts
-            .board
-            .firing_counts()
-            .into_iter()
-            .map(|(rule, severity, n)| (vec![("rule", rule), ("severity", severity)], n as f64))
-            .collect(),
-    });
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-    scrape.families.push(Family {
-        name: "hostpulse_alert_notifications",
-        help: "Alert deliveries by receiver: attempts sent and failed, notifications dropped.",
-        unit: None,
-        counter: true,
-        series: alerts
-            .receivers
-            .iter()
-            .flat_map(|r| {
-                [
-                    ("sent", load(&r.sent)),
-                    ("failed", load(&r.failed)),
-                    ("dropped", load(&r.dropped)),
-                ]
-                .map(|(result, v)| {
-                    (
-                        vec![("receiver", r.name.clone()), ("result", result.to_string())],
-                        v,
-                    )
-                })
-            })
-            .collect(),
-    });
-    scrape.counters.push((
-        "hostpulse_alert_events_dropped",
-        "Alert transitions dropped because the alert task's queue was full.",
-        alerts.engine.dropped.load(Ordering::Relaxed),
-    ));
 }
 
 /// The handler.
@@ -302,120 +258,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ],
         families: per_kind(hub),
     };
-    alert_families(&state, &mut scrape);
+    alerts::extend(&state, &mut scrape);
     if let Some(c) = &state.cluster {
-        scrape.counters.extend([
-            (
-                "hostpulse_cluster_nats_reconnects",
-                "Reconnections to NATS after the connection was lost.",
-                load(&c.reconnects),
-            ),
-            (
-                "hostpulse_cluster_published",
-                "Host updates published to NATS.",
-                load(&c.published),
-            ),
-            (
-                "hostpulse_cluster_received",
-                "Host updates from other aggregators taken from NATS.",
-                load(&c.received),
-            ),
-            (
-                "hostpulse_cluster_dropped",
-                "Updates lost on the broker path (publish failures, catch-up buffer overflow, malformed messages, slow-consumer events).",
-                load(&c.dropped),
-            ),
-            (
-                "hostpulse_cluster_export_dropped",
-                "Host updates not published because the queue towards NATS was full.",
-                load(&hub.export_dropped),
-            ),
-            (
-                "hostpulse_cluster_gaps",
-                "Updates of other aggregators found missing from the live stream by their numbering (each gap is then filled by a catch-up).",
-                load(&c.gaps),
-            ),
-            (
-                "hostpulse_cluster_caught_up",
-                "Updates recovered from other aggregators after (re)connecting.",
-                load(&c.caught_up),
-            ),
-            (
-                "hostpulse_cluster_presence_announcements",
-                "Presence announcements made (each one or more chunks).",
-                load(&c.presence_announcements),
-            ),
-            (
-                "hostpulse_cluster_presence_chunks",
-                "Presence chunks published (an announcement larger than the broker's max_payload takes several).",
-                load(&c.presence_chunks),
-            ),
-            (
-                "hostpulse_cluster_presence_incomplete",
-                "Peers' presence announcements dropped with a chunk missing (their last complete one stays in force).",
-                load(&c.presence_incomplete),
-            ),
-            (
-                "hostpulse_cluster_host_conflicts",
-                "Host names found attached here and, by an agent with another id, on a peer.",
-                load(&c.host_conflicts),
-            ),
-            (
-                "hostpulse_cluster_catchup_answers",
-                "Catch-up answers sent to peers in full.",
-                load(&c.answers_sent),
-            ),
-            (
-                "hostpulse_cluster_catchup_answers_replaced",
-                "Catch-up answers stopped because the peer asked again.",
-                load(&c.answers_replaced),
-            ),
-        ]);
-        scrape.families.push(Family {
-            name: "hostpulse_cluster_publish_errors",
-            help: "Publishes to NATS that failed, by kind (update, presence, catchup_request, catchup_answer).",
-            unit: None,
-            counter: true,
-            series: crate::cluster::failures::PublishKind::ALL
-                .iter()
-                .map(|k| {
-                    (
-                        vec![("kind", k.label().to_string())],
-                        c.publish_errors.count(*k) as f64,
-                    )
-                })
-                .collect(),
-        });
-        scrape.gauges.extend([
-            (
-                "hostpulse_cluster_nats_connected",
-                "1 while connected to NATS.",
-                None,
-                if c.connected.load(Ordering::Relaxed) {
-                    1.0
-                } else {
-                    0.0
-                },
-            ),
-            (
-                "hostpulse_cluster_peers",
-                "Other aggregators heard from within the peer timeout.",
-                None,
-                load(&c.peers) as f64,
-            ),
-            (
-                "hostpulse_cluster_presence",
-                "Size of this node's last presence announcement, all chunks together.",
-                Some(Unit::Bytes),
-                load(&c.presence_bytes) as f64,
-            ),
-        ]);
+        cluster::extend(&mut scrape, c, hub);
     }
     if let Some(store) = &state.store {
         store::extend(&mut scrape, store);
     }
     if let Some(rw) = &state.remote_write {
-        remote_write(&mut scrape, rw, hub);
+        remote_write::extend(&mut scrape, rw, hub);
     }
     if state.metrics.host_gauges {
         scrape
@@ -436,73 +287,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         classic_text(&body),
     )
         .into_response()
-}
-
-/// The remote-write exporter's families (`[export.remote_write]`).
-fn remote_write(
-    scrape: &mut Scrape,
-    rw: &crate::export::remote_write::RemoteWriteStats,
-    hub: &crate::hub::HubStats,
-) {
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let by_result = |counts: &[(&str, u64)]| {
-        counts
-            .iter()
-            .map(|(result, n)| (vec![("result", (*result).to_string())], *n as f64))
-            .collect()
-    };
-    scrape.families.extend([
-        Family {
-            name: "hostpulse_remote_write_samples",
-            help: "Samples sent by remote-write (sent), or refused by the endpoint or left unsent at shutdown (failed).",
-            unit: None,
-            counter: true,
-            series: by_result(&[
-                ("sent", load(&rw.samples_sent)),
-                ("failed", load(&rw.samples_failed)),
-            ]),
-        },
-        Family {
-            name: "hostpulse_remote_write_requests",
-            help: "Remote-write requests: taken (sent), refused by the endpoint and not sent again (refused), failed and tried again (retried).",
-            unit: None,
-            counter: true,
-            series: by_result(&[
-                ("sent", load(&rw.requests_sent)),
-                ("refused", load(&rw.requests_refused)),
-                ("retried", load(&rw.requests_retried)),
-            ]),
-        },
-    ]);
-    scrape.counters.push((
-        "hostpulse_remote_write_updates_dropped",
-        "Host updates not exported because the remote-write queue was full.",
-        load(&hub.remote_write_dropped),
-    ));
-    scrape.gauges.extend([
-        (
-            "hostpulse_remote_write_queue",
-            "Host updates waiting in the remote-write queue.",
-            None,
-            rw.queued() as f64,
-        ),
-        (
-            "hostpulse_remote_write_pending_samples",
-            "Samples taken from the queue and not yet delivered (the batch being sent or retried, and the next one).",
-            None,
-            load(&rw.pending_samples) as f64,
-        ),
-        (
-            "hostpulse_remote_write_failing",
-            "1 from a failed remote-write request to the next delivered one.",
-            None,
-            if rw.failing.load(Ordering::Relaxed) {
-                1.0
-            } else {
-                0.0
-            },
-        ),
-    ]);
 }
 
 /// Updates published into the hub and delivered to connections, by topic

@@ -2,8 +2,9 @@
 //! groups, forgetting and resume points.
 
 use super::*;
-use crate::update::Payload;
+use crate::update::{Payload, Unnumbered};
 use crate::ws::outbox::{Item, OutboxStats};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 

@@ -29,12 +29,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::update::{SysMessage, Update};
 use crate::ws::ticks::Wheel;
+use lag::{Lag, conflate};
+
+mod lag;
 
 /// Queue capacity (items) above which a drained queue gives memory back.
 const SHRINK_ABOVE: usize = 1024;
@@ -76,20 +78,6 @@ struct Throttle {
     interval: Duration,
     next_at: Instant,
     pending: Option<Arc<Update>>,
-}
-
-#[derive(Debug)]
-struct Conflated {
-    newest: Arc<Update>,
-    /// Seqs that will not be sent: lowest, highest and how many.
-    skipped: Option<(u64, u64, u64)>,
-}
-
-#[derive(Debug)]
-struct Lag {
-    since: Instant,
-    order: Vec<Arc<str>>,
-    topics: HashMap<Arc<str>, Conflated>,
 }
 
 #[derive(Debug)]
@@ -146,14 +134,6 @@ pub struct Outbox {
     max_bytes: usize,
     grace: Duration,
     stats: Arc<OutboxStats>,
-}
-
-#[derive(Serialize)]
-struct Skipped<'a> {
-    topic: &'a str,
-    from: u64,
-    to: u64,
-    count: u64,
 }
 
 impl Outbox {
@@ -366,11 +346,7 @@ impl Outbox {
             .fetch_max(s.bytes as u64, Ordering::Relaxed);
         if s.bytes > self.max_bytes && s.lag.is_none() {
             self.stats.lag_episodes.fetch_add(1, Ordering::Relaxed);
-            s.lag = Some(Lag {
-                since: now,
-                order: Vec::new(),
-                topics: HashMap::new(),
-            });
+            s.lag = Some(Lag::new(now));
         }
     }
 
@@ -388,34 +364,7 @@ impl Outbox {
         s.bytes = 0;
         s.idle = true;
         if let Some(lag) = s.lag.take() {
-            // The backlog is out: report what was skipped, then the newest.
-            let skipped: Vec<Skipped> = lag
-                .order
-                .iter()
-                .filter_map(|t| {
-                    let c = &lag.topics[t];
-                    c.skipped.map(|(from, to, count)| Skipped {
-                        topic: t,
-                        from,
-                        to,
-                        count,
-                    })
-                })
-                .collect();
-            if !skipped.is_empty() {
-                out.push(Item::Sys(SysMessage::new(
-                    "$sys.lagged",
-                    &serde_json::json!({ "skipped": skipped }),
-                )));
-            }
-            for t in &lag.order {
-                let newest = &lag.topics[t].newest;
-                // Conflation only took updates above what was sent.
-                debug_assert!(s.sent.get(t).is_none_or(|&n| newest.seq > n));
-                // A throttled update still pending is older: it is dropped.
-                mark_sent(&mut s, newest);
-                out.push(Item::Update(newest.clone()));
-            }
+            lag.end(&mut s, out);
         }
         let mut next_due: Option<Instant> = None;
         let State {
@@ -509,38 +458,6 @@ fn mark_sent(s: &mut State, update: &Arc<Update>) {
         && t.pending.as_ref().is_some_and(|p| p.seq <= update.seq)
     {
         t.pending = None;
-    }
-}
-
-/// Keeps `update` as its topic's newest while lagging, or counts it skipped
-/// if a newer one is held already (a replay arriving during the lag).
-fn conflate(lag: &mut Lag, update: &Arc<Update>, stats: &OutboxStats) {
-    match lag.topics.get_mut(&update.topic) {
-        Some(c) => {
-            if update.seq == c.newest.seq {
-                return;
-            }
-            let skipped = if update.seq < c.newest.seq {
-                update.seq
-            } else {
-                std::mem::replace(&mut c.newest, update.clone()).seq
-            };
-            c.skipped = Some(match c.skipped {
-                None => (skipped, skipped, 1),
-                Some((low, high, n)) => (low.min(skipped), high.max(skipped), n + 1),
-            });
-            stats.conflated.fetch_add(1, Ordering::Relaxed);
-        }
-        None => {
-            lag.order.push(update.topic.clone());
-            lag.topics.insert(
-                update.topic.clone(),
-                Conflated {
-                    newest: update.clone(),
-                    skipped: None,
-                },
-            );
-        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! agent id.
 
 use super::*;
+use std::collections::BTreeMap;
 
 fn remote_view(host: &str, node: &str) -> HostView {
     HostView {
