@@ -6,7 +6,10 @@
 //! `--baseline` also runs each unbatched fan-out scenario against a naive
 //! server of the benchmark's own ([`naive`]: one encode and one flush per
 //! client per update, fed by the same agent streams), so the gain is a ratio
-//! measured in the same run on the same machine.
+//! measured in the same run on the same machine. `--reference` does the same
+//! against a minimal tuned server of its own (one encode per update, feed
+//! then flush, 4 KiB buffers), the bar the aggregator's fan-out is held to;
+//! both also run `idle-10000`.
 //!
 //! `--client raw,tungstenite` runs each scenario with subscribers once per
 //! client kind: the lean raw reader and a standard client library.
@@ -63,12 +66,19 @@ struct Args {
     /// Do not pin the aggregator and the generator to separate cores.
     #[arg(long)]
     no_pin: bool,
-    /// Also run fan-out scenarios against the naive baseline.
+    /// Also run unbatched fan-out and idle scenarios against the naive baseline.
     #[arg(long)]
     baseline: bool,
     /// Be the naive baseline server (started by `--baseline` runs).
     #[arg(long, hide = true)]
     naive_server: bool,
+    /// Also run unbatched fan-out and idle scenarios against the tuned reference server (one
+    /// encode per update, feed then flush, 4 KiB buffers).
+    #[arg(long)]
+    reference: bool,
+    /// Be the tuned reference server (started by `--reference` runs).
+    #[arg(long, hide = true)]
+    reference_server: bool,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
@@ -234,8 +244,8 @@ pub(crate) type Figures = Vec<(&'static str, f64)>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.naive_server {
-        return naive::run();
+    if args.naive_server || args.reference_server {
+        return naive::run(args.reference_server);
     }
     started();
     if let Some(observe) = &args.observe {
@@ -304,24 +314,32 @@ fn main() -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!wanted.is_empty(), "no such scenario; see --list");
     for (name, kind) in wanted {
-        let modes: &[bool] = match kind {
-            // The baseline has no batching; it is compared with the unbatched runs.
-            Kind::Fanout { batch_ms: 0, .. } if args.baseline => &[false, true],
-            _ => &[false],
-        };
+        let mut modes = vec![Against::Aggregator];
+        // The baseline and the reference have no batching; they are compared
+        // with the unbatched runs.
+        if matches!(kind, Kind::Fanout { batch_ms: 0, .. } | Kind::Idle { .. }) {
+            if args.baseline {
+                modes.push(Against::Naive);
+            }
+            if args.reference {
+                modes.push(Against::Reference);
+            }
+        }
         let clients: &[ClientKind] = if kind.has_subscribers() {
             &args.client
         } else {
             &[ClientKind::Raw]
         };
         for &client in clients {
-            for &naive in modes {
+            for &naive in &modes {
                 let mut label = name.to_string();
                 if kind.has_subscribers() && args.client != [ClientKind::Raw] {
                     label = format!("{label} [{} client]", client.name());
                 }
-                if naive {
-                    label = format!("{label} (naive baseline)");
+                match naive {
+                    Against::Aggregator => {}
+                    Against::Naive => label = format!("{label} (naive baseline)"),
+                    Against::Reference => label = format!("{label} (tuned reference)"),
                 }
                 let mut runs: Vec<Figures> = Vec::new();
                 for run in 1..=args.runs {
@@ -404,11 +422,22 @@ fn median(runs: &[Figures]) -> Figures {
         .collect()
 }
 
+/// The server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Against {
+    /// The aggregator binary.
+    Aggregator,
+    /// The naive baseline ([`naive`]).
+    Naive,
+    /// The tuned reference ([`naive`]).
+    Reference,
+}
+
 /// How one run goes, beside its scenario.
 struct RunArgs<'a> {
     binary: &'a PathBuf,
-    /// Against the naive baseline.
-    naive: bool,
+    /// The server measured.
+    naive: Against,
     /// Measured seconds.
     secs: u64,
     /// The aggregator's core, when pinned.
@@ -438,10 +467,10 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
     if let Kind::Fleet { agents, load } = kind {
         return fleet::run_once(binary, agents, load, fleet_args, secs, core, client).await;
     }
-    let server = if naive {
-        Server::start_naive(core)?
-    } else {
-        Server::start(binary, "", core)?
+    let server = match naive {
+        Against::Aggregator => Server::start(binary, "", core)?,
+        Against::Naive => Server::start_naive(core, false)?,
+        Against::Reference => Server::start_naive(core, true)?,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Received::default());

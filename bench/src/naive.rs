@@ -1,22 +1,29 @@
-//! The naive baseline for `--baseline`: a WebSocket server written the
-//! straightforward way, to measure the aggregator's fan-out against.
+//! The benchmark's own WebSocket servers, to measure the aggregator's
+//! fan-out against:
 //!
-//! It takes the same agent streams as the aggregator (gRPC `Hello` then
-//! `Welcome`, each `Batch` then its `Ack`), turns each sample's CPU into a
-//! `host.<h>.cpu` update and hands it to every client's own loop, which
-//! encodes it to JSON again for itself and flushes one frame per update.
-//! Nothing else: no history, batching, conflation, limits or auth. It runs
-//! as a process of its own (`hostpulse-bench --naive-server`, started by the
-//! benchmark), so its CPU and memory are measured as the aggregator's are.
+//! * the naive baseline (`--baseline`), written the straightforward way:
+//!   every client's own loop encodes each update to JSON again for itself
+//!   and flushes one frame per update;
+//! * the tuned reference (`--reference`), a minimal axum 0.8 server done
+//!   well: each update encoded once and shared, one task per connection that
+//!   feeds everything it has then flushes once, 4 KiB buffers.
+//!
+//! Both take the same agent streams as the aggregator (gRPC `Hello` then
+//! `Welcome`, each `Batch` then its `Ack`) and turn each sample's CPU into a
+//! `host.<h>.cpu` update. Nothing else: no history, batching, conflation,
+//! limits or auth. Each runs as a process of its own (`hostpulse-bench
+//! --naive-server` or `--reference-server`, started by the benchmark), so
+//! its CPU and memory are measured as the aggregator's are.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use futures_util::SinkExt;
 use hostpulse_proto::v1::ingest_server::{Ingest, IngestServer};
 use hostpulse_proto::v1::{
     Ack, AgentMessage, AggregatorMessage, Welcome, agent_message, aggregator_message,
@@ -31,7 +38,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// Updates a client may fall behind before it misses some.
 const BACKLOG: usize = 4096;
 
-/// One update, serialised by every client for itself.
+/// One update, serialised by every client for itself (naive), or once
+/// (`json`, tuned).
 #[derive(Debug, Serialize)]
 struct Update {
     topic: String,
@@ -39,12 +47,15 @@ struct Update {
     timestamp: String,
     received: String,
     payload: Cpu,
+    #[serde(skip)]
+    json: Option<Utf8Bytes>,
 }
 
 type Updates = broadcast::Sender<Arc<Update>>;
 
-/// Serves until killed; prints the line the benchmark waits for.
-pub(crate) fn run() -> anyhow::Result<()> {
+/// Serves until killed; prints the line the benchmark waits for. `tuned`:
+/// the reference server rather than the naive one.
+pub(crate) fn run(tuned: bool) -> anyhow::Result<()> {
     // Worker threads: TOKIO_WORKER_THREADS, as for the aggregator.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,9 +73,15 @@ pub(crate) fn run() -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .add_service(IngestServer::new(Naive {
                 updates: updates.clone(),
+                tuned,
             }))
             .serve_with_incoming(TcpListenerStream::new(ingest));
-        let app = Router::new().route("/ws", get(upgrade)).with_state(updates);
+        let app = if tuned {
+            Router::new().route("/ws", get(upgrade_tuned))
+        } else {
+            Router::new().route("/ws", get(upgrade))
+        }
+        .with_state(updates);
         let http = http.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
@@ -78,6 +95,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
 /// The gRPC side: agents' samples become updates.
 struct Naive {
     updates: Updates,
+    /// Encode each update once, here.
+    tuned: bool,
 }
 
 #[tonic::async_trait]
@@ -115,6 +134,7 @@ impl Ingest for Naive {
             kind: Some(aggregator_message::Kind::Welcome(welcome)),
         }));
         let updates = self.updates.clone();
+        let tuned = self.tuned;
         tokio::spawn(async move {
             let topic = format!("host.{host}.cpu");
             while let Ok(Some(message)) = inbound.message().await {
@@ -129,13 +149,18 @@ impl Ingest for Naive {
                 for s in samples {
                     let Some(cpu) = s.cpu else { continue };
                     let at = UNIX_EPOCH + Duration::from_millis(s.timestamp_ms.max(0) as u64);
-                    let _ = updates.send(Arc::new(Update {
+                    let mut update = Update {
                         topic: topic.clone(),
                         seq: s.seq,
                         timestamp: rfc3339(at),
                         received: received.clone(),
                         payload: cpu,
-                    }));
+                        json: None,
+                    };
+                    if tuned {
+                        update.json = serde_json::to_string(&update).ok().map(Utf8Bytes::from);
+                    }
+                    let _ = updates.send(Arc::new(update));
                 }
                 let ack = Ack {
                     seq: batch.seq,
@@ -157,29 +182,84 @@ async fn upgrade(ws: WebSocketUpgrade, State(updates): State<Updates>) -> axum::
     ws.on_upgrade(move |socket| client(socket, updates.subscribe()))
 }
 
-/// One client: its first message names the topic or pattern; then every
-/// matching update is serialised again and written with a flush of its own.
-async fn client(mut socket: WebSocket, mut updates: broadcast::Receiver<Arc<Update>>) {
+async fn upgrade_tuned(
+    ws: WebSocketUpgrade,
+    State(updates): State<Updates>,
+) -> axum::response::Response {
+    ws.read_buffer_size(4 << 10)
+        .write_buffer_size(4 << 10)
+        .on_upgrade(move |socket| client_tuned(socket, updates.subscribe()))
+}
+
+/// The client's first message: the topic or pattern it follows (answered).
+async fn subscription(socket: &mut WebSocket) -> Option<String> {
     let pattern = loop {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => {
                 match serde_json::from_str::<serde_json::Value>(&text) {
                     Ok(v) => break v["topic"].as_str().unwrap_or_default().to_string(),
-                    Err(_) => return,
+                    Err(_) => return None,
                 }
             }
             Some(Ok(_)) => continue,
-            _ => return,
+            _ => return None,
         }
     };
     let reply = serde_json::json!({"topic": "$sys.subscribed", "payload": {"pattern": pattern}});
-    if socket
+    socket
         .send(Message::Text(reply.to_string().into()))
         .await
-        .is_err()
-    {
+        .ok()?;
+    Some(pattern)
+}
+
+/// A tuned client: every update it has is fed (the shared JSON, a
+/// reference-count bump), then one flush.
+async fn client_tuned(mut socket: WebSocket, mut updates: broadcast::Receiver<Arc<Update>>) {
+    let Some(pattern) = subscription(&mut socket).await else {
         return;
+    };
+    loop {
+        tokio::select! {
+            update = updates.recv() => {
+                let mut next = update;
+                loop {
+                    match next {
+                        Ok(u) if matches(&pattern, &u.topic) => {
+                            let Some(json) = u.json.clone() else { return };
+                            if socket.feed(Message::Text(json)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                    next = match updates.try_recv() {
+                        Ok(u) => Ok(u),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(broadcast::error::RecvError::Lagged(n))
+                        }
+                        Err(_) => break,
+                    };
+                }
+                if socket.flush().await.is_err() {
+                    return;
+                }
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
     }
+}
+
+/// One client: its first message names the topic or pattern; then every
+/// matching update is serialised again and written with a flush of its own.
+async fn client(mut socket: WebSocket, mut updates: broadcast::Receiver<Arc<Update>>) {
+    let Some(pattern) = subscription(&mut socket).await else {
+        return;
+    };
     loop {
         tokio::select! {
             update = updates.recv() => match update {

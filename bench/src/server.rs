@@ -77,11 +77,17 @@ impl Server {
         Self::launch(binary, &all, core, Some(TempDir(dir)))
     }
 
-    /// Starts the naive baseline server (this binary, `--naive-server`),
-    /// pinned to `core` when given.
-    pub(crate) fn start_naive(core: Option<usize>) -> anyhow::Result<Self> {
+    /// Starts the naive baseline server (this binary, `--naive-server`), or
+    /// with `tuned` the reference server (`--reference-server`), pinned to
+    /// `core` when given.
+    pub(crate) fn start_naive(core: Option<usize>, tuned: bool) -> anyhow::Result<Self> {
         let binary = std::env::current_exe()?;
-        Self::launch(&binary, &["--naive-server".as_ref()], core, None)
+        let flag = if tuned {
+            "--reference-server"
+        } else {
+            "--naive-server"
+        };
+        Self::launch(&binary, &[flag.as_ref()], core, None)
     }
 
     /// Runs `binary args` and waits for its "aggregator listening" line.

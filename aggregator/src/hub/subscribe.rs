@@ -84,7 +84,9 @@ impl Hub {
             .entry(conn)
             .or_insert_with(|| Conn {
                 outbox: outbox.clone(),
-                subscriptions: Vec::new(),
+                // Most connections hold one to three patterns: room for
+                // one, not the four a first push would make.
+                subscriptions: Vec::with_capacity(1),
             })
             .subscriptions
             .push(Subscription {

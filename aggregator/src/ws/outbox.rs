@@ -38,9 +38,6 @@ use lag::{Lag, conflate};
 
 mod lag;
 
-/// Queue capacity (items) above which a drained queue gives memory back.
-const SHRINK_ABOVE: usize = 1024;
-
 /// One queued item.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -356,11 +353,9 @@ impl Outbox {
     pub fn drain_into(&self, out: &mut Vec<Item>) -> Option<Instant> {
         let now = Instant::now();
         let mut s = self.state.lock().expect("outbox lock");
-        out.extend(s.queue.drain(..));
-        // A burst (a replay, a lag's end) leaves no large queue behind.
-        if s.queue.capacity() > SHRINK_ABOVE {
-            s.queue.shrink_to(64);
-        }
+        // The queue's buffer goes with its items: an idle connection holds
+        // none, and a burst (a replay, a lag's end) leaves no large one behind.
+        out.extend(std::mem::take(&mut s.queue));
         s.bytes = 0;
         s.idle = true;
         if let Some(lag) = s.lag.take() {

@@ -6,6 +6,15 @@
 //! ([`crate::ws::ticks`]). The
 //! client's requests are handled in `session/requests.rs`.
 
+/// Logs a line naming the connection (`conn`, `peer`). A span per
+/// connection would say the same, but its entry in the log registry costs
+/// every idle connection a few hundred bytes.
+macro_rules! log {
+    ($level:ident, $session:expr, $($rest:tt)*) => {
+        tracing::$level!(conn = $session.id, peer = %$session.peer, $($rest)*)
+    };
+}
+
 mod requests;
 
 use std::collections::VecDeque;
@@ -17,7 +26,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::Instrument;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
@@ -152,13 +160,14 @@ impl Session {
     /// captured arguments and again inside the future it awaits: 5.8 KB per
     /// idle connection instead of the session's own size.)
     pub(super) fn run(self, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let span = tracing::info_span!("ws", conn = self.id, peer = %self.peer);
-        Box::pin(self.run_inner(socket).instrument(span))
+        Box::pin(self.run_inner(socket))
     }
 
     async fn run_inner(mut self, mut socket: Socket) {
         self.state.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
+        log!(
+            debug,
+            self,
             encoding = self.encoding.name(),
             batch_ms = self.batch.as_millis() as u64,
             "connected"
@@ -179,7 +188,7 @@ impl Session {
                 let _ = tokio::time::timeout(CLOSE_WAIT, socket.answer()).await;
             }
             End::Close(code, reason) => {
-                tracing::debug!(code, reason, "closing");
+                log!(debug, self, code, reason, "closing");
                 // What is queued (an error explaining the close, say) goes first.
                 let mut items = Vec::new();
                 self.outbox.drain_into(&mut items);
@@ -189,10 +198,14 @@ impl Session {
                     {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            tracing::info!(error = ?e, "last frames before the close not written")
+                            log!(info, self, error = ?e, "last frames before the close not written")
                         }
                         Err(_) => {
-                            tracing::info!("last frames before the close not written in time")
+                            log!(
+                                info,
+                                self,
+                                "last frames before the close not written in time"
+                            )
                         }
                     }
                 }
@@ -202,7 +215,13 @@ impl Session {
                 close_politely(&mut socket, code, reason, CLOSE_WAIT).await;
             }
             End::Abandon(code, reason, send_wait) => {
-                tracing::info!(code, reason, "closing a client that does not keep up");
+                log!(
+                    info,
+                    self,
+                    code,
+                    reason,
+                    "closing a client that does not keep up"
+                );
                 let frame = CloseFrame {
                     code: code.into(),
                     reason: reason.into(),
@@ -220,7 +239,7 @@ impl Session {
             .send(Command::Disconnect { conn: self.id })
             .await;
         self.state.connections.fetch_sub(1, Ordering::Relaxed);
-        tracing::debug!("disconnected");
+        log!(debug, self, "disconnected");
     }
 
     async fn serve(&mut self, socket: &mut Socket) -> End {
@@ -228,7 +247,6 @@ impl Session {
         let config = &state.config;
         let mut heartbeat = state.ticks.heartbeat(self.id);
         let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
-        let write_timeout = Duration::from_millis(config.write_timeout_ms);
         let mut last_heard = Instant::now();
         let mut items: Vec<Item> = Vec::new();
         loop {
@@ -244,21 +262,14 @@ impl Session {
                     last_heard = Instant::now();
                     match message {
                         None => return End::Gone,
-                        Some(Err(e)) => return read_failed(e),
+                        Some(Err(e)) => return read_failed(self, e),
                         Some(Ok(message)) => {
                             // The pong or close reply tungstenite made goes
                             // out now, whatever else is pending.
-                            if matches!(message, Message::Ping(_) | Message::Close(_)) {
-                                tokio::select! {
-                                    biased;
-                                    r = socket.answer() => if let Err(e) = r {
-                                        return self.write_failed(e.into());
-                                    },
-                                    _ = state.ticks.after(write_timeout) => {
-                                        tracing::info!("client stopped reading (control frame not written); disconnecting");
-                                        return End::Gone;
-                                    }
-                                }
+                            if matches!(message, Message::Ping(_) | Message::Close(_))
+                                && let Some(end) = Box::pin(self.write_control(socket, false)).await
+                            {
+                                return end;
                             }
                             // Boxed: requests are rare next to updates, and
                             // their future would otherwise enlarge every
@@ -287,43 +298,26 @@ impl Session {
                         return SHUTTING_DOWN;
                     }
                     if last_heard.elapsed() > ping_timeout {
-                        tracing::info!(timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
+                        log!(info, self, timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
                         return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
                     }
-                    let ping = socket.send_control(Message::Ping(Default::default()));
-                    tokio::select! {
-                        biased;
-                        r = ping => if let Err(e) = r {
-                            return self.write_failed(e.into());
-                        },
-                        _ = state.ticks.after(write_timeout) => {
-                            tracing::info!("client stopped reading (ping not written); disconnecting");
-                            return End::Gone;
-                        }
+                    if let Some(end) = Box::pin(self.write_control(socket, true)).await {
+                        return end;
                     }
                     continue;
                 }
             }
             self.outbox.drain_into(&mut items);
-            if !items.is_empty() {
-                let write = self.write(socket, &mut items);
-                tokio::select! {
-                    biased;
-                    r = write => if let Err(e) = r {
-                        return self.write_failed(e);
-                    },
-                    _ = self.outbox.doomed() => return TOO_SLOW_END,
-                    _ = state.ticks.after(write_timeout) => {
-                        tracing::info!("client stopped reading; disconnecting");
-                        return End::Gone;
-                    }
-                }
+            // Boxed, as every write path: its future would otherwise enlarge
+            // every idle connection's task.
+            if !items.is_empty()
+                && let Some(end) = Box::pin(self.write_due(socket, &mut items)).await
+            {
+                return end;
             }
-            // Nothing kept of a burst: thousands of idle connections must
-            // not each hold the largest batch they ever wrote.
-            if items.capacity() > 1024 {
-                items = Vec::new();
-            }
+            // Nothing kept between drains: thousands of idle connections
+            // must not each hold the buffer of the last batch they wrote.
+            items = Vec::new();
             // The chunk written (or nothing was): another replay may go, and
             // this one queues behind whatever else is ready to run.
             if self.replay_permit.take().is_some() {
@@ -339,6 +333,43 @@ impl Session {
                 // Conflated while writing: the newest of each topic goes
                 // out at once, window or not.
                 self.outbox.wake();
+            }
+        }
+    }
+
+    /// Writes what was drained within the write deadline, unless the
+    /// connection is given up meanwhile; `Some` ends the session.
+    async fn write_due(&self, socket: &mut Socket, items: &mut Vec<Item>) -> Option<End> {
+        let write_timeout = Duration::from_millis(self.state.config.write_timeout_ms);
+        tokio::select! {
+            biased;
+            r = self.write(socket, items) => r.err().map(|e| self.write_failed(e)),
+            _ = self.outbox.doomed() => Some(TOO_SLOW_END),
+            _ = self.state.ticks.after(write_timeout) => {
+                log!(info, self, "client stopped reading; disconnecting");
+                Some(End::Gone)
+            }
+        }
+    }
+
+    /// Writes a ping (`ping`), or tungstenite's answer to the client's ping
+    /// or Close, within the write deadline; `Some` ends the session.
+    async fn write_control(&self, socket: &mut Socket, ping: bool) -> Option<End> {
+        let write_timeout = Duration::from_millis(self.state.config.write_timeout_ms);
+        let write = async {
+            if ping {
+                socket.send_control(Message::Ping(Default::default())).await
+            } else {
+                socket.answer().await
+            }
+        };
+        tokio::select! {
+            biased;
+            r = write => r.err().map(|e| self.write_failed(e.into())),
+            _ = self.state.ticks.after(write_timeout) => {
+                let what = if ping { "ping" } else { "control frame" };
+                log!(info, self, what, "client stopped reading (not written); disconnecting");
+                Some(End::Gone)
             }
         }
     }
@@ -368,7 +399,9 @@ impl Session {
         match e {
             WriteError::TooBig { bytes } => {
                 let limit = write_buffer_limit(&self.state.config);
-                tracing::warn!(
+                log!(
+                    warn,
+                    self,
                     bytes,
                     limit,
                     "frame larger than the write buffer limit cannot be written; closing with 1011"
@@ -379,7 +412,7 @@ impl Session {
                 )
             }
             WriteError::Socket(cause) => {
-                tracing::info!(%cause, "write failed; closing with 1011");
+                log!(info, self, %cause, "write failed; closing with 1011");
                 // Bounded like any close: a broken socket fails both the
                 // close frame and the wait for its reply at once.
                 End::Fail(close::INTERNAL, "write failed")
@@ -408,7 +441,9 @@ impl Session {
                         ));
                     }
                     if self.refused_control > FLOOD_CLOSE {
-                        tracing::info!(
+                        log!(
+                            info,
+                            self,
                             limit,
                             refused = self.refused_control,
                             "control message flood"
@@ -424,7 +459,7 @@ impl Session {
                 match protocol::parse_with(&text, limits) {
                     Ok(request) => return self.on_request(request).await,
                     Err(e) => {
-                        tracing::debug!(code = e.code, message = %e.message, "request refused");
+                        log!(debug, self, code = e.code, message = %e.message, "request refused");
                         self.outbox
                             .push_sys(error_message(e.code, &e.message, e.id));
                     }
@@ -450,18 +485,18 @@ impl Session {
 /// How a failed read ends the session: a message over the limit with 1009,
 /// text that is not UTF-8 with 1007, a frame breaking the protocol with
 /// 1002 (each logged), a lost connection quietly.
-fn read_failed(e: ReadError) -> End {
+fn read_failed(session: &Session, e: ReadError) -> End {
     match e {
         ReadError::TooBig(cause) => {
-            tracing::info!(%cause, "message over the size limit");
+            log!(info, session, %cause, "message over the size limit");
             End::Close(close::TOO_BIG, "message too big")
         }
         ReadError::NotUtf8(cause) => {
-            tracing::info!(%cause, "text message that is not UTF-8");
+            log!(info, session, %cause, "text message that is not UTF-8");
             End::Fail(close::INVALID_DATA, "text message is not valid UTF-8")
         }
         ReadError::Protocol(cause) => {
-            tracing::info!(%cause, "WebSocket protocol error");
+            log!(info, session, %cause, "WebSocket protocol error");
             End::Fail(close::PROTOCOL, "protocol error")
         }
         ReadError::Gone => End::Gone,

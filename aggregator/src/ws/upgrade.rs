@@ -215,21 +215,27 @@ pub async fn handler(
     let (response, on_upgrade) = handshake.accept(protocol);
     let max = state.config.max_message_bytes;
     let tasks = state.tasks.clone();
-    // The task holds the session (boxed, see `Session::run`) once it runs,
-    // and before that only what it takes to start it.
+    // The task holds only two pointers and the slot: the start (the upgrade
+    // and the socket's set-up) and then the session are on the heap, each
+    // for as long as it runs.
     tasks.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "WebSocket upgrade failed");
-                return;
-            }
+        let start = async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "WebSocket upgrade failed");
+                    return None;
+                }
+            };
+            let socket = Socket::new(upgraded, READ_BUFFER, max).await;
+            let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
+            session.grant = grant;
+            Some(session.run(socket))
         };
-        let socket = Socket::new(upgraded, READ_BUFFER, max).await;
-        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut session = Session::new(id, peer, state, encoding, Duration::from_millis(batch));
-        session.grant = grant;
-        session.run(socket).await;
+        if let Some(run) = Box::pin(start).await {
+            run.await;
+        }
         drop(slot);
     });
     response

@@ -14,7 +14,7 @@ use crate::ws::{WsConfig, frames};
 /// Read buffer per connection: requests are small (a larger one is read in
 /// more calls), and tungstenite keeps this buffer resident (zero-filled) for
 /// every connection, idle or not.
-pub(super) const READ_BUFFER: usize = 512;
+pub(super) const READ_BUFFER: usize = 256;
 /// Wait for the peer's close reply at most this long.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 

@@ -27,7 +27,7 @@ impl Session {
                     Ok(())
                 }
                 Err(refusal) => {
-                    tracing::warn!(reason = %refusal, "WebSocket client refused");
+                    log!(warn, self, reason = %refusal, "WebSocket client refused");
                     self.outbox.push_sys(error_message(
                         "unauthorized",
                         &format!("client token refused: {refusal}"),
