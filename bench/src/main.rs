@@ -181,6 +181,16 @@ const SCENARIOS: &[(&str, Kind)] = &[
             batch_ms: 50,
         },
     ),
+    // Offers twice what one core was first measured to deliver, to find
+    // where it saturates.
+    (
+        "fanout-100x20000",
+        Kind::Fanout {
+            clients: 100,
+            rate: 20_000.0,
+            batch_ms: 0,
+        },
+    ),
     ("idle-10000", Kind::Idle { conns: 10_000 }),
     (
         "ingest-10000-agents",

@@ -94,8 +94,8 @@ pub(super) struct Session {
 pub(super) enum End {
     /// The peer vanished.
     Gone,
-    /// The peer sent a close frame: tungstenite has queued the reply, which
-    /// is written the next time the socket is polled.
+    /// The peer sent a close frame: tungstenite has made the reply, which
+    /// [`Socket::answer`] writes.
     PeerClosed,
     /// The server closes with this code and reason and waits (bounded) for
     /// the peer's close reply.
