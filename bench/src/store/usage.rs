@@ -1,5 +1,5 @@
 //! `store-usage`: what an aggregator's store holds, measured read-only
-//! (open it after the aggregator stopped; redb takes a lock on the file).
+//! (open it after the aggregator stopped: redb locks the file).
 //! For each host and tier: sealed blocks, their bytes per row and per
 //! value, the values (or rows) a day and the bytes a day; for the raw tier
 //! also the bytes per value of each field. Rows still in open chunks are
@@ -150,14 +150,35 @@ fn split_name(name: &str) -> (String, String) {
 }
 
 /// Prints what the store in `dir` holds; the aggregator must have stopped.
+/// A file that needs redb's repair first (the aggregator did not close it)
+/// is copied, and the copy repaired and measured: the store is never
+/// written.
 pub(crate) fn run(dir: &Path) -> anyhow::Result<()> {
-    let engine = ReadOnly::open(dir)?;
-    println!(
-        "store-usage: {} ({} bytes on disk)",
-        engine.path.display(),
-        engine.file_bytes()
-    );
-    report(&engine)
+    match ReadOnly::open(dir) {
+        Ok(engine) => {
+            println!(
+                "store-usage: {} ({} bytes on disk)",
+                engine.path.display(),
+                engine.file_bytes()
+            );
+            report(&engine)
+        }
+        Err(e) => {
+            let copy =
+                std::env::temp_dir().join(format!("hostpulse-store-usage-{}", std::process::id()));
+            println!(
+                "store-usage: {e}; measuring a repaired copy in {}",
+                copy.display()
+            );
+            std::fs::create_dir_all(&copy)?;
+            std::fs::copy(dir.join(REDB_FILE), copy.join(REDB_FILE))?;
+            let measured = Redb::open(&copy)
+                .map_err(anyhow::Error::from)
+                .and_then(|engine| report(&engine));
+            let _ = std::fs::remove_dir_all(&copy);
+            measured
+        }
+    }
 }
 
 fn report(engine: &dyn Engine) -> anyhow::Result<()> {
