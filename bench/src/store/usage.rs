@@ -1,7 +1,8 @@
 //! `store-usage`: what an aggregator's store holds, measured read-only
 //! (open it after the aggregator stopped: redb locks the file).
 //! For each host and tier: sealed blocks, their bytes per row and per
-//! value, the values (or rows) a day and the bytes a day; for the raw tier
+//! value (and the timestamps' share), the values (or rows) a day and the
+//! bytes a day; for the raw tier
 //! also the bytes per value of each field. Rows still in open chunks are
 //! counted apart, with what they would take sealed now (an estimate: a
 //! block of fewer rows compresses less well than a full window).
@@ -100,6 +101,8 @@ impl Engine for ReadOnly {
 #[derive(Default)]
 struct Sealed {
     bytes: u64,
+    /// Of which the timestamp column (its kind, length and pco bytes).
+    ts_bytes: u64,
     rows: u64,
     blocks: u64,
     first: i64,
@@ -135,6 +138,7 @@ struct HostTier {
     series: usize,
     blocks: u64,
     bytes: u64,
+    ts_bytes: u64,
     rows: u64,
     bytes_per_day: f64,
     rows_per_day: f64,
@@ -204,6 +208,11 @@ fn report(engine: &dyn Engine) -> anyhow::Result<()> {
                 }
                 s.blocks += 1;
                 s.bytes += (k.len() + v.len()) as u64;
+                // version, columns, rows (6 bytes), then the timestamps:
+                // kind (1), length (4), bytes.
+                s.ts_bytes += v.get(7..11).map_or(0, |l| {
+                    5 + u32::from_le_bytes(l.try_into().expect("4")) as u64
+                });
                 s.rows += rows.len() as u64;
                 s.first = s.first.min(rows.ts[0]);
                 s.last = s.last.max(*rows.ts.last().expect("not empty"));
@@ -251,6 +260,7 @@ fn report(engine: &dyn Engine) -> anyhow::Result<()> {
         h.series += 1;
         h.blocks += s.blocks;
         h.bytes += s.bytes;
+        h.ts_bytes += s.ts_bytes;
         h.rows += s.rows;
         h.bytes_per_day += bytes_day;
         h.rows_per_day += rows_day;
@@ -288,6 +298,10 @@ fn report(engine: &dyn Engine) -> anyhow::Result<()> {
                 h.rows_per_day,
                 h.bytes_per_day,
                 h.bytes_per_day / (1 << 20) as f64,
+            );
+            println!(
+                "store-usage [{host}] {t:>3}: of which timestamps {:.3} B/row",
+                h.ts_bytes as f64 / h.rows.max(1) as f64
             );
         }
         if h.open_rows > 0 {
