@@ -19,7 +19,8 @@
 //!
 //! `store-engines` (see [`store`]) needs no aggregator process: it drives the
 //! aggregator's embedded store over each candidate engine and runs only when
-//! named.
+//! named; so do `store-usage` and `store-fill`, which measure what a store
+//! holds.
 
 mod client;
 mod cluster;
@@ -274,14 +275,31 @@ fn main() -> anyhow::Result<()> {
             "{:28} the embedded store on redb and on fjall",
             "store-engines"
         );
+        println!(
+            "{:28} what a stopped aggregator's store holds (--store-dir)",
+            "store-usage"
+        );
+        println!(
+            "{:28} simulated hosts into a new store (--store-dir), then store-usage",
+            "store-fill"
+        );
         return Ok(());
     }
-    if args.scenarios.iter().any(|s| s == "store-engines") {
-        anyhow::ensure!(
-            args.scenarios.len() == 1,
-            "store-engines runs on its own (no aggregator process)"
-        );
-        return store::run(&args.store, args.runs);
+    for (name, run) in [
+        (
+            "store-engines",
+            store::run as fn(&store::StoreArgs, usize) -> anyhow::Result<()>,
+        ),
+        ("store-usage", |a, _| store::usage(a)),
+        ("store-fill", |a, _| store::fill(a)),
+    ] {
+        if args.scenarios.iter().any(|s| s == name) {
+            anyhow::ensure!(
+                args.scenarios.len() == 1,
+                "{name} runs on its own (no aggregator process)"
+            );
+            return run(&args.store, args.runs);
+        }
     }
     let binary = match &args.aggregator {
         Some(p) => p.clone(),

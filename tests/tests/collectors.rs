@@ -549,25 +549,39 @@ fn taken_ms(update: &Value) -> u64 {
 
 /// Checks rates between two consecutive readings of counters `before` and
 /// `after` (same order): all exactly 0 when nothing changed; otherwise each
-/// the counter's growth over one elapsed time, which is close to the time
-/// between the two samples' timestamps.
+/// the counter's growth over one elapsed time, rounded to a whole unit a
+/// second, where that elapsed time is close to the time between the two
+/// samples' timestamps.
 fn check_rates(what: &str, before: &[u64], after: &[u64], rates: &[f64], taken: [u64; 2]) {
     if before == after {
         assert!(rates.iter().all(|r| *r == 0.0), "{what}: {rates:?}");
         return;
     }
-    let elapsed = (after[0] - before[0]) as f64 / rates[0];
+    // The elapsed times each rounded rate allows, intersected.
+    let (mut lo, mut hi) = (0.0f64, f64::INFINITY);
     for i in 0..before.len() {
-        let grown = (after[i] - before[i]) as f64;
+        let (grown, rate) = ((after[i] - before[i]) as f64, rates[i]);
         assert!(
-            (rates[i] * elapsed - grown).abs() <= grown * 1e-9,
-            "{what}: rate {i} is not its growth over one elapsed time: {before:?} -> {after:?}, {rates:?}"
+            rate.fract() == 0.0,
+            "{what}: rate {i} is not whole: {rates:?}"
         );
+        if grown == 0.0 {
+            assert_eq!(rate, 0.0, "{what}: rate {i} without growth: {rates:?}");
+            continue;
+        }
+        lo = lo.max(grown / (rate + 0.5));
+        if rate >= 1.0 {
+            hi = hi.min(grown / (rate - 0.5));
+        }
     }
+    assert!(
+        lo <= hi * (1.0 + 1e-9),
+        "{what}: the rates are not the growth over one elapsed time: {before:?} -> {after:?}, {rates:?}"
+    );
     let between = (taken[1] - taken[0]) as f64 / 1000.0;
     assert!(
-        elapsed > between / 3.0 - 0.02 && elapsed < between * 3.0 + 0.3,
-        "{what}: rates imply {elapsed} s between readings taken {between} s apart"
+        hi > between / 3.0 - 0.02 && lo < between * 3.0 + 0.3,
+        "{what}: rates imply {lo}..{hi} s between readings taken {between} s apart"
     );
 }
 

@@ -5,6 +5,11 @@
 //! difference (`saturating_sub`, so a counter that restarted from zero reads
 //! as 0, not as a huge rate) by the time that really passed, which is not
 //! the configured interval when a sample is late or the agent was paused.
+//!
+//! Rates are rounded to whole units per second (bytes, packets, errors):
+//! the fraction is only the jitter of the measured interval, and whole
+//! numbers compress far better in the aggregator's store (BENCHMARKS.md,
+//! "Embedded store").
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -44,8 +49,9 @@ impl<const N: usize> Rates<N> {
         }
     }
 
-    /// Records `counters` for `name` and returns their rates per second, or
-    /// `None` on the first reading of that name (no baseline yet).
+    /// Records `counters` for `name` and returns their rates per second,
+    /// rounded to whole units, or `None` on the first reading of that name
+    /// (no baseline yet).
     pub(super) fn rate(
         &self,
         reading: &mut Reading<N>,
@@ -59,7 +65,7 @@ impl<const N: usize> Rates<N> {
         }
         let mut out = [0.0; N];
         for (o, (now, was)) in out.iter_mut().zip(counters.iter().zip(before)) {
-            *o = now.saturating_sub(*was) as f64 / reading.elapsed_secs;
+            *o = (now.saturating_sub(*was) as f64 / reading.elapsed_secs).round();
         }
         Some(out)
     }
@@ -92,6 +98,14 @@ mod tests {
         // A counter that went backwards (device re-created) reads as 0.
         let mut r = rates.begin(t0 + Duration::from_secs(3));
         assert_eq!(rates.rate(&mut r, "eth0", [10, 10]), Some([0.0, 0.0]));
+        rates.finish(r);
+        // Three seconds for 1000 bytes and 2 packets: whole units, rounded.
+        let mut r = rates.begin(t0 + Duration::from_secs(6));
+        assert_eq!(rates.rate(&mut r, "eth0", [1010, 12]), Some([333.0, 1.0]));
+        rates.finish(r);
+        // Under half a unit a second reads as 0.
+        let mut r = rates.begin(t0 + Duration::from_secs(10));
+        assert_eq!(rates.rate(&mut r, "eth0", [1011, 12]), Some([0.0, 0.0]));
         rates.finish(r);
     }
 }

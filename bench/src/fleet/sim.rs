@@ -387,8 +387,10 @@ impl SimHost {
             memory_bytes: rest_mem + self.others as u64 * (6 << 20),
         };
         // Network and disk: rates wander, counters add them up over the
-        // time between readings (never exactly a second).
+        // time between readings (never exactly a second); the rates sent are
+        // rounded to whole units a second, as the agent sends them.
         let elapsed = 1.0 + (rng.f64() - 0.5) * 0.004;
+        let per_sec = |n: u64| (n as f64 / elapsed).round();
         let interfaces = self
             .ifaces
             .iter_mut()
@@ -408,11 +410,11 @@ impl SimHost {
                 }
                 Interface {
                     name: i.name.clone(),
-                    rx_bytes_per_sec: rx as f64 / elapsed,
-                    tx_bytes_per_sec: tx as f64 / elapsed,
-                    rx_packets_per_sec: rx_p as f64 / elapsed,
-                    tx_packets_per_sec: tx_p as f64 / elapsed,
-                    rx_errors_per_sec: errs[0] as f64 / elapsed,
+                    rx_bytes_per_sec: per_sec(rx),
+                    tx_bytes_per_sec: per_sec(tx),
+                    rx_packets_per_sec: per_sec(rx_p),
+                    tx_packets_per_sec: per_sec(tx_p),
+                    rx_errors_per_sec: per_sec(errs[0]),
                     tx_errors_per_sec: 0.0,
                     rx_bytes_total: i.totals[0],
                     tx_bytes_total: i.totals[1],
@@ -436,8 +438,8 @@ impl SimHost {
                 d.written_total += written;
                 DiskDevice {
                     name: d.name.clone(),
-                    read_bytes_per_sec: read as f64 / elapsed,
-                    write_bytes_per_sec: written as f64 / elapsed,
+                    read_bytes_per_sec: per_sec(read),
+                    write_bytes_per_sec: per_sec(written),
                     read_bytes_total: d.read_total,
                     written_bytes_total: d.written_total,
                 }

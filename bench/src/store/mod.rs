@@ -10,11 +10,16 @@
 //! whole data directory, rollups and open chunks included) and per value in
 //! sealed raw blocks, and the time of three queries: 1 h at 1 s, 24 h at
 //! 1 min, 30 d at 1 h.
+//!
+//! `store-usage` and `store-fill` ([`usage`]) measure what a store holds,
+//! per host, tier and field: an aggregator's, or one filled with simulated
+//! hosts.
 
 mod fjall_engine;
 mod sim;
+mod usage;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +54,17 @@ pub(crate) struct StoreArgs {
     /// store-engines: hours of per-second samples per host.
     #[arg(long, default_value_t = 6)]
     pub(crate) store_hours: i64,
+    /// store-engines: engines to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "redb,fjall")]
+    pub(crate) store_engine: Vec<String>,
+    /// store-usage: the data directory of a stopped aggregator's store;
+    /// store-fill: a directory for a new one.
+    #[arg(long)]
+    pub(crate) store_dir: Option<PathBuf>,
+    /// store-fill: simulated seconds between flushes (the sealed blocks
+    /// are the same whatever it is; fewer flushes fill faster).
+    #[arg(long, default_value_t = 600)]
+    pub(crate) store_flush_secs: i64,
 }
 
 /// 2026-10-01T00:00:00Z.
@@ -257,7 +273,12 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
 /// Runs the scenario `runs` times per engine, printing each run and medians.
 pub(crate) fn run(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
     let root = std::env::temp_dir().join(format!("hostpulse-store-bench-{}", std::process::id()));
-    for engine in ["redb", "fjall"] {
+    for engine in &args.store_engine {
+        let engine = engine.as_str();
+        anyhow::ensure!(
+            matches!(engine, "redb" | "fjall"),
+            "--store-engine: {engine}? (redb, fjall)"
+        );
         let mut all = Vec::new();
         for run in 1..=runs {
             let _ = std::fs::remove_dir_all(&root);
@@ -276,4 +297,28 @@ pub(crate) fn run(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `store-usage`: what the store in `--store-dir` holds.
+pub(crate) fn usage(args: &StoreArgs) -> anyhow::Result<()> {
+    let dir = args
+        .store_dir
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("store-usage needs --store-dir"))?;
+    usage::run(dir)
+}
+
+/// `store-fill`: `--store-hosts` simulated hosts for `--store-hours` at
+/// 1 Hz into a new store in `--store-dir`, then what it holds.
+pub(crate) fn fill(args: &StoreArgs) -> anyhow::Result<()> {
+    let dir = args
+        .store_dir
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("store-fill needs --store-dir"))?;
+    usage::fill(
+        dir,
+        args.store_hosts,
+        args.store_hours,
+        args.store_flush_secs,
+    )
 }

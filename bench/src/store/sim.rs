@@ -26,7 +26,8 @@ impl Walk {
 
 /// One simulated host, sampled once a second: the values a real agent
 /// sends, at their real precision (f32 percentages, loads with two
-/// decimals, memory in pages, counters that grow, rates from counters).
+/// decimals, memory in pages, counters that grow, rates from counters
+/// rounded to whole units a second).
 pub(super) struct SimHost {
     rng: fastrand::Rng,
     cpu: Vec<Walk>,
@@ -93,14 +94,15 @@ impl SimHost {
                 let (rxb, txb) = (rx.next(r).round() as u64, tx.next(r).round() as u64);
                 *rxt += rxb;
                 *txt += txb;
-                // Rates from counters over a measured, jittery interval.
+                // Rates from counters over a measured, jittery interval,
+                // rounded to whole units a second as the agent sends them.
                 let elapsed = 1.0 + (r.f64() - 0.5) * 0.004;
                 Interface {
                     name: ["eth0", "lo"][i].into(),
-                    rx_bytes_per_sec: rxb as f64 / elapsed,
-                    tx_bytes_per_sec: txb as f64 / elapsed,
-                    rx_packets_per_sec: (rxb / 900) as f64 / elapsed,
-                    tx_packets_per_sec: (txb / 900) as f64 / elapsed,
+                    rx_bytes_per_sec: (rxb as f64 / elapsed).round(),
+                    tx_bytes_per_sec: (txb as f64 / elapsed).round(),
+                    rx_packets_per_sec: ((rxb / 900) as f64 / elapsed).round(),
+                    tx_packets_per_sec: ((txb / 900) as f64 / elapsed).round(),
                     rx_errors_per_sec: 0.0,
                     tx_errors_per_sec: 0.0,
                     rx_bytes_total: *rxt,
@@ -158,8 +160,8 @@ impl SimHost {
             disk: Some(Disk {
                 devices: vec![DiskDevice {
                     name: "vda".into(),
-                    read_bytes_per_sec: dr as f64 / elapsed,
-                    write_bytes_per_sec: dw as f64 / elapsed,
+                    read_bytes_per_sec: (dr as f64 / elapsed).round(),
+                    write_bytes_per_sec: (dw as f64 / elapsed).round(),
                     read_bytes_total: self.disk.2,
                     written_bytes_total: self.disk.3,
                 }],

@@ -21,7 +21,9 @@ pub const MAX_CORES: usize = 8192;
 pub const TEMPERATURE_RANGE_C: std::ops::RangeInclusive<f32> = -100.0..=300.0;
 
 /// Network interfaces: rates over the time since the previous sample and
-/// counters since the interface appeared.
+/// counters since the interface appeared. The agent rounds every rate to a
+/// whole number of units (bytes, packets, errors) per second: the fraction
+/// would only be the jitter of the measured interval.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Network {
     /// One entry per interface, by name.
@@ -33,17 +35,17 @@ pub struct Network {
 pub struct Interface {
     /// Interface name (`lo`, `eth0`, ...).
     pub name: String,
-    /// Bytes received per second.
+    /// Bytes received per second, a whole number.
     pub rx_bytes_per_sec: f64,
-    /// Bytes sent per second.
+    /// Bytes sent per second, a whole number.
     pub tx_bytes_per_sec: f64,
-    /// Packets received per second.
+    /// Packets received per second, a whole number.
     pub rx_packets_per_sec: f64,
-    /// Packets sent per second.
+    /// Packets sent per second, a whole number.
     pub tx_packets_per_sec: f64,
-    /// Receive errors per second.
+    /// Receive errors per second, a whole number.
     pub rx_errors_per_sec: f64,
-    /// Send errors per second.
+    /// Send errors per second, a whole number.
     pub tx_errors_per_sec: f64,
     /// Bytes received, counter.
     pub rx_bytes_total: u64,
@@ -59,7 +61,9 @@ pub struct Interface {
     pub tx_errors_total: u64,
 }
 
-/// Block device I/O, for the devices backing mounted filesystems.
+/// Block device I/O, for the devices backing mounted filesystems. Rates
+/// are over the time since the previous sample, rounded to whole bytes per
+/// second like the network's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Disk {
     /// One entry per device, by name.
@@ -71,9 +75,9 @@ pub struct Disk {
 pub struct DiskDevice {
     /// Device name without `/dev/` (`vda`, `nvme0n1p1`, ...).
     pub name: String,
-    /// Bytes read per second.
+    /// Bytes read per second, a whole number.
     pub read_bytes_per_sec: f64,
-    /// Bytes written per second.
+    /// Bytes written per second, a whole number.
     pub write_bytes_per_sec: f64,
     /// Bytes read, counter.
     pub read_bytes_total: u64,
