@@ -418,8 +418,8 @@ impl Outbox {
     }
 
     /// Waits until something is pushed (or was pushed since the last wait).
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     /// Waits until the outbox overflows (the client must go).

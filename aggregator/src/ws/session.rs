@@ -156,25 +156,25 @@ impl Session {
     }
 
     /// The connection's task, boxed: the session and its socket live on
-    /// the heap once. (An `async` wrapper would hold them twice, as its
-    /// captured arguments and again inside the future it awaits: 5.8 KB per
-    /// idle connection instead of the session's own size.)
-    pub(super) fn run(self, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(self.run_inner(socket))
-    }
-
-    async fn run_inner(mut self, mut socket: Socket) {
-        self.state.connections.fetch_add(1, Ordering::Relaxed);
-        log!(
-            debug,
-            self,
-            encoding = self.encoding.name(),
-            batch_ms = self.batch.as_millis() as u64,
-            "connected"
-        );
-        let end = self.serve(&mut socket).await;
-        // On the heap: the close paths' futures are large and run once.
-        Box::pin(self.finish(end, socket)).await;
+    /// the heap once. (An `async fn` taking them would hold them twice, as
+    /// its arguments and again as the bindings of its body, 688 bytes more
+    /// per connection; an `async move` block uses what it captured in
+    /// place.)
+    pub(super) fn run(mut self, mut socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.state.connections.fetch_add(1, Ordering::Relaxed);
+            log!(
+                debug,
+                self,
+                encoding = self.encoding.name(),
+                batch_ms = self.batch.as_millis() as u64,
+                "connected"
+            );
+            let end = self.serve(&mut socket).await;
+            // On the heap: the close paths' futures are large and run once.
+            let closing = Box::pin(self.finish(end, socket));
+            closing.await;
+        })
     }
 
     /// Ends the connection the way `end` says, then leaves the hub.
@@ -250,14 +250,24 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut items: Vec<Item> = Vec::new();
         loop {
+            // Shutdown and a client given up on are seen at each wake-up,
+            // busy or not; an idle connection hears shutdown from its
+            // heartbeat, which ends then. (Fewer futures in the select below
+            // keep every idle connection's task small.)
+            if state.shutdown.is_cancelled() {
+                return SHUTTING_DOWN;
+            }
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
-                _ = self.outbox.doomed() => return TOO_SLOW_END,
                 // Woken when something is due: at once, or by the server's
                 // wheel when the batching window closes or a throttled
-                // update falls due.
-                _ = self.outbox.notified() => {}
+                // update falls due; and when the outbox gives up on the
+                // client.
+                _ = self.outbox.notified() => {
+                    if self.outbox.overflowed() {
+                        return TOO_SLOW_END;
+                    }
+                }
                 message = socket.recv() => {
                     last_heard = Instant::now();
                     match message {
@@ -266,15 +276,17 @@ impl Session {
                         Some(Ok(message)) => {
                             // The pong or close reply tungstenite made goes
                             // out now, whatever else is pending.
-                            if matches!(message, Message::Ping(_) | Message::Close(_))
-                                && let Some(end) = Box::pin(self.write_control(socket, false)).await
-                            {
-                                return end;
+                            if matches!(message, Message::Ping(_) | Message::Close(_)) {
+                                let answer = Box::pin(self.write_control(socket, false));
+                                if let Some(end) = answer.await {
+                                    return end;
+                                }
                             }
                             // Boxed: requests are rare next to updates, and
                             // their future would otherwise enlarge every
                             // idle connection's task.
-                            if let Some(end) = Box::pin(self.on_message(message)).await {
+                            let handled = Box::pin(self.on_message(message));
+                            if let Some(end) = handled.await {
                                 return end;
                             }
                             if self.advance_replay().await.is_err() {
@@ -301,7 +313,8 @@ impl Session {
                         log!(info, self, timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
                         return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
                     }
-                    if let Some(end) = Box::pin(self.write_control(socket, true)).await {
+                    let ping = Box::pin(self.write_control(socket, true));
+                    if let Some(end) = ping.await {
                         return end;
                     }
                     continue;
@@ -310,10 +323,11 @@ impl Session {
             self.outbox.drain_into(&mut items);
             // Boxed, as every write path: its future would otherwise enlarge
             // every idle connection's task.
-            if !items.is_empty()
-                && let Some(end) = Box::pin(self.write_due(socket, &mut items)).await
-            {
-                return end;
+            if !items.is_empty() {
+                let write = Box::pin(self.write_due(socket, &mut items));
+                if let Some(end) = write.await {
+                    return end;
+                }
             }
             // Nothing kept between drains: thousands of idle connections
             // must not each hold the buffer of the last batch they wrote.

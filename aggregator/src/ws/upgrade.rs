@@ -233,7 +233,8 @@ pub async fn handler(
             session.grant = grant;
             Some(session.run(socket))
         };
-        if let Some(run) = Box::pin(start).await {
+        let start = Box::pin(start);
+        if let Some(run) = start.await {
             run.await;
         }
         drop(slot);

@@ -169,13 +169,13 @@ impl Session {
         if self.replays.is_empty() {
             return Ok(());
         }
-        Box::pin(async {
+        let advance = Box::pin(async {
             self.outbox.set_immediate(true);
             let advanced = self.advance_replay_inner().await;
             self.outbox.set_immediate(!self.replays.is_empty());
             advanced
-        })
-        .await
+        });
+        advance.await
     }
 
     async fn advance_replay_inner(&mut self) -> Result<(), HubClosed> {
