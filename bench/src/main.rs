@@ -57,6 +57,15 @@ struct Args {
     /// Measured seconds per run (after a 2 s warm-up).
     #[arg(long, default_value_t = 10)]
     secs: u64,
+    /// The embedded store in the ingest scenarios: `on` adds an empty
+    /// `[storage]` section (defaults; its directory is the run's own).
+    #[arg(long, value_enum, default_value = "off")]
+    store: Switch,
+    /// Ingest scenarios: every sample a whole host's (all families, 66
+    /// numeric values, as `store-engines` simulates them) instead of CPU,
+    /// memory, load and top processes (21 values).
+    #[arg(long)]
+    whole_host: bool,
     /// Aggregator binary (default: the release build next to this one).
     #[arg(long)]
     aggregator: Option<PathBuf>,
@@ -80,7 +89,7 @@ struct Args {
     #[command(flatten)]
     fleet: fleet::FleetArgs,
     #[command(flatten)]
-    store: store::StoreArgs,
+    store_args: store::StoreArgs,
     /// Internal: run as the fleet scenarios' observer process (gRPC ingest
     /// address, HTTP address).
     #[arg(long, hide = true, num_args = 2, value_names = ["INGEST", "HTTP"])]
@@ -91,6 +100,13 @@ struct Args {
     /// Internal: each observed host's samples per second.
     #[arg(long, hide = true, default_value_t = 1)]
     observe_hz: u32,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    Off,
+    On,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -261,7 +277,7 @@ fn main() -> anyhow::Result<()> {
             args.scenarios.len() == 1,
             "store-engines runs on its own (no aggregator process)"
         );
-        return store::run(&args.store, args.runs);
+        return store::run(&args.store_args, args.runs);
     }
     let binary = match &args.aggregator {
         Some(p) => p.clone(),
@@ -332,6 +348,8 @@ fn main() -> anyhow::Result<()> {
                         core: server_core,
                         client,
                         fleet: &args.fleet,
+                        store: args.store == Switch::On,
+                        whole_host: args.whole_host,
                     };
                     // Interrupted: the run is dropped, which stops every
                     // process it started, before this one exits.
@@ -416,6 +434,10 @@ struct RunArgs<'a> {
     /// The subscribers' client.
     client: ClientKind,
     fleet: &'a fleet::FleetArgs,
+    /// With the embedded store (ingest scenarios).
+    store: bool,
+    /// Whole hosts' samples (ingest scenarios).
+    whole_host: bool,
 }
 
 async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
@@ -426,6 +448,8 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
         core,
         client,
         fleet: fleet_args,
+        store,
+        whole_host,
     } = run;
     if let Kind::Cluster {
         agents,
@@ -441,7 +465,11 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
     let server = if naive {
         Server::start_naive(core)?
     } else {
-        Server::start(binary, "", core)?
+        let storage = match kind {
+            Kind::Ingest { .. } | Kind::IngestMax { .. } if store => "[storage]\n",
+            _ => "",
+        };
+        Server::start(binary, storage, core)?
     };
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Received::default());
@@ -504,6 +532,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     rate: per_agent,
                     per_batch,
                     full: false,
+                    whole_host: false,
                 },
                 published.clone(),
                 stop.clone(),
@@ -569,6 +598,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     rate,
                     per_batch: 1,
                     full: true,
+                    whole_host,
                 },
                 published.clone(),
                 stop.clone(),
@@ -607,6 +637,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     rate: 0.0,
                     per_batch: 100,
                     full: true,
+                    whole_host,
                 },
                 published.clone(),
                 stop.clone(),

@@ -168,16 +168,26 @@ pub fn decode_block(bytes: &[u8]) -> Result<Rows, CodecError> {
 
 /// Encodes rows as an open chunk.
 pub fn encode_chunk(rows: &Rows) -> Vec<u8> {
-    let ncols = rows.cols.len();
-    let mut out = Vec::with_capacity(1 + rows.len() * 8 * (1 + ncols));
-    out.push(ncols as u8);
+    let mut out = Vec::with_capacity(chunk_len(rows));
+    append_chunk(rows, &mut out);
+    out
+}
+
+/// Bytes of `rows` as an open chunk.
+pub fn chunk_len(rows: &Rows) -> usize {
+    1 + rows.len() * 8 * (1 + rows.cols.len())
+}
+
+/// Appends `rows` as an open chunk to `out`.
+pub fn append_chunk(rows: &Rows, out: &mut Vec<u8>) {
+    out.reserve(chunk_len(rows));
+    out.push(rows.cols.len() as u8);
     for i in 0..rows.len() {
         out.extend_from_slice(&rows.ts[i].to_le_bytes());
         for col in &rows.cols {
             out.extend_from_slice(&col[i].to_le_bytes());
         }
     }
-    out
 }
 
 /// Decodes an open chunk, appending its rows to `into` (same columns).

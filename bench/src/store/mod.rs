@@ -12,7 +12,7 @@
 //! 1 min, 30 d at 1 h.
 
 mod fjall_engine;
-mod sim;
+pub(crate) mod sim;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,6 +49,9 @@ pub(crate) struct StoreArgs {
     /// store-engines: hours of per-second samples per host.
     #[arg(long, default_value_t = 6)]
     pub(crate) store_hours: i64,
+    /// store-engines: the engines to run.
+    #[arg(long, value_delimiter = ',', default_value = "redb,fjall")]
+    pub(crate) store_engine: Vec<String>,
 }
 
 /// 2026-10-01T00:00:00Z.
@@ -83,7 +86,10 @@ fn feed(
             next_flush = t + flush_ms;
         }
     }
-    values + writer.flush().expect("flush")
+    let values = values + writer.flush().expect("flush");
+    // As a clean close does: nothing left in the log.
+    writer.checkpoint().expect("checkpoint");
+    values
 }
 
 /// Median time of `f` over 15 calls, in ms; also returns the points.
@@ -189,6 +195,7 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     let (q1h, n1) = time_query(|| {
         query::series(
             engine.as_ref(),
+            None,
             &last_host,
             "cpu.total_pct",
             end - 3_600_000,
@@ -212,6 +219,7 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     let (q24h, n24) = time_query(|| {
         query::series(
             engine.as_ref(),
+            None,
             "host-0000",
             "memory.used_bytes",
             end - 86_400_000,
@@ -225,6 +233,7 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     let (q30d, n30) = time_query(|| {
         query::series(
             engine.as_ref(),
+            None,
             "host-0000",
             "cpu.total_pct",
             end - 30 * 86_400_000,
@@ -257,7 +266,12 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
 /// Runs the scenario `runs` times per engine, printing each run and medians.
 pub(crate) fn run(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
     let root = std::env::temp_dir().join(format!("hostpulse-store-bench-{}", std::process::id()));
-    for engine in ["redb", "fjall"] {
+    for engine in &args.store_engine {
+        anyhow::ensure!(
+            engine == "redb" || engine == "fjall",
+            "--store-engine: redb or fjall, not {engine}"
+        );
+        let engine = engine.as_str();
         let mut all = Vec::new();
         for run in 1..=runs {
             let _ = std::fs::remove_dir_all(&root);
