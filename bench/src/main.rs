@@ -612,6 +612,9 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
             let cpu = server.cpu_since(cpu0)?;
             received.measuring.store(false, Ordering::Relaxed);
             let rss = server.rss_kib()?;
+            // What the store took and dropped (0 without a store).
+            let stored = server.metric("hostpulse_store_values_written")?;
+            let dropped = server.metric("hostpulse_store_dropped_samples")?;
             wind_down(&stop, publisher, tasks).await;
             let h = received.latency.lock().expect("lock");
             Ok(vec![
@@ -624,6 +627,8 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                 ("p99_ms", h.value_at_quantile(0.99) as f64 / 1000.0),
                 ("aggregator_cpu_pct", cpu),
                 ("aggregator_rss_mib", rss as f64 / 1024.0),
+                ("store_values_written", stored),
+                ("store_dropped_samples", dropped),
             ])
         }
         Kind::Cluster { .. } | Kind::Fleet { .. } => unreachable!("handled above"),

@@ -467,29 +467,7 @@ impl Writer {
         }
         let mut ops = Vec::with_capacity(self.checkpoint.len() * 2);
         let mut before = Vec::with_capacity(self.checkpoint.len());
-        let built = (|| {
-            let recent = self.recent.all();
-            for id in &self.checkpoint {
-                let Some(Some(state)) = self.series.get_mut(*id as usize) else {
-                    continue;
-                };
-                let Some(Some(rows)) = recent.get(*id as usize) else {
-                    continue;
-                };
-                before.push((*id, state.disk_window));
-                for tier in Tier::ALL {
-                    let rows = &rows[tier as usize];
-                    if !rows.is_empty() {
-                        let disk = &mut state.disk_window[tier as usize];
-                        write_rows(self.engine.as_ref(), *id, tier, rows, disk, &mut ops)?;
-                    }
-                }
-            }
-            for seq in self.log_first..self.log_next {
-                ops.push(Op::Delete(Table::Log, log_key(seq).to_vec()));
-            }
-            self.engine.apply(&ops)
-        })();
+        let built = self.write_checkpoint(&mut ops, &mut before);
         if let Err(e) = built {
             for (id, disk) in before {
                 if let Some(Some(state)) = self.series.get_mut(id as usize) {
@@ -506,6 +484,36 @@ impl Writer {
         }
         self.log_first = self.log_next;
         Ok(())
+    }
+
+    /// Builds and applies the checkpoint's transaction; `before` gets each
+    /// series' disk windows as they were, to restore if it fails.
+    fn write_checkpoint(
+        &mut self,
+        ops: &mut Vec<Op>,
+        before: &mut Vec<(u32, [Option<i64>; 3])>,
+    ) -> Result<(), StoreError> {
+        let recent = self.recent.all();
+        for id in &self.checkpoint {
+            let Some(Some(state)) = self.series.get_mut(*id as usize) else {
+                continue;
+            };
+            let Some(Some(rows)) = recent.get(*id as usize) else {
+                continue;
+            };
+            before.push((*id, state.disk_window));
+            for tier in Tier::ALL {
+                let rows = &rows[tier as usize];
+                if !rows.is_empty() {
+                    let disk = &mut state.disk_window[tier as usize];
+                    write_rows(self.engine.as_ref(), *id, tier, rows, disk, ops)?;
+                }
+            }
+        }
+        for seq in self.log_first..self.log_next {
+            ops.push(Op::Delete(Table::Log, log_key(seq).to_vec()));
+        }
+        self.engine.apply(ops)
     }
 
     /// Seals the open windows of series in memory that ended before
