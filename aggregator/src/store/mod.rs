@@ -339,10 +339,29 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Nice steps the store's thread runs below the main thread: under CPU
+/// contention the live path (and clients' reads, [`crate::CLIENT_NICE`])
+/// go first, and what the store cannot take in time is dropped and counted
+/// at its queue, as whenever the queue is full. Without contention it
+/// changes nothing.
+pub const STORE_NICE: i32 = 10;
+
+/// Sets the calling thread's priority [`STORE_NICE`] below the main
+/// thread's. Best effort: on failure the thread keeps its priority.
+fn lower_priority() {
+    // The main thread's id is the process id.
+    let main = Some(rustix::process::getpid());
+    if let Ok(base) = rustix::process::getpriority_process(main) {
+        let tid = Some(rustix::thread::gettid());
+        let _ = rustix::process::setpriority_process(tid, (base + STORE_NICE).min(19));
+    }
+}
+
 /// The writer thread: takes samples until every sender is gone, flushing
 /// every interval and maintaining between flushes; flushes once more at
 /// the end.
 fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, stats: &StoreStats) {
+    lower_priority();
     let flush_every = Duration::from_millis(config.flush_interval_ms);
     let maintain_every = Duration::from_millis(config.maintenance_interval_ms);
     let mut next_flush = Instant::now() + flush_every;
