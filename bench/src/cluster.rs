@@ -86,6 +86,7 @@ pub(crate) async fn run_once(
                 rate: 1.0,
                 per_batch: 1,
                 full: true,
+                whole_host: false,
             },
             published.clone(),
             stop.clone(),

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::{ClientKind, Conn};
+use crate::store::sim::SimHost;
 
 /// Unix time in milliseconds.
 pub(crate) fn now_ms() -> i64 {
@@ -83,6 +84,9 @@ pub(crate) struct Pace {
     pub(crate) per_batch: usize,
     /// Full samples (CPU, memory, load, top processes) or CPU only.
     pub(crate) full: bool,
+    /// Whole hosts' samples instead: every family, 66 numeric values, as
+    /// `store-engines` simulates them ([`SimHost`]).
+    pub(crate) whole_host: bool,
 }
 
 /// Runs `streams` simulated agents over `connections` HTTP/2 connections, each
@@ -130,11 +134,13 @@ async fn agent(
         rate,
         per_batch,
         full,
+        whole_host,
     }: Pace,
     stats: Arc<PublishStats>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let mut client = IngestClient::new(channel);
+    let mut host = whole_host.then(|| SimHost::new(i as u64 + 1));
     let (tx, rx) = mpsc::channel(16);
     tx.send(AgentMessage {
         kind: Some(agent_message::Kind::Hello(Hello {
@@ -187,7 +193,13 @@ async fn agent(
         let samples: Vec<Sample> = (0..per_batch)
             .map(|_| {
                 seq += 1;
-                sample(seq, full)
+                match &mut host {
+                    Some(host) => Sample {
+                        seq,
+                        ..host.sample(now_ms())
+                    },
+                    None => sample(seq, full),
+                }
             })
             .collect();
         batch_seq += 1;

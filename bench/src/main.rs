@@ -61,6 +61,15 @@ struct Args {
     /// Measured seconds per run (after a 2 s warm-up).
     #[arg(long, default_value_t = 10)]
     secs: u64,
+    /// The embedded store in the ingest scenarios: `on` adds an empty
+    /// `[storage]` section (defaults; its directory is the run's own).
+    #[arg(long, value_enum, default_value = "off")]
+    store: Switch,
+    /// Ingest scenarios: every sample a whole host's (all families, 66
+    /// numeric values, as `store-engines` simulates them) instead of CPU,
+    /// memory, load and top processes (21 values).
+    #[arg(long)]
+    whole_host: bool,
     /// Aggregator binary (default: the release build next to this one).
     #[arg(long)]
     aggregator: Option<PathBuf>,
@@ -91,7 +100,7 @@ struct Args {
     #[command(flatten)]
     fleet: fleet::FleetArgs,
     #[command(flatten)]
-    store: store::StoreArgs,
+    store_args: store::StoreArgs,
     /// Internal: run as the fleet scenarios' observer process (gRPC ingest
     /// address, HTTP address).
     #[arg(long, hide = true, num_args = 2, value_names = ["INGEST", "HTTP"])]
@@ -102,6 +111,13 @@ struct Args {
     /// Internal: each observed host's samples per second.
     #[arg(long, hide = true, default_value_t = 1)]
     observe_hz: u32,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    Off,
+    On,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -298,7 +314,7 @@ fn main() -> anyhow::Result<()> {
                 args.scenarios.len() == 1,
                 "{name} runs on its own (no aggregator process)"
             );
-            return run(&args.store, args.runs);
+            return run(&args.store_args, args.runs);
         }
     }
     let binary = match &args.aggregator {
@@ -378,6 +394,8 @@ fn main() -> anyhow::Result<()> {
                         core: server_core,
                         client,
                         fleet: &args.fleet,
+                        store: args.store == Switch::On,
+                        whole_host: args.whole_host,
                     };
                     // Interrupted: the run is dropped, which stops every
                     // process it started, before this one exits.
@@ -473,6 +491,10 @@ struct RunArgs<'a> {
     /// The subscribers' client.
     client: ClientKind,
     fleet: &'a fleet::FleetArgs,
+    /// With the embedded store (ingest scenarios).
+    store: bool,
+    /// Whole hosts' samples (ingest scenarios).
+    whole_host: bool,
 }
 
 async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
@@ -483,6 +505,8 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
         core,
         client,
         fleet: fleet_args,
+        store,
+        whole_host,
     } = run;
     if let Kind::Cluster {
         agents,
@@ -496,7 +520,13 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
         return fleet::run_once(binary, agents, load, fleet_args, secs, core, client).await;
     }
     let server = match naive {
-        Against::Aggregator => Server::start(binary, "", core)?,
+        Against::Aggregator => {
+            let storage = match kind {
+                Kind::Ingest { .. } | Kind::IngestMax { .. } if store => "[storage]\n",
+                _ => "",
+            };
+            Server::start(binary, storage, core)?
+        }
         Against::Naive => Server::start_naive(core, false)?,
         Against::Reference => Server::start_naive(core, true)?,
     };
@@ -561,6 +591,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     rate: per_agent,
                     per_batch,
                     full: false,
+                    whole_host: false,
                 },
                 published.clone(),
                 stop.clone(),
@@ -626,6 +657,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     rate,
                     per_batch: 1,
                     full: true,
+                    whole_host,
                 },
                 published.clone(),
                 stop.clone(),
@@ -639,6 +671,9 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
             let cpu = server.cpu_since(cpu0)?;
             received.measuring.store(false, Ordering::Relaxed);
             let rss = server.rss_kib()?;
+            // What the store took and dropped (0 without a store).
+            let stored = server.metric("hostpulse_store_values_written")?;
+            let dropped = server.metric("hostpulse_store_dropped_samples")?;
             wind_down(&stop, publisher, tasks).await;
             let h = received.latency.lock().expect("lock");
             Ok(vec![
@@ -651,6 +686,8 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                 ("p99_ms", h.value_at_quantile(0.99) as f64 / 1000.0),
                 ("aggregator_cpu_pct", cpu),
                 ("aggregator_rss_mib", rss as f64 / 1024.0),
+                ("store_values_written", stored),
+                ("store_dropped_samples", dropped),
             ])
         }
         Kind::Cluster { .. } | Kind::Fleet { .. } => unreachable!("handled above"),
@@ -664,6 +701,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     rate: 0.0,
                     per_batch: 100,
                     full: true,
+                    whole_host,
                 },
                 published.clone(),
                 stop.clone(),

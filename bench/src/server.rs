@@ -176,6 +176,30 @@ impl Server {
         Ok(serde_json::from_str(body)?)
     }
 
+    /// The value of metric `name` on the aggregator's `/metrics` (its first
+    /// series), 0 when it has none.
+    pub(crate) fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.http)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .find(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// Resident memory in KiB.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;

@@ -189,14 +189,22 @@ pub async fn series(
             suggest(from, to, max)
         ));
     }
-    let engine = store.engine.clone();
+    let (engine, recent) = (store.engine.clone(), store.recent.clone());
     let host2 = host.clone();
     let read = tokio::task::spawn_blocking(move || {
         names
             .into_iter()
             .map(|name| {
-                query::series(engine.as_ref(), &host2, &name, from, to, step)
-                    .map(|points| columns(name, points))
+                query::series(
+                    engine.as_ref(),
+                    Some(&recent),
+                    &host2,
+                    &name,
+                    from,
+                    to,
+                    step,
+                )
+                .map(|points| columns(name, points))
             })
             .collect::<Result<Vec<_>, _>>()
     })

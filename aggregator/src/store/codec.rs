@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Timestamps are delta-encoded (the first, then differences) and the
-//! deltas compressed with pco as integers: at a steady one-second pace they
+//! deltas compressed with pco as integers (as they are, without pco's search
+//! for a further delta encoding): at a steady one-second pace they
 //! take almost nothing. A value column whose values are all whole numbers
 //! (bytes, counts, counters) is compressed as 64-bit integers, any other as
 //! 64-bit floats; pco finds the precision a float column really has (an f32
@@ -20,8 +21,8 @@
 //! window closed: `u8 columns | rows × (i64 ts, f64 × columns)`, little
 //! endian. Chunks are merged into a block when the window is sealed.
 
-use pco::ChunkConfig;
 use pco::standalone::{simple_compress, simple_decompress};
+use pco::{ChunkConfig, DeltaSpec};
 
 use super::tier::Rows;
 
@@ -72,10 +73,13 @@ pub fn encode_block(rows: &Rows) -> Result<Vec<u8>, CodecError> {
         deltas.push(t.wrapping_sub(prev));
         prev = t;
     }
+    // Already deltas: no search for a delta encoding of them (which would
+    // cost as much as compressing the values), they compress as they are.
+    let ts_config = ChunkConfig::default().with_delta_spec(DeltaSpec::NoOp);
     put_column(
         &mut out,
         KIND_I64,
-        &simple_compress(&deltas, &config).map_err(pco_err)?,
+        &simple_compress(&deltas, &ts_config).map_err(pco_err)?,
     );
     for col in &rows.cols {
         if integral(col) {
@@ -168,16 +172,26 @@ pub fn decode_block(bytes: &[u8]) -> Result<Rows, CodecError> {
 
 /// Encodes rows as an open chunk.
 pub fn encode_chunk(rows: &Rows) -> Vec<u8> {
-    let ncols = rows.cols.len();
-    let mut out = Vec::with_capacity(1 + rows.len() * 8 * (1 + ncols));
-    out.push(ncols as u8);
+    let mut out = Vec::with_capacity(chunk_len(rows));
+    append_chunk(rows, &mut out);
+    out
+}
+
+/// Bytes of `rows` as an open chunk.
+pub fn chunk_len(rows: &Rows) -> usize {
+    1 + rows.len() * 8 * (1 + rows.cols.len())
+}
+
+/// Appends `rows` as an open chunk to `out`.
+pub fn append_chunk(rows: &Rows, out: &mut Vec<u8>) {
+    out.reserve(chunk_len(rows));
+    out.push(rows.cols.len() as u8);
     for i in 0..rows.len() {
         out.extend_from_slice(&rows.ts[i].to_le_bytes());
         for col in &rows.cols {
             out.extend_from_slice(&col[i].to_le_bytes());
         }
     }
-    out
 }
 
 /// Decodes an open chunk, appending its rows to `into` (same columns).

@@ -6,7 +6,10 @@
 //! Tables (all keys big endian, so byte order is time order):
 //! - `series`: `host \0 field` → series id (u32); `\xff next` → next id.
 //! - `blocks`: series (u32) · tier (u8) · window start (i64) → sealed block.
-//! - `open`: series · tier · first row's time → open chunk (one flush).
+//! - `open`: series · tier · first row's time → open chunk (the rows of one
+//!   checkpoint, [`super::recent`]).
+//! - `log`: flush number (u64) → the rows of every series that flush took,
+//!   until the next checkpoint ([`super::recent`]).
 //! - `by_time`: tier · window start · series → block bytes (u32): retention
 //!   and eviction walk the oldest windows without touching the blocks.
 //! - `history`: topic → the hub's history of it at the last clean shutdown
@@ -33,6 +36,8 @@ pub enum Table {
     Blocks,
     /// Open chunks.
     Open,
+    /// Each flush's rows until the next checkpoint.
+    Log,
     /// Sealed blocks by tier and time.
     ByTime,
     /// The hub's history, per topic, from the last clean shutdown.
@@ -45,10 +50,11 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Series,
         Table::Blocks,
         Table::Open,
+        Table::Log,
         Table::ByTime,
         Table::History,
         Table::Procs,
@@ -61,6 +67,7 @@ impl Table {
             Table::Series => "series",
             Table::Blocks => "blocks",
             Table::Open => "open",
+            Table::Log => "log",
             Table::ByTime => "by_time",
             Table::History => "history",
             Table::Procs => "procs",

@@ -111,6 +111,9 @@ pub fn run(
     stats: &StoreStats,
     now: i64,
 ) -> Result<(), StoreError> {
+    // Retention and the disk bound act on the tables: the rows since the
+    // last checkpoint go there first.
+    writer.checkpoint()?;
     // Windows of quiet series close once they end (with a minute of slack
     // for late samples); their in-memory state goes after a day of silence.
     writer.seal_idle(now - 60_000)?;

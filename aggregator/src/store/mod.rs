@@ -10,7 +10,10 @@
 //! fit is dropped and counted. That thread ([`writer`]) buffers rows in
 //! memory and writes them every `flush_interval_ms` in one transaction
 //! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
-//! interval and never leaves a half-written flush. A marker file says
+//! interval and never leaves a half-written flush. A flush is one record of
+//! a log; every `checkpoint_interval_ms` the rows move from the log into
+//! the per-series tables ([`recent`]), and a start after a crash replays
+//! the log left. A marker file says
 //! whether the last run shut down cleanly; an unclean start is logged, and
 //! windows it left open are sealed. Retention and `max_disk_bytes` are kept
 //! by [`maintain`].
@@ -25,7 +28,8 @@
 //! Files: [`config`] `[storage]`; [`tier`] the tiers and rows; [`series`]
 //! field names; [`codec`] block and chunk bytes; [`rollup`] min/max/sum/
 //! count/last; [`engine`] the key-value engine; [`read`] reading a series
-//! back; [`writer`] the write path; [`maintain`] retention and the disk
+//! back; [`writer`] the write path; [`recent`] the log and the rows since
+//! the last checkpoint; [`maintain`] retention and the disk
 //! bound; [`query`] range queries.
 
 pub mod codec;
@@ -36,6 +40,7 @@ pub mod maintain;
 pub mod processes;
 pub mod query;
 pub mod read;
+pub mod recent;
 pub mod rollup;
 pub mod series;
 pub mod tier;
@@ -202,6 +207,9 @@ fn sample_of(update: &Update) -> Option<(Arc<str>, Sample)> {
 pub struct StoreView {
     /// For queries (reads committed data only).
     pub engine: Arc<dyn Engine>,
+    /// Rows flushed since the writer's last checkpoint, which queries read
+    /// beside the engine's tables.
+    pub recent: Arc<recent::Recent>,
     /// Counters.
     pub stats: Arc<StoreStats>,
     /// `[storage]`.
@@ -231,9 +239,10 @@ impl Store {
         let clean = marker.exists();
         let opened = Instant::now();
         let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open(dir)?);
+        let replayed = recent::replay(engine.as_ref())?;
         let sealed = maintain::seal_leftovers(engine.as_ref(), now_ms())?;
         if existed && !clean {
-            tracing::warn!(dir = %dir.display(), sealed_windows = sealed, recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
+            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, sealed_windows = sealed, recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
         } else {
             tracing::info!(dir = %dir.display(), new = !existed, sealed_windows = sealed, "store opened");
         }
@@ -248,7 +257,12 @@ impl Store {
     pub fn start(engine: Arc<dyn Engine>, config: StorageConfig) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
         stats.measure(engine.as_ref())?;
-        let writer = Writer::new(engine.clone(), stats.clone())?;
+        let mut writer = Writer::new(engine.clone(), stats.clone())?;
+        writer.set_checkpoint_every(
+            (config.checkpoint_interval_ms / config.flush_interval_ms.max(1))
+                .clamp(1, u32::MAX as u64) as u32,
+        );
+        let recent = writer.recent().clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
         let thread = {
             let (stats, config) = (stats.clone(), config.clone());
@@ -263,6 +277,7 @@ impl Store {
             },
             view: StoreView {
                 engine,
+                recent,
                 stats,
                 config: Arc::new(config),
             },
@@ -324,10 +339,29 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Nice steps the store's thread runs below the main thread: under CPU
+/// contention the live path (and clients' reads, [`crate::CLIENT_NICE`])
+/// go first, and what the store cannot take in time is dropped and counted
+/// at its queue, as whenever the queue is full. Without contention it
+/// changes nothing.
+pub const STORE_NICE: i32 = 10;
+
+/// Sets the calling thread's priority [`STORE_NICE`] below the main
+/// thread's. Best effort: on failure the thread keeps its priority.
+fn lower_priority() {
+    // The main thread's id is the process id.
+    let main = Some(rustix::process::getpid());
+    if let Ok(base) = rustix::process::getpriority_process(main) {
+        let tid = Some(rustix::thread::gettid());
+        let _ = rustix::process::setpriority_process(tid, (base + STORE_NICE).min(19));
+    }
+}
+
 /// The writer thread: takes samples until every sender is gone, flushing
 /// every interval and maintaining between flushes; flushes once more at
 /// the end.
 fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, stats: &StoreStats) {
+    lower_priority();
     let flush_every = Duration::from_millis(config.flush_interval_ms);
     let maintain_every = Duration::from_millis(config.maintenance_interval_ms);
     let mut next_flush = Instant::now() + flush_every;
@@ -384,6 +418,10 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
         tracing::error!(cause = %e, "store: open minutes of process tables not written");
     }
     flush(&mut writer);
+    // A clean close leaves no log to replay.
+    if let Err(e) = writer.checkpoint() {
+        tracing::error!(cause = %e, "store: last checkpoint failed; the log is replayed at the next start");
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use super::StoreError;
 use super::engine::Engine;
 use super::read::{read_rows, series_id, series_name};
+use super::recent::Recent;
 use super::rollup::Agg;
 use super::tier::Tier;
 
@@ -56,13 +57,14 @@ pub fn points_for(from: i64, to: i64, step_ms: i64) -> u64 {
 /// the tier's own rows, then the finer tiers' rows after its newest.
 fn gather(
     engine: &dyn Engine,
+    recent: Option<&Recent>,
     id: u32,
     tier: Tier,
     from: i64,
     to: i64,
     out: &mut Vec<(i64, Agg)>,
 ) -> Result<(), StoreError> {
-    let rows = read_rows(engine, id, tier, from, to)?;
+    let rows = read_rows(engine, recent, id, tier, from, to)?;
     let covered = match rows.ts.last() {
         Some(t) => t + tier.bucket_ms().max(1),
         None => from,
@@ -73,15 +75,18 @@ fn gather(
     if covered < to
         && let Some(finer) = tier.finer()
     {
-        gather(engine, id, finer, covered, to, out)?;
+        gather(engine, recent, id, finer, covered, to, out)?;
     }
     Ok(())
 }
 
 /// The points of `field` of `host` in `[from, to)` at `step_ms`; empty when
-/// the series was never written.
+/// the series was never written. `recent`: the writer's rows since its last
+/// checkpoint ([`super::StoreView::recent`]); without it, what is in the
+/// tables only.
 pub fn series(
     engine: &dyn Engine,
+    recent: Option<&Recent>,
     host: &str,
     field: &str,
     from: i64,
@@ -94,7 +99,7 @@ pub fn series(
     // Whole buckets: a `from` inside a minute still gets that minute's row.
     let from = from.div_euclid(step_ms) * step_ms;
     let mut rows = Vec::new();
-    gather(engine, id, tier_for(step_ms), from, to, &mut rows)?;
+    gather(engine, recent, id, tier_for(step_ms), from, to, &mut rows)?;
     let mut points: Vec<(i64, Agg)> = Vec::new();
     for (ts, agg) in rows {
         let bucket = ts.div_euclid(step_ms) * step_ms;

@@ -1,11 +1,12 @@
 //! Reading one series back: its id, its rows of one tier in a time range
-//! (sealed blocks and open chunks merged), and its latest row. Used by
-//! queries, and by the writer when it resumes a series after a restart or
-//! seals a window.
+//! (sealed blocks, open chunks and the rows since the last checkpoint
+//! merged), and its latest row. Used by queries, and by the writer when it
+//! resumes a series after a restart or seals a window.
 
 use super::StoreError;
 use super::codec::{decode_block, decode_chunk};
 use super::engine::{Engine, Table, block_key, parse_block_key};
+use super::recent::Recent;
 use super::tier::{Rows, Tier};
 
 /// Key of a series in the `series` table: `host \0 field`.
@@ -31,9 +32,12 @@ pub fn series_id(engine: &dyn Engine, name: &str) -> Result<Option<u32>, StoreEr
     Ok(id)
 }
 
-/// Rows of `series` in `tier` with `from <= ts < to`, in time order.
+/// Rows of `series` in `tier` with `from <= ts < to`, in time order: on
+/// disk, and in `recent` when given (the writer reads what is on disk only,
+/// after a checkpoint).
 pub fn read_rows(
     engine: &dyn Engine,
+    recent: Option<&Recent>,
     series: u32,
     tier: Tier,
     from: i64,
@@ -46,6 +50,12 @@ pub fn read_rows(
     let t = tier as u8;
     let start = block_key(series, t, tier.window_of(from));
     let end = block_key(series, t, to);
+    // Rows since the checkpoint first: one that lands on disk meanwhile is
+    // then read from disk as well (and deduplicated), never missed.
+    let mut newest = Rows::new(tier.cols());
+    if let Some(recent) = recent {
+        recent.read(series, tier, from, to, &mut newest);
+    }
     let mut failure = None;
     for table in [Table::Blocks, Table::Open] {
         engine.scan(table, &start, &end, &mut |_, v| {
@@ -63,6 +73,7 @@ pub fn read_rows(
             return Err(e.into());
         }
     }
+    rows.extend(&newest);
     rows.sort_dedup();
     let lo = rows.ts.partition_point(|t| *t < from);
     let hi = rows.ts.partition_point(|t| *t < to);

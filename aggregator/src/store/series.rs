@@ -145,6 +145,20 @@ pub fn for_each_value(sample: &Sample, mut out: impl FnMut(&str, f64)) {
     });
 }
 
+/// `i` in decimal, written into `buf` (a core's label without allocating).
+fn decimal(i: usize, buf: &mut [u8; 20]) -> &str {
+    let (mut n, mut at) = (i, buf.len());
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+}
+
 /// Calls `out(field name, label, value)` for every numeric field of
 /// `sample`: the label (key, entry) of a list entry's field kept apart, not
 /// formatted into the series name (alert rules select entries by it).
@@ -155,9 +169,10 @@ pub fn for_each_field(
     if let Some(c) = &sample.cpu {
         out("cpu.total_pct", None, f64::from(c.total_pct));
         for (i, v) in c.per_core_pct.iter().enumerate() {
+            let mut buf = [0u8; 20];
             out(
                 "cpu.per_core_pct",
-                Some(("core", &i.to_string())),
+                Some(("core", decimal(i, &mut buf))),
                 f64::from(*v),
             );
         }
@@ -242,9 +257,10 @@ pub fn for_each_field(
         }
         out("system.cpu_frequency_mhz", None, s.cpu_frequency_mhz as f64);
         for (i, v) in s.per_core_frequency_mhz.iter().enumerate() {
+            let mut buf = [0u8; 20];
             out(
                 "system.per_core_frequency_mhz",
-                Some(("core", &i.to_string())),
+                Some(("core", decimal(i, &mut buf))),
                 *v as f64,
             );
         }

@@ -108,21 +108,48 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
     let (engine, mut w) = open(&dir);
     let e = engine.as_ref();
     // Raw: exact.
-    let raw = series(e, "web-01", "cpu.total_pct", T0, T0 + n * 1000, 1000).unwrap();
+    let raw = series(
+        e,
+        Some(w.recent()),
+        "web-01",
+        "cpu.total_pct",
+        T0,
+        T0 + n * 1000,
+        1000,
+    )
+    .unwrap();
     assert_eq!(raw.len(), n as usize);
     for (i, p) in raw.iter().enumerate() {
         assert_eq!(p.ts, T0 + i as i64 * 1000);
         assert_eq!(p.last, f64::from(cpu_at(i as i64)));
     }
     // Minutes: from the minute tier (and raw for the open minute).
-    let minutes = series(e, "web-01", "cpu.total_pct", T0, T0 + n * 1000, 60_000).unwrap();
+    let minutes = series(
+        e,
+        Some(w.recent()),
+        "web-01",
+        "cpu.total_pct",
+        T0,
+        T0 + n * 1000,
+        60_000,
+    )
+    .unwrap();
     assert_eq!(minutes.len(), (n / 60) as usize);
     for (m, p) in minutes.iter().enumerate() {
         let a = agg_of((m as i64 * 60..(m as i64 + 1) * 60).map(|i| f64::from(cpu_at(i))));
         assert_point(p, &a);
     }
     // Hours: two closed hours, the third filled in from minutes and raw.
-    let hours = series(e, "web-01", "cpu.total_pct", T0, T0 + n * 1000, 3_600_000).unwrap();
+    let hours = series(
+        e,
+        Some(w.recent()),
+        "web-01",
+        "cpu.total_pct",
+        T0,
+        T0 + n * 1000,
+        3_600_000,
+    )
+    .unwrap();
     assert_eq!(hours.len(), 3);
     for (h, p) in hours.iter().enumerate() {
         let end = ((h as i64 + 1) * 3600).min(n);
@@ -134,6 +161,7 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
     // A `from` inside a bucket gets the whole bucket.
     let inside = series(
         e,
+        Some(w.recent()),
         "web-01",
         "cpu.total_pct",
         T0 + 90_000,
@@ -147,6 +175,7 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
     // On-the-fly rollup of raw at 10 s.
     let tens = series(
         e,
+        Some(w.recent()),
         "web-01",
         "cpu.per_core_pct{core=\"1\"}",
         T0,
@@ -170,6 +199,7 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
     w.flush().unwrap();
     let hours = series(
         e,
+        Some(w.recent()),
         "web-01",
         "cpu.total_pct",
         T0,
@@ -183,6 +213,7 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
     );
     let minutes = series(
         e,
+        Some(w.recent()),
         "web-01",
         "load.one",
         T0 + 7_200_000,
@@ -195,12 +226,29 @@ fn raw_values_and_rollups_read_back_across_windows_and_a_reopen() {
     // Late values are dropped; unknown series are empty.
     w.ingest("web-01", &sample(1, T0, 99.0, 9.0)).unwrap();
     w.flush().unwrap();
-    let first = series(e, "web-01", "cpu.total_pct", T0, T0 + 1000, 1000).unwrap();
+    let first = series(
+        e,
+        Some(w.recent()),
+        "web-01",
+        "cpu.total_pct",
+        T0,
+        T0 + 1000,
+        1000,
+    )
+    .unwrap();
     assert_eq!(first[0].last, f64::from(cpu_at(0)));
     assert!(
-        series(e, "nope", "cpu.total_pct", T0, T0 + 1000, 1000)
-            .unwrap()
-            .is_empty()
+        series(
+            e,
+            Some(w.recent()),
+            "nope",
+            "cpu.total_pct",
+            T0,
+            T0 + 1000,
+            1000
+        )
+        .unwrap()
+        .is_empty()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -229,7 +277,7 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
     };
     maintain::run(&mut w, &config, &stats, now).unwrap();
     let e = engine.as_ref();
-    let raw = series(e, "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
+    let raw = series(e, Some(w.recent()), "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
     // Windows ending more than 3 h before `now` are gone, later ones stay.
     assert!(
         raw.first().unwrap().ts >= now - 4 * 3_600_000,
@@ -244,7 +292,16 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
             > 0
     );
     // The minute tier keeps the whole three hours.
-    let minutes = series(e, "db-01", "cpu.total_pct", T0, now, 60_000).unwrap();
+    let minutes = series(
+        e,
+        Some(w.recent()),
+        "db-01",
+        "cpu.total_pct",
+        T0,
+        now,
+        60_000,
+    )
+    .unwrap();
     assert_eq!(minutes.first().unwrap().ts, T0);
     // A disk bound below what is held evicts raw windows, oldest first.
     let used = engine.used_bytes().unwrap();
@@ -261,7 +318,7 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
             > 0
     );
     assert!(engine.used_bytes().unwrap() < used);
-    let after = series(e, "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
+    let after = series(e, Some(w.recent()), "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
     assert!(after.first().is_none_or(|p| p.ts > raw.first().unwrap().ts));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -307,4 +364,71 @@ fn process_tables_are_read_per_host_and_deleted_past_retention() {
     assert_eq!(names("a"), ["a3", "a4"]);
     assert_eq!(names("b"), ["b3", "b4"]);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn entries(engine: &dyn Engine, table: Table) -> usize {
+    let mut n = 0;
+    engine
+        .scan(table, &[], &[0xff; 14], &mut |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    n
+}
+
+#[test]
+fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_crash() {
+    let dir = temp_dir("log");
+    let n = 100;
+    {
+        let (engine, mut w) = open(&dir);
+        w.set_checkpoint_every(1_000);
+        for i in 0..n {
+            w.ingest("h", &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 1.0))
+                .unwrap();
+            if i % 2 == 1 {
+                w.flush().unwrap();
+            }
+        }
+        // One log record per flush, nothing in the per-series tables yet.
+        assert_eq!(entries(engine.as_ref(), Table::Log), (n / 2) as usize);
+        assert_eq!(entries(engine.as_ref(), Table::Open), 0);
+        let raw = series(
+            engine.as_ref(),
+            Some(w.recent()),
+            "h",
+            "cpu.total_pct",
+            T0,
+            T0 + n * 1000,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(raw.len(), n as usize);
+        // Dropped without a checkpoint, as by a SIGKILL.
+    }
+    let (engine, w) = open(&dir);
+    let e = engine.as_ref();
+    assert_eq!(entries(e, Table::Log), 0, "the log was replayed");
+    assert!(entries(e, Table::Open) > 0);
+    let raw = series(e, None, "h", "cpu.total_pct", T0, T0 + n * 1000, 1000).unwrap();
+    assert_eq!(raw.len(), n as usize);
+    for (i, p) in raw.iter().enumerate() {
+        assert_eq!(p.last, f64::from(cpu_at(i as i64)));
+    }
+    let minutes = series(
+        e,
+        Some(w.recent()),
+        "h",
+        "load.one",
+        T0,
+        T0 + n * 1000,
+        60_000,
+    )
+    .unwrap();
+    assert_eq!(
+        minutes.iter().map(|p| p.count).collect::<Vec<_>>(),
+        [60, 40]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

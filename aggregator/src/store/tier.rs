@@ -125,6 +125,12 @@ impl Rows {
         }
     }
 
+    /// Removes every row, keeping the capacity.
+    pub fn clear(&mut self) {
+        self.ts.clear();
+        self.cols.iter_mut().for_each(Vec::clear);
+    }
+
     /// Appends every row of `other` (same columns).
     pub fn extend(&mut self, other: &Rows) {
         self.ts.extend_from_slice(&other.ts);

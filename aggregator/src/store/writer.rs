@@ -3,17 +3,22 @@
 //!
 //! Per series it holds the rows not yet flushed (per tier), the open minute
 //! and hour being rolled up, and the window its open chunks on disk belong
-//! to. A flush writes each series' new rows as one open chunk per tier; when
-//! a tier's rows move into a new window, the old window's chunks are merged
-//! and compressed into one sealed block in that same transaction. A minute
-//! row is written when the first value of the next minute arrives (likewise
-//! hours), flushed with that value, so what is on disk is always consistent:
-//! after a crash, the open minute and hour are rebuilt from the raw rows and
-//! minute rows on disk ([`Writer::resume`]).
+//! to. A flush writes the new rows of every series as one log record
+//! ([`super::recent`]). A checkpoint writes each series' rows since the
+//! last one as one open chunk per tier; when a tier's rows move into a new
+//! window, the old window's chunks are merged and compressed into one
+//! sealed block in that same transaction. A minute row is written when the
+//! first value of the next minute arrives (likewise hours), flushed with
+//! that value, so what is on disk is always consistent: after a crash the
+//! log is replayed, and the open minute and hour are rebuilt from the raw
+//! rows and minute rows on disk ([`Writer::resume`]).
+//!
+//! A sample finds its series through its host's last sample: the same
+//! fields in the same order (the usual case) reuse their series ids
+//! without building a name.
 //!
 //! Runs on the store's own thread (see `mod.rs`); nothing here is async.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,13 +30,17 @@ use super::codec::{decode_block, decode_chunk, encode_block, encode_chunk};
 use super::engine::{Engine, Op, Table, block_key, time_key};
 use super::processes::{self, OpenMinute};
 use super::read::{last_ts, open_window, read_rows, series_id, series_name};
+use super::recent::{Recent, append_entry, log_key, replay};
 use super::rollup::{Agg, Open, fold, fold_agg};
-use super::series::for_each_value;
+use super::series::{for_each_field, labelled};
 use super::tier::{Rows, Tier};
 use super::{StoreError, StoreStats};
 
 /// Key in `series` holding the next id to hand out.
 pub const NEXT_ID_KEY: &[u8] = b"\xffnext";
+
+/// Flushes between checkpoints unless set ([`Writer::set_checkpoint_every`]).
+pub const DEFAULT_CHECKPOINT_EVERY: u32 = 30;
 
 /// One series' state in the writer.
 #[derive(Debug)]
@@ -44,19 +53,89 @@ struct SeriesState {
     pending: [Rows; 3],
     /// Window of the open chunks on disk, per tier.
     disk_window: [Option<i64>; 3],
+    /// Whether it has rows since the last checkpoint (in `recent`).
+    logged: bool,
+}
+
+/// Series names and ids: those known, and those created since the last
+/// flush (written with it).
+struct Names {
+    ids: HashMap<String, u32>,
+    next_id: u32,
+    /// Series names created since the last flush.
+    new_names: Vec<(String, u32)>,
+}
+
+impl Names {
+    /// The id of series `name`: known, on disk, or new.
+    fn id_of(&mut self, engine: &dyn Engine, name: String) -> Result<u32, StoreError> {
+        if let Some(id) = self.ids.get(&name) {
+            return Ok(*id);
+        }
+        let id = match series_id(engine, &name)? {
+            Some(id) => id,
+            None => {
+                let id = self.next_id;
+                self.next_id = self
+                    .next_id
+                    .checked_add(1)
+                    .ok_or(StoreError::Engine("series ids exhausted".into()))?;
+                self.new_names.push((name.clone(), id));
+                id
+            }
+        };
+        self.ids.insert(name, id);
+        Ok(id)
+    }
+}
+
+/// One value's field as the last sample of a host had it: its name, its
+/// label (key, entry) and its series id.
+struct Slot {
+    field: &'static str,
+    label: Option<(&'static str, Box<str>)>,
+    id: u32,
+}
+
+impl Slot {
+    fn matches(&self, field: &'static str, label: Option<(&'static str, &str)>) -> bool {
+        self.field == field
+            && match (&self.label, label) {
+                (None, None) => true,
+                (Some((k, v)), Some((key, value))) => *k == key && **v == *value,
+                _ => false,
+            }
+    }
 }
 
 /// The writer's state.
 pub struct Writer {
     engine: Arc<dyn Engine>,
     stats: Arc<StoreStats>,
-    ids: HashMap<String, u32>,
-    next_id: u32,
-    /// Series names created since the last flush.
-    new_names: Vec<(String, u32)>,
-    series: HashMap<u32, SeriesState>,
+    names: Names,
+    /// Per host, the fields of its last sample in order with their series
+    /// ids: a sample of the same shape (the usual case) finds its series
+    /// without building a name.
+    shapes: HashMap<String, Vec<Slot>>,
+    /// Series ids and values of the sample being taken (reused).
+    scratch: Vec<(u32, f64)>,
+    /// Each series' state, by id (`None`: not resumed, or forgotten).
+    series: Vec<Option<SeriesState>>,
     /// Series with rows pending.
     dirty: Vec<u32>,
+    /// Rows flushed since the last checkpoint (shared with readers).
+    recent: Arc<Recent>,
+    /// Series with rows in `recent`.
+    checkpoint: Vec<u32>,
+    /// Number of the next flush's log record, and of the first one since
+    /// the last checkpoint.
+    log_next: u64,
+    log_first: u64,
+    /// Flushes between checkpoints, and since the last one.
+    checkpoint_every: u32,
+    flushes_since_checkpoint: u32,
+    /// Largest log record so far (the next one's starting capacity).
+    record_len: usize,
     /// Each host's open minute of process tables.
     procs: HashMap<String, OpenMinute>,
     /// Hosts whose process tables were written since start (a first write
@@ -67,8 +146,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer over `engine`.
+    /// A writer over `engine`; log records a crash left are replayed first
+    /// ([`super::recent::replay`]).
     pub fn new(engine: Arc<dyn Engine>, stats: Arc<StoreStats>) -> Result<Self, StoreError> {
+        let replayed = replay(engine.as_ref())?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "store: replayed the log of the last run"
+            );
+        }
         let mut next_id = 0u32;
         engine.scan(Table::Series, NEXT_ID_KEY, b"\xff\xff", &mut |k, v| {
             if k == NEXT_ID_KEY && v.len() == 4 {
@@ -79,11 +166,22 @@ impl Writer {
         Ok(Self {
             engine,
             stats,
-            ids: HashMap::new(),
-            next_id,
-            new_names: Vec::new(),
-            series: HashMap::new(),
+            names: Names {
+                ids: HashMap::new(),
+                next_id,
+                new_names: Vec::new(),
+            },
+            shapes: HashMap::new(),
+            scratch: Vec::with_capacity(128),
+            series: Vec::new(),
             dirty: Vec::new(),
+            recent: Arc::default(),
+            checkpoint: Vec::new(),
+            log_next: 0,
+            log_first: 0,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            flushes_since_checkpoint: 0,
+            record_len: 0,
             procs: HashMap::new(),
             procs_written: HashSet::new(),
             proc_ops: Vec::new(),
@@ -98,14 +196,53 @@ impl Writer {
     /// Takes one sample of `host`.
     pub fn ingest(&mut self, host: &str, sample: &Sample) -> Result<(), StoreError> {
         let ts = sample.timestamp_ms;
-        let mut values: Vec<(String, f64)> = Vec::with_capacity(64);
-        for_each_value(sample, |field, v| {
-            values.push((series_name(host, field), v))
-        });
-        for (name, v) in values {
-            let id = self.id_of(name)?;
-            self.add(id, ts, v)?;
+        if !self.shapes.contains_key(host) {
+            self.shapes.insert(host.to_string(), Vec::new());
         }
+        let shape = self.shapes.get_mut(host).expect("inserted");
+        let (names, engine) = (&mut self.names, self.engine.as_ref());
+        let mut values = std::mem::take(&mut self.scratch);
+        values.clear();
+        let mut failure = None;
+        let mut n = 0;
+        for_each_field(sample, |field, label, v| {
+            let i = n;
+            n += 1;
+            if let Some(slot) = shape.get(i)
+                && slot.matches(field, label)
+            {
+                values.push((slot.id, v));
+                return;
+            }
+            let name = match label {
+                Some((key, value)) => series_name(host, &labelled(field, key, value)),
+                None => series_name(host, field),
+            };
+            match names.id_of(engine, name) {
+                Ok(id) => {
+                    let slot = Slot {
+                        field,
+                        label: label.map(|(k, v)| (k, v.into())),
+                        id,
+                    };
+                    match shape.get_mut(i) {
+                        Some(s) => *s = slot,
+                        None => shape.push(slot),
+                    }
+                    values.push((id, v));
+                }
+                Err(e) => failure = Some(e),
+            }
+        });
+        shape.truncate(n);
+        let mut result = failure.map_or(Ok(()), Err);
+        for &(id, v) in &values {
+            if let Err(e) = self.add(id, ts, v) {
+                result = Err(e);
+            }
+        }
+        self.scratch = values;
+        result?;
         if let Some(p) = &sample.processes
             && !(p.top_cpu.is_empty() && p.top_memory.is_empty())
         {
@@ -154,31 +291,15 @@ impl Writer {
         Ok(())
     }
 
-    fn id_of(&mut self, name: String) -> Result<u32, StoreError> {
-        if let Some(id) = self.ids.get(&name) {
-            return Ok(*id);
-        }
-        let id = match series_id(self.engine.as_ref(), &name)? {
-            Some(id) => id,
-            None => {
-                let id = self.next_id;
-                self.next_id = self
-                    .next_id
-                    .checked_add(1)
-                    .ok_or(StoreError::Engine("series ids exhausted".into()))?;
-                self.new_names.push((name.clone(), id));
-                id
-            }
-        };
-        self.ids.insert(name, id);
-        Ok(id)
-    }
-
     fn add(&mut self, id: u32, ts: i64, v: f64) -> Result<(), StoreError> {
-        let state = match self.series.entry(id) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(e) => e.insert(Self::resume(self.engine.as_ref(), id)?),
-        };
+        let i = id as usize;
+        if self.series.len() <= i {
+            self.series.resize_with(i + 1, || None);
+        }
+        if self.series[i].is_none() {
+            self.series[i] = Some(Self::resume(self.engine.as_ref(), id)?);
+        }
+        let state = self.series[i].as_mut().expect("resumed");
         if ts <= state.last_ts {
             self.stats.late.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -207,6 +328,7 @@ impl Writer {
             hour: None,
             pending: [Rows::new(1), Rows::new(5), Rows::new(5)],
             disk_window: [None; 3],
+            logged: false,
         };
         for tier in Tier::ALL {
             state.disk_window[tier as usize] = open_window(engine, id, tier)?;
@@ -220,11 +342,11 @@ impl Writer {
             let done = last_ts(engine, id, tier)?.map_or(i64::MIN, |t| t + tier.bucket_ms());
             Ok(open_bucket.max(done))
         };
-        let raw = read_rows(engine, id, Tier::Raw, after(Tier::Minute)?, i64::MAX)?;
+        let raw = read_rows(engine, None, id, Tier::Raw, after(Tier::Minute)?, i64::MAX)?;
         for (i, ts) in raw.ts.iter().enumerate() {
             fold(&mut state.minute, Tier::Minute, *ts, raw.cols[0][i]);
         }
-        let minutes = read_rows(engine, id, Tier::Minute, after(Tier::Hour)?, i64::MAX)?;
+        let minutes = read_rows(engine, None, id, Tier::Minute, after(Tier::Hour)?, i64::MAX)?;
         for (i, ts) in minutes.ts.iter().enumerate() {
             fold_agg(
                 &mut state.hour,
@@ -236,16 +358,18 @@ impl Writer {
         Ok(state)
     }
 
-    /// Writes everything pending in one transaction; returns the raw values
-    /// written.
+    /// Writes everything pending in one transaction, the rows of every
+    /// series as one log record ([`super::recent`]); checkpoints every
+    /// [`checkpoint_every`](Self::set_checkpoint_every) flushes. Returns the
+    /// raw values written.
     pub fn flush(&mut self) -> Result<u64, StoreError> {
-        if self.dirty.is_empty() && self.new_names.is_empty() && self.proc_ops.is_empty() {
+        if self.dirty.is_empty() && self.names.new_names.is_empty() && self.proc_ops.is_empty() {
             return Ok(0);
         }
         let started = Instant::now();
-        let mut ops = Vec::with_capacity(self.dirty.len() * 2 + self.new_names.len() + 1);
+        let mut ops = Vec::with_capacity(self.names.new_names.len() + 2);
         ops.append(&mut self.proc_ops);
-        for (name, id) in self.new_names.drain(..) {
+        for (name, id) in self.names.new_names.drain(..) {
             ops.push(Op::Put(
                 Table::Series,
                 name.into_bytes(),
@@ -256,44 +380,155 @@ impl Writer {
             ops.push(Op::Put(
                 Table::Series,
                 NEXT_ID_KEY.to_vec(),
-                self.next_id.to_be_bytes().to_vec(),
+                self.names.next_id.to_be_bytes().to_vec(),
             ));
         }
         let mut values = 0u64;
-        let dirty = std::mem::take(&mut self.dirty);
-        for id in &dirty {
-            let Some(state) = self.series.get_mut(id) else {
+        let mut record = Vec::with_capacity(self.record_len);
+        for id in &self.dirty {
+            let Some(Some(state)) = self.series.get(*id as usize) else {
                 continue;
             };
             values += state.pending[Tier::Raw as usize].len() as u64;
             for tier in Tier::ALL {
-                let rows =
-                    std::mem::replace(&mut state.pending[tier as usize], Rows::new(tier.cols()));
-                if rows.is_empty() {
-                    continue;
+                let rows = &state.pending[tier as usize];
+                if !rows.is_empty() {
+                    append_entry(&mut record, *id, tier, rows);
                 }
-                let disk = &mut state.disk_window[tier as usize];
-                write_rows(self.engine.as_ref(), *id, tier, rows, disk, &mut ops)?;
             }
         }
+        self.record_len = self.record_len.max(record.len());
+        let logged = !record.is_empty();
+        if logged {
+            ops.push(Op::Put(Table::Log, log_key(self.log_next).to_vec(), record));
+        }
         let result = self.engine.apply(&ops);
+        drop(ops);
+        {
+            let mut recent = result.is_ok().then(|| self.recent.writer());
+            for id in &self.dirty {
+                let Some(Some(state)) = self.series.get_mut(*id as usize) else {
+                    continue;
+                };
+                match &mut recent {
+                    Some(recent) => {
+                        recent.add(*id, &mut state.pending);
+                        if !state.logged {
+                            state.logged = true;
+                            self.checkpoint.push(*id);
+                        }
+                    }
+                    // Lost, as the flush failed: nothing on disk has them.
+                    None => state.pending.iter_mut().for_each(Rows::clear),
+                }
+            }
+        }
+        self.dirty.clear();
         self.stats
             .flush_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         result?;
+        if logged {
+            self.log_next += 1;
+        }
         self.stats
             .values_written
             .fetch_add(values, Ordering::Relaxed);
+        self.flushes_since_checkpoint += 1;
+        if self.flushes_since_checkpoint >= self.checkpoint_every
+            && let Err(e) = self.checkpoint()
+        {
+            // The rows stay in the log and in memory; the next checkpoint
+            // tries again.
+            tracing::error!(cause = %e, "store: checkpoint failed");
+        }
         Ok(values)
     }
 
+    /// Checkpoints every `flushes` flushes (at least 1).
+    pub fn set_checkpoint_every(&mut self, flushes: u32) {
+        self.checkpoint_every = flushes.max(1);
+    }
+
+    /// The rows flushed since the last checkpoint, for readers.
+    pub fn recent(&self) -> &Arc<Recent> {
+        &self.recent
+    }
+
+    /// Moves the rows flushed since the last checkpoint from the log into
+    /// the per-series tables (an open chunk per series and tier; windows
+    /// that ended are sealed), deleting the log records, in one
+    /// transaction.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.flushes_since_checkpoint = 0;
+        if self.checkpoint.is_empty() && self.log_first == self.log_next {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(self.checkpoint.len() * 2);
+        let mut before = Vec::with_capacity(self.checkpoint.len());
+        let built = self.write_checkpoint(&mut ops, &mut before);
+        if let Err(e) = built {
+            for (id, disk) in before {
+                if let Some(Some(state)) = self.series.get_mut(id as usize) {
+                    state.disk_window = disk;
+                }
+            }
+            return Err(e);
+        }
+        self.recent.clear(&self.checkpoint);
+        for id in self.checkpoint.drain(..) {
+            if let Some(Some(state)) = self.series.get_mut(id as usize) {
+                state.logged = false;
+            }
+        }
+        self.log_first = self.log_next;
+        Ok(())
+    }
+
+    /// Builds and applies the checkpoint's transaction; `before` gets each
+    /// series' disk windows as they were, to restore if it fails.
+    fn write_checkpoint(
+        &mut self,
+        ops: &mut Vec<Op>,
+        before: &mut Vec<(u32, [Option<i64>; 3])>,
+    ) -> Result<(), StoreError> {
+        let recent = self.recent.all();
+        for id in &self.checkpoint {
+            let Some(Some(state)) = self.series.get_mut(*id as usize) else {
+                continue;
+            };
+            let Some(Some(rows)) = recent.get(*id as usize) else {
+                continue;
+            };
+            before.push((*id, state.disk_window));
+            for tier in Tier::ALL {
+                let rows = &rows[tier as usize];
+                if !rows.is_empty() {
+                    let disk = &mut state.disk_window[tier as usize];
+                    write_rows(self.engine.as_ref(), *id, tier, rows, disk, ops)?;
+                }
+            }
+        }
+        for seq in self.log_first..self.log_next {
+            ops.push(Op::Delete(Table::Log, log_key(seq).to_vec()));
+        }
+        self.engine.apply(ops)
+    }
+
     /// Seals the open windows of series in memory that ended before
-    /// `before` (hosts gone quiet); returns how many were sealed.
+    /// `before` (hosts gone quiet); returns how many were sealed. Series
+    /// with rows since the last checkpoint wait for it.
     pub fn seal_idle(&mut self, before: i64) -> Result<usize, StoreError> {
         let mut ops = Vec::new();
         let mut sealed = 0;
-        for (id, state) in &mut self.series {
+        for (id, state) in self.series.iter_mut().enumerate() {
+            let (id, Some(state)) = (id as u32, state) else {
+                continue;
+            };
+            if state.logged {
+                continue;
+            }
             for tier in Tier::ALL {
                 let disk = &mut state.disk_window[tier as usize];
                 if let Some(w) = *disk
@@ -302,7 +537,7 @@ impl Writer {
                 {
                     seal(
                         self.engine.as_ref(),
-                        *id,
+                        id,
                         tier,
                         w,
                         Rows::new(tier.cols()),
@@ -323,22 +558,27 @@ impl Writer {
     /// newest value is older than `before` (they are resumed from disk if
     /// they come back).
     pub fn forget_idle(&mut self, before: i64) {
-        self.series.retain(|_, s| {
-            s.last_ts >= before
-                || s.pending.iter().any(|r| !r.is_empty())
-                || s.disk_window.iter().any(Option::is_some)
-        });
+        for slot in &mut self.series {
+            if slot.as_ref().is_some_and(|s| {
+                s.last_ts < before
+                    && !s.logged
+                    && s.pending.iter().all(Rows::is_empty)
+                    && s.disk_window.iter().all(Option::is_none)
+            }) {
+                *slot = None;
+            }
+        }
     }
 }
 
-/// Adds to `ops` the writing of `rows` (one tier of one series): windows
-/// before the newest are sealed (with what is on disk for them), the newest
-/// is appended as an open chunk.
-fn write_rows(
+/// Adds to `ops` the writing of `rows` (one tier of one series, in time
+/// order): windows before the newest are sealed (with what is on disk for
+/// them), the newest is appended as an open chunk.
+pub(crate) fn write_rows(
     engine: &dyn Engine,
     id: u32,
     tier: Tier,
-    rows: Rows,
+    rows: &Rows,
     disk: &mut Option<i64>,
     ops: &mut Vec<Op>,
 ) -> Result<(), StoreError> {

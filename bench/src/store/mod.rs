@@ -16,7 +16,7 @@
 //! hosts.
 
 mod fjall_engine;
-mod sim;
+pub(crate) mod sim;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +99,10 @@ fn feed(
             next_flush = t + flush_ms;
         }
     }
-    values + writer.flush().expect("flush")
+    let values = values + writer.flush().expect("flush");
+    // As a clean close does: nothing left in the log.
+    writer.checkpoint().expect("checkpoint");
+    values
 }
 
 /// Median time of `f` over 15 calls, in ms; also returns the points.
@@ -205,6 +208,7 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     let (q1h, n1) = time_query(|| {
         query::series(
             engine.as_ref(),
+            None,
             &last_host,
             "cpu.total_pct",
             end - 3_600_000,
@@ -228,6 +232,7 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     let (q24h, n24) = time_query(|| {
         query::series(
             engine.as_ref(),
+            None,
             "host-0000",
             "memory.used_bytes",
             end - 86_400_000,
@@ -241,6 +246,7 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     let (q30d, n30) = time_query(|| {
         query::series(
             engine.as_ref(),
+            None,
             "host-0000",
             "cpu.total_pct",
             end - 30 * 86_400_000,

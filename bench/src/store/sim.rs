@@ -1,5 +1,6 @@
-//! Simulated hosts for `store-engines`: the values a real agent sends, as
-//! random walks at their real precision.
+//! Simulated hosts for `store-engines` (and the ingest scenarios'
+//! `--whole-host` samples): the values a real agent sends, as random walks
+//! at their real precision.
 
 use hostpulse_proto::{
     Cpu, Disk, DiskDevice, Filesystem, Filesystems, Interface, Load, Memory, Network,
@@ -28,7 +29,7 @@ impl Walk {
 /// sends, at their real precision (f32 percentages, loads with two
 /// decimals, memory in pages, counters that grow, rates from counters
 /// rounded to whole units a second).
-pub(super) struct SimHost {
+pub(crate) struct SimHost {
     rng: fastrand::Rng,
     cpu: Vec<Walk>,
     used: Walk,
@@ -45,7 +46,7 @@ pub(super) struct SimHost {
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 impl SimHost {
-    pub(super) fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             rng: fastrand::Rng::with_seed(seed),
             cpu: (0..4).map(|_| Walk::new(20.0, 4.0, 0.0, 100.0)).collect(),
@@ -77,7 +78,7 @@ impl SimHost {
         }
     }
 
-    pub(super) fn sample(&mut self, ts: i64) -> Sample {
+    pub(crate) fn sample(&mut self, ts: i64) -> Sample {
         let r = &mut self.rng;
         self.seq += 1;
         let cores: Vec<f32> = self.cpu.iter_mut().map(|w| w.next(r) as f32).collect();

@@ -1,0 +1,220 @@
+//! Rows flushed since the last checkpoint: on disk as the `log` table, in
+//! memory as [`Recent`], where queries read them beside the tables.
+//!
+//! A flush writes the new rows of every series as one record of `log`, one
+//! insert whatever the number of series, and adds them to [`Recent`]. A
+//! checkpoint (every `checkpoint_interval_ms`, before maintenance and at a
+//! clean close; [`super::writer::Writer::checkpoint`]) moves them into the
+//! per-series tables (an open chunk per series and tier, or a sealed block
+//! when the window has ended) and deletes the records, in one transaction:
+//! the per-series inserts are paid once per checkpoint, not once per flush.
+//! After a crash, [`replay`] does the same from the records left, before
+//! the store is read or written.
+//!
+//! A record, keyed by the flush's number (u64 big endian, so the table is in
+//! flush order), is `u32 series | u8 tier | u32 length | chunk`, repeated;
+//! a chunk is [`codec::append_chunk`]'s (plain rows).
+
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::StoreError;
+use super::codec::{self, CodecError};
+use super::engine::{Engine, Op, Table};
+use super::read::open_window;
+use super::tier::{Rows, Tier};
+use super::writer::write_rows;
+
+/// One series' rows since the last checkpoint, per tier.
+pub type SeriesRows = [Rows; 3];
+
+fn empty() -> SeriesRows {
+    [
+        Rows::new(Tier::Raw.cols()),
+        Rows::new(Tier::Minute.cols()),
+        Rows::new(Tier::Hour.cols()),
+    ]
+}
+
+/// The rows flushed since the last checkpoint, by series id. Written only
+/// by the writer's thread; queries take the read lock for one series.
+#[derive(Debug, Default)]
+pub struct Recent {
+    rows: RwLock<Vec<Option<Box<SeriesRows>>>>,
+}
+
+impl Recent {
+    /// Appends the rows of `series` in `tier` with `from <= ts < to` to `into`.
+    pub fn read(&self, series: u32, tier: Tier, from: i64, to: i64, into: &mut Rows) {
+        let all = self.rows.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(Some(rows)) = all.get(series as usize) else {
+            return;
+        };
+        let rows = &rows[tier as usize];
+        let lo = rows.ts.partition_point(|t| *t < from);
+        let hi = rows.ts.partition_point(|t| *t < to);
+        into.ts.extend_from_slice(&rows.ts[lo..hi]);
+        for (col, c) in into.cols.iter_mut().zip(&rows.cols) {
+            col.extend_from_slice(&c[lo..hi]);
+        }
+    }
+
+    /// The write side, for the writer to move a flush's rows in once it
+    /// committed (readers wait meanwhile).
+    pub(crate) fn writer(&self) -> RecentWriter<'_> {
+        RecentWriter(self.rows.write().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Every series' rows, for the writer to checkpoint.
+    pub(crate) fn all(&self) -> RwLockReadGuard<'_, Vec<Option<Box<SeriesRows>>>> {
+        self.rows.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Empties the rows of `ids`, after the checkpoint that wrote them
+    /// committed.
+    pub(crate) fn clear(&self, ids: &[u32]) {
+        let mut all = self.rows.write().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if let Some(Some(rows)) = all.get_mut(*id as usize) {
+                rows.iter_mut().for_each(Rows::clear);
+            }
+        }
+    }
+}
+
+/// [`Recent`] locked for writing.
+pub(crate) struct RecentWriter<'a>(RwLockWriteGuard<'a, Vec<Option<Box<SeriesRows>>>>);
+
+impl RecentWriter<'_> {
+    /// Moves `rows` (one series' rows per tier) in, leaving them empty.
+    pub(crate) fn add(&mut self, id: u32, rows: &mut SeriesRows) {
+        let i = id as usize;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        let mine = self.0[i].get_or_insert_with(|| Box::new(empty()));
+        for (to, from) in mine.iter_mut().zip(rows.iter_mut()) {
+            to.extend(from);
+            from.clear();
+        }
+    }
+}
+
+/// Key of the log record of flush `seq`.
+pub fn log_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Appends the rows of `series` in `tier` to a log record.
+pub fn append_entry(record: &mut Vec<u8>, series: u32, tier: Tier, rows: &Rows) {
+    record.extend_from_slice(&series.to_be_bytes());
+    record.push(tier as u8);
+    record.extend_from_slice(&(codec::chunk_len(rows) as u32).to_be_bytes());
+    codec::append_chunk(rows, record);
+}
+
+/// Calls `visit(series, tier, rows)` for every entry of a log record.
+pub fn parse_record(
+    mut bytes: &[u8],
+    mut visit: impl FnMut(u32, Tier, Rows),
+) -> Result<(), CodecError> {
+    while !bytes.is_empty() {
+        if bytes.len() < 9 {
+            return Err(CodecError::Corrupt("log entry header"));
+        }
+        let series = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
+        let tier = Tier::from_u8(bytes[4]).ok_or(CodecError::Corrupt("log entry tier"))?;
+        let len = u32::from_be_bytes(bytes[5..9].try_into().expect("4 bytes")) as usize;
+        let chunk = bytes
+            .get(9..9 + len)
+            .ok_or(CodecError::Corrupt("log entry length"))?;
+        let mut rows = Rows::new(tier.cols());
+        codec::decode_chunk(chunk, &mut rows)?;
+        visit(series, tier, rows);
+        bytes = &bytes[9 + len..];
+    }
+    Ok(())
+}
+
+/// Moves the rows of the log records a crash left into the per-series
+/// tables and deletes the records, in one transaction; returns how many
+/// records there were (none after a clean close).
+pub fn replay(engine: &dyn Engine) -> Result<usize, StoreError> {
+    let mut keys = Vec::new();
+    let mut rows: BTreeMap<(u32, Tier), Rows> = BTreeMap::new();
+    let mut failure = None;
+    engine.scan(Table::Log, &[], &[0xff; 9], &mut |k, v| {
+        keys.push(k.to_vec());
+        let parsed = parse_record(v, |series, tier, r| {
+            rows.entry((series, tier))
+                .or_insert_with(|| Rows::new(tier.cols()))
+                .extend(&r);
+        });
+        if let Err(e) = parsed {
+            failure = Some(e);
+        }
+        true
+    })?;
+    if let Some(e) = failure {
+        // Only a record that redb committed is read back, so this is damage
+        // from outside; the entries before the damage are kept.
+        tracing::warn!(cause = %e, "store: a log record did not decode to its end");
+    }
+    let records = keys.len();
+    if records == 0 {
+        return Ok(0);
+    }
+    let mut ops = Vec::new();
+    for ((series, tier), mut r) in rows {
+        r.sort_dedup();
+        let mut disk = open_window(engine, series, tier)?;
+        write_rows(engine, series, tier, &r, &mut disk, &mut ops)?;
+    }
+    ops.extend(keys.into_iter().map(|k| Op::Delete(Table::Log, k)));
+    engine.apply(&ops)?;
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_record_reads_back_entry_by_entry() {
+        let mut raw = Rows::new(1);
+        raw.push(1_000, &[1.5]);
+        raw.push(2_000, &[2.5]);
+        let mut minute = Rows::new(5);
+        minute.push(0, &[1.0, 2.0, 3.0, 2.0, 2.0]);
+        let mut record = Vec::new();
+        append_entry(&mut record, 7, Tier::Raw, &raw);
+        append_entry(&mut record, 9, Tier::Minute, &minute);
+        let mut seen = Vec::new();
+        parse_record(&record, |s, t, r| seen.push((s, t, r))).unwrap();
+        assert_eq!(
+            seen,
+            [(7, Tier::Raw, raw), (9, Tier::Minute, minute.clone())]
+        );
+        assert!(parse_record(&record[..record.len() - 1], |_, _, _| {}).is_err());
+    }
+
+    #[test]
+    fn recent_rows_are_read_by_range() {
+        let recent = Recent::default();
+        let mut rows = empty();
+        for t in 0..10 {
+            rows[0].push(t * 1000, &[t as f64]);
+        }
+        recent.writer().add(3, &mut rows);
+        assert!(rows[0].is_empty());
+        let mut got = Rows::new(1);
+        recent.read(3, Tier::Raw, 2_000, 5_000, &mut got);
+        assert_eq!(got.ts, [2_000, 3_000, 4_000]);
+        recent.read(4, Tier::Raw, 0, 10_000, &mut got);
+        assert_eq!(got.len(), 3);
+        recent.clear(&[3]);
+        let mut none = Rows::new(1);
+        recent.read(3, Tier::Raw, 0, 10_000, &mut none);
+        assert!(none.is_empty());
+    }
+}
