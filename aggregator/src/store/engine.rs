@@ -165,6 +165,43 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Engine(e.into().to_string())
 }
 
+/// [`Engine::scan`] in a read transaction of a redb file (the store's, or
+/// one opened read-only to measure it).
+pub fn scan_in(
+    tx: &redb::ReadTransaction,
+    table: Table,
+    from: &[u8],
+    to: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let t = tx.open_table(def(table)).map_err(err)?;
+    for entry in t.range(from..to).map_err(err)? {
+        let (k, v) = entry.map_err(err)?;
+        if !visit(k.value(), v.value()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// [`Engine::last`] in a read transaction of a redb file.
+pub fn last_in(
+    tx: &redb::ReadTransaction,
+    table: Table,
+    from: &[u8],
+    to: &[u8],
+) -> Result<Option<Entry>, StoreError> {
+    let t = tx.open_table(def(table)).map_err(err)?;
+    let last = t.range(from..to).map_err(err)?.next_back();
+    match last {
+        Some(entry) => {
+            let (k, v) = entry.map_err(err)?;
+            Ok(Some((k.value().to_vec(), v.value().to_vec())))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The store on redb: one file, one writer, readers never blocked.
 pub struct Redb {
     db: Database,
@@ -222,28 +259,11 @@ impl Engine for Redb {
         to: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(def(table)).map_err(err)?;
-        for entry in t.range(from..to).map_err(err)? {
-            let (k, v) = entry.map_err(err)?;
-            if !visit(k.value(), v.value()) {
-                break;
-            }
-        }
-        Ok(())
+        scan_in(&self.db.begin_read().map_err(err)?, table, from, to, visit)
     }
 
     fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(def(table)).map_err(err)?;
-        let last = t.range(from..to).map_err(err)?.next_back();
-        match last {
-            Some(entry) => {
-                let (k, v) = entry.map_err(err)?;
-                Ok(Some((k.value().to_vec(), v.value().to_vec())))
-            }
-            None => Ok(None),
-        }
+        last_in(&self.db.begin_read().map_err(err)?, table, from, to)
     }
 
     fn used_bytes(&self) -> Result<u64, StoreError> {

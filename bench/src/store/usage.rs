@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use hostpulse_aggregator::store::codec::{decode_block, decode_chunk, encode_block};
 use hostpulse_aggregator::store::engine::{
-    Engine, Entry, Op, REDB_FILE, Redb, Table, parse_block_key,
+    Engine, Entry, Op, REDB_FILE, Redb, Table, last_in, parse_block_key, scan_in,
 };
 use hostpulse_aggregator::store::tier::{Rows, Tier};
 use hostpulse_aggregator::store::writer::Writer;
 use hostpulse_aggregator::store::{StoreError, StoreStats};
-use redb::{ReadOnlyDatabase, ReadableDatabase, TableDefinition};
+use redb::{ReadOnlyDatabase, ReadableDatabase};
 
 const DAY_MS: f64 = 86_400_000.0;
 
@@ -37,10 +37,6 @@ struct ReadOnly {
 
 fn err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Engine(e.into().to_string())
-}
-
-fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
-    TableDefinition::new(t.name())
 }
 
 impl ReadOnly {
@@ -65,27 +61,11 @@ impl Engine for ReadOnly {
         to: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(def(table)).map_err(err)?;
-        for entry in t.range(from..to).map_err(err)? {
-            let (k, v) = entry.map_err(err)?;
-            if !visit(k.value(), v.value()) {
-                break;
-            }
-        }
-        Ok(())
+        scan_in(&self.db.begin_read().map_err(err)?, table, from, to, visit)
     }
 
     fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(def(table)).map_err(err)?;
-        match t.range(from..to).map_err(err)?.next_back() {
-            Some(entry) => {
-                let (k, v) = entry.map_err(err)?;
-                Ok(Some((k.value().to_vec(), v.value().to_vec())))
-            }
-            None => Ok(None),
-        }
+        last_in(&self.db.begin_read().map_err(err)?, table, from, to)
     }
 
     fn used_bytes(&self) -> Result<u64, StoreError> {
