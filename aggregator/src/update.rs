@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ws::encoding::{Encoding, deflate};
+use crate::ws::frames::{BINARY, FRAME_ROOM, TEXT, frame_in_place};
 
 /// An event on the `hosts` topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,9 +128,21 @@ pub struct Update {
     /// (`None`: produced here, from this aggregator's own agents). Only
     /// updates produced here are published to the broker.
     pub origin: Option<Arc<str>>,
+    /// The JSON text frame, when the JSON form was framed in place as it
+    /// was encoded (updates built here): the same bytes.
+    json_frame: Option<Bytes>,
+    /// The binary forms and the frames not made at encoding, made on first
+    /// use (most updates never need them: kept out of line).
+    more: OnceLock<Box<Forms>>,
+}
+
+/// An update's forms made on first use.
+#[derive(Debug, Default)]
+struct Forms {
     msgpack: OnceLock<Bytes>,
     deflated: OnceLock<Bytes>,
-    /// Whole WebSocket frames (header and payload) per encoding, made once.
+    /// Whole frames per encoding: the MessagePack one framed in place as
+    /// its form is made; the others copies.
     framed: [OnceLock<Bytes>; 3],
 }
 
@@ -148,22 +161,29 @@ impl Update {
     ) -> Self {
         let timestamp = rfc3339(taken);
         let received = rfc3339(received);
-        let json = serde_json::to_string(&Envelope {
-            topic: &topic,
-            seq,
-            timestamp: &timestamp,
-            received: &received,
-            payload: &payload,
-        })
+        // Encoded after room for the frame header: the JSON text frame is
+        // the same bytes, framed in place.
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&[0; FRAME_ROOM]);
+        serde_json::to_writer(
+            &mut buf,
+            &Envelope {
+                topic: &topic,
+                seq,
+                timestamp: &timestamp,
+                received: &received,
+                payload: &payload,
+            },
+        )
         .expect("update payloads serialise");
+        let (json, framed) = frame_in_place(buf, TEXT);
         Self {
             topic,
             seq,
-            json: json.into(),
+            json: Utf8Bytes::try_from(json).expect("serde_json writes UTF-8"),
             origin: None,
-            msgpack: OnceLock::new(),
-            deflated: OnceLock::new(),
-            framed: Default::default(),
+            json_frame: Some(framed),
+            more: OnceLock::new(),
         }
     }
 
@@ -175,9 +195,8 @@ impl Update {
             seq,
             json,
             origin: Some(origin),
-            msgpack: OnceLock::new(),
-            deflated: OnceLock::new(),
-            framed: Default::default(),
+            json_frame: None,
+            more: OnceLock::new(),
         }
     }
 
@@ -188,46 +207,67 @@ impl Update {
             seq,
             json,
             origin: None,
-            msgpack: OnceLock::new(),
-            deflated: OnceLock::new(),
-            framed: Default::default(),
+            json_frame: None,
+            more: OnceLock::new(),
         }
+    }
+
+    fn forms(&self) -> &Forms {
+        self.more.get_or_init(Box::default)
     }
 
     /// The MessagePack form (a map with the JSON form's fields), encoded once.
     pub fn msgpack(&self) -> &Bytes {
-        self.msgpack.get_or_init(|| {
-            let mut out = Vec::with_capacity(self.json.len());
+        let forms = self.forms();
+        forms.msgpack.get_or_init(|| {
+            // Framed in place, as the JSON form is.
+            let mut out = Vec::with_capacity(self.json.len() + FRAME_ROOM);
+            out.extend_from_slice(&[0; FRAME_ROOM]);
             let mut from = serde_json::Deserializer::from_str(self.json.as_str());
             let mut to = rmp_serde::Serializer::new(&mut out).with_struct_map();
             serde_transcode::transcode(&mut from, &mut to).expect("our own JSON transcodes");
-            out.into()
+            let (payload, framed) = frame_in_place(out, BINARY);
+            let _ = forms.framed[Encoding::MsgPack as usize].set(framed);
+            payload
         })
     }
 
     /// The deflated MessagePack form, encoded once.
     pub fn deflated(&self) -> &Bytes {
-        self.deflated.get_or_init(|| deflate(self.msgpack()))
+        self.forms()
+            .deflated
+            .get_or_init(|| deflate(self.msgpack()))
     }
 
     /// The deflated MessagePack form if it was already made (so a caller on
     /// an async worker can tell whether asking for it would compress now).
     pub fn deflated_if_ready(&self) -> Option<&Bytes> {
-        self.deflated.get()
+        self.more.get()?.deflated.get()
     }
 
     /// The update as one whole WebSocket frame in `encoding`, header and
     /// payload, made once and written as it is to every subscriber.
     pub fn framed(&self, encoding: Encoding) -> &Bytes {
-        self.framed[encoding as usize].get_or_init(|| {
-            crate::ws::frames::frame(crate::ws::frames::opcode(encoding), self.bytes(encoding))
-        })
+        if encoding == Encoding::Json
+            && let Some(framed) = &self.json_frame
+        {
+            return framed;
+        }
+        // Making the MessagePack form frames it in place.
+        let payload = self.bytes(encoding);
+        self.forms().framed[encoding as usize]
+            .get_or_init(|| crate::ws::frames::frame(crate::ws::frames::opcode(encoding), payload))
     }
 
     /// The frame in `encoding` if it was already made (see
     /// [`Update::deflated_if_ready`]).
     pub fn framed_if_ready(&self, encoding: Encoding) -> Option<&Bytes> {
-        self.framed[encoding as usize].get()
+        if encoding == Encoding::Json
+            && let Some(framed) = &self.json_frame
+        {
+            return Some(framed);
+        }
+        self.more.get()?.framed[encoding as usize].get()
     }
 
     /// When the sample was taken (Unix ms), read back from the JSON form's
@@ -262,14 +302,23 @@ impl Update {
     /// Bytes this update holds now: [`Update::size`] plus whichever binary
     /// forms have been made of it (history counts what it really holds).
     pub fn held_bytes(&self) -> usize {
-        self.size()
+        self.size() + self.more.get().map_or(0, |f| f.held_bytes())
+    }
+}
+
+impl Forms {
+    /// Bytes held apart from the update: the box, the binary forms, and the
+    /// frames that are copies (the MessagePack frame shares its form).
+    fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
             + self.msgpack.get().map_or(0, |b| b.len())
             + self.deflated.get().map_or(0, |b| b.len())
-            + self
-                .framed
-                .iter()
-                .map(|f| f.get().map_or(0, |b| b.len()))
-                .sum::<usize>()
+            + self.framed[Encoding::Json as usize]
+                .get()
+                .map_or(0, |b| b.len())
+            + self.framed[Encoding::MsgPackDeflate as usize]
+                .get()
+                .map_or(0, |b| b.len())
     }
 }
 

@@ -69,6 +69,22 @@ pub fn put_header(out: &mut impl BufMut, opcode: u8, len: usize) {
     }
 }
 
+/// Room left before a payload for its frame header (the longest is 10).
+pub const FRAME_ROOM: usize = 10;
+
+/// A payload written after [`FRAME_ROOM`] bytes of room in `buf`, framed in
+/// place: (the payload, the whole frame), sharing one allocation, so an
+/// update's frame costs no copy and no second buffer.
+pub fn frame_in_place(mut buf: Vec<u8>, opcode: u8) -> (Bytes, Bytes) {
+    let len = buf.len() - FRAME_ROOM;
+    let mut header = Vec::with_capacity(FRAME_ROOM);
+    put_header(&mut header, opcode, len);
+    let start = FRAME_ROOM - header.len();
+    buf[start..FRAME_ROOM].copy_from_slice(&header);
+    let all = Bytes::from(buf);
+    (all.slice(FRAME_ROOM..), all.slice(start..))
+}
+
 /// `payload` as one whole frame.
 pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
@@ -424,6 +440,27 @@ mod tests {
 
     fn frame_len(w: &Wire) -> usize {
         w.payload.len()
+    }
+
+    #[test]
+    fn an_updates_frames_share_its_encoded_bytes() {
+        let Item::Update(u) = update(1, 300) else {
+            unreachable!()
+        };
+        let before = u.held_bytes();
+        let json = u.framed(Encoding::Json).clone();
+        assert_eq!(u.held_bytes(), before, "the JSON frame is the JSON form");
+        assert_eq!(wire(Frame::Ready(json)).payload, u.json.as_bytes());
+        let _ = u.msgpack();
+        let with_msgpack = u.held_bytes();
+        assert!(with_msgpack >= before + u.msgpack().len());
+        let packed = u.framed(Encoding::MsgPack).clone();
+        assert_eq!(
+            u.held_bytes(),
+            with_msgpack,
+            "the MessagePack frame is its form, framed in place"
+        );
+        assert_eq!(wire(Frame::Ready(packed)).payload, &u.msgpack()[..]);
     }
 
     #[test]
