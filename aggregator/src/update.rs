@@ -1,9 +1,10 @@
 //! Topic updates and `$sys` messages, and their wire forms.
 //!
 //! An [`Update`] is built once from a sample (or an event). Its JSON form is
-//! encoded at once (nearly every subscriber wants it) and is all it keeps; the
-//! MessagePack form is transcoded from it on first use, and the deflated form
-//! compressed from that. Every subscriber and the history hold the same
+//! encoded at once (nearly every subscriber wants it), after room for a
+//! WebSocket frame header, so its text frame is the same bytes; the
+//! MessagePack form is transcoded from it on first use (framed the same
+//! way), and the deflated form compressed from that. Every subscriber and the history hold the same
 //! `Arc<Update>`, so each form is encoded once however many clients receive
 //! it, and sending it is a reference-count bump.
 //!

@@ -407,7 +407,7 @@ impl Session {
         Ok(socket.write_frames(out).await?)
     }
 
-    /// How a failed write ends the session: logged (the session's span names
+    /// How a failed write ends the session: logged (the line names
     /// the connection and peer) and closed with 1011.
     fn write_failed(&self, e: WriteError) -> End {
         match e {
