@@ -75,6 +75,11 @@ for d in "$agent_deb" "$agg_deb"; do
 done
 
 # --- install -------------------------------------------------------------
+# A store left by an aggregator started by hand as root, before the package:
+# the package makes it the service user's.
+if [ ! -e /var/lib/hostpulse ]; then
+    mkdir -p /var/lib/hostpulse && touch /var/lib/hostpulse/store.redb
+fi
 check "dpkg -i installs both packages" dpkg -i "$agent_deb" "$agg_deb"
 status_of() { dpkg-query -W -f='${db:Status-Abbrev}${Version}' "$1" 2>/dev/null; }
 check "both are installed at ${version}-1" bash -c "[ \"\$(dpkg-query -W -f='\${db:Status-Abbrev}\${Version}' hostpulse-agent)\" = 'ii ${version}-1' ] && [ \"\$(dpkg-query -W -f='\${db:Status-Abbrev}\${Version}' hostpulse-aggregator)\" = 'ii ${version}-1' ]"
@@ -92,6 +97,7 @@ check "conffiles: /etc/hostpulse/aggregator.toml" bash -c "dpkg-query -W -f='\${
 check "the agent depends on libc (and libgcc, passwd) only" bash -c "deps=\$(dpkg-query -W -f='\${Depends}' hostpulse-agent); echo \"Depends: \$deps\"; ! tr ',' '\n' <<<\"\$deps\" | sed 's/^ *//; s/ .*//' | grep -vxE 'libc6|libgcc-s1|passwd'"
 check "user hostpulse: system uid, group hostpulse, no login" bash -c "IFS=: read -r _ _ uid gid _ home shell < <(getent passwd hostpulse) && [ \"\$uid\" -lt 1000 ] && [ \"\$(getent group hostpulse | cut -d: -f3)\" = \"\$gid\" ] && [ \"\$shell\" = /usr/sbin/nologin ] && [ \"\$home\" = /nonexistent ] && [ ! -e /nonexistent ]"
 check "state directory /var/lib/hostpulse, 750 hostpulse" bash -c "$(declare -f mode_owner); mode_owner /var/lib/hostpulse '750 hostpulse:hostpulse'"
+check "what was in the state directory is hostpulse's" bash -c "[ -z \"\$(find /var/lib/hostpulse ! -user hostpulse)\" ] || { find /var/lib/hostpulse ! -user hostpulse -printf '%p %u\\n'; exit 1; }"
 check "both units enabled (multi-user.target.wants links to the installed units)" bash -c "for u in hostpulse-agent hostpulse-aggregator; do [ \"\$(readlink -f /etc/systemd/system/multi-user.target.wants/\$u.service)\" = /usr/lib/systemd/system/\$u.service ] || { ls -l /etc/systemd/system/multi-user.target.wants/; exit 1; }; done"
 running_installed() { for e in /proc/[0-9]*/exe; do case "$(readlink "$e" 2>/dev/null)" in /usr/bin/hostpulse-agent | /usr/bin/hostpulse-aggregator) echo "running: $e"; return 0 ;; esac; done; return 1; }
 check "postinst started neither binary" bash -c "$(declare -f running_installed); ! running_installed"

@@ -216,7 +216,11 @@ impl Redb {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .map_err(err)?;
+            .map_err(|e| {
+                // Names the file: a store made by another user (root) is
+                // refused with a bare "Permission denied".
+                StoreError::Engine(format!("{}: {}", path.display(), redb::Error::from(e)))
+            })?;
         let tx = db.begin_write().map_err(err)?;
         for t in Table::ALL {
             tx.open_table(def(t)).map_err(err)?;

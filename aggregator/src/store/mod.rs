@@ -234,7 +234,9 @@ impl Store {
     pub fn open(config: &StorageConfig) -> Result<Store, StoreError> {
         let dir = config.dir.as_deref().expect("open only with a dir");
         std::fs::create_dir_all(dir)?;
-        let existed = dir.join(engine::REDB_FILE).exists();
+        // An empty file (touched, or made by a start that died at once)
+        // holds no store yet.
+        let existed = std::fs::metadata(dir.join(engine::REDB_FILE)).is_ok_and(|m| m.len() > 0);
         let marker = dir.join(CLEAN_MARKER);
         let clean = marker.exists();
         let opened = Instant::now();
