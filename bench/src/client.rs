@@ -19,7 +19,14 @@ pub(crate) enum ClientKind {
     Raw,
     /// tokio-tungstenite with its default settings.
     Tungstenite,
+    /// The raw reader, thinned for runs where the client must cost little:
+    /// each frame is counted as one update, and only one frame in
+    /// [`THIN_SAMPLE`] is read for its sample time (unbatched scenarios).
+    Thin,
 }
+
+/// One frame in this many is timed by a [`ClientKind::Thin`] subscriber.
+pub(crate) const THIN_SAMPLE: u64 = 64;
 
 impl ClientKind {
     /// Its name in labels and figures.
@@ -27,6 +34,7 @@ impl ClientKind {
         match self {
             ClientKind::Raw => "raw",
             ClientKind::Tungstenite => "tungstenite",
+            ClientKind::Thin => "thin",
         }
     }
 }
@@ -75,7 +83,7 @@ impl Conn {
     /// Connects to `url` (ws://host:port/path?query).
     pub(crate) async fn connect(url: &str, kind: ClientKind) -> anyhow::Result<Self> {
         let inner = match kind {
-            ClientKind::Raw => Inner::Raw {
+            ClientKind::Raw | ClientKind::Thin => Inner::Raw {
                 tcp: crate::rawws::connect(url).await?,
                 reader: crate::rawws::Reader::new(),
                 pongs: Vec::new(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::client::ClientKind;
 use crate::load::{self, PublishStats, Received};
-use crate::server::{Nats, Server};
+use crate::server::{Nats, Pin, Server};
 use crate::{Figures, wind_down};
 
 /// One run of `agents` simulated agents (one full sample per second each)
@@ -24,7 +24,7 @@ pub(crate) async fn run_once(
     clients: usize,
     nodes: usize,
     secs: u64,
-    core: Option<usize>,
+    core: Option<Pin>,
     client: ClientKind,
 ) -> anyhow::Result<Figures> {
     let nats = if nodes > 1 {

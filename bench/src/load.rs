@@ -12,7 +12,7 @@ use hostpulse_proto::{Cpu, Load, Memory, Process, ProcessRollup, Processes, Samp
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::{ClientKind, Conn};
+use crate::client::{ClientKind, Conn, THIN_SAMPLE};
 use crate::store::sim::SimHost;
 
 /// Unix time in milliseconds.
@@ -300,10 +300,29 @@ pub(crate) async fn subscribe(
             let mut local = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
             let mut cross = local.clone();
             let mut ready = Some(ready);
+            let mut frames = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(read) = tokio::time::timeout(
                     Duration::from_millis(200),
                     conn.read(|data| {
+                        frames += 1;
+                        if kind == ClientKind::Thin && ready.is_none() {
+                            // One update per frame; one frame in
+                            // THIN_SAMPLE is timed.
+                            received.updates.fetch_add(1, Ordering::Relaxed);
+                            received.frames.fetch_add(1, Ordering::Relaxed);
+                            if frames % THIN_SAMPLE != 0
+                                || !received.measuring.load(Ordering::Relaxed)
+                            {
+                                return;
+                            }
+                            let text = std::str::from_utf8(data).unwrap_or("");
+                            let now = now_ms();
+                            for ts in timestamps(text) {
+                                let _ = local.record(((now - ts).max(0) as u64) * 1000 + 1);
+                            }
+                            return;
+                        }
                         let text = std::str::from_utf8(data).unwrap_or("");
                         // The reply may come alone or inside a batch frame.
                         if ready.is_some() && text.contains("\"$sys.subscribed\"") {

@@ -12,7 +12,10 @@
 //! both also run `idle-10000`.
 //!
 //! `--client raw,tungstenite` runs each scenario with subscribers once per
-//! client kind: the lean raw reader and a standard client library.
+//! client kind: the lean raw reader and a standard client library; `thin`
+//! is the raw reader doing next to nothing per update, and with
+//! `--server-cores 2` (the server on cores 0 and 1) shows how the fan-out
+//! scales with the server's cores (`fanout-64x50000`, `fanout-128x50000`).
 //!
 //! The fleet scenarios (`fleet-5000`, `fleet-5000-heavy`; see [`fleet`]) take
 //! minutes and run only when named.
@@ -41,7 +44,7 @@ use clap::Parser;
 
 use crate::client::ClientKind;
 use crate::load::{PublishStats, Received};
-use crate::server::Server;
+use crate::server::{Pin, Server};
 
 /// When this process started (for progress notes).
 pub(crate) fn started() -> std::time::Instant {
@@ -76,6 +79,10 @@ struct Args {
     /// Do not pin the aggregator and the generator to separate cores.
     #[arg(long)]
     no_pin: bool,
+    /// Cores the server is pinned to (`0..N`); with 2 it shares core 1 with
+    /// the generator, so pair it with `--client thin`.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=64), usize::from))]
+    server_cores: usize,
     /// Also run unbatched fan-out and idle scenarios against the naive baseline.
     #[arg(long)]
     baseline: bool,
@@ -205,6 +212,25 @@ const SCENARIOS: &[(&str, Kind)] = &[
         Kind::Fanout {
             clients: 100,
             rate: 20_000.0,
+            batch_ms: 0,
+        },
+    ),
+    // Few connections, each taking many updates per read: with `--client
+    // thin` the generator needs little CPU, so `--server-cores 1` and `2`
+    // show how the fan-out scales with the server's cores.
+    (
+        "fanout-64x50000",
+        Kind::Fanout {
+            clients: 64,
+            rate: 50_000.0,
+            batch_ms: 0,
+        },
+    ),
+    (
+        "fanout-128x50000",
+        Kind::Fanout {
+            clients: 128,
+            rate: 50_000.0,
             batch_ms: 0,
         },
     ),
@@ -344,7 +370,9 @@ fn main() -> anyhow::Result<()> {
             ok,
             "taskset failed; run with --no-pin on a machine without it"
         );
-        Some(0)
+        Some(Pin {
+            cores: args.server_cores,
+        })
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -487,7 +515,7 @@ struct RunArgs<'a> {
     /// Measured seconds.
     secs: u64,
     /// The aggregator's core, when pinned.
-    core: Option<usize>,
+    core: Option<Pin>,
     /// The subscribers' client.
     client: ClientKind,
     fleet: &'a fleet::FleetArgs,

@@ -1,6 +1,7 @@
 //! The server under test: the real aggregator binary (or, for `--baseline`,
-//! the benchmark's own naive server, [`crate::naive`]), pinned to one core,
-//! with its CPU time and resident memory read from /proc.
+//! the benchmark's own naive server, [`crate::naive`]), pinned to its cores
+//! ([`Pin`]: core 0 by default), with its CPU time and resident memory read
+//! from /proc.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,6 +10,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// The cores a server is pinned to: `0..cores`, with one worker thread per
+/// core. The generator keeps core 1, so a two-core server shares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pin {
+    pub(crate) cores: usize,
+}
+
+impl Pin {
+    /// The cores as `taskset -c` takes them.
+    fn cpu_list(self) -> String {
+        let cores: Vec<String> = (0..self.cores.max(1)).map(|c| c.to_string()).collect();
+        cores.join(",")
+    }
+}
 
 /// A running aggregator.
 pub(crate) struct Server {
@@ -37,11 +53,7 @@ pub(crate) struct CpuMark {
 
 impl Server {
     /// Starts `binary` with `extra` config lines, pinned to `core` when given.
-    pub(crate) fn start(
-        binary: &PathBuf,
-        extra: &str,
-        core: Option<usize>,
-    ) -> anyhow::Result<Self> {
+    pub(crate) fn start(binary: &PathBuf, extra: &str, core: Option<Pin>) -> anyhow::Result<Self> {
         let config = format!(
             "[ingest]\nlisten = \"127.0.0.1:0\"\nmax_samples_per_batch = 10000\n\
              [http]\nlisten = \"127.0.0.1:0\"\n[hub]\nhistory_len = 16\nqueue = 16384\n{extra}"
@@ -55,7 +67,7 @@ impl Server {
         binary: &PathBuf,
         config: &str,
         args: &[&str],
-        core: Option<usize>,
+        core: Option<Pin>,
     ) -> anyhow::Result<Self> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -80,7 +92,7 @@ impl Server {
     /// Starts the naive baseline server (this binary, `--naive-server`), or
     /// with `tuned` the reference server (`--reference-server`), pinned to
     /// `core` when given.
-    pub(crate) fn start_naive(core: Option<usize>, tuned: bool) -> anyhow::Result<Self> {
+    pub(crate) fn start_naive(core: Option<Pin>, tuned: bool) -> anyhow::Result<Self> {
         let binary = std::env::current_exe()?;
         let flag = if tuned {
             "--reference-server"
@@ -94,15 +106,15 @@ impl Server {
     fn launch(
         binary: &PathBuf,
         args: &[&std::ffi::OsStr],
-        core: Option<usize>,
+        core: Option<Pin>,
         dir: Option<TempDir>,
     ) -> anyhow::Result<Self> {
         let mut command = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &core.to_string()]).arg(binary);
-                // One core: one worker thread.
-                c.env("TOKIO_WORKER_THREADS", "1");
+                c.args(["-c", &core.cpu_list()]).arg(binary);
+                // One worker thread per core.
+                c.env("TOKIO_WORKER_THREADS", core.cores.to_string());
                 c
             }
             None => Command::new(binary),
@@ -249,7 +261,7 @@ pub(crate) struct Nats {
 
 impl Nats {
     /// Starts `nats-server` on a free loopback port, pinned to `core` when given.
-    pub(crate) fn start(core: Option<usize>) -> anyhow::Result<Self> {
+    pub(crate) fn start(core: Option<Pin>) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -260,7 +272,7 @@ impl Nats {
         let mut command = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &core.to_string()]).arg(binary);
+                c.args(["-c", &core.cpu_list()]).arg(binary);
                 c
             }
             None => Command::new(binary),

@@ -37,7 +37,7 @@ use self::observer::{Latency, Observer, unix_us};
 use self::storm::{Group, Plan, Round};
 use crate::Figures;
 use crate::client::ClientKind;
-use crate::server::{self, Server};
+use crate::server::{self, Pin, Server};
 
 /// The aggregator's configuration as shipped, used unless
 /// `--aggregator-config` names another.
@@ -149,7 +149,7 @@ pub(crate) async fn run_once(
     load: Load,
     args: &FleetArgs,
     secs: u64,
-    core: Option<usize>,
+    core: Option<Pin>,
     kind: ClientKind,
 ) -> anyhow::Result<Figures> {
     let agents = args.agents.unwrap_or(default_agents);
