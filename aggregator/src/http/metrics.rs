@@ -201,6 +201,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 load(&out.lag_disconnects),
             ),
             (
+                "hostpulse_ws_batch_frames_built",
+                "Batch frames built by a WebSocket connection (once per subscription group when shared).",
+                load(&state.ws.shared_batches.built),
+            ),
+            (
+                "hostpulse_ws_batch_frames_shared",
+                "Batch frames a WebSocket connection wrote from the batch its subscription group built once.",
+                load(&state.ws.shared_batches.shared),
+            ),
+            (
                 "hostpulse_ws_refused_connections",
                 "WebSocket connections refused at the connection limits.",
                 load(&state.ws.refused),

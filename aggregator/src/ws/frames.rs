@@ -9,8 +9,10 @@
 //! (`{"topic":"batch.update","updates":[...]}`, or the same as a MessagePack
 //! map) is spliced from the updates' shared encoded bytes: the connection
 //! makes only its few header bytes, and the socket writes the pieces with one
-//! vectored write. Only `msgpack+deflate` batches are assembled and
-//! compressed per connection, with the thread's reused compressor.
+//! vectored write. `msgpack+deflate` batches are assembled and compressed,
+//! with the thread's reused compressor. Either is done once per subscription
+//! group, not per connection: connections that drained the same updates
+//! write the batch the first of them built ([`crate::ws::shared`]).
 //!
 //! A batch whose frame would exceed `ws.max_frame_bytes` is cut into several
 //! `batch.update` frames, in order, each as large as fits; an item larger than

@@ -13,9 +13,11 @@
 //! Writing: frames are made once and written many times. An update is
 //! framed once per encoding (header and payload) and every subscriber writes
 //! those shared bytes; a batch frame is spliced from the updates' shared
-//! encoded bytes behind a few header bytes of its own; a connection hands
-//! them to the socket with vectored writes, copying nothing, and holds no
-//! write buffer while nothing is pending ([`socket`]). Reading (masking,
+//! encoded bytes behind a few header bytes of its own, and built once for
+//! all the connections that drained the same updates under the same window
+//! tick ([`shared`]; windows close together on the shared wheel); a
+//! connection hands them to the socket with vectored writes, copying
+//! nothing, and holds no write buffer while nothing is pending ([`socket`]). Reading (masking,
 //! fragments, control frames, UTF-8, size limits) and the answers to pings
 //! and to a client's Close are tungstenite's. Batch frames are split at
 //! `ws.max_frame_bytes` (see [`frames`]); frames needing more than
@@ -39,7 +41,8 @@
 //! the client and writes frames; [`outbox`] is
 //! the connection's queue (the hub pushes into it), [`ticks`] the shared
 //! clocks that wake it, [`frames`] and
-//! [`encoding`] its wire forms, [`protocol`] the client messages, [`replay`]
+//! [`encoding`] its wire forms, [`shared`] the batch frames a subscription
+//! group shares, [`protocol`] the client messages, [`replay`]
 //! history served at the socket's pace, and `config.rs` the `[ws]` section.
 
 mod config;
@@ -50,6 +53,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod replay;
 mod session;
+pub mod shared;
 pub mod socket;
 pub mod ticks;
 mod upgrade;

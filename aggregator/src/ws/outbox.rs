@@ -141,9 +141,9 @@ impl Outbox {
         Self::with_window(max_bytes, grace, stats, Duration::ZERO, None)
     }
 
-    /// Like [`Outbox::new`], but the session is woken by `wheel`: `window`
-    /// after the first push following a drain (at once if zero), and when a
-    /// throttled update falls due.
+    /// Like [`Outbox::new`], but the session is woken by `wheel`: when the
+    /// `window` open at the first push following a drain closes (at once if
+    /// zero), and when a throttled update falls due.
     pub fn with_window(
         max_bytes: usize,
         grace: Duration,
@@ -187,9 +187,17 @@ impl Outbox {
         }
     }
 
-    /// When the session is to drain what was just queued in an idle outbox.
+    /// When the session is to drain what was just queued in an idle outbox:
+    /// when the window closes on the wheel's clock (aligned, so connections
+    /// with the same window drain together; see [`Wheel::window_close`]).
     fn due(&self, s: &State, now: Instant) -> Option<Instant> {
-        (!s.immediate && !self.window.is_zero()).then(|| now + self.window)
+        if s.immediate || self.window.is_zero() {
+            return None;
+        }
+        Some(match &self.wheel {
+            Some(wheel) => wheel.window_close(now, self.window),
+            None => now + self.window,
+        })
     }
 
     /// Wakes the session for a push that ended its idleness: at once, or

@@ -389,7 +389,9 @@ impl Session {
     }
 
     /// Writes `items` (batch frames split at `ws.max_frame_bytes`, or a
-    /// frame each): shared frames and pieces, with vectored writes.
+    /// frame each): shared frames and pieces, with vectored writes. A batch
+    /// drained under a window tick is the group's, built once
+    /// ([`crate::ws::shared`]); during a replay it is this connection's own.
     async fn write(&self, socket: &mut Socket, items: &mut Vec<Item>) -> Result<(), WriteError> {
         let limit = write_buffer_limit(&self.state.config);
         let mut out = Vec::with_capacity(items.len());
@@ -398,11 +400,16 @@ impl Session {
                 finish(frames::single(&item, self.encoding), &mut out, limit).await?;
             }
         } else {
-            let batches = frames::batches(items, self.encoding, self.state.config.max_frame_bytes);
+            let tick = self.replays.is_empty().then(|| {
+                let wheel = &self.state.ticks.wheel;
+                wheel.window_tick(Instant::now(), self.batch)
+            });
+            let max = self.state.config.max_frame_bytes;
+            let shared = &self.state.shared_batches;
+            shared
+                .write(items, self.encoding, max, tick, &mut out, limit)
+                .await?;
             items.clear();
-            for frame in batches {
-                finish(frame, &mut out, limit).await?;
-            }
         }
         Ok(socket.write_frames(out).await?)
     }

@@ -5,6 +5,11 @@
 //!   outbox asks to be woken at a time (rounded up to the millisecond); one
 //!   task sleeps until the earliest such time and wakes every outbox due then,
 //!   so connections whose windows close together are woken in one sweep.
+//!   Batching windows are aligned on the wheel's clock
+//!   ([`Wheel::window_close`]): a window of `batch` closes at the next
+//!   multiple of `batch` since the wheel's origin, so every connection with
+//!   that window closes in the same sweep and drains the same updates (which
+//!   lets them share one batch frame, see [`crate::ws::shared`]).
 //! * the coarse clock ([`Ticks::after`]): write deadlines. One tick every
 //!   [`COARSE`]; a write that is still blocked after enough ticks has timed
 //!   out. A write that completes at once (the usual case) never waits on it.
@@ -66,6 +71,27 @@ impl Wheel {
         if earliest {
             self.earlier.notify_one();
         }
+    }
+
+    /// When a batching window of `window` open at `now` closes: the next
+    /// multiple of `window` on the wheel's clock strictly after `now` (so a
+    /// window opened just before a close waits for the next one rather than
+    /// none). Every connection with the same window closes together.
+    pub fn window_close(&self, now: Instant, window: Duration) -> Instant {
+        let w = window.as_micros().max(1);
+        let since = now.saturating_duration_since(self.origin).as_micros();
+        let close = (since / w + 1) * w;
+        self.origin + Duration::from_micros(close as u64)
+    }
+
+    /// The tick of the window of `window` that has closed last at `now`: the
+    /// last multiple of `window` on the wheel's clock at or before `now`, in
+    /// milliseconds since the wheel's origin. Connections woken by the same
+    /// close see the same tick.
+    pub fn window_tick(&self, now: Instant, window: Duration) -> u64 {
+        let w = window.as_millis().max(1);
+        let since = now.saturating_duration_since(self.origin).as_millis();
+        (since / w * w) as u64
     }
 
     /// Outboxes waiting for a wake-up.
@@ -267,6 +293,70 @@ mod tests {
         );
         drop(gone);
         tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(wheel.pending(), 0);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn windows_close_on_multiples_of_their_length_since_the_origin() {
+        let wheel = Wheel::new();
+        let origin = wheel.origin;
+        let ms = Duration::from_millis;
+        let w = ms(50);
+        // Opened anywhere within a window, it closes at that window's end;
+        // opened exactly at a close, at the next one.
+        for (opened, closes) in [(0, 50), (1, 50), (49, 50), (50, 100), (73, 100), (120, 150)] {
+            assert_eq!(
+                wheel.window_close(origin + ms(opened), w),
+                origin + ms(closes),
+                "opened at {opened} ms"
+            );
+        }
+        assert_eq!(wheel.window_close(origin + ms(10), ms(30)), origin + ms(30));
+        // The tick a drain falls under is the last close before it.
+        assert_eq!(wheel.window_tick(origin + ms(50), w), 50);
+        assert_eq!(wheel.window_tick(origin + ms(99), w), 50);
+        assert_eq!(wheel.window_tick(origin + ms(100), w), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outboxes_whose_windows_open_apart_are_woken_together_at_the_close() {
+        let shutdown = CancellationToken::new();
+        let wheel = Wheel::new();
+        tokio::spawn(wheel.clone().drive(shutdown.clone()));
+        let window = Duration::from_millis(50);
+        let batched = || {
+            Outbox::with_window(
+                1 << 20,
+                Duration::from_secs(5),
+                Arc::default(),
+                window,
+                Some(wheel.clone()),
+            )
+        };
+        let (a, b) = (batched(), batched());
+        let update = |seq| {
+            let now = std::time::SystemTime::now();
+            Arc::new(crate::update::Update::new(
+                "t".into(),
+                seq,
+                now,
+                now,
+                crate::update::Payload::Other(serde_json::json!(seq)),
+            ))
+        };
+        tokio::time::advance(Duration::from_millis(7)).await;
+        a.push_update(&update(1), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(30)).await;
+        b.push_update(&update(1), Duration::ZERO);
+        assert_eq!(wheel.pending(), 2);
+        a.notified().await;
+        let woke = Instant::now();
+        assert_eq!(woke, wheel.origin + window, "a's window closes on the tick");
+        // b, opened 30 ms later, closes in the same sweep.
+        tokio::time::timeout(Duration::ZERO, b.notified())
+            .await
+            .expect("b woken in the same sweep");
         assert_eq!(wheel.pending(), 0);
         shutdown.cancel();
     }

@@ -23,6 +23,7 @@ use crate::ws::encoding::{Encoding, SUBPROTOCOLS};
 use crate::ws::handshake::Handshake;
 use crate::ws::outbox::OutboxStats;
 use crate::ws::session::Session;
+use crate::ws::shared::SharedBatches;
 use crate::ws::socket::Socket;
 use crate::ws::ticks::Ticks;
 use crate::ws::write::READ_BUFFER;
@@ -56,6 +57,8 @@ pub struct WsState {
     /// Batching windows, throttles, write deadlines and heartbeats of every
     /// connection.
     pub(super) ticks: Ticks,
+    /// Batch frames built once per subscription group.
+    pub shared_batches: SharedBatches,
 }
 
 impl WsState {
@@ -84,6 +87,7 @@ impl WsState {
             // Half the cores by default: the rest stay for live updates.
             replay_permits: Arc::new(tokio::sync::Semaphore::new(replays)),
             ticks,
+            shared_batches: SharedBatches::default(),
         })
     }
 
