@@ -4,8 +4,9 @@
 //! Batching windows close on the wheel's clock ([`crate::ws::ticks`]), so
 //! connections with the same window and the same subscriptions are woken in
 //! one sweep and drain the same updates in the same order. The first of them
-//! to write builds the batch (the frame header and separators, the segment
-//! list, and for `msgpack+deflate` the compressed frame) and leaves it here;
+//! to write builds the batch (each frame gathered into one buffer: header,
+//! separators and updates, or for `msgpack+deflate` the compressed frame)
+//! and leaves it here;
 //! the others find it and write those same bytes, making nothing of their
 //! own.
 //!
@@ -24,7 +25,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::update::Update;
 use crate::ws::encoding::Encoding;
@@ -42,7 +43,7 @@ pub const MAX_BYTES: usize = 16 << 20;
 /// A batch's frames, finished, in order.
 #[derive(Debug)]
 struct Built {
-    /// Every frame's segments, one frame after the other.
+    /// Every frame, whole, in order.
     segments: Vec<Bytes>,
     /// Each frame's length on the wire.
     lens: Vec<usize>,
@@ -183,12 +184,25 @@ impl SharedBatches {
                 .fetch_add(built.lens.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
+        // Each frame gathered into one buffer: one copy here, and every
+        // connection of the group then writes one segment per frame rather
+        // than a header and two per update.
         let mut segments = Vec::new();
         let mut lens = Vec::new();
+        let mut pieces = Vec::new();
         for frame in frames::batches(items, encoding, max_bytes) {
-            let mark = segments.len();
-            finish(frame, &mut segments, limit).await?;
-            lens.push(segments[mark..].iter().map(Bytes::len).sum());
+            pieces.clear();
+            finish(frame, &mut pieces, limit).await?;
+            let len = pieces.iter().map(Bytes::len).sum();
+            segments.push(match pieces.as_slice() {
+                [one] => one.clone(),
+                _ => {
+                    let mut flat = BytesMut::with_capacity(len);
+                    pieces.iter().for_each(|p| flat.extend_from_slice(p));
+                    flat.freeze()
+                }
+            });
+            lens.push(len);
         }
         self.built.fetch_add(lens.len() as u64, Ordering::Relaxed);
         out.extend(segments.iter().cloned());
