@@ -3,7 +3,10 @@
 //! writes, nor every series' seal when their windows end together.
 //!
 //! [`Rotation`]: the series with rows since their last checkpoint are
-//! split into `checkpoint_every` slices (by series id); each flush also
+//! split into `checkpoint_every` slices (by runs of [`SLICE_RUN`]
+//! consecutive series ids, so that a slice's chunks are neighbours in the
+//! `open` table and its transaction rewrites few of the table's pages, not
+//! a page of every run of series); each flush also
 //! checkpoints one slice, in its own transaction, so every series is
 //! checkpointed once per rotation (`checkpoint_interval_ms`). A log record
 //! holds the rows of the series outside its flush's slice; it is deleted
@@ -25,12 +28,16 @@ use super::codec::{decode_block, decode_chunk, encode_block, encode_chunk};
 use super::engine::{Engine, Op, Table, block_key, time_key};
 use super::tier::{Rows, Tier};
 
+/// Consecutive series ids in the same slice.
+pub const SLICE_RUN: u32 = 256;
+
 /// Which series a flush checkpoints, and which log records are still needed.
 #[derive(Debug)]
 pub(crate) struct Rotation {
-    /// Series with rows since their last checkpoint, by slice (id mod
-    /// slices).
+    /// Series with rows since their last checkpoint, by slice (runs of
+    /// `run` ids, dealt round the slices).
     slices: Vec<Vec<u32>>,
+    run: u32,
     /// Per slice, the step (flush number) of its last committed checkpoint;
     /// -1 before the first one.
     last: Vec<i64>,
@@ -44,24 +51,26 @@ impl Rotation {
         let n = n.max(1) as usize;
         Self {
             slices: vec![Vec::new(); n],
+            run: SLICE_RUN,
             last: vec![-1; n],
             records: VecDeque::new(),
         }
     }
 
-    /// Re-slices in `n` slices. Records written so far are kept until a
-    /// full rotation of the new slices has passed them.
-    pub(crate) fn resize(&mut self, n: u32) {
+    /// Re-slices in `n` slices of runs of `run` ids. Records written so far
+    /// are kept until a full rotation of the new slices has passed them.
+    pub(crate) fn resize(&mut self, n: u32, run: u32) {
         let ids: Vec<u32> = self.slices.iter_mut().flat_map(std::mem::take).collect();
         let records = std::mem::take(&mut self.records);
         *self = Self::new(n);
+        self.run = run.max(1);
         self.records = records;
         ids.into_iter().for_each(|id| self.add(id));
     }
 
     /// The slice of series `id`.
     pub(crate) fn slice_of(&self, id: u32) -> usize {
-        id as usize % self.slices.len()
+        (id / self.run) as usize % self.slices.len()
     }
 
     /// The slice checkpointed at flush `step`.
@@ -355,6 +364,16 @@ pub fn seal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_consecutive_series_share_a_slice() {
+        let r = Rotation::new(30);
+        assert_eq!(r.slice_of(0), r.slice_of(SLICE_RUN - 1));
+        assert_eq!(r.slice_of(SLICE_RUN), 1);
+        assert_eq!(r.slice_of(30 * SLICE_RUN + 5), 0);
+        assert_eq!(r.flushes_until(SLICE_RUN, 0), 2);
+        assert_eq!(r.flushes_until(0, 1), 30);
+    }
 
     #[test]
     fn a_record_is_trimmed_once_every_slice_passed_it() {

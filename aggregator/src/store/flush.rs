@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::StoreError;
-use super::checkpoint::{Seals, Window, seal, write_rows};
+use super::checkpoint::{SLICE_RUN, Seals, Window, seal, write_rows};
 use super::engine::{Op, Table};
 use super::recent::{Recent, append_entry, log_key};
 use super::tier::{Rows, Tier};
@@ -171,7 +171,14 @@ impl Writer {
     /// Checkpoints one slice per flush, `flushes` slices in a rotation (at
     /// least 1).
     pub fn set_checkpoint_every(&mut self, flushes: u32) {
-        self.rotation.resize(flushes);
+        self.rotation.resize(flushes, SLICE_RUN);
+    }
+
+    /// As [`set_checkpoint_every`](Self::set_checkpoint_every), with runs of
+    /// `run` consecutive series per slice instead of [`SLICE_RUN`] (a few
+    /// series spread over several slices, in tests).
+    pub fn set_slices(&mut self, flushes: u32, run: u32) {
+        self.rotation.resize(flushes, run);
     }
 
     /// Spreads seals for flushes every `ms` ([`Seals::new`]).

@@ -419,7 +419,9 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
             stats
                 .file_bytes
                 .store(writer.engine().file_bytes(), Ordering::Relaxed);
-            next_flush = now + flush_every;
+            // From the flush's end: a flush longer than the interval still
+            // leaves an interval to take samples in.
+            next_flush = Instant::now() + flush_every;
         }
         if now >= next_maintain {
             if let Err(e) = maintain::run(&mut writer, config, stats, now_ms()) {

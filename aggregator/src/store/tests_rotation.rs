@@ -82,7 +82,7 @@ fn a_checkpoint_spread_over_flushes_leaves_every_row_readable_and_trims_the_log(
     let dir = temp_dir("spread");
     let (engine, mut w) = open(&dir);
     let e = engine.as_ref();
-    w.set_checkpoint_every(4);
+    w.set_slices(4, 1);
     let mut chunks = Vec::new();
     for step in 0..12i64 {
         take(&mut w, T0, 2 * step);
@@ -119,7 +119,7 @@ fn a_crash_anywhere_in_a_rotation_replays_every_row_once() {
         let n = 2 * flushes + 1;
         {
             let (engine, mut w) = open(&dir);
-            w.set_checkpoint_every(4);
+            w.set_slices(4, 1);
             for i in 0..n {
                 take(&mut w, start, i);
                 if i % 2 == 1 {
@@ -154,7 +154,7 @@ fn seals_that_fall_due_together_are_spread_over_flushes() {
     let dir = temp_dir("seals");
     let (engine, mut w) = open(&dir);
     let e = engine.as_ref();
-    w.set_checkpoint_every(3);
+    w.set_slices(3, 1);
     // Seals spread over 11 flushes (11.25 minutes at one a minute).
     w.set_flush_interval(60_000);
     let hosts: Vec<String> = (0..40).map(|h| format!("h{h}")).collect();
