@@ -288,7 +288,7 @@ async fn retention_deletes_old_raw_values_and_max_disk_bytes_evicts_the_oldest()
     let dir = data_dir("retention");
     let config = toml(
         &dir,
-        "flush_interval_ms = 200\nmaintenance_interval_ms = 200\nraw_retention_hours = 1\n",
+        "flush_interval_ms = 200\ncheckpoint_interval_ms = 1000\nmaintenance_interval_ms = 200\nraw_retention_hours = 1\n",
     );
     let (mut agg, ingest, http) = start_aggregator_binary(&config);
     let mut agent = FakeAgent::connect(&format!("http://{ingest}"), "store-r").await;
@@ -318,7 +318,7 @@ async fn retention_deletes_old_raw_values_and_max_disk_bytes_evicts_the_oldest()
     let dir = data_dir("maxdisk");
     let config = toml(
         &dir,
-        "flush_interval_ms = 200\nmaintenance_interval_ms = 300\nmax_disk_bytes = 1048576\n",
+        "flush_interval_ms = 200\ncheckpoint_interval_ms = 1000\nmaintenance_interval_ms = 300\nmax_disk_bytes = 1048576\n",
     );
     let (mut agg, ingest, http) = start_aggregator_binary(&config);
     let mut agent = FakeAgent::connect(&format!("http://{ingest}"), "store-d").await;

@@ -28,13 +28,19 @@ pub struct StorageConfig {
     /// Samples are buffered in memory and written in one transaction this
     /// often, in ms: a crash loses at most this much.
     pub flush_interval_ms: u64,
-    /// Flushes append to a log; this often, in ms, their rows move into
-    /// the per-series tables (one insert per series, paid once per interval
-    /// instead of once per flush) and the log is emptied. Longer costs less
-    /// CPU and holds more rows in memory (and in the log a crash replays).
+    /// Flushes append to a log; each series' rows move from it into the
+    /// per-series tables once per this interval, in ms (one insert per
+    /// series per interval instead of per flush). The series are split into
+    /// `checkpoint_interval_ms / flush_interval_ms` slices, each flush
+    /// checkpointing one, so no flush writes them all; a log record is
+    /// deleted once every slice has passed it. Longer costs less CPU and
+    /// holds more rows in memory (and in the log a crash replays).
     pub checkpoint_interval_ms: u64,
-    /// Samples queued from ingest towards the store's writer thread; when it
-    /// is full new samples are dropped (and counted), never waited for.
+    /// Batches of samples queued from ingest towards the store's writer
+    /// thread; when it is full new ones are dropped (and counted), never
+    /// waited for. It takes ingest's samples while a flush writes: at least
+    /// the longest flush's worth (32,768: over 3 s of 10,000 agents sending a
+    /// sample a second).
     pub queue: usize,
     /// Retention, eviction and sealing of idle series run this often, in ms.
     pub maintenance_interval_ms: u64,
@@ -53,7 +59,7 @@ impl Default for StorageConfig {
             max_disk_bytes: 0,
             flush_interval_ms: 2_000,
             checkpoint_interval_ms: 60_000,
-            queue: 8_192,
+            queue: 32_768,
             maintenance_interval_ms: 60_000,
             max_points: 20_000,
         }

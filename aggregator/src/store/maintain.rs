@@ -9,45 +9,61 @@
 //! first, until the store is back under the bound: raw values are the bulk
 //! and the rollups keep their shape, so long history survives a tight disk.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
+use super::checkpoint::{Window, seal};
 use super::config::StorageConfig;
 use super::engine::{Engine, Op, Table, block_key, parse_block_key, parse_time_key, time_key};
 use super::processes;
 use super::tier::Tier;
-use super::writer::{Writer, seal};
+use super::writer::Writer;
 use super::{StoreError, StoreStats};
 
 /// Deletes per transaction while trimming.
 const DELETE_BATCH: usize = 20_000;
 
-/// Seals every window in `open` that ended before `before`: chunks left by
-/// a previous run, of series this run has not resumed. Returns how many.
-pub fn seal_leftovers(engine: &dyn Engine, before: i64) -> Result<usize, StoreError> {
-    let mut windows = BTreeSet::new();
+/// Seals the newest window in `open` of each series and tier if it ended
+/// before `before`: chunks left by a previous run, of series this run has
+/// not resumed. Returns how many, and the older windows left open (their
+/// rows moved on: they ended), for the writer to seal over its first
+/// flushes ([`Writer::queue_seals`]) instead of all before the store opens.
+pub fn seal_leftovers(
+    engine: &dyn Engine,
+    before: i64,
+) -> Result<(usize, Vec<Window>), StoreError> {
+    let mut newest: BTreeMap<(u32, u8), i64> = BTreeMap::new();
+    let mut older = Vec::new();
     engine.scan(Table::Open, &[], &[0xff; 14], &mut |k, _| {
         if let Some((id, t, ts)) = parse_block_key(k)
             && let Some(tier) = Tier::from_u8(t)
         {
             let w = tier.window_of(ts);
-            if w + tier.window_ms() < before {
-                windows.insert((id, t, w));
+            // Keys are in (series, tier, time) order.
+            if let Some(prev) = newest.insert((id, t), w)
+                && prev != w
+            {
+                older.push((id, tier, prev));
             }
         }
         true
     })?;
     let mut ops = Vec::new();
-    for (id, t, w) in &windows {
-        let tier = Tier::from_u8(*t).expect("checked");
+    let mut sealed = 0;
+    for ((id, t), w) in newest {
+        let tier = Tier::from_u8(t).expect("checked");
+        if w + tier.window_ms() >= before {
+            continue;
+        }
         seal(
             engine,
-            *id,
+            id,
             tier,
-            *w,
+            w,
             super::tier::Rows::new(tier.cols()),
             &mut ops,
         )?;
+        sealed += 1;
         if ops.len() >= DELETE_BATCH {
             engine.apply(&std::mem::take(&mut ops))?;
         }
@@ -55,7 +71,7 @@ pub fn seal_leftovers(engine: &dyn Engine, before: i64) -> Result<usize, StoreEr
     if !ops.is_empty() {
         engine.apply(&ops)?;
     }
-    Ok(windows.len())
+    Ok((sealed, older))
 }
 
 /// Deletes the sealed blocks of `tier` whose window started before `cutoff`
@@ -111,9 +127,8 @@ pub fn run(
     stats: &StoreStats,
     now: i64,
 ) -> Result<(), StoreError> {
-    // Retention and the disk bound act on the tables: the rows since the
-    // last checkpoint go there first.
-    writer.checkpoint()?;
+    // Retention and the disk bound act on sealed blocks only: the rows
+    // since each series' last checkpoint wait for their turn.
     // Windows of quiet series close once they end (with a minute of slack
     // for late samples); their in-memory state goes after a day of silence.
     writer.seal_idle(now - 60_000)?;

@@ -11,8 +11,9 @@
 //! memory and writes them every `flush_interval_ms` in one transaction
 //! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
 //! interval and never leaves a half-written flush. A flush is one record of
-//! a log; every `checkpoint_interval_ms` the rows move from the log into
-//! the per-series tables ([`recent`]), and a start after a crash replays
+//! a log; each series' rows move from the log into the per-series tables
+//! once per `checkpoint_interval_ms`, a slice of the series with each
+//! flush ([`checkpoint`], [`recent`]), and a start after a crash replays
 //! the log left. A marker file says
 //! whether the last run shut down cleanly; an unclean start is logged, and
 //! windows it left open are sealed. Retention and `max_disk_bytes` are kept
@@ -32,9 +33,11 @@
 //! the last checkpoint; [`maintain`] retention and the disk
 //! bound; [`query`] range queries.
 
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod engine;
+pub mod flush;
 pub mod history;
 pub mod maintain;
 pub mod processes;
@@ -242,21 +245,30 @@ impl Store {
         let opened = Instant::now();
         let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open(dir)?);
         let replayed = recent::replay(engine.as_ref())?;
-        let sealed = maintain::seal_leftovers(engine.as_ref(), now_ms())?;
+        let (sealed, queued) = maintain::seal_leftovers(engine.as_ref(), now_ms())?;
         if existed && !clean {
-            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, sealed_windows = sealed, recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
+            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, sealed_windows = sealed, windows_to_seal = queued.len(), recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
         } else {
-            tracing::info!(dir = %dir.display(), new = !existed, sealed_windows = sealed, "store opened");
+            tracing::info!(dir = %dir.display(), new = !existed, sealed_windows = sealed, windows_to_seal = queued.len(), "store opened");
         }
         if clean {
             std::fs::remove_file(&marker)?;
         }
         sync_dir(dir);
-        Self::start(engine, config.clone())
+        Self::start_with(engine, config.clone(), queued)
     }
 
     /// Starts the writer thread over an open engine (tests, benchmarks).
     pub fn start(engine: Arc<dyn Engine>, config: StorageConfig) -> Result<Store, StoreError> {
+        Self::start_with(engine, config, Vec::new())
+    }
+
+    /// Starts the writer thread with windows a previous run left to seal.
+    fn start_with(
+        engine: Arc<dyn Engine>,
+        config: StorageConfig,
+        to_seal: Vec<checkpoint::Window>,
+    ) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
         stats.measure(engine.as_ref())?;
         let mut writer = Writer::new(engine.clone(), stats.clone())?;
@@ -264,6 +276,8 @@ impl Store {
             (config.checkpoint_interval_ms / config.flush_interval_ms.max(1))
                 .clamp(1, u32::MAX as u64) as u32,
         );
+        writer.set_flush_interval(config.flush_interval_ms);
+        writer.queue_seals(to_seal);
         let recent = writer.recent().clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
         let thread = {
@@ -407,7 +421,9 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
             stats
                 .file_bytes
                 .store(writer.engine().file_bytes(), Ordering::Relaxed);
-            next_flush = now + flush_every;
+            // From the flush's end: a flush longer than the interval still
+            // leaves an interval to take samples in.
+            next_flush = Instant::now() + flush_every;
         }
         if now >= next_maintain {
             if let Err(e) = maintain::run(&mut writer, config, stats, now_ms()) {
@@ -420,7 +436,8 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
         tracing::error!(cause = %e, "store: open minutes of process tables not written");
     }
     flush(&mut writer);
-    // A clean close leaves no log to replay.
+    // A clean close leaves no log to replay. Windows still waiting to be
+    // sealed are sealed over the next run's first minutes.
     if let Err(e) = writer.checkpoint() {
         tracing::error!(cause = %e, "store: last checkpoint failed; the log is replayed at the next start");
     }
@@ -428,3 +445,5 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rotation;

@@ -56,12 +56,16 @@ pub fn read_rows(
     if let Some(recent) = recent {
         recent.read(series, tier, from, to, &mut newest);
     }
+    // Then the open chunks, then the sealed blocks: a seal (chunks into a
+    // block) that commits between the two scans leaves its rows in both
+    // (deduplicated), never in neither.
+    let mut open = Rows::new(tier.cols());
     let mut failure = None;
-    for table in [Table::Blocks, Table::Open] {
+    for table in [Table::Open, Table::Blocks] {
         engine.scan(table, &start, &end, &mut |_, v| {
             let r = match table {
                 Table::Blocks => decode_block(v).map(|b| rows.extend(&b)),
-                _ => decode_chunk(v, &mut rows),
+                _ => decode_chunk(v, &mut open),
             };
             if let Err(e) = r {
                 failure = Some(e);
@@ -73,6 +77,7 @@ pub fn read_rows(
             return Err(e.into());
         }
     }
+    rows.extend(&open);
     rows.extend(&newest);
     rows.sort_dedup();
     let lo = rows.ts.partition_point(|t| *t < from);

@@ -2,14 +2,15 @@
 //! memory as [`Recent`], where queries read them beside the tables.
 //!
 //! A flush writes the new rows of every series as one record of `log`, one
-//! insert whatever the number of series, and adds them to [`Recent`]. A
-//! checkpoint (every `checkpoint_interval_ms`, before maintenance and at a
-//! clean close; [`super::writer::Writer::checkpoint`]) moves them into the
-//! per-series tables (an open chunk per series and tier, or a sealed block
-//! when the window has ended) and deletes the records, in one transaction:
-//! the per-series inserts are paid once per checkpoint, not once per flush.
-//! After a crash, [`replay`] does the same from the records left, before
-//! the store is read or written.
+//! insert whatever the number of series, and adds them to [`Recent`]. Each
+//! series is checkpointed once per `checkpoint_interval_ms`, one slice of
+//! the series per flush ([`super::checkpoint`]): its rows move into the
+//! per-series tables (an open chunk per series and tier) and leave
+//! [`Recent`]; a record is deleted once every slice has been checkpointed
+//! since it was written, so the per-series inserts are paid once per
+//! interval, not once per flush. After a crash, [`replay`] writes the rows
+//! of the records left into the tables, skipping those a later checkpoint
+//! wrote already, before the store is read or written.
 //!
 //! A record, keyed by the flush's number (u64 big endian, so the table is in
 //! flush order), is `u32 series | u8 tier | u32 length | chunk`, repeated;
@@ -19,11 +20,11 @@ use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::StoreError;
+use super::checkpoint::write_rows;
 use super::codec::{self, CodecError};
 use super::engine::{Engine, Op, Table};
-use super::read::open_window;
+use super::read::{last_ts, open_window};
 use super::tier::{Rows, Tier};
-use super::writer::write_rows;
 
 /// One series' rows since the last checkpoint, per tier.
 pub type SeriesRows = [Rows; 3];
@@ -70,13 +71,13 @@ impl Recent {
         self.rows.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Empties the rows of `ids`, after the checkpoint that wrote them
-    /// committed.
+    /// Drops the rows of `ids` (and their memory), after the checkpoint
+    /// that wrote them committed.
     pub(crate) fn clear(&self, ids: &[u32]) {
         let mut all = self.rows.write().unwrap_or_else(PoisonError::into_inner);
         for id in ids {
-            if let Some(Some(rows)) = all.get_mut(*id as usize) {
-                rows.iter_mut().for_each(Rows::clear);
+            if let Some(rows) = all.get_mut(*id as usize) {
+                *rows = None;
             }
         }
     }
@@ -86,14 +87,21 @@ impl Recent {
 pub(crate) struct RecentWriter<'a>(RwLockWriteGuard<'a, Vec<Option<Box<SeriesRows>>>>);
 
 impl RecentWriter<'_> {
-    /// Moves `rows` (one series' rows per tier) in, leaving them empty.
-    pub(crate) fn add(&mut self, id: u32, rows: &mut SeriesRows) {
+    /// Moves `rows` (one series' rows per tier) in, leaving them empty;
+    /// the series' first raw rows since its checkpoint reserve room for
+    /// `flushes` flushes' worth (those until its next checkpoint), so that
+    /// each series allocates once per rotation and holds no memory after.
+    pub(crate) fn add(&mut self, id: u32, rows: &mut SeriesRows, flushes: usize) {
         let i = id as usize;
         if self.0.len() <= i {
             self.0.resize_with(i + 1, || None);
         }
         let mine = self.0[i].get_or_insert_with(|| Box::new(empty()));
-        for (to, from) in mine.iter_mut().zip(rows.iter_mut()) {
+        for (tier, (to, from)) in mine.iter_mut().zip(rows.iter_mut()).enumerate() {
+            // Raw rows come with every flush; rollup rows once a minute.
+            if tier == Tier::Raw as usize && to.is_empty() {
+                to.reserve(from.len() * flushes);
+            }
             to.extend(from);
             from.clear();
         }
@@ -167,8 +175,22 @@ pub fn replay(engine: &dyn Engine) -> Result<usize, StoreError> {
     let mut ops = Vec::new();
     for ((series, tier), mut r) in rows {
         r.sort_dedup();
+        // A series checkpointed after a record was written has that
+        // record's rows in its tables already: only later rows are new.
+        if let Some(last) = last_ts(engine, series, tier)? {
+            let new = r.ts.partition_point(|t| *t <= last);
+            if new == r.len() {
+                continue;
+            }
+            if new > 0 {
+                r.ts.drain(..new);
+                r.cols.iter_mut().for_each(|c| {
+                    c.drain(..new);
+                });
+            }
+        }
         let mut disk = open_window(engine, series, tier)?;
-        write_rows(engine, series, tier, &r, &mut disk, &mut ops)?;
+        write_rows(engine, series, tier, &r, &mut disk, &mut ops, None)?;
     }
     ops.extend(keys.into_iter().map(|k| Op::Delete(Table::Log, k)));
     engine.apply(&ops)?;
@@ -205,7 +227,7 @@ mod tests {
         for t in 0..10 {
             rows[0].push(t * 1000, &[t as f64]);
         }
-        recent.writer().add(3, &mut rows);
+        recent.writer().add(3, &mut rows, 1);
         assert!(rows[0].is_empty());
         let mut got = Rows::new(1);
         recent.read(3, Tier::Raw, 2_000, 5_000, &mut got);

@@ -125,6 +125,12 @@ impl Rows {
         }
     }
 
+    /// Makes room for `n` more rows.
+    pub fn reserve(&mut self, n: usize) {
+        self.ts.reserve(n);
+        self.cols.iter_mut().for_each(|c| c.reserve(n));
+    }
+
     /// Removes every row, keeping the capacity.
     pub fn clear(&mut self) {
         self.ts.clear();

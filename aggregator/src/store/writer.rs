@@ -3,11 +3,12 @@
 //!
 //! Per series it holds the rows not yet flushed (per tier), the open minute
 //! and hour being rolled up, and the window its open chunks on disk belong
-//! to. A flush writes the new rows of every series as one log record
-//! ([`super::recent`]). A checkpoint writes each series' rows since the
-//! last one as one open chunk per tier; when a tier's rows move into a new
-//! window, the old window's chunks are merged and compressed into one
-//! sealed block in that same transaction. A minute row is written when the
+//! to. A flush ([`super::flush`]) writes the new rows of most series as one
+//! log record ([`super::recent`]) and checkpoints one slice of the series
+//! ([`super::checkpoint`]): each one's rows since its last checkpoint as
+//! one open chunk per tier; when a tier's rows move into a new window, the
+//! old window is queued, and sealed (its chunks merged and compressed into
+//! one block) by a later flush. A minute row is written when the
 //! first value of the next minute arrives (likewise hours), flushed with
 //! that value, so what is on disk is always consistent: after a crash the
 //! log is replayed, and the open minute and hour are rebuilt from the raw
@@ -22,15 +23,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use hostpulse_proto::Sample;
 
-use super::codec::{decode_block, decode_chunk, encode_block, encode_chunk};
-use super::engine::{Engine, Op, Table, block_key, time_key};
+use super::checkpoint::{Rotation, Seals, seal};
+use super::engine::{Engine, Op, Table};
 use super::processes::{self, OpenMinute};
 use super::read::{last_ts, open_window, read_rows, series_id, series_name};
-use super::recent::{Recent, append_entry, log_key, replay};
+use super::recent::{Recent, replay};
 use super::rollup::{Agg, Open, fold, fold_agg};
 use super::series::{for_each_field, labelled};
 use super::tier::{Rows, Tier};
@@ -44,26 +44,26 @@ pub const DEFAULT_CHECKPOINT_EVERY: u32 = 30;
 
 /// One series' state in the writer.
 #[derive(Debug)]
-struct SeriesState {
+pub(super) struct SeriesState {
     /// Newest raw value's time: older values are late and dropped.
     last_ts: i64,
     minute: Option<Open>,
     hour: Option<Open>,
     /// Rows not yet flushed, per tier.
-    pending: [Rows; 3],
+    pub(super) pending: [Rows; 3],
     /// Window of the open chunks on disk, per tier.
-    disk_window: [Option<i64>; 3],
+    pub(super) disk_window: [Option<i64>; 3],
     /// Whether it has rows since the last checkpoint (in `recent`).
-    logged: bool,
+    pub(super) logged: bool,
 }
 
 /// Series names and ids: those known, and those created since the last
 /// flush (written with it).
-struct Names {
+pub(super) struct Names {
     ids: HashMap<String, u32>,
-    next_id: u32,
+    pub(super) next_id: u32,
     /// Series names created since the last flush.
-    new_names: Vec<(String, u32)>,
+    pub(super) new_names: Vec<(String, u32)>,
 }
 
 impl Names {
@@ -110,9 +110,9 @@ impl Slot {
 
 /// The writer's state.
 pub struct Writer {
-    engine: Arc<dyn Engine>,
-    stats: Arc<StoreStats>,
-    names: Names,
+    pub(super) engine: Arc<dyn Engine>,
+    pub(super) stats: Arc<StoreStats>,
+    pub(super) names: Names,
     /// Per host, the fields of its last sample in order with their series
     /// ids: a sample of the same shape (the usual case) finds its series
     /// without building a name.
@@ -120,29 +120,27 @@ pub struct Writer {
     /// Series ids and values of the sample being taken (reused).
     scratch: Vec<(u32, f64)>,
     /// Each series' state, by id (`None`: not resumed, or forgotten).
-    series: Vec<Option<SeriesState>>,
+    pub(super) series: Vec<Option<SeriesState>>,
     /// Series with rows pending.
-    dirty: Vec<u32>,
+    pub(super) dirty: Vec<u32>,
     /// Rows flushed since the last checkpoint (shared with readers).
-    recent: Arc<Recent>,
-    /// Series with rows in `recent`.
-    checkpoint: Vec<u32>,
-    /// Number of the next flush's log record, and of the first one since
-    /// the last checkpoint.
-    log_next: u64,
-    log_first: u64,
-    /// Flushes between checkpoints, and since the last one.
-    checkpoint_every: u32,
-    flushes_since_checkpoint: u32,
+    pub(super) recent: Arc<Recent>,
+    /// Series with rows in `recent`, by the flush that checkpoints them;
+    /// the log records on disk.
+    pub(super) rotation: Rotation,
+    /// Number of the next flush (its log record's key, its slice).
+    pub(super) step: u64,
+    /// Windows that ended, to seal.
+    pub(super) seals: Seals,
     /// Largest log record so far (the next one's starting capacity).
-    record_len: usize,
+    pub(super) record_len: usize,
     /// Each host's open minute of process tables.
     procs: HashMap<String, OpenMinute>,
     /// Hosts whose process tables were written since start (a first write
     /// merges with what is on disk).
     procs_written: HashSet<String>,
     /// Finished minutes' process tables, written at the next flush.
-    proc_ops: Vec<Op>,
+    pub(super) proc_ops: Vec<Op>,
 }
 
 impl Writer {
@@ -176,11 +174,9 @@ impl Writer {
             series: Vec::new(),
             dirty: Vec::new(),
             recent: Arc::default(),
-            checkpoint: Vec::new(),
-            log_next: 0,
-            log_first: 0,
-            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
-            flushes_since_checkpoint: 0,
+            rotation: Rotation::new(DEFAULT_CHECKPOINT_EVERY),
+            step: 0,
+            seals: Seals::new(super::StorageConfig::default().flush_interval_ms),
             record_len: 0,
             procs: HashMap::new(),
             procs_written: HashSet::new(),
@@ -358,164 +354,6 @@ impl Writer {
         Ok(state)
     }
 
-    /// Writes everything pending in one transaction, the rows of every
-    /// series as one log record ([`super::recent`]); checkpoints every
-    /// [`checkpoint_every`](Self::set_checkpoint_every) flushes. Returns the
-    /// raw values written.
-    pub fn flush(&mut self) -> Result<u64, StoreError> {
-        if self.dirty.is_empty() && self.names.new_names.is_empty() && self.proc_ops.is_empty() {
-            return Ok(0);
-        }
-        let started = Instant::now();
-        let mut ops = Vec::with_capacity(self.names.new_names.len() + 2);
-        ops.append(&mut self.proc_ops);
-        for (name, id) in self.names.new_names.drain(..) {
-            ops.push(Op::Put(
-                Table::Series,
-                name.into_bytes(),
-                id.to_be_bytes().to_vec(),
-            ));
-        }
-        if !ops.is_empty() {
-            ops.push(Op::Put(
-                Table::Series,
-                NEXT_ID_KEY.to_vec(),
-                self.names.next_id.to_be_bytes().to_vec(),
-            ));
-        }
-        let mut values = 0u64;
-        let mut record = Vec::with_capacity(self.record_len);
-        for id in &self.dirty {
-            let Some(Some(state)) = self.series.get(*id as usize) else {
-                continue;
-            };
-            values += state.pending[Tier::Raw as usize].len() as u64;
-            for tier in Tier::ALL {
-                let rows = &state.pending[tier as usize];
-                if !rows.is_empty() {
-                    append_entry(&mut record, *id, tier, rows);
-                }
-            }
-        }
-        self.record_len = self.record_len.max(record.len());
-        let logged = !record.is_empty();
-        if logged {
-            ops.push(Op::Put(Table::Log, log_key(self.log_next).to_vec(), record));
-        }
-        let result = self.engine.apply(&ops);
-        drop(ops);
-        {
-            let mut recent = result.is_ok().then(|| self.recent.writer());
-            for id in &self.dirty {
-                let Some(Some(state)) = self.series.get_mut(*id as usize) else {
-                    continue;
-                };
-                match &mut recent {
-                    Some(recent) => {
-                        recent.add(*id, &mut state.pending);
-                        if !state.logged {
-                            state.logged = true;
-                            self.checkpoint.push(*id);
-                        }
-                    }
-                    // Lost, as the flush failed: nothing on disk has them.
-                    None => state.pending.iter_mut().for_each(Rows::clear),
-                }
-            }
-        }
-        self.dirty.clear();
-        self.stats
-            .flush_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        result?;
-        if logged {
-            self.log_next += 1;
-        }
-        self.stats
-            .values_written
-            .fetch_add(values, Ordering::Relaxed);
-        self.flushes_since_checkpoint += 1;
-        if self.flushes_since_checkpoint >= self.checkpoint_every
-            && let Err(e) = self.checkpoint()
-        {
-            // The rows stay in the log and in memory; the next checkpoint
-            // tries again.
-            tracing::error!(cause = %e, "store: checkpoint failed");
-        }
-        Ok(values)
-    }
-
-    /// Checkpoints every `flushes` flushes (at least 1).
-    pub fn set_checkpoint_every(&mut self, flushes: u32) {
-        self.checkpoint_every = flushes.max(1);
-    }
-
-    /// The rows flushed since the last checkpoint, for readers.
-    pub fn recent(&self) -> &Arc<Recent> {
-        &self.recent
-    }
-
-    /// Moves the rows flushed since the last checkpoint from the log into
-    /// the per-series tables (an open chunk per series and tier; windows
-    /// that ended are sealed), deleting the log records, in one
-    /// transaction.
-    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.flushes_since_checkpoint = 0;
-        if self.checkpoint.is_empty() && self.log_first == self.log_next {
-            return Ok(());
-        }
-        let mut ops = Vec::with_capacity(self.checkpoint.len() * 2);
-        let mut before = Vec::with_capacity(self.checkpoint.len());
-        let built = self.write_checkpoint(&mut ops, &mut before);
-        if let Err(e) = built {
-            for (id, disk) in before {
-                if let Some(Some(state)) = self.series.get_mut(id as usize) {
-                    state.disk_window = disk;
-                }
-            }
-            return Err(e);
-        }
-        self.recent.clear(&self.checkpoint);
-        for id in self.checkpoint.drain(..) {
-            if let Some(Some(state)) = self.series.get_mut(id as usize) {
-                state.logged = false;
-            }
-        }
-        self.log_first = self.log_next;
-        Ok(())
-    }
-
-    /// Builds and applies the checkpoint's transaction; `before` gets each
-    /// series' disk windows as they were, to restore if it fails.
-    fn write_checkpoint(
-        &mut self,
-        ops: &mut Vec<Op>,
-        before: &mut Vec<(u32, [Option<i64>; 3])>,
-    ) -> Result<(), StoreError> {
-        let recent = self.recent.all();
-        for id in &self.checkpoint {
-            let Some(Some(state)) = self.series.get_mut(*id as usize) else {
-                continue;
-            };
-            let Some(Some(rows)) = recent.get(*id as usize) else {
-                continue;
-            };
-            before.push((*id, state.disk_window));
-            for tier in Tier::ALL {
-                let rows = &rows[tier as usize];
-                if !rows.is_empty() {
-                    let disk = &mut state.disk_window[tier as usize];
-                    write_rows(self.engine.as_ref(), *id, tier, rows, disk, ops)?;
-                }
-            }
-        }
-        for seq in self.log_first..self.log_next {
-            ops.push(Op::Delete(Table::Log, log_key(seq).to_vec()));
-        }
-        self.engine.apply(ops)
-    }
-
     /// Seals the open windows of series in memory that ended before
     /// `before` (hosts gone quiet); returns how many were sealed. Series
     /// with rows since the last checkpoint wait for it.
@@ -569,97 +407,4 @@ impl Writer {
             }
         }
     }
-}
-
-/// Adds to `ops` the writing of `rows` (one tier of one series, in time
-/// order): windows before the newest are sealed (with what is on disk for
-/// them), the newest is appended as an open chunk.
-pub(crate) fn write_rows(
-    engine: &dyn Engine,
-    id: u32,
-    tier: Tier,
-    rows: &Rows,
-    disk: &mut Option<i64>,
-    ops: &mut Vec<Op>,
-) -> Result<(), StoreError> {
-    let newest = tier.window_of(*rows.ts.last().expect("not empty"));
-    if let Some(w) = *disk
-        && w < newest
-        && tier.window_of(rows.ts[0]) != w
-    {
-        seal(engine, id, tier, w, Rows::new(tier.cols()), ops)?;
-        *disk = None;
-    }
-    let mut start = 0;
-    while start < rows.len() {
-        let w = tier.window_of(rows.ts[start]);
-        let end = start + rows.ts[start..].partition_point(|t| tier.window_of(*t) == w);
-        let mut part = Rows::new(tier.cols());
-        part.ts.extend_from_slice(&rows.ts[start..end]);
-        for (c, col) in part.cols.iter_mut().enumerate() {
-            col.extend_from_slice(&rows.cols[c][start..end]);
-        }
-        if w < newest {
-            seal(engine, id, tier, w, part, ops)?;
-            if *disk == Some(w) {
-                *disk = None;
-            }
-        } else {
-            ops.push(Op::Put(
-                Table::Open,
-                block_key(id, tier as u8, part.ts[0]).to_vec(),
-                encode_chunk(&part),
-            ));
-            *disk = Some(w);
-        }
-        start = end;
-    }
-    Ok(())
-}
-
-/// Adds to `ops` the sealing of window `w`: its existing block (if any),
-/// its open chunks and `extra` rows merged into one block; the chunks go.
-pub fn seal(
-    engine: &dyn Engine,
-    id: u32,
-    tier: Tier,
-    w: i64,
-    extra: Rows,
-    ops: &mut Vec<Op>,
-) -> Result<(), StoreError> {
-    let t = tier as u8;
-    let (start, end) = (block_key(id, t, w), block_key(id, t, w + tier.window_ms()));
-    let mut rows = Rows::new(tier.cols());
-    let mut failure = None;
-    engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
-        match decode_block(v) {
-            Ok(b) => rows.extend(&b),
-            Err(e) => failure = Some(e),
-        }
-        true
-    })?;
-    engine.scan(Table::Open, &start, &end, &mut |k, v| {
-        if let Err(e) = decode_chunk(v, &mut rows) {
-            failure = Some(e);
-        }
-        ops.push(Op::Delete(Table::Open, k.to_vec()));
-        true
-    })?;
-    if let Some(e) = failure {
-        // A corrupt chunk cannot be merged; the window keeps what decoded.
-        tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: unreadable rows skipped while sealing");
-    }
-    rows.extend(&extra);
-    rows.sort_dedup();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let block = encode_block(&rows)?;
-    ops.push(Op::Put(
-        Table::ByTime,
-        time_key(t, w, id).to_vec(),
-        ((block.len() + 13) as u32).to_be_bytes().to_vec(),
-    ));
-    ops.push(Op::Put(Table::Blocks, start.to_vec(), block));
-    Ok(())
 }

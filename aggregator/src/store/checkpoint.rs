@@ -1,0 +1,410 @@
+//! The checkpoint spread over the flushes, and sealing spread over the time
+//! after a window ends: no flush carries the whole store's per-series
+//! writes, nor every series' seal when their windows end together.
+//!
+//! [`Rotation`]: the series with rows since their last checkpoint are
+//! split into `checkpoint_every` slices (by runs of [`SLICE_RUN`]
+//! consecutive series ids, so that a slice's chunks are neighbours in the
+//! `open` table and its transaction rewrites few of the table's pages, not
+//! a page of every run of series); each flush also
+//! checkpoints one slice, in its own transaction, so every series is
+//! checkpointed once per rotation (`checkpoint_interval_ms`). A log record
+//! holds the rows of the series outside its flush's slice; it is deleted
+//! once every slice has been checkpointed since it was written (one
+//! rotation), in the transaction of that last checkpoint.
+//!
+//! [`Seals`]: a checkpoint that moves a series into a new window writes the
+//! ended window's last rows as an open chunk and queues the window; each
+//! flush seals a share of the queue (the queue's length at its longest over
+//! the tier's spread), in a later transaction than the chunks it merges.
+//!
+//! Also the writing of one series' rows into the tables ([`write_rows`],
+//! [`seal`]), shared with the log's replay.
+
+use std::collections::VecDeque;
+
+use super::StoreError;
+use super::codec::{decode_block, decode_chunk, encode_block, encode_chunk};
+use super::engine::{Engine, Op, Table, block_key, time_key};
+use super::tier::{Rows, Tier};
+
+/// Consecutive series ids in the same slice.
+pub const SLICE_RUN: u32 = 256;
+
+/// Which series a flush checkpoints, and which log records are still needed.
+#[derive(Debug)]
+pub(crate) struct Rotation {
+    /// Series with rows since their last checkpoint, by slice (runs of
+    /// `run` ids, dealt round the slices).
+    slices: Vec<Vec<u32>>,
+    run: u32,
+    /// Per slice, the step (flush number) of its last committed checkpoint;
+    /// -1 before the first one.
+    last: Vec<i64>,
+    /// Steps whose flush wrote a log record still on disk, oldest first.
+    records: VecDeque<u64>,
+}
+
+impl Rotation {
+    /// `n` slices (at least one).
+    pub(crate) fn new(n: u32) -> Self {
+        let n = n.max(1) as usize;
+        Self {
+            slices: vec![Vec::new(); n],
+            run: SLICE_RUN,
+            last: vec![-1; n],
+            records: VecDeque::new(),
+        }
+    }
+
+    /// Re-slices in `n` slices of runs of `run` ids. Records written so far
+    /// are kept until a full rotation of the new slices has passed them.
+    pub(crate) fn resize(&mut self, n: u32, run: u32) {
+        let ids: Vec<u32> = self.slices.iter_mut().flat_map(std::mem::take).collect();
+        let records = std::mem::take(&mut self.records);
+        *self = Self::new(n);
+        self.run = run.max(1);
+        self.records = records;
+        ids.into_iter().for_each(|id| self.add(id));
+    }
+
+    /// The slice of series `id`.
+    pub(crate) fn slice_of(&self, id: u32) -> usize {
+        (id / self.run) as usize % self.slices.len()
+    }
+
+    /// The slice checkpointed at flush `step`.
+    pub(crate) fn slice_at(&self, step: u64) -> usize {
+        (step % self.slices.len() as u64) as usize
+    }
+
+    /// Flushes from `step` to the one checkpointing series `id`, both
+    /// included.
+    pub(crate) fn flushes_until(&self, id: u32, step: u64) -> usize {
+        let n = self.slices.len();
+        (self.slice_of(id) + n - self.slice_at(step)) % n + 1
+    }
+
+    /// Series `id` now has rows since its last checkpoint.
+    pub(crate) fn add(&mut self, id: u32) {
+        let s = self.slice_of(id);
+        self.slices[s].push(id);
+    }
+
+    /// Takes the series of `slice` to checkpoint.
+    pub(crate) fn take(&mut self, slice: usize) -> Vec<u32> {
+        std::mem::take(&mut self.slices[slice])
+    }
+
+    /// Takes every series (a full checkpoint).
+    pub(crate) fn take_all(&mut self) -> Vec<u32> {
+        self.slices.iter_mut().flat_map(std::mem::take).collect()
+    }
+
+    /// Gives back series whose checkpoint failed.
+    pub(crate) fn restore(&mut self, ids: Vec<u32>) {
+        ids.into_iter().for_each(|id| self.add(id));
+    }
+
+    /// Whether nothing waits for a checkpoint and the log is empty.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.records.is_empty() && self.slices.iter().all(Vec::is_empty)
+    }
+
+    /// Log records that can go in the transaction checkpointing `slice` at
+    /// `step`: every slice has been checkpointed since they were written.
+    pub(crate) fn trimmable(&self, step: u64, slice: usize) -> usize {
+        let covered = (0..self.last.len())
+            .map(|s| {
+                if s == slice {
+                    step as i64
+                } else {
+                    self.last[s]
+                }
+            })
+            .min()
+            .unwrap_or(-1);
+        self.records
+            .iter()
+            .take_while(|r| (**r as i64) <= covered)
+            .count()
+    }
+
+    /// The first `n` records still on disk.
+    pub(crate) fn records(&self, n: usize) -> impl Iterator<Item = u64> + '_ {
+        self.records.iter().take(n).copied()
+    }
+
+    /// The flush `step` committed: `slice` checkpointed, `trimmed` records
+    /// deleted, and its own record written if `record`.
+    pub(crate) fn committed(&mut self, step: u64, slice: usize, trimmed: usize, record: bool) {
+        self.last[slice] = step as i64;
+        self.records.drain(..trimmed);
+        if record {
+            self.records.push_back(step);
+        }
+    }
+
+    /// A full checkpoint before flush `step` committed: every record
+    /// deleted, every slice covered.
+    pub(crate) fn all_committed(&mut self, step: u64) {
+        self.records.clear();
+        self.last.iter_mut().for_each(|l| *l = step as i64 - 1);
+    }
+
+    /// Log records on disk.
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// A window to seal: series, tier, window start.
+pub type Window = (u32, Tier, i64);
+
+/// Windows that ended, waiting to be sealed, per tier.
+#[derive(Debug)]
+pub(crate) struct Seals {
+    queues: [VecDeque<(u32, i64)>; 3],
+    /// Windows sealed per flush while the queue is not empty.
+    rate: [usize; 3],
+    /// Flushes over which a tier's seals are spread.
+    spread: [usize; 3],
+}
+
+/// Longest a tier's seals are spread over.
+const MAX_SPREAD_MS: i64 = 6 * 3_600_000;
+
+/// Fewest windows a flush seals while some wait (a few ms): a small store
+/// seals at once.
+pub const MIN_SEALS_PER_FLUSH: usize = 64;
+
+impl Seals {
+    /// Seals spread for flushes every `flush_interval_ms`: over three
+    /// quarters of a window (11.25 minutes for raw values, done before the
+    /// next window ends), at most 6 hours (the rollups).
+    pub(crate) fn new(flush_interval_ms: u64) -> Self {
+        let flush = flush_interval_ms.max(1) as i64;
+        let spread =
+            Tier::ALL.map(|t| ((t.window_ms() * 3 / 4).min(MAX_SPREAD_MS) / flush).max(1) as usize);
+        Self {
+            queues: Default::default(),
+            rate: [0; 3],
+            spread,
+        }
+    }
+
+    /// Queues windows (after the transaction writing their last chunks
+    /// committed).
+    pub(crate) fn push(&mut self, windows: impl IntoIterator<Item = Window>) {
+        for (id, tier, w) in windows {
+            self.queues[tier as usize].push_back((id, w));
+        }
+        for t in 0..3 {
+            let need = self.queues[t].len().div_ceil(self.spread[t]);
+            self.rate[t] = self.rate[t].max(need).max(MIN_SEALS_PER_FLUSH);
+        }
+    }
+
+    /// The windows to seal at this flush.
+    pub(crate) fn due(&mut self) -> Vec<Window> {
+        let mut out = Vec::new();
+        for tier in Tier::ALL {
+            let t = tier as usize;
+            let n = self.rate[t].min(self.queues[t].len());
+            out.extend(self.queues[t].drain(..n).map(|(id, w)| (id, tier, w)));
+            if self.queues[t].is_empty() {
+                self.rate[t] = 0;
+            }
+        }
+        out
+    }
+
+    /// Every window queued.
+    pub(crate) fn all(&mut self) -> Vec<Window> {
+        self.rate = [0; 3];
+        let mut out = Vec::new();
+        for tier in Tier::ALL {
+            out.extend(
+                self.queues[tier as usize]
+                    .drain(..)
+                    .map(|(id, w)| (id, tier, w)),
+            );
+        }
+        out
+    }
+
+    /// Puts back windows whose seal did not commit, first in line.
+    pub(crate) fn unpop(&mut self, windows: Vec<Window>) {
+        for (id, tier, w) in windows.into_iter().rev() {
+            self.queues[tier as usize].push_front((id, w));
+        }
+        self.push([]);
+    }
+
+    /// Windows queued.
+    pub(crate) fn len(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum()
+    }
+}
+
+/// Adds to `ops` the writing of `rows` (one tier of one series, in time
+/// order) after the series' open chunks in window `disk`. The newest window
+/// is appended as an open chunk. Older windows (the rows moved past them)
+/// are sealed now with what is on disk for them, or, with `defer`, written
+/// as open chunks too and pushed onto `defer`, to be sealed once this
+/// transaction committed.
+pub(crate) fn write_rows(
+    engine: &dyn Engine,
+    id: u32,
+    tier: Tier,
+    rows: &Rows,
+    disk: &mut Option<i64>,
+    ops: &mut Vec<Op>,
+    mut defer: Option<&mut Vec<Window>>,
+) -> Result<(), StoreError> {
+    let newest = tier.window_of(*rows.ts.last().expect("not empty"));
+    if let Some(w) = *disk
+        && w < newest
+        && tier.window_of(rows.ts[0]) != w
+    {
+        match defer.as_deref_mut() {
+            Some(defer) => defer.push((id, tier, w)),
+            None => seal(engine, id, tier, w, Rows::new(tier.cols()), ops)?,
+        }
+        *disk = None;
+    }
+    let mut start = 0;
+    while start < rows.len() {
+        let w = tier.window_of(rows.ts[start]);
+        let end = start + rows.ts[start..].partition_point(|t| tier.window_of(*t) == w);
+        let mut part = Rows::new(tier.cols());
+        part.ts.extend_from_slice(&rows.ts[start..end]);
+        for (c, col) in part.cols.iter_mut().enumerate() {
+            col.extend_from_slice(&rows.cols[c][start..end]);
+        }
+        match defer.as_deref_mut() {
+            Some(defer) if w < newest => {
+                ops.push(Op::Put(
+                    Table::Open,
+                    block_key(id, tier as u8, part.ts[0]).to_vec(),
+                    encode_chunk(&part),
+                ));
+                defer.push((id, tier, w));
+                if *disk == Some(w) {
+                    *disk = None;
+                }
+            }
+            None if w < newest => {
+                seal(engine, id, tier, w, part, ops)?;
+                if *disk == Some(w) {
+                    *disk = None;
+                }
+            }
+            _ => {
+                ops.push(Op::Put(
+                    Table::Open,
+                    block_key(id, tier as u8, part.ts[0]).to_vec(),
+                    encode_chunk(&part),
+                ));
+                *disk = Some(w);
+            }
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// Adds to `ops` the sealing of window `w`: its existing block (if any),
+/// its open chunks and `extra` rows merged into one block; the chunks go.
+pub fn seal(
+    engine: &dyn Engine,
+    id: u32,
+    tier: Tier,
+    w: i64,
+    extra: Rows,
+    ops: &mut Vec<Op>,
+) -> Result<(), StoreError> {
+    let t = tier as u8;
+    let (start, end) = (block_key(id, t, w), block_key(id, t, w + tier.window_ms()));
+    let mut rows = Rows::new(tier.cols());
+    let mut failure = None;
+    engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
+        match decode_block(v) {
+            Ok(b) => rows.extend(&b),
+            Err(e) => failure = Some(e),
+        }
+        true
+    })?;
+    engine.scan(Table::Open, &start, &end, &mut |k, v| {
+        if let Err(e) = decode_chunk(v, &mut rows) {
+            failure = Some(e);
+        }
+        ops.push(Op::Delete(Table::Open, k.to_vec()));
+        true
+    })?;
+    if let Some(e) = failure {
+        // A corrupt chunk cannot be merged; the window keeps what decoded.
+        tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: unreadable rows skipped while sealing");
+    }
+    rows.extend(&extra);
+    rows.sort_dedup();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let block = encode_block(&rows)?;
+    ops.push(Op::Put(
+        Table::ByTime,
+        time_key(t, w, id).to_vec(),
+        ((block.len() + 13) as u32).to_be_bytes().to_vec(),
+    ));
+    ops.push(Op::Put(Table::Blocks, start.to_vec(), block));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_consecutive_series_share_a_slice() {
+        let r = Rotation::new(30);
+        assert_eq!(r.slice_of(0), r.slice_of(SLICE_RUN - 1));
+        assert_eq!(r.slice_of(SLICE_RUN), 1);
+        assert_eq!(r.slice_of(30 * SLICE_RUN + 5), 0);
+        assert_eq!(r.flushes_until(SLICE_RUN, 0), 2);
+        assert_eq!(r.flushes_until(0, 1), 30);
+    }
+
+    #[test]
+    fn a_record_is_trimmed_once_every_slice_passed_it() {
+        let mut r = Rotation::new(3);
+        // Steps 0, 1, 2 write records; slices 0, 1, 2 are checkpointed.
+        for step in 0..3u64 {
+            let slice = r.slice_at(step);
+            let n = r.trimmable(step, slice);
+            assert_eq!(n, usize::from(step == 2), "step {step}");
+            r.committed(step, slice, n, true);
+        }
+        // Record 0 went at step 2 (slices 1 and 2 since, 0 in its own flush).
+        assert_eq!(r.records(9).collect::<Vec<_>>(), [1, 2]);
+        let n = r.trimmable(3, r.slice_at(3));
+        assert_eq!(r.records(n).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn seals_are_spread_over_the_tiers_spread() {
+        let mut s = Seals::new(2_000);
+        s.push((0..67_400).map(|id| (id, Tier::Raw, 0)));
+        // Raw windows: spread over 675 s of 2 s flushes, 200 a flush.
+        let mut flushes = 0;
+        while s.len() > 0 {
+            assert_eq!(s.due().len(), 200);
+            flushes += 1;
+        }
+        assert_eq!(flushes, 337);
+        assert!(s.due().is_empty());
+        // A few are sealed at once.
+        s.push((0..50).map(|id| (id, Tier::Minute, 0)));
+        assert_eq!(s.due().len(), 50);
+    }
+}

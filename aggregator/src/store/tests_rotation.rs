@@ -1,0 +1,199 @@
+//! The checkpoint spread over the flushes ([`super::checkpoint`]) on a real
+//! redb file: every row readable after every flush, the log trimmed after
+//! a rotation, a crash anywhere in a rotation replayed to exactly the rows
+//! sent, and seals that fall due together spread over flushes.
+
+use super::codec::{decode_block, decode_chunk};
+use super::engine::{Engine, Table, parse_block_key};
+use super::query::series;
+use super::tests::{T0, cpu_at, entries, open, sample, temp_dir};
+use super::tier::{Rows, Tier};
+use super::writer::Writer;
+
+const HOSTS: [&str; 3] = ["a", "b", "c"];
+
+/// Takes second `i` of every host.
+fn take(w: &mut Writer, start: i64, i: i64) {
+    for (h, host) in HOSTS.iter().enumerate() {
+        let ts = start + i * 1000;
+        w.ingest(host, &sample(i as u64 + 1, ts, cpu_at(i + h as i64), 1.0))
+            .unwrap();
+    }
+}
+
+/// Asserts that each host's `cpu.total_pct` reads back as seconds
+/// `0..n` from `start`, each once, with its value.
+fn assert_all_rows(engine: &dyn Engine, w: Option<&Writer>, start: i64, n: i64) {
+    for (h, host) in HOSTS.iter().enumerate() {
+        let got = series(
+            engine,
+            w.map(|w| w.recent().as_ref()),
+            host,
+            "cpu.total_pct",
+            start - 3_600_000,
+            start + 3_600_000,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(got.len(), n as usize, "host {host}");
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p.ts, start + i as i64 * 1000);
+            assert_eq!(p.last, f64::from(cpu_at(i as i64 + h as i64)));
+        }
+    }
+}
+
+/// Raw rows stored in the tables (open chunks and sealed blocks), by
+/// series: duplicates would be counted twice.
+fn stored_raw_rows(engine: &dyn Engine) -> std::collections::BTreeMap<u32, usize> {
+    let mut rows = std::collections::BTreeMap::new();
+    for table in [Table::Open, Table::Blocks] {
+        engine
+            .scan(table, &[], &[0xff; 14], &mut |k, v| {
+                let (id, t, _) = parse_block_key(k).unwrap();
+                if t == Tier::Raw as u8 {
+                    let mut r = Rows::new(1);
+                    match table {
+                        Table::Open => decode_chunk(v, &mut r).unwrap(),
+                        _ => r = decode_block(v).unwrap(),
+                    }
+                    *rows.entry(id).or_insert(0) += r.len();
+                }
+                true
+            })
+            .unwrap();
+    }
+    rows
+}
+
+fn log_keys(engine: &dyn Engine) -> Vec<u64> {
+    let mut keys = Vec::new();
+    engine
+        .scan(Table::Log, &[], &[0xff; 9], &mut |k, _| {
+            keys.push(u64::from_be_bytes(k.try_into().unwrap()));
+            true
+        })
+        .unwrap();
+    keys
+}
+
+#[test]
+fn a_checkpoint_spread_over_flushes_leaves_every_row_readable_and_trims_the_log() {
+    let dir = temp_dir("spread");
+    let (engine, mut w) = open(&dir);
+    let e = engine.as_ref();
+    w.set_slices(4, 1);
+    let mut chunks = Vec::new();
+    for step in 0..12i64 {
+        take(&mut w, T0, 2 * step);
+        take(&mut w, T0, 2 * step + 1);
+        w.flush().unwrap();
+        assert_all_rows(e, Some(&w), T0, 2 * step + 2);
+        // The log holds the records of the last rotation only: a record
+        // goes once every slice has been checkpointed after it.
+        let keys = log_keys(e);
+        assert!(keys.len() <= 3, "step {step}: {keys:?}");
+        assert!(
+            keys.iter().all(|k| *k as i64 > step - 4),
+            "step {step}: {keys:?}"
+        );
+        chunks.push(entries(e, Table::Open));
+    }
+    // Each flush wrote one slice's chunks, not every series' at once.
+    let grown: Vec<usize> = chunks.windows(2).map(|c| c[1] - c[0]).collect();
+    assert!(grown.iter().all(|g| *g > 0 && *g < 18), "{grown:?}");
+    // A full checkpoint empties the log and the rows still read back.
+    w.checkpoint().unwrap();
+    assert_eq!(entries(e, Table::Log), 0);
+    assert_all_rows(e, None, T0, 24);
+    assert_eq!(w.backlog(), (0, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_crash_anywhere_in_a_rotation_replays_every_row_once() {
+    // Across a raw window's end, so that windows wait to be sealed too.
+    let start = T0 + 15 * 60_000 - 20_000;
+    for flushes in 1..=11i64 {
+        let dir = temp_dir("crash");
+        let n = 2 * flushes + 1;
+        {
+            let (engine, mut w) = open(&dir);
+            w.set_slices(4, 1);
+            for i in 0..n {
+                take(&mut w, start, i);
+                if i % 2 == 1 {
+                    w.flush().unwrap();
+                }
+            }
+            assert!(entries(engine.as_ref(), Table::Log) > 0);
+            // The last second is pending, not flushed: a SIGKILL loses it.
+            // Dropped without a checkpoint.
+        }
+        let (engine, w) = open(&dir);
+        let e = engine.as_ref();
+        assert_eq!(entries(e, Table::Log), 0, "after {flushes} flushes");
+        assert_all_rows(e, None, start, n - 1);
+        assert_all_rows(e, Some(&w), start, n - 1);
+        let stored = stored_raw_rows(e);
+        assert_eq!(stored.len(), 18);
+        assert!(
+            stored.values().all(|r| *r == (n - 1) as usize),
+            "after {flushes} flushes: {stored:?}"
+        );
+        // Replaying again changes nothing.
+        drop((engine, w));
+        let (engine, _w) = open(&dir);
+        assert_eq!(stored_raw_rows(engine.as_ref()), stored);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn seals_that_fall_due_together_are_spread_over_flushes() {
+    let dir = temp_dir("seals");
+    let (engine, mut w) = open(&dir);
+    let e = engine.as_ref();
+    w.set_slices(3, 1);
+    // Seals spread over 11 flushes (11.25 minutes at one a minute).
+    w.set_flush_interval(60_000);
+    let hosts: Vec<String> = (0..40).map(|h| format!("h{h}")).collect();
+    let start = T0 + 15 * 60_000 - 10_000;
+    let mut blocks = Vec::new();
+    for i in 0..40i64 {
+        for host in &hosts {
+            w.ingest(
+                host,
+                &sample(i as u64 + 1, start + i * 1000, cpu_at(i), 1.0),
+            )
+            .unwrap();
+        }
+        if i % 2 == 1 {
+            w.flush().unwrap();
+            blocks.push(entries(e, Table::Blocks));
+            let got = series(
+                e,
+                Some(w.recent()),
+                "h7",
+                "load.five",
+                start,
+                start + 60_000,
+                1000,
+            )
+            .unwrap();
+            assert_eq!(got.len(), i as usize + 1);
+        }
+    }
+    // Every raw series' first window ended after 10 s (the minute and hour
+    // tiers' have not): 240 windows, sealed over several flushes, never
+    // more than a slice's worth in one.
+    assert_eq!(*blocks.last().unwrap(), 240, "{blocks:?}");
+    let per_flush: Vec<usize> = blocks.windows(2).map(|b| b[1] - b[0]).collect();
+    assert!(per_flush.iter().all(|n| *n <= 80), "{per_flush:?}");
+    assert!(
+        per_flush.iter().filter(|n| **n > 0).count() >= 3,
+        "{per_flush:?}"
+    );
+    assert_eq!(w.backlog().0, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
