@@ -1,9 +1,9 @@
-//! One connection's task: it `select!`s (biased) between shutdown, its
-//! outbox, the socket and its heartbeat, and when its outbox wakes it (at
-//! once, or through the server's wheel when a batching window closes)
-//! drains what is due and writes it with one flush. It owns no timers: the
-//! heartbeat and write deadlines are the server's shared clocks
-//! ([`crate::ws::ticks`]). The
+//! One connection's task: it `select!`s (biased) between its outbox and the
+//! socket, and when its outbox wakes it (at once, or through the server's
+//! wheel when a batching window closes, or for its heartbeat) drains what is
+//! due and writes it with one flush. It owns no timers: the heartbeat and
+//! write deadlines are the server's shared clocks ([`crate::ws::ticks`]),
+//! and the heartbeat and shutdown reach it through its outbox. The
 //! client's requests are handled in `session/requests.rs`.
 
 /// Logs a line naming the connection (`conn`, `peer`). A span per
@@ -33,7 +33,7 @@ use crate::auth::Grant;
 use crate::hub::{Command, ConnId, SubscribeRequest};
 use crate::limit::TokenBucket;
 use crate::ws::encoding::Encoding;
-use crate::ws::outbox::{Item, Outbox};
+use crate::ws::outbox::{Drained, Item, Outbox};
 use crate::ws::protocol;
 use crate::ws::protocol::error_message;
 use crate::ws::replay::Replaying;
@@ -245,15 +245,14 @@ impl Session {
     async fn serve(&mut self, socket: &mut Socket) -> End {
         let state = self.state.clone();
         let config = &state.config;
-        let mut heartbeat = state.ticks.heartbeat(self.id);
+        state.ticks.heartbeat(self.id, &self.outbox);
         let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
         let mut last_heard = Instant::now();
         let mut items: Vec<Item> = Vec::new();
         loop {
-            // Shutdown and a client given up on are seen at each wake-up,
-            // busy or not; an idle connection hears shutdown from its
-            // heartbeat, which ends then. (Fewer futures in the select below
-            // keep every idle connection's task small.)
+            // Shutdown is seen at each wake-up, busy or not; the heartbeat
+            // task wakes every outbox on shutdown. (Fewer futures in the
+            // select below keep every idle connection's task small.)
             if state.shutdown.is_cancelled() {
                 return SHUTTING_DOWN;
             }
@@ -261,13 +260,9 @@ impl Session {
                 biased;
                 // Woken when something is due: at once, or by the server's
                 // wheel when the batching window closes or a throttled
-                // update falls due; and when the outbox gives up on the
-                // client.
-                _ = self.outbox.notified() => {
-                    if self.outbox.overflowed() {
-                        return TOO_SLOW_END;
-                    }
-                }
+                // update falls due; for the heartbeat; when the outbox gives
+                // up on the client; and on shutdown.
+                _ = self.outbox.notified() => {}
                 message = socket.recv() => {
                     last_heard = Instant::now();
                     match message {
@@ -305,22 +300,36 @@ impl Session {
                     }
                     continue;
                 }
-                beat = heartbeat.changed() => {
-                    if beat.is_err() {
-                        return SHUTTING_DOWN;
-                    }
-                    if last_heard.elapsed() > ping_timeout {
-                        log!(info, self, timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
-                        return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
-                    }
-                    let ping = Box::pin(self.write_control(socket, true));
-                    if let Some(end) = ping.await {
-                        return end;
-                    }
-                    continue;
+            }
+            // One lock: what is due, whether the client is given up on, and
+            // whether its heartbeat came. (A lag starting while this drain is
+            // written wakes the session at once, and a client given up on
+            // meanwhile is seen at the next drain.)
+            let Drained {
+                overflowed, beat, ..
+            } = self.outbox.drain(&mut items);
+            if overflowed {
+                return TOO_SLOW_END;
+            }
+            if beat {
+                if last_heard.elapsed() > ping_timeout {
+                    log!(
+                        info,
+                        self,
+                        timeout_ms = config.ping_timeout_ms,
+                        "no answer to pings; disconnecting"
+                    );
+                    return End::Abandon(
+                        close::POLICY,
+                        "heartbeat timeout",
+                        Duration::from_millis(100),
+                    );
+                }
+                let ping = Box::pin(self.write_control(socket, true));
+                if let Some(end) = ping.await {
+                    return end;
                 }
             }
-            self.outbox.drain_into(&mut items);
             // Boxed, as every write path: its future would otherwise enlarge
             // every idle connection's task.
             if !items.is_empty() {
@@ -337,16 +346,8 @@ impl Session {
             if self.replay_permit.take().is_some() {
                 tokio::task::yield_now().await;
             }
-            if self.outbox.overflowed() {
-                return TOO_SLOW_END;
-            }
             if self.advance_replay().await.is_err() {
                 return SHUTTING_DOWN;
-            }
-            if self.outbox.lagging() {
-                // Conflated while writing: the newest of each topic goes
-                // out at once, window or not.
-                self.outbox.wake();
             }
         }
     }
