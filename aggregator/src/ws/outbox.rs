@@ -166,6 +166,11 @@ impl Outbox {
         })
     }
 
+    /// The batching window (zero: every update goes out at once).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Wakes the session now: it drains what is queued.
     pub fn wake(&self) {
         self.notify.notify_one();

@@ -15,9 +15,10 @@ macro_rules! log {
     };
 }
 
+mod end;
+mod queue;
 mod requests;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,10 +38,12 @@ use crate::ws::outbox::{Drained, Item, Outbox};
 use crate::ws::protocol;
 use crate::ws::protocol::error_message;
 use crate::ws::replay::Replaying;
-use crate::ws::socket::{ReadError, Socket};
+use crate::ws::socket::Socket;
 use crate::ws::write::{CLOSE_WAIT, WriteError, close_politely, finish};
 use crate::ws::{FLOOD_CLOSE, WsState, write_buffer_limit};
 use crate::ws::{close, frames};
+use end::{End, SHUTTING_DOWN, TOO_SLOW_END, read_failed};
+use queue::LazyQueue;
 
 /// Requests waiting behind a connection's replay before it refuses more.
 const MAX_DEFERRED: usize = 64;
@@ -67,7 +70,6 @@ pub(super) struct Session {
     outbox: Arc<Outbox>,
     subscriptions: Vec<String>,
     encoding: Encoding,
-    batch: Duration,
     /// What this connection may watch; `None` until it authenticates.
     pub(super) grant: Option<Grant>,
     /// Control messages it may still send now.
@@ -76,10 +78,10 @@ pub(super) struct Session {
     refused_control: u64,
     told_rate_limited: Option<Instant>,
     /// Replays to run, the first one running.
-    replays: VecDeque<Replaying>,
+    replays: LazyQueue<Replaying>,
     /// Requests made during a replay, sent to the hub once it has joined, so
     /// they take effect in the order the client made them.
-    deferred: VecDeque<HubRequest>,
+    deferred: LazyQueue<HubRequest>,
     /// Held from reading a replay chunk until it is written.
     replay_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Waiting for a replay permit: polled by the session loop beside the
@@ -89,36 +91,6 @@ pub(super) struct Session {
     /// served, and hands the permit over.)
     permit_wait: Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>>,
 }
-
-/// How a session ends.
-pub(super) enum End {
-    /// The peer vanished.
-    Gone,
-    /// The peer sent a close frame: tungstenite has made the reply, which
-    /// [`Socket::answer`] writes.
-    PeerClosed,
-    /// The server closes with this code and reason and waits (bounded) for
-    /// the peer's close reply.
-    Close(u16, &'static str),
-    /// Like `Close`, but nothing queued is written first: a frame could not
-    /// be written, and what follows it would reach the client with a gap.
-    Fail(u16, &'static str),
-    /// The peer is not keeping up: try to send the close frame for at most
-    /// the given time (it may be stuck behind unread data), and go.
-    Abandon(u16, &'static str, Duration),
-}
-
-/// A client still lagging after the grace period: 1013 with a retry hint.
-/// The close frame waits behind what the client has not read yet, so it gets
-/// a while to go through.
-const TOO_SLOW_END: End = End::Abandon(
-    close::TRY_AGAIN_LATER,
-    "too slow: fell behind past the grace period; reconnect and resume with since",
-    CLOSE_WAIT,
-);
-
-/// The hub has stopped: the aggregator is shutting down.
-const SHUTTING_DOWN: End = End::Close(close::GOING_AWAY, "server shutting down");
 
 impl Session {
     pub(super) fn new(
@@ -143,13 +115,12 @@ impl Session {
             outbox,
             subscriptions: Vec::new(),
             encoding,
-            batch,
             grant: None,
             control: TokenBucket::new(rate, rate * 2.0),
             refused_control: 0,
             told_rate_limited: None,
-            replays: VecDeque::new(),
-            deferred: VecDeque::new(),
+            replays: LazyQueue::default(),
+            deferred: LazyQueue::default(),
             replay_permit: None,
             permit_wait: None,
         }
@@ -167,7 +138,7 @@ impl Session {
                 debug,
                 self,
                 encoding = self.encoding.name(),
-                batch_ms = self.batch.as_millis() as u64,
+                batch_ms = self.outbox.window().as_millis() as u64,
                 "connected"
             );
             let end = self.serve(&mut socket).await;
@@ -394,7 +365,7 @@ impl Session {
     async fn write(&self, socket: &mut Socket, items: &mut Vec<Item>) -> Result<(), WriteError> {
         let limit = write_buffer_limit(&self.state.config);
         let mut out = Vec::with_capacity(items.len());
-        if self.batch.is_zero() {
+        if self.outbox.window().is_zero() {
             for item in items.drain(..) {
                 finish(frames::single(&item, self.encoding), &mut out, limit).await?;
             }
@@ -406,33 +377,6 @@ impl Session {
             }
         }
         Ok(socket.write_frames(out).await?)
-    }
-
-    /// How a failed write ends the session: logged (the line names
-    /// the connection and peer) and closed with 1011.
-    fn write_failed(&self, e: WriteError) -> End {
-        match e {
-            WriteError::TooBig { bytes } => {
-                let limit = write_buffer_limit(&self.state.config);
-                log!(
-                    warn,
-                    self,
-                    bytes,
-                    limit,
-                    "frame larger than the write buffer limit cannot be written; closing with 1011"
-                );
-                End::Fail(
-                    close::INTERNAL,
-                    "a frame larger than the write buffer limit could not be written",
-                )
-            }
-            WriteError::Socket(cause) => {
-                log!(info, self, %cause, "write failed; closing with 1011");
-                // Bounded like any close: a broken socket fails both the
-                // close frame and the wait for its reply at once.
-                End::Fail(close::INTERNAL, "write failed")
-            }
-        }
     }
 
     async fn on_message(&mut self, message: Message) -> Option<End> {
@@ -494,27 +438,6 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(_) => Some(End::PeerClosed),
         }
-    }
-}
-
-/// How a failed read ends the session: a message over the limit with 1009,
-/// text that is not UTF-8 with 1007, a frame breaking the protocol with
-/// 1002 (each logged), a lost connection quietly.
-fn read_failed(session: &Session, e: ReadError) -> End {
-    match e {
-        ReadError::TooBig(cause) => {
-            log!(info, session, %cause, "message over the size limit");
-            End::Close(close::TOO_BIG, "message too big")
-        }
-        ReadError::NotUtf8(cause) => {
-            log!(info, session, %cause, "text message that is not UTF-8");
-            End::Fail(close::INVALID_DATA, "text message is not valid UTF-8")
-        }
-        ReadError::Protocol(cause) => {
-            log!(info, session, %cause, "WebSocket protocol error");
-            End::Fail(close::PROTOCOL, "protocol error")
-        }
-        ReadError::Gone => End::Gone,
     }
 }
 
