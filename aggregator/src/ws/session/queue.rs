@@ -7,6 +7,10 @@ use std::collections::VecDeque;
 
 /// A `VecDeque` allocated on first push and freed once emptied.
 #[derive(Debug)]
+#[allow(
+    clippy::box_collection,
+    reason = "one pointer while empty (most connections), not a VecDeque's 32 bytes"
+)]
 pub(super) struct LazyQueue<T>(Option<Box<VecDeque<T>>>);
 
 impl<T> Default for LazyQueue<T> {
