@@ -1,7 +1,8 @@
 //! `/ws`: the WebSocket upgrade and one task per connection.
 //!
-//! Each connection is one task that `select!`s (biased) between shutdown, its
-//! outbox, the socket and its heartbeat. At each wake-up of its outbox it
+//! Each connection is one task that `select!`s (biased) between its outbox
+//! and the socket; its heartbeat and the server's shutdown reach it through
+//! its outbox. At each wake-up of its outbox it
 //! drains everything due and writes it with one flush (or one `batch.update`
 //! frame when the client asked for a batching window), so many updates share
 //! one system call. Connections own no timers: batching windows, throttles,

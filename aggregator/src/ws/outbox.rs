@@ -23,8 +23,13 @@
 //! pending once a newer one of its topic has gone out (the lag's newest, or a
 //! replay). That state is forgotten with the throttles, when the connection
 //! no longer subscribes to the topic: a later subscription starts afresh.
+//!
+//! What most connections never use (throttles, topics blocked for a replay,
+//! a lag) lives behind one pointer, allocated on first use and freed once
+//! empty, so an idle outbox is small; a drain hands the queue's buffer to the
+//! session rather than copying it, and takes the lock once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -35,51 +40,23 @@ use tokio::time::Instant;
 use crate::update::{SysMessage, Update};
 use crate::ws::ticks::Wheel;
 use lag::{Lag, conflate};
+use rare::Rare;
+use topics::TopicHasher;
 
+pub use items::{Drained, Item, Pushed};
+
+mod items;
 mod lag;
+mod rare;
+mod topics;
 
-/// One queued item.
-#[derive(Debug, Clone)]
-pub enum Item {
-    /// A topic update, shared with every other subscriber.
-    Update(Arc<Update>),
-    /// A reply or notice for this connection only.
-    Sys(SysMessage),
-}
-
-impl Item {
-    fn size(&self) -> usize {
-        match self {
-            Item::Update(u) => u.json.len(),
-            Item::Sys(m) => m.size(),
-        }
-    }
-}
-
-/// What happened to a pushed update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    /// Queued for sending.
-    Queued,
-    /// Held back by a throttle or by conflation (newest wins).
-    Held,
-    /// Refused: the connection is being closed.
-    Refused,
-    /// Not sent: the connection already has this seq of the topic or a newer
-    /// one (queued or sent), so sending it would go backwards.
-    Stale,
-}
-
-#[derive(Debug)]
-struct Throttle {
-    interval: Duration,
-    next_at: Instant,
-    pending: Option<Arc<Update>>,
-}
+/// A map keyed by topic, with the outbox's hasher (no state per map).
+type TopicMap<V> = HashMap<Arc<str>, V, TopicHasher>;
 
 #[derive(Debug)]
 struct State {
-    queue: VecDeque<Item>,
+    /// Pushed and drained whole (never popped one by one).
+    queue: Vec<Item>,
     bytes: usize,
     /// The session has drained everything and waits for a wake-up. Only the
     /// first push after that wakes it (at once, or at the end of the
@@ -89,15 +66,31 @@ struct State {
     /// Wake the session at once, whatever the batching window (while it
     /// replays history, which goes at the pace of the socket).
     immediate: bool,
-    throttles: HashMap<Arc<str>, Throttle>,
+    overflowed: bool,
+    /// The heartbeat came and the session has not seen it yet.
+    beat: bool,
     /// Per topic, the newest seq queued or sent: nothing at or below it is
     /// queued again.
-    sent: HashMap<Arc<str>, u64>,
-    /// Topics being replayed: live updates of them are not queued until the
-    /// replay joins (the join sends what was published meanwhile).
-    blocked: HashSet<Arc<str>>,
-    lag: Option<Lag>,
-    overflowed: bool,
+    sent: TopicMap<u64>,
+    rare: Option<Box<Rare>>,
+}
+
+impl State {
+    /// The rare state, made if needed.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the rare state once nothing is left in it.
+    fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
+        }
+    }
+
+    fn lagging(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.lag.is_some())
+    }
 }
 
 /// Counters shared by every outbox of a server.
@@ -153,15 +146,14 @@ impl Outbox {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
+                queue: Vec::new(),
                 bytes: 0,
                 idle: true,
                 immediate: false,
-                throttles: HashMap::new(),
-                sent: HashMap::new(),
-                blocked: HashSet::new(),
-                lag: None,
                 overflowed: false,
+                beat: false,
+                sent: TopicMap::default(),
+                rare: None,
             }),
             notify: Notify::new(),
             me: me.clone(),
@@ -172,6 +164,11 @@ impl Outbox {
             grace,
             stats,
         })
+    }
+
+    /// The batching window (zero: every update goes out at once).
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// Wakes the session now: it drains what is queued.
@@ -187,13 +184,22 @@ impl Outbox {
         }
     }
 
+    /// Wakes the session for its heartbeat: the next drain says so.
+    pub fn beat(&self) {
+        self.state.lock().expect("outbox lock").beat = true;
+        self.wake();
+    }
+
     /// When the session is to drain what was just queued in an idle outbox:
-    /// when the window closes on the wheel's clock (aligned, so connections
-    /// with the same window drain together; see [`Wheel::window_close`]).
-    fn due(&self, s: &State, now: Instant) -> Option<Instant> {
-        if s.immediate || self.window.is_zero() {
+    /// at once while replaying or lagging (the newest of each topic goes
+    /// out, window or not), else when the window closes on the wheel's
+    /// clock (aligned, so connections with the same window drain together;
+    /// see [`Wheel::window_close`]).
+    fn due(&self, s: &State) -> Option<Instant> {
+        if s.immediate || self.window.is_zero() || s.lagging() {
             return None;
         }
+        let now = Instant::now();
         Some(match &self.wheel {
             Some(wheel) => wheel.window_close(now, self.window),
             None => now + self.window,
@@ -240,16 +246,19 @@ impl Outbox {
     /// Holds back live updates of `topic` while a replay of it runs.
     pub fn block(&self, topic: &Arc<str>) {
         let mut s = self.state.lock().expect("outbox lock");
-        s.blocked.insert(topic.clone());
+        s.rare().blocked.insert(topic.clone());
     }
 
     /// Ends [`Outbox::block`].
     pub fn unblock(&self, topic: &str) {
         let mut s = self.state.lock().expect("outbox lock");
-        s.blocked.remove(topic);
-        if s.blocked.is_empty() {
-            s.blocked.shrink_to_fit();
+        if let Some(r) = &mut s.rare {
+            r.blocked.remove(topic);
+            if r.blocked.is_empty() {
+                r.blocked.shrink_to_fit();
+            }
         }
+        s.tidy();
     }
 
     /// Nothing of `topic` at or below `seq` is to be sent (the client's
@@ -261,65 +270,70 @@ impl Outbox {
     }
 
     fn push(&self, update: &Arc<Update>, throttle: Duration, replay: bool) -> Pushed {
-        let now = Instant::now();
         let mut guard = self.state.lock().expect("outbox lock");
-        let s = &mut *guard;
-        if s.overflowed {
+        let State {
+            overflowed,
+            sent,
+            rare,
+            ..
+        } = &mut *guard;
+        if *overflowed {
             return Pushed::Refused;
         }
-        if !replay && !s.blocked.is_empty() && s.blocked.contains(&*update.topic) {
-            return Pushed::Stale;
-        }
         // At or below what the connection has: sending it would go backwards.
-        let stale = s.sent.get(&*update.topic).is_some_and(|&n| update.seq <= n);
-        if let Some(lag) = &mut s.lag {
-            let overdue = now.duration_since(lag.since) > self.grace;
-            if !stale {
-                conflate(lag, update, &self.stats);
+        // (One lookup: the entry is made only for a topic's first update.)
+        let seen = sent.get_mut(&*update.topic);
+        let stale = seen.as_deref().is_some_and(|&n| update.seq <= n);
+        if let Some(r) = rare {
+            if !replay && !r.blocked.is_empty() && r.blocked.contains(&*update.topic) {
+                return Pushed::Stale;
             }
-            if overdue {
-                s.overflowed = true;
-                self.stats.lag_disconnects.fetch_add(1, Ordering::Relaxed);
-                drop(guard);
-                self.notify.notify_one();
-                self.doomed.notify_one();
-                return Pushed::Refused;
+            if let Some(lag) = &mut r.lag {
+                let overdue = Instant::now().duration_since(lag.since) > self.grace;
+                if !stale {
+                    conflate(lag, update, &self.stats);
+                }
+                if overdue {
+                    *overflowed = true;
+                    self.stats.lag_disconnects.fetch_add(1, Ordering::Relaxed);
+                    drop(guard);
+                    self.notify.notify_one();
+                    self.doomed.notify_one();
+                    return Pushed::Refused;
+                }
+                return if stale { Pushed::Stale } else { Pushed::Held };
             }
-            return if stale { Pushed::Stale } else { Pushed::Held };
         }
         if stale {
             return Pushed::Stale;
         }
         if !throttle.is_zero() {
-            let t = s
-                .throttles
-                .entry(update.topic.clone())
-                .or_insert_with(|| Throttle {
-                    interval: throttle,
-                    next_at: now,
-                    pending: None,
-                });
-            t.interval = throttle;
-            if t.pending.is_some() || now < t.next_at {
+            let rare = rare.get_or_insert_with(Box::default);
+            if let Some(first) = rare.throttle(update, throttle) {
+                drop(guard);
                 // The first held update asks for a wake-up when it falls
                 // due; the ones replacing it ride on that.
-                let first = t.pending.is_none().then_some(t.next_at);
-                // Newest wins (an older one never replaces it).
-                if t.pending.as_ref().is_none_or(|p| p.seq < update.seq) {
-                    t.pending = Some(update.clone());
-                }
-                drop(guard);
                 if let Some(at) = first {
                     self.wake_at(at);
                 }
                 return Pushed::Held;
             }
-            t.next_at = now + throttle;
         }
-        mark_sent(s, update);
-        self.enqueue(s, Item::Update(update.clone()), now);
-        let wake = std::mem::replace(&mut s.idle, false);
-        let due = self.due(s, now);
+        match seen {
+            Some(n) => *n = update.seq,
+            None => {
+                sent.insert(update.topic.clone(), update.seq);
+            }
+        }
+        if let Some(r) = rare {
+            r.drop_pending_at_or_below(update);
+        }
+        let s = &mut *guard;
+        self.enqueue(s, Item::Update(update.clone()));
+        // The first push after a drain wakes the session; a lag starting
+        // now wakes it at once.
+        let wake = std::mem::replace(&mut s.idle, false) || s.lagging();
+        let due = self.due(s);
         drop(guard);
         if wake {
             self.woken(due);
@@ -333,25 +347,26 @@ impl Outbox {
         if s.overflowed {
             return;
         }
-        let now = Instant::now();
-        self.enqueue(&mut s, Item::Sys(message), now);
-        let wake = std::mem::replace(&mut s.idle, false);
-        let due = self.due(&s, now);
+        self.enqueue(&mut s, Item::Sys(message));
+        // A lag starting now wakes the session at once.
+        let wake = std::mem::replace(&mut s.idle, false) || s.lagging();
+        let due = self.due(&s);
         drop(s);
         if wake {
             self.woken(due);
         }
     }
 
-    fn enqueue(&self, s: &mut State, item: Item, now: Instant) {
+    fn enqueue(&self, s: &mut State, item: Item) {
         s.bytes += item.size();
-        s.queue.push_back(item);
-        self.stats
-            .peak_queue_bytes
-            .fetch_max(s.bytes as u64, Ordering::Relaxed);
-        if s.bytes > self.max_bytes && s.lag.is_none() {
+        s.queue.push(item);
+        let peak = &self.stats.peak_queue_bytes;
+        if s.bytes as u64 > peak.load(Ordering::Relaxed) {
+            peak.fetch_max(s.bytes as u64, Ordering::Relaxed);
+        }
+        if s.bytes > self.max_bytes && !s.lagging() {
             self.stats.lag_episodes.fetch_add(1, Ordering::Relaxed);
-            s.lag = Some(Lag::new(now));
+            s.rare().lag = Some(Lag::new(Instant::now()));
         }
     }
 
@@ -359,35 +374,50 @@ impl Outbox {
     /// next due, if any are waiting (with a wheel, it wakes the session
     /// then by itself).
     pub fn drain_into(&self, out: &mut Vec<Item>) -> Option<Instant> {
-        let now = Instant::now();
-        let mut s = self.state.lock().expect("outbox lock");
-        // The queue's buffer goes with its items: an idle connection holds
-        // none, and a burst (a replay, a lag's end) leaves no large one behind.
-        out.extend(std::mem::take(&mut s.queue));
+        self.drain(out).next_due
+    }
+
+    /// Moves everything due into `out` (nothing if the client must go),
+    /// under one lock, and says what else the session must know.
+    pub fn drain(&self, out: &mut Vec<Item>) -> Drained {
+        let mut guard = self.state.lock().expect("outbox lock");
+        let s = &mut *guard;
+        let beat = std::mem::take(&mut s.beat);
+        if s.overflowed {
+            return Drained {
+                overflowed: true,
+                beat,
+                ..Drained::default()
+            };
+        }
+        // The queue's buffer goes to the session (no copy): an idle
+        // connection holds none, and a burst (a replay, a lag's end) leaves
+        // no large one behind.
+        if out.is_empty() {
+            std::mem::swap(out, &mut s.queue);
+            s.queue = Vec::new();
+        } else {
+            out.append(&mut s.queue);
+        }
         s.bytes = 0;
         s.idle = true;
-        if let Some(lag) = s.lag.take() {
-            lag.end(&mut s, out);
+        let Some(rare) = &mut s.rare else {
+            return Drained {
+                beat,
+                ..Drained::default()
+            };
+        };
+        if let Some(lag) = rare.lag.take() {
+            lag.end(s, out);
         }
-        let mut next_due: Option<Instant> = None;
-        let State {
-            throttles, sent, ..
-        } = &mut *s;
-        for (topic, t) in throttles.iter_mut() {
-            if t.pending.is_some() {
-                if now >= t.next_at {
-                    let update = t.pending.take().expect("checked");
-                    // Whatever of its topic went out since dropped it if newer.
-                    debug_assert!(sent.get(topic).is_none_or(|&n| update.seq > n));
-                    sent.insert(topic.clone(), update.seq);
-                    out.push(Item::Update(update));
-                    t.next_at = now + t.interval;
-                } else {
-                    next_due = Some(next_due.map_or(t.next_at, |d| d.min(t.next_at)));
-                }
-            }
+        let State { rare, sent, .. } = &mut *s;
+        let next_due = rare.as_mut().and_then(|r| r.release_due(sent, out));
+        s.tidy();
+        Drained {
+            next_due,
+            overflowed: false,
+            beat,
         }
-        next_due
     }
 
     /// Whether the client must be disconnected (lagging past the grace period).
@@ -397,17 +427,19 @@ impl Outbox {
 
     /// Whether the client is currently lagging (conflated).
     pub fn lagging(&self) -> bool {
-        self.state.lock().expect("outbox lock").lag.is_some()
+        self.state.lock().expect("outbox lock").lagging()
     }
 
     /// Forgets the throttle and ordering state of topics no longer
     /// subscribed.
     pub fn forget_throttle(&self, keep: impl Fn(&str) -> bool) {
         let mut s = self.state.lock().expect("outbox lock");
-        s.throttles.retain(|t, _| keep(t));
+        if let Some(r) = &mut s.rare {
+            r.retain_throttles(&keep);
+        }
         s.sent.retain(|t, _| keep(t));
-        s.throttles.shrink_to_fit();
         s.sent.shrink_to_fit();
+        s.tidy();
     }
 
     /// Forgets the throttle and ordering state of a topic the hub forgot
@@ -415,14 +447,17 @@ impl Outbox {
     /// topic of that name made later starts fresh.
     pub fn forget_topic(&self, topic: &str) {
         let mut s = self.state.lock().expect("outbox lock");
-        s.throttles.remove(topic);
+        if let Some(r) = &mut s.rare {
+            r.forget_throttle(topic);
+        }
         s.sent.remove(topic);
+        s.tidy();
     }
 
     /// Entries of per-topic state held: throttles plus ordering marks.
     pub fn tracked_topics(&self) -> usize {
         let s = self.state.lock().expect("outbox lock");
-        s.throttles.len() + s.sent.len()
+        s.rare.as_ref().map_or(0, |r| r.throttles()) + s.sent.len()
     }
 
     /// Waits until something is pushed (or was pushed since the last wait).
@@ -443,24 +478,7 @@ impl Outbox {
     /// Whether anything is queued.
     pub fn has_queued(&self) -> bool {
         let s = self.state.lock().expect("outbox lock");
-        !s.queue.is_empty() || s.lag.is_some()
-    }
-}
-
-/// Records that `update` is queued or going out now: nothing of its topic at
-/// or below its seq may follow, so a throttled update pending at or below it
-/// is dropped (it would go out after a newer one).
-fn mark_sent(s: &mut State, update: &Arc<Update>) {
-    match s.sent.get_mut(&*update.topic) {
-        Some(n) => *n = update.seq,
-        None => {
-            s.sent.insert(update.topic.clone(), update.seq);
-        }
-    }
-    if let Some(t) = s.throttles.get_mut(&*update.topic)
-        && t.pending.as_ref().is_some_and(|p| p.seq <= update.seq)
-    {
-        t.pending = None;
+        !s.queue.is_empty() || s.lagging()
     }
 }
 

@@ -1,9 +1,9 @@
-//! One connection's task: it `select!`s (biased) between shutdown, its
-//! outbox, the socket and its heartbeat, and when its outbox wakes it (at
-//! once, or through the server's wheel when a batching window closes)
-//! drains what is due and writes it with one flush. It owns no timers: the
-//! heartbeat and write deadlines are the server's shared clocks
-//! ([`crate::ws::ticks`]). The
+//! One connection's task: it `select!`s (biased) between its outbox and the
+//! socket, and when its outbox wakes it (at once, or through the server's
+//! wheel when a batching window closes, or for its heartbeat) drains what is
+//! due and writes it with one flush. It owns no timers: the heartbeat and
+//! write deadlines are the server's shared clocks ([`crate::ws::ticks`]),
+//! and the heartbeat and shutdown reach it through its outbox. The
 //! client's requests are handled in `session/requests.rs`.
 
 /// Logs a line naming the connection (`conn`, `peer`). A span per
@@ -15,9 +15,10 @@ macro_rules! log {
     };
 }
 
+mod end;
+mod queue;
 mod requests;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,14 +34,16 @@ use crate::auth::Grant;
 use crate::hub::{Command, ConnId, SubscribeRequest};
 use crate::limit::TokenBucket;
 use crate::ws::encoding::Encoding;
-use crate::ws::outbox::{Item, Outbox};
+use crate::ws::outbox::{Drained, Item, Outbox};
 use crate::ws::protocol;
 use crate::ws::protocol::error_message;
 use crate::ws::replay::Replaying;
-use crate::ws::socket::{ReadError, Socket};
+use crate::ws::socket::Socket;
 use crate::ws::write::{CLOSE_WAIT, WriteError, close_politely, finish};
 use crate::ws::{FLOOD_CLOSE, WsState, write_buffer_limit};
 use crate::ws::{close, frames};
+use end::{End, SHUTTING_DOWN, TOO_SLOW_END, read_failed};
+use queue::LazyQueue;
 
 /// Requests waiting behind a connection's replay before it refuses more.
 const MAX_DEFERRED: usize = 64;
@@ -67,7 +70,6 @@ pub(super) struct Session {
     outbox: Arc<Outbox>,
     subscriptions: Vec<String>,
     encoding: Encoding,
-    batch: Duration,
     /// What this connection may watch; `None` until it authenticates.
     pub(super) grant: Option<Grant>,
     /// Control messages it may still send now.
@@ -76,10 +78,10 @@ pub(super) struct Session {
     refused_control: u64,
     told_rate_limited: Option<Instant>,
     /// Replays to run, the first one running.
-    replays: VecDeque<Replaying>,
+    replays: LazyQueue<Replaying>,
     /// Requests made during a replay, sent to the hub once it has joined, so
     /// they take effect in the order the client made them.
-    deferred: VecDeque<HubRequest>,
+    deferred: LazyQueue<HubRequest>,
     /// Held from reading a replay chunk until it is written.
     replay_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Waiting for a replay permit: polled by the session loop beside the
@@ -89,36 +91,6 @@ pub(super) struct Session {
     /// served, and hands the permit over.)
     permit_wait: Option<tokio::sync::oneshot::Receiver<tokio::sync::OwnedSemaphorePermit>>,
 }
-
-/// How a session ends.
-pub(super) enum End {
-    /// The peer vanished.
-    Gone,
-    /// The peer sent a close frame: tungstenite has made the reply, which
-    /// [`Socket::answer`] writes.
-    PeerClosed,
-    /// The server closes with this code and reason and waits (bounded) for
-    /// the peer's close reply.
-    Close(u16, &'static str),
-    /// Like `Close`, but nothing queued is written first: a frame could not
-    /// be written, and what follows it would reach the client with a gap.
-    Fail(u16, &'static str),
-    /// The peer is not keeping up: try to send the close frame for at most
-    /// the given time (it may be stuck behind unread data), and go.
-    Abandon(u16, &'static str, Duration),
-}
-
-/// A client still lagging after the grace period: 1013 with a retry hint.
-/// The close frame waits behind what the client has not read yet, so it gets
-/// a while to go through.
-const TOO_SLOW_END: End = End::Abandon(
-    close::TRY_AGAIN_LATER,
-    "too slow: fell behind past the grace period; reconnect and resume with since",
-    CLOSE_WAIT,
-);
-
-/// The hub has stopped: the aggregator is shutting down.
-const SHUTTING_DOWN: End = End::Close(close::GOING_AWAY, "server shutting down");
 
 impl Session {
     pub(super) fn new(
@@ -143,13 +115,12 @@ impl Session {
             outbox,
             subscriptions: Vec::new(),
             encoding,
-            batch,
             grant: None,
             control: TokenBucket::new(rate, rate * 2.0),
             refused_control: 0,
             told_rate_limited: None,
-            replays: VecDeque::new(),
-            deferred: VecDeque::new(),
+            replays: LazyQueue::default(),
+            deferred: LazyQueue::default(),
             replay_permit: None,
             permit_wait: None,
         }
@@ -167,7 +138,7 @@ impl Session {
                 debug,
                 self,
                 encoding = self.encoding.name(),
-                batch_ms = self.batch.as_millis() as u64,
+                batch_ms = self.outbox.window().as_millis() as u64,
                 "connected"
             );
             let end = self.serve(&mut socket).await;
@@ -245,15 +216,14 @@ impl Session {
     async fn serve(&mut self, socket: &mut Socket) -> End {
         let state = self.state.clone();
         let config = &state.config;
-        let mut heartbeat = state.ticks.heartbeat(self.id);
+        state.ticks.heartbeat(self.id, &self.outbox);
         let ping_timeout = Duration::from_millis(config.ping_timeout_ms);
         let mut last_heard = Instant::now();
         let mut items: Vec<Item> = Vec::new();
         loop {
-            // Shutdown and a client given up on are seen at each wake-up,
-            // busy or not; an idle connection hears shutdown from its
-            // heartbeat, which ends then. (Fewer futures in the select below
-            // keep every idle connection's task small.)
+            // Shutdown is seen at each wake-up, busy or not; the heartbeat
+            // task wakes every outbox on shutdown. (Fewer futures in the
+            // select below keep every idle connection's task small.)
             if state.shutdown.is_cancelled() {
                 return SHUTTING_DOWN;
             }
@@ -261,13 +231,9 @@ impl Session {
                 biased;
                 // Woken when something is due: at once, or by the server's
                 // wheel when the batching window closes or a throttled
-                // update falls due; and when the outbox gives up on the
-                // client.
-                _ = self.outbox.notified() => {
-                    if self.outbox.overflowed() {
-                        return TOO_SLOW_END;
-                    }
-                }
+                // update falls due; for the heartbeat; when the outbox gives
+                // up on the client; and on shutdown.
+                _ = self.outbox.notified() => {}
                 message = socket.recv() => {
                     last_heard = Instant::now();
                     match message {
@@ -305,22 +271,36 @@ impl Session {
                     }
                     continue;
                 }
-                beat = heartbeat.changed() => {
-                    if beat.is_err() {
-                        return SHUTTING_DOWN;
-                    }
-                    if last_heard.elapsed() > ping_timeout {
-                        log!(info, self, timeout_ms = config.ping_timeout_ms, "no answer to pings; disconnecting");
-                        return End::Abandon(close::POLICY, "heartbeat timeout", Duration::from_millis(100));
-                    }
-                    let ping = Box::pin(self.write_control(socket, true));
-                    if let Some(end) = ping.await {
-                        return end;
-                    }
-                    continue;
+            }
+            // One lock: what is due, whether the client is given up on, and
+            // whether its heartbeat came. (A lag starting while this drain is
+            // written wakes the session at once, and a client given up on
+            // meanwhile is seen at the next drain.)
+            let Drained {
+                overflowed, beat, ..
+            } = self.outbox.drain(&mut items);
+            if overflowed {
+                return TOO_SLOW_END;
+            }
+            if beat {
+                if last_heard.elapsed() > ping_timeout {
+                    log!(
+                        info,
+                        self,
+                        timeout_ms = config.ping_timeout_ms,
+                        "no answer to pings; disconnecting"
+                    );
+                    return End::Abandon(
+                        close::POLICY,
+                        "heartbeat timeout",
+                        Duration::from_millis(100),
+                    );
+                }
+                let ping = Box::pin(self.write_control(socket, true));
+                if let Some(end) = ping.await {
+                    return end;
                 }
             }
-            self.outbox.drain_into(&mut items);
             // Boxed, as every write path: its future would otherwise enlarge
             // every idle connection's task.
             if !items.is_empty() {
@@ -337,16 +317,8 @@ impl Session {
             if self.replay_permit.take().is_some() {
                 tokio::task::yield_now().await;
             }
-            if self.outbox.overflowed() {
-                return TOO_SLOW_END;
-            }
             if self.advance_replay().await.is_err() {
                 return SHUTTING_DOWN;
-            }
-            if self.outbox.lagging() {
-                // Conflated while writing: the newest of each topic goes
-                // out at once, window or not.
-                self.outbox.wake();
             }
         }
     }
@@ -395,7 +367,7 @@ impl Session {
     async fn write(&self, socket: &mut Socket, items: &mut Vec<Item>) -> Result<(), WriteError> {
         let limit = write_buffer_limit(&self.state.config);
         let mut out = Vec::with_capacity(items.len());
-        if self.batch.is_zero() {
+        if self.outbox.window().is_zero() {
             for item in items.drain(..) {
                 finish(frames::single(&item, self.encoding), &mut out, limit).await?;
             }
@@ -412,33 +384,6 @@ impl Session {
             items.clear();
         }
         Ok(socket.write_frames(out).await?)
-    }
-
-    /// How a failed write ends the session: logged (the line names
-    /// the connection and peer) and closed with 1011.
-    fn write_failed(&self, e: WriteError) -> End {
-        match e {
-            WriteError::TooBig { bytes } => {
-                let limit = write_buffer_limit(&self.state.config);
-                log!(
-                    warn,
-                    self,
-                    bytes,
-                    limit,
-                    "frame larger than the write buffer limit cannot be written; closing with 1011"
-                );
-                End::Fail(
-                    close::INTERNAL,
-                    "a frame larger than the write buffer limit could not be written",
-                )
-            }
-            WriteError::Socket(cause) => {
-                log!(info, self, %cause, "write failed; closing with 1011");
-                // Bounded like any close: a broken socket fails both the
-                // close frame and the wait for its reply at once.
-                End::Fail(close::INTERNAL, "write failed")
-            }
-        }
     }
 
     async fn on_message(&mut self, message: Message) -> Option<End> {
@@ -500,27 +445,6 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(_) => Some(End::PeerClosed),
         }
-    }
-}
-
-/// How a failed read ends the session: a message over the limit with 1009,
-/// text that is not UTF-8 with 1007, a frame breaking the protocol with
-/// 1002 (each logged), a lost connection quietly.
-fn read_failed(session: &Session, e: ReadError) -> End {
-    match e {
-        ReadError::TooBig(cause) => {
-            log!(info, session, %cause, "message over the size limit");
-            End::Close(close::TOO_BIG, "message too big")
-        }
-        ReadError::NotUtf8(cause) => {
-            log!(info, session, %cause, "text message that is not UTF-8");
-            End::Fail(close::INVALID_DATA, "text message is not valid UTF-8")
-        }
-        ReadError::Protocol(cause) => {
-            log!(info, session, %cause, "WebSocket protocol error");
-            End::Fail(close::PROTOCOL, "protocol error")
-        }
-        ReadError::Gone => End::Gone,
     }
 }
 

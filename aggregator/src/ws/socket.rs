@@ -29,8 +29,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::Message;
 
-/// Most segments given to one `writev` (the kernel takes up to 1,024).
-const MAX_IOV: usize = 256;
+/// Most segments given to one `writev` (the kernel takes up to 1,024): the
+/// slices are made on the stack at each attempt, not kept.
+const MAX_IOV: usize = 64;
 
 /// The upgraded connection as tungstenite sees it: reads go to the socket,
 /// writes (control frames only) into [`Duplex::control`].
@@ -220,15 +221,24 @@ impl Outgoing {
             self.partial = 0;
         }
         while self.next < self.segments.len() {
-            let mut written = {
+            // The slices live only during each attempt (nothing allocated,
+            // nothing held while the socket is not ready); one segment (the
+            // usual update) is a plain `write`.
+            let mut written = std::future::poll_fn(|cx| {
                 let rest = &self.segments[self.next..];
-                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV.min(rest.len()));
-                slices.push(IoSlice::new(&rest[0][self.partial..]));
-                for s in rest[1..].iter().take(MAX_IOV - 1) {
-                    slices.push(IoSlice::new(s));
+                let first = &rest[0][self.partial..];
+                if rest.len() == 1 {
+                    return Pin::new(&mut *io).poll_write(cx, first);
                 }
-                io.write_vectored(&slices).await?
-            };
+                let n = rest.len().min(MAX_IOV);
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                slices[0] = IoSlice::new(first);
+                for (slice, s) in slices[1..n].iter_mut().zip(&rest[1..n]) {
+                    *slice = IoSlice::new(s);
+                }
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
+            })
+            .await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

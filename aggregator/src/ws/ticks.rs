@@ -14,9 +14,14 @@
 //!   [`COARSE`]; a write that is still blocked after enough ticks has timed
 //!   out. A write that completes at once (the usual case) never waits on it.
 //! * heartbeats ([`Ticks::heartbeat`]): connections are spread over
-//!   [`HEARTBEAT_SLOTS`] slots, and one task signals a slot every
+//!   [`HEARTBEAT_SLOTS`] slots, and one task beats a slot every
 //!   `ping_interval / HEARTBEAT_SLOTS`, so each connection hears its slot once
-//!   per ping interval and the pings of a server are spread over it.
+//!   per ping interval and the pings of a server are spread over it. A beat
+//!   is told through the connection's outbox (its next drain says so), so an
+//!   idle connection waits on nothing but its outbox and its socket; a slot
+//!   holds a weak pointer per outbox, dropped at the first beat after the
+//!   connection has gone. On shutdown every outbox is woken, and its session
+//!   sees the signal.
 //!
 //! The tasks stop on the server's shutdown signal.
 
@@ -26,6 +31,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+
+/// Outboxes of one heartbeat slot.
+type Slot = Mutex<Vec<Weak<Outbox>>>;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +162,7 @@ pub struct Ticks {
     /// Batching windows and throttles.
     pub wheel: Arc<Wheel>,
     coarse: watch::Receiver<u64>,
-    heartbeats: Vec<watch::Receiver<()>>,
+    heartbeats: Arc<[Slot]>,
 }
 
 impl Ticks {
@@ -178,8 +186,8 @@ impl Ticks {
             }
         });
 
-        let (senders, heartbeats): (Vec<_>, Vec<_>) =
-            (0..HEARTBEAT_SLOTS).map(|_| watch::channel(())).unzip();
+        let heartbeats: Arc<[Slot]> = (0..HEARTBEAT_SLOTS).map(|_| Slot::default()).collect();
+        let slots = heartbeats.clone();
         let stop = shutdown.clone();
         let step = (ping_interval / HEARTBEAT_SLOTS as u32).max(Duration::from_millis(1));
         tokio::spawn(async move {
@@ -188,9 +196,13 @@ impl Ticks {
             for slot in (0..HEARTBEAT_SLOTS).cycle() {
                 tokio::select! {
                     biased;
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => senders[slot].send_replace(()),
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => sweep(&slots[slot], Outbox::beat),
                 }
+            }
+            // Every session hears the shutdown at its next wake-up.
+            for slot in slots.iter() {
+                sweep(slot, Outbox::wake);
             }
         });
         Self {
@@ -200,12 +212,17 @@ impl Ticks {
         }
     }
 
-    /// The heartbeat of connection `conn`: changes once per ping interval.
-    /// An error from it means the server is shutting down.
-    pub fn heartbeat(&self, conn: u64) -> watch::Receiver<()> {
-        let mut rx = self.heartbeats[conn as usize % HEARTBEAT_SLOTS].clone();
-        rx.mark_unchanged();
-        rx
+    /// Beats connection `conn`'s outbox once per ping interval (see
+    /// [`Outbox::beat`]) while it lives, and wakes it on shutdown.
+    pub fn heartbeat(&self, conn: u64, outbox: &Arc<Outbox>) {
+        let mut slot = self.heartbeats[conn as usize % HEARTBEAT_SLOTS]
+            .lock()
+            .expect("heartbeat lock");
+        // Gone connections are dropped before the slot grows.
+        if slot.len() == slot.capacity() {
+            slot.retain(|o| o.strong_count() > 0);
+        }
+        slot.push(Arc::downgrade(outbox));
     }
 
     /// Completes `d` (at most one [`COARSE`] tick more) after it is first
@@ -226,6 +243,21 @@ impl Ticks {
                 }
             }
         }
+    }
+}
+
+/// Calls `f` on every live outbox of `slot`, dropping the gone ones.
+fn sweep(slot: &Slot, f: fn(&Outbox)) {
+    let mut slot = slot.lock().expect("heartbeat lock");
+    slot.retain(|o| match o.upgrade() {
+        Some(o) => {
+            f(&o);
+            true
+        }
+        None => false,
+    });
+    if slot.capacity() > 2 * slot.len() + 64 {
+        slot.shrink_to_fit();
     }
 }
 
@@ -382,24 +414,69 @@ mod tests {
         let shutdown = CancellationToken::new();
         let interval = Duration::from_millis(1600);
         let ticks = Ticks::start(interval, &shutdown);
-        let mut beats: Vec<_> = (0..HEARTBEAT_SLOTS as u64 * 2)
-            .map(|c| ticks.heartbeat(c))
+        let outboxes: Vec<_> = (0..HEARTBEAT_SLOTS as u64 * 2)
+            .map(|c| {
+                let o = outbox();
+                ticks.heartbeat(c, &o);
+                o
+            })
             .collect();
         let start = Instant::now();
+        let mut items = Vec::new();
         for round in 1..=3u32 {
-            for b in &mut beats {
-                b.changed().await.expect("running");
+            for o in &outboxes {
+                o.notified().await;
+                assert!(o.drain(&mut items).beat, "woken for its beat");
+                assert!(!o.drain(&mut items).beat, "one beat, told once");
             }
-            // Every slot has been signalled once more by the end of the round.
+            // Every slot has been beaten once more by the end of the round.
             assert!(start.elapsed() <= interval * round, "{:?}", start.elapsed());
         }
-        // The last slot's third signal.
+        // The last slot's third beat.
         let step = interval / HEARTBEAT_SLOTS as u32;
         assert!(
             start.elapsed() >= interval * 3 - step,
             "{:?}",
             start.elapsed()
         );
+        assert!(items.is_empty());
         shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_wakes_every_outbox_and_gone_ones_are_dropped() {
+        let shutdown = CancellationToken::new();
+        let ticks = Ticks::start(Duration::from_secs(15), &shutdown);
+        let mut outboxes: Vec<_> = (0..100u64)
+            .map(|c| {
+                let o = outbox();
+                ticks.heartbeat(c, &o);
+                o
+            })
+            .collect();
+        // Half go: their slots drop them at their next beat.
+        let live = outboxes.split_off(50);
+        drop(outboxes);
+        let mut items = Vec::new();
+        for o in &live {
+            // The first beat of every slot.
+            tokio::time::timeout(Duration::from_secs(16), o.notified())
+                .await
+                .expect("beaten");
+            assert!(o.drain(&mut items).beat);
+        }
+        let held: usize = ticks
+            .heartbeats
+            .iter()
+            .map(|s| s.lock().unwrap().len())
+            .sum();
+        assert_eq!(held, 50, "gone outboxes dropped at their slot's beat");
+        shutdown.cancel();
+        for o in &live {
+            tokio::time::timeout(Duration::from_millis(10), o.notified())
+                .await
+                .expect("woken on shutdown");
+            assert!(!o.drain(&mut items).beat, "a wake-up, not a beat");
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Item, OutboxStats, State, mark_sent};
+use super::{Item, OutboxStats, State};
 use crate::update::{SysMessage, Update};
 
 /// One topic's newest update held while lagging.
@@ -110,5 +110,20 @@ pub(super) fn conflate(lag: &mut Lag, update: &Arc<Update>, stats: &OutboxStats)
                 },
             );
         }
+    }
+}
+
+/// Records that `update` is queued or going out now: nothing of its topic at
+/// or below its seq may follow, so a throttled update pending at or below it
+/// is dropped (it would go out after a newer one).
+fn mark_sent(s: &mut State, update: &Arc<Update>) {
+    match s.sent.get_mut(&*update.topic) {
+        Some(n) => *n = update.seq,
+        None => {
+            s.sent.insert(update.topic.clone(), update.seq);
+        }
+    }
+    if let Some(r) = &mut s.rare {
+        r.drop_pending_at_or_below(update);
     }
 }

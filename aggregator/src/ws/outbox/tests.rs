@@ -426,3 +426,78 @@ async fn while_replaying_a_batched_outbox_wakes_at_once() {
     assert!(woken_after(&o, again).await >= Duration::from_secs(1));
     shutdown.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_rare_state_is_made_on_first_use_and_freed_once_empty() {
+    let o = Outbox::new(1 << 20, Duration::from_secs(5), Arc::default());
+    let rare = |o: &Outbox| o.state.lock().unwrap().rare.is_some();
+    o.push_update(&up("a", 1, 10), Duration::ZERO);
+    assert!(!rare(&o), "plain updates need none");
+    let topic: Arc<str> = "b".into();
+    o.block(&topic);
+    assert!(rare(&o));
+    o.unblock("b");
+    assert!(!rare(&o), "freed with the last blocked topic");
+    o.push_update(&up("c", 1, 10), Duration::from_millis(100));
+    assert!(rare(&o), "a throttle is kept");
+    o.forget_throttle(|t| t != "c");
+    assert!(!rare(&o), "freed with the last throttle");
+    let mut items = Vec::new();
+    o.drain_into(&mut items);
+    assert_eq!(seqs(&items), vec![("a".into(), 1), ("c".into(), 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lag_starting_inside_a_window_wakes_the_session_at_once() {
+    let window = Duration::from_millis(50);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wheel = Wheel::new();
+    tokio::spawn(wheel.clone().drive(shutdown.clone()));
+    let size = up("a", 1, 300).json.len();
+    let o = Outbox::with_window(
+        size * 3 - 1,
+        Duration::from_secs(5),
+        Arc::default(),
+        window,
+        Some(wheel.clone()),
+    );
+    let start = Instant::now();
+    o.push_update(&up("a", 1, 300), Duration::ZERO);
+    o.push_update(&up("a", 2, 300), Duration::ZERO);
+    tokio::time::advance(Duration::from_millis(10)).await;
+    // The third goes over the bound: conflation starts and the session is
+    // woken now, not when the window closes.
+    o.push_update(&up("a", 3, 300), Duration::ZERO);
+    assert!(o.lagging());
+    let woke = woken_after(&o, start).await;
+    assert!(woke < window, "{woke:?}");
+    let mut items = Vec::new();
+    let drained = o.drain(&mut items);
+    assert!(!drained.overflowed && !o.lagging());
+    assert_eq!(seqs(&items).len(), 3);
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_hands_over_the_queue_and_says_when_the_client_is_given_up() {
+    let o = Outbox::new(100, Duration::from_millis(500), Arc::default());
+    o.push_update(&up("a", 1, 10), Duration::ZERO);
+    o.push_update(&up("a", 2, 10), Duration::ZERO);
+    let queued = o.state.lock().unwrap().queue.as_ptr();
+    let mut items = Vec::new();
+    assert_eq!(o.drain(&mut items), Drained::default());
+    assert_eq!(items.as_ptr(), queued, "the queue's buffer, not a copy");
+    assert_eq!(o.state.lock().unwrap().queue.capacity(), 0);
+    items.clear();
+    o.push_update(&up("a", 3, 200), Duration::ZERO);
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert_eq!(
+        o.push_update(&up("a", 4, 10), Duration::ZERO),
+        Pushed::Refused
+    );
+    let drained = o.drain(&mut items);
+    assert!(drained.overflowed);
+    assert!(items.is_empty(), "nothing more for a client given up on");
+    o.beat();
+    assert!(o.drain(&mut items).beat);
+}

@@ -72,6 +72,10 @@ impl Session {
                         ));
                         return None;
                     }
+                    // Most connections hold one to three patterns: room
+                    // for one more at a time, not the four a first push
+                    // would make (held by every idle connection).
+                    self.subscriptions.reserve_exact(1);
                     self.subscriptions.push(request.pattern.clone());
                 }
                 self.ask_hub(HubRequest::Subscribe(request)).await
