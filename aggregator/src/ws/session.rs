@@ -367,14 +367,15 @@ impl Session {
     async fn write(&self, socket: &mut Socket, items: &mut Vec<Item>) -> Result<(), WriteError> {
         let limit = write_buffer_limit(&self.state.config);
         let mut out = Vec::with_capacity(items.len());
-        if self.outbox.window().is_zero() {
+        let window = self.outbox.window();
+        if window.is_zero() {
             for item in items.drain(..) {
                 finish(frames::single(&item, self.encoding), &mut out, limit).await?;
             }
         } else {
             let tick = self.replays.is_empty().then(|| {
                 let wheel = &self.state.ticks.wheel;
-                wheel.window_tick(Instant::now(), self.batch)
+                wheel.window_tick(Instant::now(), window)
             });
             let max = self.state.config.max_frame_bytes;
             let shared = &self.state.shared_batches;
