@@ -311,7 +311,7 @@ pub(crate) async fn subscribe(
                             // THIN_SAMPLE is timed.
                             received.updates.fetch_add(1, Ordering::Relaxed);
                             received.frames.fetch_add(1, Ordering::Relaxed);
-                            if frames % THIN_SAMPLE != 0
+                            if !frames.is_multiple_of(THIN_SAMPLE)
                                 || !received.measuring.load(Ordering::Relaxed)
                             {
                                 return;
