@@ -269,7 +269,7 @@ pub(crate) fn write_rows(
     {
         match defer.as_deref_mut() {
             Some(defer) => defer.push((id, tier, w)),
-            None => seal(engine, id, tier, w, Rows::new(tier.cols()), ops)?,
+            None => seal_as_is(engine, id, tier, w, ops)?,
         }
         *disk = None;
     }
@@ -312,6 +312,18 @@ pub(crate) fn write_rows(
         start = end;
     }
     Ok(())
+}
+
+/// Adds to `ops` the sealing of window `w` with what is on disk for it
+/// alone ([`seal`] with no extra rows).
+pub fn seal_as_is(
+    engine: &dyn Engine,
+    id: u32,
+    tier: Tier,
+    w: i64,
+    ops: &mut Vec<Op>,
+) -> Result<(), StoreError> {
+    seal(engine, id, tier, w, Rows::new(tier.cols()), ops)
 }
 
 /// Adds to `ops` the sealing of window `w`: its existing block (if any),

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::StoreError;
-use super::checkpoint::{SLICE_RUN, Seals, Window, seal, write_rows};
+use super::checkpoint::{SLICE_RUN, Seals, Window, seal_as_is, write_rows};
 use super::engine::{Op, Table};
 use super::recent::{Recent, append_entry, log_key};
-use super::tier::{Rows, Tier};
+use super::tier::Tier;
 use super::writer::{NEXT_ID_KEY, Writer};
 
 impl Writer {
@@ -55,14 +55,7 @@ impl Writer {
         let due = self.seals.due();
         let mut sealed = Ok(());
         for &(id, tier, w) in &due {
-            sealed = seal(
-                self.engine.as_ref(),
-                id,
-                tier,
-                w,
-                Rows::new(tier.cols()),
-                &mut ops,
-            );
+            sealed = seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops);
             if sealed.is_err() {
                 break;
             }
@@ -241,14 +234,7 @@ impl Writer {
         let all = self.seals.all();
         let mut ops = Vec::new();
         for &(id, tier, w) in &all {
-            seal(
-                self.engine.as_ref(),
-                id,
-                tier,
-                w,
-                Rows::new(tier.cols()),
-                &mut ops,
-            )?;
+            seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops)?;
         }
         self.engine.apply(&ops)?;
         Ok(all.len())

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{Window, seal};
+use super::checkpoint::{Window, seal_as_is};
 use super::config::StorageConfig;
 use super::engine::{Engine, Op, Table, block_key, parse_block_key, parse_time_key, time_key};
 use super::processes;
@@ -55,14 +55,7 @@ pub fn seal_leftovers(
         if w + tier.window_ms() >= before {
             continue;
         }
-        seal(
-            engine,
-            id,
-            tier,
-            w,
-            super::tier::Rows::new(tier.cols()),
-            &mut ops,
-        )?;
+        seal_as_is(engine, id, tier, w, &mut ops)?;
         sealed += 1;
         if ops.len() >= DELETE_BATCH {
             engine.apply(&std::mem::take(&mut ops))?;

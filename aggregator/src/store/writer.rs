@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 
 use hostpulse_proto::Sample;
 
-use super::checkpoint::{Rotation, Seals, seal};
+use super::checkpoint::{Rotation, Seals, seal_as_is};
 use super::engine::{Engine, Op, Table};
 use super::processes::{self, OpenMinute};
 use super::read::{last_ts, open_window, read_rows, series_id, series_name};
@@ -373,14 +373,7 @@ impl Writer {
                     && w + tier.window_ms() < before
                     && state.pending[tier as usize].is_empty()
                 {
-                    seal(
-                        self.engine.as_ref(),
-                        id,
-                        tier,
-                        w,
-                        Rows::new(tier.cols()),
-                        &mut ops,
-                    )?;
+                    seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops)?;
                     *disk = None;
                     sealed += 1;
                 }
