@@ -37,10 +37,12 @@ impl Writer {
         self.step += 1;
         let mut ops = Vec::with_capacity(self.names.new_names.len() + 2);
         ops.append(&mut self.proc_ops);
-        for (name, id) in self.names.new_names.drain(..) {
+        // Names leave only with a committed flush: a series' rows outlive
+        // a failed one, and must not be written under an id with no name.
+        for (name, id) in &self.names.new_names {
             ops.push(Op::Put(
                 Table::Series,
-                name.into_bytes(),
+                name.as_bytes().to_vec(),
                 id.to_be_bytes().to_vec(),
             ));
         }
@@ -117,6 +119,7 @@ impl Writer {
         drop(ops);
         match &result {
             Ok(()) => {
+                self.names.new_names.clear();
                 self.checkpointed(&ids);
                 self.rotation.committed(step, slice, trimmed, logged);
                 self.seals.push(ended);

@@ -386,7 +386,7 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
         let started = Instant::now();
         if let Err(e) = writer.flush() {
             stats.flush_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(cause = %e, "store: flush failed; its rows are lost");
+            tracing::error!(cause = %e, "store: flush failed; its rows stay in memory until their series' checkpoint (a crash before it loses them)");
         }
         stats
             .last_flush_micros

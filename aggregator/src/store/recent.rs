@@ -99,14 +99,20 @@ impl RecentWriter<'_> {
         let mine = self.0[i].get_or_insert_with(|| Box::new(empty()));
         for (tier, (to, from)) in mine.iter_mut().zip(rows.iter_mut()).enumerate() {
             // Raw rows come with every flush; rollup rows once a minute.
+            // A burst (a spool resent after an outage) reserves for no
+            // more than the usual few rows a flush.
             if tier == Tier::Raw as usize && to.is_empty() {
-                to.reserve(from.len() * flushes);
+                to.reserve(from.len().min(RESERVE_ROWS_MAX) * flushes);
             }
             to.extend(from);
             from.clear();
         }
     }
 }
+
+/// Raw rows a flush counts for, at most, in the room a series reserves
+/// until its checkpoint ([`RecentWriter::add`]'s `flushes`).
+const RESERVE_ROWS_MAX: usize = 4;
 
 /// Key of the log record of flush `seq`.
 pub fn log_key(seq: u64) -> [u8; 8] {
