@@ -54,12 +54,16 @@ impl Writer {
             ));
         }
         // Windows queued by earlier flushes: their chunks are committed.
+        // A window that cannot be sealed now (its rows unreadable) waits at
+        // the back of the queue rather than fail the flush again and again.
         let due = self.seals.due();
-        let mut sealed = Ok(());
+        let mut retry = Vec::new();
         for &(id, tier, w) in &due {
-            sealed = seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops);
-            if sealed.is_err() {
-                break;
+            let mark = ops.len();
+            if let Err(e) = seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops) {
+                ops.truncate(mark);
+                tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: sealing a window failed; it is tried again later");
+                retry.push((id, tier, w));
             }
         }
         let slice = self.rotation.slice_at(step);
@@ -103,8 +107,7 @@ impl Writer {
         let ids = self.rotation.take(slice);
         let mut before = Vec::with_capacity(ids.len());
         let mut ended = Vec::new();
-        let built =
-            sealed.and_then(|()| self.write_checkpoint(&ids, &mut ops, &mut before, &mut ended));
+        let built = self.write_checkpoint(&ids, &mut ops, &mut before, &mut ended);
         let trimmed = self.rotation.trimmable(step, slice);
         ops.extend(
             self.rotation
@@ -123,6 +126,7 @@ impl Writer {
                 self.checkpointed(&ids);
                 self.rotation.committed(step, slice, trimmed, logged);
                 self.seals.push(ended);
+                self.seals.push(retry);
                 self.stats
                     .values_written
                     .fetch_add(values, Ordering::Relaxed);
