@@ -68,6 +68,11 @@ impl Rotation {
         ids.into_iter().for_each(|id| self.add(id));
     }
 
+    /// Slices in a rotation.
+    pub(crate) fn slice_count(&self) -> usize {
+        self.slices.len()
+    }
+
     /// The slice of series `id`.
     pub(crate) fn slice_of(&self, id: u32) -> usize {
         (id / self.run) as usize % self.slices.len()

@@ -12,7 +12,7 @@ use super::StoreError;
 use super::checkpoint::{SLICE_RUN, Seals, Window, seal_as_is, write_rows};
 use super::engine::{Op, Table};
 use super::recent::{Recent, append_entry, log_key};
-use super::tier::Tier;
+use super::tier::{Rows, Tier};
 use super::writer::{NEXT_ID_KEY, Writer};
 
 impl Writer {
@@ -33,6 +33,18 @@ impl Writer {
             return Ok(0);
         }
         let started = Instant::now();
+        if self.failed_flushes >= self.rotation.slice_count() {
+            // A whole rotation failed (a full or broken disk): what memory
+            // holds stays for when writes work again, new rows go.
+            let mut lost = 0;
+            for id in self.dirty.drain(..) {
+                if let Some(Some(state)) = self.series.get_mut(id as usize) {
+                    lost += state.pending[Tier::Raw as usize].len() as u64;
+                    state.pending.iter_mut().for_each(Rows::clear);
+                }
+            }
+            self.stats.values_lost.fetch_add(lost, Ordering::Relaxed);
+        }
         let step = self.step;
         self.step += 1;
         let mut ops = Vec::with_capacity(self.names.new_names.len() + 2);
@@ -122,6 +134,7 @@ impl Writer {
         drop(ops);
         match &result {
             Ok(()) => {
+                self.failed_flushes = 0;
                 self.names.new_names.clear();
                 self.checkpointed(&ids);
                 self.rotation.committed(step, slice, trimmed, logged);
@@ -131,7 +144,10 @@ impl Writer {
                     .values_written
                     .fetch_add(values, Ordering::Relaxed);
             }
-            Err(_) => self.not_checkpointed(ids, before, due),
+            Err(_) => {
+                self.failed_flushes += 1;
+                self.not_checkpointed(ids, before, due);
+            }
         }
         self.stats
             .flush_micros

@@ -94,8 +94,11 @@ pub struct StoreStats {
     pub flush_micros: AtomicU64,
     /// Duration of the latest flush, µs.
     pub last_flush_micros: AtomicU64,
-    /// Flushes that failed (their rows are lost).
+    /// Flushes that failed (their rows stay in memory for the next).
     pub flush_errors: AtomicU64,
+    /// Raw values dropped because flushes kept failing for a whole
+    /// rotation (memory would otherwise grow without bound).
+    pub values_lost: AtomicU64,
     /// Samples dropped because the queue to the writer was full.
     pub dropped_samples: AtomicU64,
     /// Values older than their series' newest, dropped.

@@ -1,8 +1,8 @@
 //! The checkpoint spread over the flushes ([`super::checkpoint`]) on a real
 //! redb file: every row readable after every flush, the log trimmed after
 //! a rotation, a crash anywhere in a rotation replayed to exactly the rows
-//! sent, seals that fall due together spread over flushes, and a failed
-//! flush that loses no series name.
+//! sent, seals that fall due together spread over flushes, and failed
+//! flushes: no series name lost, memory bounded after a whole rotation.
 
 use super::codec::{decode_block, decode_chunk};
 use super::engine::{Engine, Table, parse_block_key};
@@ -263,4 +263,41 @@ fn a_failed_flush_keeps_the_new_series_names_for_the_next_one() {
     // From the tables alone (no rows in memory): the names made before
     // the failed flush are on disk, so the rows are found by name.
     assert_all_rows(engine.as_ref(), None, start, 5);
+}
+
+#[test]
+fn flushes_failing_for_a_whole_rotation_drop_new_rows_and_keep_the_held_ones() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let dir = temp_dir("failing-rotation");
+    let flaky = Arc::new(Flaky {
+        inner: super::engine::Redb::open(&dir).unwrap(),
+        failing: false.into(),
+    });
+    let engine: Arc<dyn Engine> = flaky.clone();
+    let stats = Arc::new(super::StoreStats::default());
+    let mut w = Writer::new(engine.clone(), stats.clone()).unwrap();
+    w.set_checkpoint_every(3);
+    let start = T0;
+    take(&mut w, start, 0);
+    w.flush().unwrap();
+    flaky.failing.store(true, Ordering::Relaxed);
+    // Three failed flushes (a rotation): their rows are held.
+    for i in 1..4 {
+        take(&mut w, start, i);
+        assert!(w.flush().is_err());
+    }
+    assert_eq!(stats.values_lost.load(Ordering::Relaxed), 0);
+    // The next ones drop their rows, counted.
+    for i in 4..6 {
+        take(&mut w, start, i);
+        assert!(w.flush().is_err());
+    }
+    let per_second = stats.values_lost.load(Ordering::Relaxed) / 2;
+    assert!(per_second > 0, "the dropped rows are counted");
+    flaky.failing.store(false, Ordering::Relaxed);
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    // Seconds 0..4 were held and reach the tables; 4 and 5 were dropped.
+    assert_all_rows(engine.as_ref(), None, start, 4);
 }

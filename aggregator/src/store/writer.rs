@@ -130,6 +130,9 @@ pub struct Writer {
     pub(super) rotation: Rotation,
     /// Number of the next flush (its log record's key, its slice).
     pub(super) step: u64,
+    /// Flushes failed in a row: after a whole rotation of them, new rows
+    /// are dropped rather than held in memory without bound.
+    pub(super) failed_flushes: usize,
     /// Windows that ended, to seal.
     pub(super) seals: Seals,
     /// Largest log record so far (the next one's starting capacity).
@@ -176,6 +179,7 @@ impl Writer {
             recent: Arc::default(),
             rotation: Rotation::new(DEFAULT_CHECKPOINT_EVERY),
             step: 0,
+            failed_flushes: 0,
             seals: Seals::new(super::StorageConfig::default().flush_interval_ms),
             record_len: 0,
             procs: HashMap::new(),

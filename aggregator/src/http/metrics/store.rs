@@ -28,8 +28,13 @@ pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
         ),
         (
             "hostpulse_store_flush_errors",
-            "Flushes that failed; their rows are lost.",
+            "Flushes that failed; their rows are kept in memory and written with a later flush.",
             load(&s.flush_errors),
+        ),
+        (
+            "hostpulse_store_values_lost",
+            "Raw values not stored because flushes kept failing for a whole checkpoint rotation.",
+            load(&s.values_lost),
         ),
         (
             "hostpulse_store_dropped_samples",
