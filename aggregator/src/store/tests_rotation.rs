@@ -237,18 +237,34 @@ impl Engine for Flaky {
     }
 }
 
+impl Flaky {
+    /// A writer over a flaky engine in a fresh directory `name`, refusing
+    /// writes from the start if `failing`.
+    fn writer(
+        name: &str,
+        failing: bool,
+    ) -> (
+        std::sync::Arc<Flaky>,
+        std::sync::Arc<dyn Engine>,
+        std::sync::Arc<super::StoreStats>,
+        Writer,
+    ) {
+        use std::sync::Arc;
+        let flaky = Arc::new(Flaky {
+            inner: super::engine::Redb::open(&temp_dir(name)).unwrap(),
+            failing: failing.into(),
+        });
+        let engine: Arc<dyn Engine> = flaky.clone();
+        let stats = Arc::new(super::StoreStats::default());
+        let w = Writer::new(engine.clone(), stats.clone()).unwrap();
+        (flaky, engine, stats, w)
+    }
+}
+
 #[test]
 fn a_failed_flush_keeps_the_new_series_names_for_the_next_one() {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    let dir = temp_dir("failed-flush-names");
-    let flaky = Arc::new(Flaky {
-        inner: super::engine::Redb::open(&dir).unwrap(),
-        failing: true.into(),
-    });
-    let engine: Arc<dyn Engine> = flaky.clone();
-    let stats = Arc::new(super::StoreStats::default());
-    let mut w = Writer::new(engine.clone(), stats).unwrap();
+    let (flaky, engine, _, mut w) = Flaky::writer("failed-flush-names", true);
     let start = T0;
     for i in 0..3 {
         take(&mut w, start, i);
@@ -267,16 +283,8 @@ fn a_failed_flush_keeps_the_new_series_names_for_the_next_one() {
 
 #[test]
 fn flushes_failing_for_a_whole_rotation_drop_new_rows_and_keep_the_held_ones() {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    let dir = temp_dir("failing-rotation");
-    let flaky = Arc::new(Flaky {
-        inner: super::engine::Redb::open(&dir).unwrap(),
-        failing: false.into(),
-    });
-    let engine: Arc<dyn Engine> = flaky.clone();
-    let stats = Arc::new(super::StoreStats::default());
-    let mut w = Writer::new(engine.clone(), stats.clone()).unwrap();
+    let (flaky, engine, stats, mut w) = Flaky::writer("failing-rotation", false);
     w.set_checkpoint_every(3);
     let start = T0;
     take(&mut w, start, 0);
