@@ -4,7 +4,10 @@
 #     tests: P passed, F failed, S skipped
 # or, when the run failed (STATUS non-zero) but no failure was counted (a lint
 # or build error, a crashed runner), `INCOMPLETE: P passed, 0 failed, S skipped`.
-# Usage: scripts/test-summary.sh LOG STATUS
+# Usage: scripts/test-summary.sh LOG STATUS [FAILED_STEPS]
+# FAILED_STEPS (from scripts/test.sh) names each step that exited non-zero;
+# when nothing was counted as failed, the closing lines name that step and
+# quote the log's first error lines, so the end of the log says why.
 #
 # cargo:  "test result: ok. 5 passed; 1 failed; 2 ignored; ..." per binary;
 #         a binary that fails with no result line (crash, abort) shows only as
@@ -23,6 +26,7 @@
 set -euo pipefail
 log=$1
 status=$2
+steps_file=${3:-}
 
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 sum() { awk '{s += $1} END {print s + 0}'; }
@@ -79,8 +83,15 @@ echo "cargo: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored,
 echo "vitest: $vitest_passed passed, $vitest_failed failed, $vitest_skipped skipped, $vitest_errored errored (failed files or unhandled errors)"
 echo "deb and musl scripts: $deb_passed passed, $deb_failed failed, $deb_skipped skipped"
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
-    echo "the run exited with status $status but no test failure was counted: a step before or around the tests failed (see above)"
-    echo "INCOMPLETE: $passed passed, $failed failed, $skipped skipped"
+    steps=""
+    [ -n "$steps_file" ] && [ -s "$steps_file" ] && steps=$(paste -sd ';' "$steps_file")
+    errors=$(grep -E '^error(\[E[0-9]+\])?:|^ *--> |No space left|Killed|Cannot allocate|^npm ERR|^E: ' <<<"$plain" | head -n 8 | cut -c 1-200 || true)
+    if [ -n "$errors" ]; then
+        echo "first error lines of the log:"
+        sed 's/^/  /' <<<"$errors"
+    fi
+    echo "the run exited with status $status but no test failure was counted: a step before or around the tests failed${steps:+: $steps}"
+    echo "INCOMPLETE: $passed passed, $failed failed, $skipped skipped${steps:+ (failed step: $steps)}"
 else
     echo "tests: $passed passed, $failed failed, $skipped skipped"
 fi
