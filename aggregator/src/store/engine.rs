@@ -9,7 +9,8 @@
 //! - `open`: series · tier · first row's time → open chunk (the rows of one
 //!   checkpoint, [`super::recent`]).
 //! - `log`: flush number (u64) → the rows of every series that flush took,
-//!   until the next checkpoint ([`super::recent`]).
+//!   until the next checkpoint ([`super::recent`]). On redb, files in
+//!   `log/` beside the redb file ([`super::logfiles`]).
 //! - `by_time`: tier · window start · series → block bytes (u32): retention
 //!   and eviction walk the oldest windows without touching the blocks.
 //! - `history`: topic → the hub's history of it at the last clean shutdown
@@ -26,6 +27,7 @@ use std::path::Path;
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use super::StoreError;
+use super::logfiles::LogFiles;
 
 /// A table of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,11 +204,16 @@ pub fn last_in(
     }
 }
 
-/// The store on redb: one file, one writer, readers never blocked.
+/// The store on redb: one file, one writer, readers never blocked; the
+/// `log` table as files beside it ([`LogFiles`]).
 pub struct Redb {
     db: Database,
     path: std::path::PathBuf,
+    log: LogFiles,
 }
+
+/// The directory of the `log` table's files, beside the redb file.
+pub const LOG_DIR: &str = "log";
 
 impl Redb {
     /// Opens (or creates) `dir/store.redb`; a file left by a crash is
@@ -226,12 +233,113 @@ impl Redb {
             tx.open_table(def(t)).map_err(err)?;
         }
         tx.commit().map_err(err)?;
-        Ok(Self { db, path })
+        let log = LogFiles::open(&dir.join(LOG_DIR))?;
+        Ok(Self { db, path, log })
+    }
+
+    /// The records of the `log` table a build before [`LogFiles`] left in
+    /// the redb file, then the files, in key order each.
+    fn scan_log(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut more = true;
+        let tx = self.db.begin_read().map_err(err)?;
+        scan_in(&tx, Table::Log, from, to, &mut |k, v| {
+            more = visit(k, v);
+            more
+        })?;
+        if more {
+            self.log.scan(from, to, visit)?;
+        }
+        Ok(())
     }
 }
 
 impl Engine for Redb {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        // The log's records: written before the transaction, removed again
+        // if it fails; its deletions once it committed.
+        let mut written: Vec<&[u8]> = Vec::new();
+        for op in ops {
+            if let Op::Put(Table::Log, k, v) = op {
+                if let Err(e) = self.log.put(k, v) {
+                    self.unput(&written);
+                    return Err(e);
+                }
+                written.push(k);
+            }
+        }
+        let result = self.apply_tables(ops);
+        if result.is_err() {
+            self.unput(&written);
+        }
+        result?;
+        // Committed: a record not removed now is only replayed (and
+        // skipped) at the next start.
+        for op in ops {
+            if let Op::Delete(Table::Log, k) = op
+                && let Err(e) = self.log.delete(k)
+            {
+                tracing::warn!(cause = %e, "store: a log record the tables hold was not removed");
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        if table == Table::Log {
+            return self.scan_log(from, to, visit);
+        }
+        scan_in(&self.db.begin_read().map_err(err)?, table, from, to, visit)
+    }
+
+    fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
+        if table == Table::Log {
+            let mut last = None;
+            self.scan_log(from, to, &mut |k, v| {
+                last = Some((k.to_vec(), v.to_vec()));
+                true
+            })?;
+            return Ok(last);
+        }
+        last_in(&self.db.begin_read().map_err(err)?, table, from, to)
+    }
+
+    fn used_bytes(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let stats = tx.stats().map_err(err)?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        tx.abort().map_err(err)?;
+        Ok(used + self.log.bytes())
+    }
+
+    fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len()) + self.log.bytes()
+    }
+}
+
+impl Redb {
+    /// Removes log records a failed transaction's flush wrote.
+    fn unput(&self, keys: &[&[u8]]) {
+        for k in keys {
+            if let Err(e) = self.log.delete(k) {
+                tracing::warn!(cause = %e, "store: a failed flush's log record was not removed; it is replayed at the next start");
+            }
+        }
+    }
+
+    /// The transaction of every op but the log's records (a deletion of a
+    /// record a build before [`LogFiles`] left in the file included).
+    fn apply_tables(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(err)?;
         tx.set_durability(Durability::Immediate).map_err(err)?;
         {
@@ -242,6 +350,7 @@ impl Engine for Redb {
             let index = |t: Table| Table::ALL.iter().position(|x| *x == t).expect("listed");
             for op in ops {
                 match op {
+                    Op::Put(Table::Log, _, _) => {}
                     Op::Put(t, k, v) => {
                         tables[index(*t)]
                             .insert(k.as_slice(), v.as_slice())
@@ -254,31 +363,5 @@ impl Engine for Redb {
             }
         }
         tx.commit().map_err(err)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        scan_in(&self.db.begin_read().map_err(err)?, table, from, to, visit)
-    }
-
-    fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
-        last_in(&self.db.begin_read().map_err(err)?, table, from, to)
-    }
-
-    fn used_bytes(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        let stats = tx.stats().map_err(err)?;
-        let used = stats.allocated_pages() * stats.page_size() as u64;
-        tx.abort().map_err(err)?;
-        Ok(used)
-    }
-
-    fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 }

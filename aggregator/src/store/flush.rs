@@ -80,7 +80,10 @@ impl Writer {
         }
         let slice = self.rotation.slice_at(step);
         let mut values = 0u64;
-        let mut record = Vec::with_capacity(self.record_len);
+        // The last flush's buffer: a record is tens of MB at 10,000 hosts,
+        // fresh pages for it at every flush cost more than writing it.
+        let mut record = std::mem::take(&mut self.record_buf);
+        record.clear();
         for id in &self.dirty {
             let Some(Some(state)) = self.series.get(*id as usize) else {
                 continue;
@@ -96,7 +99,6 @@ impl Writer {
                 }
             }
         }
-        self.record_len = self.record_len.max(record.len());
         // Readers see the new rows from now on; if the transaction fails
         // they stay in memory and go to the tables at their slice's turn.
         {
@@ -129,8 +131,13 @@ impl Writer {
         let logged = !record.is_empty();
         if logged {
             ops.push(Op::Put(Table::Log, log_key(step).to_vec(), record));
+        } else {
+            self.record_buf = record;
         }
         let result = built.and_then(|()| self.engine.apply(&ops));
+        if let Some(Op::Put(Table::Log, _, record)) = ops.pop() {
+            self.record_buf = record;
+        }
         drop(ops);
         match &result {
             Ok(()) => {

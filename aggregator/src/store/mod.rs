@@ -39,6 +39,7 @@ pub mod config;
 pub mod engine;
 pub mod flush;
 pub mod history;
+pub mod logfiles;
 pub mod maintain;
 pub mod processes;
 pub mod query;

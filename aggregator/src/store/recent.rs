@@ -98,6 +98,9 @@ impl RecentWriter<'_> {
         }
         let mine = self.0[i].get_or_insert_with(|| Box::new(empty()));
         for (tier, (to, from)) in mine.iter_mut().zip(rows.iter_mut()).enumerate() {
+            if from.is_empty() {
+                continue; // rollup rows: most flushes have none
+            }
             // Raw rows come with every flush; rollup rows once a minute.
             // A burst (a spool resent after an outage) reserves for no
             // more than the usual few rows a flush.

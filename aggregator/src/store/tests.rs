@@ -381,6 +381,13 @@ pub(super) fn entries(engine: &dyn Engine, table: Table) -> usize {
     n
 }
 
+/// Files in the store's log directory.
+fn log_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join(super::engine::LOG_DIR))
+        .unwrap()
+        .count()
+}
+
 #[test]
 fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_crash() {
     let dir = temp_dir("log");
@@ -399,6 +406,8 @@ fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_cras
         // slice of all six series (ids 0-5, slice 0 of 1,000) instead; in
         // the per-series tables only those first rows.
         assert_eq!(entries(engine.as_ref(), Table::Log), (n / 2 - 1) as usize);
+        // On redb the records are files beside the store's file.
+        assert_eq!(log_files(&dir), (n / 2 - 1) as usize);
         assert_eq!(entries(engine.as_ref(), Table::Open), 6);
         let raw = series(
             engine.as_ref(),
@@ -416,6 +425,11 @@ fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_cras
     let (engine, w) = open(&dir);
     let e = engine.as_ref();
     assert_eq!(entries(e, Table::Log), 0, "the log was replayed");
+    assert_eq!(
+        log_files(&dir),
+        0,
+        "the replayed records' files were removed"
+    );
     assert!(entries(e, Table::Open) > 0);
     let raw = series(e, None, "h", "cpu.total_pct", T0, T0 + n * 1000, 1000).unwrap();
     assert_eq!(raw.len(), n as usize);

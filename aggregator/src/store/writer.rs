@@ -99,10 +99,13 @@ struct Slot {
 
 impl Slot {
     fn matches(&self, field: &'static str, label: Option<(&'static str, &str)>) -> bool {
-        self.field == field
+        // Field names and label keys are the same statics sample after
+        // sample: equal pointers settle it without comparing the bytes.
+        let same = |a: &'static str, b: &'static str| std::ptr::eq(a, b) || a == b;
+        same(self.field, field)
             && match (&self.label, label) {
                 (None, None) => true,
-                (Some((k, v)), Some((key, value))) => *k == key && **v == *value,
+                (Some((k, v)), Some((key, value))) => same(k, key) && **v == *value,
                 _ => false,
             }
     }
@@ -135,8 +138,8 @@ pub struct Writer {
     pub(super) failed_flushes: usize,
     /// Windows that ended, to seal.
     pub(super) seals: Seals,
-    /// Largest log record so far (the next one's starting capacity).
-    pub(super) record_len: usize,
+    /// The buffer of the last log record, reused by the next.
+    pub(super) record_buf: Vec<u8>,
     /// Each host's open minute of process tables.
     procs: HashMap<String, OpenMinute>,
     /// Hosts whose process tables were written since start (a first write
@@ -181,7 +184,7 @@ impl Writer {
             step: 0,
             failed_flushes: 0,
             seals: Seals::new(super::StorageConfig::default().flush_interval_ms),
-            record_len: 0,
+            record_buf: Vec::new(),
             procs: HashMap::new(),
             procs_written: HashSet::new(),
             proc_ops: Vec::new(),
