@@ -41,7 +41,6 @@ async fn clients_subscribed_alike_write_one_shared_deflated_batch_per_window() {
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let mut c = WsClient::connect(&url).await;
-        c.deflated = true;
         for topic in TOPICS {
             c.send(json!({"action": "subscribe", "topic": topic})).await;
         }

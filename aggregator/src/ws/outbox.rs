@@ -426,6 +426,7 @@ impl Outbox {
     }
 
     /// Whether the client is currently lagging (conflated).
+    #[cfg(test)]
     pub fn lagging(&self) -> bool {
         self.state.lock().expect("outbox lock").lagging()
     }

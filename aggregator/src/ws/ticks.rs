@@ -382,7 +382,9 @@ mod tests {
         tokio::time::advance(Duration::from_millis(30)).await;
         b.push_update(&update(1), Duration::ZERO);
         assert_eq!(wheel.pending(), 2);
-        a.notified().await;
+        tokio::time::timeout(window, a.notified())
+            .await
+            .expect("a woken when its window closes");
         let woke = Instant::now();
         assert_eq!(woke, wheel.origin + window, "a's window closes on the tick");
         // b, opened 30 ms later, closes in the same sweep.
@@ -425,7 +427,9 @@ mod tests {
         let mut items = Vec::new();
         for round in 1..=3u32 {
             for o in &outboxes {
-                o.notified().await;
+                tokio::time::timeout(interval, o.notified())
+                    .await
+                    .expect("woken for its beat within an interval");
                 assert!(o.drain(&mut items).beat, "woken for its beat");
                 assert!(!o.drain(&mut items).beat, "one beat, told once");
             }
