@@ -68,6 +68,10 @@ struct Args {
     /// `[storage]` section (defaults; its directory is the run's own).
     #[arg(long, value_enum, default_value = "off")]
     store: Switch,
+    /// With `--store on`: a line added to the `[storage]` section, e.g.
+    /// `checkpoint_interval_ms = 300000` (repeatable).
+    #[arg(long = "storage-set", value_name = "KEY = VALUE")]
+    storage_set: Vec<String>,
     /// Ingest scenarios: every sample a whole host's (all families, 66
     /// numeric values, as `store-engines` simulates them) instead of CPU,
     /// memory, load and top processes (21 values).
@@ -422,7 +426,14 @@ fn main() -> anyhow::Result<()> {
                         core: server_core,
                         client,
                         fleet: &args.fleet,
-                        store: args.store == Switch::On,
+                        store: (args.store == Switch::On).then(|| {
+                            let mut section = String::from("[storage]\n");
+                            args.storage_set.iter().for_each(|l| {
+                                section.push_str(l);
+                                section.push('\n');
+                            });
+                            section
+                        }),
                         whole_host: args.whole_host,
                     };
                     // Interrupted: the run is dropped, which stops every
@@ -519,8 +530,8 @@ struct RunArgs<'a> {
     /// The subscribers' client.
     client: ClientKind,
     fleet: &'a fleet::FleetArgs,
-    /// With the embedded store (ingest scenarios).
-    store: bool,
+    /// With the embedded store (ingest scenarios): its `[storage]` section.
+    store: Option<String>,
     /// Whole hosts' samples (ingest scenarios).
     whole_host: bool,
 }
@@ -549,8 +560,8 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
     }
     let server = match naive {
         Against::Aggregator => {
-            let storage = match kind {
-                Kind::Ingest { .. } | Kind::IngestMax { .. } if store => "[storage]\n",
+            let storage = match (kind, &store) {
+                (Kind::Ingest { .. } | Kind::IngestMax { .. }, Some(section)) => section.as_str(),
                 _ => "",
             };
             Server::start(binary, storage, core)?

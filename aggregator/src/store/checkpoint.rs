@@ -4,9 +4,8 @@
 //!
 //! [`Rotation`]: the series with rows since their last checkpoint are
 //! split into `checkpoint_every` slices (by runs of [`SLICE_RUN`]
-//! consecutive series ids, so that a slice's chunks are neighbours in the
-//! `open` table and its transaction rewrites few of the table's pages, not
-//! a page of every run of series); each flush also
+//! consecutive series ids, so that a slice's chunks make whole groups of
+//! the `open` table, [`super::chunks`]); each flush also
 //! checkpoints one slice, in its own transaction, so every series is
 //! checkpointed once per rotation (`checkpoint_interval_ms`). A log record
 //! holds the rows of the series outside its flush's slice; it is deleted
@@ -14,22 +13,27 @@
 //! rotation), in the transaction of that last checkpoint.
 //!
 //! [`Seals`]: a checkpoint that moves a series into a new window writes the
-//! ended window's last rows as an open chunk and queues the window; each
-//! flush seals a share of the queue (the queue's length at its longest over
-//! the tier's spread), in a later transaction than the chunks it merges.
+//! ended window's last rows as an open chunk and queues the window of its
+//! run; each flush seals a share of the queue (the queue's length at its
+//! longest over the tier's spread), in a later transaction than the chunks
+//! it merges.
 //!
-//! Also the writing of one series' rows into the tables ([`write_rows`],
-//! [`seal`]), shared with the log's replay.
+//! Also the writing of one series' rows as open chunks ([`write_rows`],
+//! shared with the log's replay) and the sealing of a run's window
+//! ([`seal`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::StoreError;
-use super::codec::{decode_block, decode_chunk, encode_block, encode_chunk};
-use super::engine::{Engine, Op, Table, block_key, time_key};
+use super::chunks::{Group, Groups, RUN, group_key, run_len, run_of};
+use super::codec::{decode_block, decode_chunk, encode_block};
+use super::engine::{Engine, Op, Table, block_key, parse_time_key, time_key};
 use super::tier::{Rows, Tier};
 
-/// Consecutive series ids in the same slice.
-pub const SLICE_RUN: u32 = 256;
+/// Consecutive series ids in the same slice: a run of the open chunks'
+/// groups ([`super::chunks`]), so that a slice's checkpoint writes whole
+/// groups.
+pub const SLICE_RUN: u32 = RUN;
 
 /// Which series a flush checkpoints, and which log records are still needed.
 #[derive(Debug)]
@@ -163,13 +167,16 @@ impl Rotation {
     }
 }
 
-/// A window to seal: series, tier, window start.
+/// A window to seal: run of series ([`super::chunks::run_len`]), tier, window
+/// start.
 pub type Window = (u32, Tier, i64);
 
 /// Windows that ended, waiting to be sealed, per tier.
 #[derive(Debug)]
 pub(crate) struct Seals {
     queues: [VecDeque<(u32, i64)>; 3],
+    /// What the queues hold: every series of a run reports its window.
+    queued: HashSet<Window>,
     /// Windows sealed per flush while the queue is not empty.
     rate: [usize; 3],
     /// Flushes over which a tier's seals are spread.
@@ -179,9 +186,9 @@ pub(crate) struct Seals {
 /// Longest a tier's seals are spread over.
 const MAX_SPREAD_MS: i64 = 6 * 3_600_000;
 
-/// Fewest windows a flush seals while some wait (a few ms): a small store
-/// seals at once.
-pub const MIN_SEALS_PER_FLUSH: usize = 64;
+/// Fewest windows a flush seals while some wait (a few ms each, a run of
+/// series): a small store seals at once.
+pub const MIN_SEALS_PER_FLUSH: usize = 2;
 
 impl Seals {
     /// Seals spread for flushes every `flush_interval_ms`: over three
@@ -193,6 +200,7 @@ impl Seals {
             Tier::ALL.map(|t| ((t.window_ms() * 3 / 4).min(MAX_SPREAD_MS) / flush).max(1) as usize);
         Self {
             queues: Default::default(),
+            queued: HashSet::new(),
             rate: [0; 3],
             spread,
         }
@@ -201,8 +209,10 @@ impl Seals {
     /// Queues windows (after the transaction writing their last chunks
     /// committed).
     pub(crate) fn push(&mut self, windows: impl IntoIterator<Item = Window>) {
-        for (id, tier, w) in windows {
-            self.queues[tier as usize].push_back((id, w));
+        for (run, tier, w) in windows {
+            if self.queued.insert((run, tier, w)) {
+                self.queues[tier as usize].push_back((run, w));
+            }
         }
         for t in 0..3 {
             let need = self.queues[t].len().div_ceil(self.spread[t]);
@@ -216,11 +226,14 @@ impl Seals {
         for tier in Tier::ALL {
             let t = tier as usize;
             let n = self.rate[t].min(self.queues[t].len());
-            out.extend(self.queues[t].drain(..n).map(|(id, w)| (id, tier, w)));
+            out.extend(self.queues[t].drain(..n).map(|(run, w)| (run, tier, w)));
             if self.queues[t].is_empty() {
                 self.rate[t] = 0;
             }
         }
+        out.iter().for_each(|w| {
+            self.queued.remove(w);
+        });
         out
     }
 
@@ -232,16 +245,19 @@ impl Seals {
             out.extend(
                 self.queues[tier as usize]
                     .drain(..)
-                    .map(|(id, w)| (id, tier, w)),
+                    .map(|(run, w)| (run, tier, w)),
             );
         }
+        self.queued.clear();
         out
     }
 
     /// Puts back windows whose seal did not commit, first in line.
     pub(crate) fn unpop(&mut self, windows: Vec<Window>) {
-        for (id, tier, w) in windows.into_iter().rev() {
-            self.queues[tier as usize].push_front((id, w));
+        for (run, tier, w) in windows.into_iter().rev() {
+            if self.queued.insert((run, tier, w)) {
+                self.queues[tier as usize].push_front((run, w));
+            }
         }
         self.push([]);
     }
@@ -252,130 +268,138 @@ impl Seals {
     }
 }
 
-/// Adds to `ops` the writing of `rows` (one tier of one series, in time
-/// order) after the series' open chunks in window `disk`. The newest window
-/// is appended as an open chunk. Older windows (the rows moved past them)
-/// are sealed now with what is on disk for them, or, with `defer`, written
-/// as open chunks too and pushed onto `defer`, to be sealed once this
-/// transaction committed.
+/// Adds to `groups` the writing of `rows` (one tier of one series, in time
+/// order) after the series' open chunks in window `disk`; `disk` becomes
+/// the window of the newest rows. Windows the rows moved past (the series'
+/// window on disk, and any older window the rows reach) go to `ended`, to
+/// be sealed once the transaction writing these chunks committed.
 pub(crate) fn write_rows(
-    engine: &dyn Engine,
     id: u32,
     tier: Tier,
     rows: &Rows,
     disk: &mut Option<i64>,
-    ops: &mut Vec<Op>,
-    mut defer: Option<&mut Vec<Window>>,
-) -> Result<(), StoreError> {
-    let newest = tier.window_of(*rows.ts.last().expect("not empty"));
+    groups: &mut Groups,
+    ended: &mut Vec<Window>,
+) {
+    let Some(&last) = rows.ts.last() else {
+        return;
+    };
+    let newest = tier.window_of(last);
+    let run = run_of(id, tier);
     if let Some(w) = *disk
         && w < newest
         && tier.window_of(rows.ts[0]) != w
     {
-        match defer.as_deref_mut() {
-            Some(defer) => defer.push((id, tier, w)),
-            None => seal_as_is(engine, id, tier, w, ops)?,
-        }
-        *disk = None;
+        ended.push((run, tier, w));
     }
     let mut start = 0;
     while start < rows.len() {
         let w = tier.window_of(rows.ts[start]);
         let end = start + rows.ts[start..].partition_point(|t| tier.window_of(*t) == w);
-        let mut part = Rows::new(tier.cols());
-        part.ts.extend_from_slice(&rows.ts[start..end]);
-        for (c, col) in part.cols.iter_mut().enumerate() {
-            col.extend_from_slice(&rows.cols[c][start..end]);
+        if start == 0 && end == rows.len() {
+            groups.add(id, tier, w, rows);
+        } else {
+            let mut part = Rows::new(tier.cols());
+            part.ts.extend_from_slice(&rows.ts[start..end]);
+            for (c, col) in part.cols.iter_mut().enumerate() {
+                col.extend_from_slice(&rows.cols[c][start..end]);
+            }
+            groups.add(id, tier, w, &part);
         }
-        match defer.as_deref_mut() {
-            Some(defer) if w < newest => {
-                ops.push(Op::Put(
-                    Table::Open,
-                    block_key(id, tier as u8, part.ts[0]).to_vec(),
-                    encode_chunk(&part),
-                ));
-                defer.push((id, tier, w));
-                if *disk == Some(w) {
-                    *disk = None;
-                }
-            }
-            None if w < newest => {
-                seal(engine, id, tier, w, part, ops)?;
-                if *disk == Some(w) {
-                    *disk = None;
-                }
-            }
-            _ => {
-                ops.push(Op::Put(
-                    Table::Open,
-                    block_key(id, tier as u8, part.ts[0]).to_vec(),
-                    encode_chunk(&part),
-                ));
-                *disk = Some(w);
-            }
+        if w < newest {
+            ended.push((run, tier, w));
         }
         start = end;
     }
-    Ok(())
+    *disk = Some(newest);
 }
 
-/// Adds to `ops` the sealing of window `w` with what is on disk for it
-/// alone ([`seal`] with no extra rows).
-pub fn seal_as_is(
-    engine: &dyn Engine,
-    id: u32,
-    tier: Tier,
-    w: i64,
-    ops: &mut Vec<Op>,
-) -> Result<(), StoreError> {
-    seal(engine, id, tier, w, Rows::new(tier.cols()), ops)
-}
-
-/// Adds to `ops` the sealing of window `w`: its existing block (if any),
-/// its open chunks and `extra` rows merged into one block; the chunks go.
+/// Adds to `ops` the sealing of window `w` of `tier` for the series of
+/// `run`: each one's existing block (if any) and open chunks merged into
+/// one block; the groups go. Returns the blocks written.
 pub fn seal(
     engine: &dyn Engine,
-    id: u32,
+    run: u32,
     tier: Tier,
     w: i64,
-    extra: Rows,
     ops: &mut Vec<Op>,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let t = tier as u8;
-    let (start, end) = (block_key(id, t, w), block_key(id, t, w + tier.window_ms()));
-    let mut rows = Rows::new(tier.cols());
+    let mut by_series: BTreeMap<u32, Rows> = BTreeMap::new();
     let mut failure = None;
-    engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
-        match decode_block(v) {
-            Ok(b) => rows.extend(&b),
-            Err(e) => failure = Some(e),
-        }
-        true
-    })?;
-    engine.scan(Table::Open, &start, &end, &mut |k, v| {
-        if let Err(e) = decode_chunk(v, &mut rows) {
-            failure = Some(e);
-        }
-        ops.push(Op::Delete(Table::Open, k.to_vec()));
-        true
-    })?;
+    engine.scan(
+        Table::Open,
+        &group_key(t, run, w, 0),
+        &group_key(t, run, w, i64::MAX),
+        &mut |k, v| {
+            ops.push(Op::Delete(Table::Open, k.to_vec()));
+            let parsed = Group::parse(v).and_then(|g| {
+                for entry in g.entries() {
+                    let (id, chunk) = entry?;
+                    let rows = by_series
+                        .entry(id)
+                        .or_insert_with(|| Rows::new(tier.cols()));
+                    decode_chunk(chunk, rows)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = parsed {
+                failure = Some(e);
+            }
+            true
+        },
+    )?;
     if let Some(e) = failure {
-        // A corrupt chunk cannot be merged; the window keeps what decoded.
-        tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: unreadable rows skipped while sealing");
+        // A corrupt group cannot be merged; the window keeps what decoded.
+        tracing::warn!(cause = %e, run, tier = tier.name(), "store: unreadable rows skipped while sealing");
     }
-    rows.extend(&extra);
-    rows.sort_dedup();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let block = encode_block(&rows)?;
-    ops.push(Op::Put(
+    // Which of the run's series have a block of this window already (a
+    // window sealed before, then written again): one scan of `by_time`,
+    // where they are neighbours, rather than a lookup per series.
+    let first = run * run_len(tier);
+    let mut sealed_before = HashSet::new();
+    engine.scan(
         Table::ByTime,
-        time_key(t, w, id).to_vec(),
-        ((block.len() + 13) as u32).to_be_bytes().to_vec(),
-    ));
-    ops.push(Op::Put(Table::Blocks, start.to_vec(), block));
-    Ok(())
+        &time_key(t, w, first),
+        &time_key(t, w, first.saturating_add(run_len(tier))),
+        &mut |k, _| {
+            if let Some((.., id)) = parse_time_key(k) {
+                sealed_before.insert(id);
+            }
+            true
+        },
+    )?;
+    let mut blocks = 0;
+    for (id, mut rows) in by_series {
+        let (start, end) = (block_key(id, t, w), block_key(id, t, w + tier.window_ms()));
+        let mut old = None;
+        if sealed_before.contains(&id) {
+            engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
+                old = Some(decode_block(v));
+                false
+            })?;
+        }
+        match old {
+            Some(Ok(b)) => rows.extend(&b),
+            Some(Err(e)) => {
+                tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: an unreadable block was replaced while sealing");
+            }
+            None => {}
+        }
+        rows.sort_dedup();
+        if rows.is_empty() {
+            continue;
+        }
+        let block = encode_block(&rows)?;
+        ops.push(Op::Put(
+            Table::ByTime,
+            time_key(t, w, id).to_vec(),
+            ((block.len() + 13) as u32).to_be_bytes().to_vec(),
+        ));
+        ops.push(Op::Put(Table::Blocks, start.to_vec(), block));
+        blocks += 1;
+    }
+    Ok(blocks)
 }
 
 #[cfg(test)]
@@ -420,8 +444,13 @@ mod tests {
         }
         assert_eq!(flushes, 337);
         assert!(s.due().is_empty());
-        // A few are sealed at once.
-        s.push((0..50).map(|id| (id, Tier::Minute, 0)));
-        assert_eq!(s.due().len(), 50);
+        // A few are sealed at once, each once.
+        s.push([
+            (1, Tier::Minute, 0),
+            (2, Tier::Minute, 0),
+            (1, Tier::Minute, 0),
+        ]);
+        assert_eq!(s.due().len(), 2);
+        assert_eq!(s.len(), 0);
     }
 }

@@ -42,6 +42,10 @@ pub struct StorageConfig {
     /// the longest flush's worth (32,768: over 3 s of 10,000 agents sending a
     /// sample a second).
     pub queue: usize,
+    /// Bytes of the store's pages cached in memory. The writer's inserts
+    /// land on the pages of the series being checkpointed; when those do
+    /// not fit, each insert reads its page back from the file.
+    pub cache_bytes: u64,
     /// Retention, eviction and sealing of idle series run this often, in ms.
     pub maintenance_interval_ms: u64,
     /// Most points per field in one `/series` answer; more is refused with
@@ -60,6 +64,7 @@ impl Default for StorageConfig {
             flush_interval_ms: 2_000,
             checkpoint_interval_ms: 60_000,
             queue: 32_768,
+            cache_bytes: super::engine::CACHE_BYTES as u64,
             maintenance_interval_ms: 60_000,
             max_points: 20_000,
         }
@@ -84,6 +89,7 @@ impl StorageConfig {
                 self.checkpoint_interval_ms,
             ),
             ("storage.queue", self.queue as u64),
+            ("storage.cache_bytes", self.cache_bytes),
             (
                 "storage.maintenance_interval_ms",
                 self.maintenance_interval_ms,

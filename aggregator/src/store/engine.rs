@@ -6,8 +6,10 @@
 //! Tables (all keys big endian, so byte order is time order):
 //! - `series`: `host \0 field` → series id (u32); `\xff next` → next id.
 //! - `blocks`: series (u32) · tier (u8) · window start (i64) → sealed block.
-//! - `open`: series · tier · first row's time → open chunk (the rows of one
-//!   checkpoint, [`super::recent`]).
+//! - `open_groups`: tier · run of series · window start · stamp → the open
+//!   chunks of one checkpoint of that run ([`super::chunks`]). Builds
+//!   before it kept a chunk per series in `open` (series · tier · first
+//!   row's time), moved here when the store opens.
 //! - `log`: flush number (u64) → the rows of every series that flush took,
 //!   until the next checkpoint ([`super::recent`]). On redb, files in
 //!   `log/` beside the redb file ([`super::logfiles`]).
@@ -36,8 +38,11 @@ pub enum Table {
     Series,
     /// Sealed blocks.
     Blocks,
-    /// Open chunks.
+    /// Open chunks, in groups per run of series ([`super::chunks`]).
     Open,
+    /// Open chunks one per series and checkpoint, as builds before the
+    /// groups wrote them: moved into `Open` when the store opens.
+    LegacyOpen,
     /// Each flush's rows until the next checkpoint.
     Log,
     /// Sealed blocks by tier and time.
@@ -52,10 +57,11 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Series,
         Table::Blocks,
         Table::Open,
+        Table::LegacyOpen,
         Table::Log,
         Table::ByTime,
         Table::History,
@@ -68,7 +74,8 @@ impl Table {
         match self {
             Table::Series => "series",
             Table::Blocks => "blocks",
-            Table::Open => "open",
+            Table::Open => "open_groups",
+            Table::LegacyOpen => "open",
             Table::Log => "log",
             Table::ByTime => "by_time",
             Table::History => "history",
@@ -105,6 +112,15 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The last entry in `[from, to)`.
     fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// The last key in `[from, to)` (its value not copied).
+    fn last_key(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.last(table, from, to)?.map(|(k, _)| k))
+    }
     /// Bytes of storage in use (what `max_disk_bytes` bounds).
     fn used_bytes(&self) -> Result<u64, StoreError>;
     /// Bytes the engine's files take on disk.
@@ -154,8 +170,9 @@ pub fn parse_time_key(k: &[u8]) -> Option<(u8, i64, u32)> {
 /// The redb file in the data directory.
 pub const REDB_FILE: &str = "store.redb";
 
-/// Pages redb caches in memory.
-const CACHE_BYTES: usize = 64 << 20;
+/// Pages redb caches in memory unless configured
+/// ([`super::StorageConfig::cache_bytes`]).
+pub const CACHE_BYTES: usize = 64 << 20;
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -219,9 +236,14 @@ impl Redb {
     /// Opens (or creates) `dir/store.redb`; a file left by a crash is
     /// repaired first.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open), caching up to `cache_bytes` of pages.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = dir.join(REDB_FILE);
         let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| {
                 // Names the file: a store made by another user (root) is
@@ -312,6 +334,22 @@ impl Engine for Redb {
             return Ok(last);
         }
         last_in(&self.db.begin_read().map_err(err)?, table, from, to)
+    }
+
+    fn last_key(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if table == Table::Log {
+            return Ok(self.last(table, from, to)?.map(|(k, _)| k));
+        }
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(def(table)).map_err(err)?;
+        let last = t.range(from..to).map_err(err)?.next_back();
+        last.map(|entry| entry.map(|(k, _)| k.value().to_vec()).map_err(err))
+            .transpose()
     }
 
     fn used_bytes(&self) -> Result<u64, StoreError> {

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::StoreError;
-use super::checkpoint::{SLICE_RUN, Seals, Window, seal_as_is, write_rows};
+use super::checkpoint::{SLICE_RUN, Seals, Window, seal, write_rows};
+use super::chunks::Groups;
 use super::engine::{Op, Table};
 use super::recent::{Recent, append_entry, log_key};
 use super::tier::{Rows, Tier};
@@ -33,6 +34,7 @@ impl Writer {
             return Ok(0);
         }
         let started = Instant::now();
+        self.last_groups = [None, None, None];
         if self.failed_flushes >= self.rotation.slice_count() {
             // A whole rotation failed (a full or broken disk): what memory
             // holds stays for when writes work again, new rows go.
@@ -70,12 +72,12 @@ impl Writer {
         // the back of the queue rather than fail the flush again and again.
         let due = self.seals.due();
         let mut retry = Vec::new();
-        for &(id, tier, w) in &due {
+        for &(run, tier, w) in &due {
             let mark = ops.len();
-            if let Err(e) = seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops) {
+            if let Err(e) = seal(self.engine.as_ref(), run, tier, w, &mut ops) {
                 ops.truncate(mark);
-                tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: sealing a window failed; it is tried again later");
-                retry.push((id, tier, w));
+                tracing::warn!(cause = %e, run, tier = tier.name(), "store: sealing a window failed; it is tried again later");
+                retry.push((run, tier, w));
             }
         }
         let slice = self.rotation.slice_at(step);
@@ -118,7 +120,8 @@ impl Writer {
                 }
             }
         }
-        let ids = self.rotation.take(slice);
+        let mut ids = self.rotation.take(slice);
+        ids.sort_unstable(); // each run's group built in series order
         let mut before = Vec::with_capacity(ids.len());
         let mut ended = Vec::new();
         let built = self.write_checkpoint(&ids, &mut ops, &mut before, &mut ended);
@@ -234,7 +237,9 @@ impl Writer {
         if self.rotation.is_idle() {
             return Ok(());
         }
-        let ids = self.rotation.take_all();
+        self.last_groups = [None, None, None];
+        let mut ids = self.rotation.take_all();
+        ids.sort_unstable();
         let mut ops = Vec::with_capacity(ids.len() * 2);
         let mut before = Vec::with_capacity(ids.len());
         let mut ended = Vec::new();
@@ -261,10 +266,11 @@ impl Writer {
 
     /// Seals every window waiting, in one transaction (tests, benches).
     pub fn seal_queued(&mut self) -> Result<usize, StoreError> {
+        self.last_groups = [None, None, None];
         let all = self.seals.all();
         let mut ops = Vec::new();
-        for &(id, tier, w) in &all {
-            seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops)?;
+        for &(run, tier, w) in &all {
+            seal(self.engine.as_ref(), run, tier, w, &mut ops)?;
         }
         self.engine.apply(&ops)?;
         Ok(all.len())
@@ -281,6 +287,7 @@ impl Writer {
         ended: &mut Vec<Window>,
     ) -> Result<(), StoreError> {
         let recent = self.recent.all();
+        let mut groups = Groups::default();
         for id in ids {
             let Some(Some(state)) = self.series.get_mut(*id as usize) else {
                 continue;
@@ -291,20 +298,10 @@ impl Writer {
             before.push((*id, state.disk_window));
             for tier in Tier::ALL {
                 let rows = &rows[tier as usize];
-                if !rows.is_empty() {
-                    let disk = &mut state.disk_window[tier as usize];
-                    write_rows(
-                        self.engine.as_ref(),
-                        *id,
-                        tier,
-                        rows,
-                        disk,
-                        ops,
-                        Some(ended),
-                    )?;
-                }
+                let disk = &mut state.disk_window[tier as usize];
+                write_rows(*id, tier, rows, disk, &mut groups, ended);
             }
         }
-        Ok(())
+        groups.write(self.engine.as_ref(), ops)
     }
 }

@@ -9,54 +9,48 @@
 //! first, until the store is back under the bound: raw values are the bulk
 //! and the rollups keep their shape, so long history survives a tight disk.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{Window, seal_as_is};
+use super::checkpoint::{Window, seal};
+use super::chunks::{self, Groups};
+use super::codec::decode_chunk;
 use super::config::StorageConfig;
 use super::engine::{Engine, Op, Table, block_key, parse_block_key, parse_time_key, time_key};
 use super::processes;
-use super::tier::Tier;
+use super::tier::{Rows, Tier};
 use super::writer::Writer;
 use super::{StoreError, StoreStats};
 
 /// Deletes per transaction while trimming.
 const DELETE_BATCH: usize = 20_000;
 
-/// Seals the newest window in `open` of each series and tier if it ended
-/// before `before`: chunks left by a previous run, of series this run has
-/// not resumed. Returns how many, and the older windows left open (their
-/// rows moved on: they ended), for the writer to seal over its first
-/// flushes ([`Writer::queue_seals`]) instead of all before the store opens.
+/// Seals the newest window in `open` of each run of series and tier if it
+/// ended before `before`: chunks left by a previous run, of series this
+/// run has not resumed. Returns the blocks written, and the older windows
+/// left open (their rows moved on: they ended), for the writer to seal
+/// over its first flushes ([`Writer::queue_seals`]) instead of all before
+/// the store opens.
 pub fn seal_leftovers(
     engine: &dyn Engine,
     before: i64,
 ) -> Result<(usize, Vec<Window>), StoreError> {
-    let mut newest: BTreeMap<(u32, u8), i64> = BTreeMap::new();
+    let windows = chunks::windows(engine)?;
     let mut older = Vec::new();
-    engine.scan(Table::Open, &[], &[0xff; 14], &mut |k, _| {
-        if let Some((id, t, ts)) = parse_block_key(k)
-            && let Some(tier) = Tier::from_u8(t)
-        {
-            let w = tier.window_of(ts);
-            // Keys are in (series, tier, time) order.
-            if let Some(prev) = newest.insert((id, t), w)
-                && prev != w
-            {
-                older.push((id, tier, prev));
-            }
-        }
-        true
-    })?;
     let mut ops = Vec::new();
     let mut sealed = 0;
-    for ((id, t), w) in newest {
-        let tier = Tier::from_u8(t).expect("checked");
+    for (i, &(tier, run, w)) in windows.iter().enumerate() {
+        // In key order: a run's windows of one tier, oldest first.
+        let newest = windows
+            .get(i + 1)
+            .is_none_or(|&(t, r, _)| (t, r) != (tier, run));
+        if !newest {
+            older.push((run, tier, w));
+            continue;
+        }
         if w + tier.window_ms() >= before {
             continue;
         }
-        seal_as_is(engine, id, tier, w, &mut ops)?;
-        sealed += 1;
+        sealed += seal(engine, run, tier, w, &mut ops)?;
         if ops.len() >= DELETE_BATCH {
             engine.apply(&std::mem::take(&mut ops))?;
         }
@@ -65,6 +59,42 @@ pub fn seal_leftovers(
         engine.apply(&ops)?;
     }
     Ok((sealed, older))
+}
+
+/// Moves the open chunks a build before the groups left (one per series
+/// and checkpoint, in `LegacyOpen`) into groups; returns how many.
+pub fn migrate_open(engine: &dyn Engine) -> Result<usize, StoreError> {
+    let mut moved = 0;
+    loop {
+        let mut groups = Groups::default();
+        let mut ops = Vec::new();
+        let mut failure = None;
+        engine.scan(Table::LegacyOpen, &[], &[0xff; 14], &mut |k, v| {
+            ops.push(Op::Delete(Table::LegacyOpen, k.to_vec()));
+            if let Some((id, t, _)) = parse_block_key(k)
+                && let Some(tier) = Tier::from_u8(t)
+            {
+                let mut rows = Rows::new(tier.cols());
+                match decode_chunk(v, &mut rows) {
+                    Ok(()) if !rows.is_empty() => {
+                        groups.add(id, tier, tier.window_of(rows.ts[0]), &rows)
+                    }
+                    Ok(()) => {}
+                    Err(e) => failure = Some(e),
+                }
+            }
+            ops.len() < DELETE_BATCH
+        })?;
+        if let Some(e) = failure {
+            tracing::warn!(cause = %e, "store: an unreadable open chunk of an older build was dropped");
+        }
+        if ops.is_empty() {
+            return Ok(moved);
+        }
+        moved += ops.len();
+        groups.write(engine, &mut ops)?;
+        engine.apply(&ops)?;
+    }
 }
 
 /// Deletes the sealed blocks of `tier` whose window started before `cutoff`

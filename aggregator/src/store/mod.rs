@@ -27,13 +27,15 @@
 //! history across a clean restart, for WebSocket `history`/`since`.
 //!
 //! Files: [`config`] `[storage]`; [`tier`] the tiers and rows; [`series`]
-//! field names; [`codec`] block and chunk bytes; [`rollup`] min/max/sum/
+//! field names; [`codec`] block and chunk bytes; [`chunks`] the open
+//! chunks, grouped per run of series; [`rollup`] min/max/sum/
 //! count/last; [`engine`] the key-value engine; [`read`] reading a series
 //! back; [`writer`] the write path; [`recent`] the log and the rows since
 //! the last checkpoint; [`maintain`] retention and the disk
 //! bound; [`query`] range queries.
 
 pub mod checkpoint;
+pub mod chunks;
 pub mod codec;
 pub mod config;
 pub mod engine;
@@ -247,7 +249,17 @@ impl Store {
         let marker = dir.join(CLEAN_MARKER);
         let clean = marker.exists();
         let opened = Instant::now();
-        let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open(dir)?);
+        let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open_with_cache(
+            dir,
+            usize::try_from(config.cache_bytes).unwrap_or(usize::MAX),
+        )?);
+        let migrated = maintain::migrate_open(engine.as_ref())?;
+        if migrated > 0 {
+            tracing::info!(
+                chunks = migrated,
+                "store: open chunks of an older build moved into groups"
+            );
+        }
         let replayed = recent::replay(engine.as_ref())?;
         let (sealed, queued) = maintain::seal_leftovers(engine.as_ref(), now_ms())?;
         if existed && !clean {

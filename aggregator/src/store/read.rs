@@ -4,7 +4,8 @@
 //! resumes a series after a restart or seals a window.
 
 use super::StoreError;
-use super::codec::{decode_block, decode_chunk};
+use super::chunks::read_open;
+use super::codec::decode_block;
 use super::engine::{Engine, Table, block_key, parse_block_key};
 use super::recent::Recent;
 use super::tier::{Rows, Tier};
@@ -60,22 +61,17 @@ pub fn read_rows(
     // block) that commits between the two scans leaves its rows in both
     // (deduplicated), never in neither.
     let mut open = Rows::new(tier.cols());
+    read_open(engine, series, tier, from, to, &mut open)?;
     let mut failure = None;
-    for table in [Table::Open, Table::Blocks] {
-        engine.scan(table, &start, &end, &mut |_, v| {
-            let r = match table {
-                Table::Blocks => decode_block(v).map(|b| rows.extend(&b)),
-                _ => decode_chunk(v, &mut open),
-            };
-            if let Err(e) = r {
-                failure = Some(e);
-                return false;
-            }
-            true
-        })?;
-        if let Some(e) = failure.take() {
-            return Err(e.into());
+    engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
+        if let Err(e) = decode_block(v).map(|b| rows.extend(&b)) {
+            failure = Some(e);
+            return false;
         }
+        true
+    })?;
+    if let Some(e) = failure.take() {
+        return Err(e.into());
     }
     rows.extend(&open);
     rows.extend(&newest);
@@ -91,35 +87,17 @@ pub fn read_rows(
     Ok(rows)
 }
 
-/// Time of the latest row of `series` in `tier`, if any.
-pub fn last_ts(engine: &dyn Engine, series: u32, tier: Tier) -> Result<Option<i64>, StoreError> {
-    let t = tier as u8;
-    let (start, end) = (block_key(series, t, 0), block_key(series, t, i64::MAX));
-    let mut latest: Option<i64> = None;
-    for table in [Table::Blocks, Table::Open] {
-        if let Some((k, v)) = engine.last(table, &start, &end)? {
-            let mut rows = Rows::new(tier.cols());
-            match table {
-                Table::Blocks => rows = decode_block(&v)?,
-                _ => decode_chunk(&v, &mut rows)?,
-            }
-            let ts = rows.ts.last().copied().or(parse_block_key(&k).map(|p| p.2));
-            latest = latest.max(ts);
-        }
-    }
-    Ok(latest)
-}
-
-/// Start of the window of the newest open chunk of `series` in `tier`.
-pub fn open_window(
+/// Time of the latest row of `series` in `tier`'s sealed blocks, if any.
+pub fn last_block_ts(
     engine: &dyn Engine,
     series: u32,
     tier: Tier,
 ) -> Result<Option<i64>, StoreError> {
     let t = tier as u8;
     let (start, end) = (block_key(series, t, 0), block_key(series, t, i64::MAX));
-    Ok(engine
-        .last(Table::Open, &start, &end)?
-        .and_then(|(k, _)| parse_block_key(&k))
-        .map(|(_, _, ts)| tier.window_of(ts)))
+    let Some((k, v)) = engine.last(Table::Blocks, &start, &end)? else {
+        return Ok(None);
+    };
+    let rows = decode_block(&v)?;
+    Ok(rows.ts.last().copied().or(parse_block_key(&k).map(|p| p.2)))
 }

@@ -5,7 +5,8 @@
 //! insert whatever the number of series, and adds them to [`Recent`]. Each
 //! series is checkpointed once per `checkpoint_interval_ms`, one slice of
 //! the series per flush ([`super::checkpoint`]): its rows move into the
-//! per-series tables (an open chunk per series and tier) and leave
+//! open chunks (a chunk per series and tier, in groups per run of series,
+//! [`super::chunks`]) and leave
 //! [`Recent`]; a record is deleted once every slice has been checkpointed
 //! since it was written, so the per-series inserts are paid once per
 //! interval, not once per flush. After a crash, [`replay`] writes the rows
@@ -20,10 +21,11 @@ use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::StoreError;
-use super::checkpoint::write_rows;
+use super::checkpoint::{seal, write_rows};
+use super::chunks::{Groups, LastGroup, newest_from};
 use super::codec::{self, CodecError};
 use super::engine::{Engine, Op, Table};
-use super::read::{last_ts, open_window};
+use super::read::last_block_ts;
 use super::tier::{Rows, Tier};
 
 /// One series' rows since the last checkpoint, per tier.
@@ -182,11 +184,18 @@ pub fn replay(engine: &dyn Engine) -> Result<usize, StoreError> {
         return Ok(0);
     }
     let mut ops = Vec::new();
+    let mut groups = Groups::default();
+    let mut ended = Vec::new();
+    let mut last_groups: [LastGroup; 3] = [None, None, None];
     for ((series, tier), mut r) in rows {
         r.sort_dedup();
+        let open = newest_from(engine, series, tier, &mut last_groups[tier as usize])?;
+        let last = open
+            .map(|(_, ts)| ts)
+            .max(last_block_ts(engine, series, tier)?);
         // A series checkpointed after a record was written has that
         // record's rows in its tables already: only later rows are new.
-        if let Some(last) = last_ts(engine, series, tier)? {
+        if let Some(last) = last {
             let new = r.ts.partition_point(|t| *t <= last);
             if new == r.len() {
                 continue;
@@ -198,11 +207,22 @@ pub fn replay(engine: &dyn Engine) -> Result<usize, StoreError> {
                 });
             }
         }
-        let mut disk = open_window(engine, series, tier)?;
-        write_rows(engine, series, tier, &r, &mut disk, &mut ops, None)?;
+        let mut disk = open.map(|(w, _)| w);
+        write_rows(series, tier, &r, &mut disk, &mut groups, &mut ended);
     }
+    groups.write(engine, &mut ops)?;
     ops.extend(keys.into_iter().map(|k| Op::Delete(Table::Log, k)));
     engine.apply(&ops)?;
+    // Windows the replayed rows moved past, now that their chunks are in.
+    ended.sort();
+    ended.dedup();
+    let mut seals = Vec::new();
+    for (run, tier, w) in ended {
+        seal(engine, run, tier, w, &mut seals)?;
+    }
+    if !seals.is_empty() {
+        engine.apply(&seals)?;
+    }
     Ok(records)
 }
 

@@ -370,6 +370,17 @@ fn process_tables_are_read_per_host_and_deleted_past_retention() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Open chunks, over every group.
+pub(super) fn open_chunks(engine: &dyn Engine) -> usize {
+    let mut n = 0;
+    super::chunks::for_each_chunk(engine, &mut |_, _, _| {
+        n += 1;
+        true
+    })
+    .unwrap();
+    n
+}
+
 pub(super) fn entries(engine: &dyn Engine, table: Table) -> usize {
     let mut n = 0;
     engine
@@ -408,7 +419,7 @@ fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_cras
         assert_eq!(entries(engine.as_ref(), Table::Log), (n / 2 - 1) as usize);
         // On redb the records are files beside the store's file.
         assert_eq!(log_files(&dir), (n / 2 - 1) as usize);
-        assert_eq!(entries(engine.as_ref(), Table::Open), 6);
+        assert_eq!(open_chunks(engine.as_ref()), 6);
         let raw = series(
             engine.as_ref(),
             Some(w.recent()),
@@ -430,7 +441,7 @@ fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_cras
         0,
         "the replayed records' files were removed"
     );
-    assert!(entries(e, Table::Open) > 0);
+    assert!(open_chunks(e) > 0);
     let raw = series(e, None, "h", "cpu.total_pct", T0, T0 + n * 1000, 1000).unwrap();
     assert_eq!(raw.len(), n as usize);
     for (i, p) in raw.iter().enumerate() {
@@ -449,6 +460,68 @@ fn rows_since_the_last_checkpoint_are_read_from_memory_and_replayed_after_a_cras
     assert_eq!(
         minutes.iter().map(|p| p.count).collect::<Vec<_>>(),
         [60, 40]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn open_chunks_of_an_older_build_are_moved_into_groups_and_read_back() {
+    use super::codec::encode_chunk;
+    use super::engine::{Op, block_key};
+    use super::tier::{Rows, Tier};
+    let dir = temp_dir("legacy-open");
+    let id = {
+        let (engine, mut w) = open(&dir);
+        w.ingest("h", &sample(1, T0, 1.0, 1.0)).unwrap();
+        w.checkpoint().unwrap();
+        w.flush().unwrap();
+        w.checkpoint().unwrap();
+        let id = super::read::series_id(
+            engine.as_ref(),
+            &super::read::series_name("h", "cpu.total_pct"),
+        )
+        .unwrap()
+        .unwrap();
+        // Two chunks as a build before the groups wrote them: one per
+        // series and checkpoint, keyed series · tier · first row's time.
+        let mut ops = Vec::new();
+        for part in [1..60i64, 60..90] {
+            let mut rows = Rows::new(1);
+            part.clone()
+                .for_each(|i| rows.push(T0 + i * 1000, &[i as f64]));
+            ops.push(Op::Put(
+                Table::LegacyOpen,
+                block_key(id, Tier::Raw as u8, T0 + part.start * 1000).to_vec(),
+                encode_chunk(&rows),
+            ));
+        }
+        engine.apply(&ops).unwrap();
+        id
+    };
+    let engine: Arc<dyn Engine> = Arc::new(Redb::open(&dir).unwrap());
+    assert_eq!(maintain::migrate_open(engine.as_ref()).unwrap(), 2);
+    assert_eq!(entries(engine.as_ref(), Table::LegacyOpen), 0);
+    let got = series(
+        engine.as_ref(),
+        None,
+        "h",
+        "cpu.total_pct",
+        T0,
+        T0 + 90_000,
+        1000,
+    )
+    .unwrap();
+    assert_eq!(got.len(), 90);
+    assert_eq!(got[0].last, 1.0);
+    assert!(
+        got[1..]
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.last == (i + 1) as f64)
+    );
+    assert_eq!(
+        super::chunks::newest(engine.as_ref(), id, Tier::Raw).unwrap(),
+        Some((Tier::Raw.window_of(T0), T0 + 89_000))
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

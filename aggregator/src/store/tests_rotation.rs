@@ -7,7 +7,7 @@
 use super::codec::{decode_block, decode_chunk};
 use super::engine::{Engine, Table, parse_block_key};
 use super::query::series;
-use super::tests::{T0, cpu_at, entries, open, sample, temp_dir};
+use super::tests::{T0, cpu_at, entries, open, open_chunks, sample, temp_dir};
 use super::tier::{Rows, Tier};
 use super::writer::Writer;
 
@@ -48,22 +48,24 @@ fn assert_all_rows(engine: &dyn Engine, w: Option<&Writer>, start: i64, n: i64) 
 /// series: duplicates would be counted twice.
 fn stored_raw_rows(engine: &dyn Engine) -> std::collections::BTreeMap<u32, usize> {
     let mut rows = std::collections::BTreeMap::new();
-    for table in [Table::Open, Table::Blocks] {
-        engine
-            .scan(table, &[], &[0xff; 14], &mut |k, v| {
-                let (id, t, _) = parse_block_key(k).unwrap();
-                if t == Tier::Raw as u8 {
-                    let mut r = Rows::new(1);
-                    match table {
-                        Table::Open => decode_chunk(v, &mut r).unwrap(),
-                        _ => r = decode_block(v).unwrap(),
-                    }
-                    *rows.entry(id).or_insert(0) += r.len();
-                }
-                true
-            })
-            .unwrap();
-    }
+    super::chunks::for_each_chunk(engine, &mut |id, tier, chunk| {
+        if tier == Tier::Raw {
+            let mut r = Rows::new(1);
+            decode_chunk(chunk, &mut r).unwrap();
+            *rows.entry(id).or_insert(0) += r.len();
+        }
+        true
+    })
+    .unwrap();
+    engine
+        .scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
+            let (id, t, _) = parse_block_key(k).unwrap();
+            if t == Tier::Raw as u8 {
+                *rows.entry(id).or_insert(0) += decode_block(v).unwrap().len();
+            }
+            true
+        })
+        .unwrap();
     rows
 }
 
@@ -98,7 +100,7 @@ fn a_checkpoint_spread_over_flushes_leaves_every_row_readable_and_trims_the_log(
             keys.iter().all(|k| *k as i64 > step - 4),
             "step {step}: {keys:?}"
         );
-        chunks.push(entries(e, Table::Open));
+        chunks.push(open_chunks(e));
     }
     // Each flush wrote one slice's chunks, not every series' at once.
     let grown: Vec<usize> = chunks.windows(2).map(|c| c[1] - c[0]).collect();
@@ -158,7 +160,8 @@ fn seals_that_fall_due_together_are_spread_over_flushes() {
     w.set_slices(3, 1);
     // Seals spread over 11 flushes (11.25 minutes at one a minute).
     w.set_flush_interval(60_000);
-    let hosts: Vec<String> = (0..40).map(|h| format!("h{h}")).collect();
+    // 1,536 series: six runs of 256, the unit a seal takes.
+    let hosts: Vec<String> = (0..256).map(|h| format!("h{h}")).collect();
     let start = T0 + 15 * 60_000 - 10_000;
     let mut blocks = Vec::new();
     for i in 0..40i64 {
@@ -186,11 +189,12 @@ fn seals_that_fall_due_together_are_spread_over_flushes() {
         }
     }
     // Every raw series' first window ended after 10 s (the minute and hour
-    // tiers' have not): 240 windows, sealed over several flushes, never
-    // more than a slice's worth in one.
-    assert_eq!(*blocks.last().unwrap(), 240, "{blocks:?}");
+    // tiers' have not): 1,536 windows, sealed over several flushes, never
+    // more than the fewest runs a flush seals in one.
+    assert_eq!(*blocks.last().unwrap(), 1536, "{blocks:?}");
     let per_flush: Vec<usize> = blocks.windows(2).map(|b| b[1] - b[0]).collect();
-    assert!(per_flush.iter().all(|n| *n <= 80), "{per_flush:?}");
+    let most = super::checkpoint::MIN_SEALS_PER_FLUSH * super::chunks::RUN as usize;
+    assert!(per_flush.iter().all(|n| *n <= most), "{per_flush:?}");
     assert!(
         per_flush.iter().filter(|n| **n > 0).count() >= 3,
         "{per_flush:?}"

@@ -26,10 +26,11 @@ use std::sync::atomic::Ordering;
 
 use hostpulse_proto::Sample;
 
-use super::checkpoint::{Rotation, Seals, seal_as_is};
+use super::checkpoint::{Rotation, Seals, seal};
+use super::chunks::{LastGroup, newest_from, run_of};
 use super::engine::{Engine, Op, Table};
 use super::processes::{self, OpenMinute};
-use super::read::{last_ts, open_window, read_rows, series_id, series_name};
+use super::read::{last_block_ts, read_rows, series_id, series_name};
 use super::recent::{Recent, replay};
 use super::rollup::{Agg, Open, fold, fold_agg};
 use super::series::{for_each_field, labelled};
@@ -140,6 +141,9 @@ pub struct Writer {
     pub(super) seals: Seals,
     /// The buffer of the last log record, reused by the next.
     pub(super) record_buf: Vec<u8>,
+    /// Per tier, the newest open-chunk group of the run last resumed
+    /// (cleared by every write of the open chunks).
+    pub(super) last_groups: [LastGroup; 3],
     /// Each host's open minute of process tables.
     procs: HashMap<String, OpenMinute>,
     /// Hosts whose process tables were written since start (a first write
@@ -185,6 +189,7 @@ impl Writer {
             failed_flushes: 0,
             seals: Seals::new(super::StorageConfig::default().flush_interval_ms),
             record_buf: Vec::new(),
+            last_groups: [None, None, None],
             procs: HashMap::new(),
             procs_written: HashSet::new(),
             proc_ops: Vec::new(),
@@ -300,7 +305,11 @@ impl Writer {
             self.series.resize_with(i + 1, || None);
         }
         if self.series[i].is_none() {
-            self.series[i] = Some(Self::resume(self.engine.as_ref(), id)?);
+            self.series[i] = Some(Self::resume(
+                self.engine.as_ref(),
+                id,
+                &mut self.last_groups,
+            )?);
         }
         let state = self.series[i].as_mut().expect("resumed");
         if ts <= state.last_ts {
@@ -324,7 +333,11 @@ impl Writer {
     /// A series' state from what is on disk: its newest raw time, the open
     /// minute rebuilt from the raw rows after the last minute row, and the
     /// open hour from the minute rows after the last hour row.
-    fn resume(engine: &dyn Engine, id: u32) -> Result<SeriesState, StoreError> {
+    fn resume(
+        engine: &dyn Engine,
+        id: u32,
+        groups: &mut [LastGroup; 3],
+    ) -> Result<SeriesState, StoreError> {
         let mut state = SeriesState {
             last_ts: i64::MIN,
             minute: None,
@@ -333,16 +346,19 @@ impl Writer {
             disk_window: [None; 3],
             logged: false,
         };
+        let mut last = [None; 3];
         for tier in Tier::ALL {
-            state.disk_window[tier as usize] = open_window(engine, id, tier)?;
+            let open = newest_from(engine, id, tier, &mut groups[tier as usize])?;
+            state.disk_window[tier as usize] = open.map(|(w, _)| w);
+            last[tier as usize] = open.map(|(_, ts)| ts).max(last_block_ts(engine, id, tier)?);
         }
-        let Some(last_raw) = last_ts(engine, id, Tier::Raw)? else {
+        let Some(last_raw) = last[Tier::Raw as usize] else {
             return Ok(state);
         };
         state.last_ts = last_raw;
         let after = |tier: Tier| -> Result<i64, StoreError> {
             let open_bucket = last_raw.div_euclid(tier.bucket_ms()) * tier.bucket_ms();
-            let done = last_ts(engine, id, tier)?.map_or(i64::MIN, |t| t + tier.bucket_ms());
+            let done = last[tier as usize].map_or(i64::MIN, |t| t + tier.bucket_ms());
             Ok(open_bucket.max(done))
         };
         let raw = read_rows(engine, None, id, Tier::Raw, after(Tier::Minute)?, i64::MAX)?;
@@ -365,7 +381,7 @@ impl Writer {
     /// `before` (hosts gone quiet); returns how many were sealed. Series
     /// with rows since the last checkpoint wait for it.
     pub fn seal_idle(&mut self, before: i64) -> Result<usize, StoreError> {
-        let mut ops = Vec::new();
+        let mut windows = std::collections::BTreeSet::new();
         let mut sealed = 0;
         for (id, state) in self.series.iter_mut().enumerate() {
             let (id, Some(state)) = (id as u32, state) else {
@@ -380,13 +396,18 @@ impl Writer {
                     && w + tier.window_ms() < before
                     && state.pending[tier as usize].is_empty()
                 {
-                    seal_as_is(self.engine.as_ref(), id, tier, w, &mut ops)?;
+                    windows.insert((run_of(id, tier), tier, w));
                     *disk = None;
                     sealed += 1;
                 }
             }
         }
+        let mut ops = Vec::new();
+        for (run, tier, w) in windows {
+            seal(self.engine.as_ref(), run, tier, w, &mut ops)?;
+        }
         if !ops.is_empty() {
+            self.last_groups = [None, None, None];
             self.engine.apply(&ops)?;
         }
         Ok(sealed)

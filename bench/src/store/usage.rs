@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hostpulse_aggregator::store::chunks;
 use hostpulse_aggregator::store::codec::{decode_block, decode_chunk, encode_block};
 use hostpulse_aggregator::store::engine::{
     Engine, Entry, Op, REDB_FILE, Redb, Table, last_in, parse_block_key, scan_in,
@@ -211,17 +212,11 @@ fn report(engine: &dyn Engine) -> anyhow::Result<()> {
     // Open chunks, per series and tier, merged as they would be sealed.
     let mut open: BTreeMap<(u32, u8), Rows> = BTreeMap::new();
     let mut failure = None;
-    engine.scan(Table::Open, &[], &[0xff; 14], &mut |k, v| {
-        let Some((id, tier, _)) = parse_block_key(k) else {
-            return true;
-        };
-        let Some(t) = Tier::from_u8(tier) else {
-            return true;
-        };
+    chunks::for_each_chunk(engine, &mut |id, t, chunk| {
         let rows = open
-            .entry((id, tier))
+            .entry((id, t as u8))
             .or_insert_with(|| Rows::new(t.cols()));
-        if let Err(e) = decode_chunk(v, rows) {
+        if let Err(e) = decode_chunk(chunk, rows) {
             failure = Some(e);
             return false;
         }
