@@ -15,7 +15,7 @@
 //!
 //! A record, keyed by the flush's number (u64 big endian, so the table is in
 //! flush order), is `u32 series | u8 tier | u32 length | chunk`, repeated;
-//! a chunk is [`codec::append_chunk`]'s (plain rows).
+//! a chunk is [`codec::append_chunk`]'s.
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -128,8 +128,11 @@ pub fn log_key(seq: u64) -> [u8; 8] {
 pub fn append_entry(record: &mut Vec<u8>, series: u32, tier: Tier, rows: &Rows) {
     record.extend_from_slice(&series.to_be_bytes());
     record.push(tier as u8);
-    record.extend_from_slice(&(codec::chunk_len(rows) as u32).to_be_bytes());
+    let at = record.len();
+    record.extend_from_slice(&[0; 4]);
     codec::append_chunk(rows, record);
+    let len = (record.len() - at - 4) as u32;
+    record[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Calls `visit(series, tier, rows)` for every entry of a log record.
