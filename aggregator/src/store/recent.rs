@@ -27,6 +27,7 @@ use super::codec::{self, CodecError};
 use super::engine::{Engine, Op, Table};
 use super::read::last_block_ts;
 use super::tier::{Rows, Tier};
+use super::writer::stored_next_id;
 
 /// One series' rows since the last checkpoint, per tier.
 pub type SeriesRows = [Rows; 3];
@@ -185,6 +186,18 @@ pub fn replay(engine: &dyn Engine) -> Result<usize, StoreError> {
     let records = keys.len();
     if records == 0 {
         return Ok(0);
+    }
+    // A crash between a record's write and its flush's commit leaves rows
+    // of series created in that flush, whose names were not committed:
+    // their ids are handed out again, so those rows go (the flush that
+    // took them did not finish).
+    let next_id = stored_next_id(engine)?;
+    let unnamed = rows.split_off(&(next_id, Tier::Raw));
+    if !unnamed.is_empty() {
+        tracing::warn!(
+            entries = unnamed.len(),
+            "store: the log's rows of series created in the interrupted flush are dropped; their names were not written"
+        );
     }
     let mut ops = Vec::new();
     let mut groups = Groups::default();

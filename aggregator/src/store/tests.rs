@@ -525,3 +525,68 @@ fn open_chunks_of_an_older_build_are_moved_into_groups_and_read_back() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_crash_before_a_flush_commits_drops_the_log_rows_of_series_it_created() {
+    use super::engine::Op;
+    use super::read::{series_id, series_name};
+    use super::recent::{append_entry, log_key};
+    use super::tier::{Rows, Tier};
+    let dir = temp_dir("unnamed");
+    let n = 10;
+    let (named, unnamed) = {
+        let (engine, mut w) = open(&dir);
+        for i in 0..n {
+            w.ingest("h", &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 1.0))
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let e = engine.as_ref();
+        let named = series_id(e, &series_name("h", "cpu.total_pct"))
+            .unwrap()
+            .unwrap();
+        let unnamed = super::writer::stored_next_id(e).unwrap();
+        // The record of a flush that created series `unnamed` and was
+        // killed before its transaction: on disk, with no name for it.
+        let mut record = Vec::new();
+        let mut row = Rows::new(1);
+        row.push(T0 + n * 1000, &[42.0]);
+        append_entry(&mut record, named, Tier::Raw, &row);
+        append_entry(&mut record, unnamed, Tier::Raw, &row);
+        engine
+            .apply(&[Op::Put(Table::Log, log_key(1_000).to_vec(), record)])
+            .unwrap();
+        (named, unnamed)
+    };
+    let (engine, mut w) = open(&dir);
+    let e = engine.as_ref();
+    assert_eq!(entries(e, Table::Log), 0, "the log was replayed");
+    let raw = series(e, None, "h", "cpu.total_pct", T0, T0 + 60_000, 1000).unwrap();
+    assert_eq!(
+        raw.len(),
+        n as usize + 1,
+        "the named series' row is replayed"
+    );
+    assert_eq!(raw.last().unwrap().last, 42.0);
+    // The id goes to the next new series, which holds only its own values.
+    w.ingest("h2", &sample(1, T0 + 5_000, 7.0, 1.0)).unwrap();
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    let e = engine.as_ref();
+    // cpu.total_pct is a sample's first field: it takes the id.
+    let id = series_id(e, &series_name("h2", "cpu.total_pct")).unwrap();
+    assert_eq!(id, Some(unnamed), "named series {named}");
+    let got = series(
+        e,
+        Some(w.recent()),
+        "h2",
+        "cpu.total_pct",
+        T0,
+        T0 + 60_000,
+        1000,
+    )
+    .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].ts, got[0].last), (T0 + 5_000, 7.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
