@@ -287,11 +287,7 @@ impl Writer {
         // A series created now has nothing on disk to resume from: 660,000
         // of them at once when 10,000 hosts first connect.
         for id in created {
-            let i = id as usize;
-            if self.series.len() <= i {
-                self.series.resize_with(i + 1, || None);
-            }
-            self.series[i].get_or_insert_with(SeriesState::new);
+            self.slot(id).get_or_insert_with(SeriesState::new);
         }
         let mut result = failure.map_or(Ok(()), Err);
         for &(id, v) in &values {
@@ -349,12 +345,18 @@ impl Writer {
         Ok(())
     }
 
-    fn add(&mut self, id: u32, ts: i64, v: f64) -> Result<(), StoreError> {
+    /// Series `id`'s place in `series`, which grows to hold it.
+    fn slot(&mut self, id: u32) -> &mut Option<SeriesState> {
         let i = id as usize;
         if self.series.len() <= i {
             self.series.resize_with(i + 1, || None);
         }
-        if self.series[i].is_none() {
+        &mut self.series[i]
+    }
+
+    fn add(&mut self, id: u32, ts: i64, v: f64) -> Result<(), StoreError> {
+        let i = id as usize;
+        if self.slot(id).is_none() {
             self.series[i] = Some(Self::resume(
                 self.engine.as_ref(),
                 id,
