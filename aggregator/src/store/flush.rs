@@ -53,6 +53,9 @@ impl Writer {
         ops.append(&mut self.proc_ops);
         // Names leave only with a committed flush: a series' rows outlive
         // a failed one, and must not be written under an id with no name.
+        // In key order: 660,000 of them when 10,000 hosts connect, each
+        // insert landing next to the one before.
+        self.names.new_names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (name, id) in &self.names.new_names {
             ops.push(Op::Put(
                 Table::Series,

@@ -43,7 +43,7 @@ pub struct MinuteProcess {
 pub struct OpenMinute {
     /// Its start, Unix ms.
     pub minute: i64,
-    procs: HashMap<(u32, u64), MinuteProcess>,
+    procs: HashMap<(u32, u64), MinuteProcess, foldhash::fast::RandomState>,
 }
 
 impl OpenMinute {
@@ -51,7 +51,7 @@ impl OpenMinute {
     pub fn new(minute: i64) -> Self {
         Self {
             minute,
-            procs: HashMap::new(),
+            procs: HashMap::default(),
         }
     }
 
