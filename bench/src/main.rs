@@ -72,6 +72,11 @@ struct Args {
     /// `checkpoint_interval_ms = 300000` (repeatable).
     #[arg(long = "storage-set", value_name = "KEY = VALUE")]
     storage_set: Vec<String>,
+    /// With `--store on`: print the store's queue, drops and flushes every
+    /// 5 s (one scrape of `/metrics` each, which at 10,000 hosts costs the
+    /// aggregator enough to move its latency figures).
+    #[arg(long)]
+    store_timeline: bool,
     /// Ingest scenarios: every sample a whole host's (all families, 66
     /// numeric values, as `store-engines` simulates them) instead of CPU,
     /// memory, load and top processes (21 values).
@@ -435,6 +440,7 @@ fn main() -> anyhow::Result<()> {
                             section
                         }),
                         whole_host: args.whole_host,
+                        store_timeline: args.store_timeline,
                     };
                     // Interrupted: the run is dropped, which stops every
                     // process it started, before this one exits.
@@ -450,6 +456,50 @@ fn main() -> anyhow::Result<()> {
                 println!("{label} MEDIAN: {}\n", format_figures(&median(&runs)));
             }
         }
+    }
+    Ok(())
+}
+
+/// Waits `measure`, printing the store's figures every 5 s to stderr:
+/// samples dropped at its queue, the queue's depth, flushes and their mean
+/// and latest duration, so a run shows when the store fell behind, not
+/// only that it did.
+async fn print_store_timeline(server: &Server, measure: Duration) -> anyhow::Result<()> {
+    const EVERY: Duration = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let names = [
+        "hostpulse_store_dropped_samples",
+        "hostpulse_store_flushes",
+        "hostpulse_store_flush_seconds",
+        "hostpulse_store_queue_depth",
+        "hostpulse_store_queue_bytes",
+        "hostpulse_store_last_flush_duration_seconds",
+    ];
+    let mut last = server.metrics(&names)?;
+    eprintln!(
+        "store at 0 s: {} samples dropped during the ramp-up",
+        last[0]
+    );
+    while started.elapsed() < measure {
+        tokio::time::sleep(EVERY.min(measure.saturating_sub(started.elapsed()))).await;
+        let now = server.metrics(&names)?;
+        let flushes = now[1] - last[1];
+        eprintln!(
+            "store at {:>4} s: dropped {:>7}  queue {:>6} ({:>4.0} MiB)  flushes {:>2}  mean {:>6.0} ms  last {:>6.0} ms  rss {:>5.0} MiB",
+            started.elapsed().as_secs(),
+            now[0] - last[0],
+            now[3],
+            now[4] / f64::from(1 << 20),
+            flushes,
+            if flushes > 0.0 {
+                1e3 * (now[2] - last[2]) / flushes
+            } else {
+                0.0
+            },
+            1e3 * now[5],
+            server.rss_kib()? as f64 / 1024.0,
+        );
+        last = now;
     }
     Ok(())
 }
@@ -534,6 +584,8 @@ struct RunArgs<'a> {
     store: Option<String>,
     /// Whole hosts' samples (ingest scenarios).
     whole_host: bool,
+    /// Print the store's figures every 5 s (ingest scenarios).
+    store_timeline: bool,
 }
 
 async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
@@ -546,6 +598,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
         fleet: fleet_args,
         store,
         whole_host,
+        store_timeline,
     } = run;
     if let Kind::Cluster {
         agents,
@@ -705,7 +758,11 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
             tokio::time::sleep(Duration::from_secs(8)).await;
             received.measuring.store(true, Ordering::Relaxed);
             let (a0, cpu0) = (published.acked.load(Ordering::Relaxed), server.cpu_mark()?);
-            tokio::time::sleep(measure).await;
+            if store.is_some() && store_timeline {
+                print_store_timeline(&server, measure).await?;
+            } else {
+                tokio::time::sleep(measure).await;
+            }
             let a1 = published.acked.load(Ordering::Relaxed);
             let cpu = server.cpu_since(cpu0)?;
             received.measuring.store(false, Ordering::Relaxed);
@@ -747,7 +804,11 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
             ));
             tokio::time::sleep(Duration::from_secs(2)).await;
             let (a0, cpu0) = (published.acked.load(Ordering::Relaxed), server.cpu_mark()?);
-            tokio::time::sleep(measure).await;
+            if store.is_some() && store_timeline {
+                print_store_timeline(&server, measure).await?;
+            } else {
+                tokio::time::sleep(measure).await;
+            }
             let a1 = published.acked.load(Ordering::Relaxed);
             let cpu = server.cpu_since(cpu0)?;
             wind_down(&stop, publisher, Vec::new()).await;

@@ -191,6 +191,12 @@ impl Server {
     /// The value of metric `name` on the aggregator's `/metrics` (its first
     /// series), 0 when it has none.
     pub(crate) fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(self.metrics(&[name])?[0])
+    }
+
+    /// The values of metrics `names` from one scrape of `/metrics` (at
+    /// 10,000 hosts a scrape is tens of MB: one per reading, not per name).
+    pub(crate) fn metrics(&self, names: &[&str]) -> anyhow::Result<Vec<f64>> {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.http)?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -201,15 +207,17 @@ impl Server {
         )?;
         let mut body = String::new();
         conn.read_to_string(&mut body)?;
-        Ok(body
-            .lines()
-            .find(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
-            })
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0))
+        let value = |name: &str| {
+            body.lines()
+                .find(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+                })
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(names.iter().map(|n| value(n)).collect())
     }
 
     /// Resident memory in KiB.

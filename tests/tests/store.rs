@@ -157,10 +157,22 @@ async fn a_restarted_aggregator_serves_exact_raw_values_and_rollups_of_what_it_w
     // Two and a half hours of one-second samples, starting on an hour.
     let base = (now_ms() - 4 * HOUR) / HOUR * HOUR;
     let n = 9000;
-    let (mut agg, ingest, _) = start_aggregator_binary(&config);
+    let (mut agg, ingest, http) = start_aggregator_binary(&config);
     agg.wait_for_line("store opened");
     let mut agent = FakeAgent::connect(&format!("http://{ingest}"), "store-a").await;
     send(&mut agent, base, 0..n, 1).await;
+    // The writer took every sample offered (the queue drains, none was
+    // dropped), and the time of its flushes is counted.
+    wait_until_async(|| async {
+        metric(http, "hostpulse_store_queue_depth").await == 0.0
+            && metric(http, "hostpulse_store_flush_seconds_total").await > 0.0
+    })
+    .await;
+    assert_eq!(metric(http, "hostpulse_store_queue_bytes").await, 0.0);
+    assert_eq!(
+        metric(http, "hostpulse_store_dropped_samples_total").await,
+        0.0
+    );
     drop(agent);
     stop(&mut agg);
     agg.stderr_to_end();

@@ -100,12 +100,27 @@ impl Collector for Scrape {
             };
             let unit = f.unit.map(|u| Unit::Other(u.into()));
             let mut family = encoder.encode_descriptor(f.name, f.help, unit.as_ref(), kind)?;
+            if let [(labels, value)] = f.series.as_slice()
+                && labels.is_empty()
+            {
+                // One series without labels: written as `name value`, not
+                // `name{} value`.
+                if f.counter {
+                    ConstCounter::new(*value).encode(family)?;
+                } else {
+                    ConstGauge::new(*value).encode(family)?;
+                }
+                continue;
+            }
             for (labels, value) in &f.series {
                 let labels: Vec<(&str, std::borrow::Cow<'_, str>)> =
                     labels.iter().map(|(k, v)| (*k, escape_label(v))).collect();
                 let labels: Vec<(&str, &str)> =
                     labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-                if f.counter {
+                if f.counter && value.fract() != 0.0 {
+                    // Seconds and the like: counted in fractions.
+                    ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+                } else if f.counter {
                     ConstCounter::new(*value as u64).encode(family.encode_family(&labels)?)?;
                 } else {
                     ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;

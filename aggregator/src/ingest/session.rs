@@ -255,7 +255,7 @@ impl AgentSession {
         }
         if let Some((store, host)) = &self.store {
             // Never waits: a full store queue drops (and counts) the samples.
-            store.offer(host, &samples);
+            store.offer(host, &samples, batch.samples.len());
         }
         if let Some(alerts) = &self.alerts {
             // Synchronous and short: transitions go to the alert task

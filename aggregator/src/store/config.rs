@@ -38,10 +38,15 @@ pub struct StorageConfig {
     pub checkpoint_interval_ms: u64,
     /// Batches of samples queued from ingest towards the store's writer
     /// thread; when it is full new ones are dropped (and counted), never
-    /// waited for. It takes ingest's samples while a flush writes: at least
-    /// the longest flush's worth (32,768: over 3 s of 10,000 agents sending a
-    /// sample a second).
+    /// waited for. It takes ingest's samples while a flush writes, and
+    /// while 10,000 hosts connect at once and the writer creates their
+    /// series (131,072: 13 s of 10,000 agents sending a sample a second).
     pub queue: usize,
+    /// Bytes of those batches, as received (MessagePack), queued at most:
+    /// the bound that holds when agents send many samples per batch (a
+    /// backlog after a restart). In memory a queued sample takes about
+    /// twice its size as received.
+    pub queue_bytes: u64,
     /// Bytes of the store's pages cached in memory. The writer's inserts
     /// land on the pages of the series being checkpointed; when those do
     /// not fit, each insert reads its page back from the file.
@@ -63,7 +68,8 @@ impl Default for StorageConfig {
             max_disk_bytes: 0,
             flush_interval_ms: 2_000,
             checkpoint_interval_ms: 60_000,
-            queue: 32_768,
+            queue: 131_072,
+            queue_bytes: 256 << 20,
             cache_bytes: super::engine::CACHE_BYTES as u64,
             maintenance_interval_ms: 60_000,
             max_points: 20_000,
@@ -89,6 +95,7 @@ impl StorageConfig {
                 self.checkpoint_interval_ms,
             ),
             ("storage.queue", self.queue as u64),
+            ("storage.queue_bytes", self.queue_bytes),
             ("storage.cache_bytes", self.cache_bytes),
             (
                 "storage.maintenance_interval_ms",

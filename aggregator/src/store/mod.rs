@@ -6,8 +6,9 @@
 //! Ingest hands each batch's samples to [`StoreHandle::offer`]; in a
 //! cluster the hub hands every host update it takes from a peer to
 //! [`StoreHandle::offer_peer`], so any node answers range queries for any
-//! host. Neither ever waits: a bounded queue feeds the store's own thread, and what does not
-//! fit is dropped and counted. That thread ([`writer`]) buffers rows in
+//! host. Neither ever waits: a queue bounded in batches and in bytes
+//! (`storage.queue`, `storage.queue_bytes`) feeds the store's own thread,
+//! and what does not fit is dropped and counted. That thread ([`writer`]) buffers rows in
 //! memory and writes them every `flush_interval_ms` in one transaction
 //! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
 //! interval and never leaves a half-written flush. A flush is one record of
@@ -55,7 +56,7 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,10 @@ pub struct StoreStats {
     pub values_lost: AtomicU64,
     /// Samples dropped because the queue to the writer was full.
     pub dropped_samples: AtomicU64,
+    /// Batches in the queue to the writer.
+    pub queued: AtomicU64,
+    /// Their bytes as received (MessagePack; a peer's update: its JSON).
+    pub queued_bytes: AtomicU64,
     /// Values older than their series' newest, dropped.
     pub late: AtomicU64,
     /// Blocks deleted by retention.
@@ -130,9 +135,11 @@ impl StoreStats {
 }
 
 enum Msg {
-    Samples(Arc<str>, Vec<Sample>),
-    /// A host update another aggregator produced (cluster mode).
-    Peer(Arc<Update>),
+    /// A batch's samples, and its bytes as received.
+    Samples(Arc<str>, Vec<Sample>, u64),
+    /// A host update another aggregator produced (cluster mode), and its
+    /// weight in the queue.
+    Peer(Arc<Update>, u64),
     /// Flush and end the thread.
     Stop,
 }
@@ -142,21 +149,54 @@ enum Msg {
 pub struct StoreHandle {
     tx: SyncSender<Msg>,
     stats: Arc<StoreStats>,
+    /// `storage.queue_bytes`.
+    max_bytes: u64,
 }
 
 impl StoreHandle {
-    /// Queues `samples` of `host` for the store; drops them (counted) when
-    /// the queue is full.
-    pub fn offer(&self, host: &Arc<str>, samples: &[Sample]) {
+    /// Queues `samples` of `host` (`bytes` as received) for the store;
+    /// drops them (counted) when the queue is full, in batches or bytes.
+    pub fn offer(&self, host: &Arc<str>, samples: &[Sample], bytes: usize) {
+        let n = samples.len() as u64;
+        let Some(bytes) = self.reserve(bytes) else {
+            self.stats.dropped_samples.fetch_add(n, Ordering::Relaxed);
+            return;
+        };
         let copy: Vec<Sample> = samples.to_vec();
-        let n = copy.len() as u64;
-        match self.tx.try_send(Msg::Samples(host.clone(), copy)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats.dropped_samples.fetch_add(n, Ordering::Relaxed);
-            }
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Samples(host.clone(), copy, bytes))
+        {
+            self.release(bytes);
+            self.stats.dropped_samples.fetch_add(n, Ordering::Relaxed);
         }
     }
+
+    /// Counts a batch of `bytes` into the queue, if they fit under
+    /// `queue_bytes`; counted before the send, as the writer may take it
+    /// at once. The weight returned is what the writer gives back.
+    fn reserve(&self, bytes: usize) -> Option<u64> {
+        // An empty batch still holds a slot.
+        let bytes = (bytes as u64).max(64);
+        let before = self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.max_bytes && before > 0 {
+            self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        Some(bytes)
+    }
+
+    /// Takes a batch of `bytes` out of the queue's counts.
+    fn release(&self, bytes: u64) {
+        release(&self.stats, bytes);
+    }
+}
+
+/// Takes a batch of `bytes` out of the queue's counts (the writer took it,
+/// or it was not sent).
+fn release(stats: &StoreStats, bytes: u64) {
+    stats.queued.fetch_sub(1, Ordering::Relaxed);
+    stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -170,9 +210,14 @@ impl StoreHandle {
     /// every node of a cluster stores every host; dropped (counted) when the
     /// queue is full. Decoded on the store's thread, not the caller's.
     pub fn offer_peer(&self, update: &Arc<Update>) {
+        let Some(bytes) = self.reserve(update.json.len()) else {
+            self.stats.dropped_samples.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Msg::Peer(update.clone()))
+            self.tx.try_send(Msg::Peer(update.clone(), bytes))
         {
+            self.release(bytes);
             self.stats.dropped_samples.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -306,6 +351,7 @@ impl Store {
             handle: StoreHandle {
                 tx: tx.clone(),
                 stats: stats.clone(),
+                max_bytes: config.queue_bytes,
             },
             view: StoreView {
                 engine,
@@ -389,6 +435,10 @@ fn lower_priority() {
     }
 }
 
+/// Messages the writer takes at most between two reads of the clock (a
+/// flush is late by at most their time, well under a millisecond).
+const DRAIN_BEFORE_CLOCK: usize = 64;
+
 /// The writer thread: takes samples until every sender is gone, flushing
 /// every interval and maintaining between flushes; flushes once more at
 /// the end.
@@ -408,27 +458,56 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
             .last_flush_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     };
-    loop {
-        let wait = next_flush.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Samples(host, samples)) => {
+    // Takes one message; false at the end.
+    let take = |writer: &mut Writer, msg: Msg| -> bool {
+        match msg {
+            Msg::Samples(host, samples, bytes) => {
+                release(stats, bytes);
                 for s in &samples {
                     if let Err(e) = writer.ingest(&host, s) {
                         tracing::error!(cause = %e, %host, "store: sample not stored");
                     }
                 }
             }
-            Ok(Msg::Peer(update)) => match sample_of(&update) {
-                Some((host, s)) => {
-                    if let Err(e) = writer.ingest(&host, &s) {
-                        tracing::error!(cause = %e, %host, "store: sample not stored");
+            Msg::Peer(update, bytes) => {
+                release(stats, bytes);
+                match sample_of(&update) {
+                    Some((host, s)) => {
+                        if let Err(e) = writer.ingest(&host, &s) {
+                            tracing::error!(cause = %e, %host, "store: sample not stored");
+                        }
+                    }
+                    None => {
+                        tracing::debug!(topic = %update.topic, "store: a peer's update did not decode");
                     }
                 }
-                None => {
-                    tracing::debug!(topic = %update.topic, "store: a peer's update did not decode");
+            }
+            Msg::Stop => return false,
+        }
+        true
+    };
+    'run: loop {
+        let wait = next_flush.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(msg) => {
+                if !take(&mut writer, msg) {
+                    break;
                 }
-            },
-            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                // What else is queued, before the clock is read again (a
+                // clock read per sample cost more than the channel).
+                for _ in 0..DRAIN_BEFORE_CLOCK {
+                    match rx.try_recv() {
+                        Ok(msg) => {
+                            if !take(&mut writer, msg) {
+                                break 'run;
+                            }
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => break 'run,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();

@@ -590,3 +590,51 @@ fn a_crash_before_a_flush_commits_drops_the_log_rows_of_series_it_created() {
     assert_eq!((got[0].ts, got[0].last), (T0 + 5_000, 7.0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_full_queue_in_batches_or_in_bytes_drops_and_counts_without_waiting() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = Arc::new(super::StoreStats::default());
+    // No writer: what is queued stays until taken below.
+    let (tx, rx) = std::sync::mpsc::sync_channel(3);
+    let handle = super::StoreHandle {
+        tx,
+        stats: stats.clone(),
+        max_bytes: 10_000,
+    };
+    let host: Arc<str> = "h".into();
+    let two = [sample(1, 1_000, 1.0, 1.0), sample(2, 2_000, 2.0, 1.0)];
+    let counts = || {
+        (
+            stats.queued.load(Relaxed),
+            stats.queued_bytes.load(Relaxed),
+            stats.dropped_samples.load(Relaxed),
+        )
+    };
+    handle.offer(&host, &two, 4_000);
+    handle.offer(&host, &two, 4_000);
+    assert_eq!(counts(), (2, 8_000, 0));
+    // Over queue_bytes: both samples dropped, nothing queued.
+    handle.offer(&host, &two, 4_000);
+    assert_eq!(counts(), (2, 8_000, 2));
+    // Fits in bytes, takes the last slot; then the slots are full.
+    handle.offer(&host, &two[..1], 100);
+    handle.offer(&host, &two[..1], 100);
+    assert_eq!(counts(), (3, 8_100, 3));
+    // The writer's take gives the slots and bytes back, and gets every
+    // sample queued.
+    let mut taken = 0;
+    while let Ok(msg) = rx.try_recv() {
+        let super::Msg::Samples(_, samples, bytes) = msg else {
+            panic!("only samples were offered");
+        };
+        taken += samples.len();
+        super::release(&stats, bytes);
+    }
+    assert_eq!((taken, counts()), (5, (0, 0, 3)));
+    // A batch larger than the whole bound goes into an empty queue (it
+    // would never fit otherwise), not into one holding another.
+    handle.offer(&host, &two, 50_000);
+    handle.offer(&host, &two, 10);
+    assert_eq!(counts(), (1, 50_000, 5));
+}

@@ -1,6 +1,6 @@
 //! The embedded store's families for `/metrics` (when `[storage]` is on):
-//! bytes on disk, values written, flush duration, samples dropped at the
-//! queue, blocks expired by retention and evicted by `max_disk_bytes`.
+//! bytes on disk, values written, flush duration, samples waiting in and
+//! dropped at the queue, blocks expired by retention and evicted by `max_disk_bytes`.
 //! Read from the counters the store's writer keeps; nothing is computed at
 //! scrape time (bytes in use are measured at each maintenance pass).
 
@@ -38,7 +38,7 @@ pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
         ),
         (
             "hostpulse_store_dropped_samples",
-            "Samples not stored because the queue to the store's writer was full (storage.queue).",
+            "Samples not stored because the queue to the store's writer was full (storage.queue, storage.queue_bytes).",
             load(&s.dropped_samples),
         ),
         (
@@ -81,5 +81,24 @@ pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
             Some(Unit::Seconds),
             load(&s.last_flush_micros) as f64 / 1e6,
         ),
+        (
+            "hostpulse_store_queue_depth",
+            "Batches waiting in the queue to the store's writer (bounded by storage.queue; when full, samples are dropped).",
+            None,
+            load(&s.queued) as f64,
+        ),
+        (
+            "hostpulse_store_queue",
+            "Bytes (as received) of the batches waiting in the queue to the store's writer (bounded by storage.queue_bytes).",
+            Some(Unit::Bytes),
+            load(&s.queued_bytes) as f64,
+        ),
     ]);
+    scrape.families.push(super::Family {
+        name: "hostpulse_store_flush",
+        help: "Time spent in flushes (rate over hostpulse_store_flushes_total: the mean flush duration).",
+        unit: Some("seconds"),
+        counter: true,
+        series: vec![(Vec::new(), load(&s.flush_micros) as f64 / 1e6)],
+    });
 }
