@@ -197,27 +197,7 @@ impl Server {
     /// The values of metrics `names` from one scrape of `/metrics` (at
     /// 10,000 hosts a scrape is tens of MB: one per reading, not per name).
     pub(crate) fn metrics(&self, names: &[&str]) -> anyhow::Result<Vec<f64>> {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(self.http)?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            conn,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
-        )?;
-        let mut body = String::new();
-        conn.read_to_string(&mut body)?;
-        let value = |name: &str| {
-            body.lines()
-                .find(|l| {
-                    l.strip_prefix(name)
-                        .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
-                })
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
-        Ok(names.iter().map(|n| value(n)).collect())
+        scrape(self.http, names)
     }
 
     /// Resident memory in KiB.
@@ -328,4 +308,30 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The values of metrics `names` from one scrape of the `/metrics` at
+/// `http` (blocking: from async code, on a blocking thread).
+pub(crate) fn scrape(http: std::net::SocketAddr, names: &[&str]) -> anyhow::Result<Vec<f64>> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(http)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        http
+    )?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body)?;
+    let value = |name: &str| {
+        body.lines()
+            .find(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(names.iter().map(|n| value(n)).collect())
 }
