@@ -44,8 +44,8 @@ pub struct StorageConfig {
     pub queue: usize,
     /// Bytes of those batches, as received (MessagePack), queued at most:
     /// the bound that holds when agents send many samples per batch (a
-    /// backlog after a restart). In memory a queued sample takes about
-    /// twice its size as received.
+    /// backlog after a restart). A whole host's sample is ~1.5 KB as
+    /// received, and about as much in memory while it waits.
     pub queue_bytes: u64,
     /// Bytes of the store's pages cached in memory. The writer's inserts
     /// land on the pages of the series being checkpointed; when those do
