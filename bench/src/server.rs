@@ -191,13 +191,7 @@ impl Server {
     /// The value of metric `name` on the aggregator's `/metrics` (its first
     /// series), 0 when it has none.
     pub(crate) fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        Ok(self.metrics(&[name])?[0])
-    }
-
-    /// The values of metrics `names` from one scrape of `/metrics` (at
-    /// 10,000 hosts a scrape is tens of MB: one per reading, not per name).
-    pub(crate) fn metrics(&self, names: &[&str]) -> anyhow::Result<Vec<f64>> {
-        scrape(self.http, names)
+        Ok(scrape(self.http, &[name])?[0])
     }
 
     /// Resident memory in KiB.
@@ -311,7 +305,8 @@ impl Drop for Server {
 }
 
 /// The values of metrics `names` from one scrape of the `/metrics` at
-/// `http` (blocking: from async code, on a blocking thread).
+/// `http`, 0 for each it lacks (blocking: from async code, on a blocking
+/// thread).
 pub(crate) fn scrape(http: std::net::SocketAddr, names: &[&str]) -> anyhow::Result<Vec<f64>> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(http)?;

@@ -105,11 +105,7 @@ impl Collector for Scrape {
             {
                 // One series without labels: written as `name value`, not
                 // `name{} value`.
-                if f.counter {
-                    ConstCounter::new(*value).encode(family)?;
-                } else {
-                    ConstGauge::new(*value).encode(family)?;
-                }
+                encode_value(f.counter, *value, family)?;
                 continue;
             }
             for (labels, value) in &f.series {
@@ -117,17 +113,26 @@ impl Collector for Scrape {
                     labels.iter().map(|(k, v)| (*k, escape_label(v))).collect();
                 let labels: Vec<(&str, &str)> =
                     labels.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-                if f.counter && value.fract() != 0.0 {
-                    // Seconds and the like: counted in fractions.
-                    ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
-                } else if f.counter {
-                    ConstCounter::new(*value as u64).encode(family.encode_family(&labels)?)?;
-                } else {
-                    ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
-                }
+                encode_value(f.counter, *value, family.encode_family(&labels)?)?;
             }
         }
         Ok(())
+    }
+}
+
+/// One series' value: a counter as a whole number unless it counts in
+/// fractions (seconds), a gauge as it is.
+fn encode_value(
+    counter: bool,
+    value: f64,
+    encoder: prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    if !counter {
+        ConstGauge::new(value).encode(encoder)
+    } else if value.fract() != 0.0 {
+        ConstCounter::new(value).encode(encoder)
+    } else {
+        ConstCounter::new(value as u64).encode(encoder)
     }
 }
 

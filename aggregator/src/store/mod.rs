@@ -56,7 +56,7 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -157,17 +157,34 @@ impl StoreHandle {
     /// Queues `samples` of `host` (`bytes` as received) for the store;
     /// drops them (counted) when the queue is full, in batches or bytes.
     pub fn offer(&self, host: &Arc<str>, samples: &[Sample], bytes: usize) {
-        let n = samples.len() as u64;
-        let Some(bytes) = self.reserve(bytes) else {
-            self.stats.dropped_samples.fetch_add(n, Ordering::Relaxed);
-            return;
-        };
-        let copy: Vec<Sample> = samples.to_vec();
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Msg::Samples(host.clone(), copy, bytes))
-        {
-            self.release(bytes);
-            self.stats.dropped_samples.fetch_add(n, Ordering::Relaxed);
+        self.send(samples.len() as u64, bytes, |weight| {
+            Msg::Samples(host.clone(), samples.to_vec(), weight)
+        });
+    }
+
+    /// Queues a host update of another aggregator, as the hub took it, so
+    /// every node of a cluster stores every host; dropped (counted) when the
+    /// queue is full. Decoded on the store's thread, not the caller's.
+    pub fn offer_peer(&self, update: &Arc<Update>) {
+        self.send(1, update.json.len(), |weight| {
+            Msg::Peer(update.clone(), weight)
+        });
+    }
+
+    /// Queues the message `make` builds for `samples` samples of `bytes`,
+    /// built only once it fits; otherwise counts them dropped.
+    fn send(&self, samples: u64, bytes: usize, make: impl FnOnce(u64) -> Msg) {
+        let sent = self.reserve(bytes).is_some_and(|weight| {
+            let sent = self.tx.try_send(make(weight)).is_ok();
+            if !sent {
+                release(&self.stats, weight);
+            }
+            sent
+        });
+        if !sent {
+            self.stats
+                .dropped_samples
+                .fetch_add(samples, Ordering::Relaxed);
         }
     }
 
@@ -185,11 +202,6 @@ impl StoreHandle {
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         Some(bytes)
     }
-
-    /// Takes a batch of `bytes` out of the queue's counts.
-    fn release(&self, bytes: u64) {
-        release(&self.stats, bytes);
-    }
 }
 
 /// Takes a batch of `bytes` out of the queue's counts (the writer took it,
@@ -202,24 +214,6 @@ fn release(stats: &StoreStats, bytes: u64) {
 impl std::fmt::Debug for StoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreHandle").finish_non_exhaustive()
-    }
-}
-
-impl StoreHandle {
-    /// Queues a host update of another aggregator, as the hub took it, so
-    /// every node of a cluster stores every host; dropped (counted) when the
-    /// queue is full. Decoded on the store's thread, not the caller's.
-    pub fn offer_peer(&self, update: &Arc<Update>) {
-        let Some(bytes) = self.reserve(update.json.len()) else {
-            self.stats.dropped_samples.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Msg::Peer(update.clone(), bytes))
-        {
-            self.release(bytes);
-            self.stats.dropped_samples.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -435,8 +429,10 @@ fn lower_priority() {
     }
 }
 
-/// Messages the writer takes at most between two reads of the clock (a
-/// flush is late by at most their time, well under a millisecond).
+/// Samples the writer takes between two reads of the clock, at most (once
+/// past it, it reads the clock after the message it is in): a flush is
+/// late by about their time, well under a millisecond, whatever the
+/// number of samples in a batch.
 const DRAIN_BEFORE_CLOCK: usize = 64;
 
 /// The writer thread: takes samples until every sender is gone, flushing
@@ -458,50 +454,47 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
             .last_flush_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     };
-    // Takes one message; false at the end.
-    let take = |writer: &mut Writer, msg: Msg| -> bool {
+    let ingest = |writer: &mut Writer, host: &str, s: &Sample| {
+        if let Err(e) = writer.ingest(host, s) {
+            tracing::error!(cause = %e, %host, "store: sample not stored");
+        }
+    };
+    // Takes one message: the samples it held, none at the end.
+    let take = |writer: &mut Writer, msg: Msg| -> Option<usize> {
         match msg {
             Msg::Samples(host, samples, bytes) => {
                 release(stats, bytes);
-                for s in &samples {
-                    if let Err(e) = writer.ingest(&host, s) {
-                        tracing::error!(cause = %e, %host, "store: sample not stored");
-                    }
-                }
+                samples.iter().for_each(|s| ingest(writer, &host, s));
+                Some(samples.len())
             }
             Msg::Peer(update, bytes) => {
                 release(stats, bytes);
                 match sample_of(&update) {
-                    Some((host, s)) => {
-                        if let Err(e) = writer.ingest(&host, &s) {
-                            tracing::error!(cause = %e, %host, "store: sample not stored");
-                        }
-                    }
+                    Some((host, s)) => ingest(writer, &host, &s),
                     None => {
                         tracing::debug!(topic = %update.topic, "store: a peer's update did not decode");
                     }
                 }
+                Some(1)
             }
-            Msg::Stop => return false,
+            Msg::Stop => None,
         }
-        true
     };
     'run: loop {
         let wait = next_flush.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(msg) => {
-                if !take(&mut writer, msg) {
+                let Some(mut taken) = take(&mut writer, msg) else {
                     break;
-                }
+                };
                 // What else is queued, before the clock is read again (a
                 // clock read per sample cost more than the channel).
-                for _ in 0..DRAIN_BEFORE_CLOCK {
+                while taken < DRAIN_BEFORE_CLOCK {
                     match rx.try_recv() {
-                        Ok(msg) => {
-                            if !take(&mut writer, msg) {
-                                break 'run;
-                            }
-                        }
+                        Ok(msg) => match take(&mut writer, msg) {
+                            Some(n) => taken += n.max(1),
+                            None => break 'run,
+                        },
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => break 'run,
                     }

@@ -32,7 +32,8 @@ use super::writer::stored_next_id;
 /// One series' rows since the last checkpoint, per tier.
 pub type SeriesRows = [Rows; 3];
 
-fn empty() -> SeriesRows {
+/// No rows, in each tier's columns.
+pub(super) fn empty() -> SeriesRows {
     [
         Rows::new(Tier::Raw.cols()),
         Rows::new(Tier::Minute.cols()),

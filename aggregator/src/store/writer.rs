@@ -22,10 +22,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-use foldhash::fast::RandomState;
 use std::sync::atomic::Ordering;
 
+use foldhash::fast::RandomState;
 use hostpulse_proto::Sample;
 
 use super::checkpoint::{Rotation, Seals, seal};
@@ -33,7 +32,7 @@ use super::chunks::{LastGroup, newest_from, run_of};
 use super::engine::{Engine, Op, Table};
 use super::processes::{self, OpenMinute};
 use super::read::{last_block_ts, read_rows, series_name};
-use super::recent::{Recent, replay};
+use super::recent::{self, Recent, replay};
 use super::rollup::{Agg, Open, fold, fold_agg};
 use super::series::{for_each_field, labelled};
 use super::tier::{Rows, Tier};
@@ -85,7 +84,7 @@ impl SeriesState {
             last_ts: i64::MIN,
             minute: None,
             hour: None,
-            pending: [Rows::new(1), Rows::new(5), Rows::new(5)],
+            pending: recent::empty(),
             disk_window: [None; 3],
             logged: false,
         }
