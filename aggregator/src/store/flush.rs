@@ -41,8 +41,7 @@ impl Writer {
             let mut lost = 0;
             for id in self.dirty.drain(..) {
                 if let Some(Some(state)) = self.series.get_mut(id as usize) {
-                    lost += state.pending[Tier::Raw as usize].len() as u64;
-                    state.pending.iter_mut().for_each(Rows::clear);
+                    lost += state.drop_pending() as u64;
                 }
             }
             self.stats.values_lost.fetch_add(lost, Ordering::Relaxed);
@@ -89,16 +88,27 @@ impl Writer {
         // fresh pages for it at every flush cost more than writing it.
         let mut record = std::mem::take(&mut self.record_buf);
         record.clear();
+        // Each series' pending rows of a tier, as one chunk's rows.
+        let mut chunks = [
+            Rows::new(Tier::Raw.cols()),
+            Rows::new(Tier::Minute.cols()),
+            Rows::new(Tier::Hour.cols()),
+        ];
         for id in &self.dirty {
             let Some(Some(state)) = self.series.get(*id as usize) else {
                 continue;
             };
-            values += state.pending[Tier::Raw as usize].len() as u64;
+            values += state.raw.len() as u64;
             if self.rotation.slice_of(*id) == slice {
                 continue; // written into its tables below
             }
             for tier in Tier::ALL {
-                let rows = &state.pending[tier as usize];
+                let rows = &mut chunks[tier as usize];
+                rows.clear();
+                match tier {
+                    Tier::Raw => state.raw.append_to(rows),
+                    _ => state.rollups[tier as usize - 1].append_to(rows),
+                }
                 if !rows.is_empty() {
                     append_entry(&mut record, *id, tier, rows);
                 }
@@ -114,7 +124,8 @@ impl Writer {
                 };
                 recent.add(
                     id,
-                    &mut state.pending,
+                    &mut state.raw,
+                    &mut state.rollups,
                     self.rotation.flushes_until(id, step),
                 );
                 if !state.logged {
@@ -291,6 +302,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let recent = self.recent.all();
         let mut groups = Groups::default();
+        let mut scratch = Rows::new(Tier::Raw.cols());
         for id in ids {
             let Some(Some(state)) = self.series.get_mut(*id as usize) else {
                 continue;
@@ -300,7 +312,7 @@ impl Writer {
             };
             before.push((*id, state.disk_window));
             for tier in Tier::ALL {
-                let rows = &rows[tier as usize];
+                let rows = rows.rows(tier, &mut scratch);
                 let disk = &mut state.disk_window[tier as usize];
                 write_rows(*id, tier, rows, disk, &mut groups, ended);
             }

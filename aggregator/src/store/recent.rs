@@ -1,5 +1,7 @@
 //! Rows flushed since the last checkpoint: on disk as the `log` table, in
-//! memory as [`Recent`], where queries read them beside the tables.
+//! memory as [`Recent`], where queries read them beside the tables (a
+//! series' raw values there as (time, value) pairs: one block of memory
+//! per series that each flush adds to, [`SeriesRecent`]).
 //!
 //! A flush writes the new rows of every series as one record of `log`, one
 //! insert whatever the number of series, and adds them to [`Recent`]. Each
@@ -27,35 +29,64 @@ use super::codec::{self, CodecError};
 use super::engine::{Engine, Op, Table};
 use super::read::last_block_ts;
 use super::tier::{Rows, Tier};
-use super::writer::stored_next_id;
+use super::writer::{RawPending, RollupPending, stored_next_id};
 
-/// One series' rows since the last checkpoint, per tier.
-pub type SeriesRows = [Rows; 3];
+/// One series' rows since its last checkpoint: raw values as (time,
+/// value) pairs, the one block of memory the writer adds to at every
+/// flush; rollup rows, once a minute, column-wise.
+#[derive(Debug)]
+pub struct SeriesRecent {
+    raw: Vec<(i64, f64)>,
+    rollups: [Rows; 2],
+}
 
-/// No rows, in each tier's columns.
-pub(super) fn empty() -> SeriesRows {
-    [
-        Rows::new(Tier::Raw.cols()),
-        Rows::new(Tier::Minute.cols()),
-        Rows::new(Tier::Hour.cols()),
-    ]
+impl SeriesRecent {
+    fn new() -> Self {
+        Self {
+            raw: Vec::new(),
+            rollups: [Rows::new(Tier::Minute.cols()), Rows::new(Tier::Hour.cols())],
+        }
+    }
+
+    /// The rows of `tier`: rollup rows as they are, raw values copied into
+    /// `scratch` (cleared first).
+    pub(crate) fn rows<'a>(&'a self, tier: Tier, scratch: &'a mut Rows) -> &'a Rows {
+        match tier {
+            Tier::Raw => {
+                scratch.clear();
+                scratch.ts.extend(self.raw.iter().map(|(t, _)| *t));
+                scratch.cols[0].extend(self.raw.iter().map(|(_, v)| *v));
+                scratch
+            }
+            Tier::Minute => &self.rollups[0],
+            Tier::Hour => &self.rollups[1],
+        }
+    }
 }
 
 /// The rows flushed since the last checkpoint, by series id. Written only
 /// by the writer's thread; queries take the read lock for one series.
 #[derive(Debug, Default)]
 pub struct Recent {
-    rows: RwLock<Vec<Option<Box<SeriesRows>>>>,
+    rows: RwLock<Vec<Option<SeriesRecent>>>,
 }
 
 impl Recent {
     /// Appends the rows of `series` in `tier` with `from <= ts < to` to `into`.
     pub fn read(&self, series: u32, tier: Tier, from: i64, to: i64, into: &mut Rows) {
         let all = self.rows.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(Some(rows)) = all.get(series as usize) else {
+        let Some(Some(mine)) = all.get(series as usize) else {
             return;
         };
-        let rows = &rows[tier as usize];
+        if tier == Tier::Raw {
+            let lo = mine.raw.partition_point(|(t, _)| *t < from);
+            let hi = mine.raw.partition_point(|(t, _)| *t < to);
+            let raw = &mine.raw[lo..hi];
+            into.ts.extend(raw.iter().map(|(t, _)| *t));
+            into.cols[0].extend(raw.iter().map(|(_, v)| *v));
+            return;
+        }
+        let rows = &mine.rollups[tier as usize - 1];
         let lo = rows.ts.partition_point(|t| *t < from);
         let hi = rows.ts.partition_point(|t| *t < to);
         into.ts.extend_from_slice(&rows.ts[lo..hi]);
@@ -71,7 +102,7 @@ impl Recent {
     }
 
     /// Every series' rows, for the writer to checkpoint.
-    pub(crate) fn all(&self) -> RwLockReadGuard<'_, Vec<Option<Box<SeriesRows>>>> {
+    pub(crate) fn all(&self) -> RwLockReadGuard<'_, Vec<Option<SeriesRecent>>> {
         self.rows.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -88,31 +119,41 @@ impl Recent {
 }
 
 /// [`Recent`] locked for writing.
-pub(crate) struct RecentWriter<'a>(RwLockWriteGuard<'a, Vec<Option<Box<SeriesRows>>>>);
+pub(crate) struct RecentWriter<'a>(RwLockWriteGuard<'a, Vec<Option<SeriesRecent>>>);
 
 impl RecentWriter<'_> {
-    /// Moves `rows` (one series' rows per tier) in, leaving them empty;
-    /// the series' first raw rows since its checkpoint reserve room for
-    /// `flushes` flushes' worth (those until its next checkpoint), so that
-    /// each series allocates once per rotation and holds no memory after.
-    pub(crate) fn add(&mut self, id: u32, rows: &mut SeriesRows, flushes: usize) {
+    /// Moves one series' pending rows in (raw values, then minute and
+    /// hour rows), leaving them empty; the series' first raw rows since
+    /// its checkpoint reserve room for `flushes` flushes' worth (those
+    /// until its next checkpoint), so that each series allocates once per
+    /// rotation and holds no memory after.
+    pub(super) fn add(
+        &mut self,
+        id: u32,
+        raw: &mut RawPending,
+        rollups: &mut [RollupPending; 2],
+        flushes: usize,
+    ) {
         let i = id as usize;
         if self.0.len() <= i {
             self.0.resize_with(i + 1, || None);
         }
-        let mine = self.0[i].get_or_insert_with(|| Box::new(empty()));
-        for (tier, (to, from)) in mine.iter_mut().zip(rows.iter_mut()).enumerate() {
-            if from.is_empty() {
-                continue; // rollup rows: most flushes have none
-            }
+        let mine = self.0[i].get_or_insert_with(SeriesRecent::new);
+        if !raw.is_empty() {
             // Raw rows come with every flush; rollup rows once a minute.
             // A burst (a spool resent after an outage) reserves for no
             // more than the usual few rows a flush.
-            if tier == Tier::Raw as usize && to.is_empty() {
-                to.reserve(from.len().min(RESERVE_ROWS_MAX) * flushes);
+            if mine.raw.is_empty() {
+                mine.raw.reserve(raw.len().min(RESERVE_ROWS_MAX) * flushes);
             }
-            to.extend(from);
-            from.clear();
+            raw.append_pairs(&mut mine.raw);
+            raw.clear();
+        }
+        for (to, from) in mine.rollups.iter_mut().zip(rollups.iter_mut()) {
+            if !from.is_empty() {
+                from.append_to(to);
+                from.clear();
+            }
         }
     }
 }
@@ -269,12 +310,21 @@ mod tests {
     #[test]
     fn recent_rows_are_read_by_range() {
         let recent = Recent::default();
-        let mut rows = empty();
+        // More rows than a series holds inline, of each tier.
+        let mut raw = RawPending::default();
         for t in 0..10 {
-            rows[0].push(t * 1000, &[t as f64]);
+            raw.push(t * 1000, [t as f64]);
         }
-        recent.writer().add(3, &mut rows, 1);
-        assert!(rows[0].is_empty());
+        assert_eq!(raw.len(), 10);
+        let mut rollups: [RollupPending; 2] = Default::default();
+        rollups[0].push(0, [0.0, 9.0, 45.0, 10.0, 9.0]);
+        rollups[0].push(60_000, [1.0, 2.0, 3.0, 2.0, 2.0]);
+        recent.writer().add(3, &mut raw, &mut rollups, 1);
+        assert!(raw.is_empty() && rollups[0].is_empty());
+        let mut minute = Rows::new(5);
+        recent.read(3, Tier::Minute, 0, 120_000, &mut minute);
+        assert_eq!(minute.ts, [0, 60_000]);
+        assert_eq!(minute.row(1).collect::<Vec<_>>(), [1.0, 2.0, 3.0, 2.0, 2.0]);
         let mut got = Rows::new(1);
         recent.read(3, Tier::Raw, 2_000, 5_000, &mut got);
         assert_eq!(got.ts, [2_000, 3_000, 4_000]);
