@@ -17,13 +17,14 @@ log=target/make-test.log
 failed_steps=target/make-test.failed-steps
 : >"$failed_steps"
 
-# step NAME COMMAND...: runs COMMAND; a failure is recorded by NAME (with
-# its exit status and the free disk space), so the closing lines say which
-# step failed even when no test ran.
+# step NAME COMMAND...: runs COMMAND and says how long it took; a failure
+# is recorded by NAME (with its exit status and the free disk space), so the
+# closing lines say which step failed even when no test ran.
 step() {
-    local name=$1 rc=0
+    local name=$1 rc=0 started=$SECONDS
     shift
     "$@" || rc=$?
+    echo "== step \"$name\" took $((SECONDS - started)) s"
     if [ "$rc" -ne 0 ]; then
         echo "$name (exit $rc; free on $(pwd): $(df -h --output=avail . | tail -n 1 | tr -d ' '))" >>"$failed_steps"
     fi
