@@ -105,10 +105,7 @@ impl Writer {
             for tier in Tier::ALL {
                 let rows = &mut chunks[tier as usize];
                 rows.clear();
-                match tier {
-                    Tier::Raw => state.raw.append_to(rows),
-                    _ => state.rollups[tier as usize - 1].append_to(rows),
-                }
+                state.append_pending(tier, rows);
                 if !rows.is_empty() {
                     append_entry(&mut record, *id, tier, rows);
                 }

@@ -54,14 +54,19 @@ impl SeriesRecent {
         match tier {
             Tier::Raw => {
                 scratch.clear();
-                scratch.ts.extend(self.raw.iter().map(|(t, _)| *t));
-                scratch.cols[0].extend(self.raw.iter().map(|(_, v)| *v));
+                extend_with_pairs(scratch, &self.raw);
                 scratch
             }
             Tier::Minute => &self.rollups[0],
             Tier::Hour => &self.rollups[1],
         }
     }
+}
+
+/// Appends raw (time, value) pairs to `rows` (one value column).
+fn extend_with_pairs(rows: &mut Rows, pairs: &[(i64, f64)]) {
+    rows.ts.extend(pairs.iter().map(|(t, _)| *t));
+    rows.cols[0].extend(pairs.iter().map(|(_, v)| *v));
 }
 
 /// The rows flushed since the last checkpoint, by series id. Written only
@@ -81,9 +86,7 @@ impl Recent {
         if tier == Tier::Raw {
             let lo = mine.raw.partition_point(|(t, _)| *t < from);
             let hi = mine.raw.partition_point(|(t, _)| *t < to);
-            let raw = &mine.raw[lo..hi];
-            into.ts.extend(raw.iter().map(|(t, _)| *t));
-            into.cols[0].extend(raw.iter().map(|(_, v)| *v));
+            extend_with_pairs(into, &mine.raw[lo..hi]);
             return;
         }
         let rows = &mine.rollups[tier as usize - 1];

@@ -3,8 +3,9 @@
 //!
 //! Per series it holds the rows not yet flushed (per tier, inline in its
 //! state: [`Pending`]), the open minute and hour being rolled up, and the
-//! window its open chunks on disk belong to. A flush ([`super::flush`]) writes the new rows of most series as one
-//! log record ([`super::recent`]) and checkpoints one slice of the series
+//! window its open chunks on disk belong to. A flush ([`super::flush`])
+//! writes the new rows of most series as one log record
+//! ([`super::recent`]) and checkpoints one slice of the series
 //! ([`super::checkpoint`]): each one's rows since its last checkpoint as
 //! one open chunk per tier; when a tier's rows move into a new window, the
 //! old window is queued, and sealed (its chunks merged and compressed into
@@ -184,8 +185,15 @@ impl SeriesState {
     pub(super) fn pending_in(&self, tier: Tier) -> bool {
         match tier {
             Tier::Raw => !self.raw.is_empty(),
-            Tier::Minute => !self.rollups[0].is_empty(),
-            Tier::Hour => !self.rollups[1].is_empty(),
+            _ => !self.rollups[tier as usize - 1].is_empty(),
+        }
+    }
+
+    /// Appends the rows of `tier` waiting for a flush to `rows`.
+    pub(super) fn append_pending(&self, tier: Tier, rows: &mut Rows) {
+        match tier {
+            Tier::Raw => self.raw.append_to(rows),
+            _ => self.rollups[tier as usize - 1].append_to(rows),
         }
     }
 
