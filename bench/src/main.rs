@@ -469,6 +469,7 @@ async fn print_store_timeline(server: &Server, measure: Duration) -> anyhow::Res
     let started = std::time::Instant::now();
     let names = [
         "hostpulse_store_dropped_samples",
+        "hostpulse_store_ingest_wait_seconds",
         "hostpulse_store_flushes",
         "hostpulse_store_flush_seconds",
         "hostpulse_store_queue_depth",
@@ -776,6 +777,9 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
             // What the store took and dropped (0 without a store).
             let stored = server.metric("hostpulse_store_values_written")?;
             let dropped = server.metric("hostpulse_store_dropped_samples")?;
+            // Time ingest waited for room in the store's queue (the store
+            // behind ingest slows agents instead of dropping samples).
+            let waited = server.metric("hostpulse_store_ingest_wait_seconds")?;
             wind_down(&stop, publisher, tasks).await;
             let h = received.latency.lock().expect("lock");
             Ok(vec![
@@ -790,6 +794,7 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                 ("aggregator_rss_mib", rss as f64 / 1024.0),
                 ("store_values_written", stored),
                 ("store_dropped_samples", dropped),
+                ("store_ingest_wait_s", waited),
             ])
         }
         Kind::Cluster { .. } | Kind::Fleet { .. } => unreachable!("handled above"),

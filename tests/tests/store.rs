@@ -239,6 +239,83 @@ async fn a_restarted_aggregator_serves_exact_raw_values_and_rollups_of_what_it_w
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_ingest_makes_agents_wait_and_keeps_every_sample() {
+    // A queue of one batch: agents sending at once wait for the store's
+    // writer in turn, instead of having samples dropped.
+    let dir = data_dir("behind");
+    let config = toml(&dir, "flush_interval_ms = 200\nqueue = 1\n");
+    let base = (now_ms() - 2 * HOUR) / HOUR * HOUR;
+    const AGENTS: i64 = 6;
+    const BATCHES: i64 = 30;
+    const PER_BATCH: i64 = 40;
+    let (mut agg, ingest, http) = start_aggregator_binary(&config);
+    agg.wait_for_line("store opened");
+    let url = format!("http://{ingest}");
+    let mut senders = Vec::new();
+    for a in 0..AGENTS {
+        let url = url.clone();
+        senders.push(tokio::spawn(async move {
+            let mut agent = FakeAgent::connect(&url, &format!("behind-{a}")).await;
+            // Every batch sent without waiting for its ack: the stream's
+            // flow control holds the agent while the store is behind.
+            for b in 0..BATCHES {
+                let samples: Vec<Sample> = (b * PER_BATCH..(b + 1) * PER_BATCH)
+                    .map(|i| sample(i as u64 + 1, base + i * 1000, i + a))
+                    .collect();
+                agent.send(batch(b as u64 + 1, &samples)).await;
+            }
+            agent.acked(BATCHES as u64).await;
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    // Acknowledged means queued for the store: nothing dropped, and the
+    // queue of one filled (ingest waited for it).
+    assert_eq!(
+        metric(http, "hostpulse_store_dropped_samples_total").await,
+        0.0
+    );
+    let waits = metric(http, "hostpulse_store_ingest_waits_total").await;
+    eprintln!("ingest waited for the store {waits} times");
+    assert!(waits > 0.0, "ingest never waited for the store");
+    assert!(metric(http, "hostpulse_store_ingest_wait_seconds_total").await > 0.0);
+    // Every value reads back once flushed (within flush_interval_ms), and
+    // again after a restart.
+    let n = BATCHES * PER_BATCH;
+    let complete = |http| async move {
+        for a in 0..AGENTS {
+            let (status, raw) = series(
+                http,
+                &format!("behind-{a}"),
+                &format!(
+                    "fields=cpu.total_pct&from={base}&to={}&step=1s",
+                    base + n * 1000
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{raw}");
+            let last = column(&raw, 0, "last");
+            let sent: Vec<f64> = (0..n).map(|i| f64::from(cpu_at(i + a))).collect();
+            // Flushed rows are a prefix of what was sent, never other values.
+            let differ = (0..last.len()).find(|&i| last[i] != sent[i]);
+            assert_eq!(differ, None, "agent {a}: first value that differs");
+            if last.len() < sent.len() {
+                return false;
+            }
+        }
+        true
+    };
+    wait_until_async(|| complete(http)).await;
+    stop(&mut agg);
+    let (mut agg, _, http) = start_aggregator_binary(&config);
+    agg.wait_for_line("store opened");
+    assert!(complete(http).await, "every value after a restart");
+    stop(&mut agg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn after_a_sigkill_during_ingest_the_store_reopens_with_everything_flushed() {
     let dir = data_dir("sigkill");

@@ -1,7 +1,7 @@
 //! One agent stream after `Welcome`: each batch checked against what is
 //! held, rate-limited, decoded and validated, checked against the alert
 //! rules selecting the host, turned into topic updates,
-//! published to the hub and acknowledged; silence announced offline; the
+//! published to the hub, queued for the store and acknowledged; silence announced offline; the
 //! stream ended on shutdown or when a newer stream of the agent supersedes it.
 
 use std::net::SocketAddr;
@@ -203,8 +203,10 @@ impl AgentSession {
         &self,
         batch: hostpulse_proto::v1::Batch,
     ) -> Result<AggregatorMessage, Status> {
-        // Ask agents to slow down while the hub falls behind.
-        let overloaded = self.hub.queue_fill() >= self.settings.overload_queue_fraction;
+        // Ask agents to slow down while the hub or the store falls behind.
+        let store_fill = self.store.as_ref().map_or(0.0, |(store, _)| store.fill());
+        let overloaded =
+            self.hub.queue_fill().max(store_fill) >= self.settings.overload_queue_fraction;
         let min_interval_ms = if overloaded {
             self.settings
                 .overload_interval
@@ -253,10 +255,11 @@ impl AgentSession {
                 self.settings.max_future.as_millis()
             )));
         }
-        if let Some((store, host)) = &self.store {
-            // Never waits: a full store queue drops (and counts) the samples.
-            store.offer(host, &samples, batch.samples.len());
-        }
+        // The store's copy, queued once the live path has the batch.
+        let stored = self
+            .store
+            .as_ref()
+            .map(|(_, host)| (host.clone(), samples.clone()));
         if let Some(alerts) = &self.alerts {
             // Synchronous and short: transitions go to the alert task
             // through a bounded queue, never waited on.
@@ -271,6 +274,15 @@ impl AgentSession {
             .send(Command::Publish(updates))
             .await
             .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
+        if let (Some((store, _)), Some((host, samples))) = (&self.store, stored) {
+            // Waits while the store's queue is full: the batch is
+            // acknowledged once the store has it (the agent keeps it until
+            // then), so a store behind ingest slows ingest, not loses it.
+            store
+                .put(host, samples, batch.samples.len())
+                .await
+                .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
+        }
         self.registry
             .commit(&self.agent_id, self.generation, batch.seq);
         self.registry.stats.batches.fetch_add(1, Ordering::Relaxed);

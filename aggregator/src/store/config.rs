@@ -37,15 +37,17 @@ pub struct StorageConfig {
     /// holds more rows in memory (and in the log a crash replays).
     pub checkpoint_interval_ms: u64,
     /// Batches of samples queued from ingest towards the store's writer
-    /// thread; when it is full new ones are dropped (and counted), never
-    /// waited for. It takes ingest's samples while a flush writes, and
-    /// while 10,000 hosts connect at once and the writer creates their
-    /// series (131,072: 13 s of 10,000 agents sending a sample a second).
+    /// thread. It takes ingest's samples while a flush writes, and while
+    /// 10,000 hosts connect at once and the writer creates their series
+    /// (131,072: 13 s of 10,000 agents sending a sample a second). When it
+    /// is full, ingest waits for room before it acknowledges a batch (the
+    /// agent keeps it meanwhile); a peer's update is dropped (and counted).
     pub queue: usize,
     /// Bytes of those batches, as received (MessagePack), queued at most:
     /// the bound that holds when agents send many samples per batch (a
     /// backlog after a restart). A whole host's sample is ~1.5 KB as
-    /// received, and about as much in memory while it waits.
+    /// received, and about as much in memory while it waits. At most
+    /// `u32::MAX` (4 GiB).
     pub queue_bytes: u64,
     /// Bytes of the store's pages cached in memory. The writer's inserts
     /// land on the pages of the series being checkpointed; when those do
@@ -104,6 +106,12 @@ impl StorageConfig {
             ("storage.max_points", self.max_points as u64),
         ]) {
             return Some(p);
+        }
+        if self.queue_bytes > u64::from(u32::MAX) {
+            return Some((
+                "storage.queue_bytes",
+                format!("must be at most {} (4 GiB)", u32::MAX),
+            ));
         }
         if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Some(("storage.dir", "must not be empty".into()));

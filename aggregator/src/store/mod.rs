@@ -3,12 +3,16 @@
 //! history outlives a restart. Configured by `[storage]` ([`StorageConfig`]);
 //! off without a `dir`.
 //!
-//! Ingest hands each batch's samples to [`StoreHandle::offer`]; in a
-//! cluster the hub hands every host update it takes from a peer to
-//! [`StoreHandle::offer_peer`], so any node answers range queries for any
-//! host. Neither ever waits: a queue bounded in batches and in bytes
-//! (`storage.queue`, `storage.queue_bytes`) feeds the store's own thread,
-//! and what does not fit is dropped and counted. That thread ([`writer`]) buffers rows in
+//! Ingest hands each batch's samples to [`StoreHandle::put`] before it
+//! acknowledges the batch; in a cluster the hub hands every host update it
+//! takes from a peer to [`StoreHandle::offer_peer`], so any node answers
+//! range queries for any host. A queue bounded in batches and in bytes
+//! (`storage.queue`, `storage.queue_bytes`) feeds the store's own thread.
+//! When it is full, ingest waits for room (the agent keeps its batch until
+//! acknowledged, and acks ask agents to sample less often while the queue
+//! is half full), so a store behind ingest slows it instead of losing
+//! samples; the hub does not wait, and drops (and counts) a peer's update
+//! that does not fit. That thread ([`writer`]) buffers rows in
 //! memory and writes them every `flush_interval_ms` in one transaction
 //! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
 //! interval and never leaves a half-written flush. A flush is one record of
@@ -103,8 +107,13 @@ pub struct StoreStats {
     /// Raw values dropped because flushes kept failing for a whole
     /// rotation (memory would otherwise grow without bound).
     pub values_lost: AtomicU64,
-    /// Samples dropped because the queue to the writer was full.
+    /// Samples not stored: a peer's updates that found the queue full (the
+    /// hub never waits), or any after the writer ended unstopped.
     pub dropped_samples: AtomicU64,
+    /// Batches of ingest that waited for room in the queue.
+    pub waits: AtomicU64,
+    /// Their time waiting, µs.
+    pub wait_micros: AtomicU64,
     /// Batches in the queue to the writer.
     pub queued: AtomicU64,
     /// Their bytes as received (MessagePack; a peer's update: its JSON).
@@ -135,80 +144,204 @@ impl StoreStats {
 }
 
 enum Msg {
-    /// A batch's samples, and its bytes as received.
-    Samples(Arc<str>, Vec<Sample>, u64),
+    /// A batch's samples, and its weight in the queue (its bytes as
+    /// received, [`Room::weight`]).
+    Samples(Arc<str>, Vec<Sample>, u32),
     /// A host update another aggregator produced (cluster mode), and its
     /// weight in the queue.
-    Peer(Arc<Update>, u64),
+    Peer(Arc<Update>, u32),
     /// Flush and end the thread.
     Stop,
 }
 
-/// The ingest side: hands samples to the writer thread without waiting.
+/// The queue's room towards the writer: one permit per batch
+/// (`storage.queue`) and one per byte as received (`storage.queue_bytes`).
+/// A sender takes both before it sends; the writer gives them back as it
+/// takes the message.
+struct Room {
+    slots: tokio::sync::Semaphore,
+    bytes: tokio::sync::Semaphore,
+    /// Permits of each, when the queue is empty.
+    max_slots: usize,
+    max_bytes: u32,
+    /// Set by [`Store::close`] before it closes the semaphores: a sender
+    /// refused from then on is told the store stopped (and the agent keeps
+    /// its batch), not that its samples were dropped.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Room {
+    fn new(config: &StorageConfig) -> Self {
+        let max_slots = config.queue.min(tokio::sync::Semaphore::MAX_PERMITS);
+        let max_bytes = u32::try_from(config.queue_bytes).unwrap_or(u32::MAX);
+        Self {
+            slots: tokio::sync::Semaphore::new(max_slots),
+            bytes: tokio::sync::Semaphore::new(max_bytes as usize),
+            max_slots,
+            max_bytes,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The permits a batch of `bytes` holds: a batch larger than the whole
+    /// bound waits for an empty queue (it would never fit otherwise), and
+    /// an empty batch still holds some.
+    fn weight(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .max(64)
+            .min(self.max_bytes)
+    }
+
+    /// Takes room for a batch of `weight` now, if there is some.
+    fn try_take(&self, weight: u32) -> bool {
+        let Ok(slot) = self.slots.try_acquire() else {
+            return false;
+        };
+        let Ok(bytes) = self.bytes.try_acquire_many(weight) else {
+            return false;
+        };
+        slot.forget();
+        bytes.forget();
+        true
+    }
+
+    /// Waits for room for a batch of `weight`; false once the queue closed.
+    async fn take(&self, weight: u32) -> bool {
+        let Ok(slot) = self.slots.acquire().await else {
+            return false;
+        };
+        let Ok(bytes) = self.bytes.acquire_many(weight).await else {
+            return false;
+        };
+        slot.forget();
+        bytes.forget();
+        true
+    }
+
+    /// Gives a batch's room back.
+    fn give(&self, weight: u32) {
+        self.slots.add_permits(1);
+        self.bytes.add_permits(weight as usize);
+    }
+
+    /// Wakes every sender waiting and refuses every later one.
+    fn close(&self) {
+        self.slots.close();
+        self.bytes.close();
+    }
+
+    /// How full the queue is, in batches or in bytes whichever is fuller,
+    /// from 0 (empty) to 1 (senders wait).
+    fn fill(&self) -> f64 {
+        let slots = 1.0 - self.slots.available_permits() as f64 / self.max_slots as f64;
+        let bytes = 1.0 - self.bytes.available_permits() as f64 / f64::from(self.max_bytes);
+        slots.max(bytes)
+    }
+}
+
+/// The store has stopped (the aggregator is shutting down): the samples
+/// were not taken, and must not be acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("the store has stopped")]
+pub struct StoreStopped;
+
+/// The ingest side: hands samples to the writer thread, waiting for room in
+/// its queue when it is full.
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: SyncSender<Msg>,
     stats: Arc<StoreStats>,
-    /// `storage.queue_bytes`.
-    max_bytes: u64,
+    room: Arc<Room>,
 }
 
 impl StoreHandle {
-    /// Queues `samples` of `host` (`bytes` as received) for the store;
-    /// drops them (counted) when the queue is full, in batches or bytes.
-    pub fn offer(&self, host: &Arc<str>, samples: &[Sample], bytes: usize) {
-        self.send(samples.len() as u64, bytes, |weight| {
-            Msg::Samples(host.clone(), samples.to_vec(), weight)
-        });
+    /// Queues `samples` of `host` (`bytes` as received) for the store,
+    /// waiting while the queue is full, in batches or in bytes: what an
+    /// agent was acknowledged is stored, and a store behind ingest slows
+    /// the agents (their batches wait in their spools) instead of losing
+    /// samples. The time waited is counted. Fails only once the store
+    /// stopped; if its writer ended without being stopped (a bug), the
+    /// samples are dropped and counted, and the live path goes on.
+    pub async fn put(
+        &self,
+        host: Arc<str>,
+        samples: Vec<Sample>,
+        bytes: usize,
+    ) -> Result<(), StoreStopped> {
+        let weight = self.room.weight(bytes);
+        if !self.room.try_take(weight) {
+            let started = Instant::now();
+            let took = self.room.take(weight).await;
+            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .wait_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if !took {
+                return self.refused(samples.len() as u64);
+            }
+        }
+        let n = samples.len() as u64;
+        self.send(Msg::Samples(host, samples, weight), weight, n)
     }
 
     /// Queues a host update of another aggregator, as the hub took it, so
-    /// every node of a cluster stores every host; dropped (counted) when the
-    /// queue is full. Decoded on the store's thread, not the caller's.
+    /// every node of a cluster stores every host. The hub never waits: when
+    /// the queue is full the update is dropped and counted. Decoded on the
+    /// store's thread, not the caller's.
     pub fn offer_peer(&self, update: &Arc<Update>) {
-        self.send(1, update.json.len(), |weight| {
-            Msg::Peer(update.clone(), weight)
-        });
+        let weight = self.room.weight(update.json.len());
+        if !self.room.try_take(weight) {
+            self.stats.dropped_samples.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = self.send(Msg::Peer(update.clone(), weight), weight, 1);
     }
 
-    /// Queues the message `make` builds for `samples` samples of `bytes`,
-    /// built only once it fits; otherwise counts them dropped.
-    fn send(&self, samples: u64, bytes: usize, make: impl FnOnce(u64) -> Msg) {
-        let sent = self.reserve(bytes).is_some_and(|weight| {
-            let sent = self.tx.try_send(make(weight)).is_ok();
-            if !sent {
-                release(&self.stats, weight);
-            }
-            sent
-        });
-        if !sent {
-            self.stats
-                .dropped_samples
-                .fetch_add(samples, Ordering::Relaxed);
-        }
+    /// How full the queue is, from 0 to 1 (ingest waits): with the hub's,
+    /// what makes acks ask agents to sample less often.
+    pub fn fill(&self) -> f64 {
+        self.room.fill()
     }
 
-    /// Counts a batch of `bytes` into the queue, if they fit under
-    /// `queue_bytes`; counted before the send, as the writer may take it
-    /// at once. The weight returned is what the writer gives back.
-    fn reserve(&self, bytes: usize) -> Option<u64> {
-        // An empty batch still holds a slot.
-        let bytes = (bytes as u64).max(64);
-        let before = self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > self.max_bytes && before > 0 {
-            self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return None;
-        }
+    /// Sends a message that holds room: the channel has a place for each
+    /// permit, so it is never full.
+    fn send(&self, msg: Msg, weight: u32, samples: u64) -> Result<(), StoreStopped> {
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        Some(bytes)
+        self.stats
+            .queued_bytes
+            .fetch_add(u64::from(weight), Ordering::Relaxed);
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                release(&self.stats, &self.room, weight);
+                self.refused(samples)
+            }
+        }
+    }
+
+    /// Samples the queue could not take: the caller must not acknowledge
+    /// them while the store stops; a writer that ended on its own drops
+    /// them (counted).
+    fn refused(&self, samples: u64) -> Result<(), StoreStopped> {
+        if self.room.stopping.load(Ordering::Acquire) {
+            return Err(StoreStopped);
+        }
+        self.stats
+            .dropped_samples
+            .fetch_add(samples, Ordering::Relaxed);
+        Ok(())
     }
 }
 
-/// Takes a batch of `bytes` out of the queue's counts (the writer took it,
-/// or it was not sent).
-fn release(stats: &StoreStats, bytes: u64) {
+/// Takes a batch of `weight` out of the queue's counts and gives its room
+/// back (the writer took it, or it was not sent).
+fn release(stats: &StoreStats, room: &Room, weight: u32) {
     stats.queued.fetch_sub(1, Ordering::Relaxed);
-    stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    stats
+        .queued_bytes
+        .fetch_sub(u64::from(weight), Ordering::Relaxed);
+    room.give(weight);
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -334,18 +467,20 @@ impl Store {
         writer.set_flush_interval(config.flush_interval_ms);
         writer.queue_seals(to_seal);
         let recent = writer.recent().clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
+        let room = Arc::new(Room::new(&config));
+        // A place for every batch the room admits, and one for `Stop`.
+        let (tx, rx) = std::sync::mpsc::sync_channel(room.max_slots + 1);
         let thread = {
-            let (stats, config) = (stats.clone(), config.clone());
+            let (stats, config, room) = (stats.clone(), config.clone(), room.clone());
             std::thread::Builder::new()
                 .name("hostpulse-store".into())
-                .spawn(move || write_loop(writer, rx, &config, &stats))?
+                .spawn(move || write_loop(writer, rx, &config, &stats, &room))?
         };
         Ok(Store {
             handle: StoreHandle {
                 tx: tx.clone(),
                 stats: stats.clone(),
-                max_bytes: config.queue_bytes,
+                room,
             },
             view: StoreView {
                 engine,
@@ -371,7 +506,11 @@ impl Store {
     /// Flushes what is buffered, stops the writer and marks the shutdown
     /// clean. Blocks: call it off the async workers.
     pub fn close(mut self) {
-        // Waits for room: the writer drains the queue before it stops.
+        // Senders waiting for room, and any later, are told the store
+        // stopped (so their samples are not acknowledged); what is queued
+        // is written before the writer stops.
+        self.handle.room.stopping.store(true, Ordering::Release);
+        self.handle.room.close();
         let _ = self.stop.send(Msg::Stop);
         if let Some(t) = self.thread.take()
             && t.join().is_err()
@@ -400,6 +539,8 @@ impl Drop for Store {
     /// shutdown is not marked clean.
     fn drop(&mut self) {
         if self.thread.is_some() {
+            self.handle.room.stopping.store(true, Ordering::Release);
+            self.handle.room.close();
             let _ = self.stop.try_send(Msg::Stop);
         }
     }
@@ -413,9 +554,10 @@ fn sync_dir(dir: &Path) {
 
 /// Nice steps the store's thread runs below the main thread: under CPU
 /// contention the live path (and clients' reads, [`crate::CLIENT_NICE`])
-/// go first, and what the store cannot take in time is dropped and counted
-/// at its queue, as whenever the queue is full. Without contention it
-/// changes nothing.
+/// go first; what the store cannot take at once waits in its queue, and
+/// once that is full, ingest waits for the store (agents keep their
+/// batches) while acks ask agents to sample less often. Without contention
+/// it changes nothing.
 pub const STORE_NICE: i32 = 10;
 
 /// Sets the calling thread's priority [`STORE_NICE`] below the main
@@ -438,7 +580,27 @@ const DRAIN_BEFORE_CLOCK: usize = 64;
 /// The writer thread: takes samples until every sender is gone, flushing
 /// every interval and maintaining between flushes; flushes once more at
 /// the end.
-fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, stats: &StoreStats) {
+fn write_loop(
+    mut writer: Writer,
+    rx: Receiver<Msg>,
+    config: &StorageConfig,
+    stats: &StoreStats,
+    room: &Room,
+) {
+    /// Closes the queue when the loop ends, however it ends: a sender
+    /// never waits for room a writer that is gone would give back.
+    struct CloseOnEnd<'a>(&'a Room);
+    impl Drop for CloseOnEnd<'_> {
+        fn drop(&mut self) {
+            if !self.0.stopping.load(Ordering::Acquire) {
+                tracing::error!(
+                    "store: the writer ended without being stopped; samples are dropped (counted) from now on"
+                );
+            }
+            self.0.close();
+        }
+    }
+    let _close = CloseOnEnd(room);
     lower_priority();
     let flush_every = Duration::from_millis(config.flush_interval_ms);
     let maintain_every = Duration::from_millis(config.maintenance_interval_ms);
@@ -462,13 +624,13 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
     // Takes one message: the samples it held, none at the end.
     let take = |writer: &mut Writer, msg: Msg| -> Option<usize> {
         match msg {
-            Msg::Samples(host, samples, bytes) => {
-                release(stats, bytes);
+            Msg::Samples(host, samples, weight) => {
+                release(stats, room, weight);
                 samples.iter().for_each(|s| ingest(writer, &host, s));
                 Some(samples.len())
             }
-            Msg::Peer(update, bytes) => {
-                release(stats, bytes);
+            Msg::Peer(update, weight) => {
+                release(stats, room, weight);
                 match sample_of(&update) {
                     Some((host, s)) => ingest(writer, &host, &s),
                     None => {
@@ -518,6 +680,26 @@ fn write_loop(mut writer: Writer, rx: Receiver<Msg>, config: &StorageConfig, sta
                 tracing::error!(cause = %e, "store: maintenance failed");
             }
             next_maintain = Instant::now() + maintain_every;
+        }
+    }
+    // Senders that took room before the queue closed may send after
+    // `Stop`: their batches are taken too (their agents are acknowledged),
+    // until all the room is back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while room.slots.available_permits() < room.max_slots {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                batches = room.max_slots - room.slots.available_permits(),
+                "store: batches still held for the queue at shutdown were not written"
+            );
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(msg) => {
+                take(&mut writer, msg);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
         }
     }
     if let Err(e) = writer.close_minutes() {

@@ -591,50 +591,210 @@ fn a_crash_before_a_flush_commits_drops_the_log_rows_of_series_it_created() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_full_queue_in_batches_or_in_bytes_drops_and_counts_without_waiting() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let stats = Arc::new(super::StoreStats::default());
-    // No writer: what is queued stays until taken below.
-    let (tx, rx) = std::sync::mpsc::sync_channel(3);
+/// A store handle over a queue of `queue` batches and `queue_bytes`, with
+/// no writer: what is queued stays until the test takes it.
+fn handle_without_writer(
+    queue: usize,
+    queue_bytes: u64,
+) -> (super::StoreHandle, std::sync::mpsc::Receiver<super::Msg>) {
+    let config = StorageConfig {
+        queue,
+        queue_bytes,
+        ..StorageConfig::default()
+    };
+    let room = Arc::new(super::Room::new(&config));
+    let (tx, rx) = std::sync::mpsc::sync_channel(room.max_slots + 1);
     let handle = super::StoreHandle {
         tx,
-        stats: stats.clone(),
-        max_bytes: 10_000,
+        stats: Arc::new(StoreStats::default()),
+        room,
     };
+    (handle, rx)
+}
+
+/// Takes one queued message as the writer does; its sample count.
+fn take_one(handle: &super::StoreHandle, rx: &std::sync::mpsc::Receiver<super::Msg>) -> usize {
+    match rx.try_recv().expect("a message queued") {
+        super::Msg::Samples(_, samples, weight) => {
+            super::release(&handle.stats, &handle.room, weight);
+            samples.len()
+        }
+        super::Msg::Peer(_, weight) => {
+            super::release(&handle.stats, &handle.room, weight);
+            1
+        }
+        super::Msg::Stop => panic!("no stop was sent"),
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
+    use futures_util::FutureExt;
+    use std::sync::atomic::Ordering::Relaxed;
+    let (handle, rx) = handle_without_writer(3, 10_000);
+    let stats = handle.stats.clone();
     let host: Arc<str> = "h".into();
-    let two = [sample(1, 1_000, 1.0, 1.0), sample(2, 2_000, 2.0, 1.0)];
+    let two = vec![sample(1, 1_000, 1.0, 1.0), sample(2, 2_000, 2.0, 1.0)];
     let counts = || {
         (
             stats.queued.load(Relaxed),
             stats.queued_bytes.load(Relaxed),
             stats.dropped_samples.load(Relaxed),
+            stats.waits.load(Relaxed),
         )
     };
-    handle.offer(&host, &two, 4_000);
-    handle.offer(&host, &two, 4_000);
-    assert_eq!(counts(), (2, 8_000, 0));
-    // Over queue_bytes: both samples dropped, nothing queued.
-    handle.offer(&host, &two, 4_000);
-    assert_eq!(counts(), (2, 8_000, 2));
-    // Fits in bytes, takes the last slot; then the slots are full.
-    handle.offer(&host, &two[..1], 100);
-    handle.offer(&host, &two[..1], 100);
-    assert_eq!(counts(), (3, 8_100, 3));
-    // The writer's take gives the slots and bytes back, and gets every
-    // sample queued.
+    handle.put(host.clone(), two.clone(), 4_000).await.unwrap();
+    handle.put(host.clone(), two.clone(), 4_000).await.unwrap();
+    assert_eq!(counts(), (2, 8_000, 0, 0));
+    assert!((handle.fill() - 0.8).abs() < 1e-9, "{}", handle.fill());
+    // Over queue_bytes: the third batch waits, nothing dropped.
+    let mut third = std::pin::pin!(handle.put(host.clone(), two.clone(), 4_000));
+    assert!(third.as_mut().now_or_never().is_none(), "waits for room");
+    // The hub's peer update does not wait: dropped and counted.
+    let update = Arc::new(crate::update::Update::new(
+        "host.p.load".into(),
+        1,
+        std::time::SystemTime::now(),
+        std::time::SystemTime::now(),
+        crate::update::Payload::Load(Load {
+            one: 1.0,
+            five: 1.0,
+            fifteen: 1.0,
+        }),
+    ));
+    handle.offer_peer(&update);
+    assert_eq!(counts(), (2, 8_000, 1, 0));
+    // The writer takes one batch: its room goes to the one waiting.
+    assert_eq!(take_one(&handle, &rx), 2);
+    third.await.unwrap();
+    assert_eq!(counts(), (2, 8_000, 1, 1));
+    assert!(stats.wait_micros.load(Relaxed) > 0);
+    // Bytes fit, slots run out: one more fits (the third slot), the next
+    // waits for a slot.
+    handle
+        .put(host.clone(), two[..1].to_vec(), 100)
+        .await
+        .unwrap();
+    assert_eq!(handle.fill(), 1.0);
+    let mut fifth = std::pin::pin!(handle.put(host.clone(), two[..1].to_vec(), 100));
+    assert!(fifth.as_mut().now_or_never().is_none(), "waits for a slot");
+    assert_eq!(take_one(&handle, &rx), 2);
+    fifth.await.unwrap();
+    // Every sample put is queued, none lost.
     let mut taken = 0;
-    while let Ok(msg) = rx.try_recv() {
-        let super::Msg::Samples(_, samples, bytes) = msg else {
-            panic!("only samples were offered");
-        };
-        taken += samples.len();
-        super::release(&stats, bytes);
-    }
-    assert_eq!((taken, counts()), (5, (0, 0, 3)));
+    while rx.try_recv().is_ok_and(|msg| {
+        if let super::Msg::Samples(_, samples, weight) = msg {
+            super::release(&handle.stats, &handle.room, weight);
+            taken += samples.len();
+        }
+        true
+    }) {}
+    assert_eq!(taken, 2 + 1 + 1);
+    assert_eq!(counts(), (0, 0, 1, 2));
+    assert_eq!(handle.fill(), 0.0);
     // A batch larger than the whole bound goes into an empty queue (it
-    // would never fit otherwise), not into one holding another.
-    handle.offer(&host, &two, 50_000);
-    handle.offer(&host, &two, 10);
-    assert_eq!(counts(), (1, 50_000, 5));
+    // would never fit otherwise), and waits for one holding another.
+    handle.put(host.clone(), two.clone(), 50_000).await.unwrap();
+    assert_eq!(counts(), (1, 10_000, 1, 2));
+    let mut small = std::pin::pin!(handle.put(host.clone(), two.clone(), 10));
+    assert!(
+        small.as_mut().now_or_never().is_none(),
+        "waits for an empty queue"
+    );
+    take_one(&handle, &rx);
+    small.await.unwrap();
+    assert_eq!(counts(), (1, 64, 1, 3));
+}
+
+#[tokio::test]
+async fn a_stopping_store_refuses_waiting_ingest_and_a_dead_writer_drops_and_counts() {
+    use std::sync::atomic::Ordering::{Relaxed, Release};
+    let host: Arc<str> = "h".into();
+    let one = vec![sample(1, 1_000, 1.0, 1.0)];
+    // Stopping: a sender waiting for room is told, so its agent is not
+    // acknowledged; so is a later one.
+    let (handle, _rx) = handle_without_writer(1, 10_000);
+    handle.put(host.clone(), one.clone(), 100).await.unwrap();
+    let waiting = tokio::spawn({
+        let (handle, host, one) = (handle.clone(), host.clone(), one.clone());
+        async move { handle.put(host, one, 100).await }
+    });
+    tokio::task::yield_now().await;
+    handle.room.stopping.store(true, Release);
+    handle.room.close();
+    assert!(waiting.await.unwrap().is_err());
+    assert!(handle.put(host.clone(), one.clone(), 100).await.is_err());
+    assert_eq!(handle.stats.dropped_samples.load(Relaxed), 0);
+    // A writer gone without a stop (a bug): the live path goes on, and the
+    // samples are counted dropped.
+    let (handle, rx) = handle_without_writer(4, 10_000);
+    drop(rx);
+    handle.put(host.clone(), one.clone(), 100).await.unwrap();
+    handle.room.close();
+    handle.put(host.clone(), one.clone(), 100).await.unwrap();
+    assert_eq!(handle.stats.dropped_samples.load(Relaxed), 2);
+    assert_eq!(handle.stats.queued.load(Relaxed), 0);
+}
+
+#[test]
+fn a_burst_through_a_queue_of_one_batch_stores_every_sample() {
+    // Eight senders, a queue of one batch and a real writer: every put
+    // waits for the writer in turn, and every value reads back.
+    let dir = temp_dir("burst");
+    let engine: Arc<dyn Engine> = Arc::new(Redb::open(&dir).unwrap());
+    let config = StorageConfig {
+        dir: Some(dir.clone()),
+        queue: 1,
+        queue_bytes: 1 << 20,
+        flush_interval_ms: 50,
+        ..StorageConfig::default()
+    };
+    let store = super::Store::start(engine.clone(), config).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    const HOSTS: i64 = 8;
+    const SAMPLES: i64 = 300;
+    runtime.block_on(async {
+        let mut senders = Vec::new();
+        for h in 0..HOSTS {
+            let handle = store.handle();
+            senders.push(tokio::spawn(async move {
+                let host: Arc<str> = format!("burst-{h}").into();
+                for i in 0..SAMPLES {
+                    let s = sample(i as u64 + 1, T0 + i * 1000, cpu_at(i + h), 1.0);
+                    handle.put(host.clone(), vec![s], 200).await.unwrap();
+                }
+            }));
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+    });
+    let view = store.view();
+    store.close();
+    let stats = view.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.dropped_samples.load(Relaxed), 0);
+    assert!(
+        stats.waits.load(Relaxed) > 0,
+        "the queue of one batch filled"
+    );
+    for h in 0..HOSTS {
+        let got = series(
+            engine.as_ref(),
+            Some(&view.recent),
+            &format!("burst-{h}"),
+            "cpu.total_pct",
+            T0,
+            T0 + SAMPLES * 1000,
+            1000,
+        )
+        .unwrap();
+        let values: Vec<f64> = got.iter().map(|p| p.last).collect();
+        let sent: Vec<f64> = (0..SAMPLES).map(|i| f64::from(cpu_at(i + h))).collect();
+        assert_eq!(values, sent, "host burst-{h}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

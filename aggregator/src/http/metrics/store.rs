@@ -1,6 +1,6 @@
 //! The embedded store's families for `/metrics` (when `[storage]` is on):
-//! bytes on disk, values written, flush duration, samples waiting in and
-//! dropped at the queue, blocks expired by retention and evicted by `max_disk_bytes`.
+//! bytes on disk, values written, flush duration, samples waiting in the
+//! queue and ingest waiting for it, peer samples dropped at it, blocks expired by retention and evicted by `max_disk_bytes`.
 //! Read from the counters the store's writer keeps; nothing is computed at
 //! scrape time (bytes in use are measured at each maintenance pass).
 
@@ -38,8 +38,13 @@ pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
         ),
         (
             "hostpulse_store_dropped_samples",
-            "Samples not stored because the queue to the store's writer was full (storage.queue, storage.queue_bytes).",
+            "Samples not stored: a cluster peer's updates that found the queue to the store's writer full (the hub does not wait for it).",
             load(&s.dropped_samples),
+        ),
+        (
+            "hostpulse_store_ingest_waits",
+            "Batches of ingest that waited for room in the full queue to the store's writer (storage.queue, storage.queue_bytes) before being acknowledged.",
+            load(&s.waits),
         ),
         (
             "hostpulse_store_late_values",
@@ -83,7 +88,7 @@ pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
         ),
         (
             "hostpulse_store_queue_depth",
-            "Batches waiting in the queue to the store's writer (bounded by storage.queue; when full, samples are dropped).",
+            "Batches waiting in the queue to the store's writer (bounded by storage.queue; when full, ingest waits).",
             None,
             load(&s.queued) as f64,
         ),
@@ -94,6 +99,13 @@ pub(super) fn extend(scrape: &mut Scrape, store: &StoreView) {
             load(&s.queued_bytes) as f64,
         ),
     ]);
+    scrape.families.push(super::Family {
+        name: "hostpulse_store_ingest_wait",
+        help: "Time ingest waited for room in the full queue to the store's writer: the store is behind ingest, which slows agents instead of losing samples.",
+        unit: Some("seconds"),
+        counter: true,
+        series: vec![(Vec::new(), load(&s.wait_micros) as f64 / 1e6)],
+    });
     scrape.families.push(super::Family {
         name: "hostpulse_store_flush",
         help: "Time spent in flushes (rate over hostpulse_store_flushes_total: the mean flush duration).",
