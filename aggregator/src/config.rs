@@ -208,6 +208,13 @@ mod tests {
             ("max_disk_bytes = 10", "`storage.max_disk_bytes`"),
             ("dir = \"\"", "`storage.dir`"),
             ("retention = 1", "retention"),
+            ("writer_nice = 20", "`storage.writer_nice`"),
+            (
+                "overload_queue_fraction = 1.5",
+                "`storage.overload_queue_fraction`",
+            ),
+            ("writer_nice = -1", "`storage.writer_nice`"),
+            ("queue_bytes = 4294967296", "`storage.queue_bytes`"),
         ] {
             let e = AggregatorConfig::parse(&format!("[storage]\n{bad}\n"), Path::new("x.toml"))
                 .unwrap_err();

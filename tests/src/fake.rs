@@ -158,11 +158,23 @@ impl FakeAgent {
 
     /// Waits for the `Ack` of batch `seq` (skipping earlier acks).
     pub async fn acked(&mut self, seq: u64) {
+        self.acks_through(seq).await;
+    }
+
+    /// Every `Ack` up to the one of batch `seq`, in order.
+    pub async fn acks_through(&mut self, seq: u64) -> Vec<hostpulse_proto::v1::Ack> {
+        let mut acks = Vec::new();
         loop {
             match tokio::time::timeout(WAIT, self.inbound.message()).await {
                 Ok(Ok(Some(AggregatorMessage {
                     kind: Some(aggregator_message::Kind::Ack(a)),
-                }))) if a.seq >= seq => return,
+                }))) => {
+                    let last = a.seq >= seq;
+                    acks.push(a);
+                    if last {
+                        return acks;
+                    }
+                }
                 Ok(Ok(Some(_))) => continue,
                 other => panic!("expected Ack {seq}, got {other:?}"),
             }

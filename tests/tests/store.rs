@@ -242,7 +242,8 @@ async fn a_restarted_aggregator_serves_exact_raw_values_and_rollups_of_what_it_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_behind_ingest_makes_agents_wait_and_keeps_every_sample() {
     // A queue of one batch: agents sending at once wait for the store's
-    // writer in turn, instead of having samples dropped.
+    // writer in turn, instead of having samples dropped, and are asked to
+    // sample less often.
     let dir = data_dir("behind");
     let config = toml(&dir, "flush_interval_ms = 200\nqueue = 1\n");
     let base = (now_ms() - 2 * HOUR) / HOUR * HOUR;
@@ -265,12 +266,17 @@ async fn a_store_behind_ingest_makes_agents_wait_and_keeps_every_sample() {
                     .collect();
                 agent.send(batch(b as u64 + 1, &samples)).await;
             }
-            agent.acked(BATCHES as u64).await;
+            agent.acks_through(BATCHES as u64).await
         }));
     }
+    let mut overload_acks = 0;
     for s in senders {
-        s.await.unwrap();
+        let acks = s.await.unwrap();
+        overload_acks += acks.iter().filter(|a| a.min_interval_ms > 0).count();
     }
+    // While the store's queue was at least half full (the default
+    // ingest.overload_queue_fraction), acks asked agents to slow down.
+    assert!(overload_acks > 0, "no ack asked agents to slow down");
     // Acknowledged means queued for the store: nothing dropped, and the
     // queue of one filled (ingest waited for it).
     assert_eq!(

@@ -31,9 +31,9 @@ pub struct IngestConfig {
     /// While overloaded (see `overload_queue_fraction`), acks ask agents to
     /// sample no more often than this, in milliseconds; 0 never asks.
     pub overload_interval_ms: u64,
-    /// The aggregator counts as overloaded while its hub queue, or the
-    /// store's queue, is at least this fraction full (0 to 1; 0 means
-    /// always, for testing agents).
+    /// The aggregator counts as overloaded while its hub queue is at least
+    /// this fraction full (0 to 1; 0 means always, for testing agents), or
+    /// the store's queue `storage.overload_queue_fraction` full.
     pub overload_queue_fraction: f64,
     /// HTTP/2 keepalive ping interval towards agents, in milliseconds.
     pub keepalive_interval_ms: u64,

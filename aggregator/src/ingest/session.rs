@@ -204,9 +204,11 @@ impl AgentSession {
         batch: hostpulse_proto::v1::Batch,
     ) -> Result<AggregatorMessage, Status> {
         // Ask agents to slow down while the hub or the store falls behind.
-        let store_fill = self.store.as_ref().map_or(0.0, |(store, _)| store.fill());
-        let overloaded =
-            self.hub.queue_fill().max(store_fill) >= self.settings.overload_queue_fraction;
+        let overloaded = self.hub.queue_fill() >= self.settings.overload_queue_fraction
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|(store, _)| store.overloaded());
         let min_interval_ms = if overloaded {
             self.settings
                 .overload_interval

@@ -164,6 +164,8 @@ struct Room {
     /// Permits of each, when the queue is empty.
     max_slots: usize,
     max_bytes: u32,
+    /// `storage.overload_queue_fraction`.
+    overload: f64,
     /// Set by [`Store::close`] before it closes the semaphores: a sender
     /// refused from then on is told the store stopped (and the agent keeps
     /// its batch), not that its samples were dropped.
@@ -179,6 +181,7 @@ impl Room {
             bytes: tokio::sync::Semaphore::new(max_bytes as usize),
             max_slots,
             max_bytes,
+            overload: config.overload_queue_fraction,
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -219,10 +222,12 @@ impl Room {
         true
     }
 
-    /// Gives a batch's room back.
-    fn give(&self, weight: u32) {
-        self.slots.add_permits(1);
-        self.bytes.add_permits(weight as usize);
+    /// Gives the room of `batches` of `weight` in all back, waking as many
+    /// senders waiting as it fits.
+    fn give(&self, batches: usize, weight: u64) {
+        self.slots.add_permits(batches);
+        self.bytes
+            .add_permits(usize::try_from(weight).unwrap_or(usize::MAX));
     }
 
     /// Wakes every sender waiting and refuses every later one.
@@ -298,10 +303,15 @@ impl StoreHandle {
         let _ = self.send(Msg::Peer(update.clone(), weight), weight, 1);
     }
 
-    /// How full the queue is, from 0 to 1 (ingest waits): with the hub's,
-    /// what makes acks ask agents to sample less often.
+    /// How full the queue is, from 0 to 1 (ingest waits).
     pub fn fill(&self) -> f64 {
         self.room.fill()
+    }
+
+    /// Whether the queue is full enough (`storage.overload_queue_fraction`)
+    /// that acks should ask agents to sample less often.
+    pub fn overloaded(&self) -> bool {
+        self.room.fill() >= self.room.overload
     }
 
     /// Sends a message that holds room: the channel has a place for each
@@ -337,11 +347,17 @@ impl StoreHandle {
 /// Takes a batch of `weight` out of the queue's counts and gives its room
 /// back (the writer took it, or it was not sent).
 fn release(stats: &StoreStats, room: &Room, weight: u32) {
-    stats.queued.fetch_sub(1, Ordering::Relaxed);
-    stats
-        .queued_bytes
-        .fetch_sub(u64::from(weight), Ordering::Relaxed);
-    room.give(weight);
+    release_many(stats, room, 1, u64::from(weight));
+}
+
+/// [`release`] for `batches` of `weight` in all.
+fn release_many(stats: &StoreStats, room: &Room, batches: usize, weight: u64) {
+    if batches == 0 {
+        return;
+    }
+    stats.queued.fetch_sub(batches as u64, Ordering::Relaxed);
+    stats.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+    room.give(batches, weight);
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -552,22 +568,22 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Nice steps the store's thread runs below the main thread: under CPU
-/// contention the live path (and clients' reads, [`crate::CLIENT_NICE`])
-/// go first; what the store cannot take at once waits in its queue, and
-/// once that is full, ingest waits for the store (agents keep their
-/// batches) while acks ask agents to sample less often. Without contention
-/// it changes nothing.
-pub const STORE_NICE: i32 = 10;
-
-/// Sets the calling thread's priority [`STORE_NICE`] below the main
-/// thread's. Best effort: on failure the thread keeps its priority.
-fn lower_priority() {
+/// Sets the calling thread's priority `nice` steps below the main
+/// thread's (`storage.writer_nice`): under CPU contention the live path
+/// (and clients' reads, [`crate::CLIENT_NICE`]) go first; what the store
+/// cannot take at once waits in its queue, and once that is half full,
+/// acks ask agents to sample less often, and once it is full, ingest waits
+/// for the store (agents keep their batches). Without contention it
+/// changes nothing. Best effort: on failure the thread keeps its priority.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
     // The main thread's id is the process id.
     let main = Some(rustix::process::getpid());
     if let Ok(base) = rustix::process::getpriority_process(main) {
         let tid = Some(rustix::thread::gettid());
-        let _ = rustix::process::setpriority_process(tid, (base + STORE_NICE).min(19));
+        let _ = rustix::process::setpriority_process(tid, (base + nice).min(19));
     }
 }
 
@@ -601,7 +617,7 @@ fn write_loop(
         }
     }
     let _close = CloseOnEnd(room);
-    lower_priority();
+    lower_priority(config.writer_nice);
     let flush_every = Duration::from_millis(config.flush_interval_ms);
     let maintain_every = Duration::from_millis(config.maintenance_interval_ms);
     let mut next_flush = Instant::now() + flush_every;
@@ -621,16 +637,29 @@ fn write_loop(
             tracing::error!(cause = %e, %host, "store: sample not stored");
         }
     };
+    // The room of the messages taken since it was last given back: given
+    // back once per round of messages, so a full queue wakes the senders
+    // waiting for it in groups, not one wake-up (and one thread woken) per
+    // batch on this thread.
+    let held = std::cell::Cell::new((0usize, 0u64));
+    let hold = |weight: u32| {
+        let (batches, bytes) = held.get();
+        held.set((batches + 1, bytes + u64::from(weight)));
+    };
+    let give_back = || {
+        let (batches, bytes) = held.replace((0, 0));
+        release_many(stats, room, batches, bytes);
+    };
     // Takes one message: the samples it held, none at the end.
     let take = |writer: &mut Writer, msg: Msg| -> Option<usize> {
         match msg {
             Msg::Samples(host, samples, weight) => {
-                release(stats, room, weight);
+                hold(weight);
                 samples.iter().for_each(|s| ingest(writer, &host, s));
                 Some(samples.len())
             }
             Msg::Peer(update, weight) => {
-                release(stats, room, weight);
+                hold(weight);
                 match sample_of(&update) {
                     Some((host, s)) => ingest(writer, &host, &s),
                     None => {
@@ -665,6 +694,7 @@ fn write_loop(
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        give_back();
         let now = Instant::now();
         if now >= next_flush {
             flush(&mut writer);
@@ -682,6 +712,7 @@ fn write_loop(
             next_maintain = Instant::now() + maintain_every;
         }
     }
+    give_back();
     // Senders that took room before the queue closed may send after
     // `Stop`: their batches are taken too (their agents are acknowledged),
     // until all the room is back.
@@ -697,6 +728,7 @@ fn write_loop(
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(msg) => {
                 take(&mut writer, msg);
+                give_back();
             }
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}

@@ -647,6 +647,9 @@ async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
     handle.put(host.clone(), two.clone(), 4_000).await.unwrap();
     assert_eq!(counts(), (2, 8_000, 0, 0));
     assert!((handle.fill() - 0.8).abs() < 1e-9, "{}", handle.fill());
+    // Under storage.overload_queue_fraction (0.9): acks do not ask agents
+    // to slow down yet.
+    assert!(!handle.overloaded());
     // Over queue_bytes: the third batch waits, nothing dropped.
     let mut third = std::pin::pin!(handle.put(host.clone(), two.clone(), 4_000));
     assert!(third.as_mut().now_or_never().is_none(), "waits for room");
@@ -676,6 +679,7 @@ async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
         .await
         .unwrap();
     assert_eq!(handle.fill(), 1.0);
+    assert!(handle.overloaded());
     let mut fifth = std::pin::pin!(handle.put(host.clone(), two[..1].to_vec(), 100));
     assert!(fifth.as_mut().now_or_never().is_none(), "waits for a slot");
     assert_eq!(take_one(&handle, &rx), 2);
