@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use hostpulse_proto::v1::{AgentMessage, Batch, Hello, agent_message, ingest_client::IngestClient};
+use hostpulse_proto::v1::{
+    AgentMessage, Batch, Hello, agent_message, aggregator_message, ingest_client::IngestClient,
+};
 use hostpulse_proto::{Cpu, Load, Memory, Process, ProcessRollup, Processes, Sample, encode_batch};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -73,6 +75,9 @@ pub(crate) struct PublishStats {
     pub(crate) sent: AtomicU64,
     /// Samples acknowledged.
     pub(crate) acked: AtomicU64,
+    /// Acks asking the agent to sample less often (the aggregator's hub or
+    /// store queue half full), which the agents follow as real ones do.
+    pub(crate) overload_acks: AtomicU64,
 }
 
 /// How each simulated agent sends.
@@ -158,10 +163,18 @@ async fn agent(
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     inbound.message().await?; // Welcome
     let in_flight = Arc::new(tokio::sync::Semaphore::new(8));
+    // The interval the latest ack asked for, in ms (0: none).
+    let asked = Arc::new(AtomicU64::new(0));
     let acks = {
-        let (stats, in_flight) = (stats.clone(), in_flight.clone());
+        let (stats, in_flight, asked) = (stats.clone(), in_flight.clone(), asked.clone());
         tokio::spawn(async move {
-            while let Ok(Some(_)) = inbound.message().await {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(aggregator_message::Kind::Ack(a)) = m.kind {
+                    if a.min_interval_ms > 0 {
+                        stats.overload_acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    asked.store(u64::from(a.min_interval_ms), Ordering::Relaxed);
+                }
                 stats.acked.fetch_add(per_batch as u64, Ordering::Relaxed);
                 in_flight.add_permits(1);
             }
@@ -187,6 +200,14 @@ async fn agent(
         match &mut ticks {
             Some(t) => {
                 t.tick().await;
+                // Asked to sample less often: as the agent does, no more
+                // often than that until an ack asks for nothing.
+                let asked = Duration::from_millis(asked.load(Ordering::Relaxed));
+                if let Some(longer) = period.and_then(|p| asked.checked_sub(p))
+                    && !longer.is_zero()
+                {
+                    tokio::time::sleep(longer).await;
+                }
             }
             None => in_flight.acquire().await?.forget(),
         }

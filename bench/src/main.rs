@@ -795,6 +795,10 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                 ("store_values_written", stored),
                 ("store_dropped_samples", dropped),
                 ("store_ingest_wait_s", waited),
+                (
+                    "overload_acks",
+                    published.overload_acks.load(Ordering::Relaxed) as f64,
+                ),
             ])
         }
         Kind::Cluster { .. } | Kind::Fleet { .. } => unreachable!("handled above"),
