@@ -10,10 +10,10 @@
 //! (`storage.queue`, `storage.queue_bytes`) feeds the store's own thread.
 //! When it is full, ingest waits for room (the agent keeps its batch until
 //! acknowledged, and acks ask agents to sample less often while the queue
-//! is half full), so a store behind ingest slows it instead of losing
-//! samples; the hub does not wait, and drops (and counts) a peer's update
-//! that does not fit. That thread ([`writer`]) buffers rows in
-//! memory and writes them every `flush_interval_ms` in one transaction
+//! is `storage.overload_queue_fraction` full), so a store behind ingest
+//! slows it instead of losing samples; the hub does not wait, and drops
+//! (and counts) a peer's update that does not fit. That thread
+//! ([`writer`]) buffers rows in memory and writes them every `flush_interval_ms` in one transaction
 //! ([`engine`]: redb, chosen by measurement), so a SIGKILL loses at most one
 //! interval and never leaves a half-written flush. A flush is one record of
 //! a log; each series' rows move from the log into the per-series tables
