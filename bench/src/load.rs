@@ -76,7 +76,7 @@ pub(crate) struct PublishStats {
     /// Samples acknowledged.
     pub(crate) acked: AtomicU64,
     /// Acks asking the agent to sample less often (the aggregator's hub or
-    /// store queue half full), which the agents follow as real ones do.
+    /// store queue filling up), which the agents follow as real ones do.
     pub(crate) overload_acks: AtomicU64,
 }
 

@@ -271,7 +271,10 @@ async fn a_store_behind_ingest_makes_agents_wait_and_keeps_every_sample() {
     }
     let mut overload_acks = 0;
     for s in senders {
-        let acks = s.await.unwrap();
+        let acks = tokio::time::timeout(WAIT * 4, s)
+            .await
+            .expect("every batch acknowledged in time")
+            .unwrap();
         overload_acks += acks.iter().filter(|a| a.min_interval_ms > 0).count();
     }
     // While the store's queue was at least half full (the default

@@ -91,6 +91,12 @@ impl Topics {
     }
 }
 
+/// What ends a stream while the aggregator shuts down (the agent keeps what
+/// was not acknowledged, and reconnects).
+fn shutting_down() -> Status {
+    Status::unavailable("aggregator shutting down; reconnect")
+}
+
 pub(super) struct AgentSession {
     pub(super) peer: Option<SocketAddr>,
     /// Batches this stream may still send now; an empty bucket is waited
@@ -120,7 +126,7 @@ impl AgentSession {
         let mut silent = false;
         let end = loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break Some(Status::unavailable("aggregator shutting down; reconnect")),
+                _ = shutdown.cancelled() => break Some(shutting_down()),
                 _ = tx.closed() => break None,
                 _ = tokio::time::sleep_until(heard + self.silence), if !silent => {
                     silent = true;
@@ -261,7 +267,7 @@ impl AgentSession {
         let stored = self
             .store
             .as_ref()
-            .map(|(_, host)| (host.clone(), samples.clone()));
+            .map(|(store, host)| (store, host.clone(), samples.clone()));
         if let Some(alerts) = &self.alerts {
             // Synchronous and short: transitions go to the alert task
             // through a bounded queue, never waited on.
@@ -275,15 +281,15 @@ impl AgentSession {
         self.hub
             .send(Command::Publish(updates))
             .await
-            .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
-        if let (Some((store, _)), Some((host, samples))) = (&self.store, stored) {
+            .map_err(|_| shutting_down())?;
+        if let Some((store, host, samples)) = stored {
             // Waits while the store's queue is full: the batch is
             // acknowledged once the store has it (the agent keeps it until
             // then), so a store behind ingest slows ingest, not loses it.
             store
                 .put(host, samples, batch.samples.len())
                 .await
-                .map_err(|_| Status::unavailable("aggregator shutting down; reconnect"))?;
+                .map_err(|_| shutting_down())?;
         }
         self.registry
             .commit(&self.agent_id, self.generation, batch.seq);

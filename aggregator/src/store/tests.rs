@@ -612,19 +612,28 @@ fn handle_without_writer(
     (handle, rx)
 }
 
-/// Takes one queued message as the writer does; its sample count.
-fn take_one(handle: &super::StoreHandle, rx: &std::sync::mpsc::Receiver<super::Msg>) -> usize {
-    match rx.try_recv().expect("a message queued") {
-        super::Msg::Samples(_, samples, weight) => {
-            super::release(&handle.stats, &handle.room, weight);
-            samples.len()
-        }
-        super::Msg::Peer(_, weight) => {
-            super::release(&handle.stats, &handle.room, weight);
-            1
-        }
+/// Takes one queued message as the writer does, giving its room back;
+/// its sample count, none if nothing is queued.
+fn take(handle: &super::StoreHandle, rx: &std::sync::mpsc::Receiver<super::Msg>) -> Option<usize> {
+    let (n, weight) = match rx.try_recv().ok()? {
+        super::Msg::Samples(_, samples, weight) => (samples.len(), weight),
+        super::Msg::Peer(_, weight) => (1, weight),
         super::Msg::Stop => panic!("no stop was sent"),
-    }
+    };
+    super::release(&handle.stats, &handle.room, weight);
+    Some(n)
+}
+
+/// Takes one queued message; its sample count.
+fn take_one(handle: &super::StoreHandle, rx: &std::sync::mpsc::Receiver<super::Msg>) -> usize {
+    take(handle, rx).expect("a message queued")
+}
+
+/// `f`'s output, which must come within 10 s.
+async fn soon<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(10), f)
+        .await
+        .expect("done within 10 s")
 }
 
 #[tokio::test]
@@ -643,8 +652,12 @@ async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
             stats.waits.load(Relaxed),
         )
     };
-    handle.put(host.clone(), two.clone(), 4_000).await.unwrap();
-    handle.put(host.clone(), two.clone(), 4_000).await.unwrap();
+    soon(handle.put(host.clone(), two.clone(), 4_000))
+        .await
+        .unwrap();
+    soon(handle.put(host.clone(), two.clone(), 4_000))
+        .await
+        .unwrap();
     assert_eq!(counts(), (2, 8_000, 0, 0));
     assert!((handle.fill() - 0.8).abs() < 1e-9, "{}", handle.fill());
     // Under storage.overload_queue_fraction (0.9): acks do not ask agents
@@ -669,13 +682,12 @@ async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
     assert_eq!(counts(), (2, 8_000, 1, 0));
     // The writer takes one batch: its room goes to the one waiting.
     assert_eq!(take_one(&handle, &rx), 2);
-    third.await.unwrap();
+    soon(third).await.unwrap();
     assert_eq!(counts(), (2, 8_000, 1, 1));
     assert!(stats.wait_micros.load(Relaxed) > 0);
     // Bytes fit, slots run out: one more fits (the third slot), the next
     // waits for a slot.
-    handle
-        .put(host.clone(), two[..1].to_vec(), 100)
+    soon(handle.put(host.clone(), two[..1].to_vec(), 100))
         .await
         .unwrap();
     assert_eq!(handle.fill(), 1.0);
@@ -683,22 +695,20 @@ async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
     let mut fifth = std::pin::pin!(handle.put(host.clone(), two[..1].to_vec(), 100));
     assert!(fifth.as_mut().now_or_never().is_none(), "waits for a slot");
     assert_eq!(take_one(&handle, &rx), 2);
-    fifth.await.unwrap();
+    soon(fifth).await.unwrap();
     // Every sample put is queued, none lost.
     let mut taken = 0;
-    while rx.try_recv().is_ok_and(|msg| {
-        if let super::Msg::Samples(_, samples, weight) = msg {
-            super::release(&handle.stats, &handle.room, weight);
-            taken += samples.len();
-        }
-        true
-    }) {}
+    while let Some(n) = take(&handle, &rx) {
+        taken += n;
+    }
     assert_eq!(taken, 2 + 1 + 1);
     assert_eq!(counts(), (0, 0, 1, 2));
     assert_eq!(handle.fill(), 0.0);
     // A batch larger than the whole bound goes into an empty queue (it
     // would never fit otherwise), and waits for one holding another.
-    handle.put(host.clone(), two.clone(), 50_000).await.unwrap();
+    soon(handle.put(host.clone(), two.clone(), 50_000))
+        .await
+        .unwrap();
     assert_eq!(counts(), (1, 10_000, 1, 2));
     let mut small = std::pin::pin!(handle.put(host.clone(), two.clone(), 10));
     assert!(
@@ -706,7 +716,7 @@ async fn a_full_queue_makes_ingest_wait_for_room_and_drops_only_peer_updates() {
         "waits for an empty queue"
     );
     take_one(&handle, &rx);
-    small.await.unwrap();
+    soon(small).await.unwrap();
     assert_eq!(counts(), (1, 64, 1, 3));
 }
 
@@ -718,7 +728,9 @@ async fn a_stopping_store_refuses_waiting_ingest_and_a_dead_writer_drops_and_cou
     // Stopping: a sender waiting for room is told, so its agent is not
     // acknowledged; so is a later one.
     let (handle, _rx) = handle_without_writer(1, 10_000);
-    handle.put(host.clone(), one.clone(), 100).await.unwrap();
+    soon(handle.put(host.clone(), one.clone(), 100))
+        .await
+        .unwrap();
     let waiting = tokio::spawn({
         let (handle, host, one) = (handle.clone(), host.clone(), one.clone());
         async move { handle.put(host, one, 100).await }
@@ -726,16 +738,24 @@ async fn a_stopping_store_refuses_waiting_ingest_and_a_dead_writer_drops_and_cou
     tokio::task::yield_now().await;
     handle.room.stopping.store(true, Release);
     handle.room.close();
-    assert!(waiting.await.unwrap().is_err());
-    assert!(handle.put(host.clone(), one.clone(), 100).await.is_err());
+    assert!(soon(waiting).await.unwrap().is_err());
+    assert!(
+        soon(handle.put(host.clone(), one.clone(), 100))
+            .await
+            .is_err()
+    );
     assert_eq!(handle.stats.dropped_samples.load(Relaxed), 0);
     // A writer gone without a stop (a bug): the live path goes on, and the
     // samples are counted dropped.
     let (handle, rx) = handle_without_writer(4, 10_000);
     drop(rx);
-    handle.put(host.clone(), one.clone(), 100).await.unwrap();
+    soon(handle.put(host.clone(), one.clone(), 100))
+        .await
+        .unwrap();
     handle.room.close();
-    handle.put(host.clone(), one.clone(), 100).await.unwrap();
+    soon(handle.put(host.clone(), one.clone(), 100))
+        .await
+        .unwrap();
     assert_eq!(handle.stats.dropped_samples.load(Relaxed), 2);
     assert_eq!(handle.stats.queued.load(Relaxed), 0);
 }
@@ -756,6 +776,7 @@ fn a_burst_through_a_queue_of_one_batch_stores_every_sample() {
     let store = super::Store::start(engine.clone(), config).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_time()
         .build()
         .unwrap();
     const HOSTS: i64 = 8;
@@ -768,12 +789,12 @@ fn a_burst_through_a_queue_of_one_batch_stores_every_sample() {
                 let host: Arc<str> = format!("burst-{h}").into();
                 for i in 0..SAMPLES {
                     let s = sample(i as u64 + 1, T0 + i * 1000, cpu_at(i + h), 1.0);
-                    handle.put(host.clone(), vec![s], 200).await.unwrap();
+                    soon(handle.put(host.clone(), vec![s], 200)).await.unwrap();
                 }
             }));
         }
         for s in senders {
-            s.await.unwrap();
+            soon(s).await.unwrap();
         }
     });
     let view = store.view();
