@@ -306,8 +306,11 @@ pub async fn run(
             max_samples_per_batch: config.ingest.max_samples_per_batch,
             hello_timeout: ms(config.ingest.hello_timeout_ms),
             offline_after: ms(config.ingest.offline_after_ms),
-            overload_interval: ms(config.ingest.overload_interval_ms),
-            overload_queue_fraction: config.ingest.overload_queue_fraction,
+            overload: Arc::new(ingest::Overload::new(
+                ms(config.ingest.overload_interval_ms),
+                config.ingest.overload_queue_fraction,
+                ms(config.ingest.overload_after_ms),
+            )),
             max_batches_per_sec: config.ingest.max_batches_per_sec,
             max_future: ms(config.ingest.max_future_ms),
         },

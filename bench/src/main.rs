@@ -780,6 +780,13 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
             // Time ingest waited for room in the store's queue (the store
             // behind ingest slows agents instead of dropping samples).
             let waited = server.metric("hostpulse_store_ingest_wait_seconds")?;
+            // Which queue was behind when acks asked agents to slow down.
+            let slowed = |cause| {
+                server.metric(&format!(
+                    "hostpulse_ingest_slow_down_acks_total{{cause=\"{cause}\"}}"
+                ))
+            };
+            let (by_hub, by_store) = (slowed("hub")?, slowed("store")?);
             wind_down(&stop, publisher, tasks).await;
             let h = received.latency.lock().expect("lock");
             Ok(vec![
@@ -799,6 +806,8 @@ async fn run_once(kind: Kind, run: RunArgs<'_>) -> anyhow::Result<Figures> {
                     "overload_acks",
                     published.overload_acks.load(Ordering::Relaxed) as f64,
                 ),
+                ("slowed_by_hub", by_hub),
+                ("slowed_by_store", by_store),
             ])
         }
         Kind::Cluster { .. } | Kind::Fleet { .. } => unreachable!("handled above"),

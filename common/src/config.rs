@@ -97,6 +97,11 @@ pub fn first_zero(values: &[(&'static str, u64)]) -> Option<(&'static str, Strin
         .map(|(key, _)| (*key, "must be positive".to_string()))
 }
 
+/// `key`'s `value` as a problem to report unless it is a fraction (0 to 1).
+pub fn not_a_fraction(key: &'static str, value: f64) -> Option<(&'static str, String)> {
+    (!(0.0..=1.0).contains(&value)).then(|| (key, format!("must be 0 to 1, not {value}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

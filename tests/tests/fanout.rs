@@ -472,6 +472,19 @@ async fn an_overloaded_aggregator_makes_agents_sample_less_often() {
             .load(std::sync::atomic::Ordering::SeqCst),
         400
     );
+    // Counted by cause: the hub, as the store is off here.
+    let slowed = |cause: &'static str| {
+        let http = agg.http;
+        async move {
+            hostpulse_tests::metric(
+                http,
+                &format!("hostpulse_ingest_slow_down_acks_total{{cause=\"{cause}\"}}"),
+            )
+            .await
+        }
+    };
+    assert!(slowed("hub").await >= 1.0);
+    assert_eq!(slowed("store").await, 0.0);
     agent.stop().await;
     agg.stop().await;
 }

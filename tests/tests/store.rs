@@ -245,7 +245,10 @@ async fn a_store_behind_ingest_makes_agents_wait_and_keeps_every_sample() {
     // writer in turn, instead of having samples dropped, and are asked to
     // sample less often.
     let dir = data_dir("behind");
-    let config = toml(&dir, "flush_interval_ms = 200\nqueue = 1\n");
+    // Acks ask at the first sight of the queue full (no
+    // ingest.overload_after_ms), so this short burst sees requests.
+    let config = toml(&dir, "flush_interval_ms = 200\nqueue = 1\n")
+        .replace("[ingest]\n", "[ingest]\noverload_after_ms = 0\n");
     let base = (now_ms() - 2 * HOUR) / HOUR * HOUR;
     const AGENTS: i64 = 6;
     const BATCHES: i64 = 30;
@@ -277,9 +280,16 @@ async fn a_store_behind_ingest_makes_agents_wait_and_keeps_every_sample() {
             .unwrap();
         overload_acks += acks.iter().filter(|a| a.min_interval_ms > 0).count();
     }
-    // While the store's queue was at least half full (the default
-    // ingest.overload_queue_fraction), acks asked agents to slow down.
+    // While the store's queue was at least 0.9 full (the default
+    // storage.overload_queue_fraction), acks asked agents to slow down
+    // and said so in the counter of that cause.
     assert!(overload_acks > 0, "no ack asked agents to slow down");
+    let slowed_by_store = metric(
+        http,
+        "hostpulse_ingest_slow_down_acks_total{cause=\"store\"}",
+    )
+    .await;
+    assert!(slowed_by_store >= 1.0, "{slowed_by_store}");
     // Acknowledged means queued for the store: nothing dropped, and the
     // queue of one filled (ingest waited for it).
     assert_eq!(

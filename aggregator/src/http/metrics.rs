@@ -288,6 +288,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         ],
         families: per_kind(hub),
     };
+    scrape.families.push(Family {
+        name: "hostpulse_ingest_slow_down_acks",
+        help: "Acks that asked the agent to sample less often (ingest.overload_interval_ms), by what was behind: the hub's queue (ingest.overload_queue_fraction full) or the store's (storage.overload_queue_fraction). An ack sent while both were counts under each.",
+        unit: None,
+        counter: true,
+        series: vec![
+            (vec![("cause", "hub".to_string())], load(&ingest.slow_down_hub) as f64),
+            (vec![("cause", "store".to_string())], load(&ingest.slow_down_store) as f64),
+        ],
+    });
     alerts::extend(&state, &mut scrape);
     if let Some(c) = &state.cluster {
         cluster::extend(&mut scrape, c, hub);

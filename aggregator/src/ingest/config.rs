@@ -1,7 +1,7 @@
 //! `[ingest]`: the gRPC listener and what an agent stream may send, with
 //! defaults and validation. `AggregatorConfig` (`config.rs`) composes it.
 
-use hostpulse_common::config::first_zero;
+use hostpulse_common::config::{first_zero, not_a_fraction};
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,11 @@ pub struct IngestConfig {
     /// this fraction full (0 to 1; 0 means always, for testing agents), or
     /// the store's queue `storage.overload_queue_fraction` full.
     pub overload_queue_fraction: f64,
+    /// Acks ask agents to slow down only once a queue has stayed that full
+    /// this long without a break, in milliseconds (0: at once). A queue
+    /// full for a moment has drained before an agent could act on the
+    /// request, which would only cost it samples.
+    pub overload_after_ms: u64,
     /// HTTP/2 keepalive ping interval towards agents, in milliseconds.
     pub keepalive_interval_ms: u64,
     /// Unanswered keepalive tolerance, in milliseconds.
@@ -53,6 +58,7 @@ impl Default for IngestConfig {
             offline_after_ms: 10_000,
             overload_interval_ms: 5_000,
             overload_queue_fraction: 0.5,
+            overload_after_ms: 1_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 10_000,
         }
@@ -77,12 +83,9 @@ impl IngestConfig {
         ]) {
             return Some(p);
         }
-        if !(0.0..=1.0).contains(&self.overload_queue_fraction) {
-            return Some((
-                "ingest.overload_queue_fraction",
-                "must be between 0 and 1".into(),
-            ));
-        }
-        None
+        not_a_fraction(
+            "ingest.overload_queue_fraction",
+            self.overload_queue_fraction,
+        )
     }
 }

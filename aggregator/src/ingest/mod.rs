@@ -4,23 +4,27 @@
 //! registered and answered with `Welcome`, which also tells it the message
 //! and batch limits so it never sends what would be refused. Each `Batch` is checked against
 //! what is already held (duplicates are acknowledged, not republished),
-//! decoded and validated, handed to the store (when `[storage]` is on; a
-//! bounded queue that never waits), turned into topic updates, published to
-//! the hub and acknowledged. A bad batch ends that stream with `INVALID_ARGUMENT` naming
+//! decoded and validated, turned into topic updates, published to the hub,
+//! handed to the store (when `[storage]` is on; a bounded queue that ingest
+//! waits for) and acknowledged; an ack asks the agent to slow down while a
+//! queue stays behind (`overload.rs`). A bad batch ends that stream with `INVALID_ARGUMENT` naming
 //! what was wrong; other agents are not touched. On shutdown every stream ends
 //! with `UNAVAILABLE`, which agents treat as "reconnect".
 //!
 //! Files: this one is the service (authentication, `Hello`, `Welcome`);
-//! `session.rs` is a stream's task after it; [`registry`] the attached agents
+//! `session.rs` is a stream's task after it; `overload.rs` when acks ask
+//! agents to slow down; [`registry`] the attached agents
 //! and the `hosts` events; [`forget`] the departed hosts' end; `config.rs` the
 //! `[ingest]` section.
 
 mod config;
 pub mod forget;
+mod overload;
 pub mod registry;
 mod session;
 
 pub use config::IngestConfig;
+pub use overload::Overload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,10 +65,8 @@ pub struct IngestSettings {
     pub hello_timeout: Duration,
     /// A connected agent silent this long is announced offline.
     pub offline_after: Duration,
-    /// Interval asked of agents while overloaded (zero: never ask).
-    pub overload_interval: Duration,
-    /// Overloaded when the hub queue is at least this fraction full.
-    pub overload_queue_fraction: f64,
+    /// When acks ask agents to slow down (shared by every session).
+    pub overload: Arc<Overload>,
     /// Sustained batches per second per stream.
     pub max_batches_per_sec: u32,
     /// How far in the future a sample's timestamp may be (clock skew).

@@ -160,6 +160,12 @@ pub struct IngestStats {
     pub duplicates: AtomicU64,
     /// Streams ended with an error status (bad batch, bad Hello, limits).
     pub refused: AtomicU64,
+    /// Acks that asked the agent to slow down because the hub's queue was
+    /// `ingest.overload_queue_fraction` full.
+    pub slow_down_hub: AtomicU64,
+    /// Acks that asked the agent to slow down because the store's queue
+    /// was `storage.overload_queue_fraction` full.
+    pub slow_down_store: AtomicU64,
 }
 
 #[derive(Default)]

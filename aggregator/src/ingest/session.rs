@@ -209,20 +209,14 @@ impl AgentSession {
         &self,
         batch: hostpulse_proto::v1::Batch,
     ) -> Result<AggregatorMessage, Status> {
-        // Ask agents to slow down while the hub or the store falls behind.
-        let overloaded = self.hub.queue_fill() >= self.settings.overload_queue_fraction
-            || self
-                .store
+        // Ask agents to slow down while the hub or the store stays behind.
+        let min_interval_ms = self.settings.overload.min_interval_ms(
+            self.hub.queue_fill(),
+            self.store
                 .as_ref()
-                .is_some_and(|(store, _)| store.overloaded());
-        let min_interval_ms = if overloaded {
-            self.settings
-                .overload_interval
-                .as_millis()
-                .min(u32::MAX as u128) as u32
-        } else {
-            0
-        };
+                .is_some_and(|(store, _)| store.overloaded()),
+            &self.registry.stats,
+        );
         let ack = AggregatorMessage {
             kind: Some(aggregator_message::Kind::Ack(Ack {
                 seq: batch.seq,

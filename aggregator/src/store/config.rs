@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use hostpulse_common::config::first_zero;
+use hostpulse_common::config::{first_zero, not_a_fraction};
 use serde::{Deserialize, Serialize};
 
 /// `[storage]`
@@ -120,11 +120,11 @@ impl StorageConfig {
         ]) {
             return Some(p);
         }
-        if !(0.0..=1.0).contains(&self.overload_queue_fraction) {
-            return Some((
-                "storage.overload_queue_fraction",
-                format!("must be 0 to 1, not {}", self.overload_queue_fraction),
-            ));
+        if let Some(p) = not_a_fraction(
+            "storage.overload_queue_fraction",
+            self.overload_queue_fraction,
+        ) {
+            return Some(p);
         }
         if !(0..=19).contains(&self.writer_nice) {
             return Some((
