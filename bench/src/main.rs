@@ -72,7 +72,7 @@ struct Args {
     /// `checkpoint_interval_ms = 300000` (repeatable).
     #[arg(long = "storage-set", value_name = "KEY = VALUE")]
     storage_set: Vec<String>,
-    /// With `--store on`: print the store's queue, drops and flushes every
+    /// With `--store on`: print the store's queue, drops, waits and flushes every
     /// 5 s (one scrape of `/metrics` each, 27-39 ms of the aggregator's
     /// time at 10,000 hosts).
     #[arg(long)]
@@ -461,7 +461,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Waits `measure`, printing the store's figures every 5 s to stderr:
-/// samples dropped at its queue, the queue's depth, flushes and their mean
+/// samples dropped at its queue, the time ingest waited for room in it
+/// (summed over agents), the queue's depth, flushes and their mean
 /// and latest duration, so a run shows when the store fell behind, not
 /// only that it did. Scrapes run on a blocking thread.
 async fn print_store_timeline(server: &Server, measure: Duration) -> anyhow::Result<()> {
@@ -490,20 +491,22 @@ async fn print_store_timeline(server: &Server, measure: Duration) -> anyhow::Res
     while started.elapsed() < measure {
         tokio::time::sleep(EVERY.min(measure.saturating_sub(started.elapsed()))).await;
         let now = read().await?;
-        let flushes = now[1] - last[1];
+        // In the order of `names`.
+        let flushes = now[2] - last[2];
         eprintln!(
-            "store at {:>4} s: dropped {:>7}  queue {:>6} ({:>4.0} MiB)  flushes {:>2}  mean {:>6.0} ms  last {:>6.0} ms  rss {:>5.0} MiB",
+            "store at {:>4} s: dropped {:>7}  waited {:>7.1} s  queue {:>6} ({:>4.0} MiB)  flushes {:>2}  mean {:>6.0} ms  last {:>6.0} ms  rss {:>5.0} MiB",
             started.elapsed().as_secs(),
             now[0] - last[0],
-            now[3],
-            now[4] / f64::from(1 << 20),
+            now[1] - last[1],
+            now[4],
+            now[5] / f64::from(1 << 20),
             flushes,
             if flushes > 0.0 {
-                1e3 * (now[2] - last[2]) / flushes
+                1e3 * (now[3] - last[3]) / flushes
             } else {
                 0.0
             },
-            1e3 * now[5],
+            1e3 * now[6],
             server.rss_kib()? as f64 / 1024.0,
         );
         last = now;
