@@ -32,8 +32,9 @@ impl Sustained {
         }
     }
 
-    /// Records whether the queue is behind at `now_ms` (> 0); returns
-    /// whether it has been for `after_ms` or longer.
+    /// Records whether the queue is behind at `now_ms` (> 0 when it is;
+    /// not read when it is not); returns whether it has been for
+    /// `after_ms` or longer.
     fn observe(&self, behind: bool, now_ms: u64, after_ms: u64) -> bool {
         if !behind {
             if self.since.load(Ordering::Relaxed) != 0 {
@@ -84,10 +85,14 @@ impl Overload {
         if self.interval_ms == 0 {
             return 0; // never asks
         }
-        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        let hub = self
-            .hub
-            .observe(hub_fill >= self.hub_fraction, now_ms, self.after_ms);
+        let hub_behind = hub_fill >= self.hub_fraction;
+        // The clock only when a queue is behind: the usual batch needs none.
+        let now_ms = if hub_behind || store_behind {
+            self.epoch.elapsed().as_millis() as u64 + 1
+        } else {
+            0
+        };
+        let hub = self.hub.observe(hub_behind, now_ms, self.after_ms);
         let store = self.store.observe(store_behind, now_ms, self.after_ms);
         if hub {
             stats.slow_down_hub.fetch_add(1, Ordering::Relaxed);

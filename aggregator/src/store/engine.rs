@@ -25,6 +25,8 @@
 //! flush (it repairs its free-page bookkeeping on the next open).
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
@@ -227,6 +229,43 @@ pub struct Redb {
     db: Database,
     path: std::path::PathBuf,
     log: LogFiles,
+    usage: Mutex<Usage>,
+}
+
+/// Longest an estimate of the pages in use goes without an exact count.
+/// redb counts them only by reading every page of every table, about a
+/// second per GB of store here: done at each maintenance pass, it took 11-13 %
+/// of the writer's thread at 10,000 hosts a few minutes in, and more as the
+/// store grew.
+pub const EXACT_USAGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Pages in use per byte of entries written since an exact count, when
+/// that count found too few entries to measure it by: a B-tree's pages
+/// are two thirds full on average, and a large value takes a power of two
+/// of pages.
+const DEFAULT_PAGES_PER_BYTE: f64 = 1.5;
+
+/// Bytes in use: redb's pages as last counted exactly, and the bytes of the
+/// entries (keys and values) written since, less those removed.
+#[derive(Debug, Default)]
+struct Usage {
+    /// When pages were last counted.
+    counted: Option<Instant>,
+    /// Bytes of the pages in use then.
+    pages: u64,
+    /// Page bytes per entry byte then ([`DEFAULT_PAGES_PER_BYTE`] in a
+    /// nearly empty store), at least 1.
+    per_byte: f64,
+    /// Entry bytes written since, less those removed.
+    since: i64,
+}
+
+impl Usage {
+    /// The estimate: the count, and what was written since at the count's
+    /// pages per byte.
+    fn estimate(&self) -> u64 {
+        (self.pages as f64 + self.since as f64 * self.per_byte).max(0.0) as u64
+    }
 }
 
 /// The directory of the `log` table's files, beside the redb file.
@@ -256,7 +295,12 @@ impl Redb {
         }
         tx.commit().map_err(err)?;
         let log = LogFiles::open(&dir.join(LOG_DIR))?;
-        Ok(Self { db, path, log })
+        Ok(Self {
+            db,
+            path,
+            log,
+            usage: Mutex::default(),
+        })
     }
 
     /// The records of the `log` table a build before [`LogFiles`] left in
@@ -352,12 +396,20 @@ impl Engine for Redb {
             .transpose()
     }
 
+    /// Exact when last counted within [`EXACT_USAGE_EVERY`] plus what was
+    /// written since ([`Usage`]); otherwise counts the pages first.
     fn used_bytes(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        let stats = tx.stats().map_err(err)?;
-        let used = stats.allocated_pages() * stats.page_size() as u64;
-        tx.abort().map_err(err)?;
-        Ok(used + self.log.bytes())
+        let due = self
+            .usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counted
+            .is_none_or(|at| at.elapsed() >= EXACT_USAGE_EVERY);
+        if due {
+            return self.count_used_bytes();
+        }
+        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(usage.estimate() + self.log.bytes())
     }
 
     fn file_bytes(&self) -> u64 {
@@ -366,6 +418,28 @@ impl Engine for Redb {
 }
 
 impl Redb {
+    /// Bytes in use, with redb's pages counted exactly (reading every page;
+    /// [`Engine::used_bytes`] does so once per [`EXACT_USAGE_EVERY`]).
+    pub fn count_used_bytes(&self) -> Result<u64, StoreError> {
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = self.db.begin_write().map_err(err)?;
+        let stats = tx.stats().map_err(err)?;
+        tx.abort().map_err(err)?;
+        let pages = stats.allocated_pages() * stats.page_size() as u64;
+        let entries = stats.stored_bytes();
+        *usage = Usage {
+            counted: Some(Instant::now()),
+            pages,
+            per_byte: if entries < 1 << 20 {
+                DEFAULT_PAGES_PER_BYTE
+            } else {
+                (pages as f64 / entries as f64).clamp(1.0, 4.0)
+            },
+            since: 0,
+        };
+        Ok(pages + self.log.bytes())
+    }
+
     /// Removes log records a failed transaction's flush wrote.
     fn unput(&self, keys: &[&[u8]]) {
         for k in keys {
@@ -378,6 +452,8 @@ impl Redb {
     /// The transaction of every op but the log's records (a deletion of a
     /// record a build before [`LogFiles`] left in the file included).
     fn apply_tables(&self, ops: &[Op]) -> Result<(), StoreError> {
+        // Entry bytes added, less those removed ([`Usage`]).
+        let mut written = 0i64;
         let mut tx = self.db.begin_write().map_err(err)?;
         tx.set_durability(Durability::Immediate).map_err(err)?;
         {
@@ -390,16 +466,24 @@ impl Redb {
                 match op {
                     Op::Put(Table::Log, _, _) => {}
                     Op::Put(t, k, v) => {
-                        tables[index(*t)]
+                        let old = tables[index(*t)]
                             .insert(k.as_slice(), v.as_slice())
                             .map_err(err)?;
+                        let old = old.map_or(0, |o| k.len() + o.value().len());
+                        written += (k.len() + v.len()) as i64 - old as i64;
                     }
                     Op::Delete(t, k) => {
-                        tables[index(*t)].remove(k.as_slice()).map_err(err)?;
+                        let old = tables[index(*t)].remove(k.as_slice()).map_err(err)?;
+                        written -= old.map_or(0, |o| k.len() + o.value().len()) as i64;
                     }
                 }
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        self.usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .since += written;
+        Ok(())
     }
 }
