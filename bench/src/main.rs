@@ -483,30 +483,45 @@ async fn print_store_timeline(server: &Server, measure: Duration) -> anyhow::Res
     let read = move || async move {
         tokio::task::spawn_blocking(move || server::scrape(http, &names)).await?
     };
-    let mut last = read().await?;
+    // Each scrape bound by name, in the order of `names`: a column printed
+    // under another's heading went unnoticed for a whole session once.
+    let values = |v: Vec<f64>| -> anyhow::Result<[f64; 7]> {
+        v.try_into()
+            .map_err(|v: Vec<f64>| anyhow::anyhow!("{} values scraped, 7 asked", v.len()))
+    };
+    let mut last = values(read().await?)?;
     eprintln!(
         "store at 0 s: {} samples dropped during the ramp-up",
         last[0]
     );
     while started.elapsed() < measure {
         tokio::time::sleep(EVERY.min(measure.saturating_sub(started.elapsed()))).await;
-        let now = read().await?;
-        // In the order of `names`.
-        let flushes = now[2] - last[2];
+        let now = values(read().await?)?;
+        let [
+            dropped,
+            waited,
+            flushes,
+            flush_s,
+            depth,
+            bytes,
+            last_flush_s,
+        ] = now;
+        let [dropped_0, waited_0, flushes_0, flush_s_0, ..] = last;
+        let flushes = flushes - flushes_0;
         eprintln!(
             "store at {:>4} s: dropped {:>7}  waited {:>7.1} s  queue {:>6} ({:>4.0} MiB)  flushes {:>2}  mean {:>6.0} ms  last {:>6.0} ms  rss {:>5.0} MiB",
             started.elapsed().as_secs(),
-            now[0] - last[0],
-            now[1] - last[1],
-            now[4],
-            now[5] / f64::from(1 << 20),
+            dropped - dropped_0,
+            waited - waited_0,
+            depth,
+            bytes / f64::from(1 << 20),
             flushes,
             if flushes > 0.0 {
-                1e3 * (now[3] - last[3]) / flushes
+                1e3 * (flush_s - flush_s_0) / flushes
             } else {
                 0.0
             },
-            1e3 * now[6],
+            1e3 * last_flush_s,
             server.rss_kib()? as f64 / 1024.0,
         );
         last = now;

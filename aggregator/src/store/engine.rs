@@ -399,16 +399,13 @@ impl Engine for Redb {
     /// Exact when last counted within [`EXACT_USAGE_EVERY`] plus what was
     /// written since ([`Usage`]); otherwise counts the pages first.
     fn used_bytes(&self) -> Result<u64, StoreError> {
-        let due = self
-            .usage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if usage
             .counted
-            .is_none_or(|at| at.elapsed() >= EXACT_USAGE_EVERY);
-        if due {
-            return self.count_used_bytes();
+            .is_none_or(|at| at.elapsed() >= EXACT_USAGE_EVERY)
+        {
+            self.count_pages(&mut usage)?;
         }
-        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(usage.estimate() + self.log.bytes())
     }
 
@@ -422,6 +419,12 @@ impl Redb {
     /// [`Engine::used_bytes`] does so once per [`EXACT_USAGE_EVERY`]).
     pub fn count_used_bytes(&self) -> Result<u64, StoreError> {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        self.count_pages(&mut usage)?;
+        Ok(usage.estimate() + self.log.bytes())
+    }
+
+    /// Counts redb's pages in use (reading every page) into `usage`.
+    fn count_pages(&self, usage: &mut Usage) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(err)?;
         let stats = tx.stats().map_err(err)?;
         tx.abort().map_err(err)?;
@@ -437,7 +440,7 @@ impl Redb {
             },
             since: 0,
         };
-        Ok(pages + self.log.bytes())
+        Ok(())
     }
 
     /// Removes log records a failed transaction's flush wrote.
