@@ -25,10 +25,14 @@
 //! flush (it repairs its free-page bookkeeping on the next open).
 
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTableMetadata, TableDefinition,
+};
 
 use super::StoreError;
 use super::logfiles::LogFiles;
@@ -226,17 +230,29 @@ pub fn last_in(
 /// The store on redb: one file, one writer, readers never blocked; the
 /// `log` table as files beside it ([`LogFiles`]).
 pub struct Redb {
-    db: Database,
+    db: Arc<Database>,
     path: std::path::PathBuf,
     log: LogFiles,
-    usage: Mutex<Usage>,
+    /// Bytes in use, shared with a count under way.
+    usage: Arc<Mutex<Usage>>,
+    /// The count of pages under way on its own thread, if any.
+    counter: Mutex<Option<JoinHandle<()>>>,
+    /// Asks that count to end early (the store is closing).
+    closing: Arc<AtomicBool>,
+    /// How old a count may get before the next begins
+    /// ([`EXACT_USAGE_EVERY`]).
+    recount_every: Duration,
+    /// Held by a test to keep a count from reading its snapshot.
+    #[cfg(test)]
+    pub(crate) count_gate: Arc<Mutex<()>>,
 }
 
 /// Longest an estimate of the pages in use goes without an exact count.
 /// redb counts them only by reading every page of every table, about a
 /// second per GB of store here: done at each maintenance pass, it took 11-13 %
 /// of the writer's thread at 10,000 hosts a few minutes in, and more as the
-/// store grew.
+/// store grew. Counts after the first run on a thread of their own
+/// ([`Redb::used_bytes`]), so the writer never waits for one.
 pub const EXACT_USAGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Pages in use per byte of entries written since an exact count, when
@@ -249,7 +265,7 @@ const DEFAULT_PAGES_PER_BYTE: f64 = 1.5;
 /// entries (keys and values) written since, less those removed.
 #[derive(Debug, Default)]
 struct Usage {
-    /// When pages were last counted.
+    /// When the last count began.
     counted: Option<Instant>,
     /// Bytes of the pages in use then.
     pages: u64,
@@ -258,6 +274,9 @@ struct Usage {
     per_byte: f64,
     /// Entry bytes written since, less those removed.
     since: i64,
+    /// A count under way: `since` as its snapshot began, which its result
+    /// includes.
+    counting: Option<i64>,
 }
 
 impl Usage {
@@ -266,6 +285,38 @@ impl Usage {
     fn estimate(&self) -> u64 {
         (self.pages as f64 + self.since as f64 * self.per_byte).max(0.0) as u64
     }
+
+    /// Takes a count of a snapshot taken when `since` was `seen`: what was
+    /// written after the snapshot stays in `since`.
+    fn counted(&mut self, (pages, entries): (u64, u64), began: Instant, seen: i64) {
+        self.counted = Some(began);
+        self.pages = pages;
+        self.per_byte = if entries < 1 << 20 {
+            DEFAULT_PAGES_PER_BYTE
+        } else {
+            (pages as f64 / entries as f64).clamp(1.0, 4.0)
+        };
+        self.since -= seen;
+    }
+}
+
+/// Bytes of the pages of every table in `tx`'s snapshot, and of the entries
+/// in them; `None` if `closing` was raised between two tables.
+fn count_pages_in(
+    tx: &ReadTransaction,
+    closing: &AtomicBool,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let (mut pages, mut entries) = (0, 0);
+    for t in Table::ALL {
+        if closing.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let stats = tx.open_table(def(t)).map_err(err)?.stats().map_err(err)?;
+        // A page's bytes are its pairs, its own layout and its free space.
+        pages += stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        entries += stats.stored_bytes();
+    }
+    Ok(Some((pages, entries)))
 }
 
 /// The directory of the `log` table's files, beside the redb file.
@@ -296,10 +347,15 @@ impl Redb {
         tx.commit().map_err(err)?;
         let log = LogFiles::open(&dir.join(LOG_DIR))?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             path,
             log,
-            usage: Mutex::default(),
+            usage: Arc::default(),
+            counter: Mutex::default(),
+            closing: Arc::default(),
+            recount_every: EXACT_USAGE_EVERY,
+            #[cfg(test)]
+            count_gate: Arc::default(),
         })
     }
 
@@ -321,6 +377,14 @@ impl Redb {
             self.log.scan(from, to, visit)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Redb {
+    /// Ends a count under way (at its next table) before the file closes.
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.join_count();
     }
 }
 
@@ -396,15 +460,18 @@ impl Engine for Redb {
             .transpose()
     }
 
-    /// Exact when last counted within [`EXACT_USAGE_EVERY`] plus what was
-    /// written since ([`Usage`]); otherwise counts the pages first.
+    /// The pages as last counted plus what was written since ([`Usage`]).
+    /// The first call counts them; a call when the last count is
+    /// [`EXACT_USAGE_EVERY`] old starts one on a thread of its own (which
+    /// inherits this thread's priority) and returns the estimate.
     fn used_bytes(&self) -> Result<u64, StoreError> {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        if usage
-            .counted
-            .is_none_or(|at| at.elapsed() >= EXACT_USAGE_EVERY)
-        {
-            self.count_pages(&mut usage)?;
+        match usage.counted {
+            None => self.count_pages(&mut usage)?,
+            Some(at) if at.elapsed() >= self.recount_every && usage.counting.is_none() => {
+                self.start_count(&mut usage);
+            }
+            Some(_) => {}
         }
         Ok(usage.estimate() + self.log.bytes())
     }
@@ -415,32 +482,90 @@ impl Engine for Redb {
 }
 
 impl Redb {
-    /// Bytes in use, with redb's pages counted exactly (reading every page;
-    /// [`Engine::used_bytes`] does so once per [`EXACT_USAGE_EVERY`]).
+    /// Bytes in use, with redb's pages counted exactly now (reading every
+    /// page), after any count under way has ended.
     pub fn count_used_bytes(&self) -> Result<u64, StoreError> {
+        self.join_count();
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         self.count_pages(&mut usage)?;
         Ok(usage.estimate() + self.log.bytes())
     }
 
-    /// Counts redb's pages in use (reading every page) into `usage`.
+    /// Counts redb's pages in use (reading every page) into `usage`, on
+    /// this thread. The lock on `usage` keeps commits out until the
+    /// snapshot is taken ([`Self::apply_tables`]).
     fn count_pages(&self, usage: &mut Usage) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        let stats = tx.stats().map_err(err)?;
-        tx.abort().map_err(err)?;
-        let pages = stats.allocated_pages() * stats.page_size() as u64;
-        let entries = stats.stored_bytes();
-        *usage = Usage {
-            counted: Some(Instant::now()),
-            pages,
-            per_byte: if entries < 1 << 20 {
-                DEFAULT_PAGES_PER_BYTE
-            } else {
-                (pages as f64 / entries as f64).clamp(1.0, 4.0)
-            },
-            since: 0,
-        };
+        let began = Instant::now();
+        let tx = self.db.begin_read().map_err(err)?;
+        if let Some(counted) = count_pages_in(&tx, &AtomicBool::new(false))? {
+            let seen = usage.since;
+            usage.counted(counted, began, seen);
+        }
         Ok(())
+    }
+
+    /// Starts a count on its own thread: its snapshot is taken now, under
+    /// the lock on `usage` the caller holds, so it sees exactly the commits
+    /// `since` holds.
+    fn start_count(&self, usage: &mut Usage) {
+        self.join_count();
+        let tx = match self.db.begin_read() {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::warn!(cause = %err(e), "store: pages not counted; the estimate of bytes in use stands");
+                return;
+            }
+        };
+        let began = Instant::now();
+        usage.counting = Some(usage.since);
+        let (shared, closing) = (self.usage.clone(), self.closing.clone());
+        #[cfg(test)]
+        let gate = self.count_gate.clone();
+        let count = move || {
+            #[cfg(test)]
+            drop(gate.lock());
+            let result = count_pages_in(&tx, &closing);
+            drop(tx);
+            let mut usage = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let seen = usage.counting.take().unwrap_or(0);
+            match result {
+                Ok(Some(counted)) => usage.counted(counted, began, seen),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(cause = %e, "store: pages not counted; the estimate of bytes in use stands");
+                }
+            }
+        };
+        match std::thread::Builder::new()
+            .name("hostpulse-store-count".into())
+            .spawn(count)
+        {
+            Ok(handle) => {
+                *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            }
+            Err(e) => {
+                usage.counting = None;
+                tracing::warn!(cause = %e, "store: pages not counted (no thread); the estimate of bytes in use stands");
+            }
+        }
+    }
+
+    /// Counts every `every` instead of [`EXACT_USAGE_EVERY`].
+    #[cfg(test)]
+    pub(crate) fn set_recount_every(&mut self, every: Duration) {
+        self.recount_every = every;
+    }
+
+    /// Waits for a count under way, if any.
+    pub(crate) fn join_count(&self) {
+        let handle = self
+            .counter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// Removes log records a failed transaction's flush wrote.
@@ -482,11 +607,11 @@ impl Redb {
                 }
             }
         }
+        // Committed and counted under one lock: a count's snapshot is taken
+        // under it too, so it sees a commit exactly when `since` holds it.
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         tx.commit().map_err(err)?;
-        self.usage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .since += written;
+        usage.since += written;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hostpulse_proto::{Cpu, Load, Sample};
 
@@ -824,31 +825,39 @@ fn a_burst_through_a_queue_of_one_batch_stores_every_sample() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A put of entry `i` into `blocks`: 4 KiB that do not compress.
+fn incompressible_put(i: u32, rng: &mut u64) -> super::engine::Op {
+    let v: Vec<u8> = (0..4096)
+        .map(|_| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng as u8
+        })
+        .collect();
+    super::engine::Op::Put(Table::Blocks, i.to_be_bytes().to_vec(), v)
+}
+
+/// Puts entries `from..from + 4096` (16 MiB) in transactions of 256.
+fn put_16_mib(engine: &Redb, from: u32, rng: &mut u64) {
+    for batch in 0..16u32 {
+        let first = from + batch * 256;
+        let ops: Vec<_> = (first..first + 256)
+            .map(|i| incompressible_put(i, rng))
+            .collect();
+        engine.apply(&ops).unwrap();
+    }
+}
+
 #[test]
 fn bytes_in_use_follow_writes_and_deletes_between_exact_counts() {
     use super::engine::Op;
     let dir = temp_dir("usage");
     let engine = Redb::open(&dir).unwrap();
     let empty = engine.used_bytes().unwrap();
-    // 16 MiB of values that do not compress, in 4 KiB entries.
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let put = |i: u32, rng: &mut u64| {
-        let v: Vec<u8> = (0..4096)
-            .map(|_| {
-                *rng ^= *rng << 13;
-                *rng ^= *rng >> 7;
-                *rng ^= *rng << 17;
-                *rng as u8
-            })
-            .collect();
-        Op::Put(Table::Blocks, i.to_be_bytes().to_vec(), v)
-    };
-    for batch in 0..16u32 {
-        let ops: Vec<Op> = (batch * 256..(batch + 1) * 256)
-            .map(|i| put(i, &mut rng))
-            .collect();
-        engine.apply(&ops).unwrap();
-    }
+    let put = incompressible_put;
+    put_16_mib(&engine, 0, &mut rng);
     // Not counted again yet: an estimate from the entries written, which
     // an exact count then confirms within its pages' slack.
     let estimated = engine.used_bytes().unwrap();
@@ -874,5 +883,37 @@ fn bytes_in_use_follow_writes_and_deletes_between_exact_counts() {
         after + (8 << 20) <= counted && after > counted / 4,
         "{after} after deleting half of {counted}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_count_on_its_own_thread_sees_each_commit_once() {
+    let dir = temp_dir("usage-behind");
+    let mut engine = Redb::open(&dir).unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    engine.used_bytes().unwrap();
+    put_16_mib(&engine, 0, &mut rng);
+    // Due at once: this call takes a snapshot of the first 16 MiB, starts
+    // its count and returns the estimate without waiting for it; 16 MiB more
+    // are committed before the count ends (the gate holds it).
+    engine.set_recount_every(Duration::ZERO);
+    let gate = engine.count_gate.clone();
+    let held = gate.lock().unwrap();
+    let before = engine.used_bytes().unwrap();
+    engine.set_recount_every(Duration::from_secs(3600));
+    put_16_mib(&engine, 4096, &mut rng);
+    drop(held);
+    engine.join_count();
+    let estimated = engine.used_bytes().unwrap();
+    let counted = engine.count_used_bytes().unwrap();
+    // A commit counted twice would make the estimate about 1.5 times the
+    // count; one lost, about half of it.
+    let ratio = estimated as f64 / counted as f64;
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "estimated {estimated} after the count, counted {counted} (before it {before})"
+    );
+    assert!(counted >= 32 << 20, "counted {counted}");
+    drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
 }
