@@ -22,7 +22,7 @@
 //!
 //! `store-engines` (see [`store`]) needs no aggregator process: it drives the
 //! aggregator's embedded store over each candidate engine and runs only when
-//! named; so do `store-usage` and `store-fill`, which measure what a store
+//! named; so do `store-usage`, `store-fill` and `store-deltas`, which measure what a store
 //! holds.
 
 mod client;
@@ -334,6 +334,10 @@ fn main() -> anyhow::Result<()> {
             "{:28} simulated hosts into a new store (--store-dir), then store-usage",
             "store-fill"
         );
+        println!(
+            "{:28} a stopped aggregator's sealed raw blocks, each way of choosing pco's deltas",
+            "store-deltas"
+        );
         return Ok(());
     }
     for (name, run) in [
@@ -342,6 +346,7 @@ fn main() -> anyhow::Result<()> {
             store::run as fn(&store::StoreArgs, usize) -> anyhow::Result<()>,
         ),
         ("store-usage", |a, _| store::usage(a)),
+        ("store-deltas", store::deltas),
         ("store-fill", |a, _| store::fill(a)),
     ] {
         if args.scenarios.iter().any(|s| s == name) {

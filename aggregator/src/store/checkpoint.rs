@@ -19,14 +19,15 @@
 //! it merges.
 //!
 //! Also the writing of one series' rows as open chunks ([`write_rows`],
-//! shared with the log's replay) and the sealing of a run's window
-//! ([`seal`]).
+//! shared with the log's replay), the sealing of a run's window
+//! ([`seal`]), and the delta encoding each series' raw blocks are
+//! compressed with ([`Deltas`]).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::StoreError;
 use super::chunks::{Group, Groups, RUN, group_key, run_len, run_of};
-use super::codec::{decode_block, decode_chunk, encode_block};
+use super::codec::{Delta, decode_block, decode_chunk, encode_block_with};
 use super::engine::{Engine, Op, Table, block_key, parse_time_key, time_key};
 use super::tier::{Rows, Tier};
 
@@ -314,14 +315,61 @@ pub(crate) fn write_rows(
     *disk = Some(newest);
 }
 
+/// A series searches again for its raw blocks' delta encoding once in this
+/// many raw windows (every 2 hours at 15-minute windows).
+pub const SEARCH_EVERY: i64 = 8;
+
+/// The delta encoding each series' last sealed raw block got, which its
+/// next blocks reuse ([`Delta`]). pco's search for it compresses a sample
+/// of the column each way: it took 60 % of a block's compression time on
+/// simulated and on real agents' samples (BENCHMARKS.md, "Seals without
+/// pco's search"), and it picks the same again for a series whose values
+/// keep their nature (a counter, a percentage, a constant). A series
+/// searches again one raw window in [`SEARCH_EVERY`], staggered over the
+/// series, so a change in its values is followed within hours. Rollup
+/// blocks (sealed once a day or a month) always search. Held by the
+/// writer, lost at a restart (its first blocks search).
+#[derive(Debug, Default)]
+pub struct Deltas(Vec<Option<Delta>>);
+
+impl Deltas {
+    /// How series `id`'s block of window `w` of `tier` is delta encoded.
+    pub fn for_block(&self, id: u32, tier: Tier, w: i64) -> Delta {
+        let window = w.div_euclid(tier.window_ms());
+        if tier != Tier::Raw || (window + i64::from(id)).rem_euclid(SEARCH_EVERY) == 0 {
+            return Delta::Search;
+        }
+        self.0
+            .get(id as usize)
+            .copied()
+            .flatten()
+            .unwrap_or(Delta::Search)
+    }
+
+    /// Series `id`'s block of `tier` was encoded as `used` says (one
+    /// encoding per value column).
+    pub fn used(&mut self, id: u32, tier: Tier, used: &[Delta]) {
+        if tier != Tier::Raw {
+            return;
+        }
+        let i = id as usize;
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        self.0[i] = used.first().copied();
+    }
+}
+
 /// Adds to `ops` the sealing of window `w` of `tier` for the series of
 /// `run`: each one's existing block (if any) and open chunks merged into
-/// one block; the groups go. Returns the blocks written.
+/// one block, delta encoded as `deltas` says; the groups go. Returns the
+/// blocks written.
 pub fn seal(
     engine: &dyn Engine,
     run: u32,
     tier: Tier,
     w: i64,
+    deltas: &mut Deltas,
     ops: &mut Vec<Op>,
 ) -> Result<usize, StoreError> {
     let t = tier as u8;
@@ -390,7 +438,9 @@ pub fn seal(
         if rows.is_empty() {
             continue;
         }
-        let block = encode_block(&rows)?;
+        let delta = deltas.for_block(id, tier, w);
+        let (block, used) = encode_block_with(&rows, |_| delta)?;
+        deltas.used(id, tier, &used);
         ops.push(Op::Put(
             Table::ByTime,
             time_key(t, w, id).to_vec(),
@@ -430,6 +480,30 @@ mod tests {
         assert_eq!(r.records(9).collect::<Vec<_>>(), [1, 2]);
         let n = r.trimmable(3, r.slice_at(3));
         assert_eq!(r.records(n).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn a_series_reuses_its_last_raw_blocks_delta_encoding_and_searches_again_in_turn() {
+        let mut d = Deltas::default();
+        let raw = Tier::Raw.window_ms();
+        // Series 3: window 5 searches ((5 + 3) % 8 == 0); none known yet
+        // for window 6 either.
+        assert_eq!(d.for_block(3, Tier::Raw, 5 * raw), Delta::Search);
+        assert_eq!(d.for_block(3, Tier::Raw, 6 * raw), Delta::Search);
+        d.used(3, Tier::Raw, &[Delta::Consecutive(2)]);
+        for w in 6..13 {
+            assert_eq!(d.for_block(3, Tier::Raw, w * raw), Delta::Consecutive(2));
+        }
+        assert_eq!(d.for_block(3, Tier::Raw, 13 * raw), Delta::Search);
+        // Each series its own; other series search in other windows.
+        assert_eq!(d.for_block(4, Tier::Raw, 6 * raw), Delta::Search);
+        d.used(4, Tier::Raw, &[Delta::None]);
+        assert_eq!(d.for_block(4, Tier::Raw, 5 * raw), Delta::None);
+        assert_eq!(d.for_block(4, Tier::Raw, 12 * raw), Delta::Search);
+        // Rollups always search, and leave the raw choice alone.
+        d.used(3, Tier::Minute, &[Delta::None; 5]);
+        assert_eq!(d.for_block(3, Tier::Minute, 0), Delta::Search);
+        assert_eq!(d.for_block(3, Tier::Raw, 7 * raw), Delta::Consecutive(2));
     }
 
     #[test]

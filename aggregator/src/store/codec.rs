@@ -15,7 +15,11 @@
 //! (bytes, counts, counters) is compressed as 64-bit integers, any other as
 //! 64-bit floats; pco finds the precision a float column really has (an f32
 //! widened to f64, a percentage with two decimals) and a constant column
-//! costs a few bytes. Decoding restores every value bit for bit.
+//! costs a few bytes. Decoding restores every value bit for bit. A value
+//! column's delta encoding is pco's to choose ([`Delta::Search`]) or the
+//! caller's ([`encode_block_with`]; the writer reuses a series' last one,
+//! [`super::checkpoint::Deltas`]); the block does not record which, pco's
+//! own bytes do.
 //!
 //! An open chunk is what one flush or checkpoint wrote for a series and tier
 //! before its window closed; chunks are merged into a block when the window
@@ -36,7 +40,9 @@
 //! columns)` little endian (the first byte below 0x80), still decodes: log
 //! records and open chunks written before an upgrade are read back.
 
-use pco::standalone::{simple_compress, simple_decompress};
+use pco::data_types::Number;
+use pco::metadata::DeltaEncoding;
+use pco::standalone::{FileCompressor, simple_decompress};
 use pco::{ChunkConfig, DeltaSpec};
 
 use super::tier::Rows;
@@ -75,9 +81,70 @@ fn put_column(out: &mut Vec<u8>, kind: u8, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Compresses `rows` into a sealed block.
+/// A value column's delta encoding in pco.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delta {
+    /// pco's choice: it compresses a sample of the column (200 values)
+    /// without deltas, with lookback deltas, and with deltas of rising order
+    /// while each is smaller, and keeps the smallest.
+    Search,
+    /// The values as they are.
+    None,
+    /// Differences between neighbours, taken `order` times.
+    Consecutive(u8),
+    /// Differences to an earlier value pco picks for each.
+    Lookback,
+}
+
+impl Delta {
+    fn spec(self) -> DeltaSpec {
+        match self {
+            Self::Search => DeltaSpec::Auto,
+            Self::None => DeltaSpec::NoOp,
+            Self::Consecutive(order) => DeltaSpec::TryConsecutive(usize::from(order)),
+            Self::Lookback => DeltaSpec::TryLookback,
+        }
+    }
+
+    fn of(encoding: &DeltaEncoding) -> Self {
+        match encoding {
+            DeltaEncoding::Consecutive { order, .. } => {
+                Self::Consecutive((*order).min(usize::from(u8::MAX)) as u8)
+            }
+            DeltaEncoding::Lookback { .. } => Self::Lookback,
+            _ => Self::None,
+        }
+    }
+}
+
+/// `nums` compressed by pco as one chunk (as `simple_compress` does for a
+/// column of a block: under 2^18 values), and the delta encoding used.
+fn compress<T: Number>(nums: &[T], delta: Delta) -> Result<(Vec<u8>, Delta), CodecError> {
+    let config = ChunkConfig::default().with_delta_spec(delta.spec());
+    let file = FileCompressor::default().with_n_hint(nums.len());
+    let mut out = file.write_header(Vec::new()).map_err(pco_err)?;
+    let mut used = Delta::None;
+    if !nums.is_empty() {
+        let mut chunk = file.chunk_compressor(nums, &config).map_err(pco_err)?;
+        used = Delta::of(&chunk.meta().delta_encoding);
+        out = chunk.write(out).map_err(pco_err)?;
+    }
+    Ok((file.write_footer(out).map_err(pco_err)?, used))
+}
+
+/// Compresses `rows` into a sealed block, pco choosing each value column's
+/// delta encoding ([`Delta::Search`]).
 pub fn encode_block(rows: &Rows) -> Result<Vec<u8>, CodecError> {
-    let config = ChunkConfig::default();
+    encode_block_with(rows, |_| Delta::Search).map(|(block, _)| block)
+}
+
+/// Compresses `rows` into a sealed block with value column `i` delta
+/// encoded as `delta(i)` says; returns the block and the encoding each
+/// value column got.
+pub fn encode_block_with(
+    rows: &Rows,
+    mut delta: impl FnMut(usize) -> Delta,
+) -> Result<(Vec<u8>, Vec<Delta>), CodecError> {
     let mut out = Vec::with_capacity(64 + rows.len());
     out.push(VERSION);
     out.push(rows.cols.len() as u8);
@@ -90,29 +157,19 @@ pub fn encode_block(rows: &Rows) -> Result<Vec<u8>, CodecError> {
     }
     // Already deltas: no search for a delta encoding of them (which would
     // cost as much as compressing the values), they compress as they are.
-    let ts_config = ChunkConfig::default().with_delta_spec(DeltaSpec::NoOp);
-    put_column(
-        &mut out,
-        KIND_I64,
-        &simple_compress(&deltas, &ts_config).map_err(pco_err)?,
-    );
-    for col in &rows.cols {
-        if integral(col) {
+    put_column(&mut out, KIND_I64, &compress(&deltas, Delta::None)?.0);
+    let mut used = Vec::with_capacity(rows.cols.len());
+    for (i, col) in rows.cols.iter().enumerate() {
+        let (kind, (bytes, got)) = if integral(col) {
             let ints: Vec<i64> = col.iter().map(|v| *v as i64).collect();
-            put_column(
-                &mut out,
-                KIND_I64,
-                &simple_compress(&ints, &config).map_err(pco_err)?,
-            );
+            (KIND_I64, compress(&ints, delta(i))?)
         } else {
-            put_column(
-                &mut out,
-                KIND_F64,
-                &simple_compress(col, &config).map_err(pco_err)?,
-            );
-        }
+            (KIND_F64, compress(col, delta(i))?)
+        };
+        put_column(&mut out, kind, &bytes);
+        used.push(got);
     }
-    Ok(out)
+    Ok((out, used))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -376,6 +433,32 @@ mod tests {
         }
         let bytes = encode_block(&c).unwrap();
         assert!(bytes.len() < 200, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn every_delta_encoding_round_trips_and_is_reported_as_used() {
+        // A counter rising by about the same step, and a constant.
+        let mut rows = Rows::new(1);
+        for i in 0..900i64 {
+            rows.push(1_795_000_000_000 + i * 1000, &[(i * 4096 + i % 3) as f64]);
+        }
+        let (block, used) = encode_block_with(&rows, |_| Delta::Search).unwrap();
+        assert_eq!(block, encode_block(&rows).unwrap());
+        assert_eq!(used, [Delta::Consecutive(1)], "the search on a counter");
+        for delta in [
+            Delta::None,
+            Delta::Consecutive(1),
+            Delta::Consecutive(2),
+            Delta::Lookback,
+        ] {
+            let (block, used) = encode_block_with(&rows, |_| delta).unwrap();
+            assert_eq!(used, [delta]);
+            assert_eq!(decode_block(&block).unwrap(), rows, "{delta:?}");
+        }
+        let walk = walk(900, 11);
+        let (block, used) = encode_block_with(&walk, |_| Delta::None).unwrap();
+        assert_eq!(used, [Delta::None]);
+        assert_eq!(decode_block(&block).unwrap(), walk);
     }
 
     #[test]

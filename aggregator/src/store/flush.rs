@@ -76,7 +76,14 @@ impl Writer {
         let mut retry = Vec::new();
         for &(run, tier, w) in &due {
             let mark = ops.len();
-            if let Err(e) = seal(self.engine.as_ref(), run, tier, w, &mut ops) {
+            if let Err(e) = seal(
+                self.engine.as_ref(),
+                run,
+                tier,
+                w,
+                &mut self.deltas,
+                &mut ops,
+            ) {
                 ops.truncate(mark);
                 tracing::warn!(cause = %e, run, tier = tier.name(), "store: sealing a window failed; it is tried again later");
                 retry.push((run, tier, w));
@@ -281,7 +288,14 @@ impl Writer {
         let all = self.seals.all();
         let mut ops = Vec::new();
         for &(run, tier, w) in &all {
-            seal(self.engine.as_ref(), run, tier, w, &mut ops)?;
+            seal(
+                self.engine.as_ref(),
+                run,
+                tier,
+                w,
+                &mut self.deltas,
+                &mut ops,
+            )?;
         }
         self.engine.apply(&ops)?;
         Ok(all.len())

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{Window, seal};
+use super::checkpoint::{Deltas, Window, seal};
 use super::chunks::{self, Groups};
 use super::codec::decode_chunk;
 use super::config::StorageConfig;
@@ -38,6 +38,7 @@ pub fn seal_leftovers(
     let mut older = Vec::new();
     let mut ops = Vec::new();
     let mut sealed = 0;
+    let mut deltas = Deltas::default();
     for (i, &(tier, run, w)) in windows.iter().enumerate() {
         // In key order: a run's windows of one tier, oldest first.
         let newest = windows
@@ -50,7 +51,7 @@ pub fn seal_leftovers(
         if w + tier.window_ms() >= before {
             continue;
         }
-        sealed += seal(engine, run, tier, w, &mut ops)?;
+        sealed += seal(engine, run, tier, w, &mut deltas, &mut ops)?;
         if ops.len() >= DELETE_BATCH {
             engine.apply(&std::mem::take(&mut ops))?;
         }

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::StoreError;
-use super::checkpoint::{seal, write_rows};
+use super::checkpoint::{Deltas, seal, write_rows};
 use super::chunks::{Groups, LastGroup, newest_from};
 use super::codec::{self, CodecError};
 use super::engine::{Engine, Op, Table};
@@ -278,8 +278,9 @@ pub fn replay(engine: &dyn Engine) -> Result<usize, StoreError> {
     ended.sort();
     ended.dedup();
     let mut seals = Vec::new();
+    let mut deltas = Deltas::default();
     for (run, tier, w) in ended {
-        seal(engine, run, tier, w, &mut seals)?;
+        seal(engine, run, tier, w, &mut deltas, &mut seals)?;
     }
     if !seals.is_empty() {
         engine.apply(&seals)?;

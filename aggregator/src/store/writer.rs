@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use foldhash::fast::RandomState;
 use hostpulse_proto::Sample;
 
-use super::checkpoint::{Rotation, Seals, seal};
+use super::checkpoint::{Deltas, Rotation, Seals, seal};
 use super::chunks::{LastGroup, newest_from, run_of};
 use super::engine::{Engine, Op, Table};
 use super::processes::{self, OpenMinute};
@@ -312,6 +312,8 @@ pub struct Writer {
     pub(super) failed_flushes: usize,
     /// Windows that ended, to seal.
     pub(super) seals: Seals,
+    /// How each series' raw blocks are delta encoded.
+    pub(super) deltas: Deltas,
     /// The buffer of the last log record, reused by the next.
     pub(super) record_buf: Vec<u8>,
     /// Per tier, the newest open-chunk group of the run last resumed
@@ -351,6 +353,7 @@ impl Writer {
             step: 0,
             failed_flushes: 0,
             seals: Seals::new(super::StorageConfig::default().flush_interval_ms),
+            deltas: Deltas::default(),
             record_buf: Vec::new(),
             last_groups: [None, None, None],
             procs: Map::default(),
@@ -574,7 +577,14 @@ impl Writer {
         }
         let mut ops = Vec::new();
         for (run, tier, w) in windows {
-            seal(self.engine.as_ref(), run, tier, w, &mut ops)?;
+            seal(
+                self.engine.as_ref(),
+                run,
+                tier,
+                w,
+                &mut self.deltas,
+                &mut ops,
+            )?;
         }
         if !ops.is_empty() {
             self.last_groups = [None, None, None];

@@ -13,8 +13,10 @@
 //!
 //! `store-usage` and `store-fill` ([`usage`]) measure what a store holds,
 //! per host, tier and field: an aggregator's, or one filled with simulated
-//! hosts.
+//! hosts. `store-deltas` ([`deltas`]) compresses a store's sealed raw blocks
+//! again with each way of choosing pco's delta encoding.
 
+mod deltas;
 mod fjall_engine;
 pub(crate) mod sim;
 mod usage;
@@ -312,6 +314,16 @@ pub(crate) fn usage(args: &StoreArgs) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("store-usage needs --store-dir"))?;
     usage::run(dir)
+}
+
+/// `store-deltas`: the sealed raw blocks of `--store-dir` compressed again
+/// with each way of choosing pco's delta encoding.
+pub(crate) fn deltas(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
+    let dir = args
+        .store_dir
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("store-deltas needs --store-dir"))?;
+    deltas::run(dir, runs)
 }
 
 /// `store-fill`: `--store-hosts` simulated hosts for `--store-hours` at

@@ -31,7 +31,7 @@ use redb::{ReadOnlyDatabase, ReadableDatabase};
 const DAY_MS: f64 = 86_400_000.0;
 
 /// The store's redb file opened read-only: scans only.
-struct ReadOnly {
+pub(super) struct ReadOnly {
     db: ReadOnlyDatabase,
     path: PathBuf,
 }
@@ -41,7 +41,7 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
 }
 
 impl ReadOnly {
-    fn open(dir: &Path) -> anyhow::Result<Self> {
+    pub(super) fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(REDB_FILE);
         let db = ReadOnlyDatabase::open(&path).map_err(|e| {
             anyhow::anyhow!("{}: {e} (is the aggregator still running?)", path.display())
@@ -128,7 +128,7 @@ struct HostTier {
 }
 
 /// `host \0 field{labels}` → (host, field without labels).
-fn split_name(name: &str) -> (String, String) {
+pub(super) fn split_name(name: &str) -> (String, String) {
     let (host, field) = name.split_once('\0').unwrap_or(("", name));
     let field = field.split('{').next().unwrap_or(field);
     (host.to_owned(), field.to_owned())
