@@ -287,16 +287,7 @@ impl Writer {
         self.last_groups = [None, None, None];
         let all = self.seals.all();
         let mut ops = Vec::new();
-        for &(run, tier, w) in &all {
-            seal(
-                self.engine.as_ref(),
-                run,
-                tier,
-                w,
-                &mut self.deltas,
-                &mut ops,
-            )?;
-        }
+        self.seal_into(all.iter().copied(), &mut ops)?;
         self.engine.apply(&ops)?;
         Ok(all.len())
     }

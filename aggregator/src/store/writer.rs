@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use foldhash::fast::RandomState;
 use hostpulse_proto::Sample;
 
-use super::checkpoint::{Deltas, Rotation, Seals, seal};
+use super::checkpoint::{Deltas, Rotation, Seals, Window, seal};
 use super::chunks::{LastGroup, newest_from, run_of};
 use super::engine::{Engine, Op, Table};
 use super::processes::{self, OpenMinute};
@@ -474,6 +474,19 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds to `ops` the sealing of each window (run, tier, start), with
+    /// the series' delta encodings ([`Deltas`]).
+    pub(super) fn seal_into(
+        &mut self,
+        windows: impl IntoIterator<Item = Window>,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), StoreError> {
+        for (run, tier, w) in windows {
+            seal(self.engine.as_ref(), run, tier, w, &mut self.deltas, ops)?;
+        }
+        Ok(())
+    }
+
     /// Series `id`'s place in `series`, which grows to hold it.
     fn slot(&mut self, id: u32) -> &mut Option<SeriesState> {
         let i = id as usize;
@@ -576,16 +589,7 @@ impl Writer {
             }
         }
         let mut ops = Vec::new();
-        for (run, tier, w) in windows {
-            seal(
-                self.engine.as_ref(),
-                run,
-                tier,
-                w,
-                &mut self.deltas,
-                &mut ops,
-            )?;
-        }
+        self.seal_into(windows, &mut ops)?;
         if !ops.is_empty() {
             self.last_groups = [None, None, None];
             self.engine.apply(&ops)?;
