@@ -388,6 +388,7 @@ fn decode_plain(body: &[u8], into: &mut Rows) -> Result<(), CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pco::standalone::simple_compress;
 
     fn walk(n: usize, seed: u64) -> Rows {
         let mut rows = Rows::new(1);
@@ -445,6 +446,21 @@ mod tests {
         let (block, used) = encode_block_with(&rows, |_| Delta::Search).unwrap();
         assert_eq!(block, encode_block(&rows).unwrap());
         assert_eq!(used, [Delta::Consecutive(1)], "the search on a counter");
+        // Each column is the bytes pco's `simple_compress` makes, as blocks
+        // written before the choice was the caller's.
+        let mut r = Reader(&block[6..]);
+        let (_, ts) = r.column().unwrap();
+        let (_, values) = r.column().unwrap();
+        let deltas: Vec<i64> = std::iter::once(rows.ts[0])
+            .chain(rows.ts.windows(2).map(|w| w[1] - w[0]))
+            .collect();
+        let no_op = ChunkConfig::default().with_delta_spec(DeltaSpec::NoOp);
+        assert_eq!(ts, simple_compress(&deltas, &no_op).unwrap());
+        let ints: Vec<i64> = rows.cols[0].iter().map(|v| *v as i64).collect();
+        assert_eq!(
+            values,
+            simple_compress(&ints, &ChunkConfig::default()).unwrap()
+        );
         for delta in [
             Delta::None,
             Delta::Consecutive(1),
