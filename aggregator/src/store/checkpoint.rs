@@ -321,10 +321,11 @@ pub const SEARCH_EVERY: i64 = 8;
 
 /// The delta encoding each series' last sealed raw block got, which its
 /// next blocks reuse ([`Delta`]). pco's search for it compresses a sample
-/// of the column each way: it took 60 % of a block's compression time on
-/// simulated and on real agents' samples (BENCHMARKS.md, "Seals without
-/// pco's search"), and it picks the same again for a series whose values
-/// keep their nature (a counter, a percentage, a constant). A series
+/// of the column each way: it took about half of a block's compression
+/// time on simulated and on real agents' samples (BENCHMARKS.md, "Seals
+/// without pco's search"), and it picked the encoding of the series' block
+/// before for 95 % of blocks (a counter stays a counter, a percentage a
+/// percentage, a constant a constant). A series
 /// searches again one raw window in [`SEARCH_EVERY`], staggered over the
 /// series, so a change in its values is followed within hours. Rollup
 /// blocks (sealed once a day or a month) always search. Held by the

@@ -492,8 +492,9 @@ impl Redb {
     }
 
     /// Counts redb's pages in use (reading every page) into `usage`, on
-    /// this thread. The lock on `usage` keeps commits out until the
-    /// snapshot is taken ([`Self::apply_tables`]).
+    /// this thread: at the first call, and when a count is asked for. The
+    /// caller's lock on `usage` keeps commits out for the whole count
+    /// ([`Self::apply_tables`]).
     fn count_pages(&self, usage: &mut Usage) -> Result<(), StoreError> {
         let began = Instant::now();
         let tx = self.db.begin_read().map_err(err)?;
@@ -524,7 +525,12 @@ impl Redb {
         let count = move || {
             #[cfg(test)]
             drop(gate.lock());
-            let result = count_pages_in(&tx, &closing);
+            // A panic in the walk must still clear `counting` below, or no
+            // count would start again.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                count_pages_in(&tx, &closing)
+            }))
+            .unwrap_or_else(|_| Err(StoreError::Engine("the count of pages panicked".into())));
             drop(tx);
             let mut usage = shared.lock().unwrap_or_else(PoisonError::into_inner);
             let seen = usage.counting.take().unwrap_or(0);
