@@ -172,6 +172,14 @@ pub fn encode_block_with(
     Ok((out, used))
 }
 
+/// Bytes of a sealed block's timestamp column (pco's, without the
+/// column's kind and length).
+pub fn timestamp_bytes(block: &[u8]) -> Result<usize, CodecError> {
+    let mut r = Reader(block);
+    r.take(6)?; // version, columns, rows
+    Ok(r.column()?.1.len())
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -438,7 +446,7 @@ mod tests {
 
     #[test]
     fn every_delta_encoding_round_trips_and_is_reported_as_used() {
-        // A counter rising by about the same step, and a constant.
+        // A counter rising by about the same step.
         let mut rows = Rows::new(1);
         for i in 0..900i64 {
             rows.push(1_795_000_000_000 + i * 1000, &[(i * 4096 + i % 3) as f64]);

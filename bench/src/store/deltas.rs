@@ -9,18 +9,18 @@
 //! Every way is timed on the same blocks in turns, `--runs` times, so the
 //! machine's noise falls on all of them alike.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hostpulse_aggregator::store::checkpoint::{Deltas, SEARCH_EVERY};
-use hostpulse_aggregator::store::codec::{Delta, decode_block, encode_block, encode_block_with};
+use hostpulse_aggregator::store::codec::{Delta, decode_block, encode_block_with, timestamp_bytes};
 use hostpulse_aggregator::store::engine::{Engine, Table, parse_block_key};
 use hostpulse_aggregator::store::tier::{Rows, Tier};
 use pco::ChunkConfig;
 use pco::standalone::simple_compress;
 
-use super::usage::{ReadOnly, split_name};
+use super::usage::{ReadOnly, series_names};
 
 /// Ways of choosing, in the order printed.
 const WAYS: [&str; 4] = [
@@ -38,13 +38,7 @@ struct Series {
 
 pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
     let engine = ReadOnly::open(dir)?;
-    let mut names: HashMap<u32, String> = HashMap::new();
-    engine.scan(Table::Series, &[], &[0xff], &mut |k, v| {
-        if let (Ok(name), Ok(id)) = (std::str::from_utf8(k), <[u8; 4]>::try_from(v)) {
-            names.insert(u32::from_be_bytes(id), split_name(name).1);
-        }
-        true
-    })?;
+    let names = series_names(&engine)?;
     let mut series: BTreeMap<u32, Series> = BTreeMap::new();
     let mut failure = None;
     engine.scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
@@ -54,7 +48,7 @@ pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
                     series
                         .entry(id)
                         .or_insert_with(|| Series {
-                            field: names.get(&id).cloned().unwrap_or_default(),
+                            field: names.get(&id).map(|(_, f)| f.clone()).unwrap_or_default(),
                             blocks: Vec::new(),
                         })
                         .blocks
@@ -94,6 +88,11 @@ pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
     // Blocks after a series' first, and those the search gave the same
     // encoding as the block before.
     let (mut followers, mut same) = (0u32, 0u32);
+    // Timestamps: as sealed (differences, compressed without deltas), and
+    // the times themselves left to pco's search (a mode that splits off a
+    // multiple of the pace, and deltas); pco's bytes only.
+    let (mut ts_sealed, mut ts_searched) = (0u64, 0u64);
+    let searched = ChunkConfig::default();
     for run in 0..runs.max(1) {
         let mut time = [Duration::ZERO; WAYS.len()];
         let mut deltas = Deltas::default();
@@ -120,6 +119,8 @@ pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
                         let f = field_bytes.entry(&s.field).or_default();
                         f.0[way] += b;
                         if way == 0 {
+                            ts_sealed += timestamp_bytes(&block)? as u64;
+                            ts_searched += simple_compress(&rows.ts, &searched)?.len() as u64;
                             if let Some(b) = before.replace(used.clone()) {
                                 followers += 1;
                                 same += u32::from(b == used);
@@ -154,20 +155,6 @@ pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
             bytes[way] as f64 / values as f64,
             ns[ns.len() / 2]
         );
-    }
-    // Timestamps: as sealed (differences, compressed without deltas), and
-    // the times themselves left to pco's search (a mode that splits off a
-    // multiple of the pace, and deltas).
-    let (mut ts_sealed, mut ts_searched) = (0u64, 0u64);
-    let searched = ChunkConfig::default();
-    for (_, rows) in series.values().flat_map(|s| &s.blocks) {
-        // Version, columns, rows (6 bytes), then the timestamps' column:
-        // kind, length (u32), pco's bytes.
-        let block = encode_block(rows)?;
-        ts_sealed += block.get(7..11).map_or(0, |l| {
-            u64::from(u32::from_le_bytes(l.try_into().expect("4 bytes")))
-        });
-        ts_searched += simple_compress(&rows.ts, &searched)?.len() as u64;
     }
     println!(
         "timestamps: as sealed {:.3} B/value; the times left to pco's search {:.3}",

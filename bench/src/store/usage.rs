@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hostpulse_aggregator::store::chunks;
-use hostpulse_aggregator::store::codec::{decode_block, decode_chunk, encode_block};
+use hostpulse_aggregator::store::codec::{
+    decode_block, decode_chunk, encode_block, timestamp_bytes,
+};
 use hostpulse_aggregator::store::engine::{
     Engine, Entry, Op, REDB_FILE, Redb, Table, last_in, parse_block_key, scan_in,
 };
@@ -128,7 +130,7 @@ struct HostTier {
 }
 
 /// `host \0 field{labels}` → (host, field without labels).
-pub(super) fn split_name(name: &str) -> (String, String) {
+fn split_name(name: &str) -> (String, String) {
     let (host, field) = name.split_once('\0').unwrap_or(("", name));
     let field = field.split('{').next().unwrap_or(field);
     (host.to_owned(), field.to_owned())
@@ -166,14 +168,22 @@ pub(crate) fn run(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn report(engine: &dyn Engine) -> anyhow::Result<()> {
-    let mut names: HashMap<u32, (String, String)> = HashMap::new();
+/// Every series' (host, field without labels), by id.
+pub(super) fn series_names(
+    engine: &dyn Engine,
+) -> Result<HashMap<u32, (String, String)>, StoreError> {
+    let mut names = HashMap::new();
     engine.scan(Table::Series, &[], &[0xff], &mut |k, v| {
         if let (Ok(name), Ok(id)) = (std::str::from_utf8(k), <[u8; 4]>::try_from(v)) {
             names.insert(u32::from_be_bytes(id), split_name(name));
         }
         true
     })?;
+    Ok(names)
+}
+
+fn report(engine: &dyn Engine) -> anyhow::Result<()> {
+    let names = series_names(engine)?;
     // Sealed blocks, per series and tier.
     let mut sealed: BTreeMap<(u32, u8), Sealed> = BTreeMap::new();
     let mut failure = None;
@@ -189,11 +199,8 @@ fn report(engine: &dyn Engine) -> anyhow::Result<()> {
                 }
                 s.blocks += 1;
                 s.bytes += (k.len() + v.len()) as u64;
-                // version, columns, rows (6 bytes), then the timestamps:
-                // kind (1), length (4), bytes.
-                s.ts_bytes += v.get(7..11).map_or(0, |l| {
-                    5 + u32::from_le_bytes(l.try_into().expect("4")) as u64
-                });
+                // The timestamps' column with its kind (1) and length (4).
+                s.ts_bytes += timestamp_bytes(v).map_or(0, |n| 5 + n as u64);
                 s.rows += rows.len() as u64;
                 s.first = s.first.min(rows.ts[0]);
                 s.last = s.last.max(*rows.ts.last().expect("not empty"));
