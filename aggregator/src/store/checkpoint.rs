@@ -27,8 +27,9 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::StoreError;
 use super::chunks::{Group, Groups, RUN, group_key, run_len, run_of};
-use super::codec::{Delta, decode_block, decode_chunk, encode_block_with};
+use super::codec::{Delta, decode_chunk, encode_block_shared, encode_block_with, encode_stamps};
 use super::engine::{Engine, Op, Table, block_key, parse_time_key, time_key};
+use super::stamps::{self, Blocks, stamp_key};
 use super::tier::{Rows, Tier};
 
 /// Consecutive series ids in the same slice: a run of the open chunks'
@@ -363,8 +364,9 @@ impl Deltas {
 
 /// Adds to `ops` the sealing of window `w` of `tier` for the series of
 /// `run`: each one's existing block (if any) and open chunks merged into
-/// one block, delta encoded as `deltas` says; the groups go. Returns the
-/// blocks written.
+/// one block, delta encoded as `deltas` says (raw blocks with the same
+/// timestamps naming one shared column of them, [`stamps`]); the groups
+/// go. Returns the blocks written.
 pub fn seal(
     engine: &dyn Engine,
     run: u32,
@@ -418,38 +420,63 @@ pub fn seal(
             true
         },
     )?;
-    let mut blocks = 0;
+    let mut reader = Blocks::new(engine);
+    let mut merged = Vec::with_capacity(by_series.len());
     for (id, mut rows) in by_series {
         let (start, end) = (block_key(id, t, w), block_key(id, t, w + tier.window_ms()));
         let mut old = None;
         if sealed_before.contains(&id) {
-            engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
-                old = Some(decode_block(v));
+            engine.scan(Table::Blocks, &start, &end, &mut |k, v| {
+                old = Some((k.to_vec(), v.to_vec()));
                 false
             })?;
         }
-        match old {
-            Some(Ok(b)) => rows.extend(&b),
-            Some(Err(e)) => {
-                tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: an unreadable block was replaced while sealing");
+        if let Some((k, v)) = old {
+            match reader.decode(&k, &v) {
+                Ok(b) => rows.extend(&b),
+                Err(e) => {
+                    tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: an unreadable block was replaced while sealing");
+                }
             }
-            None => {}
         }
         rows.sort_dedup();
-        if rows.is_empty() {
-            continue;
+        if !rows.is_empty() {
+            merged.push((id, rows));
         }
-        let delta = deltas.for_block(id, tier, w);
-        let (block, used) = encode_block_with(&rows, |_| delta)?;
-        deltas.used(id, tier, &used);
+    }
+    // Raw blocks of a window with the same timestamps (a host's series)
+    // share one column of them; rollup rows are a bucket's start, which
+    // compress to almost nothing in each block.
+    let shared = if tier == Tier::Raw {
+        stamps::sharing(merged.iter().map(|(_, rows)| rows))
+    } else {
+        vec![None; merged.len()]
+    };
+    let mut written = HashSet::new();
+    for ((id, rows), stamp) in merged.iter().zip(shared) {
+        let delta = deltas.for_block(*id, tier, w);
+        let (block, used) = match stamp {
+            Some(h) => {
+                if written.insert(h) {
+                    ops.push(Op::Put(
+                        Table::Stamps,
+                        stamp_key(t, w, h).to_vec(),
+                        encode_stamps(&rows.ts)?,
+                    ));
+                }
+                encode_block_shared(rows, h, |_| delta)?
+            }
+            None => encode_block_with(rows, |_| delta)?,
+        };
+        deltas.used(*id, tier, &used);
         ops.push(Op::Put(
             Table::ByTime,
-            time_key(t, w, id).to_vec(),
+            time_key(t, w, *id).to_vec(),
             ((block.len() + 13) as u32).to_be_bytes().to_vec(),
         ));
-        ops.push(Op::Put(Table::Blocks, start.to_vec(), block));
-        blocks += 1;
+        ops.push(Op::Put(Table::Blocks, block_key(*id, t, w).to_vec(), block));
     }
+    let blocks = merged.len();
     Ok(blocks)
 }
 

@@ -1,10 +1,13 @@
 //! Bytes of the store: sealed blocks (column-wise and compressed) and open
 //! chunks (the rows of one flush, plain).
 //!
-//! A sealed block holds one series' rows of one tier over one window:
+//! A sealed block holds one series' rows of one tier over one window, with
+//! its own timestamps or naming a timestamp column it shares with other
+//! series of its window ([`super::stamps`]):
 //!
 //! ```text
 //! u8 version (1) | u8 columns | u32 rows | ts column | value columns...
+//! u8 version (2) | u8 columns | u32 rows | u64 stamp | value columns...
 //! column = u8 kind | u32 length | bytes
 //! ```
 //!
@@ -48,6 +51,8 @@ use pco::{ChunkConfig, DeltaSpec};
 use super::tier::Rows;
 
 const VERSION: u8 = 1;
+/// A block whose timestamps are its window's shared column.
+const VERSION_SHARED: u8 = 2;
 const KIND_F64: u8 = 0;
 const KIND_I64: u8 = 1;
 
@@ -143,21 +148,41 @@ pub fn encode_block(rows: &Rows) -> Result<Vec<u8>, CodecError> {
 /// value column got.
 pub fn encode_block_with(
     rows: &Rows,
-    mut delta: impl FnMut(usize) -> Delta,
+    delta: impl FnMut(usize) -> Delta,
 ) -> Result<(Vec<u8>, Vec<Delta>), CodecError> {
+    let mut out = header(VERSION, rows);
+    put_column(&mut out, KIND_I64, &encode_stamps(&rows.ts)?);
+    let used = put_values(&mut out, rows, delta)?;
+    Ok((out, used))
+}
+
+/// As [`encode_block_with`], without the timestamps: the block names them
+/// by `stamp`, the key of its window's timestamp column that holds
+/// `rows.ts` ([`encode_stamps`], [`super::stamps`]).
+pub fn encode_block_shared(
+    rows: &Rows,
+    stamp: u64,
+    delta: impl FnMut(usize) -> Delta,
+) -> Result<(Vec<u8>, Vec<Delta>), CodecError> {
+    let mut out = header(VERSION_SHARED, rows);
+    out.extend_from_slice(&stamp.to_le_bytes());
+    let used = put_values(&mut out, rows, delta)?;
+    Ok((out, used))
+}
+
+fn header(version: u8, rows: &Rows) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + rows.len());
-    out.push(VERSION);
+    out.push(version);
     out.push(rows.cols.len() as u8);
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-    let mut deltas = Vec::with_capacity(rows.len());
-    let mut prev = 0i64;
-    for &t in &rows.ts {
-        deltas.push(t.wrapping_sub(prev));
-        prev = t;
-    }
-    // Already deltas: no search for a delta encoding of them (which would
-    // cost as much as compressing the values), they compress as they are.
-    put_column(&mut out, KIND_I64, &compress(&deltas, Delta::None)?.0);
+    out
+}
+
+fn put_values(
+    out: &mut Vec<u8>,
+    rows: &Rows,
+    mut delta: impl FnMut(usize) -> Delta,
+) -> Result<Vec<Delta>, CodecError> {
     let mut used = Vec::with_capacity(rows.cols.len());
     for (i, col) in rows.cols.iter().enumerate() {
         let (kind, (bytes, got)) = if integral(col) {
@@ -166,15 +191,59 @@ pub fn encode_block_with(
         } else {
             (KIND_F64, compress(col, delta(i))?)
         };
-        put_column(&mut out, kind, &bytes);
+        put_column(out, kind, &bytes);
         used.push(got);
     }
-    Ok((out, used))
+    Ok(used)
 }
 
-/// Bytes of a sealed block's timestamp column (pco's, without the
-/// column's kind and length).
+/// A timestamp column, compressed: the first timestamp and the
+/// differences, as pco integers. Already deltas: no search for a delta
+/// encoding of them (which would cost as much as compressing the values),
+/// they compress as they are.
+pub fn encode_stamps(ts: &[i64]) -> Result<Vec<u8>, CodecError> {
+    let mut deltas = Vec::with_capacity(ts.len());
+    let mut prev = 0i64;
+    for &t in ts {
+        deltas.push(t.wrapping_sub(prev));
+        prev = t;
+    }
+    Ok(compress(&deltas, Delta::None)?.0)
+}
+
+/// The timestamps of [`encode_stamps`]' bytes.
+pub fn decode_stamps(bytes: &[u8]) -> Result<Vec<i64>, CodecError> {
+    let deltas: Vec<i64> = simple_decompress(bytes).map_err(pco_err)?;
+    let mut acc = 0i64;
+    Ok(deltas
+        .iter()
+        .map(|d| {
+            acc = acc.wrapping_add(*d);
+            acc
+        })
+        .collect())
+}
+
+/// The key of the shared timestamp column a block names, if it names one
+/// (else its timestamps are its own).
+pub fn block_stamp(block: &[u8]) -> Result<Option<u64>, CodecError> {
+    let mut r = Reader(block);
+    match r.u8()? {
+        VERSION => Ok(None),
+        VERSION_SHARED => {
+            r.take(5)?; // columns, rows
+            Ok(Some(r.u64()?))
+        }
+        _ => Err(CodecError::Corrupt("unknown block version")),
+    }
+}
+
+/// Bytes of a sealed block's own timestamp column (pco's, without the
+/// column's kind and length); 0 when it names a shared one.
 pub fn timestamp_bytes(block: &[u8]) -> Result<usize, CodecError> {
+    if block_stamp(block)?.is_some() {
+        return Ok(0);
+    }
     let mut r = Reader(block);
     r.take(6)?; // version, columns, rows
     Ok(r.column()?.1.len())
@@ -202,6 +271,12 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
     fn column(&mut self) -> Result<(u8, &'a [u8]), CodecError> {
         let kind = self.u8()?;
         let len = self.u32()? as usize;
@@ -209,28 +284,33 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decompresses a sealed block.
+/// Decompresses a sealed block with its own timestamps.
 pub fn decode_block(bytes: &[u8]) -> Result<Rows, CodecError> {
+    decode_block_at(bytes, None)
+}
+
+/// Decompresses a sealed block; `shared` is the timestamp column it names
+/// ([`block_stamp`]), if it names one.
+pub fn decode_block_at(bytes: &[u8], shared: Option<&[i64]>) -> Result<Rows, CodecError> {
     let mut r = Reader(bytes);
-    if r.u8()? != VERSION {
-        return Err(CodecError::Corrupt("unknown block version"));
-    }
+    let version = r.u8()?;
     let ncols = r.u8()? as usize;
     let n = r.u32()? as usize;
-    let (_, ts) = r.column()?;
-    let deltas: Vec<i64> = simple_decompress(ts).map_err(pco_err)?;
-    if deltas.len() != n {
+    let mut rows = Rows::new(0);
+    match (version, shared) {
+        (VERSION, _) => rows.ts = decode_stamps(r.column()?.1)?,
+        (VERSION_SHARED, Some(ts)) => {
+            r.u64()?;
+            rows.ts = ts.to_vec();
+        }
+        (VERSION_SHARED, None) => {
+            return Err(CodecError::Corrupt("shared timestamps not given"));
+        }
+        _ => return Err(CodecError::Corrupt("unknown block version")),
+    }
+    if rows.ts.len() != n {
         return Err(CodecError::Corrupt("timestamp count"));
     }
-    let mut rows = Rows::new(0);
-    let mut acc = 0i64;
-    rows.ts = deltas
-        .iter()
-        .map(|d| {
-            acc = acc.wrapping_add(*d);
-            acc
-        })
-        .collect();
     for _ in 0..ncols {
         let (kind, data) = r.column()?;
         let col: Vec<f64> = match kind {
@@ -483,6 +563,27 @@ mod tests {
         let (block, used) = encode_block_with(&walk, |_| Delta::None).unwrap();
         assert_eq!(used, [Delta::None]);
         assert_eq!(decode_block(&block).unwrap(), walk);
+    }
+
+    #[test]
+    fn a_block_naming_a_shared_timestamp_column_reads_back_with_it() {
+        let rows = walk(900, 5);
+        let column = encode_stamps(&rows.ts).unwrap();
+        let (block, _) = encode_block_shared(&rows, 0xfeed, |_| Delta::Search).unwrap();
+        let (own, _) = encode_block_with(&rows, |_| Delta::Search).unwrap();
+        // The timestamps are all that differs: a hash in place of them.
+        assert_eq!(block.len() + column.len() + 5, own.len() + 8);
+        assert_eq!(block_stamp(&block).unwrap(), Some(0xfeed));
+        assert_eq!(block_stamp(&own).unwrap(), None);
+        assert_eq!(timestamp_bytes(&block).unwrap(), 0);
+        assert_eq!(timestamp_bytes(&own).unwrap(), column.len());
+        let ts = decode_stamps(&column).unwrap();
+        assert_eq!(decode_block_at(&block, Some(&ts)).unwrap(), rows);
+        assert_eq!(decode_block(&own).unwrap(), rows);
+        // Without its column, or with one of another length, it is an
+        // error rather than rows at the wrong times.
+        assert!(decode_block(&block).is_err());
+        assert!(decode_block_at(&block, Some(&ts[1..])).is_err());
     }
 
     #[test]

@@ -59,11 +59,14 @@ pub enum Table {
     Procs,
     /// Process table minutes by time.
     ProcsByTime,
+    /// Timestamp columns shared by the raw blocks of a window
+    /// ([`super::stamps`]).
+    Stamps,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Series,
         Table::Blocks,
         Table::Open,
@@ -73,6 +76,7 @@ impl Table {
         Table::History,
         Table::Procs,
         Table::ProcsByTime,
+        Table::Stamps,
     ];
 
     /// Its name in the engine.
@@ -87,6 +91,7 @@ impl Table {
             Table::History => "history",
             Table::Procs => "procs",
             Table::ProcsByTime => "procs_by_time",
+            Table::Stamps => "stamps",
         }
     }
 }

@@ -17,6 +17,7 @@ use super::codec::decode_chunk;
 use super::config::StorageConfig;
 use super::engine::{Engine, Op, Table, block_key, parse_block_key, parse_time_key, time_key};
 use super::processes;
+use super::stamps;
 use super::tier::{Rows, Tier};
 use super::writer::Writer;
 use super::{StoreError, StoreStats};
@@ -99,7 +100,8 @@ pub fn migrate_open(engine: &dyn Engine) -> Result<usize, StoreError> {
 }
 
 /// Deletes the sealed blocks of `tier` whose window started before `cutoff`
-/// (at most `limit` windows when given); returns (blocks, bytes) deleted.
+/// (at most `limit` windows when given), then the timestamp columns of
+/// those windows ([`stamps`]); returns (blocks, bytes) deleted.
 fn delete_before(
     engine: &dyn Engine,
     tier: Tier,
@@ -140,6 +142,15 @@ fn delete_before(
             bytes += b;
         }
         engine.apply(&ops)?;
+    }
+    // Then the timestamp columns those windows' blocks shared, and any a
+    // deletion stopped before left.
+    if let Some(last) = victims.iter().map(|v| v.0).max() {
+        let mut ops = Vec::new();
+        bytes += stamps::delete_through(engine, t, last, &mut ops)?;
+        for chunk in ops.chunks(DELETE_BATCH) {
+            engine.apply(chunk)?;
+        }
     }
     Ok((blocks, bytes))
 }

@@ -54,6 +54,7 @@ pub mod read;
 pub mod recent;
 pub mod rollup;
 pub mod series;
+pub mod stamps;
 pub mod tier;
 pub mod writer;
 

@@ -5,9 +5,10 @@
 
 use super::StoreError;
 use super::chunks::read_open;
-use super::codec::decode_block;
+use super::codec::{CodecError, decode_block_at};
 use super::engine::{Engine, Table, block_key, parse_block_key};
 use super::recent::Recent;
+use super::stamps::{Blocks, Column};
 use super::tier::{Rows, Tier};
 
 /// Key of a series in the `series` table: `host \0 field`.
@@ -62,16 +63,24 @@ pub fn read_rows(
     // (deduplicated), never in neither.
     let mut open = Rows::new(tier.cols());
     read_open(engine, series, tier, from, to, &mut open)?;
-    let mut failure = None;
-    engine.scan(Table::Blocks, &start, &end, &mut |_, v| {
-        if let Err(e) = decode_block(v).map(|b| rows.extend(&b)) {
-            failure = Some(e);
-            return false;
-        }
+    let mut blocks = Vec::new();
+    engine.scan(Table::Blocks, &start, &end, &mut |k, v| {
+        blocks.push((k.to_vec(), v.to_vec()));
         true
     })?;
-    if let Some(e) = failure.take() {
-        return Err(e.into());
+    let mut reader = Blocks::new(engine);
+    for (k, v) in blocks {
+        match reader.column(&k, &v)? {
+            None => rows.extend(&decode_block_at(&v, None)?),
+            Some(Column { ts: Some(ts), .. }) => rows.extend(&decode_block_at(&v, Some(&ts))?),
+            // Its column is gone: retention deleted its window after the
+            // scan above (the block goes first) unless the block is still
+            // there.
+            Some(Column { ts: None, .. }) if still_there(engine, &k)? => {
+                return Err(CodecError::Corrupt("its shared timestamps are missing").into());
+            }
+            Some(Column { ts: None, .. }) => {}
+        }
     }
     rows.extend(&open);
     rows.extend(&newest);
@@ -98,6 +107,18 @@ pub fn last_block_ts(
     let Some((k, v)) = engine.last(Table::Blocks, &start, &end)? else {
         return Ok(None);
     };
-    let rows = decode_block(&v)?;
+    let rows = Blocks::new(engine).decode(&k, &v)?;
     Ok(rows.ts.last().copied().or(parse_block_key(&k).map(|p| p.2)))
+}
+
+/// Whether `blocks` holds `key`.
+fn still_there(engine: &dyn Engine, key: &[u8]) -> Result<bool, StoreError> {
+    let mut end = key.to_vec();
+    end.push(0);
+    let mut found = false;
+    engine.scan(Table::Blocks, key, &end, &mut |k, _| {
+        found = k == key;
+        false
+    })?;
+    Ok(found)
 }

@@ -917,3 +917,140 @@ fn a_count_on_its_own_thread_sees_each_commit_once() {
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shared timestamp columns of raw window `w`, as (hash, rows).
+fn stamp_columns(engine: &dyn Engine, w: i64) -> Vec<(u64, usize)> {
+    use super::stamps::{parse_stamp_key, stamp_key};
+    let mut columns = Vec::new();
+    engine
+        .scan(
+            Table::Stamps,
+            &stamp_key(0, w, 0),
+            &stamp_key(0, w + 1, 0),
+            &mut |k, v| {
+                let (_, _, hash) = parse_stamp_key(k).unwrap();
+                columns.push((hash, super::codec::decode_stamps(v).unwrap().len()));
+                true
+            },
+        )
+        .unwrap();
+    columns
+}
+
+/// Which raw blocks of window `w` name a shared column, and which hold
+/// their own timestamps.
+fn raw_blocks_sharing(engine: &dyn Engine, w: i64) -> (usize, usize) {
+    let (mut shared, mut own) = (0, 0);
+    engine
+        .scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
+            let (_, tier, bw) = super::engine::parse_block_key(k).unwrap();
+            if tier == 0 && bw == w {
+                match super::codec::block_stamp(v).unwrap() {
+                    Some(_) => shared += 1,
+                    None => own += 1,
+                }
+            }
+            true
+        })
+        .unwrap();
+    (shared, own)
+}
+
+#[test]
+fn a_hosts_raw_blocks_share_one_timestamp_column_through_a_second_seal_and_retention() {
+    use super::Tier;
+    use super::read::{read_rows, series_id, series_name};
+    let dir = temp_dir("stamps");
+    let (engine, mut w) = open(&dir);
+    let e = engine.as_ref();
+    // Two hosts whose samples jitter differently; six series each.
+    let ts_a = |i: i64| T0 + i * 1000 + (i * 37) % 200;
+    let ts_b = |i: i64| T0 + i * 1000 + 500 + (i * 53) % 300;
+    let host = |w: &mut Writer, name: &str, i: i64, ts: i64| {
+        w.ingest(name, &sample(i as u64 + 1, ts, cpu_at(i), i as f64))
+            .unwrap();
+    };
+    // `a` reports for 5 minutes and goes quiet; `b` goes on into the next
+    // raw window (15 minutes), which seals b's first.
+    for i in 0..300 {
+        host(&mut w, "a", i, ts_a(i));
+        host(&mut w, "b", i, ts_b(i));
+    }
+    for i in 300..1000 {
+        host(&mut w, "b", i, ts_b(i));
+    }
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    w.seal_queued().unwrap();
+    // The quiet host's window is sealed once it ended.
+    assert!(w.seal_idle(T0 + 16 * 60_000).unwrap() > 0);
+    let mut columns = stamp_columns(e, T0);
+    columns.sort_by_key(|c| c.1);
+    assert_eq!(
+        columns.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [300, 900],
+        "one column per host"
+    );
+    assert_eq!(raw_blocks_sharing(e, T0), (12, 0));
+    // Then `a` sends what it held back: its window is sealed again, with
+    // the blocks sealed before.
+    for i in 300..1000 {
+        host(&mut w, "a", i, ts_a(i));
+    }
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    w.seal_queued().unwrap();
+    let mut columns = stamp_columns(e, T0);
+    columns.sort_by_key(|c| c.1);
+    // a's first column stays (written once, never changed) until its
+    // window goes.
+    assert_eq!(
+        columns.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [300, 900, 900]
+    );
+    assert_eq!(raw_blocks_sharing(e, T0), (12, 0));
+    // Every timestamp and value reads back exactly, from the blocks and
+    // the columns they name.
+    let end = T0 + 1001 * 1000;
+    for (name, ts) in [("a", &ts_a as &dyn Fn(i64) -> i64), ("b", &ts_b)] {
+        for (field, value) in [
+            (
+                "cpu.total_pct",
+                &(|i: i64| f64::from(cpu_at(i))) as &dyn Fn(i64) -> f64,
+            ),
+            ("load.one", &(|i: i64| i as f64)),
+        ] {
+            let id = series_id(e, &series_name(name, field)).unwrap().unwrap();
+            let raw = read_rows(e, Some(w.recent()), id, Tier::Raw, T0, end).unwrap();
+            let sent: Vec<(i64, f64)> = (0..1000).map(|i| (ts(i), value(i))).collect();
+            let back: Vec<(i64, f64)> = raw.ts.iter().copied().zip(raw.cols[0].clone()).collect();
+            assert_eq!(back, sent, "{name} {field}");
+        }
+    }
+    // Retention takes the first window's blocks and its columns, not the
+    // next window's.
+    w.seal_idle(T0 + 31 * 60_000).unwrap();
+    let next = T0 + 15 * 60_000;
+    assert_eq!(stamp_columns(e, next).len(), 2);
+    let config = StorageConfig {
+        raw_retention_hours: 3,
+        ..StorageConfig::default()
+    };
+    maintain::run(
+        &mut w,
+        &config,
+        &StoreStats::default(),
+        T0 + 3 * 3_600_000 + 25 * 60_000,
+    )
+    .unwrap();
+    assert_eq!(raw_blocks_sharing(e, T0), (0, 0));
+    assert!(stamp_columns(e, T0).is_empty());
+    assert_eq!(raw_blocks_sharing(e, next), (12, 0));
+    assert_eq!(stamp_columns(e, next).len(), 2);
+    let id = series_id(e, &series_name("a", "load.one"))
+        .unwrap()
+        .unwrap();
+    let raw = read_rows(e, Some(w.recent()), id, Tier::Raw, T0, end).unwrap();
+    assert_eq!(raw.ts, (900..1000).map(ts_a).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}

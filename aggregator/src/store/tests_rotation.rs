@@ -4,7 +4,7 @@
 //! sent, seals that fall due together spread over flushes, and failed
 //! flushes: no series name lost, memory bounded after a whole rotation.
 
-use super::codec::{decode_block, decode_chunk};
+use super::codec::decode_chunk;
 use super::engine::{Engine, Table, parse_block_key};
 use super::query::series;
 use super::tests::{T0, cpu_at, entries, open, open_chunks, sample, temp_dir};
@@ -57,11 +57,12 @@ fn stored_raw_rows(engine: &dyn Engine) -> std::collections::BTreeMap<u32, usize
         true
     })
     .unwrap();
+    let mut reader = super::stamps::Blocks::new(engine);
     engine
         .scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
             let (id, t, _) = parse_block_key(k).unwrap();
             if t == Tier::Raw as u8 {
-                *rows.entry(id).or_insert(0) += decode_block(v).unwrap().len();
+                *rows.entry(id).or_insert(0) += reader.decode(k, v).unwrap().len();
             }
             true
         })

@@ -4,7 +4,9 @@
 //! none, first-order deltas, and as the writer does now ([`Deltas`]: the
 //! encoding the search chose for the series' previous block, searching
 //! again one window in [`SEARCH_EVERY`]). For each: the
-//! bytes per value (key and timestamps included, as in `store-usage`), the
+//! bytes per value (key and timestamps included, each block with its own
+//! as before timestamp columns were shared: `store-usage` gives the
+//! store's figure), the
 //! encoding time per value, and per field the encodings the search chose.
 //! Every way is timed on the same blocks in turns, `--runs` times, so the
 //! machine's noise falls on all of them alike.
@@ -14,8 +16,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hostpulse_aggregator::store::checkpoint::{Deltas, SEARCH_EVERY};
-use hostpulse_aggregator::store::codec::{Delta, decode_block, encode_block_with, timestamp_bytes};
+use hostpulse_aggregator::store::codec::{Delta, encode_block_with, timestamp_bytes};
 use hostpulse_aggregator::store::engine::{Engine, Table, parse_block_key};
+use hostpulse_aggregator::store::stamps::Blocks;
 use hostpulse_aggregator::store::tier::{Rows, Tier};
 use pco::ChunkConfig;
 use pco::standalone::simple_compress;
@@ -41,9 +44,10 @@ pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
     let names = series_names(&engine)?;
     let mut series: BTreeMap<u32, Series> = BTreeMap::new();
     let mut failure = None;
+    let mut reader = Blocks::new(&engine);
     engine.scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
         match parse_block_key(k) {
-            Some((id, tier, w)) if tier == Tier::Raw as u8 => match decode_block(v) {
+            Some((id, tier, w)) if tier == Tier::Raw as u8 => match reader.decode(k, v) {
                 Ok(rows) if !rows.is_empty() => {
                     series
                         .entry(id)

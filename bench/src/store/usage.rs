@@ -1,7 +1,8 @@
 //! `store-usage`: what an aggregator's store holds, measured read-only
 //! (open it after the aggregator stopped: redb locks the file).
 //! For each host and tier: sealed blocks, their bytes per row and per
-//! value (and the timestamps' share), the values (or rows) a day and the
+//! value (and the timestamps' share; a timestamp column blocks share is
+//! shared out evenly between them), the values (or rows) a day and the
 //! bytes a day; for the raw tier
 //! also the bytes per value of each field. Rows still in open chunks are
 //! counted apart, with what they would take sealed now (an estimate: a
@@ -20,11 +21,12 @@ use std::sync::Arc;
 
 use hostpulse_aggregator::store::chunks;
 use hostpulse_aggregator::store::codec::{
-    decode_block, decode_chunk, encode_block, timestamp_bytes,
+    block_stamp, decode_block_at, decode_chunk, encode_block, timestamp_bytes,
 };
 use hostpulse_aggregator::store::engine::{
     Engine, Entry, Op, REDB_FILE, Redb, Table, last_in, parse_block_key, scan_in,
 };
+use hostpulse_aggregator::store::stamps::{Blocks, stamp_key};
 use hostpulse_aggregator::store::tier::{Rows, Tier};
 use hostpulse_aggregator::store::writer::Writer;
 use hostpulse_aggregator::store::{StoreError, StoreStats};
@@ -84,7 +86,9 @@ impl Engine for ReadOnly {
 #[derive(Default)]
 struct Sealed {
     bytes: u64,
-    /// Of which the timestamp column (its kind, length and pco bytes).
+    /// Of which the timestamp column (its kind, length and pco bytes), or
+    /// the block's share of the timestamp column it shares with others
+    /// (with its key).
     ts_bytes: u64,
     rows: u64,
     blocks: u64,
@@ -184,23 +188,57 @@ pub(super) fn series_names(
 
 fn report(engine: &dyn Engine) -> anyhow::Result<()> {
     let names = series_names(engine)?;
+    // Shared timestamp columns: their bytes, and the blocks naming each,
+    // which share them out.
+    let mut columns: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+    engine.scan(Table::Stamps, &[], &[0xff; 18], &mut |k, v| {
+        columns.insert(k.to_vec(), ((k.len() + v.len()) as u64, 0));
+        true
+    })?;
+    engine.scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
+        if let (Ok(Some(hash)), Some((_, tier, w))) = (block_stamp(v), parse_block_key(k))
+            && let Some(c) = columns.get_mut(stamp_key(tier, w, hash).as_slice())
+        {
+            c.1 += 1;
+        }
+        true
+    })?;
     // Sealed blocks, per series and tier.
     let mut sealed: BTreeMap<(u32, u8), Sealed> = BTreeMap::new();
     let mut failure = None;
+    let mut reader = Blocks::new(engine);
     engine.scan(Table::Blocks, &[], &[0xff; 14], &mut |k, v| {
         let Some((id, tier, _)) = parse_block_key(k) else {
             return true;
         };
-        match decode_block(v) {
-            Ok(rows) if !rows.is_empty() => {
+        let decoded = reader.column(k, v).and_then(|column| {
+            // The timestamps' column with its kind (1) and length (4), or
+            // this block's share of the shared column it names.
+            let (own, shared) = match &column {
+                None => (timestamp_bytes(v).map_or(0, |n| 5 + n as u64), 0),
+                Some(c) => (
+                    0,
+                    columns
+                        .get(c.key.as_slice())
+                        .map_or(0, |(bytes, refs)| (bytes + refs / 2) / refs.max(&1)),
+                ),
+            };
+            let ts = column.and_then(|c| c.ts);
+            let rows = match ts {
+                Some(ts) => decode_block_at(v, Some(&ts))?,
+                None => decode_block_at(v, None)?,
+            };
+            Ok((rows, own, shared))
+        });
+        match decoded {
+            Ok((rows, own, shared)) if !rows.is_empty() => {
                 let s = sealed.entry((id, tier)).or_default();
                 if s.blocks == 0 {
                     s.first = rows.ts[0];
                 }
                 s.blocks += 1;
-                s.bytes += (k.len() + v.len()) as u64;
-                // The timestamps' column with its kind (1) and length (4).
-                s.ts_bytes += timestamp_bytes(v).map_or(0, |n| 5 + n as u64);
+                s.bytes += (k.len() + v.len()) as u64 + shared;
+                s.ts_bytes += own + shared;
                 s.rows += rows.len() as u64;
                 s.first = s.first.min(rows.ts[0]);
                 s.last = s.last.max(*rows.ts.last().expect("not empty"));
