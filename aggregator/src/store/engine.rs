@@ -186,6 +186,7 @@ pub const REDB_FILE: &str = "store.redb";
 pub const CACHE_BYTES: usize = 64 << 20;
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 fn def(t: Table) -> Def {
     TableDefinition::new(t.name())
@@ -193,6 +194,17 @@ fn def(t: Table) -> Def {
 
 fn err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Engine(e.into().to_string())
+}
+
+/// `table` in a read transaction; `None` when the file has none (a store an
+/// older build wrote, opened read-only: the store creates every table when
+/// it opens).
+fn open_in(tx: &redb::ReadTransaction, table: Table) -> Result<Option<ReadTable>, StoreError> {
+    match tx.open_table(def(table)) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// [`Engine::scan`] in a read transaction of a redb file (the store's, or
@@ -204,7 +216,9 @@ pub fn scan_in(
     to: &[u8],
     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    let t = tx.open_table(def(table)).map_err(err)?;
+    let Some(t) = open_in(tx, table)? else {
+        return Ok(());
+    };
     for entry in t.range(from..to).map_err(err)? {
         let (k, v) = entry.map_err(err)?;
         if !visit(k.value(), v.value()) {
@@ -221,7 +235,9 @@ pub fn last_in(
     from: &[u8],
     to: &[u8],
 ) -> Result<Option<Entry>, StoreError> {
-    let t = tx.open_table(def(table)).map_err(err)?;
+    let Some(t) = open_in(tx, table)? else {
+        return Ok(None);
+    };
     let last = t.range(from..to).map_err(err)?.next_back();
     match last {
         Some(entry) => {

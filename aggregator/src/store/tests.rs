@@ -1054,3 +1054,46 @@ fn a_hosts_raw_blocks_share_one_timestamp_column_through_a_second_seal_and_reten
     assert_eq!(raw.ts, (900..1000).map(ts_a).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_store_an_older_build_wrote_reads_a_table_it_lacks_as_empty() {
+    use super::engine::{Op, REDB_FILE, last_in, scan_in};
+    use redb::ReadableDatabase;
+    let dir = temp_dir("older");
+    let path = dir.join(REDB_FILE);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("series"))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    // Read-only, as `hostpulse-bench store-usage` opens a stopped store.
+    {
+        let db = redb::ReadOnlyDatabase::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let mut seen = 0;
+        scan_in(&tx, Table::Stamps, &[], &[0xff], &mut |_, _| {
+            seen += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, 0);
+        assert!(last_in(&tx, Table::Stamps, &[], &[0xff]).unwrap().is_none());
+    }
+    // The store opening it creates the table.
+    let engine = Redb::open(&dir).unwrap();
+    engine
+        .apply(&[Op::Put(Table::Stamps, vec![1], vec![2])])
+        .unwrap();
+    let mut seen = Vec::new();
+    engine
+        .scan(Table::Stamps, &[], &[0xff], &mut |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    assert_eq!(seen, [(vec![1], vec![2])]);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
