@@ -434,9 +434,12 @@ pub fn seal(
         if let Some((k, v)) = old {
             match reader.decode(&k, &v) {
                 Ok(b) => rows.extend(&b),
-                Err(e) => {
+                // Only a block that does not decode is replaced; an error
+                // reading its shared column fails the seal (retried).
+                Err(StoreError::Codec(e)) => {
                     tracing::warn!(cause = %e, series = id, tier = tier.name(), "store: an unreadable block was replaced while sealing");
                 }
+                Err(e) => return Err(e),
             }
         }
         rows.sort_dedup();

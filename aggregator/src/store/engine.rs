@@ -15,6 +15,9 @@
 //!   `log/` beside the redb file ([`super::logfiles`]).
 //! - `by_time`: tier · window start · series → block bytes (u32): retention
 //!   and eviction walk the oldest windows without touching the blocks.
+//! - `stamps`: tier · window start · hash (u64) → a timestamp column the
+//!   raw blocks of that window with those timestamps share
+//!   ([`super::stamps`]).
 //! - `history`: topic → the hub's history of it at the last clean shutdown
 //!   ([`super::history`]).
 //! - `procs`, `procs_by_time`: process tables per host and minute

@@ -74,9 +74,9 @@ pub fn read_rows(
             None => rows.extend(&decode_block_at(&v, None)?),
             Some(Column { ts: Some(ts), .. }) => rows.extend(&decode_block_at(&v, Some(&ts))?),
             // Its column is gone: retention deleted its window after the
-            // scan above (the block goes first) unless the block is still
-            // there.
-            Some(Column { ts: None, .. }) if still_there(engine, &k)? => {
+            // scan above (the block goes first), unless the block is still
+            // there as it was read.
+            Some(Column { ts: None, .. }) if still_there(engine, &k, &v)? => {
                 return Err(CodecError::Corrupt("its shared timestamps are missing").into());
             }
             Some(Column { ts: None, .. }) => {}
@@ -111,13 +111,14 @@ pub fn last_block_ts(
     Ok(rows.ts.last().copied().or(parse_block_key(&k).map(|p| p.2)))
 }
 
-/// Whether `blocks` holds `key`.
-fn still_there(engine: &dyn Engine, key: &[u8]) -> Result<bool, StoreError> {
+/// Whether `blocks` still holds `block` under `key` (not deleted, nor
+/// replaced by a later seal of its window).
+fn still_there(engine: &dyn Engine, key: &[u8], block: &[u8]) -> Result<bool, StoreError> {
     let mut end = key.to_vec();
     end.push(0);
     let mut found = false;
-    engine.scan(Table::Blocks, key, &end, &mut |k, _| {
-        found = k == key;
+    engine.scan(Table::Blocks, key, &end, &mut |k, v| {
+        found = k == key && v == block;
         false
     })?;
     Ok(found)

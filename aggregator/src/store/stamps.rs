@@ -16,9 +16,11 @@
 //! (late rows) writes the new timestamps under their own hash, and the
 //! blocks not sealed again keep naming the old column. Columns go with
 //! their window ([`delete_through`]). Two different timestamp columns of
-//! one window with the same 64-bit hash would be confused; with 10,000
-//! columns a window the odds are about 10^-11 (and the block's row count is
-//! checked against the column's).
+//! one window with the same 64-bit hash would be confused (within a seal
+//! they are compared, and the second keeps its own; across seals the later
+//! one replaces the earlier): with 10,000 columns a window the odds are
+//! about 3 × 10^-12, and a block's row count is checked against its
+//! column's.
 //!
 //! [`Blocks`] reads blocks back, fetching the columns they name.
 
@@ -62,31 +64,40 @@ pub fn hash(ts: &[i64]) -> u64 {
 /// For each series' rows of one seal (in series order), the hash of its
 /// timestamps if a column of them is to be shared (another series of the
 /// seal has the same timestamps), else `None`. Neighbours (a host's
-/// series) are compared before any hashing.
+/// series) are compared before any hashing; timestamps whose hash another
+/// column of the seal has already are compared with that column, and keep
+/// their own if they differ.
 pub fn sharing<'a>(rows: impl Iterator<Item = &'a Rows>) -> Vec<Option<u64>> {
-    let mut hashes: Vec<u64> = Vec::new();
+    let mut hashes: Vec<Option<u64>> = Vec::new();
+    // Per hash: the first timestamps with it, and how many series have them.
+    let mut columns: HashMap<u64, (&[i64], u32)> = HashMap::new();
     let mut prev: Option<&[i64]> = None;
     for r in rows {
+        let ts = r.ts.as_slice();
         let h = match (prev, hashes.last()) {
-            (Some(p), Some(&h)) if p == r.ts.as_slice() => h,
-            _ => hash(&r.ts),
+            (Some(p), Some(h)) if p == ts => *h,
+            _ => {
+                let h = hash(ts);
+                let first = columns.entry(h).or_insert((ts, 0)).0;
+                (first == ts).then_some(h)
+            }
         };
+        if let Some(h) = h {
+            columns.get_mut(&h).expect("entered").1 += 1;
+        }
         hashes.push(h);
-        prev = Some(&r.ts);
-    }
-    let mut count: HashMap<u64, u32> = HashMap::new();
-    for h in &hashes {
-        *count.entry(*h).or_default() += 1;
+        prev = Some(ts);
     }
     hashes
         .into_iter()
-        .map(|h| (count[&h] > 1).then_some(h))
+        .map(|h| h.filter(|h| columns[h].1 > 1))
         .collect()
 }
 
 /// Adds to `ops` the deletion of the shared columns of `tier`'s windows up
-/// to `last` (included), once their blocks are gone; returns the bytes
-/// (keys and values) deleted.
+/// to `last` (included); returns the bytes (keys and values) deleted. The
+/// caller deletes those windows' blocks first, in transactions that commit
+/// before these ops.
 pub fn delete_through(
     engine: &dyn Engine,
     tier: u8,
@@ -115,7 +126,12 @@ pub struct Column {
     pub ts: Option<Arc<[i64]>>,
 }
 
-/// Sealed blocks read back, the shared columns they name fetched once each.
+/// Columns a [`Blocks`] keeps before it starts again: a reader of a whole
+/// store walks blocks in series order, over every window.
+const CACHED: usize = 1024;
+
+/// Sealed blocks read back, the shared columns they name fetched once each
+/// (the last [`CACHED`]).
 pub struct Blocks<'a> {
     engine: &'a dyn Engine,
     columns: HashMap<[u8; 17], Arc<[i64]>>,
@@ -154,6 +170,9 @@ impl<'a> Blocks<'a> {
         })?;
         let ts: Option<Arc<[i64]>> = found.transpose()?.map(Into::into);
         if let Some(ts) = &ts {
+            if self.columns.len() >= CACHED {
+                self.columns.clear();
+            }
             self.columns.insert(k, ts.clone());
         }
         Ok(Some(Column { key: k, ts }))

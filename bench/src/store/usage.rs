@@ -213,11 +213,12 @@ fn report(engine: &dyn Engine) -> anyhow::Result<()> {
         };
         let decoded = reader.column(k, v).and_then(|column| {
             // The timestamps' column with its kind (1) and length (4), or
-            // this block's share of the shared column it names.
+            // the hash naming a shared column and this block's share of it.
             let (own, shared) = match &column {
                 None => (timestamp_bytes(v).map_or(0, |n| 5 + n as u64), 0),
+                // The hash naming the column, and the block's share of it.
                 Some(c) => (
-                    0,
+                    8,
                     columns
                         .get(c.key.as_slice())
                         .map_or(0, |(bytes, refs)| (bytes + refs / 2) / refs.max(&1)),
