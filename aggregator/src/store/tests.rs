@@ -1097,62 +1097,12 @@ fn a_store_an_older_build_wrote_reads_a_table_it_lacks_as_empty() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An engine whose `n`th write after [`FailNth::arm`] fails, once.
-struct FailNth {
-    inner: Redb,
-    left: std::sync::atomic::AtomicI64,
-}
-
-impl FailNth {
-    fn arm(&self, n: i64) {
-        self.left.store(n, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Engine for FailNth {
-    fn apply(&self, ops: &[super::engine::Op]) -> Result<(), super::StoreError> {
-        if self.left.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
-            return Err(super::StoreError::Engine("write refused (test)".into()));
-        }
-        self.inner.apply(ops)
-    }
-    fn scan(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), super::StoreError> {
-        self.inner.scan(table, from, to, visit)
-    }
-    fn last(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Option<super::engine::Entry>, super::StoreError> {
-        self.inner.last(table, from, to)
-    }
-    fn used_bytes(&self) -> Result<u64, super::StoreError> {
-        self.inner.used_bytes()
-    }
-    fn file_bytes(&self) -> u64 {
-        self.inner.file_bytes()
-    }
-}
-
 #[test]
 fn a_deletion_cut_short_between_blocks_and_columns_leaves_every_block_readable() {
     use super::Tier;
     use super::read::{read_rows, series_id, series_name};
-    let dir = temp_dir("stamps-cut");
-    let failing = Arc::new(FailNth {
-        inner: Redb::open(&dir).unwrap(),
-        left: 0.into(),
-    });
-    let engine: Arc<dyn Engine> = failing.clone();
+    let (failing, engine, _, mut w) = super::tests_rotation::Flaky::writer("stamps-cut", false);
     let e = engine.as_ref();
-    let mut w = Writer::new(engine.clone(), Arc::new(StoreStats::default())).unwrap();
     let ts = |i: i64| T0 + i * 1000 + (i * 41) % 250;
     for i in 0..1000 {
         w.ingest("a", &sample(i as u64 + 1, ts(i), cpu_at(i), 1.0))
@@ -1172,7 +1122,7 @@ fn a_deletion_cut_short_between_blocks_and_columns_leaves_every_block_readable()
         ..StorageConfig::default()
     };
     let now = T0 + 3 * 3_600_000 + 25 * 60_000;
-    failing.arm(2);
+    failing.fail_nth(2);
     assert!(maintain::run(&mut w, &config, &StoreStats::default(), now).is_err());
     assert_eq!(raw_blocks_sharing(e, T0), (0, 0));
     assert_eq!(stamp_columns(e, T0).len(), 1, "left over");
@@ -1187,8 +1137,4 @@ fn a_deletion_cut_short_between_blocks_and_columns_leaves_every_block_readable()
     assert!(stamp_columns(e, T0).is_empty());
     assert!(stamp_columns(e, next).is_empty());
     assert_eq!(raw_blocks_sharing(e, next), (0, 0));
-    drop(w);
-    drop(engine);
-    drop(failing);
-    let _ = std::fs::remove_dir_all(&dir);
 }

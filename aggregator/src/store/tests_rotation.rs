@@ -204,15 +204,20 @@ fn seals_that_fall_due_together_are_spread_over_flushes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An engine whose writes fail while `failing` is set.
-struct Flaky {
+/// An engine whose writes fail while `failing` is set, and once at the
+/// `n`th write after [`Flaky::fail_nth`].
+pub(super) struct Flaky {
     inner: super::engine::Redb,
     failing: std::sync::atomic::AtomicBool,
+    countdown: std::sync::atomic::AtomicI64,
 }
 
 impl Engine for Flaky {
     fn apply(&self, ops: &[super::engine::Op]) -> Result<(), super::StoreError> {
-        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+        use std::sync::atomic::Ordering;
+        if self.failing.load(Ordering::Relaxed)
+            || self.countdown.fetch_sub(1, Ordering::Relaxed) == 1
+        {
             return Err(super::StoreError::Engine("write refused (test)".into()));
         }
         self.inner.apply(ops)
@@ -243,9 +248,15 @@ impl Engine for Flaky {
 }
 
 impl Flaky {
+    /// Fails the `n`th write from now (the first is 1), once.
+    pub(super) fn fail_nth(&self, n: i64) {
+        self.countdown
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A writer over a flaky engine in a fresh directory `name`, refusing
     /// writes from the start if `failing`.
-    fn writer(
+    pub(super) fn writer(
         name: &str,
         failing: bool,
     ) -> (
@@ -258,6 +269,7 @@ impl Flaky {
         let flaky = Arc::new(Flaky {
             inner: super::engine::Redb::open(&temp_dir(name)).unwrap(),
             failing: failing.into(),
+            countdown: 0.into(),
         });
         let engine: Arc<dyn Engine> = flaky.clone();
         let stats = Arc::new(super::StoreStats::default());
