@@ -135,6 +135,14 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.last(table, from, to)?.map(|(k, _)| k))
     }
+    /// The value under `key`, if any.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut end = key.to_vec();
+        end.push(0);
+        Ok(self
+            .last(table, key, &end)?
+            .and_then(|(k, v)| (k == key).then_some(v)))
+    }
     /// Bytes of storage in use (what `max_disk_bytes` bounds).
     fn used_bytes(&self) -> Result<u64, StoreError>;
     /// Bytes the engine's files take on disk.

@@ -168,14 +168,8 @@ pub fn write(
     ops: &mut Vec<Op>,
 ) -> Result<(), StoreError> {
     let k = key(host, open.minute);
-    if merge {
-        let mut end = k.clone();
-        end.push(0);
-        if let Some((found, bytes)) = engine.last(Table::Procs, &k, &end)?
-            && found == k
-        {
-            open.merge(decode(&bytes)?);
-        }
+    if merge && let Some(bytes) = engine.get(Table::Procs, &k)? {
+        open.merge(decode(&bytes)?);
     }
     if open.procs.is_empty() {
         return Ok(());
@@ -244,11 +238,7 @@ pub fn delete_before(
     let mut ops = Vec::with_capacity(keys.len() * 2);
     for (minute, host) in &keys {
         let k = key(host, *minute);
-        let mut end = k.clone();
-        end.push(0);
-        if let Some((found, v)) = engine.last(Table::Procs, &k, &end)?
-            && found == k
-        {
+        if let Some(v) = engine.get(Table::Procs, &k)? {
             bytes += v.len() as u64;
         }
         ops.push(Op::Delete(Table::Procs, k));

@@ -22,16 +22,10 @@ pub fn series_name(host: &str, field: &str) -> String {
 
 /// The id of series `name`, if it was ever written.
 pub fn series_id(engine: &dyn Engine, name: &str) -> Result<Option<u32>, StoreError> {
-    let mut end = name.as_bytes().to_vec();
-    end.push(0);
-    let mut id = None;
-    engine.scan(Table::Series, name.as_bytes(), &end, &mut |k, v| {
-        if k == name.as_bytes() && v.len() == 4 {
-            id = Some(u32::from_be_bytes(v.try_into().expect("4 bytes")));
-        }
-        false
-    })?;
-    Ok(id)
+    Ok(engine
+        .get(Table::Series, name.as_bytes())?
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(u32::from_be_bytes))
 }
 
 /// Rows of `series` in `tier` with `from <= ts < to`, in time order: on
@@ -114,12 +108,5 @@ pub fn last_block_ts(
 /// Whether `blocks` still holds `block` under `key` (not deleted, nor
 /// replaced by a later seal of its window).
 fn still_there(engine: &dyn Engine, key: &[u8], block: &[u8]) -> Result<bool, StoreError> {
-    let mut end = key.to_vec();
-    end.push(0);
-    let mut found = false;
-    engine.scan(Table::Blocks, key, &end, &mut |k, v| {
-        found = k == key && v == block;
-        false
-    })?;
-    Ok(found)
+    Ok(engine.get(Table::Blocks, key)?.is_some_and(|v| v == block))
 }

@@ -159,16 +159,10 @@ impl<'a> Blocks<'a> {
                 ts: Some(ts.clone()),
             }));
         }
-        let mut found = None;
-        let mut end = k.to_vec();
-        end.push(0);
-        self.engine.scan(Table::Stamps, &k, &end, &mut |got, v| {
-            if got == k {
-                found = Some(decode_stamps(v));
-            }
-            false
-        })?;
-        let ts: Option<Arc<[i64]>> = found.transpose()?.map(Into::into);
+        let ts: Option<Arc<[i64]>> = match self.engine.get(Table::Stamps, &k)? {
+            Some(v) => Some(decode_stamps(&v)?.into()),
+            None => None,
+        };
         if let Some(ts) = &ts {
             if self.columns.len() >= CACHED {
                 self.columns.clear();
