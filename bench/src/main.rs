@@ -22,8 +22,8 @@
 //!
 //! `store-engines` (see [`store`]) needs no aggregator process: it drives the
 //! aggregator's embedded store over each candidate engine and runs only when
-//! named; so do `store-usage`, `store-fill` and `store-deltas`, which measure what a store
-//! holds.
+//! named; so do `store-usage`, `store-fill`, `store-deltas` and `store-open`,
+//! which measure a store.
 
 mod client;
 mod cluster;
@@ -338,6 +338,10 @@ fn main() -> anyhow::Result<()> {
             "{:28} a stopped aggregator's sealed raw blocks, each way of choosing pco's deltas",
             "store-deltas"
         );
+        println!(
+            "{:28} how long a stopped aggregator's store takes to open, after a crash and a clean close",
+            "store-open"
+        );
         return Ok(());
     }
     for (name, run) in [
@@ -347,6 +351,7 @@ fn main() -> anyhow::Result<()> {
         ),
         ("store-usage", |a, _| store::usage(a)),
         ("store-deltas", store::deltas),
+        ("store-open", store::open_times),
         ("store-fill", |a, _| store::fill(a)),
     ] {
         if args.scenarios.iter().any(|s| s == name) {

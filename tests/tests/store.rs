@@ -182,9 +182,14 @@ async fn a_restarted_aggregator_serves_exact_raw_values_and_rollups_of_what_it_w
         agg.log
     );
 
+    // The bytes in use are saved for the next start, which takes them
+    // rather than count every page again.
+    assert!(dir.join("usage").exists());
     let (mut agg, _, http) = start_aggregator_binary(&config);
     let opened = agg.wait_for_line("store opened");
     assert!(!opened.contains("not clean"), "{opened}");
+    assert!(!dir.join("usage").exists());
+    assert!(metric(http, "hostpulse_store_used_bytes").await > 0.0);
     // Raw: every value exactly, one point a second.
     let (status, raw) = series(
         http,

@@ -143,10 +143,17 @@ pub trait Engine: Send + Sync + 'static {
             .last(table, key, &end)?
             .and_then(|(k, v)| (k == key).then_some(v)))
     }
-    /// Bytes of storage in use (what `max_disk_bytes` bounds).
-    fn used_bytes(&self) -> Result<u64, StoreError>;
+    /// Bytes of storage in use (what `max_disk_bytes` bounds); `None`
+    /// while they are not known yet (a large store opened after a crash,
+    /// counted on a thread of its own: [`Redb::open`]).
+    fn used_bytes(&self) -> Result<Option<u64>, StoreError>;
     /// Bytes the engine's files take on disk.
     fn file_bytes(&self) -> u64;
+    /// Nothing more will be written: keeps what the next open needs to
+    /// start at once (on redb, the bytes in use, [`USAGE_FILE`]).
+    fn closing(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Key of a block or an open chunk.
@@ -354,15 +361,129 @@ fn count_pages_in(
 /// The directory of the `log` table's files, beside the redb file.
 pub const LOG_DIR: &str = "log";
 
+/// The file beside the redb file that keeps the bytes in use at a clean
+/// close ([`Engine::closing`]); the next open reads and removes it, so a
+/// store that was not closed cleanly is counted again.
+pub const USAGE_FILE: &str = "usage";
+
+/// A redb file up to this size is counted as it opens (a few tens of
+/// milliseconds). A larger one, with no count saved at a clean close, is
+/// counted on a thread of its own: about a second per GB would otherwise
+/// hold up the aggregator's start. Until that count ends its bytes in use
+/// are unknown, and eviction waits for it.
+pub const COUNT_AT_OPEN_BELOW: u64 = 64 << 20;
+
+/// The bytes in use a clean close saved ([`USAGE_FILE`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SavedUsage {
+    /// Length of the redb file then: a file changed since is counted again.
+    file_bytes: u64,
+    /// The estimate of its pages in use then.
+    pages: u64,
+    /// Page bytes per entry byte then.
+    per_byte: f64,
+}
+
+impl SavedUsage {
+    const HEADER: &'static str = "hostpulse store usage 1";
+
+    fn to_text(self) -> String {
+        format!(
+            "{}\nfile_bytes {}\npages {}\nper_byte {}\n",
+            Self::HEADER,
+            self.file_bytes,
+            self.pages,
+            self.per_byte
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()? != Self::HEADER {
+            return None;
+        }
+        let mut field = |name: &str| {
+            lines
+                .next()?
+                .strip_prefix(name)?
+                .strip_prefix(' ')
+                .map(str::to_owned)
+        };
+        let saved = SavedUsage {
+            file_bytes: field("file_bytes")?.parse().ok()?,
+            pages: field("pages")?.parse().ok()?,
+            per_byte: field("per_byte")?.parse().ok()?,
+        };
+        (saved.per_byte.is_finite() && saved.per_byte >= 1.0).then_some(saved)
+    }
+
+    /// The count a clean close left beside `path` (the redb file), if it
+    /// is there, readable and the file has not changed since; the file
+    /// is removed either way.
+    fn take(path: &Path) -> Option<Self> {
+        let saved_at = path.with_file_name(USAGE_FILE);
+        let text = match std::fs::read_to_string(&saved_at) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %saved_at.display(), cause = %e, "store: the saved bytes in use are unreadable; counting them again");
+                return None;
+            }
+        };
+        if let Err(e) = std::fs::remove_file(&saved_at) {
+            // Left behind, it could be taken for a later close's count.
+            tracing::warn!(file = %saved_at.display(), cause = %e, "store: the saved bytes in use cannot be removed; counting them again");
+            return None;
+        }
+        let Some(saved) = Self::parse(&text) else {
+            tracing::warn!(file = %saved_at.display(), "store: the saved bytes in use are not in the expected form; counting them again");
+            return None;
+        };
+        let now = std::fs::metadata(path).map_or(0, |m| m.len());
+        if now != saved.file_bytes {
+            tracing::info!(
+                saved_file_bytes = saved.file_bytes,
+                file_bytes = now,
+                "store: the file changed after its bytes in use were saved; counting them again"
+            );
+            return None;
+        }
+        Some(saved)
+    }
+}
+
 impl Redb {
     /// Opens (or creates) `dir/store.redb`; a file left by a crash is
-    /// repaired first.
+    /// repaired first. Its bytes in use are those a clean close saved
+    /// ([`USAGE_FILE`]), or counted: at once up to
+    /// [`COUNT_AT_OPEN_BELOW`], on a thread of their own above it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(dir, CACHE_BYTES)
     }
 
     /// [`open`](Self::open), caching up to `cache_bytes` of pages.
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let engine = Self::open_uncounted(dir, cache_bytes)?;
+        engine.start_usage(COUNT_AT_OPEN_BELOW)?;
+        Ok(engine)
+    }
+
+    /// Opens `dir` with `gate` holding any count on its own thread, and
+    /// files from `count_below` bytes counted there.
+    #[cfg(test)]
+    pub(crate) fn open_gated(
+        dir: &Path,
+        gate: Arc<Mutex<()>>,
+        count_below: u64,
+    ) -> Result<Self, StoreError> {
+        let mut engine = Self::open_uncounted(dir, CACHE_BYTES)?;
+        engine.count_gate = gate;
+        engine.start_usage(count_below)?;
+        Ok(engine)
+    }
+
+    /// The engine, its bytes in use not known yet.
+    fn open_uncounted(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = dir.join(REDB_FILE);
         let db = Database::builder()
             .set_cache_size(cache_bytes)
@@ -492,28 +613,75 @@ impl Engine for Redb {
             .transpose()
     }
 
-    /// The pages as last counted plus what was written since ([`Usage`]).
-    /// The first call counts them; a call when the last count is
-    /// [`EXACT_USAGE_EVERY`] old starts one on a thread of its own (which
-    /// inherits this thread's priority) and returns the estimate.
-    fn used_bytes(&self) -> Result<u64, StoreError> {
+    /// The pages as last counted plus what was written since ([`Usage`]);
+    /// `None` until the first count ends ([`Redb::open`]). A call when the
+    /// last count is [`EXACT_USAGE_EVERY`] old (or the first one failed)
+    /// starts one on a thread of its own (which inherits this thread's
+    /// priority) and returns the estimate.
+    fn used_bytes(&self) -> Result<Option<u64>, StoreError> {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        match usage.counted {
-            None => self.count_pages(&mut usage)?,
-            Some(at) if at.elapsed() >= self.recount_every && usage.counting.is_none() => {
-                self.start_count(&mut usage);
-            }
-            Some(_) => {}
+        let due = usage
+            .counted
+            .is_none_or(|at| at.elapsed() >= self.recount_every);
+        if due && usage.counting.is_none() {
+            self.start_count(&mut usage);
         }
-        Ok(usage.estimate() + self.log.bytes())
+        Ok(usage.counted.map(|_| usage.estimate() + self.log.bytes()))
     }
 
     fn file_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len()) + self.log.bytes()
     }
+
+    /// Saves the estimate of the pages in use ([`USAGE_FILE`]), if there
+    /// is one, for the next open.
+    fn closing(&self) -> Result<(), StoreError> {
+        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if usage.counted.is_none() {
+            return Ok(());
+        }
+        let saved = SavedUsage {
+            file_bytes: std::fs::metadata(&self.path)?.len(),
+            pages: usage.estimate(),
+            per_byte: usage.per_byte,
+        };
+        let to = self.path.with_file_name(USAGE_FILE);
+        let partial = self.path.with_file_name(format!("{USAGE_FILE}.partial"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&partial)?;
+            f.write_all(saved.to_text().as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&partial, &to)?;
+        Ok(())
+    }
 }
 
 impl Redb {
+    /// Starts the bytes in use of a store just opened: those a clean close
+    /// saved, or a count, on this thread for a file under `count_below`
+    /// bytes and on a thread of its own for a larger one.
+    fn start_usage(&self, count_below: u64) -> Result<(), StoreError> {
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(saved) = SavedUsage::take(&self.path) {
+            usage.counted = Some(Instant::now());
+            usage.pages = saved.pages;
+            usage.per_byte = saved.per_byte;
+            return Ok(());
+        }
+        let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if file_bytes < count_below {
+            return self.count_pages(&mut usage);
+        }
+        tracing::info!(
+            file_bytes,
+            "store: counting the pages in use on a thread of their own; eviction under max_disk_bytes waits for the count"
+        );
+        self.start_count(&mut usage);
+        Ok(())
+    }
+
     /// Bytes in use, with redb's pages counted exactly now (reading every
     /// page), after any count under way has ended.
     pub fn count_used_bytes(&self) -> Result<u64, StoreError> {
@@ -555,8 +723,14 @@ impl Redb {
         #[cfg(test)]
         let gate = self.count_gate.clone();
         let count = move || {
+            // Held by a test until it lets the count read; a test that
+            // fails holding it drops the engine, which must not wait.
             #[cfg(test)]
-            drop(gate.lock());
+            while let Err(std::sync::TryLockError::WouldBlock) = gate.try_lock()
+                && !closing.load(Ordering::Relaxed)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             // A panic in the walk must still clear `counting` below, or no
             // count would start again.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -567,7 +741,16 @@ impl Redb {
             let mut usage = shared.lock().unwrap_or_else(PoisonError::into_inner);
             let seen = usage.counting.take().unwrap_or(0);
             match result {
-                Ok(Some(counted)) => usage.counted(counted, began, seen),
+                Ok(Some(counted)) => {
+                    if usage.counted.is_none() {
+                        tracing::info!(
+                            page_bytes = counted.0,
+                            count_ms = began.elapsed().as_millis() as u64,
+                            "store: pages in use counted"
+                        );
+                    }
+                    usage.counted(counted, began, seen);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(cause = %e, "store: pages not counted; the estimate of bytes in use stands");
@@ -595,7 +778,7 @@ impl Redb {
     }
 
     /// Waits for a count under way, if any.
-    pub(crate) fn join_count(&self) {
+    pub fn join_count(&self) {
         let handle = self
             .counter
             .lock()

@@ -220,7 +220,13 @@ fn oldest_process_day(engine: &dyn Engine) -> Result<(u64, u64), StoreError> {
 /// Deletes the oldest windows, finest tier first, until the store uses at
 /// most `max` bytes.
 fn evict(engine: &dyn Engine, max: u64, stats: &StoreStats) -> Result<(), StoreError> {
-    let mut used = engine.used_bytes()?;
+    let Some(mut used) = engine.used_bytes()? else {
+        tracing::info!(
+            max_disk_bytes = max,
+            "store: bytes in use not counted yet; eviction waits for the count"
+        );
+        return Ok(());
+    };
     let mut rounds = 0;
     while used > max && rounds < 10_000 {
         rounds += 1;
@@ -269,7 +275,7 @@ fn evict(engine: &dyn Engine, max: u64, stats: &StoreStats) -> Result<(), StoreE
         }
         // Pages freed by a commit are reusable (and uncounted) after the next one.
         engine.apply(&[])?;
-        used = engine.used_bytes()?;
+        used = engine.used_bytes()?.unwrap_or(used);
     }
     Ok(())
 }

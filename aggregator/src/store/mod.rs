@@ -134,10 +134,12 @@ pub struct StoreStats {
 }
 
 impl StoreStats {
-    /// Reads the engine's bytes in use and file size into the gauges.
+    /// Reads the engine's bytes in use (once they are known) and file
+    /// size into the gauges.
     pub(crate) fn measure(&self, engine: &dyn Engine) -> Result<(), StoreError> {
-        self.used_bytes
-            .store(engine.used_bytes()?, Ordering::Relaxed);
+        if let Some(used) = engine.used_bytes()? {
+            self.used_bytes.store(used, Ordering::Relaxed);
+        }
         self.file_bytes
             .store(engine.file_bytes(), Ordering::Relaxed);
         Ok(())
@@ -534,6 +536,10 @@ impl Store {
         {
             tracing::error!("store: writer thread panicked; shutdown not marked clean");
             return;
+        }
+        if let Err(e) = self.view.engine.closing() {
+            // The next open counts the bytes in use again.
+            tracing::warn!(cause = %e, "store: the bytes in use were not saved");
         }
         if let Some(dir) = &self.view.config.dir {
             let marker = dir.join(CLEAN_MARKER);

@@ -260,22 +260,10 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
     let (engine, mut w) = open(&dir);
     let stats = StoreStats::default();
     let now = T0 + 5 * 3_600_000;
-    // Three hours of samples ending two hours before `now`.
-    for i in 0..3 * 3600 {
-        w.ingest(
-            "db-01",
-            &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 2.0),
-        )
-        .unwrap();
-        if i % 600 == 599 {
-            w.flush().unwrap();
-        }
-    }
-    w.flush().unwrap();
-    // Retention deletes sealed blocks: every series checkpointed and every
-    // ended window sealed, as at steady state.
-    w.checkpoint().unwrap();
-    w.seal_queued().unwrap();
+    // Three hours of samples ending two hours before `now`. Retention
+    // deletes sealed blocks: every series checkpointed and every ended
+    // window sealed, as at steady state.
+    three_sealed_hours(&mut w);
     let config = StorageConfig {
         raw_retention_hours: 3,
         ..StorageConfig::default()
@@ -309,7 +297,10 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
     .unwrap();
     assert_eq!(minutes.first().unwrap().ts, T0);
     // A disk bound below what is held evicts raw windows, oldest first.
-    let used = engine.used_bytes().unwrap();
+    let used = engine
+        .used_bytes()
+        .unwrap()
+        .expect("a small store is counted as it opens");
     let config = StorageConfig {
         max_disk_bytes: used - 1,
         raw_retention_hours: 1000,
@@ -322,7 +313,7 @@ fn retention_and_the_disk_bound_delete_the_oldest_first() {
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
     );
-    assert!(engine.used_bytes().unwrap() < used);
+    assert!(engine.used_bytes().unwrap().unwrap() < used);
     let after = series(e, Some(w.recent()), "db-01", "cpu.total_pct", T0, now, 1000).unwrap();
     assert!(after.first().is_none_or(|p| p.ts > raw.first().unwrap().ts));
     let _ = std::fs::remove_dir_all(&dir);
@@ -854,13 +845,13 @@ fn bytes_in_use_follow_writes_and_deletes_between_exact_counts() {
     use super::engine::Op;
     let dir = temp_dir("usage");
     let engine = Redb::open(&dir).unwrap();
-    let empty = engine.used_bytes().unwrap();
+    let empty = engine.used_bytes().unwrap().unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let put = incompressible_put;
     put_16_mib(&engine, 0, &mut rng);
     // Not counted again yet: an estimate from the entries written, which
     // an exact count then confirms within its pages' slack.
-    let estimated = engine.used_bytes().unwrap();
+    let estimated = engine.used_bytes().unwrap().unwrap();
     assert!(estimated >= empty + (16 << 20), "{estimated} after {empty}");
     let counted = engine.count_used_bytes().unwrap();
     assert!(counted >= 16 << 20, "counted {counted}");
@@ -869,16 +860,16 @@ fn bytes_in_use_follow_writes_and_deletes_between_exact_counts() {
         (0.6..=1.6).contains(&ratio),
         "estimated {estimated}, counted {counted}"
     );
-    assert_eq!(engine.used_bytes().unwrap(), counted);
+    assert_eq!(engine.used_bytes().unwrap(), Some(counted));
     // Replacing a value with one as long changes nothing; deleting half
     // the entries takes their bytes, scaled by the pages per byte counted.
     engine.apply(&[put(0, &mut rng)]).unwrap();
-    assert_eq!(engine.used_bytes().unwrap(), counted);
+    assert_eq!(engine.used_bytes().unwrap(), Some(counted));
     let deletes: Vec<Op> = (0..2048u32)
         .map(|i| Op::Delete(Table::Blocks, i.to_be_bytes().to_vec()))
         .collect();
     engine.apply(&deletes).unwrap();
-    let after = engine.used_bytes().unwrap();
+    let after = engine.used_bytes().unwrap().unwrap();
     assert!(
         after + (8 << 20) <= counted && after > counted / 4,
         "{after} after deleting half of {counted}"
@@ -899,12 +890,12 @@ fn a_count_on_its_own_thread_sees_each_commit_once() {
     engine.set_recount_every(Duration::ZERO);
     let gate = engine.count_gate.clone();
     let held = gate.lock().unwrap();
-    let before = engine.used_bytes().unwrap();
+    let before = engine.used_bytes().unwrap().unwrap();
     engine.set_recount_every(Duration::from_secs(3600));
     put_16_mib(&engine, 4096, &mut rng);
     drop(held);
     engine.join_count();
-    let estimated = engine.used_bytes().unwrap();
+    let estimated = engine.used_bytes().unwrap().unwrap();
     let counted = engine.count_used_bytes().unwrap();
     // A commit counted twice would make the estimate about 1.5 times the
     // count; one lost, about half of it.
@@ -914,6 +905,125 @@ fn a_count_on_its_own_thread_sees_each_commit_once() {
         "estimated {estimated} after the count, counted {counted} (before it {before})"
     );
     assert!(counted >= 32 << 20, "counted {counted}");
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three hours of one host's samples from `T0`, every window sealed.
+fn three_sealed_hours(w: &mut Writer) {
+    for i in 0..3 * 3600 {
+        w.ingest(
+            "db-01",
+            &sample(i as u64 + 1, T0 + i * 1000, cpu_at(i), 2.0),
+        )
+        .unwrap();
+        if i % 600 == 599 {
+            w.flush().unwrap();
+        }
+    }
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    w.seal_queued().unwrap();
+}
+
+#[test]
+fn a_large_store_opened_after_a_crash_opens_at_once_and_evicts_only_once_counted() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = temp_dir("count-at-open");
+    {
+        let (_engine, mut w) = open(&dir);
+        three_sealed_hours(&mut w);
+        // Dropped without `closing`: no count is saved, as after a crash.
+    }
+    assert!(!dir.join(super::engine::USAGE_FILE).exists());
+    // Every file is "large" (counted on a thread of its own), and the
+    // count is held: the open returns without it.
+    let gate = Arc::new(std::sync::Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let redb = Arc::new(Redb::open_gated(&dir, gate.clone(), 0).unwrap());
+    let engine: Arc<dyn Engine> = redb.clone();
+    assert_eq!(engine.used_bytes().unwrap(), None);
+    // Over a bound of one byte, eviction waits for the count: nothing goes,
+    // and the gauge is not set from a guess.
+    let mut w = Writer::new(engine.clone(), Arc::new(StoreStats::default())).unwrap();
+    let stats = StoreStats::default();
+    let config = StorageConfig {
+        max_disk_bytes: 1,
+        raw_retention_hours: 1000,
+        ..StorageConfig::default()
+    };
+    let now = T0 + 5 * 3_600_000;
+    maintain::run(&mut w, &config, &stats, now).unwrap();
+    assert_eq!(stats.evicted_blocks.load(Relaxed), 0);
+    assert_eq!(stats.used_bytes.load(Relaxed), 0);
+    let raw = series(
+        engine.as_ref(),
+        Some(w.recent()),
+        "db-01",
+        "cpu.total_pct",
+        T0,
+        now,
+        1000,
+    )
+    .unwrap();
+    assert_eq!(raw.len(), 3 * 3600);
+    // Once counted, the bound holds again.
+    drop(held);
+    redb.join_count();
+    let used = engine.used_bytes().unwrap().expect("counted");
+    assert!(used > 0);
+    maintain::run(&mut w, &config, &stats, now).unwrap();
+    assert!(stats.evicted_blocks.load(Relaxed) > 0);
+    assert!(stats.used_bytes.load(Relaxed) < used);
+    drop((w, engine, redb));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_clean_close_saves_the_bytes_in_use_for_the_next_open_only() {
+    use super::engine::USAGE_FILE;
+    let dir = temp_dir("usage-saved");
+    let engine = Redb::open(&dir).unwrap();
+    let mut rng = 0x5851_f42d_4c95_7f2du64;
+    put_16_mib(&engine, 0, &mut rng);
+    let estimated = engine.used_bytes().unwrap().unwrap();
+    engine.closing().unwrap();
+    drop(engine);
+    assert!(dir.join(USAGE_FILE).exists());
+    let saved = std::fs::read(dir.join(USAGE_FILE)).unwrap();
+    // Taken at the next open, with any count held: no count is needed.
+    let gate = Arc::new(std::sync::Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    assert_eq!(engine.used_bytes().unwrap(), Some(estimated));
+    assert!(!dir.join(USAGE_FILE).exists(), "taken once");
+    drop(held);
+    put_16_mib(&engine, 4096, &mut rng);
+    drop(engine);
+    // Not closed cleanly: counted again, from the file as it is now.
+    let held = gate.lock().unwrap();
+    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    assert_eq!(engine.used_bytes().unwrap(), None);
+    drop(held);
+    engine.join_count();
+    let counted = engine.used_bytes().unwrap().unwrap();
+    assert!(counted >= 32 << 20, "counted {counted}");
+    drop(engine);
+    // A count saved for another length of the file (a store put back from
+    // a copy, or written by a build that does not read it) is not taken.
+    std::fs::write(dir.join(USAGE_FILE), &saved).unwrap();
+    let held = gate.lock().unwrap();
+    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    assert_eq!(engine.used_bytes().unwrap(), None);
+    assert!(!dir.join(USAGE_FILE).exists());
+    drop(held);
+    drop(engine);
+    // Nor is one not in its form.
+    std::fs::write(dir.join(USAGE_FILE), b"pages 12\n").unwrap();
+    let held = gate.lock().unwrap();
+    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    assert_eq!(engine.used_bytes().unwrap(), None);
+    drop(held);
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
 }

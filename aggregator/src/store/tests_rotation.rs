@@ -239,7 +239,7 @@ impl Engine for Flaky {
     ) -> Result<Option<super::engine::Entry>, super::StoreError> {
         self.inner.last(table, from, to)
     }
-    fn used_bytes(&self) -> Result<u64, super::StoreError> {
+    fn used_bytes(&self) -> Result<Option<u64>, super::StoreError> {
         self.inner.used_bytes()
     }
     fn file_bytes(&self) -> u64 {

@@ -81,8 +81,8 @@ impl Engine for Fjall {
         }
     }
 
-    fn used_bytes(&self) -> Result<u64, StoreError> {
-        self.db.disk_space().map_err(ferr)
+    fn used_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.db.disk_space().map(Some).map_err(ferr)
     }
 
     fn file_bytes(&self) -> u64 {

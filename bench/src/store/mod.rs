@@ -18,6 +18,7 @@
 
 mod deltas;
 mod fjall_engine;
+mod open;
 pub(crate) mod sim;
 mod usage;
 
@@ -59,7 +60,8 @@ pub(crate) struct StoreArgs {
     /// store-engines: engines to run (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "redb,fjall")]
     pub(crate) store_engine: Vec<String>,
-    /// store-usage: the data directory of a stopped aggregator's store;
+    /// store-usage, store-deltas, store-open: the data directory of a
+    /// stopped aggregator's store;
     /// store-fill: a directory for a new one.
     #[arg(long)]
     pub(crate) store_dir: Option<PathBuf>,
@@ -242,7 +244,9 @@ fn run_engine(name: &str, args: &StoreArgs, root: &Path) -> anyhow::Result<Figur
     });
     anyhow::ensure!(n1 == 3600, "1 h at 1 s gave {n1} points");
     let disk = engine.file_bytes();
-    let used = engine.used_bytes()?;
+    let used = engine
+        .used_bytes()?
+        .ok_or_else(|| anyhow::anyhow!("the store's bytes in use are not counted yet"))?;
     drop(engine);
     // A month at one sample a minute: the 24 h and 30 d queries.
     let dir = root.join(format!("{name}-month"));
@@ -344,6 +348,16 @@ pub(crate) fn deltas(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("store-deltas needs --store-dir"))?;
     deltas::run(dir, runs)
+}
+
+/// `store-open`: how long the store in `--store-dir` takes to open after a
+/// crash and after a clean close ([`open`]).
+pub(crate) fn open_times(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
+    let dir = args
+        .store_dir
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("store-open needs --store-dir"))?;
+    open::run(dir, runs)
 }
 
 /// `store-fill`: `--store-hosts` simulated hosts for `--store-hours` at

@@ -73,7 +73,7 @@ impl Engine for ReadOnly {
         last_in(&self.db.begin_read().map_err(err)?, table, from, to)
     }
 
-    fn used_bytes(&self) -> Result<u64, StoreError> {
+    fn used_bytes(&self) -> Result<Option<u64>, StoreError> {
         Err(StoreError::Engine("opened read-only".into()))
     }
 
