@@ -1,6 +1,7 @@
 //! Keeping the store within its bounds: retention per tier, the disk bound
-//! (`max_disk_bytes`), and sealing windows left open (by a restart, or by
-//! hosts gone quiet). Runs on the writer's thread between flushes.
+//! (`max_disk_bytes`), and the windows a restart left open (found as the
+//! store opens, sealed by the writer over its first flushes). Runs on the
+//! writer's thread between flushes.
 //!
 //! Retention deletes whole sealed blocks once their window has ended more
 //! than the tier's retention ago (so data lives up to one window longer:
@@ -11,7 +12,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{Deltas, Window, seal};
+use super::checkpoint::Window;
 use super::chunks::{self, Groups};
 use super::codec::decode_chunk;
 use super::config::StorageConfig;
@@ -25,42 +26,27 @@ use super::{StoreError, StoreStats};
 /// Deletes per transaction while trimming.
 const DELETE_BATCH: usize = 20_000;
 
-/// Seals the newest window in `open` of each run of series and tier if it
-/// ended before `before`: chunks left by a previous run, of series this
-/// run has not resumed. Returns the blocks written, and the older windows
-/// left open (their rows moved on: they ended), for the writer to seal
-/// over its first flushes ([`Writer::queue_seals`]) instead of all before
-/// the store opens.
-pub fn seal_leftovers(
-    engine: &dyn Engine,
-    before: i64,
-) -> Result<(usize, Vec<Window>), StoreError> {
+/// The windows of open chunks a previous run left that ended before
+/// `before`, for the writer to seal over its first flushes
+/// ([`Writer::queue_seals`]) rather than before the store opens: after an
+/// outage longer than a window every run's newest window has ended, and
+/// sealing them all at open held up the start by about 0.2 ms a window,
+/// minutes at fleet scale (BENCHMARKS.md). A run's newest window that has
+/// not ended is left to the writer: its series resume into it.
+pub fn leftover_windows(engine: &dyn Engine, before: i64) -> Result<Vec<Window>, StoreError> {
     let windows = chunks::windows(engine)?;
-    let mut older = Vec::new();
-    let mut ops = Vec::new();
-    let mut sealed = 0;
-    let mut deltas = Deltas::default();
+    let mut ended = Vec::new();
     for (i, &(tier, run, w)) in windows.iter().enumerate() {
         // In key order: a run's windows of one tier, oldest first.
         let newest = windows
             .get(i + 1)
             .is_none_or(|&(t, r, _)| (t, r) != (tier, run));
-        if !newest {
-            older.push((run, tier, w));
+        if newest && w + tier.window_ms() >= before {
             continue;
         }
-        if w + tier.window_ms() >= before {
-            continue;
-        }
-        sealed += seal(engine, run, tier, w, &mut deltas, &mut ops)?;
-        if ops.len() >= DELETE_BATCH {
-            engine.apply(&std::mem::take(&mut ops))?;
-        }
+        ended.push((run, tier, w));
     }
-    if !ops.is_empty() {
-        engine.apply(&ops)?;
-    }
-    Ok((sealed, older))
+    Ok(ended)
 }
 
 /// Moves the open chunks a build before the groups left (one per series

@@ -452,11 +452,11 @@ impl Store {
             );
         }
         let replayed = recent::replay(engine.as_ref())?;
-        let (sealed, queued) = maintain::seal_leftovers(engine.as_ref(), now_ms())?;
+        let queued = maintain::leftover_windows(engine.as_ref(), now_ms())?;
         if existed && !clean {
-            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, sealed_windows = sealed, windows_to_seal = queued.len(), recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
+            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, windows_to_seal = queued.len(), recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
         } else {
-            tracing::info!(dir = %dir.display(), new = !existed, sealed_windows = sealed, windows_to_seal = queued.len(), "store opened");
+            tracing::info!(dir = %dir.display(), new = !existed, windows_to_seal = queued.len(), "store opened");
         }
         if clean {
             std::fs::remove_file(&marker)?;

@@ -1028,6 +1028,99 @@ fn a_clean_close_saves_the_bytes_in_use_for_the_next_open_only() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_after_the_open() {
+    use super::checkpoint::Window;
+    use super::tier::Tier;
+    use std::collections::BTreeSet;
+    const SECS: i64 = 40 * 60;
+    let dir = temp_dir("leftovers");
+    {
+        // 40 minutes of three hosts, checkpointed but not sealed: open
+        // chunks, as a crash (or a stop mid-window) leaves them.
+        let (_engine, mut w) = open(&dir);
+        for i in 0..SECS {
+            for h in 0..3 {
+                let s = sample(i as u64 + 1, T0 + i * 1000, cpu_at(i + h), 1.0);
+                w.ingest(&format!("left-{h}"), &s).unwrap();
+            }
+            if i % 600 == 599 {
+                w.flush().unwrap();
+            }
+        }
+        w.flush().unwrap();
+        w.checkpoint().unwrap();
+    }
+    let (engine, _) = open(&dir);
+    assert_eq!(entries(engine.as_ref(), Table::Blocks), 0);
+    let chunks = open_chunks(engine.as_ref());
+    let windows = |before: i64| -> BTreeSet<(Tier, i64)> {
+        let got: Vec<Window> = maintain::leftover_windows(engine.as_ref(), before).unwrap();
+        got.into_iter().map(|(_, tier, w)| (tier, w)).collect()
+    };
+    let raw: Vec<i64> = (0..SECS)
+        .step_by(60)
+        .map(|i| Tier::Raw.window_of(T0 + i * 1000))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(raw.len() >= 3, "{raw:?}");
+    let last = T0 + (SECS - 1) * 1000;
+    // While the newest raw window has not ended, it is left for the series
+    // to resume into; the older ones are handed to the writer.
+    let older: BTreeSet<_> = raw[..raw.len() - 1]
+        .iter()
+        .map(|w| (Tier::Raw, *w))
+        .collect();
+    assert_eq!(windows(last + 1), older);
+    // After an outage every window has ended: all of them, newest too, and
+    // finding them seals nothing.
+    let all = windows(i64::MAX);
+    for w in &raw {
+        assert!(all.contains(&(Tier::Raw, *w)), "{w} in {all:?}");
+    }
+    assert!(all.contains(&(Tier::Minute, Tier::Minute.window_of(T0))));
+    assert_eq!(entries(engine.as_ref(), Table::Blocks), 0);
+    assert_eq!(open_chunks(engine.as_ref()), chunks);
+    drop(engine);
+    // The store opens (now: every window ended) and its writer seals them
+    // over its first flushes; every value reads back.
+    let store = super::Store::open(&StorageConfig {
+        dir: Some(dir.clone()),
+        flush_interval_ms: 50,
+        ..StorageConfig::default()
+    })
+    .unwrap();
+    let view = store.view();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while open_chunks(view.engine.as_ref()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} open chunks left after 30 s",
+            open_chunks(view.engine.as_ref())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    store.close();
+    for h in 0..3 {
+        let got = series(
+            view.engine.as_ref(),
+            None,
+            &format!("left-{h}"),
+            "cpu.total_pct",
+            T0,
+            T0 + SECS * 1000,
+            1000,
+        )
+        .unwrap();
+        let values: Vec<f64> = got.iter().map(|p| p.last).collect();
+        let sent: Vec<f64> = (0..SECS).map(|i| f64::from(cpu_at(i + h))).collect();
+        assert_eq!(values, sent, "left-{h}");
+    }
+    drop(view);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The shared timestamp columns of raw window `w`, as (hash, rows).
 fn stamp_columns(engine: &dyn Engine, w: i64) -> Vec<(u64, usize)> {
     use super::stamps::{parse_stamp_key, stamp_key};
