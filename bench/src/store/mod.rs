@@ -71,6 +71,15 @@ pub(crate) struct StoreArgs {
     pub(crate) store_flush_secs: i64,
 }
 
+impl StoreArgs {
+    /// `--store-dir`, which `scenario` needs.
+    fn dir_for(&self, scenario: &str) -> anyhow::Result<&Path> {
+        self.store_dir
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("{scenario} needs --store-dir"))
+    }
+}
+
 /// 2026-10-01T00:00:00Z.
 const START: i64 = 1_790_812_800_000;
 const FLUSH_MS: i64 = 2_000;
@@ -333,40 +342,28 @@ pub(crate) fn run(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
 
 /// `store-usage`: what the store in `--store-dir` holds.
 pub(crate) fn usage(args: &StoreArgs) -> anyhow::Result<()> {
-    let dir = args
-        .store_dir
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("store-usage needs --store-dir"))?;
+    let dir = args.dir_for("store-usage")?;
     usage::run(dir)
 }
 
 /// `store-deltas`: the sealed raw blocks of `--store-dir` compressed again
 /// with each way of choosing pco's delta encoding.
 pub(crate) fn deltas(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
-    let dir = args
-        .store_dir
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("store-deltas needs --store-dir"))?;
+    let dir = args.dir_for("store-deltas")?;
     deltas::run(dir, runs)
 }
 
 /// `store-open`: how long the store in `--store-dir` takes to open after a
 /// crash and after a clean close ([`open`]).
 pub(crate) fn open_times(args: &StoreArgs, runs: usize) -> anyhow::Result<()> {
-    let dir = args
-        .store_dir
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("store-open needs --store-dir"))?;
+    let dir = args.dir_for("store-open")?;
     open::run(dir, runs)
 }
 
 /// `store-fill`: `--store-hosts` simulated hosts for `--store-hours` at
 /// 1 Hz into a new store in `--store-dir`, then what it holds.
 pub(crate) fn fill(args: &StoreArgs) -> anyhow::Result<()> {
-    let dir = args
-        .store_dir
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("store-fill needs --store-dir"))?;
+    let dir = args.dir_for("store-fill")?;
     usage::fill(
         dir,
         args.store_hosts,
