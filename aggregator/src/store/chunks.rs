@@ -371,19 +371,35 @@ pub fn for_each_chunk(
     })
 }
 
-/// Every (tier, run, window) with groups, in key order.
+/// Every (tier, run, window) with groups, in key order: the first group
+/// of each window, then a seek past the window's other groups (a window
+/// holds one group per checkpoint that wrote it: 15 for a raw window, up
+/// to 1,440 for a minute tier's day), so the open reads one entry a window
+/// rather than every open chunk of the store.
 pub fn windows(engine: &dyn Engine) -> Result<Vec<(Tier, u32, i64)>, StoreError> {
     let mut out: Vec<(Tier, u32, i64)> = Vec::new();
-    engine.scan(Table::Open, &[], &[0xff; 22], &mut |k, _| {
-        if let Some((t, run, w, _)) = parse_group_key(k)
-            && let Some(tier) = Tier::from_u8(t)
-            && out.last() != Some(&(tier, run, w))
-        {
-            out.push((tier, run, w));
-        }
-        true
-    })?;
-    Ok(out)
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let mut first = None;
+        engine.scan(Table::Open, &from, &[0xff; 22], &mut |k, _| {
+            first = Some(k.to_vec());
+            false
+        })?;
+        let Some(k) = first else {
+            return Ok(out);
+        };
+        from = match parse_group_key(&k) {
+            Some((t, run, w, _)) => {
+                if let Some(tier) = Tier::from_u8(t) {
+                    out.push((tier, run, w));
+                }
+                group_key(t, run, w, i64::MAX).to_vec()
+            }
+            // Not a group's key: only itself is skipped.
+            None => k,
+        };
+        from.push(0);
+    }
 }
 
 #[cfg(test)]
@@ -416,6 +432,44 @@ mod tests {
         assert!(!group.read(5, &mut got).unwrap());
         assert!(Group::parse(&bytes[..bytes.len() - 1]).is_err());
         assert!(Group::parse(&bytes[1..]).is_err());
+    }
+
+    #[test]
+    fn windows_lists_each_window_once_seeking_past_its_groups() {
+        use crate::store::engine::Redb;
+        let dir = crate::store::tests::temp_dir("chunk-windows");
+        let engine = Redb::open(&dir).unwrap();
+        let mut ops: Vec<Op> = [
+            (0, 1, 900, 1),
+            (0, 1, 900, 2),
+            (0, 1, 900, 3),
+            (0, 1, 1800, 5),
+            (0, 2, 0, 7),
+            (1, 1, 0, 9),
+            (1, 1, 0, 10),
+            (2, 3, 0, 11),
+        ]
+        .into_iter()
+        .map(|(t, run, w, stamp)| {
+            Op::Put(Table::Open, group_key(t, run, w, stamp).to_vec(), vec![t])
+        })
+        .collect();
+        // Keys that are not a group's (a tier unknown, a short key) are skipped.
+        ops.push(Op::Put(Table::Open, group_key(9, 0, 0, 0).to_vec(), vec![]));
+        ops.push(Op::Put(Table::Open, vec![0, 1], vec![]));
+        engine.apply(&ops).unwrap();
+        assert_eq!(
+            windows(&engine).unwrap(),
+            vec![
+                (Tier::Raw, 1, 900),
+                (Tier::Raw, 1, 1800),
+                (Tier::Raw, 2, 0),
+                (Tier::Minute, 1, 0),
+                (Tier::Hour, 3, 0),
+            ]
+        );
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
