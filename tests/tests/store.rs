@@ -189,6 +189,12 @@ async fn a_restarted_aggregator_serves_exact_raw_values_and_rollups_of_what_it_w
     let opened = agg.wait_for_line("store opened");
     assert!(!opened.contains("not clean"), "{opened}");
     assert!(!dir.join("usage").exists());
+    assert_eq!(
+        agg.count_lines("bytes in use as saved at the last clean close"),
+        1,
+        "{:?}",
+        agg.log
+    );
     assert!(metric(http, "hostpulse_store_used_bytes").await > 0.0);
     // Raw: every value exactly, one point a second.
     let (status, raw) = series(

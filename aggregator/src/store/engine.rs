@@ -269,7 +269,8 @@ pub fn last_in(
 /// The store on redb: one file, one writer, readers never blocked; the
 /// `log` table as files beside it ([`LogFiles`]).
 pub struct Redb {
-    db: Arc<Database>,
+    /// Open until dropped.
+    db: Option<Database>,
     path: std::path::PathBuf,
     log: LogFiles,
     /// Bytes in use, shared with a count under way.
@@ -281,6 +282,11 @@ pub struct Redb {
     /// How old a count may get before the next begins
     /// ([`EXACT_USAGE_EVERY`]).
     recount_every: Duration,
+    /// `storage.writer_nice`, for a count on its own thread.
+    count_nice: i32,
+    /// The bytes in use to save when the file has closed
+    /// ([`Engine::closing`]).
+    save_at_drop: Mutex<Option<SavedUsage>>,
     /// Held by a test to keep a count from reading its snapshot.
     #[cfg(test)]
     pub(crate) count_gate: Arc<Mutex<()>>,
@@ -373,27 +379,46 @@ pub const USAGE_FILE: &str = "usage";
 /// are unknown, and eviction waits for it.
 pub const COUNT_AT_OPEN_BELOW: u64 = 64 << 20;
 
-/// The bytes in use a clean close saved ([`USAGE_FILE`]).
+/// The bytes in use a clean close saved ([`USAGE_FILE`]), written once
+/// the redb file is closed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct SavedUsage {
-    /// Length of the redb file then: a file changed since is counted again.
+    /// Length of the closed redb file: one changed since (a later run of a
+    /// build that does not read this file, a copy put back) is counted
+    /// again.
     file_bytes: u64,
-    /// The estimate of its pages in use then.
+    /// Its time of last change, in ns since the epoch, likewise.
+    modified_ns: u128,
+    /// The estimate of its pages in use.
     pages: u64,
-    /// Page bytes per entry byte then.
+    /// Page bytes per entry byte.
     per_byte: f64,
+    /// How old the last exact count was, in ms.
+    count_age_ms: u64,
+}
+
+/// Length and time of last change (ns since the epoch) of `path`.
+fn file_stamp(path: &Path) -> std::io::Result<(u64, u128)> {
+    let m = std::fs::metadata(path)?;
+    let modified = m
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Ok((m.len(), modified))
 }
 
 impl SavedUsage {
-    const HEADER: &'static str = "hostpulse store usage 1";
+    const HEADER: &'static str = "hostpulse store usage 2";
 
     fn to_text(self) -> String {
         format!(
-            "{}\nfile_bytes {}\npages {}\nper_byte {}\n",
+            "{}\nfile_bytes {}\nmodified_ns {}\npages {}\nper_byte {}\ncount_age_ms {}\n",
             Self::HEADER,
             self.file_bytes,
+            self.modified_ns,
             self.pages,
-            self.per_byte
+            self.per_byte,
+            self.count_age_ms
         )
     }
 
@@ -411,15 +436,36 @@ impl SavedUsage {
         };
         let saved = SavedUsage {
             file_bytes: field("file_bytes")?.parse().ok()?,
+            modified_ns: field("modified_ns")?.parse().ok()?,
             pages: field("pages")?.parse().ok()?,
             per_byte: field("per_byte")?.parse().ok()?,
+            count_age_ms: field("count_age_ms")?.parse().ok()?,
         };
-        (saved.per_byte.is_finite() && saved.per_byte >= 1.0).then_some(saved)
+        // As a count finds them ([`Usage::counted`]): pages per byte
+        // between 1 and 4, and no more pages than the file holds.
+        ((1.0..=4.0).contains(&saved.per_byte) && saved.pages <= saved.file_bytes).then_some(saved)
     }
 
-    /// The count a clean close left beside `path` (the redb file), if it
-    /// is there, readable and the file has not changed since; the file
-    /// is removed either way.
+    /// Writes `self` beside `path` (the closed redb file).
+    fn save(self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let to = path.with_file_name(USAGE_FILE);
+        let partial = path.with_file_name(format!("{USAGE_FILE}.partial"));
+        let mut f = std::fs::File::create(&partial)?;
+        f.write_all(self.to_text().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&partial, &to)?;
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            d.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The count a clean close left beside `path` (the redb file, not open
+    /// yet), if it is there, readable, and the file is as it was then; the
+    /// saved count is removed either way.
     fn take(path: &Path) -> Option<Self> {
         let saved_at = path.with_file_name(USAGE_FILE);
         let text = match std::fs::read_to_string(&saved_at) {
@@ -439,11 +485,11 @@ impl SavedUsage {
             tracing::warn!(file = %saved_at.display(), "store: the saved bytes in use are not in the expected form; counting them again");
             return None;
         };
-        let now = std::fs::metadata(path).map_or(0, |m| m.len());
-        if now != saved.file_bytes {
+        let now = file_stamp(path).unwrap_or((0, 0));
+        if now != (saved.file_bytes, saved.modified_ns) {
             tracing::info!(
                 saved_file_bytes = saved.file_bytes,
-                file_bytes = now,
+                file_bytes = now.0,
                 "store: the file changed after its bytes in use were saved; counting them again"
             );
             return None;
@@ -458,13 +504,16 @@ impl Redb {
     /// ([`USAGE_FILE`]), or counted: at once up to
     /// [`COUNT_AT_OPEN_BELOW`], on a thread of their own above it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, CACHE_BYTES)
+        Self::open_with(dir, CACHE_BYTES, 0)
     }
 
-    /// [`open`](Self::open), caching up to `cache_bytes` of pages.
-    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let engine = Self::open_uncounted(dir, cache_bytes)?;
-        engine.start_usage(COUNT_AT_OPEN_BELOW)?;
+    /// [`open`](Self::open), caching up to `cache_bytes` of pages, with
+    /// counts of pages on their own thread `count_nice` steps below the
+    /// main thread's priority (`storage.writer_nice`).
+    pub fn open_with(dir: &Path, cache_bytes: usize, count_nice: i32) -> Result<Self, StoreError> {
+        let (mut engine, saved) = Self::open_uncounted(dir, cache_bytes)?;
+        engine.count_nice = count_nice;
+        engine.start_usage(saved, COUNT_AT_OPEN_BELOW)?;
         Ok(engine)
     }
 
@@ -476,15 +525,20 @@ impl Redb {
         gate: Arc<Mutex<()>>,
         count_below: u64,
     ) -> Result<Self, StoreError> {
-        let mut engine = Self::open_uncounted(dir, CACHE_BYTES)?;
+        let (mut engine, saved) = Self::open_uncounted(dir, CACHE_BYTES)?;
         engine.count_gate = gate;
-        engine.start_usage(count_below)?;
+        engine.start_usage(saved, count_below)?;
         Ok(engine)
     }
 
-    /// The engine, its bytes in use not known yet.
-    fn open_uncounted(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+    /// The engine, its bytes in use not known yet, and those a clean close
+    /// saved (taken before the file opens: opening it may change it).
+    fn open_uncounted(
+        dir: &Path,
+        cache_bytes: usize,
+    ) -> Result<(Self, Option<SavedUsage>), StoreError> {
         let path = dir.join(REDB_FILE);
+        let saved = SavedUsage::take(&path);
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(&path)
@@ -499,17 +553,25 @@ impl Redb {
         }
         tx.commit().map_err(err)?;
         let log = LogFiles::open(&dir.join(LOG_DIR))?;
-        Ok(Self {
-            db: Arc::new(db),
+        let engine = Self {
+            db: Some(db),
             path,
             log,
             usage: Arc::default(),
             counter: Mutex::default(),
             closing: Arc::default(),
             recount_every: EXACT_USAGE_EVERY,
+            count_nice: 0,
+            save_at_drop: Mutex::default(),
             #[cfg(test)]
             count_gate: Arc::default(),
-        })
+        };
+        Ok((engine, saved))
+    }
+
+    /// The open file.
+    fn db(&self) -> &Database {
+        self.db.as_ref().expect("open until dropped")
     }
 
     /// The records of the `log` table a build before [`LogFiles`] left in
@@ -521,7 +583,7 @@ impl Redb {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let mut more = true;
-        let tx = self.db.begin_read().map_err(err)?;
+        let tx = self.db().begin_read().map_err(err)?;
         scan_in(&tx, Table::Log, from, to, &mut |k, v| {
             more = visit(k, v);
             more
@@ -534,10 +596,27 @@ impl Redb {
 }
 
 impl Drop for Redb {
-    /// Ends a count under way (at its next table) before the file closes.
+    /// Ends a count under way (at its next table) before the file closes;
+    /// once it has, saves the bytes in use a clean close asked to keep.
     fn drop(&mut self) {
         self.closing.store(true, Ordering::Relaxed);
         self.join_count();
+        drop(self.db.take());
+        let save = self
+            .save_at_drop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut saved) = save {
+            let saved = file_stamp(&self.path).and_then(|(len, modified)| {
+                (saved.file_bytes, saved.modified_ns) = (len, modified);
+                saved.save(&self.path)
+            });
+            if let Err(e) = saved {
+                // The next open counts them.
+                tracing::warn!(cause = %e, "store: the bytes in use were not saved");
+            }
+        }
     }
 }
 
@@ -582,7 +661,13 @@ impl Engine for Redb {
         if table == Table::Log {
             return self.scan_log(from, to, visit);
         }
-        scan_in(&self.db.begin_read().map_err(err)?, table, from, to, visit)
+        scan_in(
+            &self.db().begin_read().map_err(err)?,
+            table,
+            from,
+            to,
+            visit,
+        )
     }
 
     fn last(&self, table: Table, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
@@ -594,7 +679,7 @@ impl Engine for Redb {
             })?;
             return Ok(last);
         }
-        last_in(&self.db.begin_read().map_err(err)?, table, from, to)
+        last_in(&self.db().begin_read().map_err(err)?, table, from, to)
     }
 
     fn last_key(
@@ -606,7 +691,7 @@ impl Engine for Redb {
         if table == Table::Log {
             return Ok(self.last(table, from, to)?.map(|(k, _)| k));
         }
-        let tx = self.db.begin_read().map_err(err)?;
+        let tx = self.db().begin_read().map_err(err)?;
         let t = tx.open_table(def(table)).map_err(err)?;
         let last = t.range(from..to).map_err(err)?.next_back();
         last.map(|entry| entry.map(|(k, _)| k.value().to_vec()).map_err(err))
@@ -616,8 +701,8 @@ impl Engine for Redb {
     /// The pages as last counted plus what was written since ([`Usage`]);
     /// `None` until the first count ends ([`Redb::open`]). A call when the
     /// last count is [`EXACT_USAGE_EVERY`] old (or the first one failed)
-    /// starts one on a thread of its own (which inherits this thread's
-    /// priority) and returns the estimate.
+    /// starts one on a thread of its own (at `storage.writer_nice`,
+    /// [`Redb::open_with`]) and returns the estimate.
     fn used_bytes(&self) -> Result<Option<u64>, StoreError> {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         let due = usage
@@ -633,27 +718,24 @@ impl Engine for Redb {
         std::fs::metadata(&self.path).map_or(0, |m| m.len()) + self.log.bytes()
     }
 
-    /// Saves the estimate of the pages in use ([`USAGE_FILE`]), if there
-    /// is one, for the next open.
+    /// Keeps the estimate of the pages in use, if there is one, to save
+    /// for the next open ([`USAGE_FILE`]) once the file has closed (when
+    /// this engine is dropped).
     fn closing(&self) -> Result<(), StoreError> {
         let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        if usage.counted.is_none() {
+        let Some(counted) = usage.counted else {
             return Ok(());
-        }
-        let saved = SavedUsage {
-            file_bytes: std::fs::metadata(&self.path)?.len(),
+        };
+        *self
+            .save_at_drop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(SavedUsage {
+            file_bytes: 0,
+            modified_ns: 0,
             pages: usage.estimate(),
             per_byte: usage.per_byte,
-        };
-        let to = self.path.with_file_name(USAGE_FILE);
-        let partial = self.path.with_file_name(format!("{USAGE_FILE}.partial"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&partial)?;
-            f.write_all(saved.to_text().as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&partial, &to)?;
+            count_age_ms: counted.elapsed().as_millis() as u64,
+        });
         Ok(())
     }
 }
@@ -662,12 +744,22 @@ impl Redb {
     /// Starts the bytes in use of a store just opened: those a clean close
     /// saved, or a count, on this thread for a file under `count_below`
     /// bytes and on a thread of its own for a larger one.
-    fn start_usage(&self, count_below: u64) -> Result<(), StoreError> {
+    fn start_usage(&self, saved: Option<SavedUsage>, count_below: u64) -> Result<(), StoreError> {
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(saved) = SavedUsage::take(&self.path) {
-            usage.counted = Some(Instant::now());
+        if let Some(saved) = saved {
+            // As old as the count it came from: the next is due as it
+            // would have been without the restart.
+            let now = Instant::now();
+            usage.counted = Some(
+                now.checked_sub(Duration::from_millis(saved.count_age_ms))
+                    .unwrap_or(now),
+            );
             usage.pages = saved.pages;
             usage.per_byte = saved.per_byte;
+            tracing::info!(
+                page_bytes = saved.pages,
+                "store: bytes in use as saved at the last clean close"
+            );
             return Ok(());
         }
         let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
@@ -697,7 +789,7 @@ impl Redb {
     /// ([`Self::apply_tables`]).
     fn count_pages(&self, usage: &mut Usage) -> Result<(), StoreError> {
         let began = Instant::now();
-        let tx = self.db.begin_read().map_err(err)?;
+        let tx = self.db().begin_read().map_err(err)?;
         if let Some(counted) = count_pages_in(&tx, &AtomicBool::new(false))? {
             let seen = usage.since;
             usage.counted(counted, began, seen);
@@ -710,7 +802,7 @@ impl Redb {
     /// `since` holds.
     fn start_count(&self, usage: &mut Usage) {
         self.join_count();
-        let tx = match self.db.begin_read() {
+        let tx = match self.db().begin_read() {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::warn!(cause = %err(e), "store: pages not counted; the estimate of bytes in use stands");
@@ -722,7 +814,9 @@ impl Redb {
         let (shared, closing) = (self.usage.clone(), self.closing.clone());
         #[cfg(test)]
         let gate = self.count_gate.clone();
+        let nice = self.count_nice;
         let count = move || {
+            super::lower_priority(nice);
             // Held by a test until it lets the count read; a test that
             // fails holding it drops the engine, which must not wait.
             #[cfg(test)]
@@ -803,7 +897,7 @@ impl Redb {
     fn apply_tables(&self, ops: &[Op]) -> Result<(), StoreError> {
         // Entry bytes added, less those removed ([`Usage`]).
         let mut written = 0i64;
-        let mut tx = self.db.begin_write().map_err(err)?;
+        let mut tx = self.db().begin_write().map_err(err)?;
         tx.set_durability(Durability::Immediate).map_err(err)?;
         {
             let mut tables: Vec<_> = Table::ALL

@@ -440,9 +440,10 @@ impl Store {
         let marker = dir.join(CLEAN_MARKER);
         let clean = marker.exists();
         let opened = Instant::now();
-        let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open_with_cache(
+        let engine: Arc<dyn Engine> = Arc::new(engine::Redb::open_with(
             dir,
             usize::try_from(config.cache_bytes).unwrap_or(usize::MAX),
+            config.writer_nice,
         )?);
         let migrated = maintain::migrate_open(engine.as_ref())?;
         if migrated > 0 {
@@ -582,7 +583,7 @@ fn sync_dir(dir: &Path) {
 /// acks ask agents to sample less often, and once it is full, ingest waits
 /// for the store (agents keep their batches). Without contention it
 /// changes nothing. Best effort: on failure the thread keeps its priority.
-fn lower_priority(nice: i32) {
+pub(crate) fn lower_priority(nice: i32) {
     if nice <= 0 {
         return;
     }

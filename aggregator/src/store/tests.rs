@@ -983,47 +983,92 @@ fn a_large_store_opened_after_a_crash_opens_at_once_and_evicts_only_once_counted
 fn a_clean_close_saves_the_bytes_in_use_for_the_next_open_only() {
     use super::engine::USAGE_FILE;
     let dir = temp_dir("usage-saved");
+    let usage = dir.join(USAGE_FILE);
     let engine = Redb::open(&dir).unwrap();
     let mut rng = 0x5851_f42d_4c95_7f2du64;
     put_16_mib(&engine, 0, &mut rng);
     let estimated = engine.used_bytes().unwrap().unwrap();
     engine.closing().unwrap();
     drop(engine);
-    assert!(dir.join(USAGE_FILE).exists());
-    let saved = std::fs::read(dir.join(USAGE_FILE)).unwrap();
+    assert!(usage.exists());
+    let saved = std::fs::read_to_string(&usage).unwrap();
     // Taken at the next open, with any count held: no count is needed.
     let gate = Arc::new(std::sync::Mutex::new(()));
-    let held = gate.lock().unwrap();
-    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    let open_held = || {
+        let held = gate.lock().unwrap();
+        (Redb::open_gated(&dir, gate.clone(), 0).unwrap(), held)
+    };
+    let (engine, held) = open_held();
     assert_eq!(engine.used_bytes().unwrap(), Some(estimated));
-    assert!(!dir.join(USAGE_FILE).exists(), "taken once");
+    assert!(!usage.exists(), "taken once");
     drop(held);
     put_16_mib(&engine, 4096, &mut rng);
     drop(engine);
     // Not closed cleanly: counted again, from the file as it is now.
-    let held = gate.lock().unwrap();
-    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    let (engine, held) = open_held();
     assert_eq!(engine.used_bytes().unwrap(), None);
     drop(held);
     engine.join_count();
     let counted = engine.used_bytes().unwrap().unwrap();
     assert!(counted >= 32 << 20, "counted {counted}");
+    engine.closing().unwrap();
     drop(engine);
-    // A count saved for another length of the file (a store put back from
-    // a copy, or written by a build that does not read it) is not taken.
-    std::fs::write(dir.join(USAGE_FILE), &saved).unwrap();
-    let held = gate.lock().unwrap();
-    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
+    // A count saved for another file (a store put back from a copy) is not
+    // taken, nor one for this file changed since without a change of length
+    // (written by a build that does not read the count).
+    std::fs::write(&usage, &saved).unwrap();
+    let (engine, held) = open_held();
     assert_eq!(engine.used_bytes().unwrap(), None);
-    assert!(!dir.join(USAGE_FILE).exists());
+    assert!(!usage.exists());
+    drop((held, engine));
+    let file = dir.join(super::engine::REDB_FILE);
+    let now_saved = |pages: u64, per_byte: &str, age_ms: u64| {
+        let m = std::fs::metadata(&file).unwrap();
+        let ns = m
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!(
+            "hostpulse store usage 2\nfile_bytes {}\nmodified_ns {ns}\npages {pages}\nper_byte {per_byte}\ncount_age_ms {age_ms}\n",
+            m.len()
+        )
+    };
+    let current = now_saved(12_345, "1.5", 0);
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::write(&usage, &current).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (engine, held) = open_held();
+    assert_eq!(engine.used_bytes().unwrap(), None, "taken though changed");
+    drop((held, engine));
+    // A count out of the range a count finds is not taken either.
+    std::fs::write(&usage, now_saved(12_345, "1e300", 0)).unwrap();
+    let (engine, held) = open_held();
+    assert_eq!(engine.used_bytes().unwrap(), None);
+    drop((held, engine));
+    // A saved count keeps its age: a fresh one stands, one older than the
+    // interval between counts is counted again at once.
+    std::fs::write(&usage, now_saved(12_345, "1.5", 0)).unwrap();
+    let (engine, held) = open_held();
+    assert_eq!(engine.used_bytes().unwrap(), Some(12_345));
     drop(held);
+    engine.join_count();
+    assert_eq!(engine.used_bytes().unwrap(), Some(12_345));
     drop(engine);
-    // Nor is one not in its form.
-    std::fs::write(dir.join(USAGE_FILE), b"pages 12\n").unwrap();
-    let held = gate.lock().unwrap();
-    let engine = Redb::open_gated(&dir, gate.clone(), 0).unwrap();
-    assert_eq!(engine.used_bytes().unwrap(), None);
+    let age = super::engine::EXACT_USAGE_EVERY.as_millis() as u64 + 1000;
+    std::fs::write(&usage, now_saved(12_345, "1.5", age)).unwrap();
+    let (engine, held) = open_held();
+    assert_eq!(engine.used_bytes().unwrap(), Some(12_345));
     drop(held);
+    engine.join_count();
+    let recounted = engine.used_bytes().unwrap().unwrap();
+    assert!(recounted >= 32 << 20, "recounted {recounted}");
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1088,6 +1133,9 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
     let store = super::Store::open(&StorageConfig {
         dir: Some(dir.clone()),
         flush_interval_ms: 50,
+        // Retention would delete these old windows once sealed.
+        raw_retention_hours: 1 << 20,
+        minute_retention_days: 1 << 20,
         ..StorageConfig::default()
     })
     .unwrap();
