@@ -284,9 +284,8 @@ pub struct Redb {
     recount_every: Duration,
     /// `storage.writer_nice`, for a count on its own thread.
     count_nice: i32,
-    /// The bytes in use to save when the file has closed
-    /// ([`Engine::closing`]).
-    save_at_drop: Mutex<Option<SavedUsage>>,
+    /// Save the bytes in use when the file has closed ([`Engine::closing`]).
+    save_at_drop: AtomicBool,
     /// Held by a test to keep a count from reading its snapshot.
     #[cfg(test)]
     pub(crate) count_gate: Arc<Mutex<()>>,
@@ -455,10 +454,8 @@ impl SavedUsage {
         f.write_all(self.to_text().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&partial, &to)?;
-        if let Some(dir) = path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            d.sync_all()?;
+        if let Some(dir) = path.parent() {
+            super::sync_dir(dir);
         }
         Ok(())
     }
@@ -562,7 +559,7 @@ impl Redb {
             closing: Arc::default(),
             recount_every: EXACT_USAGE_EVERY,
             count_nice: 0,
-            save_at_drop: Mutex::default(),
+            save_at_drop: AtomicBool::new(false),
             #[cfg(test)]
             count_gate: Arc::default(),
         };
@@ -602,15 +599,19 @@ impl Drop for Redb {
         self.closing.store(true, Ordering::Relaxed);
         self.join_count();
         drop(self.db.take());
-        let save = self
-            .save_at_drop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut saved) = save {
-            let saved = file_stamp(&self.path).and_then(|(len, modified)| {
-                (saved.file_bytes, saved.modified_ns) = (len, modified);
-                saved.save(&self.path)
+        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.save_at_drop.load(Ordering::Relaxed)
+            && let Some(counted) = usage.counted
+        {
+            let saved = file_stamp(&self.path).and_then(|(file_bytes, modified_ns)| {
+                SavedUsage {
+                    file_bytes,
+                    modified_ns,
+                    pages: usage.estimate(),
+                    per_byte: usage.per_byte,
+                    count_age_ms: counted.elapsed().as_millis() as u64,
+                }
+                .save(&self.path)
             });
             if let Err(e) = saved {
                 // The next open counts them.
@@ -718,24 +719,11 @@ impl Engine for Redb {
         std::fs::metadata(&self.path).map_or(0, |m| m.len()) + self.log.bytes()
     }
 
-    /// Keeps the estimate of the pages in use, if there is one, to save
-    /// for the next open ([`USAGE_FILE`]) once the file has closed (when
-    /// this engine is dropped).
+    /// Asks for the estimate of the pages in use, if there is one, to be
+    /// saved for the next open ([`USAGE_FILE`]) once the file has closed
+    /// (when this engine is dropped).
     fn closing(&self) -> Result<(), StoreError> {
-        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(counted) = usage.counted else {
-            return Ok(());
-        };
-        *self
-            .save_at_drop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(SavedUsage {
-            file_bytes: 0,
-            modified_ns: 0,
-            pages: usage.estimate(),
-            per_byte: usage.per_byte,
-            count_age_ms: counted.elapsed().as_millis() as u64,
-        });
+        self.save_at_drop.store(true, Ordering::Relaxed);
         Ok(())
     }
 }

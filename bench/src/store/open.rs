@@ -16,16 +16,11 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
     let file = dir.join(REDB_FILE);
     anyhow::ensure!(file.exists(), "{} does not exist", file.display());
     let file_bytes = std::fs::metadata(&file)?.len();
-    let (mut crash, mut counted, mut clean) = (Vec::new(), Vec::new(), Vec::new());
+    let mut figures = Vec::new();
     for run in 1..=runs.max(1) {
         // As after a crash: no saved bytes in use.
         let _ = std::fs::remove_file(dir.join(USAGE_FILE));
@@ -54,17 +49,18 @@ pub(crate) fn run(dir: &Path, runs: usize) -> anyhow::Result<()> {
             file_bytes as f64 / 1048576.0,
             used as f64 / 1048576.0
         );
-        crash.push(opened);
-        counted.push(count);
-        clean.push(opened_clean);
+        figures.push(vec![
+            ("crash", opened),
+            ("count", count),
+            ("clean", opened_clean),
+        ]);
     }
+    let m = crate::median(&figures);
+    let (opened, count, opened_clean) = (m[0].1, m[1].1, m[2].1);
     println!(
-        "store-open: median of {}: open after a crash {:.1} ms, the count it no longer waits for {:.0} ms ({:.2} s per GiB of file), open after a clean close {:.1} ms",
-        crash.len(),
-        median(crash),
-        median(counted.clone()),
-        median(counted) / 1000.0 / (file_bytes as f64 / (1u64 << 30) as f64),
-        median(clean)
+        "store-open: median of {}: open after a crash {opened:.1} ms, the count it no longer waits for {count:.0} ms ({:.2} s per GiB of file), open after a clean close {opened_clean:.1} ms",
+        figures.len(),
+        count / 1000.0 / (file_bytes as f64 / (1u64 << 30) as f64),
     );
     Ok(())
 }
