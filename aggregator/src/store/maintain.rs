@@ -1,7 +1,7 @@
 //! Keeping the store within its bounds: retention per tier, the disk bound
 //! (`max_disk_bytes`), and the windows a restart left open (found as the
-//! store opens, sealed by the writer over its first flushes). Runs on the
-//! writer's thread between flushes.
+//! store opens, sealed by the writer over its first flushes, or once they
+//! end). Runs on the writer's thread between flushes.
 //!
 //! Retention deletes whole sealed blocks once their window has ended more
 //! than the tier's retention ago (so data lives up to one window longer:
@@ -26,27 +26,39 @@ use super::{StoreError, StoreStats};
 /// Deletes per transaction while trimming.
 const DELETE_BATCH: usize = 20_000;
 
-/// The windows of open chunks a previous run left that ended before
-/// `before`, for the writer to seal over its first flushes
-/// ([`Writer::queue_seals`]) rather than before the store opens: after an
+/// The windows of open chunks a previous run left, as the store opens at
+/// `now`: those that ended, for the writer to seal over its first flushes
+/// ([`Writer::queue_seals`]) rather than before the store opens (after an
 /// outage longer than a window every run's newest window has ended, and
 /// sealing them all at open held up the start by about 0.2 ms a window,
-/// minutes at fleet scale (BENCHMARKS.md). A run's newest window that has
-/// not ended is left to the writer: its series resume into it.
-pub fn leftover_windows(engine: &dyn Engine, before: i64) -> Result<Vec<Window>, StoreError> {
+/// minutes at fleet scale: BENCHMARKS.md); and each run's newest window
+/// that has not ended, which its series resume into if their hosts come
+/// back, and which the writer seals once it ends if they do not
+/// ([`Writer::seal_when_ended`]).
+pub fn leftover_windows(engine: &dyn Engine, now: i64) -> Result<Leftovers, StoreError> {
     let windows = chunks::windows(engine)?;
-    let mut ended = Vec::new();
+    let mut left = Leftovers::default();
     for (i, &(tier, run, w)) in windows.iter().enumerate() {
         // In key order: a run's windows of one tier, oldest first.
         let newest = windows
             .get(i + 1)
             .is_none_or(|&(t, r, _)| (t, r) != (tier, run));
-        if newest && w + tier.window_ms() >= before {
-            continue;
+        if newest && w + tier.window_ms() >= now {
+            left.open.push((run, tier, w));
+        } else {
+            left.ended.push((run, tier, w));
         }
-        ended.push((run, tier, w));
     }
-    Ok(ended)
+    Ok(left)
+}
+
+/// The windows a previous run left open ([`leftover_windows`]).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Windows that have ended: to seal.
+    pub ended: Vec<Window>,
+    /// Each run's newest window, not ended yet.
+    pub open: Vec<Window>,
 }
 
 /// Moves the open chunks a build before the groups left (one per series

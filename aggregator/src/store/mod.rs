@@ -453,29 +453,29 @@ impl Store {
             );
         }
         let replayed = recent::replay(engine.as_ref())?;
-        let queued = maintain::leftover_windows(engine.as_ref(), now_ms())?;
+        let leftovers = maintain::leftover_windows(engine.as_ref(), now_ms())?;
         if existed && !clean {
-            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, windows_to_seal = queued.len(), recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
+            tracing::warn!(dir = %dir.display(), replayed_flushes = replayed, windows_to_seal = leftovers.ended.len(), recovery_ms = opened.elapsed().as_millis() as u64, "store: last shutdown was not clean; recovered to the last flush");
         } else {
-            tracing::info!(dir = %dir.display(), new = !existed, windows_to_seal = queued.len(), "store opened");
+            tracing::info!(dir = %dir.display(), new = !existed, windows_to_seal = leftovers.ended.len(), "store opened");
         }
         if clean {
             std::fs::remove_file(&marker)?;
         }
         sync_dir(dir);
-        Self::start_with(engine, config.clone(), queued)
+        Self::start_with(engine, config.clone(), leftovers)
     }
 
     /// Starts the writer thread over an open engine (tests, benchmarks).
     pub fn start(engine: Arc<dyn Engine>, config: StorageConfig) -> Result<Store, StoreError> {
-        Self::start_with(engine, config, Vec::new())
+        Self::start_with(engine, config, maintain::Leftovers::default())
     }
 
     /// Starts the writer thread with windows a previous run left to seal.
     fn start_with(
         engine: Arc<dyn Engine>,
         config: StorageConfig,
-        to_seal: Vec<checkpoint::Window>,
+        leftovers: maintain::Leftovers,
     ) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
         stats.measure(engine.as_ref())?;
@@ -485,7 +485,8 @@ impl Store {
                 .clamp(1, u32::MAX as u64) as u32,
         );
         writer.set_flush_interval(config.flush_interval_ms);
-        writer.queue_seals(to_seal);
+        writer.queue_seals(leftovers.ended);
+        writer.seal_when_ended(leftovers.open);
         let recent = writer.recent().clone();
         let room = Arc::new(Room::new(&config));
         // A place for every batch the room admits, and one for `Stop`.

@@ -1099,10 +1099,12 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
     let (engine, _) = open(&dir);
     assert_eq!(entries(engine.as_ref(), Table::Blocks), 0);
     let chunks = open_chunks(engine.as_ref());
-    let windows = |before: i64| -> BTreeSet<(Tier, i64)> {
-        let got: Vec<Window> = maintain::leftover_windows(engine.as_ref(), before).unwrap();
-        got.into_iter().map(|(_, tier, w)| (tier, w)).collect()
+    let leftovers = |now: i64| -> [BTreeSet<(Tier, i64)>; 2] {
+        let got = maintain::leftover_windows(engine.as_ref(), now).unwrap();
+        let set = |v: Vec<Window>| v.into_iter().map(|(_, tier, w)| (tier, w)).collect();
+        [set(got.ended), set(got.open)]
     };
+    let windows = |now: i64| leftovers(now)[0].clone();
     let raw: Vec<i64> = (0..SECS)
         .step_by(60)
         .map(|i| Tier::Raw.window_of(T0 + i * 1000))
@@ -1118,6 +1120,10 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
         .map(|w| (Tier::Raw, *w))
         .collect();
     assert_eq!(windows(last + 1), older);
+    let open = &leftovers(last + 1)[1];
+    assert!(open.contains(&(Tier::Raw, raw[raw.len() - 1])), "{open:?}");
+    assert!(open.contains(&(Tier::Minute, Tier::Minute.window_of(last))));
+    assert!(leftovers(i64::MAX)[1].is_empty());
     // After an outage every window has ended: all of them, newest too, and
     // finding them seals nothing.
     let all = windows(i64::MAX);
@@ -1166,6 +1172,120 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
         assert_eq!(values, sent, "left-{h}");
     }
     drop(view);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 20 minutes of hosts `gone-0` and `gone-1` checkpointed, not sealed
+/// (the newest raw window not ended at its last value), as a stop leaves
+/// them; returns the time of the last value.
+fn two_hosts_left_mid_window(dir: &std::path::Path) -> i64 {
+    const SECS: i64 = 20 * 60;
+    let (_engine, mut w) = open(dir);
+    for i in 0..SECS {
+        for h in 0..2 {
+            let s = sample(i as u64 + 1, T0 + i * 1000, cpu_at(i + h), 1.0);
+            w.ingest(&format!("gone-{h}"), &s).unwrap();
+        }
+        if i % 600 == 599 {
+            w.flush().unwrap();
+        }
+    }
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    T0 + (SECS - 1) * 1000
+}
+
+/// Every raw value of `gone-{h}` since `T0` reads back.
+fn gone_values_read_back(engine: &dyn Engine, h: i64, secs: i64) {
+    let got = series(
+        engine,
+        None,
+        &format!("gone-{h}"),
+        "cpu.total_pct",
+        T0,
+        T0 + secs * 1000,
+        1000,
+    )
+    .unwrap();
+    let values: Vec<f64> = got.iter().map(|p| p.last).collect();
+    let sent: Vec<f64> = (0..secs).map(|i| f64::from(cpu_at(i + h))).collect();
+    assert_eq!(values, sent, "gone-{h}");
+}
+
+#[test]
+fn a_window_left_open_by_hosts_that_do_not_come_back_is_sealed_once_it_ends() {
+    use super::tier::Tier;
+    let dir = temp_dir("gone-quiet");
+    let last = two_hosts_left_mid_window(&dir);
+    let (engine, mut w) = open(&dir);
+    let left = maintain::leftover_windows(engine.as_ref(), last + 1).unwrap();
+    w.queue_seals(left.ended);
+    w.seal_queued().unwrap();
+    w.seal_when_ended(left.open);
+    let newest = Tier::Raw.window_of(last);
+    let end = newest + Tier::Raw.window_ms();
+    let chunks = open_chunks(engine.as_ref());
+    assert!(chunks > 0);
+    // Before the window ends, it stays open for the hosts to come back.
+    assert_eq!(w.seal_idle(end - 1).unwrap(), 0);
+    assert_eq!(w.backlog().0, 0);
+    // Neither came back: once it ended, it is queued, and sealed.
+    w.seal_idle(end + 1).unwrap();
+    assert!(w.backlog().0 >= 1, "nothing queued");
+    w.seal_queued().unwrap();
+    assert!(open_chunks(engine.as_ref()) < chunks);
+    let windows = super::chunks::windows(engine.as_ref()).unwrap();
+    assert!(
+        windows.iter().all(|(tier, ..)| *tier != Tier::Raw),
+        "raw windows left open: {windows:?}"
+    );
+    // Queued once: a later pass queues nothing more.
+    w.seal_idle(end + 2).unwrap();
+    assert_eq!(w.backlog().0, 0);
+    for h in 0..2 {
+        gone_values_read_back(engine.as_ref(), h, (last - T0) / 1000 + 1);
+    }
+    drop((engine, w));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_window_left_open_that_a_returning_host_resumed_into_is_sealed_by_that_host() {
+    use super::tier::Tier;
+    let dir = temp_dir("gone-back");
+    let last = two_hosts_left_mid_window(&dir);
+    let (engine, mut w) = open(&dir);
+    let left = maintain::leftover_windows(engine.as_ref(), last + 1).unwrap();
+    w.queue_seals(left.ended);
+    w.seal_queued().unwrap();
+    w.seal_when_ended(left.open);
+    let newest = Tier::Raw.window_of(last);
+    let end = newest + Tier::Raw.window_ms();
+    // gone-0 comes back within the window: its series resume into it.
+    let mut t = last + 1000;
+    while t < end {
+        let i = (t - T0) / 1000;
+        w.ingest("gone-0", &sample(i as u64 + 1, t, cpu_at(i), 1.0))
+            .unwrap();
+        t += 1000;
+    }
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    // Its series hold the window: once ended, they seal it themselves,
+    // for the whole run (gone-1 included), and the leftover is not queued
+    // again.
+    assert!(w.seal_idle(end + 1).unwrap() >= 1);
+    assert_eq!(w.backlog().0, 0);
+    let windows = super::chunks::windows(engine.as_ref()).unwrap();
+    assert!(
+        !windows
+            .iter()
+            .any(|&(t, _, w)| t == Tier::Raw && w == newest),
+        "the window left open is still open: {windows:?}"
+    );
+    gone_values_read_back(engine.as_ref(), 0, (t - T0) / 1000);
+    gone_values_read_back(engine.as_ref(), 1, (last - T0) / 1000 + 1);
+    drop((engine, w));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -326,6 +326,10 @@ pub struct Writer {
     procs_written: HashSet<String, RandomState>,
     /// Finished minutes' process tables, written at the next flush.
     pub(super) proc_ops: Vec<Op>,
+    /// Each run's newest window a previous run left open, not ended when
+    /// the store opened: queued for sealing once ended ([`Self::seal_idle`])
+    /// unless a series that came back holds it (its own end seals it).
+    later: Vec<Window>,
 }
 
 impl Writer {
@@ -359,6 +363,7 @@ impl Writer {
             procs: Map::default(),
             procs_written: HashSet::default(),
             proc_ops: Vec::new(),
+            later: Vec::new(),
         })
     }
 
@@ -564,16 +569,47 @@ impl Writer {
         Ok(state)
     }
 
+    /// Windows a previous run left open that had not ended when the store
+    /// opened ([`super::maintain::leftover_windows`]): sealed once they end
+    /// by [`Self::seal_idle`]. Without this, the windows of hosts that do
+    /// not come back would stay open (outside retention and the disk
+    /// bound) until the next restart.
+    pub fn seal_when_ended(&mut self, windows: Vec<Window>) {
+        self.later.extend(windows);
+    }
+
     /// Seals the open windows of series in memory that ended before
     /// `before` (hosts gone quiet); returns how many were sealed. Series
-    /// with rows since the last checkpoint wait for it.
+    /// with rows since the last checkpoint wait for it. Windows a previous
+    /// run left open that ended before `before` and that no series in
+    /// memory holds (their hosts did not come back) join the seal queue.
     pub fn seal_idle(&mut self, before: i64) -> Result<usize, StoreError> {
+        let mut left = Vec::new();
+        self.later.retain(|&(run, tier, w)| {
+            let ended = w + tier.window_ms() < before;
+            if ended {
+                left.push((run, tier, w));
+            }
+            !ended
+        });
+        left.sort_unstable();
+        // Those a series resumed into are sealed as that series' are.
+        let mut held = vec![false; left.len()];
         let mut windows = std::collections::BTreeSet::new();
         let mut sealed = 0;
         for (id, state) in self.series.iter_mut().enumerate() {
             let (id, Some(state)) = (id as u32, state) else {
                 continue;
             };
+            if !left.is_empty() {
+                for tier in Tier::ALL {
+                    if let Some(w) = state.disk_window[tier as usize]
+                        && let Ok(i) = left.binary_search(&(run_of(id, tier), tier, w))
+                    {
+                        held[i] = true;
+                    }
+                }
+            }
             if state.logged {
                 continue;
             }
@@ -587,6 +623,18 @@ impl Writer {
                     sealed += 1;
                 }
             }
+        }
+        let unheld: Vec<Window> = left
+            .into_iter()
+            .zip(held)
+            .filter_map(|(w, held)| (!held).then_some(w))
+            .collect();
+        if !unheld.is_empty() {
+            tracing::info!(
+                windows = unheld.len(),
+                "store: windows the last run left open, whose hosts did not come back, queued for sealing"
+            );
+            self.seals.push(unheld);
         }
         let mut ops = Vec::new();
         self.seal_into(windows, &mut ops)?;
