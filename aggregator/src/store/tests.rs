@@ -799,19 +799,7 @@ fn a_burst_through_a_queue_of_one_batch_stores_every_sample() {
         "the queue of one batch filled"
     );
     for h in 0..HOSTS {
-        let got = series(
-            engine.as_ref(),
-            Some(&view.recent),
-            &format!("burst-{h}"),
-            "cpu.total_pct",
-            T0,
-            T0 + SAMPLES * 1000,
-            1000,
-        )
-        .unwrap();
-        let values: Vec<f64> = got.iter().map(|p| p.last).collect();
-        let sent: Vec<f64> = (0..SAMPLES).map(|i| f64::from(cpu_at(i + h))).collect();
-        assert_eq!(values, sent, "host burst-{h}");
+        cpu_reads_back(engine.as_ref(), Some(&view.recent), "burst", h, SAMPLES);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1080,22 +1068,7 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
     use std::collections::BTreeSet;
     const SECS: i64 = 40 * 60;
     let dir = temp_dir("leftovers");
-    {
-        // 40 minutes of three hosts, checkpointed but not sealed: open
-        // chunks, as a crash (or a stop mid-window) leaves them.
-        let (_engine, mut w) = open(&dir);
-        for i in 0..SECS {
-            for h in 0..3 {
-                let s = sample(i as u64 + 1, T0 + i * 1000, cpu_at(i + h), 1.0);
-                w.ingest(&format!("left-{h}"), &s).unwrap();
-            }
-            if i % 600 == 599 {
-                w.flush().unwrap();
-            }
-        }
-        w.flush().unwrap();
-        w.checkpoint().unwrap();
-    }
+    left_open(&dir, "left", 3, SECS);
     let (engine, _) = open(&dir);
     assert_eq!(entries(engine.as_ref(), Table::Blocks), 0);
     let chunks = open_chunks(engine.as_ref());
@@ -1157,34 +1130,21 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
     }
     store.close();
     for h in 0..3 {
-        let got = series(
-            view.engine.as_ref(),
-            None,
-            &format!("left-{h}"),
-            "cpu.total_pct",
-            T0,
-            T0 + SECS * 1000,
-            1000,
-        )
-        .unwrap();
-        let values: Vec<f64> = got.iter().map(|p| p.last).collect();
-        let sent: Vec<f64> = (0..SECS).map(|i| f64::from(cpu_at(i + h))).collect();
-        assert_eq!(values, sent, "left-{h}");
+        cpu_reads_back(view.engine.as_ref(), None, "left", h, SECS);
     }
     drop(view);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// 20 minutes of hosts `gone-0` and `gone-1` checkpointed, not sealed
-/// (the newest raw window not ended at its last value), as a stop leaves
-/// them; returns the time of the last value.
-fn two_hosts_left_mid_window(dir: &std::path::Path) -> i64 {
-    const SECS: i64 = 20 * 60;
+/// `secs` seconds of hosts `{prefix}-0`.. checkpointed but not sealed:
+/// open chunks, as a crash (or a stop mid-window) leaves them. Returns the
+/// time of the last value.
+fn left_open(dir: &std::path::Path, prefix: &str, hosts: i64, secs: i64) -> i64 {
     let (_engine, mut w) = open(dir);
-    for i in 0..SECS {
-        for h in 0..2 {
+    for i in 0..secs {
+        for h in 0..hosts {
             let s = sample(i as u64 + 1, T0 + i * 1000, cpu_at(i + h), 1.0);
-            w.ingest(&format!("gone-{h}"), &s).unwrap();
+            w.ingest(&format!("{prefix}-{h}"), &s).unwrap();
         }
         if i % 600 == 599 {
             w.flush().unwrap();
@@ -1192,15 +1152,23 @@ fn two_hosts_left_mid_window(dir: &std::path::Path) -> i64 {
     }
     w.flush().unwrap();
     w.checkpoint().unwrap();
-    T0 + (SECS - 1) * 1000
+    T0 + (secs - 1) * 1000
 }
 
-/// Every raw value of `gone-{h}` since `T0` reads back.
-fn gone_values_read_back(engine: &dyn Engine, h: i64, secs: i64) {
+/// The first `secs` raw values of `cpu.total_pct` of host `{prefix}-{h}`
+/// read back: `cpu_at(i + h)` at `T0 + i` seconds, as [`left_open`] and
+/// the burst test send them.
+fn cpu_reads_back(
+    engine: &dyn Engine,
+    recent: Option<&super::recent::Recent>,
+    prefix: &str,
+    h: i64,
+    secs: i64,
+) {
     let got = series(
         engine,
-        None,
-        &format!("gone-{h}"),
+        recent,
+        &format!("{prefix}-{h}"),
         "cpu.total_pct",
         T0,
         T0 + secs * 1000,
@@ -1209,21 +1177,30 @@ fn gone_values_read_back(engine: &dyn Engine, h: i64, secs: i64) {
     .unwrap();
     let values: Vec<f64> = got.iter().map(|p| p.last).collect();
     let sent: Vec<f64> = (0..secs).map(|i| f64::from(cpu_at(i + h))).collect();
-    assert_eq!(values, sent, "gone-{h}");
+    assert_eq!(values, sent, "host {prefix}-{h}");
+}
+
+/// Hosts `gone-0` and `gone-1` left 20 minutes in ([`left_open`]),
+/// reopened as the store opens just after: the windows that ended sealed,
+/// the newest ones handed to [`Writer::seal_when_ended`]. Returns the time
+/// of the last value and the newest raw window's start and end.
+fn reopened_mid_window(dir: &std::path::Path) -> (Arc<dyn Engine>, Writer, i64, i64, i64) {
+    use super::tier::Tier;
+    let last = left_open(dir, "gone", 2, 20 * 60);
+    let (engine, mut w) = open(dir);
+    let left = maintain::leftover_windows(engine.as_ref(), last + 1).unwrap();
+    w.queue_seals(left.ended);
+    w.seal_queued().unwrap();
+    w.seal_when_ended(left.open);
+    let newest = Tier::Raw.window_of(last);
+    (engine, w, last, newest, newest + Tier::Raw.window_ms())
 }
 
 #[test]
 fn a_window_left_open_by_hosts_that_do_not_come_back_is_sealed_once_it_ends() {
     use super::tier::Tier;
     let dir = temp_dir("gone-quiet");
-    let last = two_hosts_left_mid_window(&dir);
-    let (engine, mut w) = open(&dir);
-    let left = maintain::leftover_windows(engine.as_ref(), last + 1).unwrap();
-    w.queue_seals(left.ended);
-    w.seal_queued().unwrap();
-    w.seal_when_ended(left.open);
-    let newest = Tier::Raw.window_of(last);
-    let end = newest + Tier::Raw.window_ms();
+    let (engine, mut w, last, _, end) = reopened_mid_window(&dir);
     let chunks = open_chunks(engine.as_ref());
     assert!(chunks > 0);
     // Before the window ends, it stays open for the hosts to come back.
@@ -1243,7 +1220,7 @@ fn a_window_left_open_by_hosts_that_do_not_come_back_is_sealed_once_it_ends() {
     w.seal_idle(end + 2).unwrap();
     assert_eq!(w.backlog().0, 0);
     for h in 0..2 {
-        gone_values_read_back(engine.as_ref(), h, (last - T0) / 1000 + 1);
+        cpu_reads_back(engine.as_ref(), None, "gone", h, (last - T0) / 1000 + 1);
     }
     drop((engine, w));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1253,14 +1230,7 @@ fn a_window_left_open_by_hosts_that_do_not_come_back_is_sealed_once_it_ends() {
 fn a_window_left_open_that_a_returning_host_resumed_into_is_sealed_by_that_host() {
     use super::tier::Tier;
     let dir = temp_dir("gone-back");
-    let last = two_hosts_left_mid_window(&dir);
-    let (engine, mut w) = open(&dir);
-    let left = maintain::leftover_windows(engine.as_ref(), last + 1).unwrap();
-    w.queue_seals(left.ended);
-    w.seal_queued().unwrap();
-    w.seal_when_ended(left.open);
-    let newest = Tier::Raw.window_of(last);
-    let end = newest + Tier::Raw.window_ms();
+    let (engine, mut w, last, newest, end) = reopened_mid_window(&dir);
     // gone-0 comes back within the window: its series resume into it.
     let mut t = last + 1000;
     while t < end {
@@ -1283,8 +1253,8 @@ fn a_window_left_open_that_a_returning_host_resumed_into_is_sealed_by_that_host(
             .any(|&(t, _, w)| t == Tier::Raw && w == newest),
         "the window left open is still open: {windows:?}"
     );
-    gone_values_read_back(engine.as_ref(), 0, (t - T0) / 1000);
-    gone_values_read_back(engine.as_ref(), 1, (last - T0) / 1000 + 1);
+    cpu_reads_back(engine.as_ref(), None, "gone", 0, (t - T0) / 1000);
+    cpu_reads_back(engine.as_ref(), None, "gone", 1, (last - T0) / 1000 + 1);
     drop((engine, w));
     let _ = std::fs::remove_dir_all(&dir);
 }
