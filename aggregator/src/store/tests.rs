@@ -1077,7 +1077,10 @@ fn windows_a_previous_run_left_open_are_left_to_the_writer_which_seals_them_afte
         let set = |v: Vec<Window>| v.into_iter().map(|(_, tier, w)| (tier, w)).collect();
         [set(got.ended), set(got.open)]
     };
-    let windows = |now: i64| leftovers(now)[0].clone();
+    let windows = |now: i64| {
+        let [ended, _] = leftovers(now);
+        ended
+    };
     let raw: Vec<i64> = (0..SECS)
         .step_by(60)
         .map(|i| Tier::Raw.window_of(T0 + i * 1000))
